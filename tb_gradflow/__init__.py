@@ -1,0 +1,37 @@
+"""tb-gradflow: per-layer gradient statistics in TensorBoard.
+
+Importing this package is cheap and never imports torch: TensorBoard imports it
+to load the plugin. ``watch`` and ``GradFlow`` (torch) and the reader load on
+first use (PEP 562).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "watch": "tb_gradflow.collect",
+    "GradFlow": "tb_gradflow.collect",
+    "LoggedStep": "tb_gradflow.collect",
+    "load": "tb_gradflow.reader",
+    "load_run": "tb_gradflow.reader",
+    "GradFlowRun": "tb_gradflow.reader",
+}
+
+__all__ = ["GradFlow", "GradFlowRun", "LoggedStep", "load", "load_run", "watch"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tb_gradflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,492 @@
+"""Collects per-layer gradient statistics during training and writes them.
+
+The only module of ``tb_gradflow`` that imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tb_gradflow import _reduce, metadata, summary
+
+__all__ = ["GradFlow", "LoggedStep", "watch", "layer_name", "select_layers"]
+
+_SPARSE_MODULES = (nn.Embedding, nn.EmbeddingBag)
+_WRAPPER_PREFIX = "module."  # DistributedDataParallel, DataParallel, DeepSpeed
+_COMPILE_COMPONENT = "_orig_mod"  # torch.compile's OptimizedModule
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggedStep:
+    """The statistics of one logged step, as written.
+
+    Attributes:
+        step: the step the record was written at.
+        stats: ``(K, L)`` float64 in ``metadata.STATS`` order; NaN columns for
+            layers without a gradient.
+        skipped: whether the AMP grad scaler skipped this optimizer step.
+        loss_scale: the grad scaler's scale (NaN without a scaler).
+    """
+
+    step: int
+    stats: np.ndarray
+    skipped: bool
+    loss_scale: float
+
+    def stat(self, name: str) -> np.ndarray:
+        """One statistic for every layer: ``(L,)``."""
+        return self.stats[metadata.STATS.index(name)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layer:
+    name: str
+    param: nn.Parameter
+    sparse: bool
+
+
+def layer_name(param_name: str) -> str:
+    """The layer name of a parameter: its name without a trailing ``.weight``.
+
+    ``torch.compile``'s ``_orig_mod`` components are dropped as well.
+
+    Examples:
+        >>> layer_name("encoder._orig_mod.fc1.weight")
+        'encoder.fc1'
+        >>> layer_name("lstm.weight_ih_l0")
+        'lstm.weight_ih_l0'
+    """
+    parts = [p for p in param_name.split(".") if p != _COMPILE_COMPONENT]
+    if len(parts) > 1 and parts[-1] == "weight":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """Strips DDP/DataParallel and torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, _COMPILE_COMPONENT, None), nn.Module):
+            model = getattr(model, _COMPILE_COMPONENT)
+        else:
+            return model
+
+
+def _is_bias(param_name: str) -> bool:
+    return param_name.rsplit(".", 1)[-1].startswith("bias")
+
+
+def select_layers(
+    model: nn.Module,
+    *,
+    include_bias: bool = False,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+) -> list[tuple[str, nn.Parameter, bool]]:
+    """The layers ``watch`` follows: ``(name, parameter, is_sparse)`` in model order.
+
+    One per parameter that requires grad (tied parameters once), named by
+    :func:`layer_name`; biases (last name component starting with ``bias``) only
+    with ``include_bias``; ``include``/``exclude`` are glob patterns on layer
+    names.
+
+    Raises:
+        ValueError: if no layer is left, or two layers end up with one name.
+    """
+    model = _unwrap(model)
+    include = [include] if isinstance(include, str) else include
+    exclude = [exclude] if isinstance(exclude, str) else (exclude or [])
+    sparse_params = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, _SPARSE_MODULES) and m.sparse
+    }
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if named and all(n.startswith(_WRAPPER_PREFIX) for n, _ in named):
+        named = [(n[len(_WRAPPER_PREFIX) :], p) for n, p in named]
+    layers, seen = [], {}
+    for pname, param in named:
+        if not include_bias and _is_bias(pname):
+            continue
+        name = layer_name(pname)
+        if include is not None and not any(
+            fnmatch.fnmatchcase(name, pat) for pat in include
+        ):
+            continue
+        if any(fnmatch.fnmatchcase(name, pat) for pat in exclude):
+            continue
+        if name in seen:
+            raise ValueError(
+                f"Parameters {seen[name]!r} and {pname!r} both map to layer "
+                f"name {name!r}"
+            )
+        seen[name] = pname
+        layers.append((name, param, id(param) in sparse_params))
+    if not layers:
+        raise ValueError(
+            "No layer to watch: the model has no parameter that requires grad and "
+            f"passes the filters (include_bias={include_bias}, include={include}, "
+            f"exclude={list(exclude)})"
+        )
+    return layers
+
+
+class GradFlow:
+    """Watches a model's gradients and writes per-layer statistics.
+
+    Created by :func:`watch`; see there. A context manager: leaving the block
+    calls :meth:`remove`.
+
+    Attributes:
+        layers: the layer names, fixed at creation, in model order.
+        layout: the format description written with the first record.
+        last: the last logged step, or None.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        writer: Any,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        every: int = 1,
+        include_bias: bool = False,
+        name: str | None = None,
+        include: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        scaler: Any = None,
+        start_step: int = 0,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"model must be a torch.nn.Module, got {type(model).__name__}"
+            )
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"Invalid every: {every!r} (a positive int)")
+        if (
+            isinstance(start_step, bool)
+            or not isinstance(start_step, int)
+            or start_step < 0
+        ):
+            raise ValueError(f"Invalid start_step: {start_step!r} (an int >= 0)")
+        if name is not None and (not isinstance(name, str) or not name or "/" in name):
+            raise ValueError(f"Invalid name: {name!r} (a non-empty str without '/')")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                "optimizer must be a torch.optim.Optimizer, got "
+                f"{type(optimizer).__name__}"
+            )
+        if scaler is not None and optimizer is None:
+            raise ValueError("scaler needs the optimizer it steps: pass optimizer= too")
+        if writer is not None and not callable(
+            getattr(writer, "_get_file_writer", None)
+        ):
+            raise TypeError(
+                "writer must be a torch.utils.tensorboard.SummaryWriter or None, "
+                f"got {type(writer).__name__}"
+            )
+        selected = select_layers(
+            model, include_bias=include_bias, include=include, exclude=exclude
+        )
+        self._layers = [_Layer(n, p, s) for n, p, s in selected]
+        self.layers = [layer.name for layer in self._layers]
+        self.layout = metadata.Layout(
+            layers=tuple(self.layers),
+            every=every,
+            name=name,
+            sparse=tuple(layer.sparse for layer in self._layers),
+            numel=tuple(layer.param.numel() for layer in self._layers),
+        )
+        self.writer = writer
+        self.every = every
+        self.start_step = start_step
+        self.last: LoggedStep | None = None
+        self._optimizer = optimizer
+        self._scaler = scaler
+        self._steps_done = 0
+        self._wrote_metadata = False
+        self._scratch: dict[torch.device, Tensor] = {}
+        self._handles: list[Any] = []
+        self._in_scaler_step = False
+        self._stepped_in_scaler = False
+        if optimizer is not None:
+            self._handles.append(
+                optimizer.register_step_pre_hook(self._on_optimizer_step)
+            )
+        if scaler is not None:
+            self._wrap_scaler_step(scaler)
+
+    # -- automatic collection -------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        """The step the next optimizer step will be logged as."""
+        return self.start_step + self._steps_done
+
+    def _on_optimizer_step(
+        self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
+    ) -> None:
+        self._stepped_in_scaler = True
+        step = self.step
+        self._steps_done += 1
+        if step % self.every == 0 and self.writer is not None:
+            # Fused optimizers get GradScaler's scale and inf flag as attributes
+            # and unscale inside their kernel: their .grad is still scaled.
+            self._collect(
+                step,
+                grad_scale=getattr(optimizer, "grad_scale", None),
+                found_inf=getattr(optimizer, "found_inf", None),
+            )
+
+    def _wrap_scaler_step(self, scaler: Any) -> None:
+        original = scaler.step
+
+        def step(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+            if optimizer is not self._optimizer:
+                return original(optimizer, *args, **kwargs)
+            self._stepped_in_scaler = False
+            result = original(optimizer, *args, **kwargs)
+            if not self._stepped_in_scaler:  # inf/NaN found: optimizer.step skipped
+                skipped = self.step
+                self._steps_done += 1
+                if skipped % self.every == 0 and self.writer is not None:
+                    self._collect(skipped, skipped=True)
+            return result
+
+        scaler.step = step  # an instance attribute: remove() deletes it
+        self._handles.append(_AttributeRestorer(scaler, "step"))
+
+    # -- public API -----------------------------------------------------------
+
+    def log(self, step: int) -> LoggedStep | None:
+        """Logs the current gradients at ``step`` if ``step % every == 0``.
+
+        For use without an optimizer (call after ``backward()``), or to log an
+        extra step by hand.
+
+        Returns:
+            The logged statistics, or None when the step is not due or the
+            watcher has no writer.
+        """
+        if (
+            isinstance(step, bool)
+            or not isinstance(step, (int, np.integer))
+            or step < 0
+        ):
+            raise ValueError(f"Invalid step: {step!r} (an int >= 0)")
+        if step % self.every != 0 or self.writer is None:
+            return None
+        return self._collect(int(step))
+
+    def remove(self) -> None:
+        """Detaches every hook; the watcher writes nothing more."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> GradFlow:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        name = f", name={self.layout.name!r}" if self.layout.name else ""
+        return (
+            f"GradFlow({len(self.layers)} layers, every={self.every}{name}, "
+            f"step={self.step})"
+        )
+
+    # -- computation ----------------------------------------------------------
+
+    def _collect(
+        self,
+        step: int,
+        *,
+        grad_scale: Tensor | float | None = None,
+        found_inf: Tensor | None = None,
+        skipped: bool = False,
+    ) -> LoggedStep:
+        record, fields = self._compute(grad_scale, found_inf)
+        logged = LoggedStep(
+            step=step,
+            stats=record,
+            skipped=bool(skipped or fields[0]),
+            loss_scale=float(fields[1]),
+        )
+        self.last = logged
+        self._write(logged)
+        return logged
+
+    def _compute(
+        self, grad_scale: Tensor | float | None, found_inf: Tensor | None
+    ) -> tuple[np.ndarray, tuple[float, float]]:
+        n_layers = len(self._layers)
+        dense: dict[torch.device, tuple[list[Tensor], list[int]]] = {}
+        sparse_values, sparse_owner, sparse_rows = [], [], {}
+        has_grad = np.zeros(n_layers, dtype=bool)
+        for i, layer in enumerate(self._layers):
+            g = layer.param.grad
+            if g is None:
+                continue
+            has_grad[i] = True
+            if g.is_sparse:
+                values, rows = _reduce.reduce_sparse(g)
+                sparse_values.append(values)
+                sparse_owner.append(i)
+                sparse_rows[i] = rows
+            else:
+                grads, owners = dense.setdefault(g.device, ([], []))
+                grads.append(g.detach())
+                owners.append(i)
+        parts = [_reduce.reduce_dense(g, o, self._scratch) for g, o in dense.values()]
+        if sparse_values:
+            parts.append(
+                _reduce.Partials(
+                    torch.stack(
+                        [v.to(sparse_values[0].device) for v in sparse_values], 1
+                    ),
+                    np.asarray(sparse_owner, dtype=np.int64),
+                )
+            )
+        extras = self._step_extras(grad_scale, found_inf)
+        totals, host_extras = _reduce.combine(parts, n_layers, extras)  # (3, L)
+        if host_extras is None:
+            host_extras = np.array([math.nan, 0.0, math.nan])
+        scale, inf_flag, loss_scale = host_extras
+        if math.isfinite(scale) and scale > 0:
+            totals[0:2] /= scale
+            totals[2] /= scale * scale
+        nonfinite = np.zeros(n_layers)
+        bad = [i for i in np.flatnonzero(has_grad) if not math.isfinite(totals[0, i])]
+        if bad:  # only here: a finite Σ|g| proves that no element is NaN/Inf
+            counts = _reduce.count_nonfinite([self._layers[i].param.grad for i in bad])
+            nonfinite[bad] = counts.cpu().numpy()
+        numel = np.asarray(self.layout.numel, dtype=np.float64)
+        rows = np.ones(n_layers)
+        for i, touched in sparse_rows.items():
+            n_rows = self._layers[i].param.shape[0]
+            rows[i] = touched / n_rows if n_rows else 0.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            abs_mean = np.where(numel > 0, totals[0] / np.maximum(numel, 1), 0.0)
+        record = np.stack([abs_mean, totals[1], np.sqrt(totals[2]), nonfinite, rows])
+        record[:, ~has_grad] = math.nan
+        return record, (inf_flag > 0, loss_scale)
+
+    def _step_extras(
+        self, grad_scale: Tensor | float | None, found_inf: Tensor | None
+    ) -> Tensor | None:
+        """``(3,)`` scalars to copy with the stats: grad scale, inf flag, loss scale."""
+        loss_scale = None
+        if self._scaler is not None:
+            loss_scale = getattr(self._scaler, "_scale", None)
+        elif grad_scale is not None:
+            loss_scale = grad_scale
+        if grad_scale is None and found_inf is None and loss_scale is None:
+            return None
+        values = [(grad_scale, math.nan), (found_inf, 0.0), (loss_scale, math.nan)]
+        device = next(
+            (v.device for v, _ in values if isinstance(v, Tensor)), torch.device("cpu")
+        )
+        return torch.stack([_as_scalar(v, default, device) for v, default in values])
+
+    def _write(self, logged: LoggedStep) -> None:
+        proto = summary.gradflow_pb(
+            self.layout,
+            logged.stats,
+            np.array([float(logged.skipped), logged.loss_scale]),
+            with_metadata=not self._wrote_metadata,
+        )
+        # SummaryWriter has no public way to add a raw Summary; _get_file_writer
+        # is what all of its add_* methods use.
+        self.writer._get_file_writer().add_summary(proto, global_step=logged.step)
+        self._wrote_metadata = True
+
+
+def _as_scalar(
+    value: Tensor | float | None, default: float, device: torch.device
+) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach().reshape(()).to(device, torch.float32)
+    return torch.tensor(default if value is None else float(value), device=device)
+
+
+def watch(
+    model: nn.Module,
+    writer: Any,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    every: int = 1,
+    include_bias: bool = False,
+    name: str | None = None,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    scaler: Any = None,
+    start_step: int = 0,
+) -> GradFlow:
+    """Logs per-layer gradient statistics of ``model`` to TensorBoard.
+
+    With ``optimizer``, the statistics are taken just before each optimizer step
+    (after gradient accumulation, ``GradScaler.unscale_`` and clipping: the
+    gradient the optimizer uses). Without it, call :meth:`GradFlow.log` after
+    ``backward()``.
+
+    Args:
+        model: the model; DDP/DataParallel/``torch.compile`` wrappers are
+            looked through, so layer names match the plain model's.
+        writer: a ``torch.utils.tensorboard.SummaryWriter``, or None to write
+            nothing (for processes that do not log).
+        optimizer: any ``torch.optim.Optimizer``; statistics are taken by a step
+            pre-hook.
+        every: log steps where ``step % every == 0``; nothing runs on others.
+        include_bias: also follow biases (left out by default, as in the seeds).
+        name: a tag suffix, so several watchers can share one writer.
+        include: glob patterns on layer names to keep (default: all).
+        exclude: glob patterns on layer names to drop.
+        scaler: the ``torch.amp.GradScaler`` that steps ``optimizer``; steps it
+            skips for inf/NaN are logged too, marked skipped.
+        start_step: the step of the first optimizer step (for resumed runs).
+
+    Steps count optimizer steps, skipped ones included:
+    ``step = start_step + steps completed so far``.
+
+    Examples:
+        >>> import torch
+        >>> from tb_gradflow import watch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> with watch(model, None, optimizer=opt) as flow:
+        ...     flow.layers
+        ['0', '1']
+    """
+    return GradFlow(
+        model,
+        writer,
+        optimizer=optimizer,
+        every=every,
+        include_bias=include_bias,
+        name=name,
+        include=include,
+        exclude=exclude,
+        scaler=scaler,
+        start_step=start_step,
+    )
+
+
+class _AttributeRestorer:
+    """A removable handle that deletes an instance attribute we set."""
+
+    def __init__(self, obj: object, attr: str) -> None:
+        self._obj, self._attr = obj, attr
+
+    def remove(self) -> None:
+        self._obj.__dict__.pop(self._attr, None)

@@ -1,0 +1,351 @@
+"""Reads gradflow records back from event files, every logged step (no sampling).
+
+Uses TensorBoard's own event reader; needs neither TensorFlow nor torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import struct
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+from tensorboard.backend.event_processing import event_file_loader, io_wrapper
+from tensorboard.compat.proto import event_pb2
+from tensorboard.util import tensor_util
+
+from tb_gradflow import metadata
+
+__all__ = ["GradFlowRun", "load", "load_run"]
+
+logger = logging.getLogger(__name__)
+
+_RECORD_OVERHEAD = 16  # bytes around each TFRecord: length, 2 CRCs
+
+
+@dataclasses.dataclass
+class GradFlowRun:
+    """All logged steps of one watcher in one run.
+
+    Attributes:
+        path: the run directory.
+        name: the watcher's name (None for an unnamed watcher).
+        steps: ``(T,)`` int64, ascending; a step logged twice keeps its later record.
+        layers: layer names, in model order.
+        stats: statistic names (``metadata.STATS``).
+        every: the logging interval the watcher was created with.
+        skipped: ``(T,)`` bool, steps the AMP grad scaler skipped.
+        loss_scale: ``(T,)`` float, the scaler's scale (NaN without a scaler).
+        sparse: for each layer, whether its gradient is sparse.
+    """
+
+    path: str
+    name: str | None
+    steps: np.ndarray
+    layers: list[str]
+    stats: list[str]
+    every: int
+    skipped: np.ndarray
+    loss_scale: np.ndarray
+    sparse: list[bool]
+    _values: np.ndarray = dataclasses.field(repr=False)  # (T, K, L) float32
+
+    def values(self, stat: str) -> np.ndarray:
+        """One statistic over all steps: ``(T, L)`` float, NaN where a layer had no
+        gradient.
+
+        Raises:
+            KeyError: for an unknown statistic; the message lists the known ones.
+        """
+        if stat not in self.stats:
+            raise KeyError(f"Unknown statistic {stat!r}; this run has {self.stats}")
+        return self._values[:, self.stats.index(stat), :]
+
+    @property
+    def no_grad(self) -> np.ndarray:
+        """``(T, L)`` bool: the layer's ``.grad`` was None at that step."""
+        return np.isnan(self.values("nonfinite"))
+
+    def index_of(self, step: int | None) -> int:
+        """Index of ``step`` in :attr:`steps` (the nearest logged step; None: last)."""
+        if step is None:
+            return len(self.steps) - 1
+        return int(np.argmin(np.abs(self.steps - int(step))))
+
+    def plot(self, step: int | None = None, *, ax=None, log: bool = True):
+        """Draws the seeds' gradient-flow bar plot of one step with matplotlib.
+
+        ``abs_max`` is drawn lightly behind ``abs_mean``; layers without a
+        gradient are marked with a red ``x`` at the axis, non-finite ones with a
+        red bar. Needs matplotlib (``pip install tb-gradflow[plot]``).
+
+        Args:
+            step: the step to draw (the nearest logged one; None: the last).
+            ax: a matplotlib ``Axes`` to draw on (default: a new figure).
+            log: use a log-scale y axis.
+
+        Returns:
+            The ``Axes``.
+        """
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError as e:
+            raise ImportError(
+                "GradFlowRun.plot needs matplotlib: pip install matplotlib"
+            ) from e
+        i = self.index_of(step)
+        mean = self.values("abs_mean")[i]
+        peak = self.values("abs_max")[i]
+        bad = self.values("nonfinite")[i] > 0
+        missing = self.no_grad[i]
+        x = np.arange(len(self.layers))
+        if ax is None:
+            _, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(x) + 2), 4.5))
+        ax.bar(
+            x,
+            np.nan_to_num(peak, nan=0.0, posinf=0.0),
+            color="c",
+            alpha=0.3,
+            label="max |grad|",
+        )
+        ax.bar(
+            x,
+            np.nan_to_num(mean, nan=0.0, posinf=0.0),
+            color="b",
+            alpha=0.8,
+            label="mean |grad|",
+        )
+        if bad.any():
+            ax.bar(x[bad], np.ones(bad.sum()), color="r", label="non-finite")
+        if missing.any():
+            ax.plot(x[missing], np.zeros(missing.sum()), "rx", label="no gradient")
+        ax.axhline(0, color="k", linewidth=1)
+        ax.set_xticks(x, self.layers, rotation=90)
+        ax.set_xlim(-1, len(x))
+        if log:
+            ax.set_yscale("symlog", linthresh=_linthresh(mean))
+        ax.set_ylabel("mean |grad|")
+        ax.set_title(f"gradient flow, step {int(self.steps[i])}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper right")
+        ax.figure.tight_layout()
+        return ax
+
+
+def _linthresh(values: np.ndarray) -> float:
+    positive = values[np.isfinite(values) & (values > 0)]
+    return float(positive.min()) if positive.size else 1e-12
+
+
+@dataclasses.dataclass
+class _Series:
+    layout: metadata.Layout
+    steps: list[int] = dataclasses.field(default_factory=list)
+    rows: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+
+def _event_files(run_dir: str) -> list[str]:
+    names = sorted(os.listdir(run_dir))
+    paths = [os.path.join(run_dir, n) for n in names]
+    return [p for p in paths if os.path.isfile(p) and io_wrapper.IsSummaryEventsFile(p)]
+
+
+def _read_events(path: str) -> Iterator[event_pb2.Event]:
+    """Every complete event of one file; warns about a damaged or cut-off tail."""
+    consumed = 0
+    loader = event_file_loader.RawEventFileLoader(path)
+    for raw in loader.Load():
+        consumed += len(raw) + _RECORD_OVERHEAD
+        try:
+            yield event_pb2.Event.FromString(raw)
+        except Exception as e:  # a record whose CRC matched but does not parse
+            warnings.warn(f"{path}: skipping an unreadable event ({e})", stacklevel=4)
+    size = os.path.getsize(path)
+    if consumed < size:
+        _report_tail(path, consumed, size)
+
+
+def _report_tail(path: str, offset: int, size: int) -> None:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        header = f.read(8)
+    declared = struct.unpack("<Q", header)[0] if len(header) == 8 else None
+    if declared is None or offset + declared + _RECORD_OVERHEAD > size:
+        # Training killed while writing: the last record is incomplete.
+        logger.info("%s: ignoring an incomplete last record at byte %d", path, offset)
+        return
+    warnings.warn(
+        f"{path}: corrupt record at byte {offset} of {size}; "
+        f"the {size - offset} bytes after it were not read",
+        stacklevel=4,
+    )
+
+
+def _read_run_dir(
+    run_dir: str, checker: metadata.VersionChecker
+) -> dict[str | None, _Series]:
+    """Reads every gradflow record of one directory, keyed by watcher name."""
+    series: dict[str | None, _Series] = {}
+    for path in _event_files(run_dir):
+        layouts: dict[str, metadata.Layout | None] = {}
+        for event in _read_events(path):
+            if not event.HasField("summary"):
+                continue
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == metadata.PLUGIN_NAME:
+                    try:
+                        layout = metadata.parse_plugin_metadata(
+                            value.metadata.plugin_data.content
+                        )
+                    except metadata.FormatError as e:
+                        warnings.warn(f"{path}: tag {value.tag!r}: {e}", stacklevel=3)
+                        layout = None
+                    layouts[value.tag] = (
+                        layout if layout and checker.ok(layout) else None
+                    )
+                if value.tag not in layouts:
+                    continue
+                layout = layouts[value.tag]
+                if layout is None:
+                    continue
+                flat = tensor_util.make_ndarray(value.tensor).reshape(-1)
+                if flat.size != layout.size:
+                    warnings.warn(
+                        f"{path}: step {event.step} of tag {value.tag!r} has "
+                        f"{flat.size} values, its layout needs {layout.size}; skipped",
+                        stacklevel=3,
+                    )
+                    continue
+                key = metadata.name_from_tag(value.tag)
+                s = series.get(key)
+                if s is None:
+                    s = series[key] = _Series(layout)
+                elif not _same_columns(layout, s.layout):
+                    s = series[key] = _widen(s, layout)
+                    flat = _realign(flat, layout, s.layout)
+                s.steps.append(int(event.step))
+                s.rows.append(flat.astype(np.float32, copy=False))
+    return series
+
+
+def _same_columns(a: metadata.Layout, b: metadata.Layout) -> bool:
+    return (
+        a.layers == b.layers and a.stats == b.stats and a.step_fields == b.step_fields
+    )
+
+
+def _widen(old: _Series, layout: metadata.Layout) -> _Series:
+    """A resumed run whose layer set changed: the union of both, matched by name.
+
+    Earlier steps get NaN for layers they did not have.
+    """
+    new_layers = [n for n in layout.layers if n not in old.layout.layers]
+    if not new_layers:
+        return old
+    sparse = dict(zip(layout.layers, layout.sparse)) | dict(
+        zip(old.layout.layers, old.layout.sparse)
+    )
+    layers = (*old.layout.layers, *new_layers)
+    merged = dataclasses.replace(
+        old.layout, layers=layers, sparse=tuple(sparse[n] for n in layers), numel=()
+    )
+    rows = [_realign(r, old.layout, merged) for r in old.rows]
+    return _Series(merged, old.steps, rows)
+
+
+def _realign(
+    flat: np.ndarray, src: metadata.Layout, dst: metadata.Layout
+) -> np.ndarray:
+    """Moves one step's values from ``src``'s columns to ``dst``'s, by name."""
+    values, fields = metadata.split_values(flat, src)  # (K_src, L_src), (F_src,)
+    out = np.full((len(dst.stats), len(dst.layers)), np.nan, dtype=np.float32)
+    src_layers = [i for i, n in enumerate(src.layers) if n in dst.layers]
+    dst_layers = [dst.layers.index(src.layers[i]) for i in src_layers]
+    for k, stat in enumerate(src.stats):
+        if stat in dst.stats:
+            out[dst.stats.index(stat), dst_layers] = values[k, src_layers]
+    out_fields = np.full(len(dst.step_fields), np.nan, dtype=np.float32)
+    for f, field in enumerate(src.step_fields):
+        if field in dst.step_fields:
+            out_fields[dst.step_fields.index(field)] = fields[f]
+    return np.concatenate([out.reshape(-1), out_fields])
+
+
+def _finish(path: str, s: _Series) -> GradFlowRun:
+    layout = s.layout
+    steps = np.asarray(s.steps, dtype=np.int64)
+    # A resumed run may repeat steps: keep the last record of each step.
+    order = np.argsort(steps, kind="stable")
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = steps[order][1:] != steps[order][:-1]
+    keep = order[last]
+    flat = np.stack(s.rows)[keep]  # (T, K * L + F)
+    values, fields = metadata.split_values(flat, layout)  # (T, K, L), (T, F)
+    field = {f: fields[:, i] for i, f in enumerate(layout.step_fields)}
+    n_steps = len(keep)
+    return GradFlowRun(
+        path=path,
+        name=layout.name,
+        steps=steps[keep],
+        layers=list(layout.layers),
+        stats=list(layout.stats),
+        every=layout.every,
+        skipped=field.get("skipped", np.zeros(n_steps)) > 0,
+        loss_scale=field.get("loss_scale", np.full(n_steps, np.nan)).astype(np.float64),
+        sparse=list(layout.sparse),
+        _values=values,
+    )
+
+
+def load_run(path: str | os.PathLike, name: str | None = None) -> GradFlowRun:
+    """Reads one watcher's records from one run directory.
+
+    Args:
+        path: the run directory (the ``log_dir`` of the ``SummaryWriter``).
+        name: the watcher's ``name`` (None: the unnamed watcher).
+
+    Raises:
+        FileNotFoundError: if ``path`` is not a directory.
+        ValueError: if it holds no gradflow data for that watcher.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"No such run directory: {path!r}")
+    series = _read_run_dir(path, metadata.VersionChecker())
+    if name not in series:
+        found = sorted(("(unnamed)" if k is None else k) for k in series)
+        what = f"watcher {name!r}" if name else "the unnamed watcher"
+        raise ValueError(
+            f"No gradflow data for {what} in {path!r}"
+            + (f"; it has: {', '.join(found)}" if found else "")
+        )
+    return _finish(path, series[name])
+
+
+def load(logdir: str | os.PathLike) -> dict[str, GradFlowRun]:
+    """Reads every run under ``logdir``, as TensorBoard names them.
+
+    Returns:
+        ``{run: GradFlowRun}``; a named watcher's run is keyed ``run/name``.
+        The run in ``logdir`` itself is ``"."``.
+
+    Raises:
+        FileNotFoundError: if ``logdir`` is not a directory.
+        ValueError: if no gradflow data is found under it.
+    """
+    logdir = os.fspath(logdir)
+    if not os.path.isdir(logdir):
+        raise FileNotFoundError(f"No such log directory: {logdir!r}")
+    checker = metadata.VersionChecker()
+    runs: dict[str, GradFlowRun] = {}
+    for run_dir, _, _ in sorted(os.walk(logdir)):
+        run = os.path.relpath(run_dir, logdir).replace(os.sep, "/")
+        for name, s in _read_run_dir(run_dir, checker).items():
+            key = run if name is None else f"{run}/{name}"
+            runs[key] = _finish(run_dir, s)
+    if not runs:
+        raise ValueError(f"No gradflow data under {logdir!r}")
+    return dict(sorted(runs.items()))

@@ -1,0 +1,62 @@
+"""Writer side of the format: numpy arrays in, ``Summary`` protos out (no torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+from tensorboard.compat.proto import (
+    summary_pb2,
+    tensor_pb2,
+    tensor_shape_pb2,
+    types_pb2,
+)
+
+from tb_gradflow import metadata
+
+
+def gradflow_pb(
+    layout: metadata.Layout,
+    stats: np.ndarray,
+    step_fields: np.ndarray,
+    *,
+    with_metadata: bool,
+) -> summary_pb2.Summary:
+    """Builds the summary of one logged step.
+
+    Args:
+        layout: what the step holds; its JSON goes into the metadata.
+        stats: per-layer statistics in ``layout.stats`` order.
+        step_fields: values of ``layout.step_fields``.
+        with_metadata: attach the plugin metadata. TensorBoard keeps only the
+            first metadata of a tag, so writers attach it to their first record.
+
+    Shape:
+        - stats: ``(K, L)``, ``K = len(layout.stats)``, ``L = len(layout.layers)``
+        - step_fields: ``(F,)``, ``F = len(layout.step_fields)``
+
+    Raises:
+        ValueError: if a shape does not match the layout.
+    """
+    stats = np.asarray(stats, dtype="<f4")
+    step_fields = np.asarray(step_fields, dtype="<f4")
+    if stats.shape != (len(layout.stats), len(layout.layers)):
+        raise ValueError(
+            f"stats has shape {stats.shape}, layout needs "
+            f"{(len(layout.stats), len(layout.layers))}"
+        )
+    if step_fields.shape != (len(layout.step_fields),):
+        raise ValueError(
+            f"step_fields has shape {step_fields.shape}, layout needs "
+            f"{(len(layout.step_fields),)}"
+        )
+    flat = np.concatenate([stats.reshape(-1), step_fields])  # (K * L + F,)
+    tensor = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=flat.size)]
+        ),
+        tensor_content=flat.tobytes(),
+    )
+    value = summary_pb2.Summary.Value(tag=metadata.tag_for(layout.name), tensor=tensor)
+    if with_metadata:
+        value.metadata.CopyFrom(metadata.create_summary_metadata(layout))
+    return summary_pb2.Summary(value=[value])
