@@ -24,18 +24,31 @@ import torch
 from torch import Tensor
 
 _CHUNK = 1 << 18  # elements per CPU scratch pass: 1 MiB of float32 fits in L2
+_ROW = 1024  # elements per partial L2 norm: float32 sums of <= 1024 squares stay exact
 
 
 class Partials:
-    """Per-chunk partial sums on one device, with the layer each chunk belongs to.
+    """Partial reductions on one device, with the layer each belongs to.
 
-    ``values`` is ``(3, C)`` float32 on the device: rows Σ|g|, max|g|, Σg².
-    ``owner`` is ``(C,)`` int64 on the host: the layer index of each chunk.
+    ``values`` is ``(2, C)`` float32 on the device: Σ|g| and max|g| of C chunks,
+    and ``owner`` (``(C,)`` int64, host) the layer of each chunk. ``norms`` is
+    ``(R,)`` float32 on the device: L2 norms of R disjoint pieces, and
+    ``norm_owner`` (``(R,)`` int64, host) their layers; squared and summed on the
+    host in float64 (a float32 sum of squares over millions of elements is off
+    by up to 1e-4 relative, ``torch.linalg.vector_norm`` included).
     """
 
-    def __init__(self, values: Tensor, owner: np.ndarray) -> None:
+    def __init__(
+        self,
+        values: Tensor,
+        owner: np.ndarray,
+        norms: Tensor,
+        norm_owner: np.ndarray,
+    ) -> None:
         self.values = values
         self.owner = owner
+        self.norms = norms
+        self.norm_owner = norm_owner
 
 
 def reduce_dense(
@@ -58,67 +71,86 @@ def _reduce_dense_cpu(
     grads: Sequence[Tensor], owners: Sequence[int], scratch: dict[torch.device, Tensor]
 ) -> Partials:
     device = grads[0].device
-    largest = min(max(g.numel() for g in grads), _CHUNK)
+    largest = _padded(min(max(g.numel() for g in grads), _CHUNK))
     buf = scratch.get(device)
     if buf is None or buf.numel() < largest:
         buf = scratch[device] = torch.empty(largest, dtype=torch.float32, device=device)
-    sums, maxs, squares, chunk_owner = [], [], [], []
+    sums, maxs, norms, chunk_owner, norm_owner = [], [], [], [], []
     for g, owner in zip(grads, owners):
         n = g.numel()
         if n == 0:
             continue
         pieces = (g,) if n <= _CHUNK else g.reshape(-1).split(_CHUNK)
         for piece in pieces:
-            a = buf[: piece.numel()].view(piece.shape)
+            n = piece.numel()
+            a = buf[:n].view(piece.shape)
             if piece.dtype == torch.float32:
                 torch.abs(piece, out=a)
             else:  # abs() cannot write another dtype: widen, then abs in place
                 a.copy_(piece).abs_()
-            a = a.view(-1)
+            padded = _padded(n)
+            buf[n:padded].zero_()  # zeros change no sum, max or norm
+            a = buf[:padded]
             sums.append(a.sum())
             maxs.append(a.amax())
-            squares.append(torch.dot(a, a))
+            norms.append(torch.linalg.vector_norm(a.view(-1, _ROW), dim=1))  # (R_i,)
             chunk_owner.append(owner)
+            norm_owner.append(np.full(padded // _ROW, owner, dtype=np.int64))
     if not sums:
-        return Partials(torch.zeros(3, 0, device=device), np.zeros(0, np.int64))
-    values = torch.stack([torch.stack(sums), torch.stack(maxs), torch.stack(squares)])
-    return Partials(values, np.asarray(chunk_owner, dtype=np.int64))
+        return _empty(device)
+    return Partials(
+        torch.stack([torch.stack(sums), torch.stack(maxs)]),
+        np.asarray(chunk_owner, dtype=np.int64),
+        torch.cat(norms),
+        np.concatenate(norm_owner),
+    )
+
+
+def _padded(n: int) -> int:
+    return -(-n // _ROW) * _ROW
+
+
+def _empty(device: torch.device) -> Partials:
+    none = np.zeros(0, np.int64)
+    return Partials(torch.zeros(2, 0, device=device), none, torch.zeros(0), none)
 
 
 def _reduce_dense_foreach(grads: Sequence[Tensor], owners: Sequence[int]) -> Partials:
     groups: dict[torch.dtype, list[int]] = {}
     for i, g in enumerate(grads):
         groups.setdefault(g.dtype, []).append(i)
-    rows, order = [], []
+    values, norms, order = [], [], []
     for idx in groups.values():
         group = [grads[i] for i in idx]
         l1 = torch._foreach_norm(group, 1, dtype=torch.float32)
-        l2 = torch._foreach_norm(group, 2, dtype=torch.float32)
         linf = torch._foreach_norm(group, float("inf"), dtype=torch.float32)
-        rows.append(torch.stack([torch.stack(l1), torch.stack(linf), torch.stack(l2)]))
+        l2 = torch._foreach_norm(group, 2, dtype=torch.float32)
+        values.append(torch.stack([torch.stack(l1), torch.stack(linf)]))
+        norms.extend(l2)
         order.extend(owners[i] for i in idx)
-    values = torch.cat(rows, dim=1)  # (3, n)
-    values[2].square_()  # Σg² from the L2 norm, so chunk partials add up
-    return Partials(values, np.asarray(order, dtype=np.int64))
+    owner = np.asarray(order, dtype=np.int64)
+    return Partials(torch.cat(values, dim=1), owner, torch.stack(norms), owner)
 
 
-def reduce_sparse(grad: Tensor) -> tuple[Tensor, int]:
+def reduce_sparse(grad: Tensor, owner: int) -> tuple[Partials, int]:
     """Reduces a sparse COO gradient as its dense equivalent.
 
     Duplicate indices are summed first (``coalesce``), as the dense gradient
     would sum them.
 
     Returns:
-        ``(3,)`` float32 on the device (Σ|g|, max|g|, Σg²) and the number of
-        rows (first-dimension slices) that received a gradient.
+        The partials of layer ``owner``, and the number of rows
+        (first-dimension slices) that received a gradient.
     """
     g = grad.coalesce()
     v = g.values().reshape(-1)
     if v.numel() == 0:
-        return torch.zeros(3, device=grad.device), 0
+        return _empty(grad.device), 0
     a = v.abs().float()
     rows = int(torch.unique(g.indices()[0]).numel()) if g.sparse_dim() > 1 else g._nnz()
-    return torch.stack([a.sum(), a.amax(), torch.dot(a, a)]), rows
+    mine = np.array([owner], dtype=np.int64)
+    values = torch.stack([a.sum(), a.amax()])[:, None]  # (2, 1)
+    return Partials(values, mine, torch.linalg.vector_norm(a)[None], mine), rows
 
 
 def count_nonfinite(grads: Sequence[Tensor]) -> Tensor:
@@ -134,30 +166,41 @@ def count_nonfinite(grads: Sequence[Tensor]) -> Tensor:
 def combine(
     parts: Sequence[Partials], n_layers: int, extras: Tensor | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Copies partials to the host (one copy per device) and sums them per layer.
+    """Copies partials to the host (one copy per device) and reduces them per layer.
 
     Args:
         parts: partials of every device.
         n_layers: the number of layers ``L``.
-        extras: ``(3,)`` per-step scalars to bring along in the first device's
+        extras: ``(E,)`` per-step scalars to bring along in the first device's
             copy, so that they cost no copy of their own.
 
     Returns:
-        ``(3, L)`` float64 (Σ|g|, max|g|, Σg² per layer; 0 for layers no chunk
+        ``(3, L)`` float64 (Σ|g|, max|g|, Σg² per layer; 0 for layers nothing
         belongs to), and the host copy of ``extras`` (None without).
     """
     out = np.zeros((3, n_layers), dtype=np.float64)
+    by_device: dict[torch.device, list[Partials]] = {}
+    for part in parts:
+        by_device.setdefault(part.values.device, []).append(part)
     host_extras = None
-    for i, part in enumerate(parts):
-        values = part.values
+    for i, group in enumerate(by_device.values()):
+        device = group[0].values.device
+        pieces = [t for p in group for t in (p.values.reshape(-1), p.norms.to(device))]
         if i == 0 and extras is not None:
-            values = torch.cat([values, extras.to(values.device)[:, None]], dim=1)
-        host = values.to("cpu", torch.float64).numpy()  # (3, C) or (3, C + 1)
+            pieces.append(extras.to(device))
+        host = torch.cat(pieces).to("cpu", torch.float64).numpy()  # the one copy
+        offset = 0
+        for p in group:
+            c, r = p.owner.size, p.norm_owner.size
+            values = host[offset : offset + 2 * c].reshape(2, c)
+            norms = host[offset + 2 * c : offset + 2 * c + r]
+            offset += 2 * c + r
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf: counted later
+                np.add.at(out[0], p.owner, values[0])
+                np.maximum.at(out[1], p.owner, values[1])
+                np.add.at(out[2], p.norm_owner, norms * norms)
         if i == 0 and extras is not None:
-            host, host_extras = host[:, :-1], host[:, -1]
-        np.add.at(out[0], part.owner, host[0])
-        np.maximum.at(out[1], part.owner, host[1])
-        np.add.at(out[2], part.owner, host[2])
+            host_extras = host[offset:]
     if extras is not None and host_extras is None:
         host_extras = extras.to("cpu", torch.float64).numpy()
     return out, host_extras

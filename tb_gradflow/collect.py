@@ -332,7 +332,8 @@ class GradFlow:
     ) -> tuple[np.ndarray, tuple[float, float]]:
         n_layers = len(self._layers)
         dense: dict[torch.device, tuple[list[Tensor], list[int]]] = {}
-        sparse_values, sparse_owner, sparse_rows = [], [], {}
+        parts: list[_reduce.Partials] = []
+        sparse_rows: dict[int, int] = {}
         has_grad = np.zeros(n_layers, dtype=bool)
         for i, layer in enumerate(self._layers):
             g = layer.param.grad
@@ -340,24 +341,13 @@ class GradFlow:
                 continue
             has_grad[i] = True
             if g.is_sparse:
-                values, rows = _reduce.reduce_sparse(g)
-                sparse_values.append(values)
-                sparse_owner.append(i)
-                sparse_rows[i] = rows
+                part, sparse_rows[i] = _reduce.reduce_sparse(g, i)
+                parts.append(part)
             else:
                 grads, owners = dense.setdefault(g.device, ([], []))
                 grads.append(g.detach())
                 owners.append(i)
-        parts = [_reduce.reduce_dense(g, o, self._scratch) for g, o in dense.values()]
-        if sparse_values:
-            parts.append(
-                _reduce.Partials(
-                    torch.stack(
-                        [v.to(sparse_values[0].device) for v in sparse_values], 1
-                    ),
-                    np.asarray(sparse_owner, dtype=np.int64),
-                )
-            )
+        parts += [_reduce.reduce_dense(g, o, self._scratch) for g, o in dense.values()]
         extras = self._step_extras(grad_scale, found_inf)
         totals, host_extras = _reduce.combine(parts, n_layers, extras)  # (3, L)
         if host_extras is None:

@@ -1,0 +1,429 @@
+"""watch(): what is logged, when, and that it equals a direct computation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+import tb_gradflow
+from tb_gradflow import _reduce
+from tb_gradflow.collect import layer_name, select_layers
+
+
+def reference_stats(grad: torch.Tensor) -> dict[str, float]:
+    """The statistics of one gradient, computed directly in float64."""
+    g = grad.to_dense().double() if grad.is_sparse else grad.double()
+    finite = torch.isfinite(g)
+    return {
+        "abs_mean": g.abs().mean().item(),
+        "abs_max": g.abs().max().item(),
+        "norm": g.norm().item(),
+        "nonfinite": float((~finite).sum()),
+    }
+
+
+class MLP(nn.Module):
+    def __init__(self, sizes=(8, 16, 16, 4)):
+        super().__init__()
+        self.layers = nn.Sequential(
+            *[
+                m
+                for a, b in zip(sizes[:-1], sizes[1:])
+                for m in (nn.Linear(a, b), nn.Tanh())
+            ][:-1]
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def train_steps(model, opt, n_steps, *, batch=5, in_dim=8):
+    for _ in range(n_steps):
+        opt.zero_grad()
+        model(torch.randn(batch, in_dim)).pow(2).mean().backward()
+        opt.step()
+
+
+def stat_of(last, layers, name, stat):
+    return last.stat(stat)[layers.index(name)]
+
+
+# -- layer selection -----------------------------------------------------------
+
+
+def test_layer_name_drops_trailing_weight_and_compile_component():
+    assert layer_name("fc1.weight") == "fc1"
+    assert layer_name("weight") == "weight"
+    assert layer_name("a._orig_mod.b.weight") == "a.b"
+    assert layer_name("lstm.weight_ih_l0") == "lstm.weight_ih_l0"
+
+
+def test_select_layers_excludes_biases_frozen_and_ties():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.lstm = nn.LSTM(4, 4)
+            self.frozen = nn.Linear(4, 4)
+            self.frozen.requires_grad_(False)
+            self.out = nn.Linear(4, 10)
+            self.out.weight = self.emb.weight  # tied
+
+    names = [n for n, _, _ in select_layers(Tied())]
+    assert names == ["emb", "lstm.weight_ih_l0", "lstm.weight_hh_l0"]
+    with_bias = [n for n, _, _ in select_layers(Tied(), include_bias=True)]
+    assert "lstm.bias_ih_l0" in with_bias and "out.bias" in with_bias
+    assert with_bias.count("emb") == 1
+
+
+def test_select_layers_globs():
+    model = MLP()
+    assert [n for n, _, _ in select_layers(model, include="layers.0")] == ["layers.0"]
+    names = [n for n, _, _ in select_layers(model, exclude=["layers.0", "layers.2"])]
+    assert names == ["layers.4"]
+    with pytest.raises(ValueError, match="No layer to watch"):
+        select_layers(model, include="nothing*")
+
+
+def test_wrapper_prefixes_are_stripped():
+    model = MLP()
+    plain = [n for n, _, _ in select_layers(model)]
+    assert [n for n, _, _ in select_layers(nn.DataParallel(model))] == plain
+    compiled = torch.compile(model)  # not run: the wrapper alone
+    assert [n for n, _, _ in select_layers(compiled)] == plain
+
+    class Wrapper(nn.Module):  # e.g. an engine that keeps the model as .module
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+    assert [n for n, _, _ in select_layers(Wrapper(model))] == plain
+
+
+def test_sparse_embedding_is_marked_sparse():
+    model = nn.Sequential(nn.Embedding(10, 3, sparse=True), nn.Linear(3, 2))
+    assert [s for _, _, s in select_layers(model)] == [True, False]
+
+
+# -- statistics ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_stats_equal_direct_computation(tmp_path, dtype):
+    model = MLP().to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with (
+        SummaryWriter(tmp_path) as w,
+        tb_gradflow.watch(model, w, optimizer=opt) as flow,
+    ):
+        opt.zero_grad()
+        model(torch.randn(5, 8, dtype=dtype)).pow(2).mean().backward()
+        params = [p for n, p in model.named_parameters() if n.endswith("weight")]
+        grads = [p.grad.clone() for p in params]
+        opt.step()
+    for name, g in zip(flow.layers, grads):
+        ref = reference_stats(g)
+        for stat, want in ref.items():
+            assert stat_of(flow.last, flow.layers, name, stat) == pytest.approx(
+                want, rel=1e-6, abs=1e-30
+            ), (name, stat)
+
+
+def test_large_tensors_are_chunked_and_stay_precise(tmp_path):
+    # 3 scratch chunks; float32 dot products over 1M elements alone would lose
+    # ~1e-5 relative precision.
+    layer = nn.Linear(1024, _reduce._CHUNK * 3 // 1024 + 7, bias=False)
+    layer.weight.grad = torch.randn_like(layer.weight) * 1e-3
+    layer.weight.grad[5, 5] = 0.75  # the max sits in one chunk only
+    flow = tb_gradflow.watch(layer, SummaryWriter(tmp_path))
+    last = flow.log(0)
+    ref = reference_stats(layer.weight.grad)
+    for stat in ("abs_mean", "abs_max", "norm"):
+        assert last.stat(stat)[0] == pytest.approx(ref[stat], rel=1e-6)
+
+
+def test_loaded_values_equal_logged_values(tmp_path):
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    logged = []
+    with (
+        SummaryWriter(tmp_path) as w,
+        tb_gradflow.watch(model, w, optimizer=opt) as flow,
+    ):
+        for _ in range(3):
+            train_steps(model, opt, 1)
+            logged.append(flow.last.stats.astype(np.float32))
+    run = tb_gradflow.load_run(tmp_path)
+    assert run.steps.tolist() == [0, 1, 2]
+    assert run.layers == flow.layers
+    for stat_index, stat in enumerate(run.stats):
+        np.testing.assert_array_equal(
+            run.values(stat), np.stack([s[stat_index] for s in logged])
+        )
+
+
+def test_gradient_accumulation_logs_once_per_optimizer_step(tmp_path):
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with (
+        SummaryWriter(tmp_path) as w,
+        tb_gradflow.watch(model, w, optimizer=opt),
+    ):
+        for _ in range(2):
+            opt.zero_grad()
+            for _ in range(4):  # micro-batches
+                (model(torch.randn(5, 8)).pow(2).mean() / 4).backward()
+            accumulated = model.layers[0].weight.grad.clone()
+            opt.step()
+    run = tb_gradflow.load_run(tmp_path)
+    assert run.steps.tolist() == [0, 1]
+    ref = reference_stats(accumulated)
+    assert run.values("abs_mean")[-1, 0] == pytest.approx(ref["abs_mean"], rel=1e-6)
+    assert run.values("norm")[-1, 0] == pytest.approx(ref["norm"], rel=1e-6)
+
+
+def test_every_logs_only_due_steps_and_computes_nothing_else(tmp_path, monkeypatch):
+    calls = []
+    real = _reduce.reduce_dense
+    monkeypatch.setattr(_reduce, "reduce_dense", lambda *a: calls.append(1) or real(*a))
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with (
+        SummaryWriter(tmp_path) as w,
+        tb_gradflow.watch(model, w, optimizer=opt, every=3) as flow,
+    ):
+        train_steps(model, opt, 7)
+    assert len(calls) == 3
+    assert tb_gradflow.load_run(tmp_path).steps.tolist() == [0, 3, 6]
+    assert tb_gradflow.load_run(tmp_path).every == 3
+    assert flow.step == 7
+
+
+def test_writer_none_writes_and_computes_nothing(monkeypatch):
+    monkeypatch.setattr(_reduce, "reduce_dense", lambda *a: pytest.fail("computed"))
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with tb_gradflow.watch(model, None, optimizer=opt) as flow:
+        train_steps(model, opt, 2)
+        assert flow.log(2) is None
+    assert flow.last is None and flow.step == 2
+
+
+def test_manual_log_without_optimizer(tmp_path):
+    model = MLP()
+    with SummaryWriter(tmp_path) as w:
+        flow = tb_gradflow.watch(model, w, every=2)
+        for step in range(5):
+            model.zero_grad()
+            model(torch.randn(5, 8)).sum().backward()
+            logged = flow.log(step)
+            assert (logged is not None) == (step % 2 == 0)
+    assert tb_gradflow.load_run(tmp_path).steps.tolist() == [0, 2, 4]
+
+
+def test_detached_layer_has_no_gradient_not_zero(tmp_path):
+    class Detached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lower = nn.Linear(8, 8)
+            self.dead = nn.Linear(8, 8)
+            self.upper = nn.Linear(8, 1)
+
+        def forward(self, x):
+            h = self.lower(x).detach()  # the bug: nothing reaches `lower`
+            return self.upper(h) + 0 * self.dead(h)  # `dead` gets an exact zero
+
+    model = Detached()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with SummaryWriter(tmp_path) as w, tb_gradflow.watch(model, w, optimizer=opt):
+        train_steps(model, opt, 2)
+    run = tb_gradflow.load_run(tmp_path)
+    assert run.layers == ["lower", "dead", "upper"]
+    assert run.no_grad[:, 0].all() and not run.no_grad[:, 1:].any()
+    assert np.isnan(run.values("abs_mean")[:, 0]).all()
+    assert (run.values("abs_mean")[:, 1] == 0).all()
+    assert (run.values("abs_mean")[:, 2] > 0).all()
+
+
+def test_nan_gradient_is_counted_and_training_goes_on(tmp_path):
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with SummaryWriter(tmp_path) as w, tb_gradflow.watch(model, w, optimizer=opt):
+        train_steps(model, opt, 1)
+        opt.zero_grad()
+        model(torch.randn(5, 8)).pow(2).mean().backward()
+        model.layers[2].weight.grad[0, :3] = float("nan")
+        model.layers[2].weight.grad[1, 0] = float("inf")
+        opt.step()
+        with torch.no_grad():  # repair, as a user would, and go on
+            for p in model.parameters():
+                p.nan_to_num_(0.0, 0.0, 0.0)
+        train_steps(model, opt, 1)
+    run = tb_gradflow.load_run(tmp_path)
+    assert run.steps.tolist() == [0, 1, 2]
+    assert run.values("nonfinite")[:, 1].tolist() == [0, 4, 0]
+    assert run.values("nonfinite")[:, [0, 2]].sum() == 0
+    assert math.isnan(run.values("abs_mean")[1, 1])
+
+
+def test_sparse_embedding_counts_as_dense_and_records_rows(tmp_path):
+    model = nn.Sequential(nn.Embedding(100, 6, sparse=True), nn.Linear(6, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ids = torch.tensor([[3, 7, 3, 9]])  # row 3 twice: its gradients add up
+    with (
+        SummaryWriter(tmp_path) as w,
+        tb_gradflow.watch(model, w, optimizer=opt) as flow,
+    ):
+        opt.zero_grad()
+        model(ids).pow(2).sum().backward()
+        assert model[0].weight.grad.is_sparse
+        ref = reference_stats(model[0].weight.grad)
+        opt.step()
+    for stat in ("abs_mean", "abs_max", "norm"):
+        assert flow.last.stat(stat)[0] == pytest.approx(ref[stat], rel=1e-6)
+    assert flow.last.stat("rows")[0] == pytest.approx(3 / 100)
+    assert flow.last.stat("rows")[1] == 1.0
+    run = tb_gradflow.load_run(tmp_path)
+    assert run.sparse == [True, False]
+
+
+def test_two_named_watchers_share_a_writer(tmp_path):
+    gen, disc = MLP(), MLP()
+    opt_g = torch.optim.SGD(gen.parameters(), lr=0.01)
+    opt_d = torch.optim.SGD(disc.parameters(), lr=0.01)
+    with SummaryWriter(tmp_path) as w:
+        fg = tb_gradflow.watch(gen, w, optimizer=opt_g, name="generator")
+        fd = tb_gradflow.watch(disc, w, optimizer=opt_d, name="discriminator", every=2)
+        train_steps(gen, opt_g, 3)
+        train_steps(disc, opt_d, 3)
+        fg.remove(), fd.remove()
+    runs = tb_gradflow.load(tmp_path)
+    assert sorted(runs) == ["./discriminator", "./generator"]
+    assert runs["./generator"].steps.tolist() == [0, 1, 2]
+    assert runs["./discriminator"].steps.tolist() == [0, 2]
+    assert tb_gradflow.load_run(tmp_path, name="generator").name == "generator"
+    with pytest.raises(ValueError, match="generator"):
+        tb_gradflow.load_run(tmp_path)  # unnamed: none here; lists what there is
+
+
+def test_resumed_run_continues_and_later_record_wins(tmp_path):
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with SummaryWriter(tmp_path) as w, tb_gradflow.watch(model, w, optimizer=opt):
+        train_steps(model, opt, 4)  # steps 0..3
+    # The job died after a checkpoint at step 2 and resumes from there.
+    with (
+        SummaryWriter(tmp_path) as w,
+        tb_gradflow.watch(model, w, optimizer=opt, start_step=2) as flow,
+    ):
+        train_steps(model, opt, 3)  # steps 2..4
+        resumed = flow.last
+    run = tb_gradflow.load_run(tmp_path)
+    assert run.steps.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(
+        run.values("norm")[-1], resumed.stat("norm").astype(np.float32)
+    )
+
+
+def test_remove_leaves_no_hooks(tmp_path):
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu")
+    before = dict(opt._optimizer_step_pre_hooks)
+    with SummaryWriter(tmp_path) as w:
+        flow = tb_gradflow.watch(model, w, optimizer=opt, scaler=scaler)
+        assert len(opt._optimizer_step_pre_hooks) == len(before) + 1
+        assert "step" in vars(scaler)
+        flow.remove()
+    assert dict(opt._optimizer_step_pre_hooks) == before
+    assert "step" not in vars(scaler)
+    assert not any(m._backward_hooks or m._forward_hooks for m in model.modules())
+    train_steps(model, opt, 1)
+    assert flow.last is None
+
+
+# -- AMP -----------------------------------------------------------------------
+
+
+def scaled_step(model, opt, scaler, *, poison=False):
+    opt.zero_grad()
+    loss = model(torch.randn(5, 8)).pow(2).mean()
+    scaler.scale(loss).backward()
+    if poison:
+        model.layers[0].weight.grad[0, 0] = float("inf")
+    scaler.step(opt)
+    scaler.update()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_grad_scaler_logs_unscaled_gradients(tmp_path, fused):
+    model = MLP()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    with (
+        SummaryWriter(tmp_path) as w,
+        tb_gradflow.watch(model, w, optimizer=opt, scaler=scaler) as flow,
+    ):
+        # The same gradient without scaling is the reference.
+        x = torch.randn(5, 8)
+        model.zero_grad()
+        model(x).pow(2).mean().backward()
+        want = reference_stats(model.layers[0].weight.grad)
+        opt.zero_grad()
+        scaler.scale(model(x).pow(2).mean()).backward()
+        scaler.step(opt)
+        scaler.update()
+    for stat in ("abs_mean", "abs_max", "norm"):
+        assert flow.last.stat(stat)[0] == pytest.approx(want[stat], rel=1e-5)
+    assert flow.last.loss_scale == 2.0**12
+    assert not flow.last.skipped
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_step_skipped_by_scaler_is_logged(tmp_path, fused):
+    model = MLP()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    with (
+        SummaryWriter(tmp_path) as w,
+        tb_gradflow.watch(model, w, optimizer=opt, scaler=scaler),
+    ):
+        scaled_step(model, opt, scaler)
+        scaled_step(model, opt, scaler, poison=True)
+        scaled_step(model, opt, scaler)
+    run = tb_gradflow.load_run(tmp_path)
+    assert run.steps.tolist() == [0, 1, 2]
+    assert run.skipped.tolist() == [False, True, False]
+    assert run.values("nonfinite")[:, 0].tolist() == [0, 1, 0]
+    assert run.loss_scale.tolist() == [2.0**12, 2.0**12, 2.0**11]
+
+
+# -- arguments -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"every": 0}, ValueError, "Invalid every: 0"),
+        ({"every": 1.5}, ValueError, "Invalid every"),
+        ({"start_step": -1}, ValueError, "Invalid start_step: -1"),
+        ({"name": "a/b"}, ValueError, "Invalid name"),
+        ({"optimizer": object()}, TypeError, "torch.optim.Optimizer"),
+        ({"scaler": object()}, ValueError, "pass optimizer"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        tb_gradflow.watch(MLP(), None, **kwargs)
+
+
+def test_bad_writer_and_model_raise():
+    with pytest.raises(TypeError, match="SummaryWriter"):
+        tb_gradflow.watch(MLP(), "runs/x")
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        tb_gradflow.watch(lambda x: x, None)
+    with pytest.raises(ValueError, match="Invalid step"):
+        tb_gradflow.watch(MLP(), None).log(-1)
