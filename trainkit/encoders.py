@@ -1,0 +1,521 @@
+"""Character-level word encoders: a function of a word's characters, not a table.
+
+A word-embedding table of 1M words x 300 dims needs about 1 GB and knows nothing of
+words it has not seen. The encoders here map each word's characters to one vector, so
+they need few parameters and also embed unseen words ("beers", "awesomeness").
+
+- :class:`CharVocab` maps characters to ids (0 = padding, 1 = unknown).
+- :class:`CharCNNEncoder` is Kim et al.'s convolutional encoder (max over time, then
+  highway layers).
+- :class:`CharGRUEncoder` runs one packed GRU call over all words of a batch and keeps
+  each word's last real state.
+
+Both encoders take ``ids`` alone (lengths follow from the trailing padding) or
+``(ids, lengths)``, take ``(N, L)`` or ``(B, S, L)`` input, give a zero vector for an
+all-padding row (an empty word slot), and with ``dedup=True`` encode each distinct word
+of a batch once and scatter the result back.
+
+Shape letters: ``N`` words, ``L`` characters per word (the padded ``max_len``), ``B``
+batch, ``S`` words per sequence, ``C`` character embedding dim, ``D`` output dim
+(``out_dim``), ``F`` filters of one width, ``H`` GRU hidden size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+__all__ = ["CharCNNEncoder", "CharGRUEncoder", "CharVocab"]
+
+_FORMAT = "trainkit.CharVocab"
+_FORMAT_VERSION = 1
+# Kim et al. (2016), "small" model: char_dim 15, widths 1-6 with 25 * w filters.
+_KIM_SMALL_FILTERS = ((1, 25), (2, 50), (3, 75), (4, 100), (5, 125), (6, 150))
+# Transform-gate bias at init: sigmoid(-2) = 0.12, so the first evaluations mostly
+# carry the input through (Kim et al. 2016; Srivastava et al. 2015 use -1 to -3).
+_HIGHWAY_GATE_BIAS = -2.0
+
+
+class CharVocab:
+    """Maps characters to ids: 0 is padding, 1 is unknown, real characters from 2.
+
+    Args:
+        chars: distinct single characters, in id order (the first gets id 2).
+
+    Raises:
+        ValueError: if an entry is not a single character or appears twice.
+
+    Examples:
+        >>> vocab = CharVocab.from_text("beer is awesome")
+        >>> len(vocab)  # 9 characters + padding + unknown
+        11
+        >>> ids, lengths = vocab.encode(["beers", "is", "z"])
+        >>> ids
+        tensor([[3, 4, 4, 8, 9],
+                [5, 9, 0, 0, 0],
+                [1, 0, 0, 0, 0]])
+        >>> lengths
+        tensor([5, 2, 1])
+    """
+
+    padding_id = 0
+    unknown_id = 1
+
+    def __init__(self, chars: Iterable[str]) -> None:
+        chars = tuple(chars)
+        for c in chars:
+            if not isinstance(c, str) or len(c) != 1:
+                raise ValueError(f"Invalid character: {c!r} (need a 1-character str)")
+        if len(set(chars)) != len(chars):
+            dupes = sorted({c for c in chars if chars.count(c) > 1})
+            raise ValueError(f"Duplicate characters: {dupes!r}")
+        self._chars = chars
+        self._ids = {c: i for i, c in enumerate(chars, start=2)}
+
+    @classmethod
+    def from_text(cls, text: str) -> CharVocab:
+        """Builds a vocabulary of the distinct non-whitespace characters of ``text``.
+
+        Ids follow sorted code-point order, so the same text always gives the same ids.
+        Whitespace separates words and is left out.
+        """
+        return cls(sorted({c for c in text if not c.isspace()}))
+
+    @property
+    def chars(self) -> tuple[str, ...]:
+        """The real characters in id order (id of ``chars[i]`` is ``i + 2``)."""
+        return self._chars
+
+    def __len__(self) -> int:
+        """The ``n_chars`` the encoders take: characters + padding + unknown."""
+        return len(self._chars) + 2
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CharVocab):
+            return NotImplemented
+        return self._chars == other._chars
+
+    def __hash__(self) -> int:
+        return hash(self._chars)
+
+    def __repr__(self) -> str:
+        return f"CharVocab(n_chars={len(self)})"
+
+    def encode(
+        self, words: Sequence[str], *, max_len: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Encodes words as right-padded id rows.
+
+        Args:
+            words: the words. An empty string gives an all-padding row (length 0).
+            max_len: pad (and truncate longer words) to this many characters; by
+                default, to the longest word.
+
+        Returns:
+            ``(ids, lengths)``: ids ``(N, L)`` int64, characters not in the vocabulary
+            as ``unknown_id``, then ``padding_id``; lengths ``(N,)`` int64.
+
+        Raises:
+            TypeError: if ``words`` is a single ``str`` (pass ``text.split()``).
+            ValueError: if ``max_len`` < 1.
+        """
+        if isinstance(words, str):
+            raise TypeError(
+                "encode() takes a sequence of words, not a str; pass text.split()"
+            )
+        if max_len is not None and not max_len >= 1:
+            raise ValueError(f"Invalid max_len: {max_len}")
+        rows = [[self._ids.get(c, self.unknown_id) for c in w] for w in words]
+        if max_len is None:
+            max_len = max((len(r) for r in rows), default=0)
+        ids = np.zeros((len(rows), max_len), dtype=np.int64)  # padding_id is 0
+        lengths = np.zeros(len(rows), dtype=np.int64)
+        for i, r in enumerate(rows):
+            r = r[:max_len]
+            ids[i, : len(r)] = r
+            lengths[i] = len(r)
+        return torch.from_numpy(ids), torch.from_numpy(lengths)
+
+    def encode_batch(
+        self, sentences: Sequence[Sequence[str]], *, max_len: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Encodes sequences of words; shorter sequences are padded with empty words.
+
+        Args:
+            sentences: ``B`` sequences of words (e.g. ``[line.split() for line in
+                lines]``).
+            max_len: as in :meth:`encode`.
+
+        Returns:
+            ``(ids, lengths)``: ids ``(B, S, L)`` int64, lengths ``(B, S)`` int64, where
+            ``S`` is the longest sequence; missing word slots are all padding, length 0.
+        """
+        if isinstance(sentences, str):
+            raise TypeError("encode_batch() takes a sequence of word sequences")
+        n_seq = max((len(s) for s in sentences), default=0)
+        flat = [w for s in sentences for w in [*s, *[""] * (n_seq - len(s))]]
+        ids, lengths = self.encode(flat, max_len=max_len)
+        return ids.view(len(sentences), n_seq, -1), lengths.view(len(sentences), n_seq)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes the vocabulary as UTF-8 JSON."""
+        payload = {
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "chars": list(self._chars),
+        }
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(payload, f, ensure_ascii=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CharVocab:
+        """Reads a vocabulary written by :meth:`save`.
+
+        Raises:
+            ValueError: if the file is not a CharVocab file or has a newer version.
+        """
+        with open(path, encoding="utf-8") as f:
+            payload = json.load(f)
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ValueError(f"Not a {_FORMAT} file: {os.fspath(path)!r}")
+        version = payload.get("version")
+        if not isinstance(version, int) or version > _FORMAT_VERSION:
+            raise ValueError(
+                f"Unsupported {_FORMAT} version {version!r} in {os.fspath(path)!r} "
+                f"(this trainkit reads up to {_FORMAT_VERSION})"
+            )
+        return cls(payload["chars"])
+
+
+def _check_embedding_args(n_chars: int, char_dim: int, padding_idx: int) -> None:
+    if not n_chars >= 1:
+        raise ValueError(f"Invalid n_chars: {n_chars}")
+    if not char_dim >= 1:
+        raise ValueError(f"Invalid char_dim: {char_dim}")
+    if not 0 <= padding_idx < n_chars:
+        raise ValueError(f"Invalid padding_idx: {padding_idx} (n_chars={n_chars})")
+
+
+class _CharWordEncoder(nn.Module):
+    """Shared front end: input shapes, lengths, empty words, dedup.
+
+    Subclasses set ``embedding``, ``padding_idx``, ``out_dim`` and implement
+    ``_encode(ids (N, L), lengths (N,) on the CPU, all >= 1, L = max) -> (N, D)``.
+    """
+
+    embedding: nn.Embedding
+    padding_idx: int
+    out_dim: int
+    dedup: bool
+
+    def _encode(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self, ids: Tensor, lengths: Tensor | Sequence[int] | None = None
+    ) -> Tensor:
+        """Encodes each row of character ids to one vector.
+
+        Args:
+            ids: character ids, right-padded with ``padding_idx``.
+            lengths: characters per word; by default, the non-padding ids of each
+                row. Ids past a word's length are ignored.
+
+        Returns:
+            One vector per word; zeros for a word of length 0.
+
+        Raises:
+            TypeError: if ``ids`` is not an integer tensor.
+            ValueError: on a bad shape, a length outside ``[0, L]``, or (without
+                ``lengths``) a padding id before a word's last character.
+
+        Shape:
+            - ids: ``(N, L)`` or ``(B, S, L)``, int64 or int32.
+            - lengths: ``(N,)`` or ``(B, S)``, integer.
+            - output: ``(N, D)`` or ``(B, S, D)``, float.
+        """
+        if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"ids must be an int64 or int32 tensor, got {type(ids)}")
+        if ids.dim() not in (2, 3):
+            raise ValueError(f"ids must be (N, L) or (B, S, L), got {tuple(ids.shape)}")
+        lead_shape, L = ids.shape[:-1], ids.shape[-1]
+        ids = ids.reshape(-1, L)  # (N, L)
+        N = ids.shape[0]
+        positions = torch.arange(L, device=ids.device)
+        if lengths is None:
+            real = ids != self.padding_idx  # (N, L)
+            lengths_dev = real.sum(dim=1)  # (N,)
+            if not torch.equal(real, positions < lengths_dev[:, None]):
+                raise ValueError(
+                    f"ids has padding id {self.padding_idx} before a word's last "
+                    "character; pad on the right or pass lengths"
+                )
+            lengths_cpu = lengths_dev.cpu()
+        else:
+            lengths = torch.as_tensor(lengths)
+            if lengths.shape != lead_shape or lengths.is_floating_point():
+                raise ValueError(
+                    f"lengths must be integers of shape {tuple(lead_shape)}, got "
+                    f"{lengths.dtype} {tuple(lengths.shape)}"
+                )
+            lengths_cpu = lengths.reshape(N).to("cpu", torch.int64)
+            if N and not (0 <= lengths_cpu.min() and lengths_cpu.max() <= L):
+                raise ValueError(
+                    f"lengths must lie in [0, {L}], got "
+                    f"[{int(lengths_cpu.min())}, {int(lengths_cpu.max())}]"
+                )
+            if self.dedup:
+                # Ids past a word's end are ignored, so blank them to compare words.
+                past_end = positions >= lengths_cpu.to(ids.device)[:, None]  # (N, L)
+                ids = ids.masked_fill(past_end, self.padding_idx)
+
+        if self.dedup and N > 1:
+            # One row per distinct (characters, length); lengths join the key because
+            # explicit lengths may end a word early.
+            key = torch.cat([ids, lengths_cpu.to(ids)[:, None]], dim=1)  # (N, L + 1)
+            uniq, inverse = torch.unique(key, dim=0, return_inverse=True)  # (U, L+1)
+            out = self._encode_rows(uniq[:, :-1], uniq[:, -1].to("cpu", torch.int64))
+            out = out.index_select(0, inverse)  # (N, D)
+        else:
+            out = self._encode_rows(ids, lengths_cpu)  # (N, D)
+        return out.view(*lead_shape, self.out_dim)
+
+    def _encode_rows(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """Runs ``_encode`` on the non-empty rows only; empty rows get zeros."""
+        N = ids.shape[0]
+        nonempty = lengths > 0  # (N,)
+        n_real = int(nonempty.sum())
+        if n_real == 0:
+            weight = self.embedding.weight
+            return weight.new_zeros(N, self.out_dim)
+        max_len = int(lengths.max())
+        if n_real == N:
+            return self._encode(ids[:, :max_len], lengths)
+        # pack_padded_sequence rejects zero lengths (pytorch#4582), and a zero-length
+        # word has no window to max over, so such rows skip the encoder.
+        rows = nonempty.nonzero().squeeze(1)  # (n_real,)
+        rows_dev = rows.to(ids.device)
+        enc = self._encode(ids[rows_dev, :max_len], lengths[rows])  # (n_real, D)
+        return enc.new_zeros(N, self.out_dim).index_copy(0, rows_dev, enc)
+
+
+class _Highway(nn.Module):
+    """Highway layers: ``y = t * relu(W_H x + b_H) + (1 - t) * x``.
+
+    The transform gate is ``t = sigmoid(W_T x + b_T)``; ``b_T`` starts at
+    ``gate_bias`` < 0, so at init the layers mostly carry ``x``.
+    """
+
+    def __init__(self, dim: int, num_layers: int, gate_bias: float) -> None:
+        super().__init__()
+        self.transform = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_layers))
+        self.gate = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_layers))
+        for gate in self.gate:
+            nn.init.constant_(gate.bias, gate_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for transform, gate in zip(self.transform, self.gate):
+            # lerp(x, h, t) = x + t * (h - x) = t * h + (1 - t) * x, in one kernel.
+            x = torch.lerp(x, F.relu(transform(x)), torch.sigmoid(gate(x)))  # (N, D)
+        return x
+
+
+class CharCNNEncoder(_CharWordEncoder):
+    """Kim et al.'s character CNN word encoder: convolutions, max over time, highway.
+
+    Each filter width ``w`` convolves the character embeddings; the max over time runs
+    over the windows that start at the word's real characters only. A window may run
+    past the word's end into zeros, so a word shorter than the widest filter still
+    has one window per character, and a word's vector does not depend on how much
+    padding its batch has. ``tanh`` follows the max (same result as before it, since
+    tanh is increasing, and cheaper), then ``highway_layers`` highway layers with a
+    negative initial gate bias.
+
+    Parameters: ``n_chars * char_dim + sum_w (w * char_dim * F_w + F_w)
+    + highway_layers * 2 * (D * D + D)`` with ``D = sum_w F_w``.
+
+    Args:
+        n_chars: size of the character vocabulary (``len(CharVocab)``).
+        char_dim: character embedding size ``C``.
+        filters: ``(width, count)`` pairs; ``out_dim`` is the sum of the counts.
+            The default is Kim et al.'s small model (525 filters).
+        highway_layers: number of highway layers (Kim et al.: 1 small, 2 large).
+        padding_idx: the padding id.
+        dedup: encode each distinct word of a batch once and scatter back. Same
+            result; faster when words repeat, as in running text.
+
+    Shape:
+        - ids: ``(N, L)`` or ``(B, S, L)``, int64.
+        - lengths (optional): ``(N,)`` or ``(B, S)``.
+        - output: ``(N, D)`` or ``(B, S, D)``, ``D = out_dim``.
+
+    References:
+        Kim, Jernite, Sontag, Rush (2016), "Character-Aware Neural Language Models",
+        arXiv:1508.06615.
+
+    Examples:
+        >>> vocab = CharVocab.from_text("beer is awesome")
+        >>> ids, lengths = vocab.encode(["beers", "awesomeness", "i"])
+        >>> enc = CharCNNEncoder(len(vocab))
+        >>> enc(ids).shape
+        torch.Size([3, 525])
+        >>> enc(ids.view(1, 3, -1)).shape  # (B, S, L)
+        torch.Size([1, 3, 525])
+    """
+
+    def __init__(
+        self,
+        n_chars: int,
+        char_dim: int = 15,
+        filters: Sequence[tuple[int, int]] = _KIM_SMALL_FILTERS,
+        highway_layers: int = 1,
+        padding_idx: int = 0,
+        *,
+        dedup: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_embedding_args(n_chars, char_dim, padding_idx)
+        filters = tuple((int(w), int(n)) for w, n in filters)
+        if not filters or any(not (w >= 1 and n >= 1) for w, n in filters):
+            raise ValueError(f"Invalid filters: {filters} (need (width, count) >= 1)")
+        if not highway_layers >= 0:
+            raise ValueError(f"Invalid highway_layers: {highway_layers}")
+        self.padding_idx = padding_idx
+        self.filters = filters
+        self.max_width = max(w for w, _ in filters)
+        self.out_dim = sum(n for _, n in filters)
+        self.dedup = dedup
+        self.embedding = nn.Embedding(n_chars, char_dim, padding_idx=padding_idx)
+        self.convs = nn.ModuleList(nn.Conv1d(char_dim, n, w) for w, n in filters)
+        self.highway = _Highway(self.out_dim, highway_layers, _HIGHWAY_GATE_BIAS)
+
+    def _encode(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        N, L = ids.shape
+        real = torch.arange(L, device=ids.device) < lengths.to(ids.device)[:, None]
+        # Zero past each word's end even if the padding row's weight is not zero.
+        x = self.embedding(ids) * real[:, :, None]  # (N, L, C)
+        x = x.transpose(1, 2)  # (N, C, L)
+        x = F.pad(x, (0, self.max_width - 1))  # (N, C, L + W - 1): a window per start
+        pooled = []
+        for conv in self.convs:
+            y = conv(x)[:, :, :L]  # (N, F, L), windows starting at t = 0 .. L - 1
+            y = y.masked_fill(~real[:, None, :], float("-inf"))
+            pooled.append(y.amax(dim=2))  # (N, F)
+        h = torch.tanh(torch.cat(pooled, dim=1))  # (N, D)
+        return self.highway(h)
+
+
+class CharGRUEncoder(_CharWordEncoder):
+    """Packed character GRU word encoder: each word's last real GRU state.
+
+    All words of a batch run in one ``pack_padded_sequence(..., enforce_sorted=False)``
+    call, so no hand-made sort and unsort, and the GRU never reads padding. The GRU
+    returns its final states in the batch's own order. Dropout acts on the character
+    embeddings (the GRU's own ``dropout`` would act only between layers).
+
+    With ``bidirectional=True`` the output concatenates the forward direction's state
+    after the last character and the backward direction's state after the first.
+    ``reverse=True`` reads each word right to left within its own length (``"cat"``
+    is read as ``"tac"``, padding still last); it helps when words share stems and
+    differ in endings, since the final state then sits nearest the stem.
+
+    Args:
+        n_chars: size of the character vocabulary (``len(CharVocab)``).
+        char_dim: character embedding size ``C``.
+        hidden_size: GRU hidden size ``H``.
+        num_layers: stacked GRU layers.
+        bidirectional: also run a right-to-left GRU; ``out_dim = 2 * H``.
+        reverse: read each word's characters right to left.
+        dropout: dropout probability on the character embeddings.
+        padding_idx: the padding id.
+        dedup: encode each distinct word of a batch once and scatter back. Same
+            result in eval mode; in training mode, copies of a word share one
+            dropout mask.
+
+    Shape:
+        - ids: ``(N, L)`` or ``(B, S, L)``, int64.
+        - lengths (optional): ``(N,)`` or ``(B, S)``.
+        - output: ``(N, D)`` or ``(B, S, D)``, ``D = out_dim = H * (2 if
+          bidirectional else 1)``.
+
+    Examples:
+        >>> vocab = CharVocab.from_text("beer is awesome")
+        >>> ids, lengths = vocab.encode(["beers", "", "is"])
+        >>> enc = CharGRUEncoder(len(vocab), 8, 16, reverse=True)
+        >>> out = enc(ids)
+        >>> out.shape
+        torch.Size([3, 16])
+        >>> out[1].abs().sum().item()  # the empty word
+        0.0
+    """
+
+    def __init__(
+        self,
+        n_chars: int,
+        char_dim: int,
+        hidden_size: int,
+        *,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        reverse: bool = False,
+        dropout: float = 0.1,
+        padding_idx: int = 0,
+        dedup: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_embedding_args(n_chars, char_dim, padding_idx)
+        if not hidden_size >= 1:
+            raise ValueError(f"Invalid hidden_size: {hidden_size}")
+        if not num_layers >= 1:
+            raise ValueError(f"Invalid num_layers: {num_layers}")
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"Invalid dropout: {dropout}")
+        self.padding_idx = padding_idx
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.num_directions = 2 if bidirectional else 1
+        self.reverse = reverse
+        self.out_dim = hidden_size * self.num_directions
+        self.dedup = dedup
+        self.embedding = nn.Embedding(n_chars, char_dim, padding_idx=padding_idx)
+        self.dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(
+            char_dim,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+        )
+
+    def _encode(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        N, L = ids.shape
+        if self.reverse:
+            ids = _reverse_within(ids, lengths.to(ids.device))  # (N, L)
+        x = self.dropout(self.embedding(ids))  # (N, L, C)
+        packed = pack_padded_sequence(
+            x, lengths, batch_first=True, enforce_sorted=False
+        )
+        _, h_n = self.gru(packed)  # (layers * dirs, N, H), rows in the input's order
+        if self.num_directions == 1:
+            return h_n[-1]  # (N, H)
+        h_n = h_n.view(self.num_layers, 2, N, self.hidden_size)[-1]  # (2, N, H)
+        return h_n.transpose(0, 1).reshape(N, self.out_dim)  # (N, 2 * H)
+
+
+def _reverse_within(ids: Tensor, lengths: Tensor) -> Tensor:
+    """Reverses each row's first ``lengths[i]`` entries, leaving the padding in place.
+
+    The gather index is ``len - 1 - t`` for ``t < len`` and ``t`` after it, as in
+    ``tf.reverse_sequence``; ``torch.flip`` on the padded rows would put padding first.
+    """
+    N, L = ids.shape
+    t = torch.arange(L, device=ids.device).expand(N, L)  # (N, L)
+    n = lengths[:, None]  # (N, 1)
+    return ids.gather(1, torch.where(t < n, n - 1 - t, t))  # (N, L)
