@@ -34,15 +34,15 @@ __all__ = [
 
 _DISTANCES = ("euclidean", "cosine")
 # Lowest exponent (relative to the row maximum) passed to exp(). On the CPU, float32
-# exp() is 50-120x slower for arguments below about -87 (subnormal or zero results).
-# Terms clamped here are below e^-80 of the largest one, so they cannot change a float32
-# sum of fewer than e^80 / 2^24 terms; float64 gets a floor of its own.
-_EXP_FLOOR = {torch.float32: -80.0, torch.float64: -700.0}
+# exp() is 50-120x slower for arguments below about -87 (subnormal or zero results), so
+# exponents are clamped at -85 (float64: -700); a clamped term is below e^-85 of the
+# largest one and cannot change a float32 row sum.
+_EXP_FLOOR = {torch.float32: -85.0, torch.float64: -700.0}
 # A row whose same-class terms sum to less than e^this (relative to the row maximum)
 # is recomputed relative to its own same-class maximum. Above it, the clamped terms
-# perturb the same-class sum by a relative B * e^(floor - this) at most: B * 4e-18 in
-# float32, B * 4e-44 in float64.
-_FALLBACK_LOG_MASS = {torch.float32: -40.0, torch.float64: -600.0}
+# perturb the same-class sum by a relative B * e^(floor - this) at most: B * 1.4e-11
+# in float32, B * 4e-44 in float64.
+_FALLBACK_LOG_MASS = {torch.float32: -60.0, torch.float64: -600.0}
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -122,6 +122,12 @@ class _SNNLFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        z = ctx.saved_tensors[0]
+        with torch.autocast(z.device.type, enabled=False):
+            return _SNNLFunction._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         z, s, sq, e_all, e_same, sum_all, sum_same, valid = ctx.saved_tensors
         grad = torch.where(valid, grad, 0.0)
         coef_all = grad / sum_all
@@ -167,6 +173,14 @@ def _check_snnl_inputs(x: Tensor, y: Tensor, distance: str, reduction: str) -> N
 
 def _snnl(x: Tensor, y: Tensor, s: Tensor, distance: str, reduction: str) -> Tensor:
     """SNNL with inverse temperature ``s`` (a 0-d tensor); inputs already checked."""
+    # float32 even under autocast: a float16 Gram matrix loses the small distances.
+    with torch.autocast(x.device.type, enabled=False):
+        return _snnl_fp32(x, y, s, distance, reduction)
+
+
+def _snnl_fp32(
+    x: Tensor, y: Tensor, s: Tensor, distance: str, reduction: str
+) -> Tensor:
     dtype = _compute_dtype(x.dtype)
     z = x.to(dtype)
     s = s.to(dtype)

@@ -146,17 +146,19 @@ def far_same_class_batch(gap, dtype):
     return x, y
 
 
-def test_snnl_far_partners_equal_float64_and_gradcheck():
+@pytest.mark.parametrize("gap", [7.5, 11.0])
+def test_snnl_far_partners_equal_float64_and_gradcheck(gap):
     # gap 11: the same-class terms are about e^-121 of the largest, below what a
-    # float32 row can hold next to it; the float32 result must still match float64.
-    x, y = far_same_class_batch(11.0, torch.float64)
+    # float32 row can hold next to it (gap 7.5: e^-56, near that limit); the float32
+    # result must still match float64.
+    x, y = far_same_class_batch(gap, torch.float64)
     want = snnl_per_sample_float64(x, y, 1.0)
     got64, g64 = grad_of(soft_nearest_neighbor_loss, x, y, reduction="none")
     got32, g32 = grad_of(soft_nearest_neighbor_loss, x.float(), y, reduction="none")
     torch.testing.assert_close(got64[:4], want[:4])
     torch.testing.assert_close(got32.double(), got64, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(g32.double(), g64, rtol=1e-4, atol=1e-3)
-    assert got64[:4].min() > 100
+    assert got64[:4].min() > gap**2 - 10
 
     # gap 30: e^-900, beyond float64 as well: the same check by gradcheck.
     x, y = far_same_class_batch(30.0, torch.float64)
@@ -266,6 +268,16 @@ def test_snnl_half_precision_input_is_computed_in_float32(dtype, scale, distance
     )
     torch.testing.assert_close(loss, want)
     torch.testing.assert_close(grad, want_grad.to(dtype))
+
+
+def test_snnl_ignores_autocast():
+    x, y = clustered_batch(n=24, dim=16, dtype=torch.float32)
+    want, want_grad = grad_of(soft_nearest_neighbor_loss, x, y, 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, got_grad = grad_of(soft_nearest_neighbor_loss, x, y, 0.5)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grad, want_grad)
 
 
 def test_snnl_temperature_tensor_and_number_agree():

@@ -1,0 +1,224 @@
+"""Benchmark: trainkit's soft nearest neighbour loss vs the seed's loop and a floor.
+
+For n = 256 and 1024 samples, dim 128, 10 classes, x ~ N(0, 1) float32, T = 1, each
+variant runs forward + backward:
+
+- floor: ``torch.cdist`` plus one ``logsumexp`` over the same batch (the least any
+  batched version has to do; its exponents are -cdist, so exp() stays in its fast
+  range),
+- seed loop: the seed's per-sample loop, with its slips mended (``idx`` defined, the
+  per-sample losses added instead of overwritten),
+- plain vectorised: masked log-sum-exps on the n x n matrix under autograd, no clamp
+  (for context: the "straightforward vectorised version" of issue 5),
+- trainkit: ``trainkit.losses.soft_nearest_neighbor_loss``.
+
+Method (../shared/research/baselines.md, "Method"): one process, 2 threads; each rep
+times one block of every variant, in a new shuffled order per rep, after one warm-up
+block each. Reported: median / min / max over reps of the time per call, the ratio of
+medians to the floor, the paired ratio (per rep, to the floor block of the same rep),
+and psi = the share of a block's wall time in which some runnable task waited for a
+CPU (/proc/pressure/cpu); a high psi means the figures are disturbed.
+
+Run one at a time on a shared machine:
+``flock /tmp/bench.lock .venv/bin/python benchmarks/bench_losses.py`` (``--quick`` for
+a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from trainkit.losses import soft_nearest_neighbor_loss
+
+DIM = 128
+CLASSES = 10
+TEMPERATURE = 1.0
+
+
+def seed_loop(
+    batch_x: torch.Tensor, batch_y: torch.Tensor, temp: float
+) -> torch.Tensor:
+    """The seed's loop ("Implementing Loss Functions"), its two slips mended."""
+    n = batch_x.shape[0]
+    idx = torch.arange(n)
+    loss = 0.0
+    for i in range(n):
+        label = batch_y[i]
+        batch_same = batch_x[(batch_y == label) & (idx != i)]
+        batch_rest = batch_x[idx != i]
+        dists_1 = ((batch_x[i] - batch_same) ** 2).sum(dim=1)
+        dists_2 = ((batch_x[i] - batch_rest) ** 2).sum(dim=1)
+        prob = torch.exp(-dists_1 / temp).sum() / torch.exp(-dists_2 / temp).sum()
+        loss = loss - torch.log(prob)
+    return loss / n
+
+
+def plain_vectorised(x: torch.Tensor, y: torch.Tensor, temp: float) -> torch.Tensor:
+    """Masked log-sum-exps under autograd, without the exponent clamp."""
+    n = x.shape[0]
+    logits = -torch.cdist(x, x).square() / temp
+    eye = torch.eye(n, dtype=torch.bool)
+    logits = logits.masked_fill(eye, -math.inf)
+    same = (y[:, None] == y[None, :]) & ~eye
+    lse_all = torch.logsumexp(logits, 1)
+    lse_same = torch.logsumexp(logits.masked_fill(~same, -math.inf), 1)
+    return (lse_all - lse_same).mean()
+
+
+def floor(x: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(-torch.cdist(x, x), 1).sum()
+
+
+def fwd_bwd(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor):
+    def run() -> None:
+        x = x0.detach().requires_grad_()
+        loss_fn(x).backward()
+
+    return run
+
+
+def read_psi_us() -> int | None:
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return int(f.readline().split("total=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def time_block(run: Callable[[], None], iters: int) -> tuple[float, float]:
+    """(ms per call, psi %) of one block of ``iters`` calls."""
+    psi0 = read_psi_us()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        run()
+    wall = time.perf_counter() - t0
+    psi1 = read_psi_us()
+    psi = math.nan if psi0 is None or psi1 is None else (psi1 - psi0) / 1e4 / wall
+    return wall / iters * 1e3, psi
+
+
+def check(n: int, x: torch.Tensor, y: torch.Tensor) -> None:
+    rows = []
+    for dtype in (torch.float64, torch.float32):
+        xd = x.to(dtype).requires_grad_()
+        ref = seed_loop(xd, y, TEMPERATURE)
+        (ref_g,) = torch.autograd.grad(ref, xd)
+        got = soft_nearest_neighbor_loss(xd, y, TEMPERATURE)
+        (got_g,) = torch.autograd.grad(got, xd)
+        rows.append(
+            f"| {n} | {str(dtype)[6:]} | {ref.item():.7g} | {got.item():.7g} "
+            f"| {(got_g - ref_g).abs().max().item():.2g} |"
+        )
+    print("| n | dtype | seed loop | trainkit | max abs grad diff |")
+    print("|---|---|---:|---:|---:|")
+    print("\n".join(rows))
+    print()
+
+
+def bench(n: int, reps: int, scale_iters: float, rng: random.Random) -> dict:
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n, DIM, generator=gen)
+    y = torch.randint(0, CLASSES, (n,), generator=gen)
+    check(n, x, y)
+
+    fast_iters = max(1, round(scale_iters * 20480 / n))  # ~20 at n = 1024
+    variants = {
+        "floor: cdist + logsumexp": (fwd_bwd(floor, x), fast_iters),
+        "seed loop (mended)": (
+            fwd_bwd(lambda x: seed_loop(x, y, TEMPERATURE), x),
+            1,
+        ),
+        "plain vectorised (no clamp)": (
+            fwd_bwd(lambda x: plain_vectorised(x, y, TEMPERATURE), x),
+            max(1, fast_iters // 5),
+        ),
+        "trainkit soft_nearest_neighbor_loss": (
+            fwd_bwd(lambda x: soft_nearest_neighbor_loss(x, y, TEMPERATURE), x),
+            fast_iters,
+        ),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    psis: dict[str, list[float]] = {k: [] for k in variants}
+    for run, iters in variants.values():
+        time_block(run, iters)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        order = list(variants)
+        rng.shuffle(order)
+        for name in order:
+            run, iters = variants[name]
+            ms, psi = time_block(run, iters)
+            times[name].append(ms)
+            psis[name].append(psi)
+    took = time.perf_counter() - t0
+
+    base = "floor: cdist + logsumexp"
+    loop = "seed loop (mended)"
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"n = {n}, dim {DIM}, {CLASSES} classes, T = {TEMPERATURE}: {reps} reps; "
+        f"per rep the loop 1 call, the floor and trainkit {fast_iters} calls; "
+        f"forward + backward, ms per call; took {took:.0f}s"
+    )
+    print()
+    print(
+        "| variant | median ms | min ms | max ms | ratio vs floor "
+        "| paired ratio med [min, max] | x faster than loop | psi % |"
+    )
+    print("|---|---:|---:|---:|---:|---|---:|---:|")
+    for name, ts in times.items():
+        paired = sorted(t / b for t, b in zip(ts, times[base]))
+        print(
+            f"| {name} | {med[name]:.3f} | {min(ts):.3f} | {max(ts):.3f} "
+            f"| {med[name] / med[base]:.2f} | {statistics.median(paired):.2f} "
+            f"[{paired[0]:.2f}, {paired[-1]:.2f}] | {med[loop] / med[name]:.1f} "
+            f"| {statistics.median(psis[name]):.0f} |"
+        )
+    print()
+    ours = "trainkit soft_nearest_neighbor_loss"
+    return {
+        "n": n,
+        "vs_floor": med[ours] / med[base],
+        "vs_loop": med[ours] / med[loop],
+        "psi": statistics.median(psis[ours]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--reps", type=int, default=None, help="reps (default 7)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="shuffle seed")
+    args = parser.parse_args()
+    reps = args.reps or (2 if args.quick else 7)
+    scale_iters = 0.2 if args.quick else 1.0
+
+    torch.set_num_threads(args.threads)
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, {platform.machine()}"
+        + (" [--quick: smoke run, figures not meaningful]" if args.quick else "")
+    )
+    print()
+    rng = random.Random(args.seed)
+    results = [bench(n, reps, scale_iters, rng) for n in (256, 1024)]
+    print("Summary (forward + backward, ratios of medians):")
+    for r in results:
+        print(
+            f"  n = {r['n']:4d}: trainkit / seed loop = {r['vs_loop']:.4f} "
+            f"({1 / r['vs_loop']:.0f}x faster), trainkit / floor = "
+            f"{r['vs_floor']:.2f}, psi {r['psi']:.0f} %"
+        )
+
+
+if __name__ == "__main__":
+    main()
