@@ -246,8 +246,8 @@ class _CharWordEncoder(nn.Module):
         if ids.dim() not in (2, 3):
             raise ValueError(f"ids must be (N, L) or (B, S, L), got {tuple(ids.shape)}")
         lead_shape, L = ids.shape[:-1], ids.shape[-1]
-        ids = ids.reshape(-1, L)  # (N, L)
-        N = ids.shape[0]
+        N = lead_shape.numel()
+        ids = ids.reshape(N, L)  # (N, L)
         positions = torch.arange(L, device=ids.device)
         if lengths is None:
             real = ids != self.padding_idx  # (N, L)
