@@ -62,7 +62,7 @@ def _reduce(values: Tensor, reduction: str) -> Tensor:
 
 
 class _SNNLFunction(torch.autograd.Function):
-    """Per-sample SNNL from features ``z`` and inverse temperature ``s`` (one pass).
+    """Per-sample SNNL from features ``z`` and inverse temperature ``s``.
 
     The logits are ``-s * d_ij`` less a per-row constant, which cancels between the two
     log-sum-exps: ``s * (2 z_i.z_j - |z_j|^2)`` (euclidean) or ``s * z_i.z_j`` (cosine,
@@ -219,8 +219,9 @@ def soft_nearest_neighbor_loss(
 
     It is low when every sample is closer to its own class than to the others. The
     loss is computed in log space from one :math:`B \times B` distance matrix, so it
-    stays finite for any finite input (distances of 1e6, temperatures of 1e-4,
-    float16 input). A sample with no same-class partner in the batch is left out of
+    stays finite wherever :math:`d / T` is finite (distances of 1e6 with a
+    temperature of 1e-4, float16 input), where the direct ratio of sums gives
+    0 / 0. A sample with no same-class partner in the batch is left out of
     the mean (its ``"none"`` value is 0.0); if no sample has one, the result is 0.0
     with a zero gradient.
 
