@@ -1,0 +1,606 @@
+r"""SMORMS3 (Simon Funk, 2015): RMSprop whose averaging window adapts to the noise.
+
+Three layers, as in ``torch.optim``: the :class:`SMORMS3` class checks arguments and
+holds lazily created state, the functional :func:`smorms3` dispatches, and
+``_single_tensor_smorms3`` / ``_multi_tensor_smorms3`` / ``_fused_smorms3`` do the
+arithmetic. All three compute the same rule and agree to rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import (
+    Optimizer,
+    ParamsT,
+    _default_to_fused_or_foreach,
+    _get_scalar_dtype,
+)
+
+__all__ = ["SMORMS3", "smorms3"]
+
+# Elements per slice in the per-tensor path. Eight buffers of a slice (param, grad,
+# three states, three scratch) take 2 MiB in float32, so each of two threads works in
+# its own 1 MiB L2; the full-size temporaries of a naive version go to DRAM instead.
+_CHUNK_NUMEL = 1 << 16
+
+# Backend of the opt-in fused path; tests switch it to "eager" to skip code generation.
+_FUSED_BACKEND = "inductor"
+_fused_kernels: dict[str, Callable[..., None]] = {}
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_STATE_KEYS = ("mem", "exp_avg", "exp_avg_sq")
+
+
+def _state_dtype(param: Tensor) -> torch.dtype:
+    """State dtype: float32 for half-precision parameters (where rounding can push
+    ``x = g**2 / g2`` above 1 and break ``mem >= 1``), else the parameter's own."""
+    return torch.float32 if param.dtype in _LOW_PRECISION else param.dtype
+
+
+class SMORMS3(Optimizer):
+    r"""Implements SMORMS3 ("squared mean over root mean squared cubed").
+
+    Simon Funk's rule, per element, with state ``mem = 1, g = 0, g2 = 0``:
+
+    .. math::
+        \begin{aligned}
+        r &= 1 / (\mathrm{mem} + 1) \\
+        g &\leftarrow (1 - r)\, g + r\, \nabla \\
+        g_2 &\leftarrow (1 - r)\, g_2 + r\, \nabla^2 \\
+        x &= g^2 / (g_2 + \epsilon) \\
+        p &\leftarrow p - \nabla \cdot \min(\mathrm{lr}, x) / (\sqrt{g_2} + \epsilon) \\
+        \mathrm{mem} &\leftarrow 1 + \mathrm{mem}\,(1 - x)
+        \end{aligned}
+
+    ``x`` is in [0, 1]: near 1 when the gradient is consistent, near 0 when it is
+    noise. It shortens the averaging window (``mem``) when the gradient is steady
+    and scales the step down when it is noisy, so there is no beta to tune. ``lr``
+    caps the step rate (a ``min``, not a product) and ``eps`` only guards the
+    divisions. The first step with a non-zero gradient has ``r = x = 1/2``: it
+    moves every element by ``sqrt(2) * lr * sign(grad)`` (for ``lr <= 1/2``) and
+    leaves ``mem = 1.5``. With a zero gradient, ``mem`` grows by one per step.
+
+    Reference: Simon Funk, "RMSprop loses to SMORMS3 - Beware the Epsilon!", 2015,
+    https://sifter.org/~simon/journal/20150420.html. Chainer's ``SMORMS3`` follows it
+    exactly, as this class does (the ``mem`` update uses the unclamped ``x``).
+
+    .. warning::
+        Other implementations differ: ensmallen/mlpack decays ``mem`` with the
+        clamped ``min(lr, x)`` (memory grows faster when ``x > lr``); the Keras gist
+        proposed in keras-team/keras#9593 starts from ``mem = 0``, so its first step
+        is ``lr * sign(grad)`` rather than ``sqrt(2) * lr * sign(grad)``; PuzzleLib's
+        documentation swaps ``r`` and ``1 - r`` and prints ``sqrt(g2**2 + eps)``;
+        stork's SMORMS4 is a different rule. The seed sketch this project started
+        from defaults to ``lr=0.0025`` and keeps ``eps`` outside the param groups.
+
+    Weight decay is coupled, as in :class:`torch.optim.Adam`: ``grad += wd * p``
+    before the rule. State (``mem``, ``exp_avg`` = g, ``exp_avg_sq`` = g2, and
+    ``step``) is kept in float32 for float16/bfloat16 parameters.
+
+    Args:
+        params: iterable of parameters or of dicts defining parameter groups.
+        lr: upper bound on the per-element rate ``min(lr, x)`` (default: 1e-3).
+        eps: guard added to ``g2`` and to ``sqrt(g2)``; must be > 0, since with no
+            gradient history ``0 / 0`` would follow (default: 1e-16, Funk's value).
+        weight_decay: coupled L2 penalty (default: 0).
+        maximize: maximize the objective instead of minimizing it (default: False).
+        foreach: use the multi-tensor ``torch._foreach_*`` path. None picks the
+            fastest for the parameters' device: per-tensor on the CPU, where foreach
+            ops are plain loops with full-size temporaries, and foreach on CUDA
+            (default: None).
+        fused: use one ``torch.compile``-generated kernel per tensor. Opt-in: the
+            first step compiles (tens of seconds on a CPU, once per process and
+            dtype) and needs a working ``torch.compile`` (a C++ compiler on the CPU,
+            Triton on CUDA) (default: None, i.e. off).
+
+    Raises:
+        ValueError: for a negative or NaN ``lr`` or ``weight_decay``, an ``eps``
+            that is not > 0, or ``foreach`` and ``fused`` both True.
+        RuntimeError: (at ``step``) for a sparse gradient; see
+            :func:`trainkit.optim.sparse_dense_optimizer`.
+
+    Shape:
+        - params: any shape; the rule is elementwise.
+
+    Examples:
+        >>> import torch
+        >>> from trainkit.optim import SMORMS3
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.0]))
+        >>> opt = SMORMS3([w], lr=0.01)
+        >>> w.grad = torch.tensor([0.5, -3.0, 0.0])
+        >>> opt.step()
+        >>> w.detach()  # sqrt(2) * lr against the sign of each non-zero gradient
+        tensor([ 0.9859, -1.9859,  0.0000])
+        >>> opt.state[w]["mem"]
+        tensor([1.5000, 1.5000, 2.0000])
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        eps: float = 1e-16,
+        *,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        if isinstance(lr, Tensor):
+            raise TypeError("Invalid lr: a Tensor; SMORMS3 takes a float lr")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid lr: {lr}")
+        if not 0.0 < eps:
+            raise ValueError(
+                f"Invalid eps: {eps} (must be > 0: it guards 0/0 in g**2/(g2+eps))"
+            )
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay: {weight_decay}")
+        if foreach and fused:
+            raise ValueError("Invalid foreach and fused: at most one can be True")
+        defaults = dict(
+            lr=lr,
+            eps=eps,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            differentiable=False,
+        )
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("fused", None)
+
+    def _init_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        mems: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        state_steps: list[Tensor],
+    ) -> None:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    "SMORMS3 does not support sparse gradients (a parameter of shape "
+                    f"{tuple(p.shape)} has one, e.g. from nn.Embedding(sparse=True)); "
+                    "use trainkit.optim.sparse_dense_optimizer(model, dense=SMORMS3) "
+                    "to give the sparse parameters to torch.optim.SparseAdam"
+                )
+            if torch.is_complex(p):
+                raise ValueError(
+                    f"SMORMS3 does not support complex parameters (got {p.dtype}); "
+                    "optimize torch.view_as_real(p) instead"
+                )
+            state = self.state[p]
+            if len(state) == 0:
+                dtype = _state_dtype(p)
+                state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                state["mem"] = torch.ones_like(
+                    p, dtype=dtype, memory_format=torch.preserve_format
+                )
+                state["exp_avg"] = torch.zeros_like(
+                    p, dtype=dtype, memory_format=torch.preserve_format
+                )
+                state["exp_avg_sq"] = torch.zeros_like(
+                    p, dtype=dtype, memory_format=torch.preserve_format
+                )
+            params.append(p)
+            grads.append(p.grad)
+            mems.append(state["mem"])
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            state_steps.append(state["step"])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Performs one optimization step.
+
+        Args:
+            closure: reevaluates the model and returns the loss (optional); it runs
+                with gradients enabled.
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            mems: list[Tensor] = []
+            exp_avgs: list[Tensor] = []
+            exp_avg_sqs: list[Tensor] = []
+            state_steps: list[Tensor] = []
+            self._init_group(
+                group, params, grads, mems, exp_avgs, exp_avg_sqs, state_steps
+            )
+            if params:
+                smorms3(
+                    params,
+                    grads,
+                    mems,
+                    exp_avgs,
+                    exp_avg_sqs,
+                    state_steps,
+                    foreach=group["foreach"],
+                    fused=group["fused"],
+                    lr=group["lr"],
+                    eps=group["eps"],
+                    weight_decay=group["weight_decay"],
+                    maximize=group["maximize"],
+                )
+        return loss
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads optimizer state; see :meth:`torch.optim.Optimizer.load_state_dict`.
+
+        ``torch.optim.Optimizer`` casts floating-point state to each parameter's
+        dtype; this keeps the float32 state of half-precision parameters.
+        """
+        super().load_state_dict(state_dict)
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for saved_id, p in zip(saved_ids, params):
+            saved = state_dict["state"].get(saved_id)
+            if saved is None or p not in self.state:
+                continue
+            dtype = _state_dtype(p)
+            for key in _STATE_KEYS:
+                if key in saved:
+                    self.state[p][key] = saved[key].to(device=p.device, dtype=dtype)
+
+
+def smorms3(
+    params: list[Tensor],
+    grads: list[Tensor],
+    mems: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    r"""Functional SMORMS3: updates ``params`` and the state lists in place.
+
+    See :class:`SMORMS3` for the rule. The state tensors have the parameters' shapes
+    (``mem`` starts at 1, ``exp_avg`` and ``exp_avg_sq`` at 0), in float32 for
+    half-precision parameters; ``state_steps`` are 0-dim counters.
+
+    Args:
+        params: the parameters, updated in place.
+        grads: their (dense) gradients.
+        mems: Funk's ``mem`` per parameter.
+        exp_avgs: the running mean ``g`` of the gradient.
+        exp_avg_sqs: the running mean ``g2`` of the squared gradient.
+        state_steps: step counters, incremented by one.
+        foreach: multi-tensor path; None picks it on CUDA, not on the CPU.
+        fused: one compiled kernel per tensor (opt-in).
+        lr: cap on the per-element rate.
+        eps: division guard, > 0.
+        weight_decay: coupled L2 penalty.
+        maximize: ascend instead of descend.
+    """
+    if fused and foreach:
+        raise ValueError("Invalid foreach and fused: at most one can be True")
+    if foreach is None and not fused:
+        _, foreach = _default_to_fused_or_foreach(params, differentiable=False)
+    if fused:
+        func = _fused_smorms3
+    elif foreach:
+        func = _multi_tensor_smorms3
+    else:
+        func = _single_tensor_smorms3
+    func(
+        params,
+        grads,
+        mems,
+        exp_avgs,
+        exp_avg_sqs,
+        state_steps,
+        lr=lr,
+        eps=eps,
+        weight_decay=weight_decay,
+        maximize=maximize,
+    )
+
+
+def _effective_grad(
+    param: Tensor,
+    grad: Tensor,
+    out: Tensor | None,
+    *,
+    weight_decay: float,
+    maximize: bool,
+) -> Tensor:
+    """``(-grad if maximize else grad) + weight_decay * param`` in ``out``'s dtype.
+
+    ``out`` is None when the gradient can be used as it is.
+    """
+    if out is None:
+        return grad
+    if weight_decay != 0 and not maximize and grad.dtype == out.dtype:
+        return torch.add(grad, param, alpha=weight_decay, out=out)
+    if maximize:
+        torch.neg(grad, out=out)
+    else:
+        out.copy_(grad)
+    if weight_decay != 0:
+        out.add_(param, alpha=weight_decay)
+    return out
+
+
+def _update_slice(
+    param: Tensor,
+    grad: Tensor,
+    mem: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    r: Tensor,
+    x: Tensor,
+    s: Tensor,
+    one: Tensor,
+    *,
+    lr: float,
+    eps: float,
+) -> None:
+    """Funk's rule on one slice, in 14 in-place kernels.
+
+    ``r``, ``x``, ``s`` are scratch buffers of the slice's shape in the state dtype;
+    ``grad`` is in the state dtype too. ``one`` is a 0-dim tensor holding 1.
+    """
+    torch.add(mem, 1.0, out=s)  # s = mem + 1, kept for the mem update
+    torch.reciprocal(s, out=r)
+    exp_avg.lerp_(grad, r)  # g = (1 - r) g + r grad
+    torch.mul(grad, grad, out=x)
+    exp_avg_sq.lerp_(x, r)  # g2 = (1 - r) g2 + r grad**2
+    torch.add(exp_avg_sq, eps, out=r)  # r is free from here on
+    torch.mul(exp_avg, exp_avg, out=x)
+    x.div_(r)  # x = g**2 / (g2 + eps)
+    # lerp(mem + 1, 1, x) = mem + 1 - x * mem = 1 + mem * (1 - x), with unclamped x
+    torch.lerp(s, one, x, out=mem)
+    x.clamp_max_(lr)
+    torch.sqrt(exp_avg_sq, out=r).add_(eps)
+    x.div_(r)
+    param.addcmul_(grad, x, value=-1.0)
+
+
+def _single_tensor_smorms3(
+    params: list[Tensor],
+    grads: list[Tensor],
+    mems: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    # One scratch block per (device, dtype), reused by every tensor and slice: the
+    # seed's fresh full-size temporaries per step dominate its run time.
+    scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+    ones: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+    needs_grad_buffer = maximize or weight_decay != 0
+    for i, param in enumerate(params):
+        grad, mem, exp_avg, exp_avg_sq = grads[i], mems[i], exp_avgs[i], exp_avg_sqs[i]
+        state_steps[i] += 1
+        numel = param.numel()
+        if numel == 0:
+            continue
+        key = (mem.device, mem.dtype)
+        if key not in ones:
+            ones[key] = torch.ones((), dtype=mem.dtype, device=mem.device)
+        one = ones[key]
+        n_buffers = 4 if needs_grad_buffer or grad.dtype != mem.dtype else 3
+        tensors = (param, grad, mem, exp_avg, exp_avg_sq)
+        if not all(t.is_contiguous() for t in tensors):
+            # Rare (channels_last params, strided grads): whole-tensor temporaries.
+            bufs = [
+                torch.empty_like(mem, memory_format=torch.preserve_format)
+                for _ in range(n_buffers)
+            ]
+            g = _effective_grad(
+                param,
+                grad,
+                bufs[3] if n_buffers == 4 else None,
+                weight_decay=weight_decay,
+                maximize=maximize,
+            )
+            _update_slice(
+                param, g, mem, exp_avg, exp_avg_sq, *bufs[:3], one, lr=lr, eps=eps
+            )
+            continue
+        block = scratch.get(key)
+        size = min(numel, _CHUNK_NUMEL)
+        if block is None or block.shape[1] < size or block.shape[0] < n_buffers:
+            rows = max(n_buffers, 0 if block is None else block.shape[0])
+            cols = max(size, 0 if block is None else block.shape[1])
+            block = torch.empty((rows, cols), dtype=mem.dtype, device=mem.device)
+            scratch[key] = block
+        flat = [t.view(-1) for t in tensors]
+        for start in range(0, numel, _CHUNK_NUMEL):
+            stop = min(start + _CHUNK_NUMEL, numel)
+            if start == 0 and stop == numel:
+                p_, g_, m_, ea_, eas_ = flat
+            else:
+                p_, g_, m_, ea_, eas_ = (t[start:stop] for t in flat)
+            bufs = [block[k, : stop - start] for k in range(n_buffers)]
+            g_ = _effective_grad(
+                p_,
+                g_,
+                bufs[3] if n_buffers == 4 else None,
+                weight_decay=weight_decay,
+                maximize=maximize,
+            )
+            _update_slice(p_, g_, m_, ea_, eas_, *bufs[:3], one, lr=lr, eps=eps)
+
+
+def _multi_tensor_smorms3(
+    params: list[Tensor],
+    grads: list[Tensor],
+    mems: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, mems, exp_avgs, exp_avg_sqs, state_steps]  # type: ignore[list-item]
+    )
+    for (
+        device_params,
+        device_grads,
+        device_mems,
+        device_exp_avgs,
+        device_exp_avg_sqs,
+        device_steps,
+    ), _ in grouped.values():
+        device_params = list(device_params)
+        device_mems = list(device_mems)
+        device_exp_avgs = list(device_exp_avgs)
+        device_exp_avg_sqs = list(device_exp_avg_sqs)
+        dtype = device_mems[0].dtype
+        g = [t.to(dtype) for t in device_grads]  # a copy only for half precision
+        if maximize:
+            g = torch._foreach_neg(g)
+        if weight_decay != 0:
+            if maximize or dtype != device_grads[0].dtype:
+                torch._foreach_add_(g, device_params, alpha=weight_decay)
+            else:
+                g = torch._foreach_add(g, device_params, alpha=weight_decay)
+
+        torch._foreach_add_(device_steps, 1)
+
+        s = torch._foreach_add(device_mems, 1.0)
+        r = torch._foreach_reciprocal(s)
+        del s
+        torch._foreach_lerp_(device_exp_avgs, g, r)
+        x = torch._foreach_mul(g, g)
+        torch._foreach_lerp_(device_exp_avg_sqs, x, r)
+        del r
+        den = torch._foreach_add(device_exp_avg_sqs, eps)
+        x = torch._foreach_mul(device_exp_avgs, device_exp_avgs)
+        torch._foreach_div_(x, den)  # x = g**2 / (g2 + eps)
+        del den
+        torch._foreach_addcmul_(device_mems, device_mems, x, value=-1.0)
+        torch._foreach_add_(device_mems, 1.0)  # mem = 1 + mem - mem * x
+        torch._foreach_clamp_max_(x, lr)
+        den = torch._foreach_sqrt(device_exp_avg_sqs)
+        torch._foreach_add_(den, eps)
+        torch._foreach_div_(x, den)
+        torch._foreach_addcmul_(device_params, g, x, value=-1.0)
+
+
+def _fused_kernel_body(
+    param: Tensor,
+    grad: Tensor,
+    mem: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    lr: Tensor,
+    eps: Tensor,
+    weight_decay: Tensor,
+    maximize: bool,
+    decay: bool,
+) -> None:
+    g = grad.to(mem.dtype)
+    if maximize:
+        g = -g
+    if decay:
+        g = g + weight_decay * param.to(mem.dtype)
+    s = mem + 1.0
+    r = 1.0 / s
+    exp_avg.lerp_(g, r)
+    exp_avg_sq.lerp_(g * g, r)
+    x = exp_avg * exp_avg / (exp_avg_sq + eps)
+    mem.copy_(torch.lerp(s, torch.ones_like(s), x))
+    rate = torch.minimum(x, lr) / (exp_avg_sq.sqrt() + eps)
+    param.copy_(param.to(mem.dtype) - g * rate)
+
+
+def _compiled_kernel() -> Callable[..., None]:
+    kernel = _fused_kernels.get(_FUSED_BACKEND)
+    if kernel is None:
+        # dynamic=True: one compilation serves every tensor size (inputs are flat).
+        kernel = torch.compile(
+            _fused_kernel_body, dynamic=True, fullgraph=True, backend=_FUSED_BACKEND
+        )
+        _fused_kernels[_FUSED_BACKEND] = kernel
+    return kernel
+
+
+def _fused_smorms3(
+    params: list[Tensor],
+    grads: list[Tensor],
+    mems: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    kernel = _compiled_kernel()
+    scalars: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
+    small: list[int] = []
+    for i, param in enumerate(params):
+        numel = param.numel()
+        if numel < 2:
+            # Sizes 0 and 1 would each compile a specialised kernel.
+            small.append(i)
+            continue
+        state_steps[i] += 1
+        mem = mems[i]
+        tensors = (param, grads[i], mem, exp_avgs[i], exp_avg_sqs[i])
+        if all(t.is_contiguous() for t in tensors):
+            tensors = tuple(t.view(-1) for t in tensors)
+        key = (mem.device, mem.dtype)
+        if key not in scalars:
+            # 0-dim CPU tensors: a new lr (schedulers) must not recompile.
+            scalars[key] = tuple(  # type: ignore[assignment]
+                torch.tensor(v, dtype=mem.dtype) for v in (lr, eps, weight_decay)
+            )
+        kernel(*tensors, *scalars[key], maximize, weight_decay != 0)
+    if small:
+        _single_tensor_smorms3(
+            [params[i] for i in small],
+            [grads[i] for i in small],
+            [mems[i] for i in small],
+            [exp_avgs[i] for i in small],
+            [exp_avg_sqs[i] for i in small],
+            [state_steps[i] for i in small],
+            lr=lr,
+            eps=eps,
+            weight_decay=weight_decay,
+            maximize=maximize,
+        )
