@@ -605,3 +605,17 @@ def test_cosine_triplet_half_input_returns_float32():
 def test_cosine_triplet_rejects_bad_arguments(shapes, margin, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cosine_triplet_loss(*(torch.zeros(s) for s in shapes), margin, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_snnl_on_cuda_equals_cpu(distance):
+    x, y = clustered_batch(n=64, dim=16, dtype=torch.float32)
+    t = torch.tensor(0.5, requires_grad=True)
+    want = soft_nearest_neighbor_loss(x, y, t, distance=distance)
+    (want_t,) = torch.autograd.grad(want, t)
+    t_cuda = t.detach().cuda().requires_grad_()
+    got = soft_nearest_neighbor_loss(x.cuda(), y.cuda(), t_cuda, distance=distance)
+    (got_t,) = torch.autograd.grad(got, t_cuda)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_t.cpu(), want_t, rtol=1e-4, atol=1e-5)
