@@ -10,7 +10,7 @@ import logging
 import os
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from tensorboard.backend.event_processing import event_file_loader, io_wrapper
@@ -19,7 +19,7 @@ from tensorboard.util import tensor_util
 
 from tb_gradflow import metadata
 
-__all__ = ["GradFlowRun", "load", "load_run"]
+__all__ = ["GradFlowRun", "from_records", "load", "load_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -275,14 +275,34 @@ def _realign(
 
 
 def _finish(path: str, s: _Series) -> GradFlowRun:
-    layout = s.layout
-    steps = np.asarray(s.steps, dtype=np.int64)
+    return from_records(path, s.layout, s.steps, s.rows)
+
+
+def from_records(
+    path: str,
+    layout: metadata.Layout,
+    steps: Sequence[int],
+    rows: Sequence[np.ndarray],
+) -> GradFlowRun:
+    """Builds a run from decoded records (any order; a repeated step keeps its
+    later record).
+
+    Args:
+        path: where the records came from (a run directory or a run name).
+        layout: the layout every record follows.
+        steps: the step of each record.
+        rows: each record's flat vector, ``(layout.size,)``.
+    """
+    steps = np.asarray(steps, dtype=np.int64)
     # A resumed run may repeat steps: keep the last record of each step.
     order = np.argsort(steps, kind="stable")
     last = np.ones(len(order), dtype=bool)
     last[:-1] = steps[order][1:] != steps[order][:-1]
     keep = order[last]
-    flat = np.stack(s.rows)[keep]  # (T, K * L + F)
+    if len(keep):
+        flat = np.stack(rows).astype(np.float32, copy=False)[keep]  # (T, K * L + F)
+    else:
+        flat = np.zeros((0, layout.size), dtype=np.float32)
     values, fields = metadata.split_values(flat, layout)  # (T, K, L), (T, F)
     field = {f: fields[:, i] for i, f in enumerate(layout.step_fields)}
     n_steps = len(keep)

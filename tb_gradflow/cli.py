@@ -1,0 +1,140 @@
+"""The ``tb-gradflow`` command: ``report`` a log directory, or run the ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+
+from tb_gradflow.diagnose import Thresholds, diagnose
+from tb_gradflow.reader import GradFlowRun, load
+
+
+def format_report(name: str, run: GradFlowRun, thresholds: Thresholds) -> str:
+    """The seeds' `` ++ name=value`` view of a run's last step, then its findings."""
+    i = len(run.steps) - 1
+    mean = run.values("abs_mean")[i]
+    nonfinite = run.values("nonfinite")[i]
+    findings = diagnose(run, thresholds)
+    blocked_now = {
+        f.layer: f.first_step
+        for f in findings
+        if f.kind == "blocked" and f.last_step == run.steps[i]
+    }
+    lines = [
+        f"== {name}  (step {run.steps[i]}, {len(run.steps)} logged steps, "
+        f"{len(run.layers)} layers)"
+    ]
+    for j, layer in enumerate(run.layers):
+        if math.isnan(nonfinite[j]):
+            lines.append(f" !! {layer}=no gradient")
+        elif nonfinite[j] > 0:
+            lines.append(f" !! {layer}={mean[j]:.6g}  {int(nonfinite[j])} non-finite")
+        elif mean[j] == 0:
+            lines.append(f" !! {layer}=0  zero gradient")
+        elif layer in blocked_now:
+            lines.append(
+                f" !! {layer}={mean[j]:.6g}  blocked since step {blocked_now[layer]}"
+            )
+        else:
+            lines.append(f" ++ {layer}={mean[j]:.6g}")
+    if run.skipped[i]:
+        lines.append(
+            f" !! step skipped by the AMP grad scaler (scale {run.loss_scale[i]:g})"
+        )
+    if findings:
+        lines.append(" findings:")
+        for f in findings:
+            where = f.layer or "(model)"
+            lines.append(
+                f"   {f.kind:<12} {where}  steps {f.first_step}-{f.last_step} "
+                f"({f.steps} logged): {f.message}"
+            )
+    else:
+        lines.append(" findings: none")
+    return "\n".join(lines)
+
+
+def _report(args: argparse.Namespace) -> int:
+    thresholds = Thresholds(
+        patience=args.patience,
+        min_ratio_to_others=args.min_ratio_to_others,
+        min_ratio_to_own_peak=args.min_ratio_to_own_peak,
+        floor_ratio_to_others=args.floor_ratio_to_others,
+        explode_ratio=args.explode_ratio,
+    )
+    runs = load(args.logdir)
+    if args.run:
+        if args.run not in runs:
+            raise ValueError(
+                f"No run {args.run!r} in {args.logdir!r}; runs: {', '.join(runs)}"
+            )
+        runs = {args.run: runs[args.run]}
+    print(
+        "\n\n".join(format_report(name, run, thresholds) for name, run in runs.items())
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tb_gradflow.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(steps=args.steps, seed=args.seed)
+    losses = run_demo(args.logdir, cfg, progress=not args.no_progress)
+    for name, loss in losses.items():
+        print(f"{name}: final loss {loss:.4f}")
+    print(f"Wrote {args.logdir}/. See it with: tensorboard --logdir {args.logdir}")
+    print(f"or: tb-gradflow report {args.logdir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tb-gradflow", description="Per-layer gradient flow in TensorBoard."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    report = sub.add_parser(
+        "report", help="print each run's last logged step and its findings"
+    )
+    report.add_argument("logdir", help="a TensorBoard log directory")
+    report.add_argument("--run", help="only this run (as listed by TensorBoard)")
+    defaults = Thresholds()
+    for field in (
+        "patience",
+        "min_ratio_to_others",
+        "min_ratio_to_own_peak",
+        "floor_ratio_to_others",
+        "explode_ratio",
+    ):
+        default = getattr(defaults, field)
+        report.add_argument(
+            "--" + field.replace("_", "-"),
+            type=type(default),
+            default=default,
+            help=f"diagnosis threshold (default: {default:g})",
+        )
+    report.set_defaults(func=_report)
+    demo = sub.add_parser("demo", help="train the two demo models and log them")
+    demo.add_argument("--logdir", default="runs", help="where to write (default: runs)")
+    demo.add_argument(
+        "--steps", type=int, default=300, help="optimizer steps per model"
+    )
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input gives a one-line error and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (OSError, ValueError) as e:
+        print(f"tb-gradflow {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

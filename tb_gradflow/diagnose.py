@@ -1,0 +1,289 @@
+"""Findings about a run's gradient flow: the one rule used by the TensorBoard tab,
+``tb-gradflow report`` and the training checks (pure numpy; no torch).
+
+Kinds of finding, each for a layer (``skipped``: for the whole model) and a
+streak of logged steps ``first_step..last_step``:
+
+* ``no_gradient``: ``.grad`` was None (a detached or unused layer) for at least
+  ``patience`` consecutive logged steps.
+* ``blocked``: the gradient is there but does not flow, for at least
+  ``patience`` consecutive logged steps: ``abs_mean`` is exactly zero, or it is
+  tiny relative to the other layers (``< min_ratio_to_others`` x their median)
+  *and* to the layer's own earlier peak (``< min_ratio_to_own_peak`` x that
+  peak), or it is so far below the other layers (``< floor_ratio_to_others`` x
+  their median) that no learning rate can make up for it. A sparse layer is
+  judged by the rows that received a gradient (``abs_mean / rows``), so a large
+  embedding is not flagged just for being large.
+* ``nonfinite``: NaN/Inf elements, on steps that were not skipped.
+* ``exploding``: the L2 norm is more than ``explode_ratio`` x the median of the
+  layer's previous ``explode_window`` finite norms (needs 3 earlier values).
+* ``skipped``: steps the AMP grad scaler skipped (inf/NaN in the scaled
+  gradient). They count as neither blocked nor healthy.
+
+With fewer logged steps than ``patience``, a streak over all of them counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+__all__ = ["KINDS", "Finding", "Thresholds", "diagnose"]
+
+KINDS = ("no_gradient", "blocked", "nonfinite", "exploding", "skipped")
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """The documented defaults of the rule; every one is a query parameter of the
+    tab's ``alerts`` route and an option of ``tb-gradflow report``."""
+
+    patience: int = 3  # consecutive logged steps before blocked/no_gradient
+    min_ratio_to_others: float = 1e-2  # of the other layers' median abs_mean
+    min_ratio_to_own_peak: float = 1e-2  # of the layer's own earlier peak
+    floor_ratio_to_others: float = 1e-6  # this far below the others: blocked outright
+    explode_ratio: float = 100.0  # norm over the median of its recent norms
+    explode_window: int = 20  # earlier logged steps in that median
+
+    def __post_init__(self) -> None:
+        if self.patience < 1:
+            raise ValueError(f"Invalid patience: {self.patience} (an int >= 1)")
+        for field in (
+            "min_ratio_to_others",
+            "min_ratio_to_own_peak",
+            "floor_ratio_to_others",
+        ):
+            value = getattr(self, field)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"Invalid {field}: {value} (between 0 and 1)")
+        if not self.explode_ratio > 1.0:
+            raise ValueError(f"Invalid explode_ratio: {self.explode_ratio} (> 1)")
+        if self.explode_window < 3:
+            raise ValueError(f"Invalid explode_window: {self.explode_window} (>= 3)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One finding: a kind, a layer (None for the whole model) and a streak of steps."""
+
+    kind: str
+    layer: str | None
+    first_step: int
+    last_step: int
+    steps: int  # logged steps in the streak
+    message: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class RunLike(Protocol):
+    """What :func:`diagnose` reads; :class:`tb_gradflow.GradFlowRun` is one."""
+
+    steps: np.ndarray
+    layers: list[str]
+    sparse: list[bool]
+    skipped: np.ndarray
+
+    def values(self, stat: str) -> np.ndarray: ...
+
+
+def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding]:
+    """All findings of a run, ordered by first step, then layer order.
+
+    Args:
+        run: the logged statistics (``steps`` ``(T,)``, ``values(stat)`` ``(T, L)``).
+        thresholds: the rule's parameters (default: :class:`Thresholds`).
+    """
+    th = thresholds or Thresholds()
+    steps = np.asarray(run.steps)
+    layers = list(run.layers)
+    if len(steps) == 0:
+        return []
+    skipped = np.asarray(run.skipped, dtype=bool)  # (T,)
+    nonfinite = run.values("nonfinite")  # (T, L); NaN: no gradient
+    no_grad = np.isnan(nonfinite)
+    patience = min(th.patience, max(int((~skipped).sum()), 1))
+    findings: list[Finding] = []
+
+    live = ~skipped
+    findings += _streaks(
+        "no_gradient",
+        no_grad & live[:, None],
+        live,
+        steps,
+        layers,
+        patience,
+        "no gradient (.grad is None): detached or unused",
+    )
+    blocked = _blocked(run, no_grad, th) & live[:, None]
+    findings += _streaks(
+        "blocked",
+        blocked,
+        live,
+        steps,
+        layers,
+        patience,
+        "gradient near zero: it does not flow into this layer",
+    )
+    bad = (np.nan_to_num(nonfinite, nan=0.0) > 0) & live[:, None]
+    findings += _streaks(
+        "nonfinite", bad, live, steps, layers, 1, "NaN/Inf in the gradient"
+    )
+    findings += _streaks(
+        "exploding",
+        _exploding(run.values("norm"), th) & live[:, None],
+        live,
+        steps,
+        layers,
+        1,
+        f"gradient norm above {th.explode_ratio:g}x its recent median",
+    )
+    findings += _streaks(
+        "skipped",
+        skipped[:, None],
+        np.ones_like(skipped),
+        steps,
+        [None],
+        1,
+        "optimizer step skipped by the AMP grad scaler (inf/NaN in scaled gradient)",
+    )
+    order = {name: i for i, name in enumerate(layers)}
+    findings.sort(
+        key=lambda f: (f.first_step, -1 if f.layer is None else order[f.layer])
+    )
+    return findings
+
+
+def _blocked(run: RunLike, no_grad: np.ndarray, th: Thresholds) -> np.ndarray:
+    """``(T, L)`` bool: the layer's gradient does not flow at that step."""
+    mean = run.values("abs_mean").astype(np.float64)  # (T, L)
+    sparse = np.asarray(run.sparse, dtype=bool)
+    if sparse.any():  # judge sparse layers by the rows that received a gradient
+        rows = run.values("rows").astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean[:, sparse] = np.where(
+                rows[:, sparse] > 0, mean[:, sparse] / rows[:, sparse], 0.0
+            )
+    valid = np.isfinite(mean) & ~no_grad
+    others = _median_of_others(np.where(valid, mean, np.nan))  # (T, L)
+    peak = _earlier_peak(np.where(valid, mean, np.nan))  # (T, L)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tiny_vs_others = mean < th.min_ratio_to_others * others
+        fell = mean < th.min_ratio_to_own_peak * peak
+        far_below = mean < th.floor_ratio_to_others * others
+    return valid & ((mean == 0) | (tiny_vs_others & fell) | far_below)
+
+
+def _median_of_others(mean: np.ndarray) -> np.ndarray:
+    """Per step and layer, the median of the *other* layers' finite values.
+
+    Exact and vectorised: with a row sorted (NaN last) and ``n`` finite values,
+    leaving out the element of rank ``r`` shifts the indices at and above ``r``
+    by one.
+
+    Shape:
+        - mean: ``(T, L)``, NaN where a layer has no usable value
+        - returns: ``(T, L)``, NaN where no other layer has a value
+    """
+    n_steps, n_layers = mean.shape
+    order = np.argsort(mean, axis=1, kind="stable")  # NaN last
+    srt = np.take_along_axis(mean, order, axis=1)  # (T, L)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(n_layers)[None, :], axis=1)
+    n = np.isfinite(mean).sum(axis=1, keepdims=True)  # (T, 1)
+    valid = np.isfinite(mean)
+    k = np.where(valid, n - 1, n)  # how many others have a value
+    rank = np.where(valid, rank, n_layers)  # an invalid element removes nothing
+
+    def other(i: np.ndarray) -> np.ndarray:  # i-th smallest of the others
+        i = np.clip(i, 0, None)
+        pos = np.clip(np.where(i < rank, i, i + 1), 0, n_layers - 1)
+        return np.take_along_axis(srt, pos, axis=1)
+
+    lo, hi = other((k - 1) // 2), other(k // 2)
+    return np.where(k > 0, (lo + hi) / 2, np.nan)
+
+
+def _earlier_peak(mean: np.ndarray) -> np.ndarray:
+    """Per step and layer, the largest value at an earlier step (NaN at the first)."""
+    filled = np.where(np.isfinite(mean), mean, -np.inf)
+    running = np.maximum.accumulate(filled, axis=0)  # (T, L), includes step t
+    peak = np.full_like(mean, np.nan)
+    peak[1:] = running[:-1]
+    peak[np.isinf(peak)] = np.nan
+    return peak
+
+
+def _exploding(norm: np.ndarray, th: Thresholds) -> np.ndarray:
+    """``(T, L)`` bool: the norm is above ``explode_ratio`` x the median of the
+    layer's previous ``explode_window`` finite norms (at least 3 of them)."""
+    n_steps, n_layers = norm.shape
+    w = th.explode_window
+    finite = np.where(np.isfinite(norm), norm, np.nan)
+    padded = np.concatenate([np.full((w, n_layers), np.nan), finite])  # (T + w, L)
+    out = np.zeros((n_steps, n_layers), dtype=bool)
+    chunk = max(1, 2_000_000 // (n_layers * w))  # bounds the window copy's memory
+    for t0 in range(0, n_steps, chunk):
+        t1 = min(t0 + chunk, n_steps)
+        window = np.lib.stride_tricks.sliding_window_view(
+            padded[t0 : t1 + w - 1], w, axis=0
+        )  # (t1 - t0, L, w): the w steps before each step
+        enough = np.isfinite(window).sum(axis=2) >= 3
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows
+            recent = np.nanmedian(window, axis=2)  # (t1 - t0, L)
+            out[t0:t1] = (
+                enough & (recent > 0) & (finite[t0:t1] > th.explode_ratio * recent)
+            )
+    return out
+
+
+def _streaks(
+    kind: str,
+    mask: np.ndarray,
+    counted: np.ndarray,
+    steps: np.ndarray,
+    layers: Sequence[str | None],
+    min_length: int,
+    message: str,
+) -> list[Finding]:
+    """Runs of consecutive counted steps where ``mask`` holds, per layer column.
+
+    Steps not ``counted`` (skipped ones) neither extend nor break a streak. With
+    ``min_length > 1`` a streak also bridges gaps shorter than ``min_length``
+    (hysteresis: a blocked layer must look healthy for ``min_length`` steps in a
+    row to end its streak), so a value hovering at a threshold gives one finding.
+    """
+    idx = np.flatnonzero(counted)
+    found = []
+    for j, layer in enumerate(layers):
+        column = mask[idx, j]
+        if not column.any():
+            continue
+        edges = np.diff(np.concatenate([[0], column.astype(np.int8), [0]]))
+        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        runs: list[list[int]] = []
+        for start, stop in zip(starts.tolist(), stops.tolist()):
+            if runs and min_length > 1 and start - runs[-1][1] < min_length:
+                runs[-1][1] = stop  # bridge a short healthy gap
+            else:
+                runs.append([start, stop])
+        for start, stop in runs:
+            hits = int(column[start:stop].sum())
+            if hits >= min_length:
+                found.append(
+                    Finding(
+                        kind=kind,
+                        layer=layer,
+                        first_step=int(steps[idx[start]]),
+                        last_step=int(steps[idx[stop - 1]]),
+                        steps=hits,
+                        message=message,
+                    )
+                )
+    return found

@@ -1,0 +1,92 @@
+"""The tb-gradflow command: report and demo, run as a user runs them."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+import tb_gradflow
+from tb_gradflow import cli, metadata, summary
+from tb_gradflow.demo import DemoConfig, run_demo
+
+
+def write_run(logdir, values_per_step, layers=("enc", "mid", "head")):
+    layout = metadata.Layout(layers=layers, sparse=(False,) * len(layers))
+    with SummaryWriter(logdir) as w:
+        for step, stats in enumerate(values_per_step):
+            proto = summary.gradflow_pb(
+                layout, stats, np.array([0.0, np.nan]), with_metadata=step == 0
+            )
+            w._get_file_writer().add_summary(proto, global_step=step)
+
+
+def stats(mean, nonfinite=(0, 0, 0)):
+    mean = np.asarray(mean, dtype=float)
+    nonfinite = np.asarray(nonfinite, dtype=float)
+    rows = np.where(np.isnan(nonfinite), np.nan, 1.0)
+    return np.stack([mean, mean * 3, mean * 10, nonfinite, rows])
+
+
+def test_report_marks_no_gradient_zero_nonfinite_and_blocked(tmp_path, capsys):
+    steps = [stats([1e-3, 2e-3, 3e-3]) for _ in range(5)]
+    steps += [stats([1e-12, 2e-3, 3e-3]) for _ in range(5)]  # enc stops
+    write_run(tmp_path / "broken", steps)
+    write_run(
+        tmp_path / "odd",
+        [stats([np.nan, 0.0, np.nan], nonfinite=[np.nan, 0, 2])] * 2,
+    )
+    assert cli.main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "== broken  (step 9, 10 logged steps, 3 layers)" in out
+    assert " !! enc=1e-12  blocked since step 5" in out
+    assert " ++ mid=0.002" in out
+    assert "blocked      enc  steps 5-9 (5 logged)" in out
+    assert " !! enc=no gradient" in out
+    assert " !! mid=0  zero gradient" in out
+    assert " !! head=nan  2 non-finite" in out
+    assert "no_gradient  enc  steps 0-1" in out
+
+
+def test_report_errors_are_one_line_with_the_path(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tb-gradflow report: error: No such log directory")
+    assert "missing" in err and "Traceback" not in err
+    write_run(tmp_path / "a", [stats([1e-3, 1e-3, 1e-3])])
+    assert cli.main(["report", str(tmp_path), "--run", "b"]) == 2
+    assert "No run 'b'" in capsys.readouterr().err
+
+
+def test_demo_writes_a_healthy_and_a_blocked_run(tmp_path):
+    losses = run_demo(str(tmp_path), DemoConfig(steps=120), progress=False)
+    assert losses["healthy"] < 0.5 < losses["unnormalised_inputs"]
+    runs = tb_gradflow.load(tmp_path)
+    assert sorted(runs) == ["healthy", "unnormalised_inputs"]
+    from tb_gradflow.diagnose import diagnose
+
+    assert diagnose(runs["healthy"]) == []
+    blocked = {
+        f.layer for f in diagnose(runs["unnormalised_inputs"]) if f.kind == "blocked"
+    }
+    assert blocked == {"lstm1.weight_ih_l0", "lstm1.weight_hh_l0"}
+
+
+def test_demo_is_deterministic(tmp_path):
+    cfg = DemoConfig(steps=20)
+    first = run_demo(str(tmp_path / "a"), cfg, progress=False)
+    second = run_demo(str(tmp_path / "b"), cfg, progress=False)
+    assert first == second
+    a, b = tb_gradflow.load(tmp_path / "a"), tb_gradflow.load(tmp_path / "b")
+    np.testing.assert_array_equal(
+        a["unnormalised_inputs"].values("norm"), b["unnormalised_inputs"].values("norm")
+    )
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["report", "--help"], ["demo", "--help"]])
+def test_console_script_help(argv):
+    done = subprocess.run(
+        [sys.executable, "-m", "tb_gradflow.cli", *argv], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "usage: tb-gradflow" in done.stdout

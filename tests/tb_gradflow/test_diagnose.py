@@ -1,0 +1,166 @@
+"""The diagnosis rule, on synthetic runs with known answers."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from tb_gradflow import metadata
+from tb_gradflow.diagnose import Thresholds, _median_of_others, diagnose
+
+
+@dataclasses.dataclass
+class FakeRun:
+    """The attributes diagnose() reads, from plain arrays (T steps, L layers)."""
+
+    abs_mean: np.ndarray
+    norm: np.ndarray | None = None
+    nonfinite: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    skipped: np.ndarray | None = None
+    sparse: list | None = None
+    steps: np.ndarray | None = None
+
+    def __post_init__(self):
+        t, n = self.abs_mean.shape
+        self.layers = [f"l{j}" for j in range(n)]
+        self.steps = np.arange(0, 10 * t, 10) if self.steps is None else self.steps
+        self.norm = self.abs_mean * 10 if self.norm is None else self.norm
+        self.nonfinite = np.zeros((t, n)) if self.nonfinite is None else self.nonfinite
+        self.rows = np.ones((t, n)) if self.rows is None else self.rows
+        self.skipped = np.zeros(t, bool) if self.skipped is None else self.skipped
+        self.sparse = [False] * n if self.sparse is None else self.sparse
+
+    def values(self, stat):
+        assert stat in metadata.STATS
+        return getattr(self, stat)
+
+
+def healthy(t=10, n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.exp(rng.normal(np.log(1e-3), 0.5, size=(t, n)))
+
+
+def summary(findings):
+    return [(f.kind, f.layer, f.first_step, f.last_step, f.steps) for f in findings]
+
+
+def test_healthy_run_has_no_findings():
+    assert diagnose(FakeRun(healthy(50, 6))) == []
+
+
+def test_zero_gradient_for_patience_steps_is_blocked():
+    mean = healthy()
+    mean[4:, 2] = 0.0
+    assert summary(diagnose(FakeRun(mean))) == [("blocked", "l2", 40, 90, 6)]
+    mean = healthy()
+    mean[4:6, 2] = 0.0  # two steps only: below the default patience of 3
+    assert diagnose(FakeRun(mean)) == []
+    assert len(diagnose(FakeRun(mean), Thresholds(patience=2))) == 1
+
+
+def test_vanishing_layer_is_blocked_but_uniform_decay_is_not():
+    mean = healthy(20)
+    mean[8:, 0] *= 1e-5  # fell 1e5 below its own peak and below the others
+    assert summary(diagnose(FakeRun(mean))) == [("blocked", "l0", 80, 190, 12)]
+    # Every layer shrinking together (a converging run) is not blocking.
+    decay = healthy(20) * np.logspace(0, -5, 20)[:, None]
+    assert diagnose(FakeRun(decay)) == []
+
+
+def test_layer_small_from_the_start_is_blocked_only_far_below_the_others():
+    mean = healthy()
+    mean[:, 1] *= 1e-3  # small but steady: a layer of another scale
+    assert diagnose(FakeRun(mean)) == []
+    mean[:, 1] *= 1e-4  # 1e-7 of the others: no learning rate makes up for that
+    assert summary(diagnose(FakeRun(mean))) == [("blocked", "l1", 0, 90, 10)]
+
+
+def test_hovering_at_the_threshold_gives_one_streak():
+    mean = healthy(30)
+    mean[5:, 3] *= 1e-5
+    mean[[12, 20], 3] = 1e-3  # single healthy-looking steps inside the streak
+    steady_norm = healthy(30) * 10
+    found = diagnose(FakeRun(mean, norm=steady_norm))
+    assert summary(found) == [("blocked", "l3", 50, 290, 23)]
+
+
+def test_no_gradient_is_its_own_kind():
+    nonfinite = np.zeros((10, 3))
+    nonfinite[:, 1] = np.nan  # .grad is None at every step
+    mean = healthy(n=3)
+    mean[:, 1] = np.nan
+    found = summary(diagnose(FakeRun(mean, nonfinite=nonfinite)))
+    assert found == [("no_gradient", "l1", 0, 90, 10)]
+
+
+def test_sparse_layer_is_judged_by_touched_rows():
+    mean = healthy()
+    rows = np.ones((10, 4))
+    mean[:, 0] *= 1e-7  # a big embedding: few rows get a gradient ...
+    rows[:, 0] = 1e-7  # ... but those rows get a normal one
+    assert diagnose(FakeRun(mean, rows=rows, sparse=[True, False, False, False])) == []
+    assert diagnose(FakeRun(mean, rows=rows))  # judged as dense it would be blocked
+
+
+def test_nonfinite_and_skipped_steps():
+    mean = healthy()
+    nonfinite = np.zeros((10, 4))
+    nonfinite[3, 1] = 5  # a NaN step that the scaler skipped
+    nonfinite[7, 2] = 1  # a NaN step that was not skipped
+    skipped = np.zeros(10, bool)
+    skipped[3] = True
+    found = summary(diagnose(FakeRun(mean, nonfinite=nonfinite, skipped=skipped)))
+    assert found == [("skipped", None, 30, 30, 1), ("nonfinite", "l2", 70, 70, 1)]
+
+
+def test_skipped_steps_neither_break_nor_extend_a_streak():
+    mean = healthy()
+    mean[3:, 0] = 0.0
+    skipped = np.zeros(10, bool)
+    skipped[[4, 6]] = True
+    found = diagnose(FakeRun(mean, skipped=skipped))
+    assert [f for f in summary(found) if f[0] == "blocked"] == [
+        ("blocked", "l0", 30, 90, 5)
+    ]
+
+
+def test_exploding_norm():
+    mean = healthy(30)
+    norm = mean * 10
+    norm[20, 1] *= 1e4
+    found = summary(diagnose(FakeRun(mean, norm=norm)))
+    assert found == [("exploding", "l1", 200, 200, 1)]
+
+
+def test_median_of_others_equals_a_loop():
+    rng = np.random.default_rng(1)
+    x = rng.random((40, 7))
+    x[rng.random((40, 7)) < 0.3] = np.nan
+    got = _median_of_others(x)
+    for t in range(40):
+        for j in range(7):
+            rest = np.delete(x[t], j)
+            rest = rest[np.isfinite(rest)]
+            want = np.median(rest) if rest.size else np.nan
+            np.testing.assert_allclose(got[t, j], want)
+
+
+def test_fewer_steps_than_patience_count_as_a_streak():
+    mean = healthy(t=2)
+    mean[:, 0] = 0
+    assert summary(diagnose(FakeRun(mean))) == [("blocked", "l0", 0, 10, 2)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"patience": 0}, "Invalid patience"),
+        ({"min_ratio_to_others": 2.0}, "Invalid min_ratio_to_others"),
+        ({"explode_ratio": 0.5}, "Invalid explode_ratio"),
+        ({"explode_window": 1}, "Invalid explode_window"),
+    ],
+)
+def test_bad_thresholds(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Thresholds(**kwargs)

@@ -1,0 +1,187 @@
+"""The event format: metadata, summary protos, and reading event files back."""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.util import tensor_util
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+import tb_gradflow
+from tb_gradflow import metadata, summary
+
+LAYOUT = metadata.Layout(
+    layers=("a", "b", "c"), every=2, name="gen", sparse=(False, True, False)
+)
+
+
+def write_steps(logdir, steps, *, layout=LAYOUT, offset=0.0):
+    """Writes records whose stat k of layer l at step s is s + k/10 + l/100."""
+    k, n = len(layout.stats), len(layout.layers)
+    with SummaryWriter(logdir) as w:
+        for i, step in enumerate(steps):
+            stats = step + offset + np.arange(k)[:, None] / 10 + np.arange(n) / 100
+            proto = summary.gradflow_pb(
+                layout, stats, np.array([0.0, 8.0]), with_metadata=i == 0
+            )
+            w._get_file_writer().add_summary(proto, global_step=step)
+
+
+def test_layout_round_trips_through_json():
+    parsed = metadata.parse_plugin_metadata(LAYOUT.to_json())
+    assert parsed == LAYOUT
+    assert parsed.size == 5 * 3 + 2
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"not json", b'{"layers": ["a"]}', b'{"version": 1, "layers": 3, "stats": []}'],
+)
+def test_bad_metadata_raises_format_error(content):
+    with pytest.raises(metadata.FormatError, match="Invalid gradflow plugin metadata"):
+        metadata.parse_plugin_metadata(content)
+
+
+def test_newer_version_is_skipped_with_one_warning():
+    checker = metadata.VersionChecker()
+    newer = metadata.Layout(layers=("a",), version=metadata.FORMAT_VERSION + 1)
+    with pytest.warns(UserWarning, match="newer"):
+        assert not checker.ok(newer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not checker.ok(newer)  # warned once only
+    assert checker.ok(metadata.Layout(layers=("a",)))
+
+
+def test_summary_proto_is_a_tensor_of_the_gradflow_plugin():
+    stats = np.arange(15, dtype=np.float32).reshape(5, 3)
+    proto = summary.gradflow_pb(LAYOUT, stats, np.array([1.0, 4.0]), with_metadata=True)
+    (value,) = proto.value
+    assert value.tag == "gradflow/gen"
+    assert value.metadata.plugin_data.plugin_name == "gradflow"
+    assert value.metadata.data_class == summary_pb2.DATA_CLASS_TENSOR
+    flat = tensor_util.make_ndarray(value.tensor)
+    assert flat.dtype == np.float32 and flat.shape == (17,)
+    values, fields = metadata.split_values(flat, LAYOUT)
+    np.testing.assert_array_equal(values, stats)
+    np.testing.assert_array_equal(fields, [1.0, 4.0])
+    bare = summary.gradflow_pb(LAYOUT, stats, np.array([0.0, 0.0]), with_metadata=False)
+    assert not bare.value[0].HasField("metadata")
+
+
+def test_summary_rejects_wrong_shapes():
+    with pytest.raises(ValueError, match=r"stats has shape \(3, 5\)"):
+        summary.gradflow_pb(LAYOUT, np.zeros((3, 5)), np.zeros(2), with_metadata=False)
+    with pytest.raises(ValueError, match="step_fields"):
+        summary.gradflow_pb(LAYOUT, np.zeros((5, 3)), np.zeros(3), with_metadata=False)
+
+
+def test_tensorboard_event_accumulator_reads_watch_output(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with SummaryWriter(tmp_path) as w, tb_gradflow.watch(model, w, optimizer=opt):
+        for _ in range(30):
+            opt.zero_grad()
+            model(torch.randn(3, 4)).sum().backward()
+            opt.step()
+    acc = event_accumulator.EventAccumulator(
+        str(tmp_path), size_guidance={event_accumulator.TENSORS: 0}
+    )
+    acc.Reload()
+    assert acc.Tags()["tensors"] == ["gradflow"]
+    assert list(acc.PluginTagToContent("gradflow")) == ["gradflow"]
+    layout = metadata.parse_plugin_metadata(
+        acc.PluginTagToContent("gradflow")["gradflow"]
+    )
+    assert layout.layers == ("0", "2")
+    events = acc.Tensors("gradflow")
+    assert [e.step for e in events] == list(range(30))
+    run = tb_gradflow.load_run(tmp_path)
+    last = tensor_util.make_ndarray(events[-1].tensor_proto)
+    values, _ = metadata.split_values(last, layout)
+    np.testing.assert_array_equal(values[0], run.values("abs_mean")[-1])
+
+
+def test_load_reads_every_step_of_every_run(tmp_path):
+    write_steps(tmp_path / "run1", range(0, 3000, 2))
+    write_steps(tmp_path / "deep" / "run2", [0, 1])
+    runs = tb_gradflow.load(tmp_path)
+    assert sorted(runs) == ["deep/run2/gen", "run1/gen"]
+    run = runs["run1/gen"]
+    assert run.steps.tolist() == list(range(0, 3000, 2))
+    assert run.layers == ["a", "b", "c"] and run.every == 2
+    assert run.sparse == [False, True, False]
+    np.testing.assert_allclose(run.values("abs_max")[10], 20 + 0.1 + np.arange(3) / 100)
+    assert run.loss_scale.tolist() == [8.0] * 1500
+    with pytest.raises(KeyError, match="Unknown statistic 'mean'"):
+        run.values("mean")
+
+
+def test_load_errors_name_the_path(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match="nope"):
+        tb_gradflow.load(missing)
+    with pytest.raises(FileNotFoundError, match="nope"):
+        tb_gradflow.load_run(missing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="No gradflow data under .*empty"):
+        tb_gradflow.load(tmp_path / "empty")
+    with SummaryWriter(tmp_path / "scalars") as w:
+        w.add_scalar("loss", 1.0, 0)
+    with pytest.raises(ValueError, match="No gradflow data .*scalars"):
+        tb_gradflow.load_run(tmp_path / "scalars")
+
+
+def test_file_cut_off_mid_record_loads_every_complete_step(tmp_path):
+    write_steps(tmp_path, range(50))
+    (path,) = [tmp_path / f for f in os.listdir(tmp_path)]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 30])  # killed while writing the last one
+    run = tb_gradflow.load_run(tmp_path, name="gen")
+    assert run.steps.tolist() == list(range(49))
+    np.testing.assert_allclose(run.values("abs_mean")[-1], 48 + np.arange(3) / 100)
+
+
+def test_corrupt_record_is_reported_not_silent(tmp_path):
+    write_steps(tmp_path, range(50))
+    (path,) = [tmp_path / f for f in os.listdir(tmp_path)]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip a byte inside a middle record
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=r"corrupt record at byte \d+"):
+        run = tb_gradflow.load_run(tmp_path, name="gen")
+    assert 0 < len(run.steps) < 50
+    assert run.steps.tolist() == list(range(len(run.steps)))
+
+
+def test_changed_layer_set_across_resume_is_matched_by_name(tmp_path):
+    write_steps(tmp_path, [0, 1])
+    wider = metadata.Layout(
+        layers=("a", "x", "c"), every=2, name="gen", sparse=(False, False, False)
+    )
+    write_steps(tmp_path, [2], layout=wider)
+    run = tb_gradflow.load_run(tmp_path, name="gen")
+    assert run.layers == ["a", "b", "c", "x"]
+    mean = run.values("abs_mean")
+    np.testing.assert_allclose(mean[2], [2.0, np.nan, 2.02, 2.01])
+    np.testing.assert_allclose(mean[0], [0.0, 0.01, 0.02, np.nan])
+
+
+def test_plot_draws_the_bar_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    write_steps(tmp_path, range(5))
+    run = tb_gradflow.load_run(tmp_path, name="gen")
+    ax = run.plot(step=3)
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["a", "b", "c"]
+    assert "step 3" in ax.get_title()
+    ax.figure.savefig(tmp_path / "flow.png")
+    assert (tmp_path / "flow.png").stat().st_size > 1000
