@@ -427,3 +427,30 @@ def test_bad_writer_and_model_raise():
         tb_gradflow.watch(lambda x: x, None)
     with pytest.raises(ValueError, match="Invalid step"):
         tb_gradflow.watch(MLP(), None).log(-1)
+
+
+def test_foreach_path_equals_cpu_path():
+    # The accelerator path (multi-tensor norms) run on CPU tensors, against the
+    # CPU path, so both paths are checked where no GPU is present.
+    grads = [torch.randn(300, 200), torch.randn(7), torch.randn(1000, 300) * 1e-4]
+    owners = [0, 1, 2]
+    cpu, _ = _reduce.combine([_reduce.reduce_dense(grads, owners, {})], 3)
+    foreach, _ = _reduce.combine([_reduce._reduce_dense_foreach(grads, owners)], 3)
+    np.testing.assert_allclose(foreach, cpu, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gradients_match_direct_computation(tmp_path):
+    model = MLP().cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with (
+        SummaryWriter(tmp_path) as w,
+        tb_gradflow.watch(model, w, optimizer=opt) as flow,
+    ):
+        opt.zero_grad()
+        model(torch.randn(5, 8, device="cuda")).pow(2).mean().backward()
+        grads = [p.grad.clone() for n, p in model.named_parameters() if "weight" in n]
+        opt.step()
+    for i, g in enumerate(grads):
+        for stat, want in reference_stats(g).items():
+            assert flow.last.stat(stat)[i] == pytest.approx(want, rel=1e-5)
