@@ -245,7 +245,8 @@ def soft_nearest_neighbor_loss(
         The loss, float32 for float16/bfloat16 input, else ``x``'s dtype.
 
     Raises:
-        TypeError: if ``x`` is not floating point or ``y`` not an integer tensor.
+        TypeError: if ``x`` is not floating point, ``y`` not an integer tensor, or
+            ``temperature`` neither a number nor a floating-point tensor.
         ValueError: on mismatched shapes, a temperature that is not positive, or an
             unknown ``distance`` or ``reduction``.
 
@@ -307,8 +308,10 @@ class SoftNearestNeighborLoss(nn.Module):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``. Default: ``"mean"``.
 
     Raises:
+        TypeError: if ``temperature`` is not a number.
         ValueError: on a temperature that is not a finite positive number, or an
-            unknown ``distance`` or ``reduction``.
+            unknown ``distance`` or ``reduction``; in ``forward``, as
+            :func:`soft_nearest_neighbor_loss` on bad inputs.
 
     Shape:
         - x: :math:`(B, D)`, float.
