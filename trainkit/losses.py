@@ -2,7 +2,8 @@ r"""Losses: the soft nearest neighbour loss, a skip-gram sigmoid loss, a cosine 
 
 - :func:`soft_nearest_neighbor_loss` and :class:`SoftNearestNeighborLoss`: the soft
   nearest neighbour loss of Frosst, Papernot & Hinton (2019), vectorised over the
-  batch and computed in log space, finite for any finite input.
+  batch and computed in log space, so it stays finite where the direct ratio of sums
+  gives 0 / 0.
 - :func:`skipgram_loss`: the sigmoid + log loss of a positive pair and ``K`` negative
   pairs, written with ``logsigmoid`` (no ``log(sigmoid(s))``, no clamping).
 - :func:`cosine_triplet_loss`: the margin loss on cosine distances.
@@ -175,10 +176,10 @@ def _snnl(x: Tensor, y: Tensor, s: Tensor, distance: str, reduction: str) -> Ten
     """SNNL with inverse temperature ``s`` (a 0-d tensor); inputs already checked."""
     # float32 even under autocast: a float16 Gram matrix loses the small distances.
     with torch.autocast(x.device.type, enabled=False):
-        return _snnl_fp32(x, y, s, distance, reduction)
+        return _snnl_impl(x, y, s, distance, reduction)
 
 
-def _snnl_fp32(
+def _snnl_impl(
     x: Tensor, y: Tensor, s: Tensor, distance: str, reduction: str
 ) -> Tensor:
     dtype = _compute_dtype(x.dtype)
@@ -296,8 +297,9 @@ class SoftNearestNeighborLoss(nn.Module):
     re-set on each call (CleverHans' ``optimized_temp_SNNL`` instead takes an inner
     SGD step on an inverse temperature). If the loss enters the objective with a
     negative factor, as in the paper's entanglement regulariser, a learned
-    temperature would be pushed to *raise* it; the paper picks the temperature that
-    minimises the SNNL, so give the temperature its own optimizer in that case.
+    temperature would be pushed to *raise* it, while the paper picks the temperature
+    that minimises the SNNL: in that case give ``log_temperature`` its own optimizer
+    with ``maximize=True``.
 
     Reference: N. Frosst, N. Papernot, G. Hinton, ICML 2019, arXiv:1902.01889.
 
