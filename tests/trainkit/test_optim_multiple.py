@@ -1,0 +1,420 @@
+"""MultipleOptimizer, split_sparse_dense and sparse_dense_optimizer."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainkit.optim import (
+    SMORMS3,
+    MultipleOptimizer,
+    sparse_dense_optimizer,
+    split_sparse_dense,
+)
+
+
+class BagOfWords(nn.Module):
+    """A sparse embedding and a sparse embedding bag feeding two dense layers."""
+
+    def __init__(self, vocab: int = 50, dim: int = 8) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim, sparse=True)
+        self.bag = nn.EmbeddingBag(vocab, dim, mode="sum", sparse=True)
+        self.fc1 = nn.Linear(dim, 16)
+        self.fc2 = nn.Linear(16, 1)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:  # idx: (B, T) int64
+        h = self.emb(idx).mean(1) + self.bag(idx)  # (B, D)
+        return self.fc2(torch.tanh(self.fc1(h)))  # (B, 1)
+
+
+def _batches(n: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    # ids < 40: rows 40..49 of both tables are never used
+    return [
+        (
+            torch.randint(0, 40, (16, 5), generator=gen),
+            torch.randn(16, 1, generator=gen),
+        )
+        for _ in range(n)
+    ]
+
+
+def _train(model, opt, batches, scheduler=None):
+    for idx, target in batches:
+        opt.zero_grad()
+        F.mse_loss(model(idx), target).backward()
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+def _model(seed: int = 0) -> BagOfWords:
+    torch.manual_seed(seed)
+    return BagOfWords()
+
+
+# -- split_sparse_dense -------------------------------------------------------------
+
+
+def test_split_finds_sparse_embedding_weights():
+    model = _model()
+    sparse, dense = split_sparse_dense(model)
+    assert [id(p) for p in sparse] == [id(model.emb.weight), id(model.bag.weight)]
+    assert [id(p) for p in dense] == [
+        id(p) for p in (*model.fc1.parameters(), *model.fc2.parameters())
+    ]
+
+
+def test_split_treats_dense_embeddings_and_frozen_params_as_torch_would():
+    model = nn.Sequential(
+        nn.Embedding(5, 2), nn.Embedding(5, 2, sparse=True), nn.Linear(2, 1)
+    )
+    model[2].bias.requires_grad_(False)
+    sparse, dense = split_sparse_dense(model)
+    assert [id(p) for p in sparse] == [id(model[1].weight)]
+    assert [id(p) for p in dense] == [
+        id(model[0].weight),
+        id(model[2].weight),
+        id(model[2].bias),
+    ]
+
+
+def test_embedding_shared_by_two_sparse_modules_is_listed_once():
+    model = _model()
+    model.bag.weight = (
+        model.emb.weight
+    )  # both sparse: the sum of sparse grads is sparse
+    sparse, _ = split_sparse_dense(model)
+    assert [id(p) for p in sparse] == [id(model.emb.weight)]
+
+
+def test_sparse_weight_tied_to_a_dense_layer_is_a_clear_error():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4, sparse=True)
+            self.head = nn.Linear(4, 10, bias=False)
+            self.head.weight = self.emb.weight
+
+    with pytest.raises(
+        ValueError,
+        match=r"emb\.weight is the weight of a sparse embedding.*"
+        r"also head\.weight \(Linear\)",
+    ):
+        split_sparse_dense(Tied())
+    with pytest.raises(ValueError, match="tied weight"):
+        sparse_dense_optimizer(Tied())
+
+
+def test_split_rejects_a_non_module():
+    with pytest.raises(TypeError, match="must be a torch.nn.Module, got list"):
+        split_sparse_dense([nn.Parameter(torch.ones(1))])
+
+
+# -- sparse_dense_optimizer -----------------------------------------------------------
+
+
+def test_trains_a_sparse_plus_dense_model_and_only_touches_used_rows():
+    model = _model()
+    opt = sparse_dense_optimizer(model, lr=0.01)
+    assert [type(o) for o in opt.optimizers] == [
+        torch.optim.SparseAdam,
+        torch.optim.Adam,
+    ]
+    assert opt.optimizers[0].param_groups[0]["params"] == [
+        model.emb.weight,
+        model.bag.weight,
+    ]
+    unused = model.emb.weight[40:].detach().clone()
+    batches = _batches(60)
+    with torch.no_grad():
+        first = sum(F.mse_loss(model(i), t) for i, t in batches).item()
+    _train(model, opt, batches)
+    with torch.no_grad():
+        last = sum(F.mse_loss(model(i), t) for i, t in batches).item()
+    assert last < 0.7 * first
+    assert torch.equal(model.emb.weight[40:], unused)  # lazy (sparse) updates
+    assert not torch.equal(model.emb.weight[:40], _model().emb.weight[:40])
+
+
+def test_smorms3_as_the_dense_optimizer():
+    model = _model()
+    opt = sparse_dense_optimizer(
+        model, dense=SMORMS3, lr=0.01, dense_kwargs={"weight_decay": 1e-4}
+    )
+    assert isinstance(opt.optimizers[1], SMORMS3)
+    assert opt.optimizers[1].param_groups[0]["weight_decay"] == 1e-4
+    before = model.fc1.weight.detach().clone()
+    _train(model, opt, _batches(3))
+    assert not torch.equal(model.fc1.weight, before)
+
+
+def test_options_go_to_their_child_and_unknown_ones_are_named():
+    opt = sparse_dense_optimizer(
+        _model(),
+        lr=0.02,
+        dense_kwargs={"weight_decay": 0.1, "foreach": False},
+        sparse_kwargs={"lr": 0.005, "betas": (0.8, 0.9)},
+    )
+    sparse_group, dense_group = opt.param_groups[0], opt.param_groups[1]
+    assert (sparse_group["lr"], sparse_group["betas"]) == (0.005, (0.8, 0.9))
+    assert (dense_group["lr"], dense_group["weight_decay"]) == (0.02, 0.1)
+    with pytest.raises(
+        ValueError,
+        match=r"SparseAdam does not accept 'weight_decay' \(from sparse_kwargs\)",
+    ):
+        sparse_dense_optimizer(_model(), sparse_kwargs={"weight_decay": 0.1})
+    with pytest.raises(ValueError, match=r"SparseAdam does not accept 'fused'"):
+        sparse_dense_optimizer(_model(), sparse_kwargs={"fused": True})
+
+
+def test_model_without_sparse_or_any_parameters():
+    opt = sparse_dense_optimizer(nn.Linear(3, 2))
+    assert [type(o) for o in opt.optimizers] == [torch.optim.Adam]
+    with pytest.raises(ValueError, match="ReLU has no parameters to optimize"):
+        sparse_dense_optimizer(nn.ReLU())
+
+
+def test_weight_used_outside_its_embedding_gets_a_named_error_at_step():
+    class SharedInForward(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4, sparse=True)
+
+        def forward(self, idx):
+            return F.linear(self.emb(idx), self.emb.weight)  # dense grad on emb.weight
+
+    model = SharedInForward()
+    opt = sparse_dense_optimizer(model)
+    model(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match=r"emb\.weight got a dense gradient"):
+        opt.step()
+
+
+# -- MultipleOptimizer ----------------------------------------------------------------
+
+
+def test_is_an_optimizer_whose_param_groups_are_the_childrens_dicts():
+    model = _model()
+    opt = sparse_dense_optimizer(model)
+    assert isinstance(opt, torch.optim.Optimizer)
+    groups = [g for child in opt.optimizers for g in child.param_groups]
+    assert len(opt.param_groups) == 2
+    assert all(a is b for a, b in zip(opt.param_groups, groups))
+    _train(model, opt, _batches(1))
+    assert set(opt.state) == set(model.parameters())
+    assert opt.state[model.fc1.weight] is opt.optimizers[1].state[model.fc1.weight]
+
+
+def test_step_lr_changes_both_children_also_after_load_state_dict():
+    model = _model()
+    opt = sparse_dense_optimizer(model, lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    _train(model, opt, _batches(2), sched)
+    assert [child.param_groups[0]["lr"] for child in opt.optimizers] == [0.025, 0.025]
+
+    saved = opt.state_dict()
+    opt.load_state_dict(saved)  # the children replace their group dicts
+    _train(model, opt, _batches(1), sched)
+    assert [child.param_groups[0]["lr"] for child in opt.optimizers] == [0.0125, 0.0125]
+
+    model2 = _model()
+    opt2 = sparse_dense_optimizer(model2, lr=0.1)
+    sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.5)
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    _train(model2, opt2, _batches(1), sched2)
+    assert [child.param_groups[0]["lr"] for child in opt2.optimizers] == [
+        0.00625,
+        0.00625,
+    ]
+
+
+def test_resume_mid_training_is_bit_identical():
+    batches = _batches(10, seed=3)
+    model = _model()
+    opt = sparse_dense_optimizer(model, lr=0.01)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    _train(model, opt, batches[:5], sched)
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+        },
+        buffer,
+    )
+    _train(model, opt, batches[5:], sched)
+
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    resumed = _model(seed=1)  # different initial weights, overwritten by the checkpoint
+    resumed.load_state_dict(saved["model"])
+    opt2 = sparse_dense_optimizer(resumed, lr=0.01)
+    sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=3, gamma=0.5)
+    opt2.load_state_dict(saved["opt"])
+    sched2.load_state_dict(saved["sched"])
+    _train(resumed, opt2, batches[5:], sched2)
+    for (name, a), b in zip(model.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_a_parameter_in_two_children_is_an_error():
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))
+    with pytest.raises(
+        ValueError,
+        match=r"shape \(2,\) is in optimizers\[0\] \(SGD\) and in "
+        r"optimizers\[1\] \(Adam\)",
+    ):
+        MultipleOptimizer(torch.optim.SGD([a], lr=0.1), torch.optim.Adam([b, a]))
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        ((), ValueError, "at least one optimizer"),
+        (
+            ("sgd",),
+            TypeError,
+            r"optimizers\[0\] must be a torch.optim.Optimizer, got str",
+        ),
+    ],
+)
+def test_bad_children_raise(args, error, message):
+    with pytest.raises(error, match=message):
+        MultipleOptimizer(*args)
+
+
+def test_the_same_child_twice_and_a_list_of_children_raise():
+    sgd = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1)
+    with pytest.raises(
+        ValueError, match=r"optimizers\[1\] is the same object as optimizers\[0\]"
+    ):
+        MultipleOptimizer(sgd, sgd)
+    with pytest.raises(TypeError, match="separate arguments"):
+        MultipleOptimizer([sgd])
+
+
+def test_closure_is_evaluated_once_and_its_loss_returned():
+    model = _model()
+    opt = sparse_dense_optimizer(model)
+    idx, target = _batches(1)[0]
+    calls = []
+
+    def closure():
+        calls.append(torch.is_grad_enabled())
+        opt.zero_grad()
+        loss = F.mse_loss(model(idx), target)
+        loss.backward()
+        return loss
+
+    with torch.no_grad():
+        loss = opt.step(closure)
+    assert calls == [True]
+    assert loss.requires_grad
+
+
+def test_step_hooks_on_the_wrapper_and_on_children_fire():
+    model = _model()
+    opt = sparse_dense_optimizer(model)
+    seen = []
+    handles = [
+        opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(("pre", o))),
+        opt.register_step_post_hook(lambda o, args, kwargs: seen.append(("post", o))),
+        opt.optimizers[1].register_step_pre_hook(
+            lambda o, args, kwargs: seen.append(("child", o))
+        ),
+    ]
+    _train(model, opt, _batches(2))
+    assert seen == [("pre", opt), ("child", opt.optimizers[1]), ("post", opt)] * 2
+    for handle in handles:
+        handle.remove()
+    _train(model, opt, _batches(1))
+    assert len(seen) == 6
+
+
+def test_state_dict_hooks_fire():
+    opt = sparse_dense_optimizer(_model())
+    seen = []
+    opt.register_state_dict_pre_hook(lambda o: seen.append("sd-pre"))
+    opt.register_state_dict_post_hook(lambda o, sd: {**sd, "extra": 1})
+    opt.register_load_state_dict_pre_hook(lambda o, sd: seen.append(sorted(sd)))
+    opt.register_load_state_dict_post_hook(lambda o: seen.append("load-post"))
+    saved = opt.state_dict()
+    assert saved["extra"] == 1
+    opt.load_state_dict(saved)
+    assert seen == ["sd-pre", ["classes", "extra", "optimizers"], "load-post"]
+
+
+def test_tb_gradflow_watch_logs_through_it(tmp_path):
+    tb_gradflow = pytest.importorskip("tb_gradflow")
+    from torch.utils.tensorboard import SummaryWriter
+
+    model = _model()
+    opt = sparse_dense_optimizer(model, lr=0.01)
+    writer = SummaryWriter(str(tmp_path))
+    with tb_gradflow.watch(model, writer, optimizer=opt) as flow:
+        _train(model, opt, _batches(3))
+        assert flow.last is not None and flow.last.step == 2
+        abs_mean = flow.last.stat("abs_mean")
+    writer.close()
+    assert len(abs_mean) == len(flow.layers) and (abs_mean > 0).all()
+    run = tb_gradflow.load_run(tmp_path)
+    assert run.steps.tolist() == [0, 1, 2]
+    assert run.layers == flow.layers
+
+
+def test_zero_grad_reaches_every_child():
+    model = _model()
+    opt = sparse_dense_optimizer(model)
+    idx, target = _batches(1)[0]
+    F.mse_loss(model(idx), target).backward()
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is not None for p in model.parameters())
+    assert all(not p.grad.to_dense().any() for p in model.parameters())
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_load_state_dict_checks_what_it_loads():
+    model = _model()
+    opt = sparse_dense_optimizer(model)
+    with pytest.raises(
+        ValueError, match="holds 1 optimizers, this MultipleOptimizer has 2"
+    ):
+        opt.load_state_dict(sparse_dense_optimizer(nn.Linear(2, 2)).state_dict())
+    swapped = opt.state_dict()
+    swapped["classes"] = swapped["classes"][::-1]
+    with pytest.raises(ValueError, match=r"holds optimizers \['Adam', 'SparseAdam'\]"):
+        opt.load_state_dict(swapped)
+    with pytest.raises(ValueError, match="not a MultipleOptimizer state dict"):
+        opt.load_state_dict(opt.optimizers[1].state_dict())
+
+
+def test_add_param_group_points_to_the_children():
+    opt = sparse_dense_optimizer(_model())
+    with pytest.raises(NotImplementedError, match=r"optimizers\[i\]\.add_param_group"):
+        opt.add_param_group({"params": [nn.Parameter(torch.ones(1))]})
+
+
+def test_repr_lists_the_children():
+    text = repr(sparse_dense_optimizer(_model(), lr=0.5))
+    assert text.startswith("MultipleOptimizer(\n  (0): SparseAdam (")
+    assert "\n  (1): Adam (" in text and "lr: 0.5" in text and text.endswith("\n)")
+
+
+def test_deepcopy_gives_an_independent_working_copy():
+    model = _model()
+    opt = sparse_dense_optimizer(model)
+    _train(model, opt, _batches(1))
+    model2, opt2 = copy.deepcopy((model, opt))
+    _train(model2, opt2, _batches(2))
+    assert not torch.equal(model.fc1.weight, model2.fc1.weight)
+    assert opt2.optimizers[1].param_groups[0]["params"][0] is model2.fc1.weight
