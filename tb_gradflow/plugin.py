@@ -1,0 +1,637 @@
+"""The Gradient Flow tab: TensorBoard plugin backend.
+
+Routes (``/data/plugin/gradflow/...``, documented in ``http_api.md``): ``runs``,
+``flow``, ``steps``, ``heatmap`` (JSON or float32 binary), ``alerts`` and the
+tab's static files. Data is read only through ``context.data_provider``, so the
+plugin works with the Rust data server and with ``--load_fast=false``.
+
+A decoded run is cached per (experiment, run, tag) and read again only when
+``list_tensors`` shows new data; its diagnosis and heatmaps are cached with it.
+
+Import-light: numpy, werkzeug and TensorBoard only, never torch.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import gzip
+import importlib.resources
+import json
+import logging
+import re
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tensorboard import errors, plugin_util
+from tensorboard.backend import http_util, json_util
+from tensorboard.data import provider
+from tensorboard.plugins import base_plugin
+from werkzeug import wrappers
+
+from tb_gradflow import metadata, reader
+from tb_gradflow.diagnose import Finding, Thresholds, diagnose
+from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN
+
+__all__ = ["GradFlowPlugin"]
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = metadata.PLUGIN_NAME
+STATIC_FILES = ("index.js", "model.js", "scale.js", "chart.js", "views.js", "style.css")
+"""Frontend files always routed (404 while missing); other ``frontend/`` files
+with a served suffix are routed too if present when TensorBoard starts."""
+
+_CONTENT_TYPES = {
+    ".js": "text/javascript",  # explicit: mimetypes can be wrong (TB #3120)
+    ".mjs": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
+_STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+_KEEP_ALL = (
+    2**31 - 1
+)  # downsample for --samples_per_plugin=gradflow=0 (0 reads nothing)
+_DEFAULT_HEATMAP_COLUMNS = 1000  # step columns
+_MAX_HEATMAP_COLUMNS = 100_000  # step columns
+_CACHE_BYTES = 1 << 30  # decoded float32 statistics kept, all runs together
+_CACHED_BODIES = 16  # encoded heatmaps per run version
+_CACHED_DIAGNOSES = 8  # threshold sets per run version
+_INT = re.compile(r"^-?[0-9]{1,18}$")  # fits int64
+_THRESHOLD_TYPES = {f.name: f.type for f in dataclasses.fields(Thresholds)}
+
+
+class GradFlowPlugin(base_plugin.TBPlugin):
+    """Per-layer gradient statistics logged by ``tb_gradflow.watch``."""
+
+    plugin_name = PLUGIN_NAME
+
+    def __init__(self, context: base_plugin.TBContext) -> None:
+        self._data_provider = context.data_provider
+        hint = (context.sampling_hints or {}).get(PLUGIN_NAME)
+        # TensorBoard already dropped what its own limit did not keep; read the rest.
+        self._downsample = (
+            DEFAULT_SAMPLES_PER_RUN if hint is None else (int(hint) or _KEEP_ALL)
+        )
+        self._cache = _RunCache(_CACHE_BYTES)
+
+    def is_active(self) -> bool:
+        return False  # core's list_plugins() activates the tab when data exists
+
+    def frontend_metadata(self) -> base_plugin.FrontendMetadata:
+        return base_plugin.FrontendMetadata(
+            es_module_path="/index.js", tab_name="Gradient Flow"
+        )
+
+    def get_plugin_apps(self) -> dict[str, Callable]:
+        apps: dict[str, Callable] = {
+            "/runs": self._runs_route,
+            "/flow": self._flow_route,
+            "/steps": self._steps_route,
+            "/heatmap": self._heatmap_route,
+            "/alerts": self._alerts_route,
+        }
+        for name in _static_names():
+            apps["/" + name] = functools.partial(self._static_route, name=name)
+        return apps
+
+    # Routes: parse arguments, call an *_impl, respond.
+
+    @wrappers.Request.application
+    def _runs_route(self, request: wrappers.Request) -> wrappers.Response:
+        ctx, experiment = _context(request)
+        return _json(request, self.runs_impl(ctx, experiment))
+
+    @wrappers.Request.application
+    def _flow_route(self, request: wrappers.Request) -> wrappers.Response:
+        ctx, experiment = _context(request)
+        run, tag = _run_tag(request.args)
+        step = _int_arg(request.args, "step")
+        return _json(request, self.flow_impl(ctx, experiment, run, tag, step))
+
+    @wrappers.Request.application
+    def _steps_route(self, request: wrappers.Request) -> wrappers.Response:
+        ctx, experiment = _context(request)
+        run, tag = _run_tag(request.args)
+        return _json(request, self.steps_impl(ctx, experiment, run, tag))
+
+    @wrappers.Request.application
+    def _heatmap_route(self, request: wrappers.Request) -> wrappers.Response:
+        ctx, experiment = _context(request)
+        run, tag = _run_tag(request.args)
+        stat = _arg(request.args, "stat", required=True)
+        columns = _int_arg(request.args, "max_steps", 1, _MAX_HEATMAP_COLUMNS)
+        fmt = _arg(request.args, "format") or "json"
+        args = (ctx, experiment, run, tag, stat, columns or _DEFAULT_HEATMAP_COLUMNS)
+        body, content_type, encoding = self.heatmap_body_impl(*args, fmt=fmt)
+        return http_util.Respond(request, body, content_type, content_encoding=encoding)
+
+    @wrappers.Request.application
+    def _alerts_route(self, request: wrappers.Request) -> wrappers.Response:
+        ctx, experiment = _context(request)
+        run, tag = _run_tag(request.args)
+        thresholds = _thresholds(request.args)
+        return _json(request, self.alerts_impl(ctx, experiment, run, tag, thresholds))
+
+    @wrappers.Request.application
+    def _static_route(
+        self, request: wrappers.Request, *, name: str
+    ) -> wrappers.Response:
+        body = _read_static(name)  # name comes from the route table, never the URL
+        content_type = _CONTENT_TYPES[Path(name).suffix]
+        return http_util.Respond(request, body, content_type)
+
+    # Implementations: builtins in, builtins out, tensorboard.errors raised.
+
+    def runs_impl(self, ctx, experiment: str) -> dict[str, Any]:
+        """The ``runs`` answer: every run and tag with readable gradflow data."""
+        listing = self._data_provider.list_tensors(
+            ctx, experiment_id=experiment, plugin_name=PLUGIN_NAME
+        )
+        out = []
+        for run in sorted(listing):
+            for tag in sorted(listing[run]):
+                series = listing[run][tag]
+                if _layout_or_none(series.plugin_content) is None:
+                    continue  # unreadable or newer format: logged when requested
+                steps = self._entry(ctx, experiment, run, tag, series).run.steps
+                if not len(steps):
+                    continue
+                layout = _layout_or_none(series.plugin_content)
+                every = max(layout.every, 1)
+                first, last = int(steps[0]), int(steps[-1])
+                out.append(
+                    {
+                        "run": run,
+                        "tag": tag,
+                        "name": metadata.name_from_tag(tag),
+                        "layers": len(layout.layers),
+                        "steps": len(steps),
+                        "first_step": first,
+                        "last_step": last,
+                        "every": every,
+                        "expected_steps": (last - first) // every + 1,
+                    }
+                )
+        return {"runs": out}
+
+    def flow_impl(
+        self, ctx, experiment: str, run: str, tag: str | None, step: int | None
+    ) -> dict[str, Any]:
+        """The ``flow`` answer: one logged step (nearest to ``step``; None: last)."""
+        entry = self._load(ctx, experiment, run, tag)
+        data = entry.run
+        i = data.index_of(step)
+        at = int(data.steps[i])
+        findings = entry.findings(Thresholds())
+        return {
+            "run": run,
+            "tag": entry.tag,
+            "step": at,
+            "layers": list(data.layers),
+            "sparse": list(data.sparse),
+            "stats": {s: data.values(s)[i].tolist() for s in data.stats},
+            "no_grad": data.no_grad[i].tolist(),
+            "skipped": bool(data.skipped[i]),
+            "loss_scale": float(data.loss_scale[i]),
+            "alerts": [
+                f.to_dict() for f in findings if f.first_step <= at <= f.last_step
+            ],
+        }
+
+    def steps_impl(
+        self, ctx, experiment: str, run: str, tag: str | None
+    ) -> dict[str, Any]:
+        """The ``steps`` answer: the logged steps TensorBoard kept, ascending."""
+        entry = self._load(ctx, experiment, run, tag)
+        return {"run": run, "tag": entry.tag, "steps": entry.run.steps.tolist()}
+
+    def heatmap_impl(
+        self,
+        ctx,
+        experiment: str,
+        run: str,
+        tag: str | None,
+        stat: str,
+        max_steps: int = _DEFAULT_HEATMAP_COLUMNS,
+    ) -> dict[str, Any]:
+        """The ``heatmap`` JSON answer (``values`` is ``[layer][column]``)."""
+        entry = self._load(ctx, experiment, run, tag)
+        header, values = entry.heatmap(stat, max_steps)
+        return {**header, "values": values.tolist()}
+
+    def heatmap_body_impl(
+        self,
+        ctx,
+        experiment: str,
+        run: str,
+        tag: str | None,
+        stat: str,
+        max_steps: int,
+        *,
+        fmt: str,
+    ) -> tuple[bytes, str, str | None]:
+        """The encoded ``heatmap`` answer: ``(body, content type, encoding)``.
+
+        Cached per run version, so a repeated request costs no JSON cleaning,
+        ``json.dumps`` or gzip.
+        """
+        if fmt not in ("json", "binary"):
+            raise errors.InvalidArgumentError(
+                f"Invalid format: {fmt!r} (json or binary)"
+            )
+        entry = self._load(ctx, experiment, run, tag)
+        return entry.body(
+            (stat, max_steps, fmt), lambda: _encode_heatmap(entry, stat, max_steps, fmt)
+        )
+
+    def alerts_impl(
+        self,
+        ctx,
+        experiment: str,
+        run: str,
+        tag: str | None,
+        thresholds: Thresholds | None = None,
+    ) -> dict[str, Any]:
+        """The ``alerts`` answer: every finding of the diagnosis rule."""
+        thresholds = thresholds or Thresholds()
+        entry = self._load(ctx, experiment, run, tag)
+        return {
+            "run": run,
+            "tag": entry.tag,
+            "thresholds": dataclasses.asdict(thresholds),
+            "alerts": [f.to_dict() for f in entry.findings(thresholds)],
+        }
+
+    # Data access.
+
+    def _load(self, ctx, experiment: str, run: str, tag: str | None) -> _Entry:
+        """The cached decoded run for ``run`` and ``tag`` (None: its only tag).
+
+        Raises:
+            NotFoundError: unknown run or tag, or data this version cannot read.
+            InvalidArgumentError: no ``tag`` for a run with several.
+        """
+        listing = self._data_provider.list_tensors(
+            ctx,
+            experiment_id=experiment,
+            plugin_name=PLUGIN_NAME,
+            run_tag_filter=provider.RunTagFilter(runs=[run]),
+        )
+        tags = listing.get(run)
+        if not tags:
+            raise errors.NotFoundError(f"No gradflow data for run {run!r}")
+        if tag is None:
+            readable = sorted(
+                t for t, s in tags.items() if _layout_or_none(s.plugin_content)
+            )
+            if len(readable) > 1:
+                raise errors.InvalidArgumentError(
+                    f"Run {run!r} has several gradflow tags ({', '.join(readable)}): "
+                    "pass tag"
+                )
+            tag = readable[0] if readable else sorted(tags)[0]
+        if tag not in tags:
+            raise errors.NotFoundError(f"No gradflow data for run {run!r}, tag {tag!r}")
+        series = tags[tag]
+        _layout(series.plugin_content, run, tag)  # raises NotFoundError if unreadable
+        entry = self._entry(ctx, experiment, run, tag, series)
+        if not len(entry.run.steps):
+            raise errors.NotFoundError(
+                f"No readable steps for run {run!r}, tag {tag!r}"
+            )
+        return entry
+
+    def _entry(
+        self,
+        ctx,
+        experiment: str,
+        run: str,
+        tag: str,
+        series: provider.TensorTimeSeries,
+    ) -> _Entry:
+        version = (series.max_step, series.max_wall_time, series.plugin_content)
+        return self._cache.get(
+            (experiment, run, tag),
+            version,
+            lambda: self._read(ctx, experiment, run, tag, series.plugin_content),
+        )
+
+    def _read(
+        self, ctx, experiment: str, run: str, tag: str, content: bytes
+    ) -> reader.GradFlowRun:
+        layout = _layout(content, run, tag)
+        data = self._data_provider.read_tensors(
+            ctx,
+            experiment_id=experiment,
+            plugin_name=PLUGIN_NAME,
+            downsample=self._downsample,
+            run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]),
+        )
+        series = data.get(run, {}).get(tag)
+        if series is None:
+            raise errors.NotFoundError(f"No gradflow data for run {run!r}, tag {tag!r}")
+        steps, rows = [], []
+        for datum in series:
+            flat = datum.numpy.reshape(-1)
+            if flat.size == layout.size:
+                steps.append(datum.step)
+                rows.append(flat)
+        if len(rows) < len(series):
+            # Only the first metadata of a tag survives in TensorBoard: a resumed
+            # run whose layer set changed needs a new watcher name.
+            logger.warning(
+                "gradflow: run %r tag %r: %d of %d steps do not match the layout "
+                "(%d values) and are not shown",
+                run,
+                tag,
+                len(series) - len(rows),
+                len(series),
+                layout.size,
+            )
+        return reader.from_records(run, layout, steps, rows)
+
+
+class _Entry:
+    """One decoded run version with its derived answers (diagnoses, heatmaps)."""
+
+    def __init__(self, tag: str, run: reader.GradFlowRun) -> None:
+        self.tag = tag
+        self.run = run
+        self.nbytes = run._values.nbytes
+        self._lock = threading.RLock()  # one diagnosis or heatmap at a time
+        self._findings: collections.OrderedDict = collections.OrderedDict()
+        self._bodies: collections.OrderedDict = collections.OrderedDict()
+        self._heatmap: tuple[tuple[str, int], tuple[dict, np.ndarray]] | None = None
+
+    def findings(self, thresholds: Thresholds) -> list[Finding]:
+        with self._lock:
+            return _memo(
+                self._findings,
+                thresholds,
+                lambda: diagnose(self.run, thresholds),
+                _CACHED_DIAGNOSES,
+            )
+
+    def heatmap(self, stat: str, columns: int) -> tuple[dict[str, Any], np.ndarray]:
+        """``(header, values)``: the JSON answer without ``values``, and
+        ``values`` ``(L, N)`` float32."""
+        if stat not in self.run.stats:
+            raise errors.InvalidArgumentError(
+                f"Invalid stat: {stat!r} (one of {', '.join(self.run.stats)})"
+            )
+        with self._lock:  # keeps the latest only: the encoded bodies are reused
+            if self._heatmap is None or self._heatmap[0] != (stat, columns):
+                matrix = _heatmap(self.run, self.tag, stat, columns)
+                self._heatmap = ((stat, columns), matrix)
+            return self._heatmap[1]
+
+    def body(self, key: tuple, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            return _memo(self._bodies, key, make, _CACHED_BODIES)
+
+
+def _memo(cache: collections.OrderedDict, key, make: Callable[[], Any], size: int):
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = cache[key] = make()
+    while len(cache) > size:
+        cache.popitem(last=False)
+    return value
+
+
+class _RunCache:
+    """Decoded runs by (experiment, run, tag), least recently used out first.
+
+    An entry is replaced when the data provider's ``(max_step, max_wall_time,
+    plugin_content)`` for it changes. Concurrent requests for the same stale key
+    wait for one read instead of reading in parallel.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: collections.OrderedDict[tuple, tuple[tuple, _Entry]] = (
+            collections.OrderedDict()
+        )
+        self._reading: dict[tuple, threading.Lock] = {}
+
+    def get(
+        self, key: tuple, version: tuple, read: Callable[[], reader.GradFlowRun]
+    ) -> _Entry:
+        with self._lock:
+            hit = self._lookup(key, version)
+            if hit is not None:
+                return hit
+            key_lock = self._reading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                hit = self._lookup(key, version)
+            if hit is not None:
+                return hit
+            entry = _Entry(key[2], read())
+            with self._lock:
+                self._entries[key] = (version, entry)
+                self._entries.move_to_end(key)
+                self._evict()
+            return entry
+
+    def _lookup(self, key: tuple, version: tuple) -> _Entry | None:
+        cached = self._entries.get(key)
+        if cached is None or cached[0] != version:
+            return None
+        self._entries.move_to_end(key)
+        return cached[1]
+
+    def _evict(self) -> None:
+        total = sum(entry.nbytes for _, entry in self._entries.values())
+        while total > self._max_bytes and len(self._entries) > 1:
+            _, (_, entry) = self._entries.popitem(last=False)
+            total -= entry.nbytes
+
+
+def _heatmap(
+    run: reader.GradFlowRun, tag: str, stat: str, columns: int
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Bins the kept steps into at most ``columns`` columns (rule: http_api.md).
+
+    Shape:
+        - returns values: ``(L, N)`` float32, ``N = min(columns, T)``
+    """
+    steps = run.steps
+    n_steps = len(steps)
+    n = min(columns, n_steps)
+    starts = (np.arange(n, dtype=np.int64) * n_steps) // n  # first index of each bin
+    ends = np.append(starts[1:], n_steps) - 1  # last index of each bin
+    values = run.values(stat)  # (T, L)
+    has_grad = ~run.no_grad  # (T, L)
+    finite = np.isfinite(values)
+    best = np.maximum.reduceat(
+        np.where(has_grad & finite, values, -np.inf), starts, axis=0
+    )  # (N, L)
+    bad = np.logical_or.reduceat(has_grad & ~finite, starts, axis=0)
+    seen = np.logical_or.reduceat(has_grad, starts, axis=0)
+    out = np.where(bad, np.inf, np.where(seen, best, np.nan)).astype(np.float32)
+    header = {
+        "run": run.path,
+        "tag": tag,
+        "stat": stat,
+        "layers": list(run.layers),
+        "steps": steps[starts].tolist(),
+        "first_steps": steps[starts].tolist(),
+        "last_steps": steps[ends].tolist(),
+        "downsampled": bool(n < n_steps),
+    }
+    return header, np.ascontiguousarray(out.T)  # (L, N)
+
+
+def _encode_heatmap(
+    entry: _Entry, stat: str, columns: int, fmt: str
+) -> tuple[bytes, str, str | None]:
+    header, values = entry.heatmap(stat, columns)
+    if fmt == "binary":
+        head = json.dumps(header, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        pad = b"\0" * (-(4 + len(head)) % 4)  # float32 values start 4-byte aligned
+        body = (
+            struct.pack("<I", len(head)) + head + pad + values.astype("<f4").tobytes()
+        )
+        return body, "application/octet-stream", None
+    # As http_util.Respond would encode it (NaN as "NaN"), but done once per version.
+    text = json.dumps(json_util.Cleanse({**header, "values": values.tolist()}))
+    return (
+        gzip.compress(text.encode("ascii"), compresslevel=3, mtime=0),
+        "application/json",
+        "gzip",
+    )
+
+
+# Request parsing and helpers.
+
+
+def _context(request: wrappers.Request) -> tuple[Any, str]:
+    return plugin_util.context(request.environ), plugin_util.experiment_id(
+        request.environ
+    )
+
+
+def _json(request: wrappers.Request, payload: dict) -> wrappers.Response:
+    return http_util.Respond(request, payload, "application/json")
+
+
+def _arg(args, name: str, *, required: bool = False) -> str | None:
+    """A query parameter; an empty value counts as absent."""
+    value = args.get(name) or None
+    if value is None and required:
+        raise errors.InvalidArgumentError(f"Missing parameter: {name}")
+    return value
+
+
+def _run_tag(args) -> tuple[str, str | None]:
+    return _arg(args, "run", required=True), _arg(args, "tag")
+
+
+def _int_arg(
+    args, name: str, lo: int | None = None, hi: int | None = None
+) -> int | None:
+    value = _arg(args, name)
+    if value is None:
+        return None
+    if not _INT.match(value) or not (
+        (lo is None or int(value) >= lo) and (hi is None or int(value) <= hi)
+    ):
+        bounds = f" from {lo} to {hi}" if lo is not None else ""
+        raise errors.InvalidArgumentError(
+            f"Invalid {name}: {value!r} (an integer{bounds})"
+        )
+    return int(value)
+
+
+def _thresholds(args) -> Thresholds:
+    """The diagnosis thresholds from query parameters (defaults for absent ones)."""
+    given: dict[str, Any] = {}
+    for name, kind in _THRESHOLD_TYPES.items():
+        value = _arg(args, name)
+        if value is None:
+            continue
+        if kind in (int, "int"):
+            given[name] = _int_arg(args, name)
+            continue
+        try:
+            given[name] = float(value)
+        except ValueError:
+            raise errors.InvalidArgumentError(
+                f"Invalid {name}: {value!r} (a number)"
+            ) from None
+    try:
+        return Thresholds(**given)
+    except ValueError as e:
+        raise errors.InvalidArgumentError(str(e)) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(content: bytes) -> metadata.Layout | str:
+    """The layout in ``content``, or why it cannot be read."""
+    try:
+        layout = metadata.parse_plugin_metadata(content)
+    except metadata.FormatError as e:
+        return str(e)
+    if layout.version > metadata.FORMAT_VERSION:
+        return (
+            f"written with gradflow format version {layout.version}, newer than "
+            f"this tb-gradflow understands ({metadata.FORMAT_VERSION}); upgrade it"
+        )
+    return layout
+
+
+def _layout_or_none(content: bytes) -> metadata.Layout | None:
+    layout = _parse(content)
+    return layout if isinstance(layout, metadata.Layout) else None
+
+
+def _layout(content: bytes, run: str, tag: str) -> metadata.Layout:
+    layout = _parse(content)
+    if isinstance(layout, str):
+        raise errors.NotFoundError(f"Run {run!r}, tag {tag!r}: {layout}")
+    return layout
+
+
+def _frontend_dir():
+    """The tab's files: ``tb_gradflow/frontend/`` in an installed wheel, else the
+    top-level ``frontend/`` folder of the source checkout (editable installs:
+    setuptools' editable finder cannot map a sub-package without ``__init__.py``).
+    """
+    installed = importlib.resources.files("tb_gradflow").joinpath("frontend")
+    if installed.is_dir():
+        return installed
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file():  # never another project's frontend/
+        return root / "frontend"
+    return installed
+
+
+def _static_names() -> list[str]:
+    """``STATIC_FILES`` plus the other servable files present now."""
+    names = set(STATIC_FILES)
+    folder = _frontend_dir()
+    try:
+        present = [f.name for f in folder.iterdir() if f.is_file()]
+    except OSError:
+        present = []
+    names.update(
+        n for n in present if _STATIC_NAME.match(n) and Path(n).suffix in _CONTENT_TYPES
+    )
+    return sorted(names)
+
+
+def _read_static(name: str) -> bytes:
+    try:
+        return _frontend_dir().joinpath(name).read_bytes()
+    except OSError:
+        raise errors.NotFoundError(f"Frontend file not installed: {name}") from None
