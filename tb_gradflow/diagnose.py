@@ -32,7 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["KINDS", "Finding", "Thresholds", "diagnose"]
+__all__ = ["KINDS", "Finding", "OnlineDiagnosis", "Thresholds", "diagnose"]
 
 KINDS = ("no_gradient", "blocked", "nonfinite", "exploding", "skipped")
 
@@ -92,6 +92,19 @@ class RunLike(Protocol):
     def values(self, stat: str) -> np.ndarray: ...
 
 
+_MESSAGES = {
+    "no_gradient": "no gradient (.grad is None): detached or unused",
+    "blocked": "gradient near zero: it does not flow into this layer",
+    "nonfinite": "NaN/Inf in the gradient",
+    "skipped": "optimizer step skipped by the AMP grad scaler (inf/NaN in it)",
+}
+_PATIENT = ("no_gradient", "blocked")  # kinds that need `patience` steps in a row
+
+
+def _exploding_message(th: Thresholds) -> str:
+    return f"gradient norm above {th.explode_ratio:g}x its recent median"
+
+
 def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding]:
     """All findings of a run, ordered by first step, then layer order.
 
@@ -106,43 +119,28 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
         return []
     skipped = np.asarray(run.skipped, dtype=bool)  # (T,)
     nonfinite = run.values("nonfinite")  # (T, L); NaN: no gradient
-    no_grad = np.isnan(nonfinite)
-    patience = min(th.patience, max(int((~skipped).sum()), 1))
-    findings: list[Finding] = []
-
+    judged, valid = _judged_mean(
+        run.values("abs_mean"), run.values("rows"), run.sparse, nonfinite
+    )
+    norm = run.values("norm").astype(np.float64)
+    masks = _step_masks(
+        judged,
+        valid,
+        norm,
+        nonfinite,
+        _earlier_peak(np.where(valid, judged, np.nan)),
+        _recent_median(norm, th.explode_window),
+        th,
+    )
     live = ~skipped
-    findings += _streaks(
-        "no_gradient",
-        no_grad & live[:, None],
-        live,
-        steps,
-        layers,
-        patience,
-        "no gradient (.grad is None): detached or unused",
-    )
-    blocked = _blocked(run, no_grad, th) & live[:, None]
-    findings += _streaks(
-        "blocked",
-        blocked,
-        live,
-        steps,
-        layers,
-        patience,
-        "gradient near zero: it does not flow into this layer",
-    )
-    bad = (np.nan_to_num(nonfinite, nan=0.0) > 0) & live[:, None]
-    findings += _streaks(
-        "nonfinite", bad, live, steps, layers, 1, "NaN/Inf in the gradient"
-    )
-    findings += _streaks(
-        "exploding",
-        _exploding(run.values("norm"), th) & live[:, None],
-        live,
-        steps,
-        layers,
-        1,
-        f"gradient norm above {th.explode_ratio:g}x its recent median",
-    )
+    patience = min(th.patience, max(int(live.sum()), 1))
+    findings: list[Finding] = []
+    for kind, mask in masks.items():
+        message = _exploding_message(th) if kind == "exploding" else _MESSAGES[kind]
+        min_length = patience if kind in _PATIENT else 1
+        findings += _streaks(
+            kind, mask & live[:, None], live, steps, layers, min_length, message
+        )
     findings += _streaks(
         "skipped",
         skipped[:, None],
@@ -150,7 +148,7 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
         steps,
         [None],
         1,
-        "optimizer step skipped by the AMP grad scaler (inf/NaN in scaled gradient)",
+        _MESSAGES["skipped"],
     )
     order = {name: i for i, name in enumerate(layers)}
     findings.sort(
@@ -159,24 +157,128 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
     return findings
 
 
-def _blocked(run: RunLike, no_grad: np.ndarray, th: Thresholds) -> np.ndarray:
-    """``(T, L)`` bool: the layer's gradient does not flow at that step."""
-    mean = run.values("abs_mean").astype(np.float64)  # (T, L)
-    sparse = np.asarray(run.sparse, dtype=bool)
-    if sparse.any():  # judge sparse layers by the rows that received a gradient
-        rows = run.values("rows").astype(np.float64)
+class OnlineDiagnosis:
+    """The same rule, one logged step at a time, for alerts during training.
+
+    Keeps O(layers x explode_window) state: each layer's earlier peak, its recent
+    norms and its current streaks. :meth:`update` returns the findings that
+    become true at this step for the first time for their layer: a
+    ``no_gradient`` or ``blocked`` streak that reaches ``patience`` steps, or a
+    ``nonfinite`` step. (``exploding`` and ``skipped`` are shown by the tab and
+    the report; they raise no alert.)
+    """
+
+    ALERT_KINDS = ("no_gradient", "blocked", "nonfinite")
+
+    def __init__(
+        self,
+        layers: Sequence[str],
+        sparse: Sequence[bool],
+        thresholds: Thresholds | None = None,
+    ) -> None:
+        self.th = thresholds or Thresholds()
+        self.layers = list(layers)
+        self.sparse = list(sparse)
+        n = len(self.layers)
+        self._peak = np.full(n, np.nan)
+        self._norms = np.full((self.th.explode_window, n), np.nan)  # ring buffer
+        self._seen = 0
+        self._streak = {kind: np.zeros(n, dtype=np.int64) for kind in _PATIENT}
+        self._alerted = {kind: np.zeros(n, dtype=bool) for kind in self.ALERT_KINDS}
+
+    def update(
+        self, step: int, stats: dict[str, np.ndarray], *, skipped: bool = False
+    ) -> list[Finding]:
+        """Feeds one logged step; ``stats`` maps statistic names to ``(L,)`` arrays."""
+        nonfinite = np.asarray(stats["nonfinite"], dtype=np.float64)[None]  # (1, L)
+        judged, valid = _judged_mean(
+            np.asarray(stats["abs_mean"])[None],
+            np.asarray(stats["rows"])[None],
+            self.sparse,
+            nonfinite,
+        )
+        norm = np.asarray(stats["norm"], dtype=np.float64)[None]  # (1, L)
+        history = self._norms[: min(self._seen, len(self._norms))]  # (W', L)
+        recent = _median_of_window(history.T[None])  # (1, L)
+        masks = _step_masks(
+            judged, valid, norm, nonfinite, self._peak[None], recent, self.th
+        )
+        self._peak = np.fmax(self._peak, np.where(valid, judged, np.nan)[0])
+        finite_norm = np.where(np.isfinite(norm[0]), norm[0], np.nan)
+        self._norms[self._seen % len(self._norms)] = finite_norm
+        self._seen += 1
+        if skipped:  # neither blocked nor healthy: streaks stay as they are
+            return []
+        new: list[Finding] = []
+        for kind in self.ALERT_KINDS:
+            hit = masks[kind][0]
+            length = np.ones(len(hit), dtype=np.int64)
+            if kind in _PATIENT:
+                length = self._streak[kind] = np.where(hit, self._streak[kind] + 1, 0)
+                hit = length >= self.th.patience
+            fire = hit & ~self._alerted[kind]
+            self._alerted[kind] |= fire
+            new += [
+                Finding(
+                    kind=kind,
+                    layer=self.layers[j],
+                    first_step=int(step),
+                    last_step=int(step),
+                    steps=int(length[j]),
+                    message=_MESSAGES[kind],
+                )
+                for j in np.flatnonzero(fire)
+            ]
+        return new
+
+
+def _judged_mean(
+    abs_mean: np.ndarray,
+    rows: np.ndarray,
+    sparse: Sequence[bool],
+    nonfinite: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The value a layer is judged by, and where it is usable.
+
+    A sparse layer is judged by the rows that received a gradient
+    (``abs_mean / rows``). Shapes: all ``(T, L)`` (``sparse``: ``(L,)``).
+    """
+    mean = np.asarray(abs_mean, dtype=np.float64).copy()
+    sparse = np.asarray(sparse, dtype=bool)
+    if sparse.any():
+        r = np.asarray(rows, dtype=np.float64)[:, sparse]
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean[:, sparse] = np.where(
-                rows[:, sparse] > 0, mean[:, sparse] / rows[:, sparse], 0.0
-            )
-    valid = np.isfinite(mean) & ~no_grad
-    others = _median_of_others(np.where(valid, mean, np.nan))  # (T, L)
-    peak = _earlier_peak(np.where(valid, mean, np.nan))  # (T, L)
+            mean[:, sparse] = np.where(r > 0, mean[:, sparse] / r, 0.0)
+    valid = np.isfinite(mean) & ~np.isnan(nonfinite)
+    return mean, valid
+
+
+def _step_masks(
+    judged: np.ndarray,
+    valid: np.ndarray,
+    norm: np.ndarray,
+    nonfinite: np.ndarray,
+    peak: np.ndarray,
+    recent: np.ndarray,
+    th: Thresholds,
+) -> dict[str, np.ndarray]:
+    """Per-step conditions of every kind, ``(T, L)`` bool each.
+
+    ``peak``: each layer's largest earlier judged value (NaN: none);
+    ``recent``: the median of its previous norms (NaN: fewer than 3).
+    """
+    others = _median_of_others(np.where(valid, judged, np.nan))  # (T, L)
     with np.errstate(invalid="ignore", divide="ignore"):
-        tiny_vs_others = mean < th.min_ratio_to_others * others
-        fell = mean < th.min_ratio_to_own_peak * peak
-        far_below = mean < th.floor_ratio_to_others * others
-    return valid & ((mean == 0) | (tiny_vs_others & fell) | far_below)
+        tiny_vs_others = judged < th.min_ratio_to_others * others
+        fell = judged < th.min_ratio_to_own_peak * peak
+        far_below = judged < th.floor_ratio_to_others * others
+        too_big = np.isfinite(norm) & (recent > 0) & (norm > th.explode_ratio * recent)
+    return {
+        "no_gradient": np.isnan(nonfinite),
+        "blocked": valid & ((judged == 0) | (tiny_vs_others & fell) | far_below),
+        "nonfinite": np.nan_to_num(nonfinite, nan=0.0) > 0,
+        "exploding": too_big,
+    }
 
 
 def _median_of_others(mean: np.ndarray) -> np.ndarray:
@@ -219,28 +321,37 @@ def _earlier_peak(mean: np.ndarray) -> np.ndarray:
     return peak
 
 
-def _exploding(norm: np.ndarray, th: Thresholds) -> np.ndarray:
-    """``(T, L)`` bool: the norm is above ``explode_ratio`` x the median of the
-    layer's previous ``explode_window`` finite norms (at least 3 of them)."""
+def _recent_median(norm: np.ndarray, window: int) -> np.ndarray:
+    """Per step and layer, the median of the previous ``window`` finite norms
+    (NaN with fewer than 3 of them).
+
+    Shape:
+        - norm: ``(T, L)``
+        - returns: ``(T, L)``
+    """
     n_steps, n_layers = norm.shape
-    w = th.explode_window
     finite = np.where(np.isfinite(norm), norm, np.nan)
-    padded = np.concatenate([np.full((w, n_layers), np.nan), finite])  # (T + w, L)
-    out = np.zeros((n_steps, n_layers), dtype=bool)
-    chunk = max(1, 2_000_000 // (n_layers * w))  # bounds the window copy's memory
+    padded = np.concatenate([np.full((window, n_layers), np.nan), finite])
+    out = np.empty((n_steps, n_layers))
+    chunk = max(1, 2_000_000 // (n_layers * window))  # bounds the windows' memory
     for t0 in range(0, n_steps, chunk):
         t1 = min(t0 + chunk, n_steps)
-        window = np.lib.stride_tricks.sliding_window_view(
-            padded[t0 : t1 + w - 1], w, axis=0
-        )  # (t1 - t0, L, w): the w steps before each step
-        enough = np.isfinite(window).sum(axis=2) >= 3
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows
-            recent = np.nanmedian(window, axis=2)  # (t1 - t0, L)
-            out[t0:t1] = (
-                enough & (recent > 0) & (finite[t0:t1] > th.explode_ratio * recent)
-            )
+        windows = np.lib.stride_tricks.sliding_window_view(
+            padded[t0 : t1 + window - 1], window, axis=0
+        )  # (t1 - t0, L, window): the `window` steps before each step
+        out[t0:t1] = _median_of_window(windows)
     return out
+
+
+def _median_of_window(windows: np.ndarray) -> np.ndarray:
+    """NaN-aware median over the last axis; NaN with fewer than 3 values."""
+    if windows.shape[-1] == 0:
+        return np.full(windows.shape[:-1], np.nan)
+    enough = np.isfinite(windows).sum(axis=-1) >= 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows
+        median = np.nanmedian(windows, axis=-1)
+    return np.where(enough, median, np.nan)
 
 
 def _streaks(

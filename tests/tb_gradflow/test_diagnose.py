@@ -164,3 +164,48 @@ def test_fewer_steps_than_patience_count_as_a_streak():
 def test_bad_thresholds(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Thresholds(**kwargs)
+
+
+def feed_online(run, thresholds=None):
+    from tb_gradflow.diagnose import OnlineDiagnosis
+
+    online = OnlineDiagnosis(run.layers, run.sparse, thresholds)
+    found = []
+    for t, step in enumerate(run.steps):
+        stats = {s: run.values(s)[t] for s in ("abs_mean", "norm", "nonfinite", "rows")}
+        found += online.update(int(step), stats, skipped=bool(run.skipped[t]))
+    return found
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_online_alerts_agree_with_the_batch_rule(seed):
+    rng = np.random.default_rng(seed)
+    t, n = 40, 6
+    mean = healthy(t, n, seed)
+    nonfinite = np.zeros((t, n))
+    for j in rng.choice(n, 3, replace=False):  # a few broken layers
+        start = rng.integers(0, t - 5)
+        kind = rng.integers(3)
+        if kind == 0:
+            mean[start:, j] *= 1e-7
+        elif kind == 1:
+            mean[start:, j] = np.nan
+            nonfinite[start:, j] = np.nan
+        else:
+            nonfinite[start, j] = 3
+    skipped = rng.random(t) < 0.1
+    run = FakeRun(mean, nonfinite=nonfinite, skipped=skipped)
+    batch = [
+        f for f in diagnose(run) if f.kind in ("no_gradient", "blocked", "nonfinite")
+    ]
+    online = feed_online(run)
+    first = {}
+    for f in batch:
+        first.setdefault((f.kind, f.layer), f)
+    assert {(f.kind, f.layer) for f in online} == set(first)
+    for f in online:  # an alert fires when the batch streak reaches patience
+        streak = first[(f.kind, f.layer)]
+        live = run.steps[~run.skipped]
+        live = live[(live >= streak.first_step) & (live <= streak.last_step)]
+        need = 3 if f.kind != "nonfinite" else 1
+        assert f.first_step == live[need - 1]
