@@ -98,7 +98,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "/alerts": self._alerts_route,
         }
         for name in _static_names():
-            apps["/" + name] = functools.partial(self._static_route, name=name)
+            apps["/" + name] = self._static_route(name)
         return apps
 
     # Routes: parse arguments, call an *_impl, respond.
@@ -139,13 +139,16 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         thresholds = _thresholds(request.args)
         return _json(request, self.alerts_impl(ctx, experiment, run, tag, thresholds))
 
-    @wrappers.Request.application
-    def _static_route(
-        self, request: wrappers.Request, *, name: str
-    ) -> wrappers.Response:
-        body = _read_static(name)  # name comes from the route table, never the URL
-        content_type = _CONTENT_TYPES[Path(name).suffix]
-        return http_util.Respond(request, body, content_type)
+    def _static_route(self, name: str) -> Callable:
+        """The route of one frontend file; the name comes from the route table,
+        never from the URL."""
+
+        @wrappers.Request.application
+        def serve(request: wrappers.Request) -> wrappers.Response:
+            body = _read_static(name)
+            return http_util.Respond(request, body, _CONTENT_TYPES[Path(name).suffix])
+
+        return serve
 
     # Implementations: builtins in, builtins out, tensorboard.errors raised.
 

@@ -1,0 +1,500 @@
+"""The Gradient Flow plugin's routes, through TensorBoard's own WSGI app.
+
+Event files are written with tb_gradflow.summary, loaded through TensorBoard's
+multiplexer data provider, and served by ``TensorBoardWSGI``; the tests assert
+status, Content-Type and the exact JSON of http_api.md.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import struct
+
+import numpy as np
+import pytest
+from tensorboard import default, program
+from tensorboard.backend import application
+from tensorboard.backend.event_processing import data_provider as tb_data_provider
+from tensorboard.backend.event_processing import plugin_event_multiplexer
+from tensorboard.compat.proto import event_pb2
+from tensorboard.plugins import base_plugin
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from werkzeug import test as werkzeug_test
+from werkzeug import wrappers
+
+from tb_gradflow import metadata, plugin
+from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN, GradFlowLoader
+from tb_gradflow.summary import gradflow_pb
+
+LAYERS = ("conv.weight", "conv.bias", "<img src=x onerror=alert(1)>")
+STEPS = (0, 10, 20, 30, 40, 50)
+INF = math.inf
+NAN = math.nan
+
+
+@pytest.fixture(autouse=True)
+def _no_security_warnings(caplog):
+    """TensorBoard's SecurityValidatorMiddleware logs (not raises) responses that
+    lack a Content-Type, nosniff or a CSP; none may."""
+    yield
+    assert not [r for r in caplog.records if "will become an error" in r.getMessage()]
+
+
+def write_run(logdir, run, layout, steps, stats_at, fields_at=None, start=0):
+    """Writes one record per step; ``stats_at(i)`` gives the (K, L) statistics."""
+    writer = EventFileWriter(str(logdir / run))
+    for i, step in enumerate(steps, start=start):
+        fields = fields_at(i) if fields_at else [0.0, NAN]
+        summary = gradflow_pb(layout, stats_at(i), fields, with_metadata=i == 0)
+        writer.add_event(
+            event_pb2.Event(step=step, wall_time=1000.0 + i, summary=summary)
+        )
+    writer.close()
+
+
+def healthy_stats(i):
+    """abs_mean 0.5 / 0.25 / 0.125. conv.bias is zero from step 20 on (blocked);
+    the third layer has no gradient at step 10; conv.weight goes non-finite at 50."""
+    mean = np.array([0.5, 0.25, 0.125])
+    stats = np.stack([mean, 2 * mean, 4 * mean, np.zeros(3), np.ones(3)])  # (K, L)
+    if i >= 2:
+        stats[:3, 1] = 0.0
+    if i == 1:
+        stats[:, 2] = NAN
+    if i == 5:
+        stats[:3, 0] = INF
+        stats[3, 0] = 3
+    return stats
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("logs")
+    layout = metadata.Layout(layers=LAYERS, every=10, sparse=(False, False, True))
+    write_run(d, "healthy", layout, STEPS, healthy_stats)
+    two = [metadata.Layout(layers=("a",), name=n) for n in ("enc", "dec")]
+    for layout in two:
+        write_run(d, "two", layout, [0, 1], lambda i: np.full((5, 1), 0.5))
+    future = metadata.Layout(layers=("a",), version=metadata.FORMAT_VERSION + 1)
+    write_run(d, "future", future, [0], lambda i: np.full((5, 1), 0.5))
+    return d
+
+
+def make_client(logdir, sampling_hints=None):
+    mux = plugin_event_multiplexer.EventMultiplexer(
+        tensor_size_guidance={metadata.PLUGIN_NAME: 0}
+    )
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    provider = tb_data_provider.MultiplexerDataProvider(mux, str(logdir))
+    context = base_plugin.TBContext(
+        logdir=str(logdir), data_provider=provider, sampling_hints=sampling_hints
+    )
+    app = application.TensorBoardWSGI(
+        [plugin.GradFlowPlugin(context)], data_provider=provider
+    )
+    return werkzeug_test.Client(app, wrappers.Response), mux
+
+
+@pytest.fixture(scope="module")
+def client(logdir):
+    return make_client(logdir)[0]
+
+
+def get(client, route, **params):
+    return client.get(f"/data/plugin/gradflow/{route}", query_string=params)
+
+
+def get_json(client, route, **params):
+    response = get(client, route, **params)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.headers["Content-Type"] == "application/json"
+    return json.loads(response.get_data())
+
+
+BLOCKED = {
+    "kind": "blocked",
+    "layer": "conv.bias",
+    "first_step": 20,
+    "last_step": 50,
+    "steps": 4,
+    "message": "gradient near zero: it does not flow into this layer",
+}
+NONFINITE = {
+    "kind": "nonfinite",
+    "layer": "conv.weight",
+    "first_step": 50,
+    "last_step": 50,
+    "steps": 1,
+    "message": "NaN/Inf in the gradient",
+}
+
+
+def test_plugins_listing_enables_the_tab(client):
+    listing = json.loads(client.get("/data/plugins_listing").get_data())
+    assert listing["gradflow"] == {
+        "disable_reload": False,
+        "enabled": True,
+        "remove_dom": False,
+        "tab_name": "Gradient Flow",
+        "loading_mechanism": {
+            "type": "IFRAME",
+            "module_path": "/data/plugin/gradflow/index.js",
+        },
+    }
+    entry = client.get("/data/plugin_entry.html", query_string={"name": "gradflow"})
+    assert entry.status_code == 200
+    assert b'import("./index.js")' in entry.get_data()
+
+
+def test_runs_lists_readable_runs_and_watchers(client):
+    assert get_json(client, "runs") == {
+        "runs": [
+            {
+                "run": "healthy",
+                "tag": "gradflow",
+                "name": None,
+                "layers": 3,
+                "steps": 6,
+                "first_step": 0,
+                "last_step": 50,
+                "every": 10,
+                "expected_steps": 6,
+            },
+            *(
+                {
+                    "run": "two",
+                    "tag": f"gradflow/{name}",
+                    "name": name,
+                    "layers": 1,
+                    "steps": 2,
+                    "first_step": 0,
+                    "last_step": 1,
+                    "every": 1,
+                    "expected_steps": 2,
+                }
+                for name in ("dec", "enc")
+            ),
+        ]
+    }
+
+
+def test_flow_without_step_is_the_latest_with_nan_as_strings(client):
+    assert get_json(client, "flow", run="healthy") == {
+        "run": "healthy",
+        "tag": "gradflow",
+        "step": 50,
+        "layers": list(LAYERS),
+        "sparse": [False, False, True],
+        "stats": {
+            "abs_mean": ["Infinity", 0.0, 0.125],
+            "abs_max": ["Infinity", 0.0, 0.25],
+            "norm": ["Infinity", 0.0, 0.5],
+            "nonfinite": [3.0, 0.0, 0.0],
+            "rows": [1.0, 1.0, 1.0],
+        },
+        "no_grad": [False, False, False],
+        "skipped": False,
+        "loss_scale": "NaN",
+        "alerts": [BLOCKED, NONFINITE],
+    }
+
+
+@pytest.mark.parametrize(
+    ("asked", "served"), [("10", 10), ("14", 10), ("16", 20), ("-5", 0), ("999", 50)]
+)
+def test_flow_serves_the_nearest_logged_step(client, asked, served):
+    assert get_json(client, "flow", run="healthy", step=asked)["step"] == served
+
+
+def test_flow_marks_layers_without_gradient(client):
+    flow = get_json(client, "flow", run="healthy", step="10")
+    assert flow["no_grad"] == [False, False, True]
+    assert flow["stats"]["abs_mean"] == [0.5, 0.25, "NaN"]
+    assert flow["stats"]["nonfinite"] == [0.0, 0.0, "NaN"]
+    assert flow["alerts"] == []  # the blocked streak starts at 20
+
+
+def test_steps_lists_the_kept_steps(client):
+    assert get_json(client, "steps", run="healthy") == {
+        "run": "healthy",
+        "tag": "gradflow",
+        "steps": list(STEPS),
+    }
+
+
+def test_heatmap_downsamples_with_the_max_and_marks_nonfinite(client):
+    assert get_json(
+        client, "heatmap", run="healthy", stat="abs_mean", max_steps="2"
+    ) == {
+        "run": "healthy",
+        "tag": "gradflow",
+        "stat": "abs_mean",
+        "layers": list(LAYERS),
+        "steps": [0, 30],
+        "first_steps": [0, 30],
+        "last_steps": [20, 50],
+        "downsampled": True,
+        "values": [[0.5, "Infinity"], [0.25, 0.0], [0.125, 0.125]],
+    }
+
+
+def test_heatmap_without_downsampling_keeps_nan_for_no_gradient(client):
+    heatmap = get_json(client, "heatmap", run="healthy", stat="abs_mean")
+    assert heatmap["steps"] == heatmap["first_steps"] == heatmap["last_steps"]
+    assert heatmap["steps"] == list(STEPS)
+    assert heatmap["downsampled"] is False
+    assert heatmap["values"] == [
+        [0.5, 0.5, 0.5, 0.5, 0.5, "Infinity"],
+        [0.25, 0.25, 0.0, 0.0, 0.0, 0.0],
+        [0.125, "NaN", 0.125, 0.125, 0.125, 0.125],
+    ]
+
+
+def test_heatmap_binary_matches_json(client):
+    for max_steps in ("2", "1000"):
+        params = dict(run="healthy", stat="norm", max_steps=max_steps)
+        expected = get_json(client, "heatmap", **params)
+        response = get(client, "heatmap", format="binary", **params)
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "application/octet-stream"
+        body = response.get_data()
+        (n,) = struct.unpack("<I", body[:4])
+        header = json.loads(body[4 : 4 + n].decode("utf-8"))
+        offset = 4 + n + (-(4 + n) % 4)
+        assert offset % 4 == 0 and set(body[4 + n : offset]) <= {0}
+        values = np.frombuffer(body[offset:], dtype="<f4")
+        rows, columns = len(header["layers"]), len(header["steps"])
+        assert values.size == rows * columns
+        assert header == {k: v for k, v in expected.items() if k != "values"}
+        as_json = json.loads(json.dumps(values.reshape(rows, columns).tolist()))
+        cleaned = [[_clean(x) for x in row] for row in as_json]
+        assert cleaned == expected["values"]
+
+
+def _clean(x):
+    return "NaN" if math.isnan(x) else "Infinity" if math.isinf(x) else x
+
+
+def test_heatmap_json_is_the_same_with_gzip(client):
+    params = {"run": "healthy", "stat": "abs_max", "max_steps": "3"}
+    plain = get(client, "heatmap", **params)
+    zipped = client.get(
+        "/data/plugin/gradflow/heatmap",
+        query_string=params,
+        headers={"Accept-Encoding": "gzip"},
+    )
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert json.loads(gzip.decompress(zipped.get_data())) == json.loads(
+        plain.get_data()
+    )
+
+
+def test_alerts_with_default_and_given_thresholds(client):
+    assert get_json(client, "alerts", run="healthy") == {
+        "run": "healthy",
+        "tag": "gradflow",
+        "thresholds": {
+            "patience": 3,
+            "min_ratio_to_others": 0.01,
+            "min_ratio_to_own_peak": 0.01,
+            "floor_ratio_to_others": 1e-06,
+            "explode_ratio": 100.0,
+            "explode_window": 20,
+        },
+        "alerts": [BLOCKED, NONFINITE],
+    }
+    patient = get_json(client, "alerts", run="healthy", patience="5")
+    assert patient["thresholds"]["patience"] == 5
+    assert patient["alerts"] == [NONFINITE]  # 4 blocked steps < patience 5
+
+
+def test_named_watchers_need_a_tag(client):
+    response = get(client, "flow", run="two")
+    assert response.status_code == 400
+    assert "several gradflow tags (gradflow/dec, gradflow/enc)" in response.get_data(
+        as_text=True
+    )
+    flow = get_json(client, "flow", run="two", tag="gradflow/enc")
+    assert (flow["tag"], flow["layers"]) == ("gradflow/enc", ["a"])
+
+
+@pytest.mark.parametrize(
+    ("route", "params", "code", "message"),
+    [
+        ("flow", {}, 400, "Missing parameter: run"),
+        ("flow", {"run": ""}, 400, "Missing parameter: run"),
+        ("steps", {}, 400, "Missing parameter: run"),
+        ("alerts", {}, 400, "Missing parameter: run"),
+        ("heatmap", {"stat": "norm"}, 400, "Missing parameter: run"),
+        ("flow", {"run": "nope"}, 404, "No gradflow data for run 'nope'"),
+        ("steps", {"run": "nope"}, 404, "No gradflow data for run 'nope'"),
+        ("flow", {"run": "healthy", "tag": "gradflow/x"}, 404, "tag 'gradflow/x'"),
+        ("flow", {"run": "future"}, 404, "newer than this tb-gradflow"),
+        ("flow", {"run": "healthy", "step": "abc"}, 400, "Invalid step: 'abc'"),
+        ("flow", {"run": "healthy", "step": "1.5"}, 400, "Invalid step"),
+        ("flow", {"run": "healthy", "step": "9" * 30}, 400, "Invalid step"),
+        ("heatmap", {"run": "healthy"}, 400, "Missing parameter: stat"),
+        ("heatmap", {"run": "healthy", "stat": "x"}, 400, "Invalid stat: 'x'"),
+        (
+            "heatmap",
+            {"run": "healthy", "stat": "norm", "max_steps": "0"},
+            400,
+            "Invalid max_steps: '0' (an integer from 1 to 100000)",
+        ),
+        (
+            "heatmap",
+            {"run": "healthy", "stat": "norm", "max_steps": "100001"},
+            400,
+            "Invalid max_steps",
+        ),
+        (
+            "heatmap",
+            {"run": "healthy", "stat": "norm", "format": "xml"},
+            400,
+            "Invalid format: 'xml'",
+        ),
+        ("alerts", {"run": "healthy", "patience": "0"}, 400, "Invalid patience: 0"),
+        ("alerts", {"run": "healthy", "patience": "x"}, 400, "Invalid patience: 'x'"),
+        (
+            "alerts",
+            {"run": "healthy", "min_ratio_to_others": "2"},
+            400,
+            "Invalid min_ratio_to_others: 2.0",
+        ),
+        (
+            "alerts",
+            {"run": "healthy", "explode_ratio": "nan"},
+            400,
+            "Invalid explode_ratio",
+        ),
+        (
+            "alerts",
+            {"run": "healthy", "floor_ratio_to_others": "abc"},
+            400,
+            "Invalid floor_ratio_to_others: 'abc' (a number)",
+        ),
+    ],
+)
+def test_bad_requests_answer_400_or_404_in_plain_text(
+    client, route, params, code, message
+):
+    response = get(client, route, **params)
+    assert response.status_code == code
+    assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert message in response.get_data(as_text=True)
+
+
+def test_static_files_are_served_with_explicit_types(client):
+    names = plugin._static_names()
+    assert set(plugin.STATIC_FILES) <= set(names)
+    folder = plugin._frontend_dir()
+    present = [n for n in names if folder.joinpath(n).is_file()]
+    for name in names:
+        response = client.get(f"/data/plugin/gradflow/{name}")
+        if name not in present:
+            assert response.status_code == 404
+            continue
+        assert response.status_code == 200
+        assert response.get_data() == folder.joinpath(name).read_bytes()
+        expected = "text/css" if name.endswith(".css") else "text/javascript"
+        assert response.headers["Content-Type"] == f"{expected}; charset=utf-8"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "plugin.py",
+        "__init__.py",
+        "../plugin.py",
+        "..%2fplugin.py",
+        "..%2f..%2fpyproject.toml",
+        "%2e%2e/plugin.py",
+        "..\\plugin.py",
+        "..%5cplugin.py",
+        "static/../plugin.py",
+        "frontend/index.js",
+        "%2fetc%2fpasswd",
+        "index.js%00.py",
+        "index.js/..",
+        "INDEX.JS",
+        ".",
+    ],
+)
+def test_static_route_serves_nothing_outside_the_list(client, path):
+    response = client.get(f"/data/plugin/gradflow/{path}")
+    assert response.status_code == 404
+    assert b"import" not in response.get_data()
+
+
+def test_routes_work_under_an_experiment_prefix(client):
+    response = client.get(
+        "/experiment/abc/data/plugin/gradflow/steps", query_string={"run": "healthy"}
+    )
+    assert response.status_code == 200
+    assert json.loads(response.get_data())["steps"] == list(STEPS)
+
+
+def test_sampling_hint_limits_the_steps_read(logdir):
+    few, _ = make_client(logdir, {"gradflow": 3})
+    steps = get_json(few, "steps", run="healthy")["steps"]
+    assert len(steps) == 3 and steps[-1] == 50  # TensorBoard keeps the latest
+    (run,) = (r for r in get_json(few, "runs")["runs"] if r["run"] == "healthy")
+    assert run["steps"] == 3
+    assert run["first_step"] == steps[0]  # the first kept step: an estimate
+    assert run["expected_steps"] == (50 - steps[0]) // 10 + 1
+    everything, _ = make_client(logdir, {"gradflow": 0})
+    assert get_json(everything, "steps", run="healthy")["steps"] == list(STEPS)
+
+
+def test_new_steps_invalidate_the_cache_and_reads_are_reused(tmp_path, monkeypatch):
+    layout = metadata.Layout(layers=LAYERS, sparse=(False,) * 3)
+    write_run(tmp_path, "live", layout, [0, 1, 2], healthy_stats)
+    client, mux = make_client(tmp_path)
+    reads = []
+    original = tb_data_provider.MultiplexerDataProvider.read_tensors
+
+    def counting(self, *args, **kwargs):
+        reads.append(kwargs["run_tag_filter"].runs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(
+        tb_data_provider.MultiplexerDataProvider, "read_tensors", counting
+    )
+    assert get_json(client, "steps", run="live")["steps"] == [0, 1, 2]
+    get_json(client, "flow", run="live")
+    get(client, "heatmap", run="live", stat="norm", format="binary")
+    get(client, "heatmap", run="live", stat="norm", format="binary")
+    get_json(client, "alerts", run="live")
+    get_json(client, "runs")
+    assert len(reads) == 1
+    write_run(tmp_path, "live", layout, [3, 4], healthy_stats, start=3)
+    mux.Reload()
+    assert get_json(client, "steps", run="live")["steps"] == [0, 1, 2, 3, 4]
+    assert get_json(client, "runs")["runs"][0]["steps"] == 5
+    assert len(reads) == 2
+
+
+def test_loader_sets_the_sampling_limit_unless_the_user_did(tmp_path):
+    def flags(*argv):  # TensorBoard's own plugin list: core's flags, then ours
+        tb = program.TensorBoard(plugins=default.get_plugins())
+        tb.configure(argv=["tensorboard", f"--logdir={tmp_path}", *argv])
+        return tb.flags.samples_per_plugin
+
+    assert flags() == {"gradflow": DEFAULT_SAMPLES_PER_RUN}
+    assert flags("--samples_per_plugin=images=3") == {
+        "images": 3,
+        "gradflow": DEFAULT_SAMPLES_PER_RUN,
+    }
+    assert flags("--samples_per_plugin=gradflow=7") == {"gradflow": 7}
+    assert flags("--samples_per_plugin=gradflow=0") == {"gradflow": 0}
+
+
+def test_entry_point_is_the_loader():
+    assert GradFlowLoader in default.get_dynamic_plugins()
+    assert isinstance(
+        GradFlowLoader().load(base_plugin.TBContext()), plugin.GradFlowPlugin
+    )
