@@ -15,13 +15,32 @@ __version__ = "0.1.0"
 _LAZY = {
     "watch": "tb_gradflow.collect",
     "GradFlow": "tb_gradflow.collect",
+    "GradFlowAlert": "tb_gradflow.collect",
+    "GradFlowError": "tb_gradflow.collect",
     "LoggedStep": "tb_gradflow.collect",
+    "check_flow": "tb_gradflow.flow_check",
+    "Finding": "tb_gradflow.diagnose",
+    "Thresholds": "tb_gradflow.diagnose",
+    "diagnose": "tb_gradflow.diagnose",
     "load": "tb_gradflow.reader",
     "load_run": "tb_gradflow.reader",
     "GradFlowRun": "tb_gradflow.reader",
 }
 
-__all__ = ["GradFlow", "GradFlowRun", "LoggedStep", "load", "load_run", "watch"]
+__all__ = [
+    "Finding",
+    "GradFlow",
+    "GradFlowAlert",
+    "GradFlowError",
+    "GradFlowRun",
+    "LoggedStep",
+    "Thresholds",
+    "check_flow",
+    "diagnose",
+    "load",
+    "load_run",
+    "watch",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,12 +17,45 @@ import torch
 from torch import Tensor, nn
 
 from tb_gradflow import _reduce, metadata, summary
+from tb_gradflow.diagnose import Finding, OnlineDiagnosis, Thresholds
 
-__all__ = ["GradFlow", "LoggedStep", "watch", "layer_name", "select_layers"]
+__all__ = [
+    "GradFlow",
+    "GradFlowAlert",
+    "GradFlowError",
+    "LoggedStep",
+    "layer_name",
+    "layer_stats",
+    "select_layers",
+    "watch",
+]
 
 _SPARSE_MODULES = (nn.Embedding, nn.EmbeddingBag)
 _WRAPPER_PREFIX = "module."  # DistributedDataParallel, DataParallel, DeepSpeed
 _COMPILE_COMPONENT = "_orig_mod"  # torch.compile's OptimizedModule
+
+
+_ALERT_MODES = (None, "warn", "raise")
+
+
+class GradFlowAlert(UserWarning):
+    """Warned by ``watch(..., on_alert="warn")`` when a layer's gradient goes bad."""
+
+
+class GradFlowError(RuntimeError):
+    """Raised by ``watch(..., on_alert="raise")`` when a layer's gradient goes bad.
+
+    Attributes:
+        finding: the :class:`~tb_gradflow.diagnose.Finding` that stopped the run.
+    """
+
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(_alert_text(finding))
+        self.finding = finding
+
+
+def _alert_text(f: Finding) -> str:
+    return f"gradflow: layer {f.layer!r} at step {f.first_step}: {f.kind}: {f.message}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +199,8 @@ class GradFlow:
         exclude: str | Iterable[str] | None = None,
         scaler: Any = None,
         start_step: int = 0,
+        on_alert: str | None = None,
+        thresholds: Thresholds | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -184,6 +220,10 @@ class GradFlow:
             raise TypeError(
                 "optimizer must be a torch.optim.Optimizer, got "
                 f"{type(optimizer).__name__}"
+            )
+        if on_alert not in _ALERT_MODES:
+            raise ValueError(
+                f"Invalid on_alert: {on_alert!r} (None, 'warn' or 'raise')"
             )
         if scaler is not None and optimizer is None:
             raise ValueError("scaler needs the optimizer it steps: pass optimizer= too")
@@ -216,8 +256,15 @@ class GradFlow:
         self._wrote_metadata = False
         self._scratch: dict[torch.device, Tensor] = {}
         self._handles: list[Any] = []
-        self._in_scaler_step = False
         self._stepped_in_scaler = False
+        self._on_alert = on_alert
+        self._online = (
+            OnlineDiagnosis(self.layers, self.layout.sparse, thresholds)
+            if on_alert
+            else None
+        )
+        # Statistics are computed only for someone: the writer or the alerts.
+        self._active = writer is not None or on_alert is not None
         if optimizer is not None:
             self._handles.append(
                 optimizer.register_step_pre_hook(self._on_optimizer_step)
@@ -238,7 +285,7 @@ class GradFlow:
         self._stepped_in_scaler = True
         step = self.step
         self._steps_done += 1
-        if step % self.every == 0 and self.writer is not None:
+        if step % self.every == 0 and self._active:
             # Fused optimizers get GradScaler's scale and inf flag as attributes
             # and unscale inside their kernel: their .grad is still scaled.
             self._collect(
@@ -258,7 +305,7 @@ class GradFlow:
             if not self._stepped_in_scaler:  # inf/NaN found: optimizer.step skipped
                 skipped = self.step
                 self._steps_done += 1
-                if skipped % self.every == 0 and self.writer is not None:
+                if skipped % self.every == 0 and self._active:
                     self._collect(skipped, skipped=True)
             return result
 
@@ -283,7 +330,7 @@ class GradFlow:
             or step < 0
         ):
             raise ValueError(f"Invalid step: {step!r} (an int >= 0)")
-        if step % self.every != 0 or self.writer is None:
+        if step % self.every != 0 or not self._active:
             return None
         return self._collect(int(step))
 
@@ -324,52 +371,30 @@ class GradFlow:
             loss_scale=float(fields[1]),
         )
         self.last = logged
-        self._write(logged)
+        if self.writer is not None:
+            self._write(logged)
+        if self._online is not None:
+            self._alert(logged)
         return logged
+
+    def _alert(self, logged: LoggedStep) -> None:
+        stats = {name: logged.stats[k] for k, name in enumerate(metadata.STATS)}
+        for finding in self._online.update(logged.step, stats, skipped=logged.skipped):
+            if self._on_alert == "raise":
+                raise GradFlowError(finding)
+            warnings.warn(_alert_text(finding), GradFlowAlert, stacklevel=4)
 
     def _compute(
         self, grad_scale: Tensor | float | None, found_inf: Tensor | None
     ) -> tuple[np.ndarray, tuple[float, float]]:
-        n_layers = len(self._layers)
-        dense: dict[torch.device, tuple[list[Tensor], list[int]]] = {}
-        parts: list[_reduce.Partials] = []
-        sparse_rows: dict[int, int] = {}
-        has_grad = np.zeros(n_layers, dtype=bool)
-        for i, layer in enumerate(self._layers):
-            g = layer.param.grad
-            if g is None:
-                continue
-            has_grad[i] = True
-            if g.is_sparse:
-                part, sparse_rows[i] = _reduce.reduce_sparse(g, i)
-                parts.append(part)
-            else:
-                grads, owners = dense.setdefault(g.device, ([], []))
-                grads.append(g.detach())
-                owners.append(i)
-        parts += [_reduce.reduce_dense(g, o, self._scratch) for g, o in dense.values()]
         extras = self._step_extras(grad_scale, found_inf)
-        totals, host_extras = _reduce.combine(parts, n_layers, extras)  # (3, L)
+        grads = [layer.param.grad for layer in self._layers]
+        record, host_extras = layer_stats(grads, scratch=self._scratch, extras=extras)
         if host_extras is None:
             host_extras = np.array([math.nan, 0.0, math.nan])
         scale, inf_flag, loss_scale = host_extras
-        if math.isfinite(scale) and scale > 0:
-            totals[0:2] /= scale
-            totals[2] /= scale * scale
-        nonfinite = np.zeros(n_layers)
-        bad = [i for i in np.flatnonzero(has_grad) if not math.isfinite(totals[0, i])]
-        if bad:  # only here: a finite Σ|g| proves that no element is NaN/Inf
-            counts = _reduce.count_nonfinite([self._layers[i].param.grad for i in bad])
-            nonfinite[bad] = counts.cpu().numpy()
-        numel = np.asarray(self.layout.numel, dtype=np.float64)
-        rows = np.ones(n_layers)
-        for i, touched in sparse_rows.items():
-            n_rows = self._layers[i].param.shape[0]
-            rows[i] = touched / n_rows if n_rows else 0.0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            abs_mean = np.where(numel > 0, totals[0] / np.maximum(numel, 1), 0.0)
-        record = np.stack([abs_mean, totals[1], np.sqrt(totals[2]), nonfinite, rows])
-        record[:, ~has_grad] = math.nan
+        if math.isfinite(scale) and scale > 0:  # abs_mean, abs_max, norm are linear
+            record[0:3] /= scale
         return record, (inf_flag > 0, loss_scale)
 
     def _step_extras(
@@ -402,6 +427,55 @@ class GradFlow:
         self._wrote_metadata = True
 
 
+def layer_stats(
+    grads: Sequence[Tensor | None],
+    *,
+    scratch: dict[torch.device, Tensor] | None = None,
+    extras: Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The statistics of a list of gradients, one host copy per device.
+
+    Args:
+        grads: one gradient per layer (None: the layer had none); dense or
+            sparse COO, any floating dtype, any devices.
+        scratch: reusable CPU buffers (kept by the caller between calls).
+        extras: ``(E,)`` device scalars to copy along with the statistics.
+
+    Returns:
+        ``(K, L)`` float64 in ``metadata.STATS`` order (NaN columns for None
+        gradients), and the host copy of ``extras`` (None without).
+    """
+    scratch = {} if scratch is None else scratch
+    n_layers = len(grads)
+    dense: dict[torch.device, tuple[list[Tensor], list[int]]] = {}
+    parts: list[_reduce.Partials] = []
+    rows = np.ones(n_layers)
+    has_grad = np.array([g is not None for g in grads], dtype=bool)
+    for i, g in enumerate(grads):
+        if g is None:
+            continue
+        if g.is_sparse:
+            part, touched = _reduce.reduce_sparse(g, i)
+            parts.append(part)
+            rows[i] = touched / g.shape[0] if g.shape[0] else 0.0
+        else:
+            batch, owners = dense.setdefault(g.device, ([], []))
+            batch.append(g.detach())
+            owners.append(i)
+    parts += [_reduce.reduce_dense(g, o, scratch) for g, o in dense.values()]
+    totals, host_extras = _reduce.combine(parts, n_layers, extras)  # (3, L)
+    nonfinite = np.zeros(n_layers)
+    bad = [i for i in np.flatnonzero(has_grad) if not math.isfinite(totals[0, i])]
+    if bad:  # only here: a finite sum of |g| proves that no element is NaN/Inf
+        nonfinite[bad] = _reduce.count_nonfinite([grads[i] for i in bad]).cpu().numpy()
+    numel = np.array([math.prod(g.shape) if g is not None else 0 for g in grads])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        abs_mean = np.where(numel > 0, totals[0] / np.maximum(numel, 1), 0.0)
+    record = np.stack([abs_mean, totals[1], np.sqrt(totals[2]), nonfinite, rows])
+    record[:, ~has_grad] = math.nan
+    return record, host_extras
+
+
 def _as_scalar(
     value: Tensor | float | None, default: float, device: torch.device
 ) -> Tensor:
@@ -422,6 +496,8 @@ def watch(
     exclude: str | Iterable[str] | None = None,
     scaler: Any = None,
     start_step: int = 0,
+    on_alert: str | None = None,
+    thresholds: Thresholds | None = None,
 ) -> GradFlow:
     """Logs per-layer gradient statistics of ``model`` to TensorBoard.
 
@@ -445,6 +521,11 @@ def watch(
         scaler: the ``torch.amp.GradScaler`` that steps ``optimizer``; steps it
             skips for inf/NaN are logged too, marked skipped.
         start_step: the step of the first optimizer step (for resumed runs).
+        on_alert: ``"warn"`` emits a :class:`GradFlowAlert` warning the first time
+            a layer turns non-finite, loses its gradient or is blocked (the
+            rule of :mod:`tb_gradflow.diagnose`, as in the tab); ``"raise"``
+            raises :class:`GradFlowError` instead; None (default) is silent.
+        thresholds: the diagnosis thresholds for ``on_alert``.
 
     Steps count optimizer steps, skipped ones included:
     ``step = start_step + steps completed so far``.
@@ -469,6 +550,8 @@ def watch(
         exclude=exclude,
         scaler=scaler,
         start_step=start_step,
+        on_alert=on_alert,
+        thresholds=thresholds,
     )
 
 

@@ -1,0 +1,81 @@
+"""``check_flow``: does the gradient of a loss reach every layer? For unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tb_gradflow import metadata
+from tb_gradflow.collect import layer_stats, select_layers
+from tb_gradflow.diagnose import Finding, Thresholds, diagnose
+from tb_gradflow.reader import from_records
+
+__all__ = ["check_flow"]
+
+
+def check_flow(
+    model: nn.Module,
+    loss: Tensor,
+    *,
+    include_bias: bool = False,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    thresholds: Thresholds | None = None,
+) -> list[Finding]:
+    """The layers that the gradient of ``loss`` does not reach properly.
+
+    Computes the gradient of ``loss`` with respect to every layer that
+    :func:`tb_gradflow.watch` would follow (``torch.autograd.grad``, keeping the
+    graph; ``.grad`` is not touched), then applies the diagnosis rule of the
+    tab to this one step: layers with no gradient (detached or unused), a zero
+    or vanishing gradient (``blocked``) or non-finite values.
+
+    Args:
+        model: the model ``loss`` was computed with.
+        loss: a scalar tensor that requires grad.
+        include_bias, include, exclude: which layers, as in ``watch``.
+        thresholds: the diagnosis thresholds (``patience`` is 1 here).
+
+    Returns:
+        The findings, in layer order; empty when the gradient reaches every layer.
+
+    Raises:
+        ValueError: if ``loss`` is not a scalar that requires grad.
+
+    Examples:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+        >>> loss = model(torch.randn(2, 3)).sum()
+        >>> check_flow(model, loss)
+        []
+    """
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise ValueError(f"loss must be a scalar tensor, got {_describe(loss)}")
+    if not loss.requires_grad:
+        raise ValueError(
+            "loss does not require grad: was it computed under torch.no_grad(), "
+            "or from detached outputs?"
+        )
+    layers = select_layers(
+        model, include_bias=include_bias, include=include, exclude=exclude
+    )
+    params = [p for _, p, _ in layers]
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    stats, _ = layer_stats(list(grads))  # (K, L)
+    layout = metadata.Layout(
+        layers=tuple(name for name, _, _ in layers),
+        sparse=tuple(sparse for _, _, sparse in layers),
+    )
+    flat = np.concatenate([stats.reshape(-1), [0.0, np.nan]])
+    run = from_records("check_flow", layout, [0], [flat])
+    th = thresholds or Thresholds()
+    return diagnose(run, Thresholds(**{**th.__dict__, "patience": 1}))
+
+
+def _describe(x: object) -> str:
+    if isinstance(x, Tensor):
+        return f"a tensor of shape {tuple(x.shape)}"
+    return type(x).__name__
