@@ -1,12 +1,13 @@
 """Train a character GRU so that words with the same stem map close together.
 
-A cosine triplet loss (margin 0.3) pulls two forms of one stem together ("walked",
-"rewalking") and pushes a form of another stem away. The words are generated: made-up
-stems with English prefixes and suffixes. The stems come in families that share their
-first letters, and half the negatives come from the anchor's family or carry the
-anchor's own prefix and suffix, so neither the affixes nor the first letters suffice.
-The encoder reads each word right to left (``reverse=True``, the seed's trick) with
-dropout 0.1 on the character embeddings; a linear layer follows the GRU.
+A cosine triplet loss (``trainkit.losses.cosine_triplet_loss``, margin 0.3) pulls two
+forms of one stem together ("walked", "rewalking") and pushes a form of another stem
+away. The words are generated: made-up stems with English prefixes and suffixes. The
+stems come in families that share their first letters, and half the negatives come
+from the anchor's family or carry the anchor's own prefix and suffix, so neither the
+affixes nor the first letters suffice. The encoder reads each word right to left
+(``reverse=True``, the seed's trick) with dropout 0.1 on the character embeddings; a
+linear layer follows the GRU.
 
 Half of the families are held out of training. The script prints the held-out
 nearest-neighbour accuracy (is a word's nearest other word a form of the same stem?)
@@ -27,9 +28,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from trainkit.encoders import CharGRUEncoder, CharVocab
+from trainkit.losses import cosine_triplet_loss
 
 PREFIXES = ("", "un", "re", "dis", "pre", "over")
 SUFFIXES = ("", "s", "ed", "ing", "er", "ers", "ly", "ness", "able", "ful")
@@ -39,15 +41,6 @@ REAL_STEMS = ("walk", "talk", "pain", "paint", "play", "plan", "kind", "dark")
 FAMILY_SIZE = 3  # generated stems come in families that share their first 3 letters
 _CONSONANTS = "bcdfghjklmnprstvwz"
 _VOWELS = "aeiou"
-
-
-def cosine_triplet_loss(
-    anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 0.3
-) -> Tensor:
-    """Mean of ``max(d(a, p) - d(a, n) + margin, 0)`` with ``d = 1 - cos``."""
-    d_ap = 1.0 - F.cosine_similarity(anchor, positive, dim=-1)  # (B,)
-    d_an = 1.0 - F.cosine_similarity(anchor, negative, dim=-1)  # (B,)
-    return F.relu(d_ap - d_an + margin).mean()
 
 
 def _syllables(n: int, rng: random.Random) -> str:
