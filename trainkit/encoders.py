@@ -242,7 +242,8 @@ class _CharWordEncoder(nn.Module):
             - output: ``(N, D)`` or ``(B, S, D)``, float.
         """
         if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"ids must be an int64 or int32 tensor, got {type(ids)}")
+            got = ids.dtype if isinstance(ids, Tensor) else type(ids).__name__
+            raise TypeError(f"ids must be an int64 or int32 tensor, got {got}")
         if ids.dim() not in (2, 3):
             raise ValueError(f"ids must be (N, L) or (B, S, L), got {tuple(ids.shape)}")
         lead_shape, L = ids.shape[:-1], ids.shape[-1]
@@ -285,7 +286,7 @@ class _CharWordEncoder(nn.Module):
             out = out.index_select(0, inverse)  # (N, D)
         else:
             out = self._encode_rows(ids, lengths_cpu)  # (N, D)
-        return out.view(*lead_shape, self.out_dim)
+        return out.reshape(*lead_shape, self.out_dim)
 
     def _encode_rows(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """Runs ``_encode`` on the non-empty rows only; empty rows get zeros."""
@@ -293,8 +294,7 @@ class _CharWordEncoder(nn.Module):
         nonempty = lengths > 0  # (N,)
         n_real = int(nonempty.sum())
         if n_real == 0:
-            weight = self.embedding.weight
-            return weight.new_zeros(N, self.out_dim)
+            return self.embedding.weight.new_zeros(N, self.out_dim)
         max_len = int(lengths.max())
         if n_real == N:
             return self._encode(ids[:, :max_len], lengths)

@@ -20,9 +20,9 @@ from torch import nn
 from trainkit.encoders import CharCNNEncoder, CharGRUEncoder, CharVocab
 
 VOCAB = CharVocab.from_text("abcdefghijklmnopqrstuvwxyz")
-SHORT = ["a", "ab", "cat", "beer"]  # all shorter than the CNN's widest filter (5)
+SHORT = ["a", "ab", "cat", "beer"]  # shorter than the "cnn" config's widest filter
 LONG = ["internationalisation", "awesomenessawesomeness", "x" * 40]
-# name -> factory; every encoder test below runs on each (eval mode, no dropout).
+# name -> factory; the generic tests run on each, in eval mode (so without dropout).
 ENCODERS = {
     "cnn": lambda: CharCNNEncoder(len(VOCAB), 6, ((1, 4), (2, 5), (3, 6), (5, 7)), 2),
     "cnn_no_highway": lambda: CharCNNEncoder(len(VOCAB), 4, ((2, 3), (4, 5)), 0),
@@ -240,8 +240,10 @@ def _small_kwargs(encoder: nn.Module) -> dict:
 
 def test_bad_inputs_raise_with_the_offending_value(encoder):
     ids, lengths = _encode(["beer", "is"])
-    with pytest.raises(TypeError, match="int64 or int32"):
+    with pytest.raises(TypeError, match="int64 or int32 tensor, got torch.float32"):
         encoder(ids.float())
+    with pytest.raises(TypeError, match="got list"):
+        encoder(ids.tolist())
     with pytest.raises(ValueError, match=r"\(4,\)"):
         encoder(ids[0])
     with pytest.raises(ValueError, match="padding id 0 before"):
