@@ -1,0 +1,432 @@
+// DOM of the Gradient Flow tab. Every name (runs, layers, messages) goes in with
+// `textContent` or as an attribute value, never as HTML.
+
+import { formatValue } from "./scale.js";
+
+/**
+ * Creates an element with a class and optional text.
+ * @param {Document} doc
+ * @param {string} tag
+ * @param {string} [className]
+ * @param {string} [text]
+ * @returns {HTMLElement}
+ */
+export function el(doc, tag, className, text) {
+  const e = doc.createElement(tag);
+  if (className) e.className = className;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+/**
+ * Adds `<link rel="stylesheet" href="...">` to the head (relative URLs resolve
+ * against the plugin's `<base href>`; CSP forbids nothing here).
+ * @param {Document} doc
+ * @param {string} href
+ * @returns {HTMLLinkElement}
+ */
+export function loadStylesheet(doc, href) {
+  const link = doc.createElement("link");
+  link.rel = "stylesheet";
+  link.href = href;
+  doc.head.appendChild(link);
+  return link;
+}
+
+/**
+ * The elements the tab updates, as built by {@link buildShell}.
+ * @typedef {{root: HTMLElement, run: HTMLSelectElement, compare: HTMLSelectElement,
+ *   stat: HTMLSelectElement, log: HTMLInputElement, png: HTMLButtonElement,
+ *   status: HTMLElement, kept: HTMLElement, play: HTMLButtonElement,
+ *   slider: HTMLInputElement, stepLabel: HTMLOutputElement, legend: HTMLElement,
+ *   barWrap: HTMLElement, bars: HTMLCanvasElement, barTable: HTMLTableElement,
+ *   heatWrap: HTMLElement, alerts: HTMLElement, empty: HTMLElement,
+ *   main: HTMLElement, tooltip: HTMLElement}} Shell
+ */
+
+/**
+ * Builds the tab's static DOM inside `parent`.
+ * @param {Document} doc
+ * @param {HTMLElement} parent
+ * @returns {Shell}
+ */
+export function buildShell(doc, parent) {
+  const root = el(doc, "div", "gf");
+  const bar = el(doc, "header", "gf-toolbar");
+  const field = (label, control) => {
+    const l = el(doc, "label", "gf-field");
+    l.appendChild(el(doc, "span", "gf-field-label", label));
+    l.appendChild(control);
+    bar.appendChild(l);
+    return control;
+  };
+  const run = field("Run", /** @type {HTMLSelectElement} */ (el(doc, "select")));
+  run.dataset.testid = "run";
+  const compare = field("Compare with", /** @type {HTMLSelectElement} */ (el(doc, "select")));
+  compare.dataset.testid = "compare";
+  const stat = field("Statistic", /** @type {HTMLSelectElement} */ (el(doc, "select")));
+  stat.dataset.testid = "stat";
+  const logLabel = el(doc, "label", "gf-check");
+  const log = /** @type {HTMLInputElement} */ (el(doc, "input"));
+  log.type = "checkbox";
+  log.checked = true;
+  log.dataset.testid = "log";
+  logLabel.appendChild(log);
+  logLabel.appendChild(el(doc, "span", "", "log scale"));
+  bar.appendChild(logLabel);
+  const png = /** @type {HTMLButtonElement} */ (el(doc, "button", "gf-button", "Download PNG"));
+  png.type = "button";
+  png.title = "Save the bar plot as a PNG image";
+  png.dataset.testid = "png";
+  bar.appendChild(png);
+  const status = el(doc, "span", "gf-status");
+  status.setAttribute("role", "status");
+  status.setAttribute("aria-live", "polite");
+  bar.appendChild(status);
+  root.appendChild(bar);
+
+  const empty = el(doc, "div", "gf-empty");
+  empty.hidden = true;
+  root.appendChild(empty);
+
+  const main = el(doc, "div", "gf-main");
+  const kept = el(doc, "div", "gf-kept");
+  kept.dataset.testid = "kept";
+  main.appendChild(kept);
+
+  const stepRow = el(doc, "div", "gf-steps");
+  const play = /** @type {HTMLButtonElement} */ (el(doc, "button", "gf-button gf-play", "\u25b6 Play"));
+  play.type = "button";
+  play.dataset.testid = "play";
+  play.setAttribute("aria-pressed", "false");
+  const slider = /** @type {HTMLInputElement} */ (el(doc, "input", "gf-slider"));
+  slider.type = "range";
+  slider.min = "0";
+  slider.max = "0";
+  slider.step = "1";
+  slider.value = "0";
+  slider.setAttribute("aria-label", "Logged step");
+  slider.dataset.testid = "slider";
+  const stepLabel = /** @type {HTMLOutputElement} */ (el(doc, "output", "gf-step"));
+  stepLabel.dataset.testid = "step";
+  stepRow.append(play, slider, stepLabel);
+  main.appendChild(stepRow);
+
+  const barSection = el(doc, "section", "gf-card gf-bars");
+  barSection.appendChild(el(doc, "h2", "", "Gradient per layer"));
+  const legend = el(doc, "div", "gf-legend");
+  barSection.appendChild(legend);
+  const barWrap = el(doc, "div", "gf-canvas-wrap");
+  const bars = /** @type {HTMLCanvasElement} */ (el(doc, "canvas", "gf-canvas"));
+  bars.setAttribute("role", "img");
+  bars.dataset.testid = "bars";
+  barWrap.appendChild(bars);
+  barSection.appendChild(barWrap);
+  const barTable = /** @type {HTMLTableElement} */ (el(doc, "table", "gf-sr-only"));
+  barTable.dataset.testid = "bar-table";
+  barSection.appendChild(barTable);
+  main.appendChild(barSection);
+
+  const lower = el(doc, "div", "gf-lower");
+  const heatSection = el(doc, "section", "gf-card gf-heat");
+  heatSection.appendChild(el(doc, "h2", "", "Layers \u00d7 steps"));
+  heatSection.appendChild(
+    el(doc, "p", "gf-hint", "Log colour scale. Hover a cell for its value; click it to show that step above."),
+  );
+  const heatWrap = el(doc, "div", "gf-heatmaps");
+  heatSection.appendChild(heatWrap);
+  lower.appendChild(heatSection);
+  const alertSection = el(doc, "section", "gf-card gf-alerts");
+  alertSection.appendChild(el(doc, "h2", "", "Alerts"));
+  const alerts = el(doc, "div", "gf-alert-list");
+  alerts.dataset.testid = "alerts";
+  alertSection.appendChild(alerts);
+  lower.appendChild(alertSection);
+  main.appendChild(lower);
+  root.appendChild(main);
+
+  const tooltip = el(doc, "div", "gf-tooltip");
+  tooltip.hidden = true;
+  tooltip.setAttribute("role", "tooltip");
+  root.appendChild(tooltip);
+  parent.appendChild(root);
+  return {
+    root, run, compare, stat, log, png, status, kept, play, slider, stepLabel, legend,
+    barWrap, bars, barTable, heatWrap, alerts, empty, main, tooltip,
+  };
+}
+
+/**
+ * Replaces a select's options (text only), keeping `selected` when present.
+ * @param {HTMLSelectElement} select
+ * @param {{value: string, label: string}[]} options
+ * @param {string} selected
+ */
+export function setOptions(select, options, selected) {
+  const doc = select.ownerDocument;
+  const same =
+    select.options.length === options.length &&
+    options.every((o, i) => select.options[i].value === o.value && select.options[i].textContent === o.label);
+  if (!same) {
+    select.replaceChildren(
+      ...options.map((o) => {
+        const opt = doc.createElement("option");
+        opt.value = o.value;
+        opt.textContent = o.label;
+        return opt;
+      }),
+    );
+  }
+  if (options.some((o) => o.value === selected)) select.value = selected;
+}
+
+/**
+ * Shows the empty state (no runs yet) or the charts.
+ * @param {Shell} shell
+ * @param {string|null} message null to show the charts
+ */
+export function showEmpty(shell, message) {
+  shell.empty.hidden = message === null;
+  shell.main.hidden = message !== null;
+  shell.empty.replaceChildren();
+  if (message === null) return;
+  const doc = shell.root.ownerDocument;
+  shell.empty.appendChild(el(doc, "p", "gf-empty-title", message));
+  const p = el(doc, "p", "", "Log gradients with ");
+  p.appendChild(el(doc, "code", "", "with tb_gradflow.watch(model, writer): ..."));
+  p.appendChild(doc.createTextNode(" and this tab fills in by itself while training writes."));
+  shell.empty.appendChild(p);
+}
+
+/**
+ * Sets the status line (errors and refresh notes).
+ * @param {Shell} shell
+ * @param {string} text
+ * @param {boolean} [isError]
+ */
+export function setStatus(shell, text, isError = false) {
+  shell.status.textContent = text;
+  shell.status.classList.toggle("gf-error", isError);
+}
+
+/**
+ * One legend entry.
+ * @typedef {{kind: "bar"|"back"|"zero"|"no_grad"|"nonfinite"|"blocked", label: string,
+ *   color: string}} LegendItem
+ */
+
+/**
+ * Fills the bar plot's legend.
+ * @param {HTMLElement} node
+ * @param {LegendItem[]} items
+ */
+export function renderLegend(node, items) {
+  const doc = node.ownerDocument;
+  node.replaceChildren(
+    ...items.map((it) => {
+      const item = el(doc, "span", "gf-legend-item");
+      const sw = el(doc, "span", `gf-swatch gf-swatch-${it.kind}`);
+      sw.style.setProperty("--swatch", it.color);
+      item.append(sw, el(doc, "span", "", it.label));
+      return item;
+    }),
+  );
+}
+
+/**
+ * Fills the (visually hidden) table that lists what the bar plot draws: one
+ * row per layer with its name, value(s), status and blocked flag. Screen readers
+ * read it; tests read it.
+ * @param {HTMLTableElement} table
+ * @param {{layers: string[], series: {label: string, values: number[],
+ *   status: string[], blocked: boolean[]}[]}} data
+ * @param {{step: number, run: string}} info
+ */
+export function renderBarTable(table, data, info) {
+  const doc = table.ownerDocument;
+  table.dataset.step = String(info.step);
+  table.dataset.run = info.run;
+  const caption = el(doc, "caption", "", `Gradient per layer, ${info.run}, step ${info.step}`);
+  const head = el(doc, "tr");
+  head.appendChild(el(doc, "th", "", "layer"));
+  for (const s of data.series) head.appendChild(el(doc, "th", "", s.label));
+  head.appendChild(el(doc, "th", "", "status"));
+  const rows = data.layers.map((name, i) => {
+    const tr = el(doc, "tr");
+    tr.dataset.layerIndex = String(i);
+    const statuses = data.series.map((s) => s.status[i]);
+    const blocked = data.series.some((s) => s.blocked[i]);
+    tr.dataset.status = statuses.join(" ");
+    tr.dataset.blocked = String(blocked);
+    const th = el(doc, "th", "gf-layer-name", name);
+    th.scope = "row";
+    tr.appendChild(th);
+    for (const s of data.series) tr.appendChild(el(doc, "td", "", formatValue(s.values[i])));
+    tr.appendChild(el(doc, "td", "", statuses.join(", ") + (blocked ? ", blocked" : "")));
+    return tr;
+  });
+  table.replaceChildren(caption, head, ...rows);
+}
+
+/**
+ * A group of alerts of one run.
+ * @typedef {{run: string, series: number, alerts: import("./model.js").Alert[]}} AlertGroup
+ */
+
+/**
+ * Fills the alerts list; clicking an alert calls `onSelect(alert, group)`.
+ * @param {HTMLElement} node
+ * @param {AlertGroup[]} groups
+ * @param {(alert: import("./model.js").Alert, group: AlertGroup) => void} onSelect
+ * @param {{layer: (string|null), step: number}} current to mark the active alert
+ */
+export function renderAlerts(node, groups, onSelect, current) {
+  const doc = node.ownerDocument;
+  const children = [];
+  for (const g of groups) {
+    if (groups.length > 1) children.push(el(doc, "h3", `gf-alert-run gf-series-${g.series}`, g.run));
+    if (!g.alerts.length) {
+      children.push(el(doc, "p", "gf-none", "No findings: the gradient reaches every layer."));
+      continue;
+    }
+    const ul = el(doc, "ul");
+    for (const a of g.alerts) {
+      const li = el(doc, "li");
+      const btn = /** @type {HTMLButtonElement} */ (el(doc, "button", `gf-alert gf-kind-${a.kind}`));
+      btn.type = "button";
+      btn.dataset.kind = a.kind;
+      btn.dataset.layer = a.layer === null ? "" : a.layer;
+      btn.dataset.firstStep = String(a.first_step);
+      const active = current.layer === a.layer && current.step >= a.first_step && current.step <= a.last_step;
+      btn.classList.toggle("gf-active", active);
+      btn.append(el(doc, "span", "gf-kind", a.kind.replace("_", " ")));
+      btn.append(el(doc, "span", "gf-alert-layer", a.layer === null ? "(whole model)" : a.layer));
+      const span = a.first_step === a.last_step ? `step ${a.first_step}` : `steps ${a.first_step}\u2013${a.last_step}`;
+      btn.append(el(doc, "span", "gf-alert-steps", `${span} (${a.steps} logged)`));
+      if (a.message) btn.append(el(doc, "span", "gf-alert-msg", a.message));
+      btn.addEventListener("click", () => onSelect(a, g));
+      li.appendChild(btn);
+      ul.appendChild(li);
+    }
+    children.push(ul);
+  }
+  node.replaceChildren(...children);
+}
+
+/**
+ * Shows the tooltip with one text line per entry near (x, y) in page px.
+ * @param {HTMLElement} tip
+ * @param {string[]} lines
+ * @param {number} x
+ * @param {number} y
+ */
+export function showTooltip(tip, lines, x, y) {
+  const doc = tip.ownerDocument;
+  tip.replaceChildren(...lines.map((t, i) => el(doc, "div", i === 0 ? "gf-tip-title" : "", t)));
+  tip.hidden = false;
+  const win = doc.defaultView;
+  const w = tip.offsetWidth;
+  const h = tip.offsetHeight;
+  const maxX = win.scrollX + win.innerWidth - w - 8;
+  const left = Math.min(x + 14, maxX);
+  const top = y + 16 + h > win.scrollY + win.innerHeight ? y - h - 10 : y + 16;
+  tip.style.left = `${Math.max(4, left)}px`;
+  tip.style.top = `${Math.max(4, top)}px`;
+}
+
+/**
+ * Hides the tooltip.
+ * @param {HTMLElement} tip
+ */
+export function hideTooltip(tip) {
+  tip.hidden = true;
+}
+
+/**
+ * Whether TensorBoard (the parent page) is in dark mode; outside TensorBoard,
+ * or if the parent cannot be read, the OS preference.
+ * @param {Window} win
+ * @returns {boolean}
+ */
+export function isDark(win) {
+  try {
+    if (win.parent && win.parent !== win && win.parent.document && win.parent.document.body) {
+      return win.parent.document.body.classList.contains("dark-mode");
+    }
+  } catch {
+    // cross-origin parent: fall through
+  }
+  return Boolean(win.matchMedia && win.matchMedia("(prefers-color-scheme: dark)").matches);
+}
+
+/**
+ * Calls `onChange(dark)` whenever TensorBoard's dark mode (a class on the
+ * parent's body) or the OS preference changes, and once now.
+ * @param {Window} win
+ * @param {(dark: boolean) => void} onChange
+ */
+export function watchColorScheme(win, onChange) {
+  let last = null;
+  const check = () => {
+    const dark = isDark(win);
+    if (dark !== last) {
+      last = dark;
+      onChange(dark);
+    }
+  };
+  try {
+    if (win.parent && win.parent !== win && win.parent.document && win.parent.document.body) {
+      new win.MutationObserver(check).observe(win.parent.document.body, {
+        attributes: true,
+        attributeFilter: ["class"],
+      });
+    }
+  } catch {
+    // cross-origin parent: only the media query
+  }
+  if (win.matchMedia) {
+    const mq = win.matchMedia("(prefers-color-scheme: dark)");
+    if (mq.addEventListener) mq.addEventListener("change", check);
+  }
+  check();
+}
+
+/**
+ * Saves a canvas as a PNG through a temporary download link.
+ * @param {HTMLCanvasElement} canvas
+ * @param {string} filename
+ * @returns {Promise<void>}
+ */
+export function downloadCanvas(canvas, filename) {
+  const doc = canvas.ownerDocument;
+  return new Promise((resolve, reject) => {
+    canvas.toBlob((blob) => {
+      if (!blob) {
+        reject(new Error("the canvas could not be encoded as PNG"));
+        return;
+      }
+      const url = URL.createObjectURL(blob);
+      const a = doc.createElement("a");
+      a.href = url;
+      a.download = filename;
+      a.hidden = true;
+      doc.body.appendChild(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+      resolve();
+    }, "image/png");
+  });
+}
+
+/**
+ * A file name made of safe characters only.
+ * @param {string[]} parts
+ * @returns {string}
+ */
+export function safeFileName(parts) {
+  return parts
+    .map((p) => String(p).replace(/[^A-Za-z0-9._-]+/g, "_").replace(/^_+|_+$/g, ""))
+    .filter(Boolean)
+    .join("-");
+}

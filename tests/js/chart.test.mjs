@@ -1,0 +1,201 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  LINE, PALETTES, barData, barIndexAt, barLayout, barStatus, columnOfStep, ellipsize, heatColor,
+  heatDomain, heatPixels, heatmapCellAt, heatmapLayout, rotatedTextBox,
+} from "../../frontend/chart.js";
+import { reviveFlow } from "../../frontend/model.js";
+
+const measure = (s, bold) => s.length * (bold ? 7.5 : 7); // a monospace stand-in
+
+function flow(run, layers, absMean, extra = {}) {
+  return reviveFlow({
+    run, tag: "gradflow", step: 119, layers,
+    stats: { abs_mean: absMean, abs_max: absMean.map((v) => (typeof v === "number" ? v * 10 : v)), nonfinite: layers.map(() => 0), ...extra.stats },
+    no_grad: extra.no_grad || layers.map(() => false),
+    alerts: extra.alerts || [],
+  });
+}
+
+const LSTM = ["lstm1.weight_ih_l0", "lstm1.weight_hh_l0", "lstm2.weight_ih_l0", "lstm2.weight_hh_l0", "head"];
+const BLOCKED = [
+  { kind: "blocked", layer: "lstm1.weight_hh_l0", first_step: 77, last_step: 119, steps: 43, message: "" },
+  { kind: "blocked", layer: "lstm1.weight_ih_l0", first_step: 80, last_step: 119, steps: 40, message: "" },
+];
+
+test("barStatus tells zero, no gradient, non-finite and missing apart", () => {
+  assert.equal(barStatus(0.1), "ok");
+  assert.equal(barStatus(0), "zero");
+  assert.equal(barStatus(NaN, { noGrad: true }), "no_grad");
+  assert.equal(barStatus(NaN), "no_grad");
+  assert.equal(barStatus(Infinity), "nonfinite");
+  assert.equal(barStatus(0.1, { nonfinite: 3 }), "nonfinite");
+  assert.equal(barStatus(NaN, { missing: true }), "missing");
+});
+
+test("rotatedTextBox: vertical text is as tall as it is long", () => {
+  const b = rotatedTextBox(100, 16, Math.PI / 2);
+  assert.ok(Math.abs(b.y1 - 100) < 1e-9);
+  assert.ok(Math.abs(b.x0 + 8) < 1e-9 && Math.abs(b.x1 - 8) < 1e-9);
+});
+
+test("barData: one bar per layer in model order, blocked layers from the step's alerts", () => {
+  const d = barData([flow("unnormalised_inputs", LSTM, [3e-9, 1e-11, 3e-5, 2e-6, 1e-3], { alerts: BLOCKED })], "abs_mean", { log: true });
+  assert.deepEqual(d.layers, LSTM);
+  assert.equal(d.series.length, 1);
+  assert.deepEqual(d.series[0].blocked, [true, true, false, false, false]);
+  assert.deepEqual(d.series[0].back, [3e-8, 1e-10, 3e-4, 2e-5, 1e-2].map((v, i) => d.series[0].back[i]));
+  assert.equal(d.selected, -1);
+});
+
+test("barData matches two runs' layers by name", () => {
+  const a = flow("healthy", ["a", "b", "c"], [1, 2, 3]);
+  const b = flow("broken", ["c", "a", "z"], [30, 10, 5]);
+  const d = barData([a, b], "abs_mean", { log: false, selectedLayer: "c" });
+  assert.deepEqual(d.layers, ["a", "b", "c", "z"]);
+  assert.deepEqual(d.series[0].values.slice(0, 3), [1, 2, 3]);
+  assert.ok(Number.isNaN(d.series[0].values[3]));
+  assert.deepEqual(d.series[1].status, ["ok", "missing", "ok", "ok"]);
+  assert.deepEqual([d.series[1].values[0], d.series[1].values[2], d.series[1].values[3]], [10, 30, 5]);
+  assert.equal(d.selected, 2);
+});
+
+test("barData only draws abs_max behind abs_mean", () => {
+  const f = flow("r", ["a"], [1], { stats: { norm: [2] } });
+  assert.ok(barData([f], "abs_mean", { log: true }).series[0].back);
+  assert.equal(barData([f], "norm", { log: true }).series[0].back, null);
+});
+
+function allLabelsInside(layout) {
+  for (const lab of layout.labels) {
+    if (!lab.shown) continue;
+    assert.ok(lab.box.x0 >= 0, `${lab.text} starts left of the canvas: ${lab.box.x0}`);
+    assert.ok(lab.box.x1 <= layout.width, `${lab.text} ends right of the canvas`);
+    assert.ok(lab.box.y1 <= layout.height, `${lab.text} is cut at the bottom: ${lab.box.y1} > ${layout.height}`);
+    assert.ok(lab.box.y0 >= layout.floorY, `${lab.text} overlaps the plot`);
+  }
+}
+
+test("barLayout never cuts a layer name off, whatever the names and the width", () => {
+  const long = "encoder.layers.11.attention.self.query_key_value_projection";
+  const cases = [
+    [LSTM, 900], [LSTM, 300], [[long, "b", "c"], 600], [["x", long], 400],
+    [Array.from({ length: 60 }, (_, i) => `block${i}.mlp.fc`), 800], [[long], 150],
+  ];
+  for (const [names, width] of cases) {
+    const d = barData([flow("r", names, names.map(() => 1e-3))], "abs_mean", { log: true });
+    const layout = barLayout(d, { width, measure });
+    assert.equal(layout.width, width);
+    allLabelsInside(layout);
+    if (names.length <= 5) assert.ok(layout.labels.every((l) => l.shown), "a few layers: every name is drawn");
+  }
+});
+
+test("barLayout draws every name at 45 degrees when there is room, vertically when crowded", () => {
+  const few = barLayout(barData([flow("r", LSTM, [1, 1, 1, 1, 1])], "abs_mean", { log: true }), { width: 900, measure });
+  assert.equal(few.angle, Math.PI / 4);
+  const names = Array.from({ length: 80 }, (_, i) => `l${i}`);
+  const many = barLayout(barData([flow("r", names, names.map(() => 1))], "abs_mean", { log: true }), { width: 900, measure });
+  assert.equal(many.angle, Math.PI / 2);
+});
+
+test("barLayout thins out names that would overlap and keeps one bar per layer", () => {
+  const names = Array.from({ length: 500 }, (_, i) => `layer.${i}`);
+  const layout = barLayout(barData([flow("r", names, names.map(() => 1e-3))], "abs_mean", { log: true }), { width: 1000, measure });
+  assert.equal(layout.bars.length, 500);
+  assert.ok(layout.every > 1);
+  const shown = layout.labels.filter((l) => l.shown);
+  for (let k = 1; k < shown.length; k++) assert.ok(shown[k].x - shown[k - 1].x >= LINE - 1e-9);
+  allLabelsInside(layout);
+});
+
+test("barLayout on a log scale: zero bars sit at the floor as a stub, non-finite fill the height", () => {
+  const f = flow("r", ["ok", "zero", "nograd", "inf"], [1e-3, 0, "NaN", "Infinity"], {
+    no_grad: [false, false, true, false],
+  });
+  const layout = barLayout(barData([f], "abs_mean", { log: true }), { width: 600, measure });
+  const [ok, zero, nograd, inf] = layout.bars;
+  assert.deepEqual(layout.bars.map((b) => b.status), ["ok", "zero", "no_grad", "nonfinite"]);
+  const close = (a, b) => Math.abs(a - b) < 1e-9;
+  assert.ok(ok.h > 10 && close(ok.y + ok.h, layout.floorY));
+  assert.ok(zero.h > 0 && close(zero.y + zero.h, layout.floorY), "a zero bar stays visible");
+  assert.equal(nograd.h, 0);
+  assert.equal(inf.y, layout.plot.y);
+  assert.equal(inf.h, layout.plot.h);
+  assert.ok(ok.back && ok.back.y < ok.y, "abs_max is drawn taller, behind");
+  assert.deepEqual(layout.scale.domain, [1e-4, 1e-2]);
+});
+
+test("barLayout on a linear scale starts at zero with round ticks", () => {
+  const layout = barLayout(barData([flow("r", ["a", "b"], [0.3, 0.7])], "norm", { log: false }), { width: 500, measure });
+  assert.equal(layout.scale.domain[0], 0);
+  assert.equal(layout.yTicks[0].value, 0);
+  assert.equal(layout.yTicks[0].y, layout.floorY);
+  assert.ok(layout.yTicks.every((t) => String(t.value).length <= 4), layout.yTicks.map((t) => t.value).join());
+});
+
+test("barLayout puts two compared runs side by side within each layer's band", () => {
+  const d = barData([flow("a", ["x", "y"], [1, 2]), flow("b", ["x", "y"], [3, 4])], "abs_mean", { log: true });
+  const layout = barLayout(d, { width: 400, measure });
+  assert.equal(layout.bars.length, 4);
+  const [a0, a1, b0, b1] = layout.bars;
+  assert.equal(a0.x + a0.w, b0.x);
+  assert.ok(b0.x + b0.w <= a1.x);
+  assert.equal(b1.series, 1);
+});
+
+test("barIndexAt finds the layer column under the pointer, including its name", () => {
+  const layout = barLayout(barData([flow("r", LSTM, [1, 1, 1, 1, 1])], "abs_mean", { log: true }), { width: 700, measure });
+  const x = layout.plot.x + 2.5 * layout.band;
+  assert.equal(barIndexAt(layout, x, layout.plot.y + 10), 2);
+  assert.equal(barIndexAt(layout, x, layout.floorY + 20), 2);
+  assert.equal(barIndexAt(layout, layout.plot.x - 5, layout.plot.y + 10), -1);
+});
+
+test("ellipsize shortens long names to fit and leaves short ones alone", () => {
+  assert.equal(ellipsize("short", 100, measure), "short");
+  const e = ellipsize("a".repeat(40), 70, measure);
+  assert.ok(measure(e) <= 70);
+  assert.ok(e.endsWith("\u2026"));
+});
+
+test("heatmapLayout has one row per layer and one column per kept step; heatmapCellAt inverts it", () => {
+  const steps = Array.from({ length: 120 }, (_, i) => i);
+  const layout = heatmapLayout({ layers: LSTM, steps }, { width: 800, measure });
+  assert.equal(layout.rows, 5);
+  assert.equal(layout.cols, 120);
+  assert.ok(layout.plot.x >= measure(LSTM[0]));
+  const x = layout.plot.x + (37 + 0.5) * layout.cellW;
+  const y = layout.plot.y + (3 + 0.5) * layout.cellH;
+  assert.deepEqual(heatmapCellAt(layout, x, y), { row: 3, col: 37 });
+  assert.equal(heatmapCellAt(layout, layout.plot.x - 1, y), null);
+  assert.equal(heatmapCellAt(layout, x, layout.plot.y + layout.plot.h + 1), null);
+  assert.ok(layout.xTicks.every((t) => Number.isInteger(Number(t.text))));
+});
+
+test("columnOfStep finds the bin that holds a step, else the nearest one", () => {
+  const heat = { steps: [0, 10, 20], first_steps: [0, 10, 20], last_steps: [9, 19, 25] };
+  assert.equal(columnOfStep(heat, 14), 1);
+  assert.equal(columnOfStep(heat, 99), 2);
+  assert.equal(columnOfStep({ steps: [], first_steps: [], last_steps: [] }, 3), -1);
+});
+
+test("heatColor uses distinct colours for no gradient, non-finite and zero", () => {
+  const p = PALETTES.light;
+  const domain = [1e-6, 1];
+  assert.deepEqual(heatColor(NaN, domain, p), p.heatNaN);
+  assert.deepEqual(heatColor(Infinity, domain, p), p.heatInf);
+  assert.deepEqual(heatColor(0, domain, p), p.heatZero);
+  assert.notDeepEqual(heatColor(1e-6, domain, p), heatColor(1, domain, p));
+  const px = heatPixels(new Float32Array([1e-6, 1, NaN, 0]), 2, 2, domain, p);
+  assert.equal(px.length, 16);
+  assert.deepEqual(Array.from(px.slice(8, 11)), p.heatNaN);
+  assert.equal(px[15], 255);
+});
+
+test("heatDomain spans the positive finite values of every heatmap shown", () => {
+  const d = heatDomain([{ values: new Float32Array([0, 1e-3, NaN]) }, { values: new Float32Array([Infinity, 2]) }]);
+  assert.equal(d[0], Math.fround(1e-3));
+  assert.equal(d[1], 2);
+});
