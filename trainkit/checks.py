@@ -1,0 +1,371 @@
+"""Training sanity checks: the seeds' hints as code.
+
+Each check returns a :class:`CheckResult` and never changes what it is given: it
+works on copies, so the caller's parameters, ``.grad``, optimizer state, hooks,
+logs and random number generator state stay as they were (a ``watch``-ed
+optimizer logs none of a check's steps).
+
+Expected initial losses (Karpathy, "A Recipe for Training Neural Networks";
+CS231n): cross-entropy over C classes with near-uniform outputs starts at
+``ln C = -log(1/C)``; balanced binary cross-entropy at ``ln 2``; the skip-gram
+loss with k negatives (zero-initialised output vectors) at ``(k + 1) ln 2``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from tb_gradflow import metadata
+from tb_gradflow.collect import layer_stats, select_layers
+from tb_gradflow.diagnose import Finding, diagnose
+from tb_gradflow.reader import from_records
+from trainkit._validate import check_choice
+
+__all__ = [
+    "CheckResult",
+    "check_initial_loss",
+    "clip_grad_norm",
+    "expected_initial_loss",
+    "overfit_batch",
+]
+
+_KINDS = ("cross_entropy", "binary_cross_entropy", "skipgram")
+
+
+@dataclasses.dataclass
+class CheckResult:
+    """The outcome of one check.
+
+    Attributes:
+        name: the check.
+        passed: whether the model passed it.
+        measured: the measured value (a loss).
+        expected: what it should be (a loss, or the target of ``overfit_batch``).
+        message: one or two sentences; on failure, what is probably wrong.
+        details: more, e.g. ``losses`` (the loss curve) or ``findings``.
+    """
+
+    name: str
+    passed: bool
+    measured: float
+    expected: float
+    message: str
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_markdown(self) -> str:
+        """A short Markdown paragraph, e.g. for ``SummaryWriter.add_text``."""
+        verdict = "passed" if self.passed else "**FAILED**"
+        return (
+            f"**{self.name}** {verdict}: measured {self.measured:.4g}, "
+            f"expected {self.expected:.4g}. {self.message}"
+        )
+
+
+def expected_initial_loss(
+    num_classes: int | None,
+    kind: str = "cross_entropy",
+    *,
+    num_negatives: int | None = None,
+) -> float:
+    """The loss an untrained model should start at.
+
+    Args:
+        num_classes: C, for ``kind="cross_entropy"`` (ignored otherwise).
+        kind: ``"cross_entropy"`` (``ln C``), ``"binary_cross_entropy"``
+            (``ln 2``) or ``"skipgram"`` (``(k + 1) ln 2``).
+        num_negatives: k, for ``kind="skipgram"``.
+
+    Examples:
+        >>> round(expected_initial_loss(10), 4)
+        2.3026
+        >>> round(expected_initial_loss(None, "skipgram", num_negatives=5), 4)
+        4.1589
+    """
+    check_choice("kind", kind, _KINDS)
+    if kind == "cross_entropy":
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+            raise TypeError(f"Invalid num_classes: {num_classes!r} (an int >= 2)")
+        if num_classes < 2:
+            raise ValueError(f"Invalid num_classes: {num_classes} (an int >= 2)")
+        return math.log(num_classes)
+    if kind == "binary_cross_entropy":
+        return math.log(2)
+    if isinstance(num_negatives, bool) or not isinstance(num_negatives, int):
+        raise TypeError(
+            f"Invalid num_negatives: {num_negatives!r} (an int >= 0 for skipgram)"
+        )
+    if num_negatives < 0:
+        raise ValueError(f"Invalid num_negatives: {num_negatives} (an int >= 0)")
+    return (num_negatives + 1) * math.log(2)
+
+
+def check_initial_loss(
+    model: nn.Module,
+    inputs: Any,
+    targets: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    num_classes: int | None = None,
+    rtol: float = 0.1,
+    *,
+    kind: str = "cross_entropy",
+    num_negatives: int | None = None,
+) -> CheckResult:
+    """Checks that the untrained model's loss is where chance puts it.
+
+    The model runs on a copy, in eval mode (no dropout), without gradients.
+
+    Args:
+        model: the untrained model.
+        inputs: its input (passed as ``model(inputs)``).
+        targets: the targets of ``loss_fn``.
+        loss_fn: ``loss_fn(output, targets) -> scalar``.
+        num_classes: C (default: the output's last dimension, for cross-entropy).
+        rtol: allowed relative distance from the expected loss.
+        kind, num_negatives: as in :func:`expected_initial_loss`.
+    """
+    if not rtol > 0:
+        raise ValueError(f"Invalid rtol: {rtol} (> 0)")
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        probe = copy.deepcopy(model).eval()
+        output = probe(inputs)
+        measured = float(loss_fn(output, targets))
+    if kind == "cross_entropy" and num_classes is None:
+        num_classes = int(output.shape[-1])
+    expected = expected_initial_loss(num_classes, kind, num_negatives=num_negatives)
+    spread = float(output.float().std()) if output.numel() > 1 else 0.0
+    passed = abs(measured - expected) <= rtol * expected
+    what = {
+        "cross_entropy": f"ln {num_classes}, uniform over {num_classes} classes",
+        "binary_cross_entropy": "ln 2, a coin flip per target",
+        "skipgram": f"(k + 1) ln 2 for k = {num_negatives} negatives",
+    }[kind]
+    if passed:
+        message = f"The initial loss is at chance ({what})."
+    elif measured > expected:
+        message = (
+            f"The initial loss is {measured / expected:.1f}x chance ({what}): the "
+            f"untrained model is confidently wrong, its outputs are too large at "
+            f"initialisation (output std {spread:.3g}). Initialise the output layer "
+            "smaller (e.g. scale its weights by 0.01 and zero its bias), or "
+            "normalise the inputs."
+        )
+    else:
+        message = (
+            f"The initial loss is below chance ({what}): the untrained model already "
+            "knows something. Check that the targets do not leak into the inputs and "
+            "that the loss is averaged the way you think."
+        )
+    return CheckResult(
+        name="initial loss",
+        passed=passed,
+        measured=measured,
+        expected=expected,
+        message=message,
+        details={"kind": kind, "num_classes": num_classes, "output_std": spread},
+    )
+
+
+def overfit_batch(
+    model: nn.Module,
+    inputs: Any,
+    targets: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    *,
+    optimizer: torch.optim.Optimizer
+    | Callable[..., torch.optim.Optimizer]
+    | None = None,
+    steps: int = 200,
+    target: float | None = None,
+) -> CheckResult:
+    """Trains a copy of the model on one small batch: the loss should go to ~0.
+
+    When it does not, the message names the layers whose gradient did not flow,
+    by the diagnosis rule of ``tb-gradflow report`` and the TensorBoard tab.
+
+    Args:
+        model: the model (copied; the original is not trained).
+        inputs: one small batch (2-32 examples), passed as ``model(inputs)``.
+        targets: its targets.
+        loss_fn: ``loss_fn(output, targets) -> scalar``.
+        optimizer: an optimizer of ``model`` (a fresh one of the same class and
+            hyperparameters trains the copy), or a factory
+            ``f(parameters) -> Optimizer``; default ``Adam(lr=1e-3)``.
+        steps: the most optimizer steps to take.
+        target: the loss to reach (default: 1% of the initial loss).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"Invalid steps: {steps!r} (an int >= 1)")
+    if target is not None and not target >= 0:
+        raise ValueError(f"Invalid target: {target} (>= 0)")
+    with torch.random.fork_rng(devices=[]):
+        trainee = copy.deepcopy(model).train()
+        trainee.zero_grad(set_to_none=True)
+        opt = _fresh_optimizer(optimizer, model, trainee)
+        layers = select_layers(trainee)
+        params = [p for _, p, _ in layers]
+        losses, records, goal = [], [], target
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(trainee(inputs), targets)
+            loss.backward()
+            stats, _ = layer_stats([p.grad for p in params])  # (K, L)
+            records.append(np.concatenate([stats.reshape(-1), [0.0, np.nan]]))
+            losses.append(loss.item())
+            if goal is None:
+                goal = 0.01 * losses[0]
+            if losses[-1] <= goal or not math.isfinite(losses[-1]):
+                break
+            opt.step()
+    layout = metadata.Layout(
+        layers=tuple(n for n, _, _ in layers), sparse=tuple(s for _, _, s in layers)
+    )
+    run = from_records("overfit_batch", layout, range(len(records)), records)
+    findings = [f for f in diagnose(run) if f.kind in ("no_gradient", "blocked")]
+    passed = losses[-1] <= goal
+    message = _overfit_message(passed, losses, goal, findings)
+    return CheckResult(
+        name="overfit one batch",
+        passed=passed,
+        measured=losses[-1],
+        expected=goal,
+        message=message,
+        details={"losses": losses, "steps": len(losses), "findings": findings},
+    )
+
+
+def _overfit_message(
+    passed: bool, losses: list[float], goal: float, findings: list[Finding]
+) -> str:
+    summary = (
+        f"The loss went from {losses[0]:.4g} to {losses[-1]:.4g} in {len(losses)} steps"
+    )
+    if passed:
+        return f"{summary} (target {goal:.4g})."
+    if findings:
+        kinds = {f.layer: f.kind.replace("_", " ") for f in findings}  # layer order
+        names = ", ".join(f"{layer} ({kind})" for layer, kind in kinds.items())
+        return (
+            f"{summary}, not to {goal:.4g}: the gradient does not flow into "
+            f"{names}. Look for a detach(), a saturated activation or unnormalised "
+            "inputs upstream of those layers."
+        )
+    return (
+        f"{summary}, not to {goal:.4g}, although every layer received a gradient: "
+        "try a larger learning rate or more steps, and check the loss and the "
+        "targets (label shift, masks, a forgotten zero_grad)."
+    )
+
+
+def _fresh_optimizer(
+    optimizer: Any, original: nn.Module, trainee: nn.Module
+) -> torch.optim.Optimizer:
+    """An optimizer like ``optimizer`` over the copy's parameters, with fresh state."""
+    if optimizer is None:
+        return torch.optim.Adam(trainee.parameters(), lr=1e-3)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        if callable(optimizer):
+            return optimizer(trainee.parameters())
+        raise TypeError(
+            "optimizer must be a torch.optim.Optimizer, a factory f(params) or None, "
+            f"got {type(optimizer).__name__}"
+        )
+    twin = dict(zip(map(id, original.parameters()), trainee.parameters()))
+    groups = []
+    for group in optimizer.param_groups:
+        missing = [p for p in group["params"] if id(p) not in twin]
+        if missing:
+            raise ValueError(
+                f"optimizer has {len(missing)} parameter(s) that are not in the model"
+            )
+        groups.append({**group, "params": [twin[id(p)] for p in group["params"]]})
+    try:
+        return type(optimizer)(groups, **optimizer.defaults)
+    except TypeError as e:
+        raise TypeError(
+            f"Cannot rebuild {type(optimizer).__name__} from its param_groups ({e}); "
+            "pass optimizer=lambda params: ... instead"
+        ) from e
+
+
+def clip_grad_norm(
+    parameters: Tensor | Iterable[Tensor],
+    max_norm: float,
+    *,
+    writer: Any = None,
+    step: int | None = None,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    tag: str = "grad_clip",
+) -> Tensor:
+    """Clips gradients like ``torch.nn.utils.clip_grad_norm_``, sparse ones too, and
+    logs what it did.
+
+    The total norm is that of all gradients together (a sparse gradient counts as
+    its dense equivalent, where torch's foreach path raises); when it exceeds
+    ``max_norm`` every gradient is scaled by ``max_norm / (total + 1e-6)``.
+
+    Args:
+        parameters: tensors whose ``.grad`` to clip.
+        max_norm: the largest total norm allowed.
+        writer: a ``SummaryWriter``; if given, logs the scalars
+            ``{tag}/total_norm`` (before clipping), ``{tag}/max_norm`` and
+            ``{tag}/clipped`` (1.0 when it clipped) at ``step``.
+        step: the step to log at.
+        norm_type: the p of the p-norm (``inf`` for the max norm).
+        error_if_nonfinite: raise if the total norm is NaN or infinite.
+        tag: the scalar tags' prefix.
+
+    Returns:
+        The total norm before clipping (a 0-d tensor), as torch's.
+    """
+    if not max_norm > 0:
+        raise ValueError(f"Invalid max_norm: {max_norm} (> 0)")
+    params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
+    with_grad = [p for p in params if p.grad is not None]
+    dense = [p for p in with_grad if not p.grad.is_sparse]
+    sparse = [p for p in with_grad if p.grad.is_sparse]
+    norms = []
+    if dense:
+        norms.append(
+            torch.nn.utils.get_total_norm(
+                [p.grad for p in dense], norm_type, error_if_nonfinite
+            )
+        )
+    for p in sparse:
+        p.grad = p.grad.coalesce()  # duplicates add up, as in the dense gradient
+        norms.append(torch.linalg.vector_norm(p.grad.values(), norm_type))
+    if not norms:
+        total = torch.tensor(0.0)
+    elif len(norms) == 1:
+        total = norms[0]
+    else:
+        device = norms[0].device
+        total = torch.linalg.vector_norm(
+            torch.stack([n.to(device) for n in norms]), norm_type
+        )
+    if error_if_nonfinite and not torch.isfinite(total):
+        raise RuntimeError(
+            f"The total norm of order {norm_type} for gradients is non-finite, so it "
+            "cannot be clipped."
+        )
+    if dense:
+        torch.nn.utils.clip_grads_with_norm_(dense, max_norm, total)
+    if sparse:
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        for p in sparse:
+            p.grad = p.grad * coef.to(p.grad.device)
+    if writer is not None:
+        value = float(total)
+        writer.add_scalar(f"{tag}/total_norm", value, step)
+        writer.add_scalar(f"{tag}/max_norm", float(max_norm), step)
+        writer.add_scalar(f"{tag}/clipped", float(value > max_norm), step)
+    return total
