@@ -1,0 +1,187 @@
+"""End to end: a real ``tensorboard`` process, with no flags but its address,
+serves every one of 2,000 steps logged by ``tb_gradflow.watch``, with the Rust
+data server (``--load_fast=true``) and with the Python loader
+(``--load_fast=false``). Without the plugin's loader TensorBoard would keep 100
+or 10 of them.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+import tb_gradflow
+
+STEPS = 2000
+LAYERS = ["0", "2"]  # the Linear layers' weights (biases are left out by default)
+_START_TIMEOUT = 60.0  # s until tensorboard prints its address
+_LOAD_TIMEOUT = 60.0  # s until every step is served
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("e2e")
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    threads = torch.get_num_threads()
+    # Tiny ops: intra-op threads only add contention on a busy small machine.
+    torch.set_num_threads(1)
+    try:
+        with (
+            SummaryWriter(str(d / "mlp")) as writer,
+            tb_gradflow.watch(model, writer, optimizer=opt),
+        ):
+            for _ in range(STEPS):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return d
+
+
+class TensorBoard:
+    """A ``tensorboard`` subprocess on 127.0.0.1 and a free port."""
+
+    def __init__(self, logdir, *flags: str) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tensorboard.main",
+                f"--logdir={logdir}",
+                "--host=127.0.0.1",
+                "--port=0",
+                *flags,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output: list[str] = []
+        lines: queue.Queue[str] = queue.Queue()
+        self._pump_thread = threading.Thread(
+            target=self._pump, args=(lines,), daemon=True
+        )
+        self._pump_thread.start()
+        deadline = time.monotonic() + _START_TIMEOUT
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                raise AssertionError(f"no address: {''.join(self.output)}") from None
+            match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+            if match:
+                self.base = f"http://127.0.0.1:{match.group(1)}"
+                return
+
+    def _pump(self, lines: queue.Queue) -> None:
+        for line in self.process.stdout:
+            self.output.append(line)
+            lines.put(line)
+
+    def get(self, path: str) -> tuple[int, str, bytes]:
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=30) as response:
+                return (
+                    response.status,
+                    response.headers["Content-Type"],
+                    response.read(),
+                )
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers["Content-Type"], e.read()
+
+    def get_json(self, path: str):
+        status, content_type, body = self.get(path)
+        assert (status, content_type) == (200, "application/json"), body
+        return json.loads(body)
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+        self._pump_thread.join(timeout=10)  # ends at EOF, once the process is gone
+        self.process.stdout.close()
+
+
+@pytest.fixture
+def start(logdir):
+    started = []
+
+    def start(*flags: str) -> TensorBoard:
+        started.append(TensorBoard(logdir, *flags))
+        return started[-1]
+
+    yield start
+    for tb in started:
+        tb.close()
+
+
+def wait_for_last_step(tb: TensorBoard) -> list[dict]:
+    """The ``runs`` answer once TensorBoard, loading in the background, has the
+    last logged step."""
+    deadline = time.monotonic() + _LOAD_TIMEOUT
+    while True:
+        runs = tb.get_json("/data/plugin/gradflow/runs")["runs"]
+        if runs and runs[0]["last_step"] == STEPS - 1:
+            return runs
+        assert time.monotonic() < deadline, runs
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("load_fast", ["true", "false"])
+def test_every_logged_step_is_served_without_flags(start, load_fast):
+    tensorboard = start(f"--load_fast={load_fast}")
+    runs = wait_for_last_step(tensorboard)
+    assert runs == [
+        {
+            "run": "mlp",
+            "tag": "gradflow",
+            "name": None,
+            "layers": len(LAYERS),
+            "steps": STEPS,
+            "first_step": 0,
+            "last_step": STEPS - 1,
+            "every": 1,
+            "expected_steps": STEPS,
+        }
+    ]
+    steps = tensorboard.get_json("/data/plugin/gradflow/steps?run=mlp")["steps"]
+    assert steps == list(range(STEPS))
+    flow = tensorboard.get_json("/data/plugin/gradflow/flow?run=mlp&step=1234")
+    assert (flow["step"], flow["layers"]) == (1234, LAYERS)
+    assert all(v > 0 for v in flow["stats"]["abs_mean"])
+
+    listing = tensorboard.get_json("/data/plugins_listing")["gradflow"]
+    assert listing["enabled"] is True
+    assert listing["tab_name"] == "Gradient Flow"
+    module = listing["loading_mechanism"]["module_path"]
+    assert module == "/data/plugin/gradflow/index.js"
+    status, content_type, body = tensorboard.get(module)
+    assert (status, content_type) == (200, "text/javascript; charset=utf-8")
+    assert b"render" in body
+
+    status, content_type, body = tensorboard.get(
+        "/data/plugin/gradflow/heatmap?run=mlp&stat=abs_mean&format=binary"
+    )
+    assert (status, content_type) == (200, "application/octet-stream")
+    assert len(body) > 4 * len(LAYERS) * 1000  # 1000 columns of float32
+
+
+def test_a_samples_per_plugin_flag_of_the_user_wins(start):
+    tensorboard = start("--load_fast=false", "--samples_per_plugin=gradflow=50")
+    (run,) = wait_for_last_step(tensorboard)
+    assert (run["steps"], run["expected_steps"]) == (50, STEPS - run["first_step"])
