@@ -619,10 +619,11 @@ def _frontend_dir():
     return installed
 
 
-def _static_names() -> list[str]:
-    """``STATIC_FILES`` plus the other servable files present now."""
+def _static_names(folder=None) -> list[str]:
+    """``STATIC_FILES`` plus the other servable files now in ``folder`` (default:
+    the installed frontend)."""
     names = set(STATIC_FILES)
-    folder = _frontend_dir()
+    folder = _frontend_dir() if folder is None else folder
     try:
         present = [f.name for f in folder.iterdir() if f.is_file()]
     except OSError:
