@@ -28,6 +28,8 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from tb_gradflow.collect import watch
+from tb_gradflow.diagnose import diagnose
+from tb_gradflow.reader import load_run
 
 __all__ = ["DemoConfig", "SequenceClassifier", "make_data", "run_demo", "train"]
 
@@ -81,27 +83,74 @@ def train(
     *,
     progress: bool = True,
 ) -> float:
-    """Trains one model, logging with ``watch``; returns the final loss."""
+    """Trains one model, logging with ``watch``; returns the final loss.
+
+    Before training, the seeds' sanity checks run on copies of the model; after
+    it, their results and the diagnosis of the logged run go into the run as a
+    text summary, so the text and the tab name the same blocked layers.
+    """
     torch.manual_seed(cfg.seed)
     model = SequenceClassifier(cfg.features, cfg.hidden)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    with SummaryWriter(os.path.join(logdir, name)) as writer:
+        checks = _sanity_checks(model, inputs[:16], labels[:16], opt)
+        with watch(model, writer, optimizer=opt):
+            loss = _train_loop(name, model, opt, inputs, labels, writer, cfg, progress)
+        writer.flush()
+        findings = diagnose(load_run(writer.log_dir))
+        writer.add_text(
+            "gradflow/checks", _checks_markdown(checks, findings), cfg.steps
+        )
+    return loss
+
+
+def _train_loop(
+    name: str,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    writer: SummaryWriter,
+    cfg: DemoConfig,
+    progress: bool,
+) -> float:
     g = torch.Generator().manual_seed(cfg.seed + 1)
     loss_fn = nn.CrossEntropyLoss()
-    with (
-        SummaryWriter(os.path.join(logdir, name)) as writer,
-        watch(model, writer, optimizer=opt),
-    ):
-        bar = _ProgressBar(name, cfg.steps, enabled=progress)
-        for step in range(cfg.steps):
-            idx = torch.randint(0, len(inputs), (cfg.batch,), generator=g)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(inputs[idx]), labels[idx])
-            loss.backward()
-            opt.step()
-            writer.add_scalar("loss", loss.item(), step)
-            bar.update(step + 1, loss.item())
-        bar.close()
+    bar = _ProgressBar(name, cfg.steps, enabled=progress)
+    for step in range(cfg.steps):
+        idx = torch.randint(0, len(inputs), (cfg.batch,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(inputs[idx]), labels[idx])
+        loss.backward()
+        opt.step()
+        writer.add_scalar("loss", loss.item(), step)
+        bar.update(step + 1, loss.item())
+    bar.close()
     return loss.item()
+
+
+def _sanity_checks(model, inputs, labels, opt) -> list:
+    """The seeds' hints, run on copies before training (the model is unchanged)."""
+    from trainkit.checks import check_initial_loss, overfit_batch
+
+    return [
+        check_initial_loss(model, inputs, labels, num_classes=2),
+        overfit_batch(
+            model, inputs, labels, nn.functional.cross_entropy, optimizer=opt, steps=150
+        ),
+    ]
+
+
+def _checks_markdown(checks: list, findings: list) -> str:
+    lines = ["### Sanity checks (trainkit.checks)", ""]
+    lines += [f"- {c.to_markdown()}" for c in checks]
+    lines += ["", "### Gradient-flow findings (the Gradient Flow tab's alerts)", ""]
+    lines += [
+        f"- `{f.kind}` **{f.layer or '(model)'}**, steps {f.first_step}-"
+        f"{f.last_step}: {f.message}"
+        for f in findings
+    ] or ["- none: the gradient reaches every layer"]
+    return "\n".join(lines)
 
 
 def run_demo(
