@@ -226,7 +226,7 @@ export function barLayout(data, opts) {
 
   // bars
   const S = Math.max(1, data.series.length);
-  const groupW = band * (band > 6 ? 0.78 : 1);
+  const groupW = Math.min(band * (band > 6 ? 0.78 : 1), 44 * S); // wide bands: slim bars
   const barW = groupW / S;
   const stub = 4; // height of the zero mark
   const bars = [];
@@ -312,8 +312,12 @@ export function ellipsize(text, maxW, measure) {
 
 /**
  * The layout of one heatmap (rows = layers, columns = kept steps or bins). Pure.
- * @param {{layers: string[], steps: number[], title?: string}} data
- * @param {{width: number, measure: (text: string) => number}} opts
+ * Row names longer than a third of the width are ellipsized (the bar plot and
+ * the tooltip show them whole); the colour legend moves under the title when
+ * both do not fit on one line.
+ * @param {{layers: string[], steps: number[], title?: string,
+ *   domain?: ([number, number]|null)}} data
+ * @param {{width: number, measure: (text: string, bold?: boolean) => number}} opts
  * @returns {object} the layout: plot rect, cell size, row labels, column ticks, legend
  */
 export function heatmapLayout(data, opts) {
@@ -322,12 +326,18 @@ export function heatmapLayout(data, opts) {
   const cols = data.steps.length;
   const measure = opts.measure;
   const maxLabelW = Math.max(40, Math.floor(width * 0.35));
-  const texts = data.layers.map((name) => ellipsize(name, maxLabelW, measure));
-  const labelW = Math.ceil(Math.max(0, ...texts.map((t) => measure(t))));
-  const legendH = LINE + 14;
+  // measured bold: blocked layers' names are drawn bold
+  const texts = data.layers.map((name) => ellipsize(name, maxLabelW, (t) => measure(t, true)));
+  const labelW = Math.ceil(Math.max(0, ...texts.map((t) => measure(t, true))));
   const right = 14;
-  const plot = { x: labelW + 10, y: legendH, w: 0, h: 0 };
-  plot.w = Math.max(10, width - plot.x - right);
+  const x = labelW + 10;
+  const title = data.title || "";
+  const legend = legendItems(data.domain || null);
+  const legendW = legend.reduce((w, it) => w + (it.kind === "ramp" ? 96 + 12 : 28) + measure(it.text), 0);
+  const oneLine = x + measure(title) + 24 + legendW <= width - right;
+  const titleY = LINE / 2 + 2;
+  const legendY = oneLine ? titleY : titleY + LINE + 2;
+  const plot = { x, y: legendY + LINE / 2 + 12, w: Math.max(10, width - x - right), h: 0 };
   const total = Math.min(480, Math.max(48, rows * 18));
   const cellH = rows ? total / rows : 0;
   plot.h = rows * cellH;
@@ -344,7 +354,23 @@ export function heatmapLayout(data, opts) {
     }
   }
   const height = Math.ceil(plot.y + plot.h + LINE + 12);
-  return { width, height, plot, rows, cols, cellW, cellH, rowLabels, every, xTicks, title: data.title || "" };
+  return { width, height, plot, rows, cols, cellW, cellH, rowLabels, every, xTicks, title, titleY, legendY, legend };
+}
+
+/**
+ * The heatmap legend's entries, right to left: the special colours, then the
+ * ramp with its end values.
+ * @param {[number, number] | null} domain
+ * @returns {{kind: string, text: string}[]}
+ */
+function legendItems(domain) {
+  const items = [
+    { kind: "heatInf", text: "non-finite" },
+    { kind: "heatNaN", text: "no gradient" },
+    { kind: "heatZero", text: "zero" },
+  ];
+  if (domain) items.push({ kind: "ramp", text: `${formatValue(domain[0])}  ${formatValue(domain[1])}` });
+  return items;
 }
 
 /**
@@ -608,7 +634,7 @@ export function drawHeatmap(ctx, layout, data, palette) {
 
   ctx.fillStyle = palette.fg;
   ctx.textAlign = "left";
-  ctx.fillText(layout.title, plot.x, LINE / 2 + 2);
+  ctx.fillText(layout.title, plot.x, layout.titleY);
   drawLegend(ctx, layout, data.domain, palette);
 
   if (data.image && layout.rows && layout.cols) {
@@ -645,24 +671,22 @@ export function drawHeatmap(ctx, layout, data, palette) {
 }
 
 function drawLegend(ctx, layout, domain, palette) {
-  const y = LINE / 2 + 2;
+  const y = layout.legendY;
   let x = layout.width - 14;
-  const swatch = (rgb, label) => {
-    const w = ctx.measureText(label).width;
-    x -= w;
+  ctx.textAlign = "left";
+  for (const it of layout.legend) {
+    if (it.kind === "ramp") break;
+    const rgb = palette[it.kind];
+    x -= ctx.measureText(it.text).width;
     ctx.fillStyle = palette.muted;
-    ctx.textAlign = "left";
-    ctx.fillText(label, x, y);
+    ctx.fillText(it.text, x, y);
     x -= 14;
     ctx.fillStyle = `rgb(${rgb.join(",")})`;
     ctx.fillRect(x, y - 5, 10, 10);
     ctx.strokeStyle = palette.grid;
     ctx.strokeRect(x + 0.5, y - 4.5, 9, 9);
     x -= 14;
-  };
-  swatch(palette.heatInf, "non-finite");
-  swatch(palette.heatNaN, "no gradient");
-  swatch(palette.heatZero, "zero");
+  }
   if (!domain) return;
   const hiText = formatValue(domain[1]);
   const loText = formatValue(domain[0]);

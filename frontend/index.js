@@ -378,7 +378,7 @@ async function start(win, shell, client) {
       const canvas = shell.heatWrap.children[i];
       const view = canvas._view;
       const title = `${heat.run} \u00b7 ${heat.stat}${heat.downsampled ? " (max per bin)" : ""}`;
-      view.layout = chart.heatmapLayout({ layers: heat.layers, steps: heat.steps, title }, { width, measure });
+      view.layout = chart.heatmapLayout({ layers: heat.layers, steps: heat.steps, title, domain }, { width, measure });
       view.heat = heat;
       const flow = state.flows[i];
       const blocked = new Set();

@@ -268,6 +268,15 @@ export function renderBarTable(table, data, info) {
   table.replaceChildren(caption, head, ...rows);
 }
 
+/** How each finding kind reads in the list. */
+export const KIND_LABELS = {
+  blocked: "blocked",
+  no_gradient: "no gradient",
+  nonfinite: "non-finite",
+  exploding: "exploding",
+  skipped: "skipped step",
+};
+
 /**
  * A group of alerts of one run.
  * @typedef {{run: string, series: number, alerts: import("./model.js").Alert[]}} AlertGroup
@@ -299,7 +308,7 @@ export function renderAlerts(node, groups, onSelect, current) {
       btn.dataset.firstStep = String(a.first_step);
       const active = current.layer === a.layer && current.step >= a.first_step && current.step <= a.last_step;
       btn.classList.toggle("gf-active", active);
-      btn.append(el(doc, "span", "gf-kind", a.kind.replace("_", " ")));
+      btn.append(el(doc, "span", "gf-kind", KIND_LABELS[a.kind] || a.kind));
       btn.append(el(doc, "span", "gf-alert-layer", a.layer === null ? "(whole model)" : a.layer));
       const span = a.first_step === a.last_step ? `step ${a.first_step}` : `steps ${a.first_step}\u2013${a.last_step}`;
       btn.append(el(doc, "span", "gf-alert-steps", `${span} (${a.steps} logged)`));

@@ -199,3 +199,17 @@ test("heatDomain spans the positive finite values of every heatmap shown", () =>
   assert.equal(d[0], Math.fround(1e-3));
   assert.equal(d[1], 2);
 });
+
+test("heatmapLayout puts the colour legend under the title when both do not fit", () => {
+  const steps = [0, 1, 2];
+  const wide = heatmapLayout({ layers: ["a"], steps, title: "run · abs_mean", domain: [1e-9, 1] }, { width: 1000, measure });
+  assert.equal(wide.legendY, wide.titleY);
+  const narrow = heatmapLayout({ layers: ["a"], steps, title: "a_rather_long_run_name · abs_mean", domain: [1e-9, 1] }, { width: 420, measure });
+  assert.ok(narrow.legendY > narrow.titleY);
+  assert.ok(narrow.plot.y > wide.plot.y);
+});
+
+test("heatmapLayout leaves room for bold (blocked) row names", () => {
+  const layout = heatmapLayout({ layers: ["lstm1.weight_ih_l0"], steps: [0] }, { width: 800, measure });
+  assert.ok(layout.plot.x >= measure("lstm1.weight_ih_l0", true) + 6);
+});

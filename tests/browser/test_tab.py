@@ -1,0 +1,430 @@
+"""The Gradient Flow tab in headless Chromium, against a real ``tensorboard``.
+
+The logdir holds the demo's two runs (``healthy`` and ``unnormalised_inputs``,
+where the alerts flag the first LSTM as blocked) and an ``edge_<b>cases`` run whose
+layers are exactly zero, without gradient, non-finite, and named
+``<img src=x onerror=alert(1)>``. Screenshots go to ``test-output/browser/``.
+
+Needs Debian's ``chromium`` and ``pip install playwright`` (never
+``playwright install``); without them these tests fail and say so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.compat.proto import event_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from tb_gradflow import metadata
+from tb_gradflow.demo import DemoConfig, run_demo
+from tb_gradflow.summary import gradflow_pb
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("GRADFLOW_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+OUT = Path(__file__).resolve().parents[2] / "test-output" / "browser"
+DEMO_STEPS = 100  # the alerts flag lstm1.* from step ~80 on
+LSTM = [
+    "lstm1.weight_ih_l0",
+    "lstm1.weight_hh_l0",
+    "lstm2.weight_ih_l0",
+    "lstm2.weight_hh_l0",
+    "head",
+]
+XSS = "<img src=x onerror=alert(1)>"
+EDGE_RUN = "edge_<b>cases"
+EDGE_LAYERS = ("embed", "frozen", "<img src=x onerror=alert(1)>", "exploded")
+_START_TIMEOUT = 60.0  # s until tensorboard prints its address
+_LOAD_TIMEOUT = 60.0  # s until every run is listed
+_UI_TIMEOUT = 20_000  # ms for one UI expectation
+_REFRESH_TIMEOUT = 25_000  # ms: reload interval 1 s + the tab's 5 s poll
+
+
+def _require_browser():
+    missing = []
+    if importlib.util.find_spec("playwright") is None:
+        missing.append("the playwright package (pip install playwright)")
+    if not os.access(CHROMIUM, os.X_OK):
+        missing.append(
+            f"Chromium at {CHROMIUM} (apt-get install -y --no-install-recommends "
+            "chromium chromium-driver, or set GRADFLOW_CHROMIUM)"
+        )
+    if missing:
+        pytest.fail(
+            "browser tests need " + " and ".join(missing) + "; ./run test installs "
+            "both. Deselect them with -m 'not browser'.",
+            pytrace=False,
+        )
+
+
+def _edge_stats(i: int, n_layers: int) -> np.ndarray:
+    """(K, L) statistics: embed healthy, frozen exactly zero, the HTML-named layer
+    without gradient at even steps, exploded non-finite."""
+    mean = np.array([1e-3, 0.0, 2e-4, math.inf])
+    stats = np.stack([mean, 10 * mean, 30 * mean, np.zeros(4), np.ones(4)])
+    stats[3, 3] = 7  # non-finite elements
+    if i % 2 == 0:
+        stats[:, 2] = math.nan  # no gradient
+    return stats[:, :n_layers]
+
+
+def _write_edge_run(logdir: Path, steps: range) -> None:
+    layout = metadata.Layout(layers=EDGE_LAYERS)
+    writer = EventFileWriter(str(logdir / EDGE_RUN))
+    for i, step in enumerate(steps):
+        summary = gradflow_pb(
+            layout,
+            _edge_stats(step, len(EDGE_LAYERS)),
+            np.array([0.0, math.nan]),
+            with_metadata=i == 0,
+        )
+        event = event_pb2.Event(step=step, wall_time=1000.0 + step, summary=summary)
+        writer.add_event(event)
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    _require_browser()
+    d = tmp_path_factory.mktemp("browser")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: more threads only add contention
+    try:
+        run_demo(str(d), DemoConfig(steps=DEMO_STEPS), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    _write_edge_run(d, range(10))
+    return d
+
+
+class _TensorBoard:
+    """``tensorboard --logdir D --host 127.0.0.1 --port 0`` as a subprocess."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tensorboard.main",
+                f"--logdir={logdir}",
+                "--host=127.0.0.1",
+                "--port=0",
+                "--reload_interval=1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output: list[str] = []
+        lines: queue.Queue[str] = queue.Queue()
+        self._pump = threading.Thread(target=self._read, args=(lines,), daemon=True)
+        self._pump.start()
+        deadline = time.monotonic() + _START_TIMEOUT
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                self.close()
+                raise AssertionError(
+                    f"tensorboard printed no address: {''.join(self.output)}"
+                ) from None
+            match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+            if match:
+                self.url = f"http://127.0.0.1:{match.group(1)}/"
+                return
+
+    def _read(self, lines: queue.Queue) -> None:
+        for line in self.process.stdout:
+            self.output.append(line)
+            lines.put(line)
+
+    def runs(self) -> dict[str, dict]:
+        route = self.url + "data/plugin/gradflow/runs"
+        with urllib.request.urlopen(route, timeout=10) as response:
+            return {r["run"]: r for r in json.load(response)["runs"]}
+
+    def wait_for_runs(self, expected: dict[str, int]) -> None:
+        """Until each run lists the expected number of steps."""
+        deadline = time.monotonic() + _LOAD_TIMEOUT
+        runs: dict[str, dict] = {}
+        while time.monotonic() < deadline:
+            runs = self.runs()
+            if all(runs.get(r, {}).get("steps") == n for r, n in expected.items()):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"runs never complete: {runs}")
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+        self._pump.join(timeout=10)
+        self.process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def tensorboard(logdir):
+    tb = _TensorBoard(logdir)
+    try:
+        tb.wait_for_runs(
+            {"healthy": DEMO_STEPS, "unnormalised_inputs": DEMO_STEPS, EDGE_RUN: 10}
+        )
+        yield tb
+    finally:
+        tb.close()
+
+
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory, tensorboard):
+    from playwright.sync_api import sync_playwright
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1360, "height": 1180},
+            color_scheme="light",
+            accept_downloads=True,
+        )
+        context.set_default_timeout(_UI_TIMEOUT)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def page(browser_context):
+    """A fresh page; fails the test if any dialog (alert(1)) opens or a script
+    throws."""
+    page = browser_context.new_page()
+    dialogs: list[str] = []
+    errors: list[str] = []
+
+    def on_dialog(dialog):
+        dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    try:
+        yield page
+    finally:
+        page.close()
+    assert not dialogs, f"a dialog opened: {dialogs}"
+    assert not [e for e in errors if "gradflow" in e or "plugin" in e], errors
+
+
+def open_tab(page, tensorboard):
+    """Opens TensorBoard, clicks the "Gradient Flow" tab (in the tab bar, or in
+    the "Inactive" dropdown) and returns the tab's frame."""
+    page.goto(tensorboard.url)
+    tab = page.get_by_role("tab", name="Gradient Flow")
+    try:
+        tab.wait_for(state="visible", timeout=10_000)
+        tab.click()
+    except Exception:  # the tab is not in the bar: TensorBoard lists it as inactive
+        page.locator("mat-select").filter(has_text="Inactive").click()
+        page.get_by_role("option", name="Gradient Flow").click()
+    frame = page.frame_locator("iframe")
+    frame.locator("[data-testid=bar-table] tr[data-layer-index]").first.wait_for(
+        state="attached"
+    )
+    return frame
+
+
+def select_run(frame, run: str):
+    frame.locator("[data-testid=run]").select_option(label=run)
+    frame.locator(f'[data-testid=bar-table][data-run="{run}"]').wait_for(
+        state="attached"
+    )
+
+
+def layer_rows(frame):
+    rows = frame.locator("[data-testid=bar-table] tr[data-layer-index]")
+    return [
+        {
+            "name": r.locator("th").text_content(),
+            "status": r.get_attribute("data-status"),
+            "blocked": r.get_attribute("data-blocked") == "true",
+        }
+        for r in rows.all()
+    ]
+
+
+def test_bars_show_each_layer_and_highlight_the_blocked_lstm(page, tensorboard):
+    frame = open_tab(page, tensorboard)
+    select_run(frame, "unnormalised_inputs")
+    rows = layer_rows(frame)
+    assert [r["name"] for r in rows] == LSTM
+    blocked = [r["name"] for r in rows if r["blocked"]]
+    assert blocked == ["lstm1.weight_ih_l0", "lstm1.weight_hh_l0"]
+    assert {r["status"] for r in rows} == {"ok"}
+
+    alerts = frame.locator("[data-testid=alerts] button[data-kind=blocked]")
+    assert sorted(a.get_attribute("data-layer") for a in alerts.all()) == sorted(
+        blocked
+    )
+    kept = frame.locator("[data-testid=kept]").text_content()
+    assert f"all {DEMO_STEPS} logged steps" in kept
+    # the canvas is sized for its labels and drawn at the device pixel ratio
+    box = frame.locator("[data-testid=bars]").bounding_box()
+    assert box["width"] > 600 and box["height"] > 260
+    page.screenshot(path=str(OUT / "light_unnormalised_inputs.png"))
+
+    # clicking an alert selects its layer and its first step
+    first = alerts.first
+    first_step = first.get_attribute("data-first-step")
+    first.click()
+    expect_step(frame, first_step)
+
+
+def expect_step(frame, step):
+    frame.locator(f'[data-testid=step][data-step="{step}"]').wait_for(state="attached")
+    frame.locator(f'[data-testid=bar-table][data-step="{step}"]').wait_for(
+        state="attached"
+    )
+
+
+def test_slider_play_and_heatmap_walk_the_logged_steps(page, tensorboard):
+    frame = open_tab(page, tensorboard)
+    select_run(frame, "healthy")
+    expect_step(frame, DEMO_STEPS - 1)
+    slider = frame.locator("[data-testid=slider]")
+    assert slider.get_attribute("max") == str(DEMO_STEPS - 1)
+    slider.focus()
+    slider.press("Home")
+    expect_step(frame, 0)
+    slider.press("ArrowRight")
+    expect_step(frame, 1)
+
+    heat = frame.locator("[data-testid=heatmap]")
+    assert heat.count() == 1
+    assert heat.get_attribute("data-rows") == str(len(LSTM))
+    assert heat.get_attribute("data-cols") == str(DEMO_STEPS)
+    # clicking a cell selects that cell's step
+    x, y, w, h = (float(v) for v in heat.get_attribute("data-plot").split(","))
+    col, row = 42, 4
+    heat.click(
+        position={
+            "x": x + (col + 0.5) * w / DEMO_STEPS,
+            "y": y + (row + 0.5) * h / len(LSTM),
+        }
+    )
+    expect_step(frame, col)
+    tooltip = frame.locator(".gf-tooltip")
+    assert LSTM[row] in tooltip.text_content()
+    assert "step 42" in tooltip.text_content()
+
+    play = frame.locator("[data-testid=play]")
+    play.click()
+    assert play.get_attribute("aria-pressed") == "true"
+    assert wait_until(lambda: current_step(frame) > col), "play did not advance"
+    play.click()
+    assert play.get_attribute("aria-pressed") == "false"
+    paused = current_step(frame)
+    time.sleep(0.6)  # two play ticks
+    assert current_step(frame) == paused
+
+
+def current_step(frame) -> int:
+    return int(frame.locator("[data-testid=step]").get_attribute("data-step"))
+
+
+def wait_until(condition, timeout: float = _UI_TIMEOUT / 1000) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_names_are_text_never_html(page, tensorboard):
+    frame = open_tab(page, tensorboard)
+    select_run(frame, EDGE_RUN)
+    rows = layer_rows(frame)
+    assert [r["name"] for r in rows] == list(EDGE_LAYERS)
+    # the latest step (9) is odd: the HTML-named layer has a gradient there
+    assert [r["status"] for r in rows] == ["ok", "zero", "ok", "nonfinite"]
+    assert frame.locator("img").count() == 0
+    run_option = frame.locator("[data-testid=run] option", has_text="edge_")
+    assert run_option.text_content() == EDGE_RUN
+    frame.locator("[data-testid=slider]").press("ArrowLeft")  # step 8
+    expect_step(frame, 8)
+    rows = layer_rows(frame)
+    assert rows[2] == {"name": XSS, "status": "no_grad", "blocked": False}
+    # the alerts list names it as text too (it has no gradient at even steps)
+    alert = frame.locator("[data-testid=alerts] button[data-kind=no_gradient]")
+    assert alert.get_attribute("data-layer") == XSS
+    assert alert.locator(".gf-alert-layer").text_content() == XSS
+    # and so does the heatmap's tooltip
+    heat = frame.locator("[data-testid=heatmap]")
+    x, y, w, h = (float(v) for v in heat.get_attribute("data-plot").split(","))
+    heat.hover(position={"x": x + w / 20, "y": y + 2.5 * h / len(EDGE_LAYERS)})
+    tooltip = frame.locator(".gf-tooltip")
+    assert tooltip.locator(".gf-tip-title").text_content() == XSS
+    assert "no gradient" in tooltip.text_content()
+    assert frame.locator("img").count() == 0
+    page.screenshot(path=str(OUT / "light_edge_cases.png"))
+
+
+def test_compare_dark_mode_png_and_refresh(page, tensorboard, logdir):
+    frame = open_tab(page, tensorboard)
+    select_run(frame, "unnormalised_inputs")
+    frame.locator("[data-testid=compare]").select_option(label="healthy")
+    header = frame.locator("[data-testid=bar-table] tr").first
+    header.filter(has_text="healthy").wait_for(state="attached")
+    rows = layer_rows(frame)
+    assert [r["name"] for r in rows] == LSTM
+    assert frame.locator("[data-testid=heatmap]").count() == 2
+
+    # TensorBoard's dark mode is a class on the parent page's body
+    page.evaluate("document.body.classList.add('dark-mode')")
+    frame.locator("html.gf-dark").wait_for(state="attached")
+    page.screenshot(path=str(OUT / "dark_compare.png"))
+    page.evaluate("document.body.classList.remove('dark-mode')")
+    frame.locator("html:not(.gf-dark)").wait_for(state="attached")
+
+    with page.expect_download() as download:
+        frame.locator("[data-testid=png]").click()
+    path = download.value.path()
+    assert download.value.suggested_filename.endswith(".png")
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # training writes more steps: the tab notices without a reload
+    select_run(frame, EDGE_RUN)
+    expect_step(frame, 9)
+    _write_edge_run(logdir, range(10, 15))
+    frame.locator('[data-testid=step][data-step="14"]').wait_for(
+        state="attached", timeout=_REFRESH_TIMEOUT
+    )
+    assert frame.locator("[data-testid=slider]").get_attribute("max") == "14"
