@@ -71,6 +71,24 @@ def test_demo_writes_a_healthy_and_a_blocked_run(tmp_path):
         f.layer for f in diagnose(runs["unnormalised_inputs"]) if f.kind == "blocked"
     }
     assert blocked == {"lstm1.weight_ih_l0", "lstm1.weight_hh_l0"}
+    # The text summary of the checks names the same layers as the tab's rule.
+    text = read_text(tmp_path / "unnormalised_inputs", "gradflow/checks/text_summary")
+    assert "**initial loss** passed" in text
+    for layer in blocked:
+        assert f"`blocked` **{layer}**" in text
+    assert "none: the gradient reaches every layer" in read_text(
+        tmp_path / "healthy", "gradflow/checks/text_summary"
+    )
+
+
+def read_text(run_dir, tag):
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    acc = event_accumulator.EventAccumulator(str(run_dir))
+    acc.Reload()
+    (event,) = acc.Tensors(tag)
+    return tensor_util.make_ndarray(event.tensor_proto).item().decode()
 
 
 def test_demo_is_deterministic(tmp_path):
