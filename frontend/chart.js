@@ -705,6 +705,42 @@ function drawLegend(ctx, layout, domain, palette) {
 }
 
 /**
+ * Narrows a `[row][col]` matrix to `outCols` columns by the server's rule, so
+ * that drawing it into fewer pixels than columns keeps spikes: a pixel column's
+ * value is the largest finite value of its columns, +Infinity if any is
+ * infinite, NaN if all are NaN (no gradient).
+ * @param {Float32Array} values `[row][col]`
+ * @param {number} rows
+ * @param {number} cols
+ * @param {number} outCols
+ * @returns {{values: Float32Array, cols: number}}
+ */
+export function poolColumns(values, rows, cols, outCols) {
+  outCols = Math.max(1, Math.floor(outCols));
+  if (outCols >= cols) return { values, cols };
+  const out = new Float32Array(rows * outCols);
+  for (let o = 0; o < outCols; o++) {
+    const c0 = Math.floor((o * cols) / outCols);
+    const c1 = Math.max(c0 + 1, Math.floor(((o + 1) * cols) / outCols));
+    for (let r = 0; r < rows; r++) {
+      let best = -Infinity;
+      let inf = false;
+      let any = false;
+      for (let c = c0; c < c1; c++) {
+        const v = values[r * cols + c];
+        if (v === Infinity || v === -Infinity) inf = true;
+        else if (!Number.isNaN(v)) {
+          any = true;
+          if (v > best) best = v;
+        }
+      }
+      out[r * outCols + o] = inf ? Infinity : any ? best : NaN;
+    }
+  }
+  return { values: out, cols: outCols };
+}
+
+/**
  * RGBA pixels of a heatmap, one per cell (`cols` wide, `rows` high).
  * @param {Float32Array} values `[row][col]`
  * @param {number} rows

@@ -331,24 +331,25 @@ async function start(win, shell, client) {
     const ctx = chart.sizeCanvas(shell.bars, barLayout.width, barLayout.height, win.devicePixelRatio || 1);
     chart.drawBars(ctx, barLayout, palette());
     views.renderBarTable(shell.barTable, data, { step: state.flows[0].step, run: state.flows[0].run });
+    shell.barTable.dataset.scale = state.log ? "log" : "linear";
     shell.bars.setAttribute(
       "aria-label",
       `Bar plot of ${state.stat} per layer for ${state.flows.map((f) => `${f.run} at step ${f.step}`).join(" and ")}`,
     );
   }
 
-  function heatImage(heat, domain) {
-    const key = `${domain}|${state.dark}`;
+  function heatImage(heat, domain, pixelCols) {
+    const rows = heat.layers.length;
+    const pooled = chart.poolColumns(heat.values, rows, heat.steps.length, pixelCols);
+    const key = `${domain}|${state.dark}|${pooled.cols}`;
     const hit = images.get(heat);
     if (hit && hit.key === key) return hit.canvas;
-    const rows = heat.layers.length;
-    const cols = heat.steps.length;
     const canvas = doc.createElement("canvas");
-    canvas.width = Math.max(1, cols);
+    canvas.width = Math.max(1, pooled.cols);
     canvas.height = Math.max(1, rows);
-    if (rows && cols) {
-      const pixels = chart.heatPixels(heat.values, rows, cols, domain, palette());
-      canvas.getContext("2d").putImageData(new ImageData(pixels, cols, rows), 0, 0);
+    if (rows && pooled.cols) {
+      const pixels = chart.heatPixels(pooled.values, rows, pooled.cols, domain, palette());
+      canvas.getContext("2d").putImageData(new ImageData(pixels, pooled.cols, rows), 0, 0);
     }
     images.set(heat, { key, canvas });
     return canvas;
@@ -388,7 +389,7 @@ async function start(win, shell, client) {
       const ctx = chart.sizeCanvas(canvas, view.layout.width, view.layout.height, win.devicePixelRatio || 1);
       chart.drawHeatmap(ctx, view.layout, {
         domain,
-        image: heatImage(heat, domain),
+        image: heatImage(heat, domain, Math.round(view.layout.plot.w * (win.devicePixelRatio || 1))),
         selectedCol: step === undefined ? -1 : chart.columnOfStep(heat, flow ? flow.step : step),
         selectedRow: state.layer === null ? -1 : heat.layers.indexOf(state.layer),
         blockedRows: blocked,

@@ -406,6 +406,13 @@ def test_compare_dark_mode_png_and_refresh(page, tensorboard, logdir):
     rows = layer_rows(frame)
     assert [r["name"] for r in rows] == LSTM
     assert frame.locator("[data-testid=heatmap]").count() == 2
+    table = frame.locator("[data-testid=bar-table]")
+    assert table.get_attribute("data-scale") == "log"  # on by default
+    frame.locator("[data-testid=log]").uncheck()
+    frame.locator("[data-testid=bar-table][data-scale=linear]").wait_for(
+        state="attached"
+    )
+    frame.locator("[data-testid=log]").check()
 
     # TensorBoard's dark mode is a class on the parent page's body
     page.evaluate("document.body.classList.add('dark-mode')")

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  LINE, PALETTES, barData, barIndexAt, barLayout, barStatus, columnOfStep, ellipsize, heatColor,
+  LINE, PALETTES, barData, barIndexAt, barLayout, barStatus, columnOfStep, ellipsize, heatColor, poolColumns,
   heatDomain, heatPixels, heatmapCellAt, heatmapLayout, rotatedTextBox,
 } from "../../frontend/chart.js";
 import { reviveFlow } from "../../frontend/model.js";
@@ -212,4 +212,18 @@ test("heatmapLayout puts the colour legend under the title when both do not fit"
 test("heatmapLayout leaves room for bold (blocked) row names", () => {
   const layout = heatmapLayout({ layers: ["lstm1.weight_ih_l0"], steps: [0] }, { width: 800, measure });
   assert.ok(layout.plot.x >= measure("lstm1.weight_ih_l0", true) + 6);
+});
+
+test("poolColumns keeps spikes: the largest finite value, infinity wins, all-NaN stays NaN", () => {
+  // 2 rows x 6 columns into 3 pixel columns
+  const v = new Float32Array([
+    1, 9, 2, 2, NaN, NaN,
+    1, Infinity, NaN, 3, 0, 0,
+  ]);
+  const p = poolColumns(v, 2, 6, 3);
+  assert.equal(p.cols, 3);
+  assert.deepEqual(Array.from(p.values.slice(0, 2)), [9, 2]);
+  assert.ok(Number.isNaN(p.values[2]));
+  assert.deepEqual(Array.from(p.values.slice(3)), [Infinity, 3, 0]);
+  assert.equal(poolColumns(v, 2, 6, 10).values, v);
 });
