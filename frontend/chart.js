@@ -292,6 +292,44 @@ export function barIndexAt(layout, x, y) {
 }
 
 /**
+ * The tooltip lines of one layer of the bar plot: its name, then each run's
+ * value (or what is special about it).
+ * @param {{layers: string[], series: BarSeries[]}} layout
+ * @param {number} i layer index
+ * @param {string} stat
+ * @returns {string[]}
+ */
+export function barTooltip(layout, i, stat) {
+  const lines = [layout.layers[i]];
+  for (const s of layout.series) {
+    const status = s.status[i];
+    const what = status === "ok" || status === "zero" ? formatValue(s.values[i]) : STATUS_TEXT[status];
+    const back = s.back && status === "ok" ? ` (abs_max ${formatValue(s.back[i])})` : "";
+    lines.push(`${s.label}: ${stat} ${what}${back}${s.blocked[i] ? " \u2014 blocked" : ""}`);
+  }
+  return lines;
+}
+
+const STATUS_TEXT = { no_grad: "no gradient", nonfinite: "non-finite", missing: "no such layer" };
+
+/**
+ * The tooltip lines of one heatmap cell: layer, run and step (or the bin's
+ * step range), value.
+ * @param {{run: string, stat: string, layers: string[], steps: number[],
+ *   first_steps: number[], last_steps: number[], values: Float32Array}} heat
+ * @param {{row: number, col: number}} cell
+ * @returns {string[]}
+ */
+export function heatTooltip(heat, cell) {
+  const v = heat.values[cell.row * heat.steps.length + cell.col];
+  const a = heat.first_steps[cell.col];
+  const z = heat.last_steps[cell.col];
+  const stepText = a === z ? `step ${a}` : `steps ${a}\u2013${z} (largest in the bin)`;
+  const valueText = Number.isNaN(v) ? "no gradient" : v === Infinity || v === -Infinity ? "non-finite" : formatValue(v);
+  return [heat.layers[cell.row], `${heat.run}, ${stepText}`, `${heat.stat} ${valueText}`];
+}
+
+/**
  * The longest prefix of `text` (plus an ellipsis) no wider than `maxW`.
  * @param {string} text
  * @param {number} maxW

@@ -6,7 +6,7 @@
 
 import * as chart from "./chart.js";
 import { Client, HttpError, StaleGuard, changedRuns, keptStepsText, runKey, runSignatures } from "./model.js";
-import { formatValue, nearestIndex } from "./scale.js";
+import { nearestIndex } from "./scale.js";
 import * as views from "./views.js";
 
 const POLL_MS = 5000; // the iframe gets no reload calls, so it polls `runs`
@@ -225,13 +225,7 @@ async function start(win, shell, client) {
       views.hideTooltip(shell.tooltip);
       return;
     }
-    const lines = [barLayout.layers[i]];
-    for (const s of barLayout.series) {
-      const status = s.status[i];
-      const what = status === "ok" || status === "zero" ? formatValue(s.values[i]) : status.replace("_", " ");
-      const back = s.back && status === "ok" ? ` (abs_max ${formatValue(s.back[i])})` : "";
-      lines.push(`${s.label}: ${state.stat} ${what}${back}${s.blocked[i] ? " \u2014 blocked" : ""}`);
-    }
+    const lines = chart.barTooltip(barLayout, i, state.stat);
     views.showTooltip(shell.tooltip, lines, ev.pageX, ev.pageY);
   });
   shell.bars.addEventListener("mouseleave", () => views.hideTooltip(shell.tooltip));
@@ -248,13 +242,7 @@ async function start(win, shell, client) {
       views.hideTooltip(shell.tooltip);
       return;
     }
-    const h = view.heat;
-    const v = h.values[cell.row * h.steps.length + cell.col];
-    const a = h.first_steps[cell.col];
-    const z = h.last_steps[cell.col];
-    const stepText = a === z ? `step ${a}` : `steps ${a}\u2013${z} (largest in the bin)`;
-    const valueText = Number.isNaN(v) ? "no gradient" : v === Infinity ? "non-finite" : formatValue(v);
-    views.showTooltip(shell.tooltip, [h.layers[cell.row], `${h.run}, ${stepText}`, `${h.stat} ${valueText}`], ev.pageX, ev.pageY);
+    views.showTooltip(shell.tooltip, chart.heatTooltip(view.heat, cell), ev.pageX, ev.pageY);
   }
 
   function onHeatClick(view, ev) {

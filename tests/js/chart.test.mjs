@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  LINE, PALETTES, barData, barIndexAt, barLayout, barStatus, columnOfStep, ellipsize, heatColor, poolColumns,
+  LINE, PALETTES, barData, barIndexAt, barLayout, barStatus, barTooltip, heatTooltip, columnOfStep, ellipsize, heatColor, poolColumns,
   heatDomain, heatPixels, heatmapCellAt, heatmapLayout, rotatedTextBox,
 } from "../../frontend/chart.js";
 import { reviveFlow } from "../../frontend/model.js";
@@ -226,4 +226,21 @@ test("poolColumns keeps spikes: the largest finite value, infinity wins, all-NaN
   assert.ok(Number.isNaN(p.values[2]));
   assert.deepEqual(Array.from(p.values.slice(3)), [Infinity, 3, 0]);
   assert.equal(poolColumns(v, 2, 6, 10).values, v);
+});
+
+test("barTooltip names the layer and each run's value or status", () => {
+  const f = flow("broken", ["a", "b"], [0.25, "NaN"], { no_grad: [false, true], alerts: [{ kind: "blocked", layer: "a", first_step: 0, last_step: 9, steps: 10 }] });
+  const layout = barLayout(barData([f], "abs_mean", { log: true }), { width: 400, measure });
+  assert.deepEqual(barTooltip(layout, 0, "abs_mean"), ["a", "broken: abs_mean 0.25 (abs_max 2.5) \u2014 blocked"]);
+  assert.deepEqual(barTooltip(layout, 1, "abs_mean"), ["b", "broken: abs_mean no gradient"]);
+});
+
+test("heatTooltip gives the layer, the step or the bin's range, and the value", () => {
+  const heat = {
+    run: "r", stat: "abs_mean", layers: ["x", "<img src=x>"], steps: [0, 10],
+    first_steps: [0, 10], last_steps: [0, 19], values: new Float32Array([0.5, NaN, Infinity, 2]),
+  };
+  assert.deepEqual(heatTooltip(heat, { row: 0, col: 0 }), ["x", "r, step 0", "abs_mean 0.5"]);
+  assert.deepEqual(heatTooltip(heat, { row: 0, col: 1 }), ["x", "r, steps 10\u201319 (largest in the bin)", "abs_mean no gradient"]);
+  assert.deepEqual(heatTooltip(heat, { row: 1, col: 0 })[2], "abs_mean non-finite");
 });
