@@ -6,7 +6,8 @@ tab's static files. Data is read only through ``context.data_provider``, so the
 plugin works with the Rust data server and with ``--load_fast=false``.
 
 A decoded run is cached per (experiment, run, tag) and read again only when
-``list_tensors`` shows new data; its diagnosis and heatmaps are cached with it.
+``list_tensors`` shows new data (checked at most once a second per run); its
+diagnosis and heatmaps are cached with it.
 
 Import-light: numpy, werkzeug and TensorBoard only, never torch.
 """
@@ -23,6 +24,7 @@ import logging
 import re
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 _KEEP_ALL = (
     2**31 - 1
 )  # downsample for --samples_per_plugin=gradflow=0 (0 reads nothing)
+_READ_BYTES = 192 * 2**20  # one read_tensors reply, below gRPC's 256 MiB limit
 _DEFAULT_HEATMAP_COLUMNS = 1000  # step columns
 _MAX_HEATMAP_COLUMNS = 100_000  # step columns
 _CACHE_BYTES = 1 << 30  # decoded float32 statistics kept, all runs together
@@ -71,6 +74,9 @@ class GradFlowPlugin(base_plugin.TBPlugin):
     """Per-layer gradient statistics logged by ``tb_gradflow.watch``."""
 
     plugin_name = PLUGIN_NAME
+    listing_ttl = 1.0  # s a run's list_tensors answer is trusted (TB reloads every 5 s)
+    """Each uncached ``list_tensors`` costs ~45 ms with the Rust data server (its
+    gRPC replies stall on delayed ACKs), more than a cached ``flow`` answer."""
 
     def __init__(self, context: base_plugin.TBContext) -> None:
         self._data_provider = context.data_provider
@@ -80,6 +86,8 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             DEFAULT_SAMPLES_PER_RUN if hint is None else (int(hint) or _KEEP_ALL)
         )
         self._cache = _RunCache(_CACHE_BYTES)
+        self._listings: dict[tuple[str, str], tuple[float, dict]] = {}
+        self._listings_lock = threading.Lock()
 
     def is_active(self) -> bool:
         return False  # core's list_plugins() activates the tab when data exists
@@ -154,9 +162,11 @@ class GradFlowPlugin(base_plugin.TBPlugin):
 
     def runs_impl(self, ctx, experiment: str) -> dict[str, Any]:
         """The ``runs`` answer: every run and tag with readable gradflow data."""
+        now = time.monotonic()
         listing = self._data_provider.list_tensors(
             ctx, experiment_id=experiment, plugin_name=PLUGIN_NAME
         )
+        self._remember(experiment, listing, now)
         out = []
         for run in sorted(listing):
             for tag in sorted(listing[run]):
@@ -281,13 +291,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             NotFoundError: unknown run or tag, or data this version cannot read.
             InvalidArgumentError: no ``tag`` for a run with several.
         """
-        listing = self._data_provider.list_tensors(
-            ctx,
-            experiment_id=experiment,
-            plugin_name=PLUGIN_NAME,
-            run_tag_filter=provider.RunTagFilter(runs=[run]),
-        )
-        tags = listing.get(run)
+        tags = self._run_listing(ctx, experiment, run)
         if not tags:
             raise errors.NotFoundError(f"No gradflow data for run {run!r}")
         if tag is None:
@@ -311,6 +315,31 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             )
         return entry
 
+    def _run_listing(
+        self, ctx, experiment: str, run: str
+    ) -> dict[str, provider.TensorTimeSeries]:
+        """``list_tensors`` for one run, trusted for ``listing_ttl`` seconds."""
+        key = (experiment, run)
+        now = time.monotonic()
+        with self._listings_lock:
+            cached = self._listings.get(key)
+        if cached is not None and now - cached[0] < self.listing_ttl:
+            return cached[1]
+        tags = self._data_provider.list_tensors(
+            ctx,
+            experiment_id=experiment,
+            plugin_name=PLUGIN_NAME,
+            run_tag_filter=provider.RunTagFilter(runs=[run]),
+        ).get(run, {})
+        self._remember(experiment, {run: tags}, now)
+        return tags
+
+    def _remember(self, experiment: str, listing: dict, now: float) -> None:
+        with self._listings_lock:
+            for run, tags in listing.items():
+                if tags:  # unknown runs are asked again: no growth from bad names
+                    self._listings[(experiment, run)] = (now, tags)
+
     def _entry(
         self,
         ctx,
@@ -330,13 +359,29 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         self, ctx, experiment: str, run: str, tag: str, content: bytes
     ) -> reader.GradFlowRun:
         layout = _layout(content, run, tag)
-        data = self._data_provider.read_tensors(
+        read = functools.partial(
+            self._data_provider.read_tensors,
             ctx,
             experiment_id=experiment,
             plugin_name=PLUGIN_NAME,
-            downsample=self._downsample,
             run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]),
         )
+        try:
+            data = read(downsample=self._downsample)
+        except Exception as e:
+            if _grpc_status(e) != "RESOURCE_EXHAUSTED":
+                raise
+            # TensorBoard's gRPC client takes replies up to 256 MiB: 500 layers
+            # x 5 statistics is 10 kB a step, so ~25,000 steps at once.
+            points = max(_READ_BYTES // (4 * layout.size + 64), 1)
+            logger.warning(
+                "gradflow: run %r tag %r does not fit in one data-server reply; "
+                "showing %d of its steps",
+                run,
+                tag,
+                points,
+            )
+            data = read(downsample=min(self._downsample, points))
         series = data.get(run, {}).get(tag)
         if series is None:
             raise errors.NotFoundError(f"No gradflow data for run {run!r}, tag {tag!r}")
@@ -516,6 +561,12 @@ def _encode_heatmap(
 
 
 # Request parsing and helpers.
+
+
+def _grpc_status(error: Exception) -> str | None:
+    """The gRPC status name of ``error`` (grpc.RpcError), else None."""
+    code = getattr(error, "code", None)
+    return getattr(code(), "name", None) if callable(code) else None
 
 
 def _context(request: wrappers.Request) -> tuple[Any, str]:

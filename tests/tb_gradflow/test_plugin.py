@@ -82,7 +82,7 @@ def logdir(tmp_path_factory):
     return d
 
 
-def make_client(logdir, sampling_hints=None):
+def make_client(logdir, sampling_hints=None, listing_ttl=0.0):
     mux = plugin_event_multiplexer.EventMultiplexer(
         tensor_size_guidance={metadata.PLUGIN_NAME: 0}
     )
@@ -92,9 +92,9 @@ def make_client(logdir, sampling_hints=None):
     context = base_plugin.TBContext(
         logdir=str(logdir), data_provider=provider, sampling_hints=sampling_hints
     )
-    app = application.TensorBoardWSGI(
-        [plugin.GradFlowPlugin(context)], data_provider=provider
-    )
+    gradflow = plugin.GradFlowPlugin(context)
+    gradflow.listing_ttl = listing_ttl  # 0: see new data at once
+    app = application.TensorBoardWSGI([gradflow], data_provider=provider)
     return werkzeug_test.Client(app, wrappers.Response), mux
 
 
@@ -498,3 +498,48 @@ def test_entry_point_is_the_loader():
     assert isinstance(
         GradFlowLoader().load(base_plugin.TBContext()), plugin.GradFlowPlugin
     )
+
+
+def test_listings_are_trusted_for_listing_ttl_seconds(tmp_path):
+    layout = metadata.Layout(layers=LAYERS, sparse=(False,) * 3)
+    write_run(tmp_path, "live", layout, [0, 1], healthy_stats)
+    client, mux = make_client(tmp_path, listing_ttl=3600)
+    assert get_json(client, "steps", run="live")["steps"] == [0, 1]
+    write_run(tmp_path, "live", layout, [2], healthy_stats, start=2)
+    mux.Reload()
+    assert get_json(client, "steps", run="live")["steps"] == [0, 1]  # trusted
+    get_json(client, "runs")  # lists every run afresh
+    assert get_json(client, "steps", run="live")["steps"] == [0, 1, 2]
+
+
+class _TooLarge(Exception):
+    """What grpc raises for a reply above the client's message size limit."""
+
+    def code(self):
+        class Code:
+            name = "RESOURCE_EXHAUSTED"
+
+        return Code()
+
+
+def test_a_run_too_large_for_one_grpc_reply_is_read_sampled(
+    logdir, monkeypatch, caplog
+):
+    original = tb_data_provider.MultiplexerDataProvider.read_tensors
+    asked = []
+
+    def limited(self, *args, downsample, **kwargs):
+        asked.append(downsample)
+        if downsample > 4:
+            raise _TooLarge()
+        return original(self, *args, downsample=downsample, **kwargs)
+
+    monkeypatch.setattr(
+        tb_data_provider.MultiplexerDataProvider, "read_tensors", limited
+    )
+    monkeypatch.setattr(plugin, "_READ_BYTES", 4 * (4 * (5 * 3 + 2) + 64))
+    fresh, _ = make_client(logdir)
+    steps = get_json(fresh, "steps", run="healthy")["steps"]
+    assert asked == [DEFAULT_SAMPLES_PER_RUN, 4]
+    assert len(steps) == 4 and steps[-1] == 50
+    assert "does not fit in one data-server reply" in caplog.text
