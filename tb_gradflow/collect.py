@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tb_gradflow import _reduce, metadata, summary
+from tb_gradflow import _reduce, _sharded, metadata, summary
 from tb_gradflow.diagnose import Finding, OnlineDiagnosis, Thresholds
 
 __all__ = [
@@ -201,6 +201,7 @@ class GradFlow:
         start_step: int = 0,
         on_alert: str | None = None,
         thresholds: Thresholds | None = None,
+        rank: int | None = 0,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -221,6 +222,10 @@ class GradFlow:
                 "optimizer must be a torch.optim.Optimizer, got "
                 f"{type(optimizer).__name__}"
             )
+        if rank is not None and (
+            isinstance(rank, bool) or not isinstance(rank, int) or rank < 0
+        ):
+            raise ValueError(f"Invalid rank: {rank!r} (an int >= 0, or None)")
         if on_alert not in _ALERT_MODES:
             raise ValueError(
                 f"Invalid on_alert: {on_alert!r} (None, 'warn' or 'raise')"
@@ -246,7 +251,8 @@ class GradFlow:
             sparse=tuple(layer.sparse for layer in self._layers),
             numel=tuple(layer.param.numel() for layer in self._layers),
         )
-        self.writer = writer
+        # In a process group, only `rank` writes (None: every rank does).
+        self.writer = writer if rank is None or _process_rank() == rank else None
         self.every = every
         self.start_step = start_step
         self.last: LoggedStep | None = None
@@ -263,8 +269,11 @@ class GradFlow:
             if on_alert
             else None
         )
-        # Statistics are computed only for someone: the writer or the alerts.
-        self._active = writer is not None or on_alert is not None
+        # Statistics are computed only for someone: the writer or the alerts,
+        # and on every rank when gradients are sharded (the reduction is a
+        # collective that all ranks must join).
+        sharded = any(_sharded.is_dtensor(layer.param) for layer in self._layers)
+        self._active = self.writer is not None or on_alert is not None or sharded
         if optimizer is not None:
             self._handles.append(
                 optimizer.register_step_pre_hook(self._on_optimizer_step)
@@ -447,11 +456,15 @@ def layer_stats(
     """
     scratch = {} if scratch is None else scratch
     n_layers = len(grads)
+    sharded = [i for i, g in enumerate(grads) if _sharded.is_dtensor(g)]
+    local = list(grads)
+    for i in sharded:  # FSDP2: each rank reduces its own shard first
+        local[i] = grads[i].to_local()
     dense: dict[torch.device, tuple[list[Tensor], list[int]]] = {}
     parts: list[_reduce.Partials] = []
     rows = np.ones(n_layers)
     has_grad = np.array([g is not None for g in grads], dtype=bool)
-    for i, g in enumerate(grads):
+    for i, g in enumerate(local):
         if g is None:
             continue
         if g.is_sparse:
@@ -464,16 +477,34 @@ def layer_stats(
             owners.append(i)
     parts += [_reduce.reduce_dense(g, o, scratch) for g, o in dense.values()]
     totals, host_extras = _reduce.combine(parts, n_layers, extras)  # (3, L)
+    group = None
+    if sharded:  # one SUM and one MAX all-reduce for all sharded layers
+        group = _sharded.shard_group(grads[sharded[0]])
+        device = local[sharded[0]].device
+        _sharded.reduce_totals(totals, sharded, device, group)
     nonfinite = np.zeros(n_layers)
     bad = [i for i in np.flatnonzero(has_grad) if not math.isfinite(totals[0, i])]
     if bad:  # only here: a finite sum of |g| proves that no element is NaN/Inf
-        nonfinite[bad] = _reduce.count_nonfinite([grads[i] for i in bad]).cpu().numpy()
+        counts = _reduce.count_nonfinite([local[i] for i in bad])
+        bad_sharded = [k for k, i in enumerate(bad) if i in sharded]
+        if bad_sharded:  # every rank sees the same reduced sums: all join in
+            counts = counts.to(torch.float64)
+            counts[bad_sharded] = _sharded.reduce_counts(counts[bad_sharded], group)
+        nonfinite[bad] = counts.cpu().numpy()
     numel = np.array([math.prod(g.shape) if g is not None else 0 for g in grads])
     with np.errstate(invalid="ignore", divide="ignore"):
         abs_mean = np.where(numel > 0, totals[0] / np.maximum(numel, 1), 0.0)
     record = np.stack([abs_mean, totals[1], np.sqrt(totals[2]), nonfinite, rows])
     record[:, ~has_grad] = math.nan
     return record, host_extras
+
+
+def _process_rank() -> int:
+    """This process's rank in the default process group (0 outside one)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return 0
 
 
 def _as_scalar(
@@ -498,6 +529,7 @@ def watch(
     start_step: int = 0,
     on_alert: str | None = None,
     thresholds: Thresholds | None = None,
+    rank: int | None = 0,
 ) -> GradFlow:
     """Logs per-layer gradient statistics of ``model`` to TensorBoard.
 
@@ -526,6 +558,13 @@ def watch(
             rule of :mod:`tb_gradflow.diagnose`, as in the tab); ``"raise"``
             raises :class:`GradFlowError` instead; None (default) is silent.
         thresholds: the diagnosis thresholds for ``on_alert``.
+        rank: in a ``torch.distributed`` process group, the rank that writes
+            (default 0; None: every rank writes to its own writer). Other ranks
+            compute nothing and add no collective under DDP (pass them
+            ``writer=None``); with FSDP2 (sharded DTensor parameters) every rank
+            computes its shards' partial sums and one SUM and one MAX
+            all-reduce per logged step give whole-layer statistics, so every
+            rank must take part in every logged step.
 
     Steps count optimizer steps, skipped ones included:
     ``step = start_step + steps completed so far``.
@@ -552,6 +591,7 @@ def watch(
         start_step=start_step,
         on_alert=on_alert,
         thresholds=thresholds,
+        rank=rank,
     )
 
 

@@ -1,0 +1,67 @@
+"""Sharded gradients (FSDP2 / DTensor): local partial sums, then one small
+collective per logged step gives whole-layer statistics.
+
+Every rank must take part in a logged step: the reduction is a collective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def is_dtensor(t: object) -> bool:
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (without importing it
+    when torch.distributed is unused)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def shard_group(t: Tensor) -> torch.distributed.ProcessGroup:
+    """The process group over which ``t``'s shards are spread.
+
+    Raises:
+        NotImplementedError: for tensors sharded over several mesh dimensions.
+    """
+    mesh = t.device_mesh
+    dims = [d for d, p in enumerate(t.placements) if p.is_shard()]
+    if not dims:
+        raise NotImplementedError("a DTensor without Shard placement is not sharded")
+    if len(dims) > 1:
+        raise NotImplementedError(
+            f"gradients sharded over {len(dims)} mesh dimensions are not supported"
+        )
+    return mesh.get_group(mesh_dim=dims[0]) if mesh.ndim > 1 else mesh.get_group()
+
+
+def reduce_totals(
+    totals: np.ndarray, sharded: Sequence[int], device: torch.device, group
+) -> None:
+    """Sums Σ|g| and Σg² and takes the max of max|g| over the shards, in place.
+
+    Args:
+        totals: ``(3, L)`` float64 local Σ|g|, max|g|, Σg² (modified).
+        sharded: the columns (layers) whose gradients are sharded.
+        device: where the collective runs (CUDA for NCCL, CPU for gloo).
+        group: the shards' process group.
+    """
+    cols = list(sharded)
+    sums = torch.tensor(totals[[0, 2]][:, cols], dtype=torch.float64, device=device)
+    peak = torch.tensor(totals[1, cols], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM, group=group)
+    torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX, group=group)
+    totals[0, cols], totals[2, cols] = sums.cpu().numpy()
+    totals[1, cols] = peak.cpu().numpy()
+
+
+def reduce_counts(counts: Tensor, group) -> Tensor:
+    """Sums per-layer non-finite counts over the shards."""
+    counts = counts.to(torch.float64)
+    torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.SUM, group=group)
+    return counts

@@ -1,0 +1,68 @@
+"""One rank of the multi-process tests (run by test_distributed.py, not by pytest).
+
+Usage: python _dist_worker.py MODE RANK WORLD INIT_FILE OUTDIR
+MODE is "ddp" or "fsdp". Rank r trains on its half of a fixed batch; rank 0
+writes with tb_gradflow.watch, rank 1 is given a writer of its own and must not
+write gradflow data into it (watch's default rank=0).
+"""
+
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.tensorboard import SummaryWriter
+
+import tb_gradflow
+
+STEPS = 3
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)
+    )
+
+
+def make_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
+
+
+def train(model, opt, x, y) -> None:
+    for _ in range(STEPS):
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def main(mode: str, rank: int, world: int, init_file: str, outdir: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world
+    )
+    model = make_model()
+    if mode == "ddp":
+        model = nn.parallel.DistributedDataParallel(model)
+    else:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = make_batch()
+    half = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+    with SummaryWriter(f"{outdir}/{mode}-rank{rank}") as writer:
+        with tb_gradflow.watch(model, writer, optimizer=opt):
+            train(model, opt, x[half], y[half])
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mode, rank, world, init_file, outdir = sys.argv[1:]
+    main(mode, int(rank), int(world), init_file, outdir)
