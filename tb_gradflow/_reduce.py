@@ -89,7 +89,8 @@ def _reduce_dense_cpu(
             else:  # abs() cannot write another dtype: widen, then abs in place
                 a.copy_(piece).abs_()
             padded = _padded(n)
-            buf[n:padded].zero_()  # zeros change no sum, max or norm
+            if padded > n:
+                buf[n:padded].zero_()  # zeros change no sum, max or norm
             a = buf[:padded]
             sums.append(a.sum())
             maxs.append(a.amax())

@@ -223,24 +223,31 @@ def browser_context(tmp_path_factory, tensorboard):
 
 @pytest.fixture
 def page(browser_context):
-    """A fresh page; fails the test if any dialog (alert(1)) opens or a script
-    throws."""
+    """A fresh page; fails the test if any dialog (alert(1)) opens, a script
+    throws, or a request of the tab answers an error."""
     page = browser_context.new_page()
     dialogs: list[str] = []
     errors: list[str] = []
+    bad: list[str] = []
 
     def on_dialog(dialog):
         dialogs.append(f"{dialog.type}: {dialog.message}")
         dialog.dismiss()
 
+    def on_response(response):
+        if "/data/plugin/gradflow/" in response.url and response.status >= 400:
+            bad.append(f"{response.status} {response.url}")
+
     page.on("dialog", on_dialog)
     page.on("pageerror", lambda err: errors.append(str(err)))
+    page.on("response", on_response)
     try:
         yield page
     finally:
         page.close()
     assert not dialogs, f"a dialog opened: {dialogs}"
-    assert not [e for e in errors if "gradflow" in e or "plugin" in e], errors
+    assert not errors, f"uncaught errors: {errors}"
+    assert not bad, f"failed requests: {bad}"
 
 
 def open_tab(page, tensorboard):

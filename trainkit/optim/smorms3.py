@@ -362,11 +362,10 @@ def _update_slice(
     x: Tensor,
     s: Tensor,
     one: Tensor,
-    *,
     lr: float,
     eps: float,
 ) -> None:
-    """Funk's rule on one slice, in 14 in-place kernels.
+    """Funk's rule on one slice, in 14 in-place kernels and no allocation.
 
     ``r``, ``x``, ``s`` are scratch buffers of the slice's shape in the state dtype;
     ``grad`` is in the state dtype too. ``one`` is a 0-dim tensor holding 1.
@@ -383,8 +382,8 @@ def _update_slice(
     torch.lerp(s, one, x, out=mem)
     x.clamp_max_(lr)
     torch.sqrt(exp_avg_sq, out=r).add_(eps)
-    x.div_(r)
-    param.addcmul_(grad, x, value=-1.0)
+    x.mul_(grad)
+    param.addcdiv_(x, r, value=-1.0)  # fused divide: cheaper than div_ + addcmul_
 
 
 def _single_tensor_smorms3(
@@ -400,63 +399,73 @@ def _single_tensor_smorms3(
     weight_decay: float,
     maximize: bool,
 ) -> None:
-    # One scratch block per (device, dtype), reused by every tensor and slice: the
-    # seed's fresh full-size temporaries per step dominate its run time.
-    scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+    # Scratch memory is one block per (device, dtype) for the whole call, sliced per
+    # tensor: fresh full-size temporaries (the seed's ten per tensor) cost page
+    # faults and DRAM traffic. Tensors above _CHUNK_NUMEL go through it in slices.
+    transform = maximize or weight_decay != 0
+    blocks: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+    views: dict[tuple[torch.device, torch.dtype, torch.Size], tuple[Tensor, ...]] = {}
     ones: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-    needs_grad_buffer = maximize or weight_decay != 0
+    largest = min(_CHUNK_NUMEL, max(p.numel() for p in params))
+
+    def scratch(like: Tensor, shape: torch.Size, numel: int) -> tuple[Tensor, ...]:
+        """Four scratch tensors of ``shape`` (``numel`` elements) like ``like``."""
+        key = (like.device, like.dtype, shape)
+        bufs = views.get(key)
+        if bufs is None:
+            block_key = (like.device, like.dtype)
+            block = blocks.get(block_key)
+            if block is None:
+                block = torch.empty((4, largest), dtype=like.dtype, device=like.device)
+                blocks[block_key] = block
+                ones[block_key] = torch.ones((), dtype=like.dtype, device=like.device)
+            bufs = tuple(row[:numel].view(shape) for row in block)
+            views[key] = bufs
+        return bufs
+
     for i, param in enumerate(params):
         grad, mem, exp_avg, exp_avg_sq = grads[i], mems[i], exp_avgs[i], exp_avg_sqs[i]
         state_steps[i] += 1
         numel = param.numel()
         if numel == 0:
             continue
-        key = (mem.device, mem.dtype)
-        if key not in ones:
-            ones[key] = torch.ones((), dtype=mem.dtype, device=mem.device)
-        one = ones[key]
-        n_buffers = 4 if needs_grad_buffer or grad.dtype != mem.dtype else 3
-        tensors = (param, grad, mem, exp_avg, exp_avg_sq)
-        if not all(t.is_contiguous() for t in tensors):
+        needs_grad_buffer = transform or grad.dtype != mem.dtype
+        contiguous = (
+            param.is_contiguous()
+            and grad.is_contiguous()
+            and mem.is_contiguous()
+            and exp_avg.is_contiguous()
+            and exp_avg_sq.is_contiguous()
+        )
+        if not contiguous:
             # Rare (channels_last params, strided grads): whole-tensor temporaries.
-            bufs = [
-                torch.empty_like(mem, memory_format=torch.preserve_format)
-                for _ in range(n_buffers)
-            ]
-            g = _effective_grad(
-                param,
-                grad,
-                bufs[3] if n_buffers == 4 else None,
-                weight_decay=weight_decay,
-                maximize=maximize,
-            )
-            _update_slice(
-                param, g, mem, exp_avg, exp_avg_sq, *bufs[:3], one, lr=lr, eps=eps
-            )
+            r, x, s, g = (torch.empty_like(mem) for _ in range(4))
+            if needs_grad_buffer:
+                grad = _effective_grad(
+                    param, grad, g, weight_decay=weight_decay, maximize=maximize
+                )
+            one = torch.ones((), dtype=mem.dtype, device=mem.device)
+            _update_slice(param, grad, mem, exp_avg, exp_avg_sq, r, x, s, one, lr, eps)
             continue
-        block = scratch.get(key)
-        size = min(numel, _CHUNK_NUMEL)
-        if block is None or block.shape[1] < size or block.shape[0] < n_buffers:
-            rows = max(n_buffers, 0 if block is None else block.shape[0])
-            cols = max(size, 0 if block is None else block.shape[1])
-            block = torch.empty((rows, cols), dtype=mem.dtype, device=mem.device)
-            scratch[key] = block
-        flat = [t.view(-1) for t in tensors]
-        for start in range(0, numel, _CHUNK_NUMEL):
-            stop = min(start + _CHUNK_NUMEL, numel)
-            if start == 0 and stop == numel:
-                p_, g_, m_, ea_, eas_ = flat
-            else:
-                p_, g_, m_, ea_, eas_ = (t[start:stop] for t in flat)
-            bufs = [block[k, : stop - start] for k in range(n_buffers)]
-            g_ = _effective_grad(
-                p_,
-                g_,
-                bufs[3] if n_buffers == 4 else None,
-                weight_decay=weight_decay,
-                maximize=maximize,
-            )
-            _update_slice(p_, g_, m_, ea_, eas_, *bufs[:3], one, lr=lr, eps=eps)
+        if numel <= _CHUNK_NUMEL:
+            r, x, s, g = scratch(mem, param.shape, numel)
+            if needs_grad_buffer:
+                grad = _effective_grad(
+                    param, grad, g, weight_decay=weight_decay, maximize=maximize
+                )
+            one = ones[(mem.device, mem.dtype)]
+            _update_slice(param, grad, mem, exp_avg, exp_avg_sq, r, x, s, one, lr, eps)
+            continue
+        flat = (param, grad, mem, exp_avg, exp_avg_sq)
+        slices = zip(*(t.view(-1).split(_CHUNK_NUMEL) for t in flat))
+        for p_, d_, m_, ea_, eas_ in slices:
+            r, x, s, g = scratch(mem, p_.shape, p_.numel())
+            if needs_grad_buffer:
+                d_ = _effective_grad(
+                    p_, d_, g, weight_decay=weight_decay, maximize=maximize
+                )
+            one = ones[(mem.device, mem.dtype)]
+            _update_slice(p_, d_, m_, ea_, eas_, r, x, s, one, lr, eps)
 
 
 def _multi_tensor_smorms3(
@@ -515,8 +524,8 @@ def _multi_tensor_smorms3(
         torch._foreach_clamp_max_(x, lr)
         den = torch._foreach_sqrt(device_exp_avg_sqs)
         torch._foreach_add_(den, eps)
-        torch._foreach_div_(x, den)
-        torch._foreach_addcmul_(device_params, g, x, value=-1.0)
+        torch._foreach_mul_(x, g)
+        torch._foreach_addcdiv_(device_params, x, den, value=-1.0)
 
 
 def _fused_kernel_body(
@@ -542,8 +551,8 @@ def _fused_kernel_body(
     exp_avg_sq.lerp_(g * g, r)
     x = exp_avg * exp_avg / (exp_avg_sq + eps)
     mem.copy_(torch.lerp(s, torch.ones_like(s), x))
-    rate = torch.minimum(x, lr) / (exp_avg_sq.sqrt() + eps)
-    param.copy_(param.to(mem.dtype) - g * rate)
+    step = torch.minimum(x, lr) * g / (exp_avg_sq.sqrt() + eps)
+    param.copy_(param.to(mem.dtype) - step)
 
 
 def _compiled_kernel() -> Callable[..., None]:
