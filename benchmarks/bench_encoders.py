@@ -15,6 +15,8 @@ after one untimed warm-up block per variant. Reported: median / min / max over r
 the time per pass; ratios of medians; the paired ratio (per rep, to the reference
 block of the same rep) as median [min, max]; psi = median % of a block's wall time in
 which some task waited for a CPU (``/proc/pressure/cpu``), a sign of a busy machine.
+On a shared machine, ``--threads 1 --clock cpu`` times this process's CPU time, which
+waiting for the CPU does not inflate.
 
 Run: ``python benchmarks/bench_encoders.py`` (about a minute) or ``--quick``.
 """
@@ -59,7 +61,10 @@ def _psi_us() -> int | None:
 
 
 def measure(
-    variants: dict[str, tuple[Callable[[], object], int]], reps: int, seed: int
+    variants: dict[str, tuple[Callable[[], object], int]],
+    reps: int,
+    seed: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, dict[str, list[float]]]:
     """Times ``iters`` calls of each variant per block, blocks shuffled per rep.
 
@@ -76,14 +81,14 @@ def measure(
         for name in names:
             fn, iters = variants[name]
             psi0 = _psi_us()
-            t0 = time.perf_counter()
+            w0, t0 = time.perf_counter(), clock()
             for _ in range(iters):
                 fn()
-            elapsed = time.perf_counter() - t0
+            elapsed, wall = clock() - t0, time.perf_counter() - w0
             psi1 = _psi_us()
             results[name]["s"].append(elapsed / iters)
             if psi0 is not None and psi1 is not None:
-                results[name]["psi"].append(100 * (psi1 - psi0) / 1e6 / elapsed)
+                results[name]["psi"].append(100 * (psi1 - psi0) / 1e6 / wall)
     return results
 
 
@@ -184,7 +189,7 @@ def bench_packing(
         "CharGRUEncoder(ids, lengths)": (lambda: enc(ids, lengths), 10 if q else 40),
     }
     with torch.no_grad():
-        fwd = measure(fwd_variants, args.reps, args.seed)
+        fwd = measure(fwd_variants, args.reps, args.seed, args.clock)
     refs = {"loop": "per-word loop", "bare": "bare pack_padded_sequence + nn.GRU"}
     out = print_table(
         f"forward (no_grad), {args.reps} reps; time per pass over {N_WORDS} words",
@@ -202,7 +207,7 @@ def bench_packing(
         lambda: enc_train(ids).sum().backward(),
         5 if q else 20,
     )
-    bwd = measure(bwd_variants, args.reps, args.seed + 1)
+    bwd = measure(bwd_variants, args.reps, args.seed + 1, args.clock)
     out_bwd = print_table(
         f"forward+backward (sum of states), {args.reps} reps; time per pass over "
         f"{N_WORDS} words",
@@ -251,7 +256,7 @@ def bench_dedup(
                 "dedup=True": (lambda b=backward: run(True, b), iters),
             }
             with torch.set_grad_enabled(backward):
-                res = measure(variants, args.reps, args.seed + 2)
+                res = measure(variants, args.reps, args.seed + 2, args.clock)
             mode = "forward+backward" if backward else "forward (no_grad)"
             s = print_table(
                 f"{label}, {mode}, {args.reps} reps; time per batch of {n_tokens} "
@@ -275,15 +280,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=None, help="default 7 (quick: 3)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: this process's CPU time (time.process_time), which time spent "
+        "waiting for a busy CPU does not inflate; meaningful with --threads 1",
+    )
     args = parser.parse_args(argv)
     if args.reps is None:
         args.reps = 3 if args.quick else 7
+    args.clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     print(
         f"python {platform.python_version()} | torch {torch.__version__} | numpy "
-        f"{np.__version__} | threads {torch.get_num_threads()} | {platform.machine()}"
+        f"{np.__version__} | threads {torch.get_num_threads()} | {platform.machine()} "
+        f"| clock {args.clock.__name__}"
     )
     packing = bench_packing(args, gen)
     dedup = bench_dedup(args, gen)
