@@ -57,9 +57,9 @@ _CONTENT_TYPES = {
     ".png": "image/png",
 }
 _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
-_KEEP_ALL = (
-    2**31 - 1
-)  # downsample for --samples_per_plugin=gradflow=0 (0 reads nothing)
+# read_tensors' downsample for --samples_per_plugin=gradflow=0 ("keep all"):
+# downsample=0 would read nothing.
+_KEEP_ALL = 2**31 - 1  # steps
 _READ_BYTES = 192 * 2**20  # one read_tensors reply, below gRPC's 256 MiB limit
 _DEFAULT_HEATMAP_COLUMNS = 1000  # step columns
 _MAX_HEATMAP_COLUMNS = 100_000  # step columns
@@ -74,9 +74,10 @@ class GradFlowPlugin(base_plugin.TBPlugin):
     """Per-layer gradient statistics logged by ``tb_gradflow.watch``."""
 
     plugin_name = PLUGIN_NAME
-    listing_ttl = 1.0  # s a run's list_tensors answer is trusted (TB reloads every 5 s)
-    """Each uncached ``list_tensors`` costs ~45 ms with the Rust data server (its
-    gRPC replies stall on delayed ACKs), more than a cached ``flow`` answer."""
+    # Seconds a run's list_tensors answer is trusted (TensorBoard reloads every
+    # 5 s). With the Rust data server a list_tensors call often takes ~45 ms
+    # (replies stall on delayed ACKs), more than a cached `flow` answer.
+    listing_ttl = 1.0
 
     def __init__(self, context: base_plugin.TBContext) -> None:
         self._data_provider = context.data_provider
@@ -433,6 +434,10 @@ class _Entry:
         if stat not in self.run.stats:
             raise errors.InvalidArgumentError(
                 f"Invalid stat: {stat!r} (one of {', '.join(self.run.stats)})"
+            )
+        if not 1 <= columns <= _MAX_HEATMAP_COLUMNS:
+            raise errors.InvalidArgumentError(
+                f"Invalid max_steps: {columns!r} (from 1 to {_MAX_HEATMAP_COLUMNS})"
             )
         with self._lock:  # keeps the latest only: the encoded bodies are reused
             if self._heatmap is None or self._heatmap[0] != (stat, columns):

@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 import pytest
-from tensorboard import default, program
+from tensorboard import context, default, errors, program
 from tensorboard.backend import application
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
 from tensorboard.backend.event_processing import plugin_event_multiplexer
@@ -543,3 +543,16 @@ def test_a_run_too_large_for_one_grpc_reply_is_read_sampled(
     assert asked == [DEFAULT_SAMPLES_PER_RUN, 4]
     assert len(steps) == 4 and steps[-1] == 50
     assert "does not fit in one data-server reply" in caplog.text
+
+
+def test_impls_return_builtins_for_direct_callers(logdir):
+    provider = make_client(logdir)[0].application._data_provider
+    gradflow = plugin.GradFlowPlugin(base_plugin.TBContext(data_provider=provider))
+    ctx = context.RequestContext()
+    heatmap = gradflow.heatmap_impl(ctx, "", "healthy", None, "abs_mean", 2)
+    assert heatmap["values"] == [[0.5, INF], [0.25, 0.0], [0.125, 0.125]]
+    assert type(heatmap["values"][0][0]) is float
+    flow = gradflow.flow_impl(ctx, "", "healthy", "gradflow", 20)
+    assert flow["step"] == 20 and flow["alerts"] == [BLOCKED]
+    with pytest.raises(errors.InvalidArgumentError, match="max_steps"):
+        gradflow.heatmap_impl(ctx, "", "healthy", None, "abs_mean", 0)

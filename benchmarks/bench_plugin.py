@@ -1,0 +1,254 @@
+"""Latency of the Gradient Flow plugin's routes through TensorBoard's WSGI app.
+
+Writes one synthetic run (default 500 layers x 10,000 logged steps) with
+tb_gradflow.summary, loads it with TensorBoard's Rust data server and/or its
+Python multiplexer (the two ``--load_fast`` modes), and reports for ``flow`` and
+``heatmap`` (binary and JSON):
+
+* cold: the first request after new data (one more step appended and ingested),
+  i.e. a re-read through the data provider, plus the diagnosis for ``flow``;
+* warm: the median of repeated identical requests (served from the cache;
+  within the plugin's ``listing_ttl`` of 1 s, so without a ``list_tensors``);
+* warm, re-checked: the same after ``listing_ttl`` (a ``list_tensors`` call that
+  finds no new data), as when the tab polls;
+
+and the heatmap's payload sizes and the event-file bytes per layer, statistic
+and step. Issue 3's targets (2-core machine): warm flow <= 50 ms, warm heatmap
+<= 300 ms, cold <= 1.5 s, <= 5 bytes per layer, statistic and step.
+
+Usage:
+    python benchmarks/bench_plugin.py                 # both providers (~2-4 min)
+    python benchmarks/bench_plugin.py --provider rust --steps 2000   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+from tensorboard import context
+from tensorboard.backend import application
+from tensorboard.backend.event_processing import data_provider as tb_data_provider
+from tensorboard.backend.event_processing import plugin_event_multiplexer
+from tensorboard.compat.proto import event_pb2
+from tensorboard.data import server_ingester
+from tensorboard.plugins import base_plugin
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.util import grpc_util
+from werkzeug import test as werkzeug_test
+from werkzeug import wrappers
+
+from tb_gradflow import metadata
+from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN, GradFlowLoader
+from tb_gradflow.summary import gradflow_pb
+
+RUN = "big"
+
+
+class Run:
+    """The synthetic run: lognormal statistics, one layer blocked half-way."""
+
+    def __init__(self, logdir: str, layers: int) -> None:
+        self.layout = metadata.Layout(
+            layers=tuple(f"block{i}.weight" for i in range(layers)),
+            sparse=(False,) * layers,
+        )
+        self.writer = EventFileWriter(os.path.join(logdir, RUN), max_queue_size=100)
+        self.rng = np.random.default_rng(0)
+        self.steps = 0
+
+    def write(self, n: int) -> None:
+        n_layers = len(self.layout.layers)
+        for _ in range(n):
+            mean = np.exp(self.rng.normal(np.log(1e-3), 1.0, n_layers))  # (L,)
+            if self.steps > 5000:
+                mean[7] = 0.0
+            stats = np.stack(
+                [mean, 5 * mean, 30 * mean, np.zeros(n_layers), np.ones(n_layers)]
+            )  # (K, L)
+            summary = gradflow_pb(
+                self.layout, stats, [0.0, np.nan], with_metadata=self.steps == 0
+            )
+            event = event_pb2.Event(
+                step=self.steps, wall_time=time.time(), summary=summary
+            )
+            self.writer.add_event(event)
+            self.steps += 1
+        self.writer.flush()
+
+
+class Rust:
+    """TensorBoard's Rust data server (``--load_fast=true``)."""
+
+    name = "rust data server"
+
+    def __init__(self, logdir: str) -> None:
+        flags = argparse.Namespace(samples_per_plugin={})
+        GradFlowLoader().fix_flags(flags)  # what `tensorboard --logdir` does
+        self.ingester = server_ingester.SubprocessServerDataIngester(
+            server_binary=server_ingester.get_server_binary(),
+            logdir=logdir,
+            reload_interval=1,
+            channel_creds_type=grpc_util.ChannelCredsType.LOCAL,
+            samples_per_plugin=flags.samples_per_plugin,
+        )
+        self.ingester.start()
+        self.provider = self.ingester.data_provider
+
+    def reload(self) -> None:
+        pass  # reloads by itself every second
+
+    def close(self) -> None:
+        # The server runs with --die-after-stdin; TensorBoard has no stop method.
+        self.ingester._stdin_handle.close()
+
+
+class Python:
+    """TensorBoard's Python multiplexer (``--load_fast=false``)."""
+
+    name = "python multiplexer"
+
+    def __init__(self, logdir: str) -> None:
+        self.mux = plugin_event_multiplexer.EventMultiplexer(
+            tensor_size_guidance={metadata.PLUGIN_NAME: DEFAULT_SAMPLES_PER_RUN}
+        )
+        self.mux.AddRunsFromDirectory(logdir)
+        self.provider = tb_data_provider.MultiplexerDataProvider(self.mux, logdir)
+
+    def reload(self) -> None:
+        self.mux.Reload()
+
+    def close(self) -> None:
+        pass
+
+
+def wait_for_step(provider, step: int, timeout: float = 600.0) -> float:
+    """Seconds until the provider lists ``step`` as the run's last step."""
+    start = time.perf_counter()
+    while True:
+        listing = provider.list_tensors(
+            context.RequestContext(), experiment_id="", plugin_name=metadata.PLUGIN_NAME
+        )
+        series = listing.get(RUN, {}).get("gradflow")
+        if series is not None and series.max_step >= step:
+            return time.perf_counter() - start
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError(f"step {step} not ingested after {timeout} s")
+        time.sleep(0.05)
+
+
+def timed(fn: Callable[[], wrappers.Response]) -> tuple[float, wrappers.Response]:
+    start = time.perf_counter()
+    response = fn()
+    elapsed = time.perf_counter() - start
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    return elapsed, response
+
+
+def bench(backend, run: Run, repeats: int, cold_repeats: int) -> None:
+    if isinstance(backend, Python):
+        start = time.perf_counter()
+        backend.reload()
+        print(f"  ingestion (Reload): {time.perf_counter() - start:.1f} s")
+    else:
+        print(f"  ingestion: {wait_for_step(backend.provider, run.steps - 1):.1f} s")
+    loader = GradFlowLoader()
+    plugin = loader.load(
+        base_plugin.TBContext(
+            data_provider=backend.provider,
+            sampling_hints={metadata.PLUGIN_NAME: DEFAULT_SAMPLES_PER_RUN},
+        )
+    )
+    app = application.TensorBoardWSGI([plugin], data_provider=backend.provider)
+    client = werkzeug_test.Client(app, wrappers.Response)
+    base = "/data/plugin/gradflow/"
+    routes = {
+        "flow": lambda: client.get(base + "flow", query_string={"run": RUN}),
+        "heatmap binary": lambda: client.get(
+            base + "heatmap",
+            query_string={"run": RUN, "stat": "abs_mean", "format": "binary"},
+        ),
+        "heatmap json": lambda: client.get(
+            base + "heatmap",
+            query_string={"run": RUN, "stat": "abs_mean"},
+            headers={"Accept-Encoding": "gzip"},
+        ),
+    }
+    print(
+        f"  | route | cold s (median of {cold_repeats}) [min, max] "
+        f"| warm ms (median of {repeats}) [min, max] "
+        f"| warm, list_tensors re-checked, ms (median of {cold_repeats}) |"
+    )
+    print("  |---|---:|---:|---:|")
+    for name, request in routes.items():
+        colds, checked = [], []
+        for _ in range(cold_repeats):
+            run.write(1)  # new data: the cached run is stale
+            backend.reload()
+            wait_for_step(backend.provider, run.steps - 1)
+            time.sleep(plugin.listing_ttl)  # until the plugin asks list_tensors again
+            colds.append(timed(request)[0])
+        for _ in range(cold_repeats):
+            time.sleep(plugin.listing_ttl)  # no new data, but asked again
+            checked.append(timed(request)[0])
+        warms = [timed(request)[0] for _ in range(repeats)]
+        print(
+            f"  | {name} | {statistics.median(colds):.2f} "
+            f"[{min(colds):.2f}, {max(colds):.2f}] | "
+            f"{1e3 * statistics.median(warms):.1f} "
+            f"[{1e3 * min(warms):.1f}, {1e3 * max(warms):.1f}] | "
+            f"{1e3 * statistics.median(checked):.1f} |"
+        )
+    binary = routes["heatmap binary"]().get_data()
+    zipped = routes["heatmap json"]().get_data()
+    json_mb = len(gzip.decompress(zipped)) / 1e6
+    print(
+        f"  heatmap payload ({len(run.layout.layers)} layers x 1000 columns): "
+        f"binary {len(binary) / 1e6:.2f} MB, JSON {json_mb:.2f} MB "
+        f"({len(zipped) / 1e6:.2f} MB gzipped)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=20, help="warm requests")
+    parser.add_argument("--cold-repeats", type=int, default=3, help="cold requests")
+    parser.add_argument(
+        "--provider", choices=("rust", "python", "both"), default="both"
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as logdir:
+        run = Run(logdir, args.layers)
+        start = time.perf_counter()
+        run.write(args.steps)
+        size = sum(
+            os.path.getsize(os.path.join(logdir, RUN, f))
+            for f in os.listdir(os.path.join(logdir, RUN))
+        )
+        per_value = size / (args.layers * len(run.layout.stats) * run.steps)
+        print(
+            f"{args.layers} layers x {args.steps} steps: wrote {size / 1e6:.1f} MB "
+            f"in {time.perf_counter() - start:.1f} s, {per_value:.3f} bytes per "
+            f"layer, statistic and step ({len(run.layout.stats)} statistics)"
+        )
+        kinds = {"rust": [Rust], "python": [Python], "both": [Rust, Python]}
+        for kind in kinds[args.provider]:
+            backend = kind(logdir)
+            print(f"\n{backend.name}:")
+            try:
+                bench(backend, run, args.repeats, args.cold_repeats)
+            finally:
+                backend.close()
+        run.writer.close()
+
+
+if __name__ == "__main__":
+    main()
