@@ -483,19 +483,28 @@ def test_half_precision_state_survives_load_state_dict():
     not os.environ.get("TRAINKIT_TEST_COMPILE"),
     reason="compiles with torch.compile (tens of seconds); set TRAINKIT_TEST_COMPILE=1",
 )
-def test_fused_compiled_matches_per_tensor():
+def test_fused_compiled_matches_per_tensor_without_recompiling():
     gen = torch.Generator().manual_seed(6)
     shapes = [(300,), (17, 5), (1,)]
     ours = [nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
     base = [nn.Parameter(p.detach().clone()) for p in ours]
     opt, ref = SMORMS3(ours, lr=0.02, fused=True), SMORMS3(base, lr=0.02)
-    for lr in (0.02, 0.01):  # a new lr (as from a scheduler) must not recompile
+    for step, lr in enumerate((0.02, 0.01, 0.005)):
         for group in (*opt.param_groups, *ref.param_groups):
-            group["lr"] = lr
+            group["lr"] = lr  # as a scheduler would
         for a, b in zip(ours, base):
             a.grad = torch.randn(a.shape, generator=gen)
             b.grad = a.grad.clone()
-        opt.step()
+        if step == 0:
+            opt.step()  # compiles
+        else:
+            # a new lr must not recompile (it is passed as a tensor)
+            with torch.compiler.set_stance("fail_on_recompile"):
+                opt.step()
         ref.step()
     for a, b in zip(ours, base):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    other = nn.Parameter(torch.randn(40, 3))  # another size: no recompile either
+    other.grad = torch.randn(40, 3)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        SMORMS3([other], fused=True).step()

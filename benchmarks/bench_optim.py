@@ -1,0 +1,261 @@
+"""Benchmark: SMORMS3's step time against torch's Adam and the seed's SMORMS3.
+
+Two parameter sets, float32, gradients N(0, 1) set once (step time only, no
+forward/backward): (a) 200 tensors of 256 x 256 (13.1M parameters, many small
+tensors) and (b) one 4096 x 4096 tensor (16.8M parameters, one large tensor).
+Variants:
+
+- Adam default: ``torch.optim.Adam(params)``, which picks the per-tensor path on the
+  CPU (foreach on CUDA),
+- Adam foreach=True and Adam fused=True,
+- seed SMORMS3: the seed's per-parameter loop ("Implementing The SMORMS3 Optimizer in
+  PyTorch"), rewritten with current torch calls but with its temporaries kept,
+- trainkit SMORMS3 default (per-tensor on the CPU), foreach=True and fused=True
+  (``torch.compile``; its one-time compile cost is timed separately and printed).
+
+Method (../shared/research/baselines.md, "Method"): one process, 2 threads; each rep
+times one block of every variant, in a new shuffled order per rep, after one warm-up
+block each. Reported: median / min / max over reps of the time per step, ratios of
+medians, the paired ratio (per rep, to the Adam-default block of the same rep), and
+psi = the share of a block's wall time in which some runnable task waited for a CPU
+(/proc/pressure/cpu); a high psi means other processes disturbed the figures.
+
+Run one at a time on a shared machine:
+``flock /tmp/bench.lock .venv/bin/python benchmarks/bench_optim.py`` (``--quick`` for
+a smoke run on smaller tensors, ``--no-fused`` to skip the compiled variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+# A fresh inductor cache, so "first step" of fused=True is the cold compile cost
+# (a second process with the default cache would reuse the compiled kernel).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="bench_opt"))
+
+import torch
+
+from trainkit.optim import SMORMS3
+
+LR = 1e-3
+
+
+class SeedSMORMS3(torch.optim.Optimizer):
+    """The seed's SMORMS3, as the baseline: one loop over parameters, about ten
+    full-size temporaries per tensor per step, ``eps`` outside the param groups.
+    Rewritten without ``.data`` and the removed ``add_(scalar, tensor)`` form."""
+
+    def __init__(self, params, lr: float = LR, eps: float = 1e-16) -> None:
+        super().__init__(params, {"lr": lr})
+        self.eps = eps
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr = group["lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if not state:
+                    state["mem"] = torch.ones_like(p)
+                    state["g"] = torch.zeros_like(p)
+                    state["g2"] = torch.zeros_like(p)
+                mem, g, g2 = state["mem"], state["g"], state["g2"]
+                r = 1.0 / (mem + 1.0)
+                g.mul_(1 - r).addcmul_(r, grad)
+                g2.mul_(1 - r).addcmul_(r, grad**2)
+                div = g2 + self.eps
+                mem.mul_(1 - (g**2 / div)).add_(1.0)
+                rate = torch.clamp(g**2 / div, max=lr)
+                p.sub_(rate * grad / (g2.sqrt() + self.eps))
+
+
+Factory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+
+VARIANTS: dict[str, Factory] = {
+    "Adam default (per-tensor on CPU)": lambda ps: torch.optim.Adam(ps, lr=LR),
+    "Adam foreach=True": lambda ps: torch.optim.Adam(ps, lr=LR, foreach=True),
+    "Adam fused=True": lambda ps: torch.optim.Adam(ps, lr=LR, fused=True),
+    "seed SMORMS3 (per-param loop)": lambda ps: SeedSMORMS3(ps, lr=LR),
+    "SMORMS3 default": lambda ps: SMORMS3(ps, lr=LR),
+    "SMORMS3 foreach=True": lambda ps: SMORMS3(ps, lr=LR, foreach=True),
+    "SMORMS3 fused=True (compiled)": lambda ps: SMORMS3(ps, lr=LR, fused=True),
+}
+ADAM = "Adam default (per-tensor on CPU)"
+ADAM_FUSED = "Adam fused=True"
+SEED = "seed SMORMS3 (per-param loop)"
+OURS = "SMORMS3 default"
+OURS_FUSED = "SMORMS3 fused=True (compiled)"
+
+
+def read_psi_us() -> int | None:
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return int(f.readline().split("total=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def time_block(run: Callable[[], object], iters: int) -> tuple[float, float]:
+    """(ms per call, psi %) of one block of ``iters`` calls."""
+    psi0 = read_psi_us()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        run()
+    wall = time.perf_counter() - t0
+    psi1 = read_psi_us()
+    psi = math.nan if psi0 is None or psi1 is None else (psi1 - psi0) / 1e4 / wall
+    return wall / iters * 1e3, psi
+
+
+def make_params(
+    shapes: list[tuple[int, ...]], grads: list[torch.Tensor], seed: int
+) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    for p, g in zip(params, grads):
+        p.grad = g  # shared and read-only: no variant writes to .grad
+    return params
+
+
+def check(names: list[str]) -> None:
+    """Max |difference| to the seed's SMORMS3 after 5 steps on 3 x (300, 200)."""
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(300, 200)] * 3
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(5)]
+    finals = {}
+    for name in [SEED, *names]:
+        params = make_params(shapes, grads[0], seed=2)
+        opt = VARIANTS[name](params)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g
+            opt.step()
+        finals[name] = torch.cat([p.detach().reshape(-1) for p in params])
+    for name in names:
+        diff = (finals[name] - finals[SEED]).abs().max().item()
+        print(f"  {name}: max |param - seed's| after 5 steps = {diff:.2g}")
+    print()
+
+
+def bench(
+    label: str,
+    shapes: list[tuple[int, ...]],
+    names: list[str],
+    reps: int,
+    iters: int,
+    rng: random.Random,
+) -> dict[str, float]:
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    steps: dict[str, Callable[[], object]] = {}
+    first_step_s: dict[str, float] = {}
+    for name in names:
+        opt = VARIANTS[name](make_params(shapes, grads, seed=1))
+        t0 = time.perf_counter()
+        opt.step()  # creates the state; compiles the fused kernel when needed
+        first_step_s[name] = time.perf_counter() - t0
+        steps[name] = opt.step
+    times: dict[str, list[float]] = {k: [] for k in names}
+    psis: dict[str, list[float]] = {k: [] for k in names}
+    for name in names:
+        time_block(steps[name], iters)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        order = list(names)
+        rng.shuffle(order)
+        for name in order:
+            ms, psi = time_block(steps[name], iters)
+            times[name].append(ms)
+            psis[name].append(psi)
+    took = time.perf_counter() - t0
+
+    numel = sum(math.prod(s) for s in shapes)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"{label}: {len(shapes)} x {list(shapes[0])} ({numel / 1e6:.1f}M params), "
+        f"{reps} reps x {iters} steps per variant, ms per step; took {took:.0f}s"
+    )
+    print()
+    print(
+        "| variant | median ms | min ms | max ms | ratio vs Adam default "
+        "| paired ratio med [min, max] | first step s | psi % |"
+    )
+    print("|---|---:|---:|---:|---:|---|---:|---:|")
+    for name in names:
+        ts = times[name]
+        paired = sorted(t / b for t, b in zip(ts, times[ADAM]))
+        print(
+            f"| {name} | {med[name]:.2f} | {min(ts):.2f} | {max(ts):.2f} "
+            f"| {med[name] / med[ADAM]:.2f} | {statistics.median(paired):.2f} "
+            f"[{paired[0]:.2f}, {paired[-1]:.2f}] | {first_step_s[name]:.2f} "
+            f"| {statistics.median(psis[name]):.0f} |"
+        )
+    print()
+    result = {
+        "default/adam": med[OURS] / med[ADAM],
+        "seed/default": med[SEED] / med[OURS],
+        "psi": statistics.median(psis[OURS]),
+    }
+    if OURS_FUSED in med:
+        result["fused/adam_fused"] = med[OURS_FUSED] / med[ADAM_FUSED]
+        result["compile_s"] = first_step_s[OURS_FUSED]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--no-fused", action="store_true", help="skip fused=True")
+    parser.add_argument("--reps", type=int, default=None, help="reps (default 7)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="shuffle seed")
+    args = parser.parse_args()
+    reps = args.reps or (2 if args.quick else 7)
+    names = [n for n in VARIANTS if not (args.no_fused and n == OURS_FUSED)]
+
+    torch.set_num_threads(args.threads)
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, {platform.machine()}"
+        + (" [--quick: smoke run, figures not meaningful]" if args.quick else "")
+    )
+    print()
+    rng = random.Random(args.seed)
+    if args.quick:
+        sets = [("(a)", [(128, 128)] * 20, 2), ("(b)", [(1024, 1024)], 2)]
+    else:
+        sets = [("(a)", [(256, 256)] * 200, 5), ("(b)", [(4096, 4096)], 3)]
+    results = {
+        label: bench(label, shapes, names, reps, iters, rng)
+        for label, shapes, iters in sets
+    }
+    print("Agreement with the seed's SMORMS3:")
+    check([n for n in names if n.startswith("SMORMS3")])
+    print("Summary (ratios of medians; targets: default <= 1.5, fused <= 1.5,")
+    print("seed / default >= 3 on (b)):")
+    for label, r in results.items():
+        line = (
+            f"  {label}: SMORMS3 default / Adam default = {r['default/adam']:.2f}, "
+            f"seed / SMORMS3 default = {r['seed/default']:.1f}x"
+        )
+        if "fused/adam_fused" in r:
+            line += (
+                f", SMORMS3 fused / Adam fused = {r['fused/adam_fused']:.2f} "
+                f"(first step incl. compile {r['compile_s']:.1f}s)"
+            )
+        print(line + f", psi {r['psi']:.0f} %")
+
+
+if __name__ == "__main__":
+    main()
