@@ -44,6 +44,7 @@ class DemoConfig:
     hidden: int = 32  # LSTM width
     lr: float = 1e-2
     seed: int = 0
+    overfit_steps: int = 150  # most steps of the overfit-one-batch check
 
 
 class SequenceClassifier(nn.Module):
@@ -93,7 +94,7 @@ def train(
     model = SequenceClassifier(cfg.features, cfg.hidden)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     with SummaryWriter(os.path.join(logdir, name)) as writer:
-        checks = _sanity_checks(model, inputs[:16], labels[:16], opt)
+        checks = _sanity_checks(model, inputs[:16], labels[:16], opt, cfg)
         with watch(model, writer, optimizer=opt):
             loss = _train_loop(name, model, opt, inputs, labels, writer, cfg, progress)
         writer.flush()
@@ -129,14 +130,19 @@ def _train_loop(
     return loss.item()
 
 
-def _sanity_checks(model, inputs, labels, opt) -> list:
+def _sanity_checks(model, inputs, labels, opt, cfg: DemoConfig) -> list:
     """The seeds' hints, run on copies before training (the model is unchanged)."""
     from trainkit.checks import check_initial_loss, overfit_batch
 
     return [
         check_initial_loss(model, inputs, labels, num_classes=2),
         overfit_batch(
-            model, inputs, labels, nn.functional.cross_entropy, optimizer=opt, steps=150
+            model,
+            inputs,
+            labels,
+            nn.functional.cross_entropy,
+            optimizer=opt,
+            steps=cfg.overfit_steps,
         ),
     ]
 

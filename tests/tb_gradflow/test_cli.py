@@ -92,7 +92,7 @@ def read_text(run_dir, tag):
 
 
 def test_demo_is_deterministic(tmp_path):
-    cfg = DemoConfig(steps=20)
+    cfg = DemoConfig(steps=20, overfit_steps=5)
     first = run_demo(str(tmp_path / "a"), cfg, progress=False)
     second = run_demo(str(tmp_path / "b"), cfg, progress=False)
     assert first == second
