@@ -209,3 +209,33 @@ def test_online_alerts_agree_with_the_batch_rule(seed):
         live = live[(live >= streak.first_step) & (live <= streak.last_step)]
         need = 3 if f.kind != "nonfinite" else 1
         assert f.first_step == live[need - 1]
+
+
+def test_median_of_others_with_ties_and_gaps_equals_a_loop():
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        t, n = rng.integers(1, 30), rng.integers(1, 10)
+        x = np.round(rng.random((t, n)) * 4) / 4  # many ties
+        x[rng.random((t, n)) < 0.3] = np.nan
+        got = _median_of_others(x)
+        for i in range(t):
+            for j in range(n):
+                rest = np.delete(x[i], j)
+                rest = rest[np.isfinite(rest)]
+                want = np.median(rest) if rest.size else np.nan
+                np.testing.assert_allclose(got[i, j], want)
+
+
+def test_recent_median_equals_a_loop():
+    from tb_gradflow.diagnose import _recent_median
+
+    rng = np.random.default_rng(3)
+    norm = rng.random((50, 4))
+    norm[rng.random((50, 4)) < 0.2] = np.inf
+    got = _recent_median(norm, 5)
+    for t in range(50):
+        for j in range(4):
+            prev = norm[max(0, t - 5) : t, j]
+            prev = prev[np.isfinite(prev)]
+            want = np.median(prev) if prev.size >= 3 else np.nan
+            np.testing.assert_allclose(got[t, j], want)
