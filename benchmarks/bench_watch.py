@@ -1,10 +1,11 @@
 """Training-step time with tb_gradflow.watch against the alternatives, in one run.
 
-Every variant's block of training steps runs once per rep, in a new shuffled
-order per rep (seeded), after one warm-up block each, so slow periods of a
-shared machine hit all variants alike. Reported per variant: median/min/max of
-the per-step time over reps, the ratio of medians to the baseline, the time it
-adds, and the paired ratio (per-rep ratio to the same rep's baseline block).
+(a) a 24-layer MLP of width 512, batch 64; (b) a 2-layer LSTM (hidden 256,
+sequence 50, batch 32). Variants: nothing (twice: the A/A noise), watch every
+step and every 10th, one plain read of the gradients watch reads (the floor for
+any statistic), the seed's per-layer loop, a per-parameter L2-norm loop, and a
+per-parameter ``add_histogram`` loop. Method: ``_harness.py`` (interleaved,
+shuffled blocks; TensorBoard writers flush inside the timed block).
 
 Usage:
     python benchmarks/bench_watch.py            # both models, full run (~3 min)
@@ -14,17 +15,19 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
 
+import _harness
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
+
+BASELINE = "baseline (nothing)"
+SINGLE_READ = "single read: g.abs().sum() per tensor, 1 copy"
 
 
 class MLP(nn.Module):
@@ -67,7 +70,11 @@ def make_case(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor, int]:
 
 def watched_weights(model: nn.Module) -> list[nn.Parameter]:
     """The tensors watch() reads with its defaults (biases excluded)."""
-    return [p for n, p in model.named_parameters() if not n.rsplit(".")[-1].startswith("bias")]
+    return [
+        p
+        for n, p in model.named_parameters()
+        if not n.rsplit(".")[-1].startswith("bias")
+    ]
 
 
 def variant_factories(model, opt, logdir) -> dict[str, Callable]:
@@ -129,74 +136,56 @@ def variant_factories(model, opt, logdir) -> dict[str, Callable]:
         return hook, close
 
     return {
-        "baseline (nothing)": nothing,
+        BASELINE: nothing,
         "baseline again (A/A noise)": nothing,
         "watch(every=1)": watch(1),
         "watch(every=10)": watch(10),
-        "single read: g.abs().sum() per tensor, 1 copy": per_step(single_read),
+        SINGLE_READ: per_step(single_read),
         "seed loop: float(g.abs().mean()) per layer": per_step(seed_loop),
         "per-parameter L2 norm loop, 1 copy": per_step(l2_loop),
         "add_histogram per parameter": histograms,
     }
 
 
-def run_block(model, opt, x, y, steps, factory) -> float:
-    hook, close = factory() if factory else (None, lambda: None)
+def block(model, opt, x, y, steps, factory) -> _harness.Block:
+    """One block of training steps with a variant's hook (set up and torn down
+    inside the block, so writers flush inside the timed region)."""
     loss_fn = nn.CrossEntropyLoss()
-    start = time.perf_counter()
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        if hook is not None:
-            hook()
-        opt.step()
-    close()  # writers flush inside the timed block
-    return (time.perf_counter() - start) / steps
+
+    def run() -> float:
+        hook, close = factory()
+        start = time.perf_counter()
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            if hook is not None:
+                hook()
+            opt.step()
+        close()
+        return (time.perf_counter() - start) / steps
+
+    return run
 
 
-def bench(case: str, reps: int, quick: bool) -> dict[str, list[float]]:
+def bench(case: str, reps: int, quick: bool) -> None:
     torch.manual_seed(0)
     model, x, y, steps = make_case(case)
     if quick:
         steps = 2
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    rng = random.Random(0)
     with tempfile.TemporaryDirectory() as logdir:
         factories = variant_factories(model, opt, logdir)
-        for f in factories.values():  # warm-up block each
-            run_block(model, opt, x, y, steps, f)
-        times: dict[str, list[float]] = {k: [] for k in factories}
-        for _ in range(reps):
-            order = list(factories)
-            rng.shuffle(order)
-            for k in order:
-                times[k].append(run_block(model, opt, x, y, steps, factories[k]))
-    return times
-
-
-def report(case: str, times: dict[str, list[float]]) -> None:
-    base = times["baseline (nothing)"]
-    base_med = statistics.median(base)
-    print(f"\n### {case}: {len(base)} reps, per-step ms (median/min/max), shuffled blocks")
-    print("| variant | median ms | min | max | ratio | added ms | paired ratio [min, max] |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    added = {}
-    for k, ts in times.items():
-        med = statistics.median(ts)
-        paired = [t / b for t, b in zip(ts, base)]
-        added[k] = (med - base_med) * 1e3
-        print(
-            f"| {k} | {med * 1e3:.3f} | {min(ts) * 1e3:.3f} | {max(ts) * 1e3:.3f} "
-            f"| {med / base_med:.3f} | {added[k]:+.3f} | {statistics.median(paired):.3f} "
-            f"[{min(paired):.3f}, {max(paired):.3f}] |"
-        )
-    single = added["single read: g.abs().sum() per tensor, 1 copy"]
-    watch1 = added["watch(every=1)"]
-    hist = added["add_histogram per parameter"]
+        blocks = {k: block(model, opt, x, y, steps, f) for k, f in factories.items()}
+        results = _harness.interleave(blocks, reps)
+    print(f"\n### {case}: {reps} reps x {steps} steps, per-step time")
+    print(_harness.table(results, BASELINE))
+    watch1 = _harness.added_ms(results, "watch(every=1)", BASELINE)
+    single = _harness.added_ms(results, SINGLE_READ, BASELINE)
+    hist = _harness.added_ms(results, "add_histogram per parameter", BASELINE)
     print(
-        f"\n{case}: watch(every=1) adds {watch1:.3f} ms = "
-        f"{watch1 / single:.2f}x what one plain read adds ({single:.3f} ms); "
-        f"add_histogram adds {hist / watch1:.1f}x what watch adds."
+        f"\n{case}: watch(every=1) adds {watch1:.3f} ms = {watch1 / single:.2f}x what "
+        f"one plain read adds ({single:.3f} ms); add_histogram adds "
+        f"{hist / watch1:.1f}x what watch adds."
     )
 
 
@@ -210,7 +199,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     cases = ["mlp", "lstm"] if args.case == "both" else [args.case]
     for case in cases:
-        report(case, bench(case, 2 if args.quick else args.reps, args.quick))
+        bench(case, 2 if args.quick else args.reps, args.quick)
 
 
 if __name__ == "__main__":
