@@ -28,7 +28,7 @@ __all__ = ["SMORMS3", "smorms3"]
 # its own 1 MiB L2; the full-size temporaries of a naive version go to DRAM instead.
 _CHUNK_NUMEL = 1 << 16
 
-# Backend of the opt-in fused path; tests switch it to "eager" to skip code generation.
+# torch.compile backend of the opt-in fused path.
 _FUSED_BACKEND = "inductor"
 _fused_kernels: dict[str, Callable[..., None]] = {}
 
@@ -402,6 +402,8 @@ def _single_tensor_smorms3(
     # Scratch memory is one block per (device, dtype) for the whole call, sliced per
     # tensor: fresh full-size temporaries (the seed's ten per tensor) cost page
     # faults and DRAM traffic. Tensors above _CHUNK_NUMEL go through it in slices.
+    if not params:
+        return
     transform = maximize or weight_decay != 0
     blocks: dict[tuple[torch.device, torch.dtype], Tensor] = {}
     views: dict[tuple[torch.device, torch.dtype, torch.Size], tuple[Tensor, ...]] = {}
@@ -423,9 +425,9 @@ def _single_tensor_smorms3(
             views[key] = bufs
         return bufs
 
+    torch._foreach_add_(state_steps, 1)  # one call instead of one per tensor
     for i, param in enumerate(params):
         grad, mem, exp_avg, exp_avg_sq = grads[i], mems[i], exp_avgs[i], exp_avg_sqs[i]
-        state_steps[i] += 1
         numel = param.numel()
         if numel == 0:
             continue
@@ -540,6 +542,7 @@ def _fused_kernel_body(
     maximize: bool,
     decay: bool,
 ) -> None:
+    # Written without lerp: its two-sided formula costs blends in generated code.
     g = grad.to(mem.dtype)
     if maximize:
         g = -g
@@ -547,11 +550,13 @@ def _fused_kernel_body(
         g = g + weight_decay * param.to(mem.dtype)
     s = mem + 1.0
     r = 1.0 / s
-    exp_avg.lerp_(g, r)
-    exp_avg_sq.lerp_(g * g, r)
-    x = exp_avg * exp_avg / (exp_avg_sq + eps)
-    mem.copy_(torch.lerp(s, torch.ones_like(s), x))
-    step = torch.minimum(x, lr) * g / (exp_avg_sq.sqrt() + eps)
+    ea = exp_avg + r * (g - exp_avg)
+    eas = exp_avg_sq + r * (g * g - exp_avg_sq)
+    x = ea * ea / (eas + eps)
+    exp_avg.copy_(ea)
+    exp_avg_sq.copy_(eas)
+    mem.copy_(s - x * mem)  # 1 + mem * (1 - x)
+    step = torch.minimum(x, lr) * g / (eas.sqrt() + eps)
     param.copy_(param.to(mem.dtype) - step)
 
 
@@ -582,13 +587,18 @@ def _fused_smorms3(
     kernel = _compiled_kernel()
     scalars: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
     small: list[int] = []
+    large: list[Tensor] = []
     for i, param in enumerate(params):
-        numel = param.numel()
-        if numel < 2:
+        if param.numel() < 2:
             # Sizes 0 and 1 would each compile a specialised kernel.
             small.append(i)
+        else:
+            large.append(state_steps[i])
+    if large:
+        torch._foreach_add_(large, 1)
+    for i, param in enumerate(params):
+        if param.numel() < 2:
             continue
-        state_steps[i] += 1
         mem = mems[i]
         tensors = (param, grads[i], mem, exp_avgs[i], exp_avg_sqs[i])
         if all(t.is_contiguous() for t in tensors):
