@@ -9,14 +9,15 @@ Prints, in one run (issue 6):
 3. the speed-up of ``dedup=True`` on a Zipf-distributed batch of running text,
    for the GRU and for Kim et al.'s small CNN.
 
-Method (``shared/research/baselines.md``): all variants of a table run in one process,
-interleaved: each rep runs every variant's block once, in a new random order (seeded),
-after one untimed warm-up block per variant. Reported: median / min / max over reps of
-the time per pass; ratios of medians; the paired ratio (per rep, to the reference
-block of the same rep) as median [min, max]; psi = median % of a block's wall time in
-which some task waited for a CPU (``/proc/pressure/cpu``), a sign of a busy machine.
-On a shared machine, ``--threads 1 --clock cpu`` times this process's CPU time, which
-waiting for the CPU does not inflate.
+Method: ``_harness.py``. All variants of a table run in one process, interleaved:
+each rep runs every variant's block once, in a new random order (seeded), after one
+untimed warm-up block per variant. Reported: median / min / max over reps of the time
+per pass; words/s; speed-ups (words/s ratios: a reference's time / the variant's) of
+medians and, per rep, to the reference block of the same rep, as median [min, max];
+psi = median % of a block's wall time in which some task waited for a CPU
+(``/proc/pressure/cpu``), a sign of a busy machine (a warning when over 10 %). The
+summary adds the ratio of minima. On a shared machine, ``--threads 1 --clock cpu``
+times this process's CPU time, which waiting for the CPU does not inflate.
 
 Run: ``python benchmarks/bench_encoders.py`` (about a minute) or ``--quick``.
 """
@@ -25,12 +26,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import random
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+import _harness
 import numpy as np
 import torch
 from torch import Tensor
@@ -47,17 +47,7 @@ ZIPF_S = 1.0  # Zipf exponent: frequency of rank r is proportional to r ** -s
 ZIPF_SHAPE = (32, 64)  # (B, S): 2,048 tokens of running text
 
 
-_BUSY_PSI = 10  # % of a block's time with tasks waiting for a CPU: a busy machine
 _busy_tables: set[str] = set()
-
-
-def _psi_us() -> int | None:
-    """Microseconds in which some task waited for a CPU, since boot."""
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        return None
-    return int(line.rsplit("total=", 1)[1])
 
 
 def measure(
@@ -65,36 +55,17 @@ def measure(
     reps: int,
     seed: int,
     clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, dict[str, list[float]]]:
-    """Times ``iters`` calls of each variant per block, blocks shuffled per rep.
-
-    Returns per variant: ``"s"``, seconds per call per rep; ``"psi"``, % of each
-    block's wall time with CPU pressure.
-    """
-    rng = random.Random(seed)
-    for fn, _ in variants.values():  # warm-up: allocator, oneDNN primitives
-        fn()
-    results = {name: {"s": [], "psi": []} for name in variants}
-    names = list(variants)
-    for _ in range(reps):
-        rng.shuffle(names)
-        for name in names:
-            fn, iters = variants[name]
-            psi0 = _psi_us()
-            w0, t0 = time.perf_counter(), clock()
-            for _ in range(iters):
-                fn()
-            elapsed, wall = clock() - t0, time.perf_counter() - w0
-            psi1 = _psi_us()
-            results[name]["s"].append(elapsed / iters)
-            if psi0 is not None and psi1 is not None:
-                results[name]["psi"].append(100 * (psi1 - psi0) / 1e6 / wall)
-    return results
+) -> _harness.Results:
+    """``iters`` calls of each variant per block, by ``_harness.interleave``."""
+    blocks = {
+        k: _harness.timed(fn, iters, clock) for k, (fn, iters) in variants.items()
+    }
+    return _harness.interleave(blocks, reps, seed=seed)
 
 
 def print_table(
     title: str,
-    results: dict[str, dict[str, list[float]]],
+    results: _harness.Results,
     words: int,
     refs: dict[str, str],
 ) -> dict[str, tuple[float, float, float]]:
@@ -109,30 +80,28 @@ def print_table(
     print(f"| variant | median ms | min ms | max ms | words/s |{ref_cols} psi % |")
     print("|---|---:|---:|---:|---:|" + "---:|---|" * len(refs) + "---:|")
     speedups = {}
-    for name, r in results.items():
-        t = r["s"]
+    for name in results:
+        t = _harness.seconds(results, name)
         med = statistics.median(t)
         row = (
             f"| {name} | {1e3 * med:.3f} | {1e3 * min(t):.3f} | {1e3 * max(t):.3f} "
             f"| {words / med:,.0f} |"
         )
         for ref in refs.values():
-            tr = results[ref]["s"]
-            speedup = statistics.median(tr) / med  # words/s ratio
-            paired = [a / b for a, b in zip(tr, t)]
+            speedup = _harness.ratio(results, ref, name)  # words/s ratio
+            paired = _harness.paired(results, ref, name)
             speedups[f"{name} / {ref}"] = (
                 speedup,
                 statistics.median(paired),
-                min(tr) / min(t),
+                _harness.ratio(results, ref, name, of=min),
             )
             row += (
                 f" {speedup:.2f}x | {statistics.median(paired):.2f}x "
                 f"[{min(paired):.2f}, {max(paired):.2f}] |"
             )
-        psi = statistics.median(r["psi"]) if r["psi"] else float("nan")
-        if psi > _BUSY_PSI:
-            _busy_tables.add(title.split(";")[0])
-        print(row + f" {psi:.0f} |")
+        print(row + f" {_harness.psi(results, name):.0f} |")
+    if _harness.busy(results):
+        _busy_tables.add(title.split(";")[0])
     return speedups
 
 
@@ -316,10 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, ratios in dedup.items():
         print(f"  dedup speed-up, {name}: {_fmt(ratios, 2)}")
     if _busy_tables:
-        print(
-            f"  WARNING: CPU pressure > {_BUSY_PSI}% in {sorted(_busy_tables)}; "
-            "other processes competed for the CPU, so those figures are unreliable"
-        )
+        print("  " + _harness.busy_warning(_busy_tables))
     print(f"took {time.perf_counter() - start:.0f} s")
 
 

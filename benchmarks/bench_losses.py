@@ -12,12 +12,13 @@ variant runs forward + backward:
   (for context: the "straightforward vectorised version" of issue 5),
 - trainkit: ``trainkit.losses.soft_nearest_neighbor_loss``.
 
-Method (../shared/research/baselines.md, "Method"): one process, 2 threads; each rep
-times one block of every variant, in a new shuffled order per rep, after one warm-up
-block each. Reported: median / min / max over reps of the time per call, the ratio of
-medians to the floor, the paired ratio (per rep, to the floor block of the same rep),
-and psi = the share of a block's wall time in which some runnable task waited for a
-CPU (/proc/pressure/cpu); a high psi means the figures are disturbed.
+Method: ``_harness.py`` (one process, 2 threads; each rep times one block of every
+variant, in a new shuffled order per rep, after one warm-up block each). Reported:
+median / min / max over reps of the time per call, the ratio of medians to the floor,
+the time added to it, the paired ratio (per rep, to the floor block of the same rep),
+how many times faster than the seed loop, and psi = the share of a block's wall time
+in which some runnable task waited for a CPU (/proc/pressure/cpu); a high psi means
+the figures are disturbed (a warning when a median psi is over 10 %).
 
 Run one at a time on a shared machine:
 ``flock /tmp/bench.lock .venv/bin/python benchmarks/bench_losses.py`` (``--quick`` for
@@ -29,11 +30,10 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import random
-import statistics
 import time
 from collections.abc import Callable
 
+import _harness
 import torch
 
 from trainkit.losses import soft_nearest_neighbor_loss
@@ -41,6 +41,7 @@ from trainkit.losses import soft_nearest_neighbor_loss
 DIM = 128
 CLASSES = 10
 TEMPERATURE = 1.0
+SIZES = (256, 1024)
 
 
 def seed_loop(
@@ -85,26 +86,6 @@ def fwd_bwd(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor):
     return run
 
 
-def read_psi_us() -> int | None:
-    try:
-        with open("/proc/pressure/cpu") as f:
-            return int(f.readline().split("total=")[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def time_block(run: Callable[[], None], iters: int) -> tuple[float, float]:
-    """(ms per call, psi %) of one block of ``iters`` calls."""
-    psi0 = read_psi_us()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        run()
-    wall = time.perf_counter() - t0
-    psi1 = read_psi_us()
-    psi = math.nan if psi0 is None or psi1 is None else (psi1 - psi0) / 1e4 / wall
-    return wall / iters * 1e3, psi
-
-
 def check(n: int, x: torch.Tensor, y: torch.Tensor) -> None:
     rows = []
     for dtype in (torch.float64, torch.float32):
@@ -123,72 +104,48 @@ def check(n: int, x: torch.Tensor, y: torch.Tensor) -> None:
     print()
 
 
-def bench(n: int, reps: int, scale_iters: float, rng: random.Random) -> dict:
+def bench(n: int, reps: int, scale_iters: float, seed: int) -> dict:
     gen = torch.Generator().manual_seed(n)
     x = torch.randn(n, DIM, generator=gen)
     y = torch.randint(0, CLASSES, (n,), generator=gen)
     check(n, x, y)
 
     fast_iters = max(1, round(scale_iters * 20480 / n))  # ~20 at n = 1024
-    variants = {
-        "floor: cdist + logsumexp": (fwd_bwd(floor, x), fast_iters),
-        "seed loop (mended)": (
-            fwd_bwd(lambda x: seed_loop(x, y, TEMPERATURE), x),
-            1,
-        ),
-        "plain vectorised (no clamp)": (
+    base = "floor: cdist + logsumexp"
+    loop = "seed loop (mended)"
+    ours = "trainkit soft_nearest_neighbor_loss"
+    blocks = {
+        base: _harness.timed(fwd_bwd(floor, x), fast_iters),
+        loop: _harness.timed(fwd_bwd(lambda x: seed_loop(x, y, TEMPERATURE), x), 1),
+        "plain vectorised (no clamp)": _harness.timed(
             fwd_bwd(lambda x: plain_vectorised(x, y, TEMPERATURE), x),
             max(1, fast_iters // 5),
         ),
-        "trainkit soft_nearest_neighbor_loss": (
+        ours: _harness.timed(
             fwd_bwd(lambda x: soft_nearest_neighbor_loss(x, y, TEMPERATURE), x),
             fast_iters,
         ),
     }
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    psis: dict[str, list[float]] = {k: [] for k in variants}
-    for run, iters in variants.values():
-        time_block(run, iters)  # warm-up
     t0 = time.perf_counter()
-    for _ in range(reps):
-        order = list(variants)
-        rng.shuffle(order)
-        for name in order:
-            run, iters = variants[name]
-            ms, psi = time_block(run, iters)
-            times[name].append(ms)
-            psis[name].append(psi)
+    results = _harness.interleave(blocks, reps, seed=seed)
     took = time.perf_counter() - t0
 
-    base = "floor: cdist + logsumexp"
-    loop = "seed loop (mended)"
-    med = {k: statistics.median(v) for k, v in times.items()}
     print(
         f"n = {n}, dim {DIM}, {CLASSES} classes, T = {TEMPERATURE}: {reps} reps; "
         f"per rep the loop 1 call, the floor and trainkit {fast_iters} calls; "
-        f"forward + backward, ms per call; took {took:.0f}s"
+        f"forward + backward, ms per call, ratios to the floor; took {took:.0f}s "
+        "(warm-up included)"
     )
     print()
-    print(
-        "| variant | median ms | min ms | max ms | ratio vs floor "
-        "| paired ratio med [min, max] | x faster than loop | psi % |"
-    )
-    print("|---|---:|---:|---:|---:|---|---:|---:|")
-    for name, ts in times.items():
-        paired = sorted(t / b for t, b in zip(ts, times[base]))
-        print(
-            f"| {name} | {med[name]:.3f} | {min(ts):.3f} | {max(ts):.3f} "
-            f"| {med[name] / med[base]:.2f} | {statistics.median(paired):.2f} "
-            f"[{paired[0]:.2f}, {paired[-1]:.2f}] | {med[loop] / med[name]:.1f} "
-            f"| {statistics.median(psis[name]):.0f} |"
-        )
+    faster = {"x faster than loop": lambda k: f"{_harness.ratio(results, loop, k):.1f}"}
+    print(_harness.table(results, base, faster))
     print()
-    ours = "trainkit soft_nearest_neighbor_loss"
     return {
         "n": n,
-        "vs_floor": med[ours] / med[base],
-        "vs_loop": med[ours] / med[loop],
-        "psi": statistics.median(psis[ours]),
+        "vs_floor": _harness.ratio(results, ours, base),
+        "vs_loop": _harness.ratio(results, ours, loop),
+        "psi": _harness.psi(results, ours),
+        "busy": _harness.busy(results),
     }
 
 
@@ -209,8 +166,7 @@ def main() -> None:
         + (" [--quick: smoke run, figures not meaningful]" if args.quick else "")
     )
     print()
-    rng = random.Random(args.seed)
-    results = [bench(n, reps, scale_iters, rng) for n in (256, 1024)]
+    results = [bench(n, reps, scale_iters, args.seed + i) for i, n in enumerate(SIZES)]
     print("Summary (forward + backward, ratios of medians):")
     for r in results:
         print(
@@ -218,6 +174,9 @@ def main() -> None:
             f"({1 / r['vs_loop']:.0f}x faster), trainkit / floor = "
             f"{r['vs_floor']:.2f}, psi {r['psi']:.0f} %"
         )
+    busy = [f"n = {r['n']}" for r in results if r["busy"]]
+    if busy:
+        print("  " + _harness.busy_warning(busy))
 
 
 if __name__ == "__main__":
