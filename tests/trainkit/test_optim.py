@@ -48,23 +48,22 @@ def path_kwargs(request, monkeypatch):
     """Optimizer kwargs that select one implementation path.
 
     "chunked" is the per-tensor path with 5-element slices, so that tensors here
-    span several slices. "fused" runs the compiled kernel's Python body without
-    compiling it (compiling takes tens of seconds; see test_fused_compiled).
+    span several slices. "fused" runs the compiled kernels' Python bodies without
+    compiling them (compiling takes tens of seconds; see
+    test_fused_compiled_matches_per_tensor_without_recompiling).
     """
     path = request.param
     if path == "chunked":
         monkeypatch.setattr(smorms3_module, "_CHUNK_NUMEL", 5)
     if path == "fused":
-        monkeypatch.setattr(
-            smorms3_module,
-            "_compiled_kernel",
-            lambda: smorms3_module._fused_kernel_body,
-        )
+        bodies = (smorms3_module._fused_kernel_body, smorms3_module._fused_bucket_body)
+        monkeypatch.setattr(smorms3_module, "_compiled_kernels", lambda: bodies)
         return {"fused": True}
     return {"foreach": path == "foreach"}
 
 
-SHAPES = [(), (1,), (7,), (3, 4), (2, 3, 4), (0, 3), (17, 3)]
+# nine equal sizes: the fused path updates eight of them in one bucket
+SHAPES = [(), (1,), (7,), (3, 4), (2, 3, 4), (0, 3), (17, 3)] + [(4, 5)] * 9
 
 
 def _random_grad(shape, step, generator):
@@ -148,7 +147,7 @@ def test_paths_agree_in_float64(path_kwargs, options):
     """Every path against the plain per-tensor one, with a zero-size parameter, a
     channels_last one and steps where a gradient is None."""
     gen = torch.Generator().manual_seed(2)
-    shapes = [(5, 7), (0,), (3,), (130,), (2, 3, 4, 5)]
+    shapes = [(5, 7), (0,), (3,), (130,)] + [(6,)] * 10 + [(2, 3, 4, 5)]
 
     def make():
         g = torch.Generator().manual_seed(3)
@@ -485,7 +484,8 @@ def test_half_precision_state_survives_load_state_dict():
 )
 def test_fused_compiled_matches_per_tensor_without_recompiling():
     gen = torch.Generator().manual_seed(6)
-    shapes = [(300,), (17, 5), (1,)]
+    # 1-D here, 2-D below: the flat inputs must not carry the original shape
+    shapes = [(300,), (85,), (1,)] + [(50,)] * 9
     ours = [nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
     base = [nn.Parameter(p.detach().clone()) for p in ours]
     opt, ref = SMORMS3(ours, lr=0.02, fused=True), SMORMS3(base, lr=0.02)
@@ -504,7 +504,8 @@ def test_fused_compiled_matches_per_tensor_without_recompiling():
         ref.step()
     for a, b in zip(ours, base):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-    other = nn.Parameter(torch.randn(40, 3))  # another size: no recompile either
-    other.grad = torch.randn(40, 3)
+    others = [nn.Parameter(torch.randn(40, 3)) for _ in range(9)]  # other sizes:
+    for p in others:  # no recompile either
+        p.grad = torch.randn(40, 3)
     with torch.compiler.set_stance("fail_on_recompile"):
-        SMORMS3([other], fused=True).step()
+        SMORMS3(others, fused=True).step()

@@ -28,9 +28,12 @@ __all__ = ["SMORMS3", "smorms3"]
 # its own 1 MiB L2; the full-size temporaries of a naive version go to DRAM instead.
 _CHUNK_NUMEL = 1 << 16
 
-# torch.compile backend of the opt-in fused path.
+# torch.compile backend of the opt-in fused path, and its compiled kernels by backend.
 _FUSED_BACKEND = "inductor"
-_fused_kernels: dict[str, Callable[..., None]] = {}
+_fused_kernels: dict[str, tuple[Callable[..., None], Callable[..., None]]] = {}
+# Equal-size tensors per compiled call in the fused path. Larger buckets compile for
+# longer (the graph repeats the update once per tensor) and save less per tensor.
+_BUCKET = 8
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _STATE_KEYS = ("mem", "exp_avg", "exp_avg_sq")
@@ -305,6 +308,8 @@ def smorms3(
     """
     if fused and foreach:
         raise ValueError("Invalid foreach and fused: at most one can be True")
+    if not params:
+        return
     if foreach is None and not fused:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False)
     if fused:
@@ -402,8 +407,6 @@ def _single_tensor_smorms3(
     # Scratch memory is one block per (device, dtype) for the whole call, sliced per
     # tensor: fresh full-size temporaries (the seed's ten per tensor) cost page
     # faults and DRAM traffic. Tensors above _CHUNK_NUMEL go through it in slices.
-    if not params:
-        return
     transform = maximize or weight_decay != 0
     blocks: dict[tuple[torch.device, torch.dtype], Tensor] = {}
     views: dict[tuple[torch.device, torch.dtype, torch.Size], tuple[Tensor, ...]] = {}
@@ -560,15 +563,46 @@ def _fused_kernel_body(
     param.copy_(param.to(mem.dtype) - step)
 
 
-def _compiled_kernel() -> Callable[..., None]:
-    kernel = _fused_kernels.get(_FUSED_BACKEND)
-    if kernel is None:
-        # dynamic=True: one compilation serves every tensor size (inputs are flat).
-        kernel = torch.compile(
-            _fused_kernel_body, dynamic=True, fullgraph=True, backend=_FUSED_BACKEND
+def _fused_bucket_body(
+    params: list[Tensor],
+    grads: list[Tensor],
+    mems: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    lr: Tensor,
+    eps: Tensor,
+    weight_decay: Tensor,
+    maximize: bool,
+    decay: bool,
+) -> None:
+    for i in range(len(params)):
+        _fused_kernel_body(
+            params[i],
+            grads[i],
+            mems[i],
+            exp_avgs[i],
+            exp_avg_sqs[i],
+            lr,
+            eps,
+            weight_decay,
+            maximize,
+            decay,
         )
-        _fused_kernels[_FUSED_BACKEND] = kernel
-    return kernel
+
+
+def _compiled_kernels() -> tuple[Callable[..., None], Callable[..., None]]:
+    """The compiled (one tensor, bucket of _BUCKET equal-size tensors) kernels.
+
+    dynamic=True with flat inputs: one compilation of each serves every size.
+    """
+    kernels = _fused_kernels.get(_FUSED_BACKEND)
+    if kernels is None:
+        kernels = tuple(  # type: ignore[assignment]
+            torch.compile(body, dynamic=True, fullgraph=True, backend=_FUSED_BACKEND)
+            for body in (_fused_kernel_body, _fused_bucket_body)
+        )
+        _fused_kernels[_FUSED_BACKEND] = kernels  # type: ignore[assignment]
+    return kernels  # type: ignore[return-value]
 
 
 def _fused_smorms3(
@@ -584,32 +618,46 @@ def _fused_smorms3(
     weight_decay: float,
     maximize: bool,
 ) -> None:
-    kernel = _compiled_kernel()
-    scalars: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
+    single, bucket = _compiled_kernels()
+    decay = weight_decay != 0
+    # Equal-size flat tensors share one size symbol, so a bucket of them is one
+    # compiled call: a call costs tens of microseconds, as much as the update of a
+    # 256 x 256 tensor.
+    groups: dict[tuple[Any, ...], list[tuple[Tensor, ...]]] = {}
     small: list[int] = []
-    large: list[Tensor] = []
+    compiled_steps: list[Tensor] = []
     for i, param in enumerate(params):
+        tensors = (param, grads[i], mems[i], exp_avgs[i], exp_avg_sqs[i])
         if param.numel() < 2:
-            # Sizes 0 and 1 would each compile a specialised kernel.
-            small.append(i)
-        else:
-            large.append(state_steps[i])
-    if large:
-        torch._foreach_add_(large, 1)
-    for i, param in enumerate(params):
-        if param.numel() < 2:
+            small.append(i)  # sizes 0 and 1 would each compile a specialised kernel
             continue
-        mem = mems[i]
-        tensors = (param, grads[i], mem, exp_avgs[i], exp_avg_sqs[i])
+        compiled_steps.append(state_steps[i])
         if all(t.is_contiguous() for t in tensors):
-            tensors = tuple(t.view(-1) for t in tensors)
+            # .detach() drops the view's base, which torch.compile would guard on
+            # (its shape would make a 1-D and a 2-D parameter compile twice).
+            tensors = tuple(t.view(-1).detach() for t in tensors)
+            key = (param.device, param.dtype, tensors[1].dtype, mems[i].dtype)
+            groups.setdefault((*key, param.numel()), []).append(tensors)
+        else:
+            groups.setdefault(("strided", i), []).append(tensors)
+    if compiled_steps:
+        torch._foreach_add_(compiled_steps, 1)
+    scalars: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
+    for members in groups.values():
+        mem = members[0][2]
         key = (mem.device, mem.dtype)
         if key not in scalars:
             # 0-dim CPU tensors: a new lr (schedulers) must not recompile.
             scalars[key] = tuple(  # type: ignore[assignment]
                 torch.tensor(v, dtype=mem.dtype) for v in (lr, eps, weight_decay)
             )
-        kernel(*tensors, *scalars[key], maximize, weight_decay != 0)
+        lr_t, eps_t, wd_t = scalars[key]
+        full = len(members) - len(members) % _BUCKET
+        for start in range(0, full, _BUCKET):
+            lists = zip(*members[start : start + _BUCKET])
+            bucket(*(list(t) for t in lists), lr_t, eps_t, wd_t, maximize, decay)
+        for tensors in members[full:]:
+            single(*tensors, lr_t, eps_t, wd_t, maximize, decay)
     if small:
         _single_tensor_smorms3(
             [params[i] for i in small],
