@@ -509,3 +509,15 @@ def test_fused_compiled_matches_per_tensor_without_recompiling():
         p.grad = torch.randn(40, 3)
     with torch.compiler.set_stance("fail_on_recompile"):
         SMORMS3(others, fused=True).step()
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"foreach": False}, {"foreach": True}, {"fused": True}]
+)
+def test_functional_form_on_empty_lists_is_a_no_op(kwargs):
+    hyper = {"lr": 1e-3, "eps": 1e-16, "weight_decay": 0.0, "maximize": False}
+    smorms3_module.smorms3([], [], [], [], [], [], **kwargs, **hyper)
+    with pytest.raises(ValueError, match="at most one can be True"):
+        smorms3_module.smorms3(
+            [], [], [], [], [], [], foreach=True, fused=True, **hyper
+        )

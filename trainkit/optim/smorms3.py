@@ -96,10 +96,12 @@ class SMORMS3(Optimizer):
             fastest for the parameters' device: per-tensor on the CPU, where foreach
             ops are plain loops with full-size temporaries, and foreach on CUDA
             (default: None).
-        fused: use one ``torch.compile``-generated kernel per tensor. Opt-in: the
-            first step compiles (tens of seconds on a CPU, once per process and
-            dtype) and needs a working ``torch.compile`` (a C++ compiler on the CPU,
-            Triton on CUDA) (default: None, i.e. off).
+        fused: update each tensor (each bucket of 8 equal-size tensors) in one
+            ``torch.compile``-generated kernel. Opt-in: the first step compiles
+            (10-30 s on a CPU, once per process and dtype; inductor's on-disk cache
+            shortens later runs) and needs a working ``torch.compile`` (a C++
+            compiler on the CPU, Triton on CUDA). A new ``lr`` does not recompile
+            (default: None, i.e. off).
 
     Raises:
         ValueError: for a negative or NaN ``lr`` or ``weight_decay``, an ``eps``
