@@ -11,7 +11,9 @@ Variants:
 - seed SMORMS3: the seed's per-parameter loop ("Implementing The SMORMS3 Optimizer in
   PyTorch"), rewritten with current torch calls but with its temporaries kept,
 - trainkit SMORMS3 default (per-tensor on the CPU), foreach=True and fused=True
-  (``torch.compile``; its one-time compile cost is timed separately and printed).
+  (``torch.compile``; "first step s" holds its one-time cost: the bucket kernel
+  compiles in (a), the single-tensor kernel in (b), both cold: the benchmark uses a
+  fresh inductor cache).
 
 Method (../shared/research/baselines.md, "Method"): one process, 2 threads; each rep
 times one block of every variant, in a new shuffled order per rep, after one warm-up
@@ -28,6 +30,7 @@ a smoke run on smaller tensors, ``--no-fused`` to skip the compiled variant).
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import platform
@@ -225,6 +228,10 @@ def main() -> None:
     names = [n for n in VARIANTS if not (args.no_fused and n == OURS_FUSED)]
 
     torch.set_num_threads(args.threads)
+    # Adam's first step imports torch._dynamo (seconds): keep that out of the
+    # "first step" column.
+    importlib.import_module("torch._dynamo")
+
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, {platform.machine()}"

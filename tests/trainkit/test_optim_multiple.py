@@ -418,3 +418,23 @@ def test_deepcopy_gives_an_independent_working_copy():
     _train(model2, opt2, _batches(2))
     assert not torch.equal(model.fc1.weight, model2.fc1.weight)
     assert opt2.optimizers[1].param_groups[0]["params"][0] is model2.fc1.weight
+
+
+def test_grad_scaler_steps_it_and_skips_on_inf():
+    model = _model()
+    opt = sparse_dense_optimizer(model, lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    idx, target = _batches(1)[0]
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler.scale(F.mse_loss(model(idx), target)).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    opt.zero_grad()
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler.scale(F.mse_loss(model(idx), target)).backward()
+    model.fc1.weight.grad[0, 0] = float("inf")
+    scaler.step(opt)  # skipped: inf in a dense gradient
+    scaler.update()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert scaler.get_scale() == 512.0
