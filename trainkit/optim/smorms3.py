@@ -369,15 +369,16 @@ def _update_slice(
     x: Tensor,
     s: Tensor,
     one: Tensor,
+    eps: Tensor,
     lr: float,
-    eps: float,
 ) -> None:
     """Funk's rule on one slice, in 14 in-place kernels and no allocation.
 
     ``r``, ``x``, ``s`` are scratch buffers of the slice's shape in the state dtype;
-    ``grad`` is in the state dtype too. ``one`` is a 0-dim tensor holding 1.
+    ``grad`` is in the state dtype too. ``one`` and ``eps`` are 0-dim tensors: a
+    Python float costs a new wrapper tensor on every call.
     """
-    torch.add(mem, 1.0, out=s)  # s = mem + 1, kept for the mem update
+    torch.add(mem, one, out=s)  # s = mem + 1, kept for the mem update
     torch.reciprocal(s, out=r)
     exp_avg.lerp_(grad, r)  # g = (1 - r) g + r grad
     torch.mul(grad, grad, out=x)
@@ -412,7 +413,7 @@ def _single_tensor_smorms3(
     transform = maximize or weight_decay != 0
     blocks: dict[tuple[torch.device, torch.dtype], Tensor] = {}
     views: dict[tuple[torch.device, torch.dtype, torch.Size], tuple[Tensor, ...]] = {}
-    ones: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+    constants: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
     largest = min(_CHUNK_NUMEL, max(p.numel() for p in params))
 
     def scratch(like: Tensor, shape: torch.Size, numel: int) -> tuple[Tensor, ...]:
@@ -425,7 +426,10 @@ def _single_tensor_smorms3(
             if block is None:
                 block = torch.empty((4, largest), dtype=like.dtype, device=like.device)
                 blocks[block_key] = block
-                ones[block_key] = torch.ones((), dtype=like.dtype, device=like.device)
+                constants[block_key] = (
+                    torch.tensor(1.0, dtype=like.dtype, device=like.device),
+                    torch.tensor(eps, dtype=like.dtype, device=like.device),
+                )
             bufs = tuple(row[:numel].view(shape) for row in block)
             views[key] = bufs
         return bufs
@@ -451,8 +455,11 @@ def _single_tensor_smorms3(
                 grad = _effective_grad(
                     param, grad, g, weight_decay=weight_decay, maximize=maximize
                 )
-            one = torch.ones((), dtype=mem.dtype, device=mem.device)
-            _update_slice(param, grad, mem, exp_avg, exp_avg_sq, r, x, s, one, lr, eps)
+            one = torch.tensor(1.0, dtype=mem.dtype, device=mem.device)
+            eps_t = torch.tensor(eps, dtype=mem.dtype, device=mem.device)
+            _update_slice(
+                param, grad, mem, exp_avg, exp_avg_sq, r, x, s, one, eps_t, lr
+            )
             continue
         if numel <= _CHUNK_NUMEL:
             r, x, s, g = scratch(mem, param.shape, numel)
@@ -460,8 +467,10 @@ def _single_tensor_smorms3(
                 grad = _effective_grad(
                     param, grad, g, weight_decay=weight_decay, maximize=maximize
                 )
-            one = ones[(mem.device, mem.dtype)]
-            _update_slice(param, grad, mem, exp_avg, exp_avg_sq, r, x, s, one, lr, eps)
+            one, eps_t = constants[(mem.device, mem.dtype)]
+            _update_slice(
+                param, grad, mem, exp_avg, exp_avg_sq, r, x, s, one, eps_t, lr
+            )
             continue
         flat = (param, grad, mem, exp_avg, exp_avg_sq)
         slices = zip(*(t.view(-1).split(_CHUNK_NUMEL) for t in flat))
@@ -471,8 +480,8 @@ def _single_tensor_smorms3(
                 d_ = _effective_grad(
                     p_, d_, g, weight_decay=weight_decay, maximize=maximize
                 )
-            one = ones[(mem.device, mem.dtype)]
-            _update_slice(p_, d_, m_, ea_, eas_, r, x, s, one, lr, eps)
+            one, eps_t = constants[(mem.device, mem.dtype)]
+            _update_slice(p_, d_, m_, ea_, eas_, r, x, s, one, eps_t, lr)
 
 
 def _multi_tensor_smorms3(
