@@ -147,8 +147,11 @@ def sparse_dense_optimizer(
 
     With ``torch.optim.SparseAdam`` as ``sparse``, a sparse-embedding weight that
     receives a dense gradient at step time raises an error that names it.
-    Gradient clipping: ``torch.nn.utils.clip_grad_norm_`` needs ``foreach=False``
-    with sparse gradients.
+
+    .. note::
+        ``torch.nn.utils.clip_grad_norm_`` raises on sparse gradients (torch 2.13
+        on the CPU, with ``foreach`` True or False): clip the dense parameters only,
+        or take a sparse gradient's norm as ``grad.coalesce().values().norm()``.
 
     Args:
         module: the model.
@@ -193,6 +196,7 @@ def sparse_dense_optimizer(
         if params:
             children.append(factory(params, **kwargs))
     if sparse_params and isinstance(children[0], torch.optim.SparseAdam):
-        names = {p: n for n, p in module.named_parameters() if p in set(sparse_params)}
+        sparse_set = set(sparse_params)
+        names = {p: n for n, p in module.named_parameters() if p in sparse_set}
         children[0].register_step_pre_hook(_dense_grad_guard(names))
     return MultipleOptimizer(*children)
