@@ -82,8 +82,9 @@ class SMORMS3(Optimizer):
         from defaults to ``lr=0.0025`` and keeps ``eps`` outside the param groups.
 
     Weight decay is coupled, as in :class:`torch.optim.Adam`: ``grad += wd * p``
-    before the rule. State (``mem``, ``exp_avg`` = g, ``exp_avg_sq`` = g2, and
-    ``step``) is kept in float32 for float16/bfloat16 parameters.
+    before the rule. The state per parameter is ``mem``, ``exp_avg`` (g),
+    ``exp_avg_sq`` (g2), in float32 for float16/bfloat16 parameters, and ``step``
+    (the number of updates, a 0-dim tensor as in torch's optimizers).
 
     Args:
         params: iterable of parameters or of dicts defining parameter groups.
@@ -104,6 +105,7 @@ class SMORMS3(Optimizer):
             (default: None, i.e. off).
 
     Raises:
+        TypeError: for a Tensor ``lr``.
         ValueError: for a negative or NaN ``lr`` or ``weight_decay``, an ``eps``
             that is not > 0, or ``foreach`` and ``fused`` both True.
         RuntimeError: (at ``step``) for a sparse gradient; see
