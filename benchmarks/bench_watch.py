@@ -15,6 +15,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -65,7 +66,34 @@ def make_case(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor, int]:
     return LSTMClassifier(), torch.randn(32, 50, 64), torch.randint(0, 10, (32,)), 10
 
 
-# -- the variants: each returns (after_backward, before_step, close) -----------
+# -- the variants ------------------------------------------------------------
+# Each factory sets a variant up for one block and returns (hook, close, clock):
+# `hook` runs after backward (None: nothing), `close` after the block (writers
+# flush there), and `clock` (or None) accumulates time spent inside the
+# optimizer's step pre-hooks, where watch() works.
+
+
+class Clock:
+    """Accumulates the seconds between a ``start`` and a ``stop`` pre-hook."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.total = 0.0
+        self._t0 = 0.0
+        self._handles = [opt.register_step_pre_hook(self._start)]
+
+    def _start(self, *args) -> None:
+        self._t0 = time.perf_counter()
+
+    def stop_after(self, opt: torch.optim.Optimizer) -> None:
+        """Registers the stop hook: call after the hooks to be timed."""
+        self._handles.append(opt.register_step_pre_hook(self._stop))
+
+    def _stop(self, *args) -> None:
+        self.total += time.perf_counter() - self._t0
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
 
 
 def watched_weights(model: nn.Module) -> list[nn.Parameter]:
@@ -81,42 +109,39 @@ def variant_factories(model, opt, logdir) -> dict[str, Callable]:
     weights = watched_weights(model)
 
     def nothing():
-        return None, lambda: None
+        return None, lambda: None, None
 
     def watch(every):
         def make():
             writer = SummaryWriter(f"{logdir}/watch{every}")
+            clock = Clock(opt)
             flow = tb_gradflow.watch(model, writer, optimizer=opt, every=every)
+            clock.stop_after(opt)
 
             def close():
                 flow.remove()
+                clock.remove()
                 writer.flush()
                 writer.close()
 
-            return None, close
+            return None, close, clock
 
         return make
 
     def per_step(fn):
         def make():
-            state = {"step": 0}
-
-            def hook():
-                fn(state["step"])
-                state["step"] += 1
-
-            return hook, lambda: None
+            return fn, lambda: None, None
 
         return make
 
-    def single_read(step):
+    def single_read():
         torch.stack([p.grad.abs().sum() for p in weights]).tolist()
 
-    def seed_loop(step):
+    def seed_loop():
         for p in weights:  # the seed: one float() (a host sync) per layer
             float(p.grad.abs().mean())
 
-    def l2_loop(step):  # Lightning-style grad_norm
+    def l2_loop():  # Lightning-style grad_norm
         torch.stack([p.grad.norm(2) for p in weights]).tolist()
 
     def histograms():
@@ -133,7 +158,7 @@ def variant_factories(model, opt, logdir) -> dict[str, Callable]:
             writer.flush()
             writer.close()
 
-        return hook, close
+        return hook, close, None
 
     return {
         BASELINE: nothing,
@@ -147,22 +172,31 @@ def variant_factories(model, opt, logdir) -> dict[str, Callable]:
     }
 
 
-def block(model, opt, x, y, steps, factory) -> _harness.Block:
-    """One block of training steps with a variant's hook (set up and torn down
-    inside the block, so writers flush inside the timed region)."""
+def block(model, opt, x, y, steps, factory, spent: list[float]) -> _harness.Block:
+    """One block of training steps with a variant set up and torn down inside it
+    (so writers flush inside the timed region). Also appends to ``spent`` the
+    seconds per step spent in the variant's own work: its hook, its close and
+    its time inside the optimizer's pre-hooks."""
     loss_fn = nn.CrossEntropyLoss()
 
     def run() -> float:
-        hook, close = factory()
+        hook, close, clock = factory()
+        own = 0.0
         start = time.perf_counter()
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             loss_fn(model(x), y).backward()
             if hook is not None:
+                t0 = time.perf_counter()
                 hook()
+                own += time.perf_counter() - t0
             opt.step()
+        t0 = time.perf_counter()
         close()
-        return (time.perf_counter() - start) / steps
+        end = time.perf_counter()
+        own += end - t0 + (clock.total if clock else 0.0)
+        spent.append(own / steps)
+        return (end - start) / steps
 
     return run
 
@@ -175,7 +209,10 @@ def bench(case: str, reps: int, quick: bool) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with tempfile.TemporaryDirectory() as logdir:
         factories = variant_factories(model, opt, logdir)
-        blocks = {k: block(model, opt, x, y, steps, f) for k, f in factories.items()}
+        spent: dict[str, list[float]] = {k: [] for k in factories}
+        blocks = {
+            k: block(model, opt, x, y, steps, f, spent[k]) for k, f in factories.items()
+        }
         results = _harness.interleave(blocks, reps)
     print(f"\n### {case}: {reps} reps x {steps} steps, per-step time")
     print(_harness.table(results, BASELINE))
@@ -183,9 +220,22 @@ def bench(case: str, reps: int, quick: bool) -> None:
     single = _harness.added_ms(results, SINGLE_READ, BASELINE)
     hist = _harness.added_ms(results, "add_histogram per parameter", BASELINE)
     print(
-        f"\n{case}: watch(every=1) adds {watch1:.3f} ms = {watch1 / single:.2f}x what "
-        f"one plain read adds ({single:.3f} ms); add_histogram adds "
-        f"{hist / watch1:.1f}x what watch adds."
+        f"\n{case}, step-time differences: watch(every=1) adds {watch1:.3f} ms = "
+        f"{watch1 / single:.2f}x what one plain read adds ({single:.3f} ms); "
+        f"add_histogram adds {hist / watch1:.1f}x what watch adds."
+    )
+    own = {k: statistics.median(v[1:]) * 1e3 for k, v in spent.items()}  # no warm-up
+    print(f"\n{case}, time inside each variant's own work per step (median ms):")
+    print("| variant | ms per step | / single read |")
+    print("|---|---:|---:|")
+    for k, ms in own.items():
+        if k not in (BASELINE, "baseline again (A/A noise)"):
+            print(f"| {k} | {ms:.3f} | {ms / own[SINGLE_READ]:.2f} |")
+    w1, hist1 = own["watch(every=1)"], own["add_histogram per parameter"]
+    print(
+        f"\n{case}, direct: watch(every=1) {w1:.3f} ms = "
+        f"{w1 / own[SINGLE_READ]:.2f}x the plain read; "
+        f"add_histogram {hist1 / w1:.1f}x watch."
     )
 
 

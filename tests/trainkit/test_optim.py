@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 
 import pytest
 import torch
@@ -478,10 +477,6 @@ def test_half_precision_state_survives_load_state_dict():
         assert torch.equal(opt2.state[q][key], opt.state[p][key])
 
 
-@pytest.mark.skipif(
-    not os.environ.get("TRAINKIT_TEST_COMPILE"),
-    reason="compiles with torch.compile (tens of seconds); set TRAINKIT_TEST_COMPILE=1",
-)
 def test_fused_compiled_matches_per_tensor_without_recompiling():
     gen = torch.Generator().manual_seed(6)
     # 1-D here, 2-D below: the flat inputs must not carry the original shape
