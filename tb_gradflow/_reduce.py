@@ -67,43 +67,87 @@ def reduce_dense(
     return _reduce_dense_foreach(grads, owners)
 
 
+class _CpuPlan:
+    """Scratch views and output slots for one set of gradient shapes.
+
+    Built once per layout of gradients (shapes, dtypes, layers) and reused on
+    every logged step, so a step does no view creation or host-side bookkeeping
+    per tensor: each chunk is ``abs`` into the scratch, then three reductions
+    that write straight into preallocated outputs.
+    """
+
+    def __init__(self, grads: Sequence[Tensor], owners: Sequence[int], buf: Tensor):
+        self.values = torch.empty(2, 0)
+        self.chunks: list[tuple[int, int, Tensor, Tensor, Tensor, Tensor | None]] = []
+        chunk_owner, norm_owner, n_rows = [], [], 0
+        for i, (g, owner) in enumerate(zip(grads, owners)):
+            for start in range(0, g.numel(), _CHUNK):
+                n = min(_CHUNK, g.numel() - start)
+                padded = _padded(n)
+                shape = g.shape if n == g.numel() else (n,)
+                self.chunks.append(
+                    (
+                        i,
+                        start,
+                        buf[:n].view(shape),  # where abs() writes
+                        buf[:padded],  # what the sum and max read
+                        buf[:padded].view(-1, _ROW),  # (R_i, ROW): the row norms
+                        buf[n:padded] if padded > n else None,  # zeroed tail
+                    )
+                )
+                chunk_owner.append(owner)
+                norm_owner.append(np.full(padded // _ROW, owner, dtype=np.int64))
+                n_rows += padded // _ROW
+        self.chunk_owner = np.asarray(chunk_owner, dtype=np.int64)
+        self.norm_owner = (
+            np.concatenate(norm_owner) if norm_owner else np.zeros(0, np.int64)
+        )
+        self.values = torch.empty(2, len(self.chunks), device=buf.device)
+        self.norms = torch.empty(n_rows, device=buf.device)
+
+
 def _reduce_dense_cpu(
-    grads: Sequence[Tensor], owners: Sequence[int], scratch: dict[torch.device, Tensor]
+    grads: Sequence[Tensor], owners: Sequence[int], scratch: dict
 ) -> Partials:
     device = grads[0].device
-    largest = _padded(min(max(g.numel() for g in grads), _CHUNK))
-    buf = scratch.get(device)
-    if buf is None or buf.numel() < largest:
-        buf = scratch[device] = torch.empty(largest, dtype=torch.float32, device=device)
-    sums, maxs, norms, chunk_owner, norm_owner = [], [], [], [], []
-    for g, owner in zip(grads, owners):
-        n = g.numel()
-        if n == 0:
-            continue
-        pieces = (g,) if n <= _CHUNK else g.reshape(-1).split(_CHUNK)
-        for piece in pieces:
-            n = piece.numel()
-            a = buf[:n].view(piece.shape)
-            if piece.dtype == torch.float32:
-                torch.abs(piece, out=a)
-            else:  # abs() cannot write another dtype: widen, then abs in place
-                a.copy_(piece).abs_()
-            padded = _padded(n)
-            if padded > n:
-                buf[n:padded].zero_()  # zeros change no sum, max or norm
-            a = buf[:padded]
-            sums.append(a.sum())
-            maxs.append(a.amax())
-            norms.append(torch.linalg.vector_norm(a.view(-1, _ROW), dim=1))  # (R_i,)
-            chunk_owner.append(owner)
-            norm_owner.append(np.full(padded // _ROW, owner, dtype=np.int64))
-    if not sums:
+    grads = [g for g in grads if g.numel()]
+    owners = [o for g, o in zip(grads, owners) if g.numel()]
+    if not grads:
         return _empty(device)
+    key = ("plan", device, tuple(owners), tuple((g.shape, g.dtype) for g in grads))
+    plan = scratch.get(key)
+    if plan is None:
+        largest = _padded(min(max(g.numel() for g in grads), _CHUNK))
+        buf = scratch.get(device)
+        if buf is None or buf.numel() < largest:
+            buf = scratch[device] = torch.empty(largest, device=device)
+            stale_plans = [
+                k for k in scratch if isinstance(k, tuple) and k[1] == device
+            ]
+            for stale in stale_plans:
+                del scratch[stale]  # plans hold views of the old buffer
+        plan = scratch[key] = _CpuPlan(grads, owners, buf)
+    sums, maxs = plan.values[0], plan.values[1]
+    row = 0
+    for c, (i, start, out, flat, rows, tail) in enumerate(plan.chunks):
+        g = grads[i]
+        piece = (
+            g if out.shape == g.shape else g.reshape(-1)[start : start + out.numel()]
+        )
+        if piece.dtype == torch.float32:
+            torch.abs(piece, out=out)
+        else:  # abs() cannot write another dtype: widen, then abs in place
+            out.copy_(piece).abs_()
+        if tail is not None:
+            tail.zero_()  # zeros change no sum, max or norm
+        torch.sum(flat, 0, out=sums[c])
+        torch.amax(flat, 0, out=maxs[c])
+        n_rows = rows.shape[0]
+        torch.linalg.vector_norm(rows, dim=1, out=plan.norms[row : row + n_rows])
+        row += n_rows
+    # Copies: the plan's outputs are overwritten at the next step.
     return Partials(
-        torch.stack([torch.stack(sums), torch.stack(maxs)]),
-        np.asarray(chunk_owner, dtype=np.int64),
-        torch.cat(norms),
-        np.concatenate(norm_owner),
+        plan.values.clone(), plan.chunk_owner, plan.norms.clone(), plan.norm_owner
     )
 
 
