@@ -12,16 +12,9 @@ Needs Debian's ``chromium`` and ``pip install playwright`` (never
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
-import queue
-import re
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +52,6 @@ LSTM = [
 XSS = "<img src=x onerror=alert(1)>"
 EDGE_RUN = "edge_<b>cases"
 EDGE_LAYERS = ("embed", "frozen", "<img src=x onerror=alert(1)>", "exploded")
-_START_TIMEOUT = 60.0  # s until tensorboard prints its address
 _LOAD_TIMEOUT = 60.0  # s until every run is listed
 _UI_TIMEOUT = 20_000  # ms for one UI expectation
 _REFRESH_TIMEOUT = 25_000  # ms: reload interval 1 s + the tab's 5 s poll
@@ -122,76 +114,29 @@ def logdir(tmp_path_factory):
     return d
 
 
-class _TensorBoard:
-    """``tensorboard --logdir D --host 127.0.0.1 --port 0`` as a subprocess."""
+def served_runs(tb) -> dict[str, dict]:
+    """The plugin's ``runs`` answer, by run name."""
+    return {r["run"]: r for r in tb.get_json("/data/plugin/gradflow/runs")["runs"]}
 
-    def __init__(self, logdir: Path) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tensorboard.main",
-                f"--logdir={logdir}",
-                "--host=127.0.0.1",
-                "--port=0",
-                "--reload_interval=1",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.output: list[str] = []
-        lines: queue.Queue[str] = queue.Queue()
-        self._pump = threading.Thread(target=self._read, args=(lines,), daemon=True)
-        self._pump.start()
-        deadline = time.monotonic() + _START_TIMEOUT
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                self.close()
-                raise AssertionError(
-                    f"tensorboard printed no address: {''.join(self.output)}"
-                ) from None
-            match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-            if match:
-                self.url = f"http://127.0.0.1:{match.group(1)}/"
-                return
 
-    def _read(self, lines: queue.Queue) -> None:
-        for line in self.process.stdout:
-            self.output.append(line)
-            lines.put(line)
-
-    def runs(self) -> dict[str, dict]:
-        route = self.url + "data/plugin/gradflow/runs"
-        with urllib.request.urlopen(route, timeout=10) as response:
-            return {r["run"]: r for r in json.load(response)["runs"]}
-
-    def wait_for_runs(self, expected: dict[str, int]) -> None:
-        """Until each run lists the expected number of steps."""
-        deadline = time.monotonic() + _LOAD_TIMEOUT
-        runs: dict[str, dict] = {}
-        while time.monotonic() < deadline:
-            runs = self.runs()
-            if all(runs.get(r, {}).get("steps") == n for r, n in expected.items()):
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"runs never complete: {runs}")
-
-    def close(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=30)
-        self._pump.join(timeout=10)
-        self.process.stdout.close()
+def wait_for_runs(tb, expected: dict[str, int]) -> None:
+    """Until each run lists the expected number of steps."""
+    deadline = time.monotonic() + _LOAD_TIMEOUT
+    runs: dict[str, dict] = {}
+    while time.monotonic() < deadline:
+        runs = served_runs(tb)
+        if all(runs.get(r, {}).get("steps") == n for r, n in expected.items()):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"runs never complete: {runs}")
 
 
 @pytest.fixture(scope="module")
-def tensorboard(logdir):
-    tb = _TensorBoard(logdir)
+def tensorboard(logdir, tensorboard_process):
+    tb = tensorboard_process(logdir, "--reload_interval=1")
     try:
-        tb.wait_for_runs(
-            {"healthy": DEMO_STEPS, "unnormalised_inputs": DEMO_STEPS, EDGE_RUN: 10}
+        wait_for_runs(
+            tb, {"healthy": DEMO_STEPS, "unnormalised_inputs": DEMO_STEPS, EDGE_RUN: 10}
         )
         yield tb
     finally:

@@ -7,15 +7,7 @@ or 10 of them.
 
 from __future__ import annotations
 
-import json
-import queue
-import re
-import subprocess
-import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import torch
@@ -25,7 +17,6 @@ import tb_gradflow
 
 STEPS = 2000
 LAYERS = ["0", "2"]  # the Linear layers' weights (biases are left out by default)
-_START_TIMEOUT = 60.0  # s until tensorboard prints its address
 _LOAD_TIMEOUT = 60.0  # s until every step is served
 
 
@@ -54,75 +45,12 @@ def logdir(tmp_path_factory):
     return d
 
 
-class TensorBoard:
-    """A ``tensorboard`` subprocess on 127.0.0.1 and a free port."""
-
-    def __init__(self, logdir, *flags: str) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tensorboard.main",
-                f"--logdir={logdir}",
-                "--host=127.0.0.1",
-                "--port=0",
-                *flags,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.output: list[str] = []
-        lines: queue.Queue[str] = queue.Queue()
-        self._pump_thread = threading.Thread(
-            target=self._pump, args=(lines,), daemon=True
-        )
-        self._pump_thread.start()
-        deadline = time.monotonic() + _START_TIMEOUT
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                raise AssertionError(f"no address: {''.join(self.output)}") from None
-            match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-            if match:
-                self.base = f"http://127.0.0.1:{match.group(1)}"
-                return
-
-    def _pump(self, lines: queue.Queue) -> None:
-        for line in self.process.stdout:
-            self.output.append(line)
-            lines.put(line)
-
-    def get(self, path: str) -> tuple[int, str, bytes]:
-        try:
-            with urllib.request.urlopen(self.base + path, timeout=30) as response:
-                return (
-                    response.status,
-                    response.headers["Content-Type"],
-                    response.read(),
-                )
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers["Content-Type"], e.read()
-
-    def get_json(self, path: str):
-        status, content_type, body = self.get(path)
-        assert (status, content_type) == (200, "application/json"), body
-        return json.loads(body)
-
-    def close(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=30)
-        self._pump_thread.join(timeout=10)  # ends at EOF, once the process is gone
-        self.process.stdout.close()
-
-
 @pytest.fixture
-def start(logdir):
+def start(logdir, tensorboard_process):
     started = []
 
-    def start(*flags: str) -> TensorBoard:
-        started.append(TensorBoard(logdir, *flags))
+    def start(*flags: str):
+        started.append(tensorboard_process(logdir, *flags))
         return started[-1]
 
     yield start
@@ -130,7 +58,7 @@ def start(logdir):
         tb.close()
 
 
-def wait_for_last_step(tb: TensorBoard) -> list[dict]:
+def wait_for_last_step(tb) -> list[dict]:
     """The ``runs`` answer once TensorBoard, loading in the background, has the
     last logged step."""
     deadline = time.monotonic() + _LOAD_TIMEOUT
