@@ -34,8 +34,6 @@ import importlib
 import math
 import os
 import platform
-import random
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,6 +42,7 @@ from collections.abc import Callable
 # (a second process with the default cache would reuse the compiled kernel).
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="bench_opt"))
 
+import _harness
 import torch
 
 from trainkit.optim import SMORMS3
@@ -101,26 +100,6 @@ OURS = "SMORMS3 default"
 OURS_FUSED = "SMORMS3 fused=True (compiled)"
 
 
-def read_psi_us() -> int | None:
-    try:
-        with open("/proc/pressure/cpu") as f:
-            return int(f.readline().split("total=")[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def time_block(run: Callable[[], object], iters: int) -> tuple[float, float]:
-    """(ms per call, psi %) of one block of ``iters`` calls."""
-    psi0 = read_psi_us()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        run()
-    wall = time.perf_counter() - t0
-    psi1 = read_psi_us()
-    psi = math.nan if psi0 is None or psi1 is None else (psi1 - psi0) / 1e4 / wall
-    return wall / iters * 1e3, psi
-
-
 def make_params(
     shapes: list[tuple[int, ...]], grads: list[torch.Tensor], seed: int
 ) -> list[torch.nn.Parameter]:
@@ -157,61 +136,39 @@ def bench(
     names: list[str],
     reps: int,
     iters: int,
-    rng: random.Random,
+    seed: int,
 ) -> dict[str, float]:
     gen = torch.Generator().manual_seed(0)
     grads = [torch.randn(s, generator=gen) for s in shapes]
-    steps: dict[str, Callable[[], object]] = {}
+    blocks: dict[str, _harness.Block] = {}
     first_step_s: dict[str, float] = {}
     for name in names:
         opt = VARIANTS[name](make_params(shapes, grads, seed=1))
         t0 = time.perf_counter()
         opt.step()  # creates the state; compiles the fused kernel when needed
         first_step_s[name] = time.perf_counter() - t0
-        steps[name] = opt.step
-    times: dict[str, list[float]] = {k: [] for k in names}
-    psis: dict[str, list[float]] = {k: [] for k in names}
-    for name in names:
-        time_block(steps[name], iters)  # warm-up
+        blocks[name] = _harness.timed(opt.step, iters)
     t0 = time.perf_counter()
-    for _ in range(reps):
-        order = list(names)
-        rng.shuffle(order)
-        for name in order:
-            ms, psi = time_block(steps[name], iters)
-            times[name].append(ms)
-            psis[name].append(psi)
+    results = _harness.interleave(blocks, reps, seed=seed)
     took = time.perf_counter() - t0
 
     numel = sum(math.prod(s) for s in shapes)
-    med = {k: statistics.median(v) for k, v in times.items()}
     print(
         f"{label}: {len(shapes)} x {list(shapes[0])} ({numel / 1e6:.1f}M params), "
-        f"{reps} reps x {iters} steps per variant, ms per step; took {took:.0f}s"
+        f"{reps} reps x {iters} steps per variant, ms per step, ratios to "
+        f"{ADAM}; took {took:.0f}s (warm-up included)"
     )
     print()
-    print(
-        "| variant | median ms | min ms | max ms | ratio vs Adam default "
-        "| paired ratio med [min, max] | first step s | psi % |"
-    )
-    print("|---|---:|---:|---:|---:|---|---:|---:|")
-    for name in names:
-        ts = times[name]
-        paired = sorted(t / b for t, b in zip(ts, times[ADAM]))
-        print(
-            f"| {name} | {med[name]:.2f} | {min(ts):.2f} | {max(ts):.2f} "
-            f"| {med[name] / med[ADAM]:.2f} | {statistics.median(paired):.2f} "
-            f"[{paired[0]:.2f}, {paired[-1]:.2f}] | {first_step_s[name]:.2f} "
-            f"| {statistics.median(psis[name]):.0f} |"
-        )
+    first = {"first step s": lambda name: f"{first_step_s[name]:.2f}"}
+    print(_harness.table(results, ADAM, extra=first))
     print()
     result = {
-        "default/adam": med[OURS] / med[ADAM],
-        "seed/default": med[SEED] / med[OURS],
-        "psi": statistics.median(psis[OURS]),
+        "default/adam": _harness.ratio(results, OURS, ADAM),
+        "seed/default": _harness.ratio(results, SEED, OURS),
+        "psi": _harness.psi(results, OURS),
     }
-    if OURS_FUSED in med:
-        result["fused/adam_fused"] = med[OURS_FUSED] / med[ADAM_FUSED]
+    if OURS_FUSED in results:
+        result["fused/adam_fused"] = _harness.ratio(results, OURS_FUSED, ADAM_FUSED)
         result["compile_s"] = first_step_s[OURS_FUSED]
     return result
 
@@ -238,14 +195,13 @@ def main() -> None:
         + (" [--quick: smoke run, figures not meaningful]" if args.quick else "")
     )
     print()
-    rng = random.Random(args.seed)
     if args.quick:
         sets = [("(a)", [(128, 128)] * 20, 2), ("(b)", [(1024, 1024)], 2)]
     else:
         sets = [("(a)", [(256, 256)] * 200, 5), ("(b)", [(4096, 4096)], 3)]
     results = {
-        label: bench(label, shapes, names, reps, iters, rng)
-        for label, shapes, iters in sets
+        label: bench(label, shapes, names, reps, iters, args.seed + i)
+        for i, (label, shapes, iters) in enumerate(sets)
     }
     print("Agreement with the seed's SMORMS3:")
     check([n for n in names if n.startswith("SMORMS3")])
