@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from tb_gradflow.collect import layer_stats, select_layers
 from tb_gradflow.diagnose import Finding, Thresholds, diagnose
 from tb_gradflow.reader import from_records
 
-__all__ = ["check_flow"]
+__all__ = ["check_flow", "diagnose_stats"]
 
 
 def check_flow(
@@ -65,14 +65,30 @@ def check_flow(
     params = [p for _, p, _ in layers]
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     stats, _ = layer_stats(list(grads))  # (K, L)
+    th = thresholds or Thresholds()
+    return diagnose_stats(layers, [stats], Thresholds(**{**th.__dict__, "patience": 1}))
+
+
+def diagnose_stats(
+    layers: Sequence[tuple[str, Tensor, bool]],
+    stats: Sequence[np.ndarray],
+    thresholds: Thresholds | None = None,
+) -> list[Finding]:
+    """The diagnosis of statistics kept in memory, one ``(K, L)`` array per step.
+
+    Args:
+        layers: ``select_layers`` output: ``(name, parameter, is_sparse)``.
+        stats: ``layer_stats`` results of consecutive steps 0, 1, ...
+        thresholds: the diagnosis thresholds.
+    """
     layout = metadata.Layout(
         layers=tuple(name for name, _, _ in layers),
         sparse=tuple(sparse for _, _, sparse in layers),
     )
-    flat = np.concatenate([stats.reshape(-1), [0.0, np.nan]])
-    run = from_records("check_flow", layout, [0], [flat])
-    th = thresholds or Thresholds()
-    return diagnose(run, Thresholds(**{**th.__dict__, "patience": 1}))
+    not_skipped = [0.0, np.nan]  # the step fields: skipped, loss_scale
+    rows = [np.concatenate([s.reshape(-1), not_skipped]) for s in stats]
+    run = from_records("in memory", layout, range(len(rows)), rows)
+    return diagnose(run, thresholds)
 
 
 def _describe(x: object) -> str:

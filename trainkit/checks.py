@@ -19,15 +19,13 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from tb_gradflow import metadata
 from tb_gradflow.collect import layer_stats, select_layers
-from tb_gradflow.diagnose import Finding, diagnose
-from tb_gradflow.reader import from_records
+from tb_gradflow.diagnose import Finding
+from tb_gradflow.flow_check import diagnose_stats
 from trainkit._validate import check_choice
 
 __all__ = [
@@ -218,18 +216,18 @@ def overfit_batch(
             loss = loss_fn(trainee(inputs), targets)
             loss.backward()
             stats, _ = layer_stats([p.grad for p in params])  # (K, L)
-            records.append(np.concatenate([stats.reshape(-1), [0.0, np.nan]]))
+            records.append(stats)
             losses.append(loss.item())
             if goal is None:
                 goal = 0.01 * losses[0]
             if losses[-1] <= goal or not math.isfinite(losses[-1]):
                 break
             opt.step()
-    layout = metadata.Layout(
-        layers=tuple(n for n, _, _ in layers), sparse=tuple(s for _, _, s in layers)
-    )
-    run = from_records("overfit_batch", layout, range(len(records)), records)
-    findings = [f for f in diagnose(run) if f.kind in ("no_gradient", "blocked")]
+    findings = [
+        f
+        for f in diagnose_stats(layers, records)
+        if f.kind in ("no_gradient", "blocked")
+    ]
     passed = losses[-1] <= goal
     message = _overfit_message(passed, losses, goal, findings)
     return CheckResult(
