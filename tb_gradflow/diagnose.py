@@ -121,16 +121,13 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
     judged, valid = _judged_mean(
         run.values("abs_mean"), run.values("rows"), run.sparse, nonfinite
     )
-    norm = run.values("norm").astype(np.float64)
-    masks = _step_masks(
-        judged,
-        valid,
-        norm,
-        nonfinite,
-        _earlier_peak(np.where(valid, judged, np.nan)),
-        _recent_median(norm, th.explode_window),
-        th,
-    )
+    no_gradient, bad = _event_masks(nonfinite)
+    masks = {  # in this order for findings of the same step and layer
+        "no_gradient": no_gradient,
+        "blocked": _blocked_mask(judged, valid, th),
+        "nonfinite": bad,
+        "exploding": _exploding_mask(run.values("norm"), th),
+    }
     live = ~skipped
     patience = min(th.patience, max(int(live.sum()), 1))
     findings: list[Finding] = []
@@ -159,12 +156,11 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
 class OnlineDiagnosis:
     """The same rule, one logged step at a time, for alerts during training.
 
-    Keeps O(layers x explode_window) state: each layer's earlier peak, its recent
-    norms and its current streaks. :meth:`update` returns the findings that
-    become true at this step for the first time for their layer: a
-    ``no_gradient`` or ``blocked`` streak that reaches ``patience`` steps, or a
-    ``nonfinite`` step. (``exploding`` and ``skipped`` are shown by the tab and
-    the report; they raise no alert.)
+    Keeps O(layers) state: each layer's earlier peak and its current streaks.
+    :meth:`update` returns the findings that become true at this step for the
+    first time for their layer: a ``no_gradient`` or ``blocked`` streak that
+    reaches ``patience`` steps, or a ``nonfinite`` step. (``exploding`` and
+    ``skipped`` are shown by the tab and the report; they raise no alert.)
     """
 
     ALERT_KINDS = ("no_gradient", "blocked", "nonfinite")
@@ -180,8 +176,6 @@ class OnlineDiagnosis:
         self.sparse = list(sparse)
         n = len(self.layers)
         self._peak = np.full(n, np.nan)
-        self._norms = np.full((self.th.explode_window, n), np.nan)  # ring buffer
-        self._seen = 0
         self._streak = {kind: np.zeros(n, dtype=np.int64) for kind in _PATIENT}
         self._alerted = {kind: np.zeros(n, dtype=bool) for kind in self.ALERT_KINDS}
 
@@ -196,16 +190,14 @@ class OnlineDiagnosis:
             self.sparse,
             nonfinite,
         )
-        norm = np.asarray(stats["norm"], dtype=np.float64)[None]  # (1, L)
-        history = self._norms[: min(self._seen, len(self._norms))]  # (W', L)
-        recent = _median_of_window(history.T[None])  # (1, L)
-        masks = _step_masks(
-            judged, valid, norm, nonfinite, self._peak[None], recent, self.th
-        )
+        others = _median_of_others(np.where(valid, judged, np.nan))  # (1, L)
+        no_gradient, bad = _event_masks(nonfinite)
+        masks = {
+            "no_gradient": no_gradient,
+            "blocked": valid & _blocked(judged, others, self._peak[None], self.th),
+            "nonfinite": bad,
+        }
         self._peak = np.fmax(self._peak, np.where(valid, judged, np.nan)[0])
-        finite_norm = np.where(np.isfinite(norm[0]), norm[0], np.nan)
-        self._norms[self._seen % len(self._norms)] = finite_norm
-        self._seen += 1
         if skipped:  # neither blocked nor healthy: streaks stay as they are
             return []
         new: list[Finding] = []
@@ -252,83 +244,137 @@ def _judged_mean(
     return mean, valid
 
 
-def _step_masks(
-    judged: np.ndarray,
-    valid: np.ndarray,
-    norm: np.ndarray,
-    nonfinite: np.ndarray,
-    peak: np.ndarray,
-    recent: np.ndarray,
-    th: Thresholds,
-) -> dict[str, np.ndarray]:
-    """Per-step conditions of every kind, ``(T, L)`` bool each.
+def _event_masks(nonfinite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``no_gradient`` and ``nonfinite`` per step and layer, ``(T, L)`` bool each."""
+    return np.isnan(nonfinite), nonfinite > 0
 
-    ``peak``: each layer's largest earlier judged value (NaN: none);
-    ``recent``: the median of its previous norms (NaN: fewer than 3).
+
+def _blocked(
+    judged: np.ndarray, others: np.ndarray, peak: np.ndarray, th: Thresholds
+) -> np.ndarray:
+    """The ``blocked`` condition where a layer has a usable value (any shapes that
+    broadcast).
+
+    ``others``: the median of the other layers' values (NaN: none); ``peak``: the
+    layer's largest earlier value (NaN: none).
     """
-    others = _median_of_others(np.where(valid, judged, np.nan))  # (T, L)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore"):
         tiny_vs_others = judged < th.min_ratio_to_others * others
         fell = judged < th.min_ratio_to_own_peak * peak
         far_below = judged < th.floor_ratio_to_others * others
-        too_big = np.isfinite(norm) & (recent > 0) & (norm > th.explode_ratio * recent)
-    return {
-        "no_gradient": np.isnan(nonfinite),
-        "blocked": valid & ((judged == 0) | (tiny_vs_others & fell) | far_below),
-        "nonfinite": np.nan_to_num(nonfinite, nan=0.0) > 0,
-        "exploding": too_big,
-    }
+    return (judged == 0) | (tiny_vs_others & fell) | far_below
+
+
+def _blocked_mask(judged: np.ndarray, valid: np.ndarray, th: Thresholds) -> np.ndarray:
+    """:func:`_blocked` at every step and layer with a usable value.
+
+    Exact; the others' medians and the earlier peaks are computed only at the
+    few cells that :func:`_small_vs_others` cannot rule out (elsewhere only a
+    zero is blocked).
+
+    Shape:
+        - judged, valid: ``(T, L)``
+        - returns: ``(T, L)`` bool
+    """
+    mask = valid & (judged == 0)
+    ratios = (th.min_ratio_to_others, th.floor_ratio_to_others)
+    t, j, others = _small_vs_others(judged, valid, ratios)  # (N,) each
+    cols, col = np.unique(j, return_inverse=True)  # (C,), (N,)
+    peak = _earlier_peak(np.where(valid[:, cols], judged[:, cols], np.nan))  # (T, C)
+    mask[t, j] = _blocked(judged[t, j], others, peak[t, col], th)
+    return mask
+
+
+def _small_vs_others(
+    judged: np.ndarray, valid: np.ndarray, ratios: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The usable cells whose value may be below ``ratio`` x the median of the
+    other layers' usable values, for some ``ratio >= 0``, with that median.
+
+    Rows with the same number ``n`` of usable values are partitioned at the
+    middle ranks :func:`_median_without` reads. No median of ``n - 1`` of the
+    values exceeds rank ``(n + 1) // 2``, so the cells at or above ``ratio`` x
+    that rank are left out.
+
+    Shape:
+        - judged, valid: ``(T, L)``
+        - returns: step and layer indices ``(N,)``, and the medians ``(N,)``
+    """
+    filled = np.where(valid, judged, np.inf)  # (T, L): unusable values sort last
+    empty = np.zeros(0, dtype=np.intp)
+    found = [(empty, empty, np.zeros(0))]
+    for n, rows in _row_groups(valid.sum(axis=1)):
+        if n < 2:
+            continue  # a layer with a value has no others
+        s = _middle_ranks(filled[rows], n)  # rank -> (R, 1)
+        with np.errstate(invalid="ignore"):
+            limit = np.maximum.reduce([r * s[(n + 1) // 2] for r in ratios])  # (R, 1)
+            r, j = np.nonzero(valid[rows] & (judged[rows] < limit))  # (N_n,) each
+        at = {p: v[r, 0] for p, v in s.items()}  # rank -> (N_n,)
+        found.append((rows[r], j, _median_without(at, judged[rows[r], j], n)))
+    t, j, others = (np.concatenate(parts) for parts in zip(*found))
+    return t, j, others
 
 
 def _median_of_others(mean: np.ndarray) -> np.ndarray:
     """Per step and layer, the median of the *other* layers' finite values.
 
     Exact, O(L) per step: rows with the same number ``n`` of finite values are
-    partitioned at the few middle positions needed. With ``s`` a row sorted (NaN
-    last), the i-th smallest of the values other than ``x`` is ``s[i]`` if
-    ``s[i + 1] <= x`` else ``s[i + 1]`` (leaving out any copy of ``x`` leaves
-    the same values); a layer without a value removes nothing.
+    partitioned at the few middle ranks needed (:func:`_median_without`); a
+    layer without a value removes nothing.
 
     Shape:
         - mean: ``(T, L)``, NaN where a layer has no usable value
         - returns: ``(T, L)``, NaN where no other layer has a value
     """
-    n_layers = mean.shape[1]
     valid = np.isfinite(mean)
-    counts = valid.sum(axis=1)  # (T,)
+    filled = np.where(valid, mean, np.inf)  # (T, L): NaN sorts last
     out = np.full(mean.shape, np.nan)
-    for n in np.unique(counts):
+    for n, rows in _row_groups(valid.sum(axis=1)):
         if n == 0:
             continue
-        rows = np.flatnonzero(counts == n)
-        x, ok = mean[rows], valid[rows]  # (R, L)
-        k = n - 1  # how many others a layer with a value has
-        need = {
-            (k - 1) // 2,
-            k // 2,
-            (k - 1) // 2 + 1,
-            k // 2 + 1,
-            (n - 1) // 2,
-            n // 2,
-        }
-        need = sorted(p for p in need if 0 <= p < n_layers)
-        part = np.partition(np.where(ok, x, np.inf), need, axis=1)
-        s = {p: part[:, p : p + 1] for p in need}  # (R, 1) each
-
-        def other(i: int, x: np.ndarray = x, s: dict = s) -> np.ndarray:
-            nxt = s.get(i + 1)
-            if nxt is None:
-                return np.broadcast_to(s[i], x.shape)
-            return np.where(nxt <= x, s[i], nxt)
-
+        s = _middle_ranks(filled[rows], n)  # rank -> (R, 1)
         with np.errstate(invalid="ignore"):
-            if k > 0:
-                with_value = (other((k - 1) // 2) + other(k // 2)) / 2
-            else:
-                with_value = np.full(x.shape, np.nan)
-            without = np.broadcast_to((s[(n - 1) // 2] + s[n // 2]) / 2, x.shape)
-        out[rows] = np.where(ok, with_value, without)
+            with_value = _median_without(s, mean[rows], n)  # (R, L)
+            without = (s[(n - 1) // 2] + s[n // 2]) / 2  # (R, 1)
+        out[rows] = np.where(valid[rows], with_value, without)
     return out
+
+
+def _row_groups(counts: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """``(n, rows)`` for each distinct ``n`` in ``counts`` ``(T,)``: the indices
+    of the rows with ``n`` usable values."""
+    return [(int(n), np.flatnonzero(counts == n)) for n in np.unique(counts)]
+
+
+def _middle_ranks(filled: np.ndarray, n: int) -> dict[int, np.ndarray]:
+    """The values at the ranks that the medians of ``n`` values, and of ``n - 1``
+    of them, read: ``{rank: (R, 1)}``.
+
+    Shape:
+        - filled: ``(R, L)``, ``n`` usable values per row, ``inf`` elsewhere
+    """
+    need = {(n - 2) // 2, (n - 1) // 2, n // 2, (n + 1) // 2}
+    need = sorted(p for p in need if 0 <= p < filled.shape[1])
+    part = np.partition(filled, need, axis=1)  # (R, L)
+    return {p: part[:, p : p + 1] for p in need}
+
+
+def _median_without(s: dict[int, np.ndarray], x: np.ndarray, n: int) -> np.ndarray:
+    """The median of ``n`` values less ``x``, one of them (NaN if ``n == 1``).
+
+    With ``s[i]`` the ``i``-th smallest of the ``n`` values, the ``i``-th smallest
+    of the others is ``s[i]`` if ``s[i + 1] <= x`` else ``s[i + 1]`` (leaving out
+    any copy of ``x`` leaves the same values). ``s``'s arrays broadcast with ``x``.
+    """
+    k = n - 1  # how many others
+    if k == 0:
+        return np.full(np.shape(x), np.nan)
+
+    def other(i: int) -> np.ndarray:
+        return np.where(s[i + 1] <= x, s[i], s[i + 1])
+
+    return (other((k - 1) // 2) + other(k // 2)) / 2
 
 
 def _earlier_peak(mean: np.ndarray) -> np.ndarray:
@@ -341,27 +387,64 @@ def _earlier_peak(mean: np.ndarray) -> np.ndarray:
     return peak
 
 
-def _recent_median(norm: np.ndarray, window: int) -> np.ndarray:
-    """Per step and layer, the median of the previous ``window`` finite norms
-    (NaN with fewer than 3 of them).
+def _exploding_mask(norm: np.ndarray, th: Thresholds) -> np.ndarray:
+    """``exploding`` per step and layer: a finite norm above ``explode_ratio`` x
+    the median of the layer's previous ``explode_window`` finite norms (which
+    needs 3 of them).
+
+    Exact; the window medians are computed only where the norm is above
+    ``explode_ratio`` x the smallest norm of its window (no median is smaller).
 
     Shape:
         - norm: ``(T, L)``
-        - returns: ``(T, L)``
+        - returns: ``(T, L)`` bool
     """
-    n_steps, n_layers = norm.shape
-    # float32 halves the sorting work; a 100x threshold needs no more precision
-    finite = np.where(np.isfinite(norm), norm, np.nan).astype(np.float32)
-    padded = np.concatenate([np.full((window, n_layers), np.nan, np.float32), finite])
-    out = np.empty((n_steps, n_layers))
-    chunk = max(1, 2_000_000 // (n_layers * window))  # bounds the windows' memory
-    for t0 in range(0, n_steps, chunk):
-        t1 = min(t0 + chunk, n_steps)
-        windows = np.lib.stride_tricks.sliding_window_view(
-            padded[t0 : t1 + window - 1], window, axis=0
-        )  # (t1 - t0, L, window): the `window` steps before each step
-        out[t0:t1] = _median_of_window(windows)
-    return out
+    window = th.explode_window
+    padded = _padded_finite(norm, window)  # (window + T, L); step t at window + t
+    low = _rolling_fmin(padded[:-1], window)  # (T, L)
+    with np.errstate(invalid="ignore"):
+        t, j = np.nonzero(norm > np.multiply(low, th.explode_ratio, dtype=np.float64))
+    mask = np.zeros(norm.shape, dtype=bool)
+    chunk = max(1, 2_000_000 // window)  # bounds the windows' memory
+    for c in range(0, len(t), chunk):
+        tc, jc = t[c : c + chunk], j[c : c + chunk]  # (N,) each
+        windows = padded[tc[:, None] + np.arange(window), jc[:, None]]  # (N, window)
+        recent = _median_of_window(windows).astype(np.float64)  # (N,)
+        at = np.asarray(norm[tc, jc], dtype=np.float64)  # (N,)
+        with np.errstate(invalid="ignore"):
+            too_big = np.isfinite(at) & (recent > 0) & (at > th.explode_ratio * recent)
+        mask[tc, jc] = too_big
+    return mask
+
+
+def _padded_finite(norm: np.ndarray, window: int) -> np.ndarray:
+    """``window`` rows of NaN, then ``norm`` with NaN for its non-finite values.
+
+    float32 halves the sorting work; a 100x threshold needs no more precision.
+
+    Shape:
+        - norm: ``(T, L)``
+        - returns: ``(window + T, L)`` float32
+    """
+    padded = np.full((window + len(norm), norm.shape[1]), np.nan, dtype=np.float32)
+    np.copyto(padded[window:], norm, casting="same_kind", where=np.isfinite(norm))
+    return padded
+
+
+def _rolling_fmin(values: np.ndarray, window: int) -> np.ndarray:
+    """The smallest non-NaN value of each ``window`` consecutive rows (NaN: none).
+
+    Shape:
+        - values: ``(R, L)``, ``R >= window``
+        - returns: ``(R - window + 1, L)``, row ``i`` over rows ``i .. i + window - 1``
+    """
+    low, width = values, 1
+    while 2 * width <= window:
+        # row i: over rows i .. i + 2 width - 1
+        low = np.fmin(low[:-width], low[width:])
+        width *= 2
+    n = len(values) - window + 1
+    return np.fmin(low[:n], low[window - width : window - width + n])
 
 
 def _median_of_window(windows: np.ndarray) -> np.ndarray:
@@ -398,10 +481,11 @@ def _streaks(
     """
     idx = np.flatnonzero(counted)
     found = []
-    for j, layer in enumerate(layers):
+    for j in np.flatnonzero(mask.any(axis=0)).tolist():  # the columns with a hit
         column = mask[idx, j]
         if not column.any():
             continue
+        layer = layers[j]
         edges = np.diff(np.concatenate([[0], column.astype(np.int8), [0]]))
         starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
         runs: list[list[int]] = []

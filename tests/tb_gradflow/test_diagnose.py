@@ -226,16 +226,101 @@ def test_median_of_others_with_ties_and_gaps_equals_a_loop():
                 np.testing.assert_allclose(got[i, j], want)
 
 
-def test_recent_median_equals_a_loop():
-    from tb_gradflow.diagnose import _recent_median
+def random_cells(rng, t, n, dtype=np.float64):
+    """Positive values over many scales, with ties, zeros and NaN (no value)."""
+    x = np.exp(rng.normal(np.log(1e-3), 4.0, (t, n)))
+    if rng.random() < 0.5:
+        x = rng.choice([0.0, 1e-9, 1e-5, 1e-3, 1e-1, 1.0], size=(t, n))  # ties
+    x[rng.random((t, n)) < 0.2] = np.nan
+    if n > 1 and rng.random() < 0.5:
+        x[:, rng.integers(n)] = np.nan  # a layer that never has a gradient
+    return x.astype(dtype)
 
-    rng = np.random.default_rng(3)
-    norm = rng.random((50, 4))
-    norm[rng.random((50, 4)) < 0.2] = np.inf
-    got = _recent_median(norm, 5)
-    for t in range(50):
-        for j in range(4):
-            prev = norm[max(0, t - 5) : t, j]
-            prev = prev[np.isfinite(prev)]
-            want = np.median(prev) if prev.size >= 3 else np.nan
-            np.testing.assert_allclose(got[t, j], want)
+
+def blocked_by_a_loop(judged, th):
+    """``blocked`` cell by cell, with np.median and max: the reference."""
+    t, n = judged.shape
+    want = np.zeros((t, n), dtype=bool)
+    for i in range(t):
+        for j in range(n):
+            x = judged[i, j]
+            if not np.isfinite(x):
+                continue
+            rest = np.delete(judged[i], j)
+            rest = rest[np.isfinite(rest)]
+            others = np.median(rest) if rest.size else np.nan
+            earlier = judged[:i, j][np.isfinite(judged[:i, j])]
+            peak = earlier.max() if earlier.size else np.nan
+            want[i, j] = (
+                x == 0
+                or (
+                    x < th.min_ratio_to_others * others
+                    and x < th.min_ratio_to_own_peak * peak
+                )
+                or x < th.floor_ratio_to_others * others
+            )
+    return want
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_blocked_mask_equals_a_loop(seed):
+    from tb_gradflow.diagnose import _blocked_mask
+
+    rng = np.random.default_rng(seed)
+    t, n = rng.integers(1, 25), rng.integers(1, 12)
+    judged = random_cells(rng, t, n)
+    th = Thresholds(
+        min_ratio_to_others=float(rng.choice([0.0, 1e-2, 0.5, 1.0])),
+        min_ratio_to_own_peak=float(rng.choice([0.0, 1e-2, 0.5, 1.0])),
+        floor_ratio_to_others=float(rng.choice([0.0, 1e-6, 0.3, 1.0])),
+    )
+    got = _blocked_mask(judged, np.isfinite(judged), th)
+    np.testing.assert_array_equal(got, blocked_by_a_loop(judged, th))
+
+
+def exploding_by_a_loop(norm, th):
+    """``exploding`` cell by cell: a window median of float32 norms (the
+    documented precision), the reference."""
+    t, n = norm.shape
+    w = th.explode_window
+    want = np.zeros((t, n), dtype=bool)
+    for i in range(t):
+        for j in range(n):
+            prev = norm[max(0, i - w) : i, j]
+            prev = prev[np.isfinite(prev)].astype(np.float32)
+            if prev.size < 3 or not np.isfinite(norm[i, j]):
+                continue
+            recent = float(np.median(prev))
+            want[i, j] = recent > 0 and norm[i, j] > th.explode_ratio * recent
+    return want
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_exploding_mask_equals_a_loop(seed):
+    from tb_gradflow.diagnose import _exploding_mask
+
+    rng = np.random.default_rng(seed)
+    t, n = rng.integers(1, 60), rng.integers(1, 6)
+    dtype = np.float32 if seed % 2 else np.float64
+    norm = random_cells(rng, t, n, dtype)
+    norm[rng.random((t, n)) < 0.1] = np.inf
+    norm[rng.random((t, n)) < 0.05] *= 1e4  # spikes
+    th = Thresholds(
+        explode_ratio=float(rng.choice([1.5, 10.0, 100.0])),
+        explode_window=int(rng.integers(3, 25)),
+    )
+    np.testing.assert_array_equal(
+        _exploding_mask(norm, th), exploding_by_a_loop(norm, th)
+    )
+
+
+def test_exploding_mask_at_the_threshold():
+    from tb_gradflow.diagnose import _exploding_mask
+
+    norm = np.full((12, 3), 1e-3)
+    at = 100.0 * float(np.float32(1e-3))  # the window median is a float32
+    norm[10] = [at, np.nextafter(at, np.inf), np.nextafter(at, 0)]
+    want = np.zeros((12, 3), dtype=bool)
+    want[10, 1] = True
+    np.testing.assert_array_equal(_exploding_mask(norm, Thresholds()), want)
+    np.testing.assert_array_equal(exploding_by_a_loop(norm, Thresholds()), want)
