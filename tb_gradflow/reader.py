@@ -300,7 +300,8 @@ def from_records(
     last[:-1] = steps[order][1:] != steps[order][:-1]
     keep = order[last]
     if len(keep):
-        flat = np.stack(rows).astype(np.float32, copy=False)[keep]  # (T, K * L + F)
+        kept = [rows[i] for i in keep.tolist()]
+        flat = np.stack(kept, dtype=np.float32)  # (T, K * L + F), one copy
     else:
         flat = np.zeros((0, layout.size), dtype=np.float32)
     values, fields = metadata.split_values(flat, layout)  # (T, K, L), (T, F)
