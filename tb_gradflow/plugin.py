@@ -211,7 +211,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "layers": list(data.layers),
             "sparse": list(data.sparse),
             "stats": {s: data.values(s)[i].tolist() for s in data.stats},
-            "no_grad": data.no_grad[i].tolist(),
+            "no_grad": np.isnan(data.values("nonfinite")[i]).tolist(),  # as .no_grad
             "skipped": bool(data.skipped[i]),
             "loss_scale": float(data.loss_scale[i]),
             "alerts": [
