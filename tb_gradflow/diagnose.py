@@ -234,7 +234,7 @@ def _judged_mean(
     A sparse layer is judged by the rows that received a gradient
     (``abs_mean / rows``). Shapes: all ``(T, L)`` (``sparse``: ``(L,)``).
     """
-    mean = np.asarray(abs_mean, dtype=np.float64).copy()
+    mean = np.array(abs_mean, dtype=np.float64)  # a copy
     sparse = np.asarray(sparse, dtype=bool)
     if sparse.any():
         r = np.asarray(rows, dtype=np.float64)[:, sparse]
