@@ -4,10 +4,12 @@ Two paths, picked per device (measured in ``benchmarks/bench_watch.py``):
 
 * CPU: ``torch._foreach_norm`` is not a fused kernel there (its inf-norm costs
   ~8x an L2 norm), so each gradient is read once by ``abs`` into a scratch
-  buffer of at most ``_CHUNK`` elements that stays in the L2 cache, and the three
-  reductions read that buffer. ``torch.dot`` in float32 loses precision on long
-  vectors (2e-5 relative on 4M elements), so chunks also bound its error
-  (< 3e-7); chunk partials are combined in float64 on the host.
+  buffer of at most ``_CHUNK`` elements, packed row by row with other
+  gradients, and three row-wise reductions (sum, max, L2 norm) read each filled
+  buffer: one kernel each per buffer fill, not per gradient. Rows of ``_ROW``
+  elements keep the float32 partials exact to ~1e-7 (a float32 sum of squares
+  over millions of elements is off by up to 1e-4); they are combined per layer
+  in float64 on the host.
 * Accelerators: three multi-tensor ``_foreach_norm`` launches per
   (device, dtype) group (ord 1, 2 and inf), accumulating in float32.
 
@@ -18,24 +20,24 @@ the caller copies them to the host once.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-_CHUNK = 1 << 18  # elements per CPU scratch pass: 1 MiB of float32 fits in L2
-_ROW = 1024  # elements per partial L2 norm: float32 sums of <= 1024 squares stay exact
+_CHUNK = 1 << 20  # elements of the CPU scratch buffer (4 MiB of float32)
+_ROW = 1024  # elements per row partial: float32 sums of <= 1024 terms stay exact
 
 
 class Partials:
     """Partial reductions on one device, with the layer each belongs to.
 
-    ``values`` is ``(2, C)`` float32 on the device: Σ|g| and max|g| of C chunks,
-    and ``owner`` (``(C,)`` int64, host) the layer of each chunk. ``norms`` is
-    ``(R,)`` float32 on the device: L2 norms of R disjoint pieces, and
-    ``norm_owner`` (``(R,)`` int64, host) their layers; squared and summed on the
-    host in float64 (a float32 sum of squares over millions of elements is off
-    by up to 1e-4 relative, ``torch.linalg.vector_norm`` included).
+    ``values`` is ``(2, C)`` float32 on the device: Σ|g| and max|g| of C
+    disjoint pieces (rows, or whole gradients), and ``owner`` (``(C,)`` int64,
+    host) the layer of each. ``norms`` is ``(R,)`` float32 on the device: L2
+    norms of R disjoint pieces, and ``norm_owner`` (``(R,)`` int64, host) their
+    layers; squared and summed on the host in float64.
     """
 
     def __init__(
@@ -71,84 +73,132 @@ class _CpuPlan:
     """Scratch views and output slots for one set of gradient shapes.
 
     Built once per layout of gradients (shapes, dtypes, layers) and reused on
-    every logged step, so a step does no view creation or host-side bookkeeping
-    per tensor: each chunk is ``abs`` into the scratch, then three reductions
-    that write straight into preallocated outputs.
+    every logged step, so that a step's loop only launches kernels. Gradients
+    are cut into pieces and packed into groups that each fill the scratch
+    buffer once; every piece starts on a row of ``_ROW`` elements and its last
+    row is padded with zeros. A step, per group: ``abs`` of each piece into the
+    scratch, then three row-wise reductions over the whole group (sum, max, L2
+    norm) into ``out``, ``(3, R)`` float32 over the R rows of all groups. One
+    kernel per reduction and group, instead of per gradient, is what makes this
+    fast on many small gradients: a kernel launch costs as much as reducing
+    ~100K elements.
     """
 
     def __init__(self, grads: Sequence[Tensor], owners: Sequence[int], buf: Tensor):
-        self.values = torch.empty(2, 0)
-        self.chunks: list[tuple[int, int, Tensor, Tensor, Tensor, Tensor | None]] = []
-        chunk_owner, norm_owner, n_rows = [], [], 0
-        for i, (g, owner) in enumerate(zip(grads, owners)):
-            for start in range(0, g.numel(), _CHUNK):
-                n = min(_CHUNK, g.numel() - start)
-                padded = _padded(n)
-                shape = g.shape if n == g.numel() else (n,)
-                self.chunks.append(
-                    (
-                        i,
-                        start,
-                        buf[:n].view(shape),  # where abs() writes
-                        buf[:padded],  # what the sum and max read
-                        buf[:padded].view(-1, _ROW),  # (R_i, ROW): the row norms
-                        buf[n:padded] if padded > n else None,  # zeroed tail
-                    )
+        groups: list[list[tuple[int, int, int, int]]] = [[]]  # (layer, start, n, at)
+        used = 0
+        for i, g in enumerate(grads):
+            start = 0
+            while start < g.numel():
+                if used == buf.numel():
+                    groups.append([])
+                    used = 0
+                n = min(g.numel() - start, buf.numel() - used)
+                groups[-1].append((i, start, n, used))
+                used += _padded(n)
+                start += n
+        row_owner = [
+            np.full(_padded(n) // _ROW, owners[i], dtype=np.int64)
+            for group in groups
+            for i, _, n, _ in group
+        ]
+        self.row_owner = np.concatenate(row_owner)
+        self.out = torch.empty(3, self.row_owner.size, device=buf.device)
+        self.groups: list[_Group] = []
+        row = 0
+        for group in groups:
+            rows = sum(_padded(n) for _, _, n, _ in group) // _ROW
+            self.groups.append(
+                _Group(
+                    pieces=[_piece(i, grads[i], *place, buf) for i, *place in group],
+                    rows=buf[: rows * _ROW].view(rows, _ROW),  # (R_g, ROW)
+                    sums=self.out[0, row : row + rows],
+                    maxs=self.out[1, row : row + rows],
+                    norms=self.out[2, row : row + rows],
                 )
-                chunk_owner.append(owner)
-                norm_owner.append(np.full(padded // _ROW, owner, dtype=np.int64))
-                n_rows += padded // _ROW
-        self.chunk_owner = np.asarray(chunk_owner, dtype=np.int64)
-        self.norm_owner = (
-            np.concatenate(norm_owner) if norm_owner else np.zeros(0, np.int64)
-        )
-        self.values = torch.empty(2, len(self.chunks), device=buf.device)
-        self.norms = torch.empty(n_rows, device=buf.device)
+            )
+            row += rows
+
+
+class _Piece(NamedTuple):
+    """Elements ``span`` of gradient ``layer`` (None: all), and where they go."""
+
+    layer: int
+    span: tuple[int, int] | None
+    widen: bool  # not float32: copy, then abs in place
+    dst: Tensor  # the piece's place in the scratch, in the gradient's shape if whole
+    tail: Tensor | None  # the padding of its last row, zeroed at every step
+
+
+class _Group(NamedTuple):
+    """Pieces that fill the scratch once, and the row-wise outputs they reduce to."""
+
+    pieces: list[_Piece]
+    rows: Tensor  # (R_g, ROW) view of the filled scratch
+    sums: Tensor  # (R_g,) views of the plan's output
+    maxs: Tensor
+    norms: Tensor
+
+
+def _piece(layer: int, g: Tensor, start: int, n: int, at: int, buf: Tensor) -> _Piece:
+    """Elements ``[start, start + n)`` of ``g``, packed at ``buf[at:]``."""
+    whole = n == g.numel()
+    end = at + _padded(n)
+    return _Piece(
+        layer=layer,
+        span=None if whole else (start, start + n),
+        widen=g.dtype != torch.float32,
+        dst=buf[at : at + n].view(g.shape if whole else (n,)),
+        tail=buf[at + n : end] if end > at + n else None,
+    )
 
 
 def _reduce_dense_cpu(
     grads: Sequence[Tensor], owners: Sequence[int], scratch: dict
 ) -> Partials:
+    """The CPU path. The returned partials are views of buffers in ``scratch``:
+    valid until the next call with the same ``scratch``."""
     device = grads[0].device
-    grads = [g for g in grads if g.numel()]
     owners = [o for g, o in zip(grads, owners) if g.numel()]
+    grads = [g for g in grads if g.numel()]
     if not grads:
         return _empty(device)
     key = ("plan", device, tuple(owners), tuple((g.shape, g.dtype) for g in grads))
     plan = scratch.get(key)
     if plan is None:
-        largest = _padded(min(max(g.numel() for g in grads), _CHUNK))
-        buf = scratch.get(device)
-        if buf is None or buf.numel() < largest:
-            buf = scratch[device] = torch.empty(largest, device=device)
-            stale_plans = [
-                k for k in scratch if isinstance(k, tuple) and k[1] == device
-            ]
-            for stale in stale_plans:
-                del scratch[stale]  # plans hold views of the old buffer
-        plan = scratch[key] = _CpuPlan(grads, owners, buf)
-    sums, maxs = plan.values[0], plan.values[1]
-    row = 0
-    for c, (i, start, out, flat, rows, tail) in enumerate(plan.chunks):
-        g = grads[i]
-        piece = (
-            g if out.shape == g.shape else g.reshape(-1)[start : start + out.numel()]
-        )
-        if piece.dtype == torch.float32:
-            torch.abs(piece, out=out)
-        else:  # abs() cannot write another dtype: widen, then abs in place
-            out.copy_(piece).abs_()
-        if tail is not None:
-            tail.zero_()  # zeros change no sum, max or norm
-        torch.sum(flat, 0, out=sums[c])
-        torch.amax(flat, 0, out=maxs[c])
-        n_rows = rows.shape[0]
-        torch.linalg.vector_norm(rows, dim=1, out=plan.norms[row : row + n_rows])
-        row += n_rows
-    # Copies: the plan's outputs are overwritten at the next step.
-    return Partials(
-        plan.values.clone(), plan.chunk_owner, plan.norms.clone(), plan.norm_owner
-    )
+        plan = scratch[key] = _CpuPlan(grads, owners, _scratch_buffer(grads, scratch))
+    for group in plan.groups:
+        for piece in group.pieces:
+            g = grads[piece.layer]
+            if piece.span is not None:
+                g = g.reshape(-1)[piece.span[0] : piece.span[1]]
+            if piece.widen:  # abs() cannot write another dtype
+                piece.dst.copy_(g).abs_()
+            else:
+                torch.abs(g, out=piece.dst)
+            if piece.tail is not None:
+                piece.tail.zero_()  # zeros change no sum, max or norm
+        torch.sum(group.rows, 1, out=group.sums)
+        torch.amax(group.rows, 1, out=group.maxs)
+        torch.linalg.vector_norm(group.rows, dim=1, out=group.norms)
+    return Partials(plan.out[:2], plan.row_owner, plan.out[2], plan.row_owner)
+
+
+def _scratch_buffer(grads: Sequence[Tensor], scratch: dict) -> Tensor:
+    """The device's scratch buffer, grown to what ``grads`` fill (at most
+    ``_CHUNK`` elements).
+
+    Growing it drops the device's plans: they hold views of the old buffer.
+    """
+    device = grads[0].device
+    size = min(sum(_padded(g.numel()) for g in grads), _CHUNK)
+    buf = scratch.get(device)
+    if buf is None or buf.numel() < size:
+        buf = scratch[device] = torch.empty(size, device=device)
+        stale = [k for k in scratch if isinstance(k, tuple) and k[1] == device]
+        for key in stale:
+            del scratch[key]
+    return buf
 
 
 def _padded(n: int) -> int:
@@ -241,9 +291,9 @@ def combine(
             norms = host[offset + 2 * c : offset + 2 * c + r]
             offset += 2 * c + r
             with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf: counted later
-                np.add.at(out[0], p.owner, values[0])
+                out[0] += np.bincount(p.owner, values[0], minlength=n_layers)
                 np.maximum.at(out[1], p.owner, values[1])
-                np.add.at(out[2], p.norm_owner, norms * norms)
+                out[2] += np.bincount(p.norm_owner, norms * norms, minlength=n_layers)
         if i == 0 and extras is not None:
             host_extras = host[offset:]
     if extras is not None and host_extras is None:

@@ -145,6 +145,34 @@ def test_large_tensors_are_chunked_and_stay_precise(tmp_path):
         assert last.stat(stat)[0] == pytest.approx(ref[stat], rel=1e-6)
 
 
+def test_packed_cpu_reduction_equals_float64_per_layer(monkeypatch):
+    # A scratch of 3 rows: pieces split across groups, several gradients share
+    # a group, padded tails must not leak the previous group's values, and
+    # the layers' order in `owners` is not their order in `grads`.
+    monkeypatch.setattr(_reduce, "_CHUNK", 3 * _reduce._ROW)
+    torch.manual_seed(0)
+    grads = [
+        torch.randn(5000) * 3,  # split over two groups, ends mid-row
+        torch.randn(7, 3),  # shares a row-aligned group with others
+        torch.randn(0),  # empty: no rows
+        torch.randn(40, 90).t(),  # not contiguous
+        torch.randn(2500, dtype=torch.float64),  # widened
+        torch.randn(1024) * 1e-3,  # exactly one row
+    ]
+    owners = [4, 0, 5, 2, 1, 3]
+    scratch: dict = {}
+    for _ in range(2):  # the second call reuses the plan
+        got, _ = _reduce.combine([_reduce.reduce_dense(grads, owners, scratch)], 6)
+        for g, layer in zip(grads, owners):
+            d = g.double()
+            want = [
+                d.abs().sum(),
+                d.abs().max() if d.numel() else 0.0,
+                d.square().sum(),
+            ]
+            np.testing.assert_allclose(got[:, layer], want, rtol=1e-6)
+
+
 def test_loaded_values_equal_logged_values(tmp_path):
     model = MLP()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
