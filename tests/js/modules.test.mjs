@@ -1,9 +1,15 @@
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readFileSync, readdirSync } from "node:fs";
 import { test } from "node:test";
 
-const FILES = ["index.js", "model.js", "scale.js", "chart.js", "views.js"];
 const url = (f) => new URL(`../../frontend/${f}`, import.meta.url);
+const FILES = readdirSync(url("")).filter((f) => f.endsWith(".js")).sort();
+/** Modules without DOM use at all: `node --test` runs every function in them. */
+const PURE = ["api.js", "loader.js", "model.js", "present.js", "scale.js", "state.js"];
+
+test("the frontend is the expected set of modules", () => {
+  assert.deepEqual(FILES, ["api.js", "chart.js", "index.js", "loader.js", "model.js", "paint.js", "present.js", "scale.js", "state.js", "views.js"]);
+});
 
 test("every frontend module imports without a DOM (no top-level document use)", async () => {
   for (const f of FILES) await import(url(f));
@@ -30,8 +36,20 @@ test("no module builds HTML from strings", () => {
   }
 });
 
+test("state, requests and presentation stay apart from the DOM and the clock", () => {
+  for (const f of PURE) {
+    const src = readFileSync(url(f), "utf8");
+    assert.doesNotMatch(src, /\b(document|window)\.|\b(requestAnimationFrame|setInterval|setTimeout)\(/, f);
+  }
+});
+
 test("fetches use relative URLs only (TensorBoard's path prefix and experiment routing)", () => {
-  const src = readFileSync(url("model.js"), "utf8");
-  assert.doesNotMatch(src, /["'`]\/data\/plugin/);
-  assert.doesNotMatch(src, /https?:\/\//);
+  for (const f of FILES) {
+    const src = readFileSync(url(f), "utf8");
+    assert.doesNotMatch(src, /["'`]\/data\/plugin/, f);
+    assert.doesNotMatch(src, /https?:\/\//, f);
+  }
+  const api = readFileSync(url("api.js"), "utf8");
+  assert.match(api, /new URLSearchParams\(\)/);
+  for (const f of FILES.filter((x) => x !== "api.js")) assert.doesNotMatch(readFileSync(url(f), "utf8"), /\bfetch\(/, f);
 });

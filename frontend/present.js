@@ -1,0 +1,152 @@
+// What the tab shows for a state, as plain data: menu options, the kept-steps
+// line, the step controls' text, legend entries, alert groups and labels.
+// paint.js puts them on the page; no DOM here, so `node --test` covers it.
+
+import { PALETTES } from "./chart.js";
+import { keptStepsText, runKey } from "./model.js";
+import { currentStep, shownRuns, statNames } from "./state.js";
+import { safeFileName } from "./views.js";
+
+/** The empty view's title, shown once the logdir is read and holds no run. */
+export const EMPTY_MESSAGE = "No gradient-flow data found in this logdir yet.";
+
+/**
+ * @typedef {import("./state.js").State} State
+ * @typedef {{value: string, label: string}} Option
+ */
+
+/**
+ * A run's name in the menus: the run alone for an unnamed watcher, else the
+ * run and the watcher's name (or tag).
+ * @param {import("./model.js").RunInfo} r
+ * @returns {string}
+ */
+export function runLabel(r) {
+  return r.name === null && r.tag === "gradflow" ? r.run : `${r.run} (${r.name ?? r.tag})`;
+}
+
+/**
+ * The Run and Compare menus: every run, and every run but the selected one
+ * after "none".
+ * @param {State} state
+ * @returns {{run: Option[], runValue: string, compare: Option[], compareValue: string}}
+ */
+export function runMenus(state) {
+  const run = state.runs.map((r) => ({ value: runKey(r), label: runLabel(r) }));
+  const runValue = state.a ? runKey(state.a) : "";
+  const compare = [{ value: "", label: "\u2014 none \u2014" }, ...run.filter((o) => !state.a || o.value !== runValue)];
+  return { run, runValue, compare, compareValue: state.b ? runKey(state.b) : "" };
+}
+
+/**
+ * The Statistic menu: the statistics of the shown step.
+ * @param {State} state
+ * @returns {Option[]}
+ */
+export function statOptions(state) {
+  return statNames(state.flows).map((s) => ({ value: s, label: s }));
+}
+
+/**
+ * The line saying how many logged steps TensorBoard kept of each shown run;
+ * `warn` when it kept fewer than were logged.
+ * @param {State} state
+ * @returns {{text: string, warn: boolean}}
+ */
+export function keptLine(state) {
+  const runs = shownRuns(state);
+  return {
+    text: runs.map((r) => `${r.run}: ${keptStepsText(r)}`).join(" \u00b7 "),
+    warn: runs.some((r) => r.steps < r.expected_steps),
+  };
+}
+
+/**
+ * The slider, step label and play button.
+ * @param {State} state
+ * @returns {{max: string, value: string, disabled: boolean, label: string,
+ *   step: string, valueText: string, play: string, pressed: string}}
+ */
+export function stepControls(state) {
+  const n = state.steps.length;
+  const step = currentStep(state);
+  return {
+    max: String(Math.max(0, n - 1)),
+    value: String(Math.max(0, state.index)),
+    disabled: n < 2,
+    label: step === undefined ? "" : `step ${step}  (${state.index + 1} of ${n})`,
+    step: step === undefined ? "" : String(step),
+    valueText: step === undefined ? "" : `step ${step}`,
+    play: state.playing ? "\u23f8 Pause" : "\u25b6 Play",
+    pressed: String(state.playing),
+  };
+}
+
+/**
+ * The colours of the state's scheme.
+ * @param {State} state
+ * @returns {import("./chart.js").Palette}
+ */
+export function palette(state) {
+  return state.dark ? PALETTES.dark : PALETTES.light;
+}
+
+/**
+ * The bar plot's legend: one entry per shown run, abs_max behind abs_mean, then
+ * the marks.
+ * @param {State} state
+ * @returns {import("./views.js").LegendItem[]}
+ */
+export function legendItems(state) {
+  const p = palette(state);
+  /** @type {import("./views.js").LegendItem[]} */
+  const items = state.flows.map((f, i) => ({ kind: "bar", label: f.run, color: p.series[i] }));
+  if (state.stat === "abs_mean") items.push({ kind: "back", label: "abs_max (behind)", color: p.back[0] });
+  items.push(
+    { kind: "zero", label: "exactly zero", color: p.zero },
+    { kind: "no_grad", label: "no gradient", color: p.noGrad },
+    { kind: "nonfinite", label: "non-finite", color: p.nonfinite },
+    { kind: "blocked", label: "blocked", color: p.blocked },
+  );
+  return items;
+}
+
+/**
+ * The alerts list: one group per shown run, in series order.
+ * @param {State} state
+ * @returns {import("./views.js").AlertGroup[]}
+ */
+export function alertGroups(state) {
+  return shownRuns(state).map((r, i) => ({ run: r.run, series: i, alerts: state.alerts[i] || [] }));
+}
+
+/**
+ * The empty view's message; null while there is data to show (or before the
+ * first answer).
+ * @param {State} state
+ * @returns {string|null}
+ */
+export function emptyMessage(state) {
+  return state.loaded && !state.a ? EMPTY_MESSAGE : null;
+}
+
+/**
+ * The bar plot's accessible name.
+ * @param {State} state
+ * @returns {string}
+ */
+export function barLabel(state) {
+  const shown = state.flows.map((f) => `${f.run} at step ${f.step}`).join(" and ");
+  return `Bar plot of ${state.stat} per layer for ${shown}`;
+}
+
+/**
+ * The file name of the bar plot's PNG (safe characters only).
+ * @param {State} state
+ * @returns {string}
+ */
+export function pngName(state) {
+  const flow = state.flows[0];
+  const parts = ["gradflow", ...state.flows.map((f) => f.run), `step${flow ? flow.step : ""}`, state.stat];
+  return `${safeFileName(parts)}.png`;
+}

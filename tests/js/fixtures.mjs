@@ -1,0 +1,53 @@
+// Shared test data: answers of the plugin's routes as the server sends them,
+// a fake fetch that serves them, and `runs` entries. Not a test file itself.
+
+/** A `flow` answer: non-finite values as TensorBoard's strings. */
+export const FLOW = {
+  run: "unnormalised_inputs", tag: "gradflow", step: 120,
+  layers: ["lstm1.weight_ih_l0", "lstm1.weight_hh_l0", "head"],
+  sparse: [false, false, false],
+  stats: { abs_mean: [3.1e-10, "NaN", 0.00038], abs_max: [1e-9, "NaN", "Infinity"], nonfinite: [0, "NaN", 2] },
+  no_grad: [false, true, false], skipped: false, loss_scale: "NaN",
+  alerts: [{ kind: "blocked", layer: "lstm1.weight_ih_l0", first_step: 80, last_step: 299, steps: 213, message: "m" }],
+};
+
+/** A `heatmap` header (the binary form's JSON part). */
+export const HEAD = {
+  run: "healthy", tag: "gradflow", stat: "abs_mean", layers: ["a", "bb"],
+  steps: [0, 150, 299], first_steps: [0, 150, 299], last_steps: [149, 298, 299], downsampled: true,
+};
+
+/**
+ * A fetch that answers `./ROUTE?...` with `routes[ROUTE]` (a function of the URL
+ * for JSON, or a body) and 404 for other routes; `fetch.calls` lists the URLs.
+ * @param {Object<string, any>} routes
+ */
+export function fakeFetch(routes) {
+  const calls = [];
+  const fn = async (url) => {
+    calls.push(url);
+    const route = url.slice(2).split("?")[0];
+    const body = routes[route];
+    if (body === undefined) return { ok: false, status: 404, text: async () => "Not found: no run" };
+    return {
+      ok: true, status: 200,
+      json: async () => (typeof body === "function" ? body(url) : body),
+      arrayBuffer: async () => body,
+    };
+  };
+  fn.calls = calls;
+  return fn;
+}
+
+/**
+ * One `runs` entry (as Client.runs returns it) of an unnamed watcher.
+ * @param {string} run
+ * @param {number} [steps] kept steps 0..steps-1
+ * @param {Object} [extra]
+ */
+export function runInfo(run, steps = 100, extra = {}) {
+  return {
+    run, tag: "gradflow", name: null, layers: 5, steps, first_step: 0, last_step: steps - 1, every: 1,
+    expected_steps: steps, ...extra,
+  };
+}

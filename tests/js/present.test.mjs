@@ -1,0 +1,97 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { PALETTES } from "../../frontend/chart.js";
+import { reviveFlow, runKey } from "../../frontend/model.js";
+import {
+  EMPTY_MESSAGE, alertGroups, barLabel, emptyMessage, keptLine, legendItems, palette, pngName, runLabel, runMenus,
+  statOptions, stepControls,
+} from "../../frontend/present.js";
+import { initialState, reduce } from "../../frontend/state.js";
+import { runInfo } from "./fixtures.mjs";
+
+const RUNS = [
+  runInfo("healthy"),
+  runInfo("big", 100, { expected_steps: 10000 }),
+  runInfo("named", 10, { tag: "gradflow/encoder", name: "encoder" }),
+];
+const flow = (run, step) => reviveFlow({ run, tag: "gradflow", step, layers: ["l0"], stats: { abs_mean: [1], norm: [2], abs_max: [3] } });
+const state = (...actions) => actions.reduce(reduce, initialState());
+const listed = { type: "listed", runs: RUNS };
+const steps = (n) => ({ type: "stepsLoaded", steps: Array.from({ length: n }, (_, i) => i * 10), alerts: [[{ kind: "blocked" }], [{ kind: "x" }]] });
+
+test("runLabel names a watcher only when it has a name or its own tag", () => {
+  assert.equal(runLabel(RUNS[0]), "healthy");
+  assert.equal(runLabel(RUNS[2]), "named (encoder)");
+  assert.equal(runLabel({ run: "r", tag: "gradflow/x", name: null }), "r (gradflow/x)");
+});
+
+test("the Compare menu offers 'none' and every run but the selected one", () => {
+  const s = state(listed, { type: "compareRun", key: runKey(RUNS[2]) });
+  const m = runMenus(s);
+  assert.deepEqual(m.run.map((o) => o.label), ["healthy", "big", "named (encoder)"]);
+  assert.equal(m.runValue, runKey(RUNS[0]));
+  assert.deepEqual(m.compare.map((o) => o.label), ["\u2014 none \u2014", "big", "named (encoder)"]);
+  assert.equal(m.compareValue, runKey(RUNS[2]));
+  assert.equal(runMenus(state(listed)).compareValue, "");
+  assert.deepEqual(runMenus(initialState()), { run: [], runValue: "", compare: [{ value: "", label: "\u2014 none \u2014" }], compareValue: "" });
+});
+
+test("the kept-steps line warns when TensorBoard sampled a shown run", () => {
+  assert.deepEqual(keptLine(state(listed)), { text: "healthy: all 100 logged steps shown", warn: false });
+  const k = keptLine(state(listed, { type: "compareRun", key: runKey(RUNS[1]) }));
+  assert.match(k.text, /^healthy: all 100 logged steps shown \u00b7 big: TensorBoard kept 100 of 10,000 /);
+  assert.equal(k.warn, true);
+  assert.deepEqual(keptLine(initialState()), { text: "", warn: false });
+});
+
+test("the step controls show the selected step and disable themselves below two steps", () => {
+  assert.deepEqual(stepControls(initialState()), {
+    max: "0", value: "0", disabled: true, label: "", step: "", valueText: "", play: "\u25b6 Play", pressed: "false",
+  });
+  const s = state(listed, steps(30), { type: "slide", index: 4 }, { type: "togglePlay" });
+  assert.deepEqual(stepControls(s), {
+    max: "29", value: "4", disabled: false, label: "step 40  (5 of 30)", step: "40", valueText: "step 40",
+    play: "\u23f8 Pause", pressed: "true",
+  });
+  assert.equal(stepControls(state(listed, steps(1))).disabled, true);
+});
+
+test("the Statistic menu lists the shown step's statistics in order", () => {
+  assert.deepEqual(statOptions(initialState()), []);
+  const s = state(listed, steps(3), { type: "flowsLoaded", flows: [flow("healthy", 20)] });
+  assert.deepEqual(statOptions(s).map((o) => o.value), ["abs_mean", "abs_max", "norm"]);
+});
+
+test("the legend has one entry per shown run and abs_max behind abs_mean only", () => {
+  let s = state(listed, { type: "flowsLoaded", flows: [flow("healthy", 1), flow("big", 1)] });
+  const items = legendItems(s);
+  assert.deepEqual(items.map((i) => i.kind), ["bar", "bar", "back", "zero", "no_grad", "nonfinite", "blocked"]);
+  assert.deepEqual(items.slice(0, 2).map((i) => [i.label, i.color]), [["healthy", PALETTES.light.series[0]], ["big", PALETTES.light.series[1]]]);
+  s = reduce(reduce(s, { type: "setStat", stat: "norm" }), { type: "setDark", dark: true });
+  assert.equal(palette(s), PALETTES.dark);
+  assert.deepEqual(legendItems(s).map((i) => i.kind), ["bar", "bar", "zero", "no_grad", "nonfinite", "blocked"]);
+  assert.equal(legendItems(s)[0].color, PALETTES.dark.series[0]);
+});
+
+test("alerts are grouped per shown run in series order", () => {
+  const s = state(listed, { type: "compareRun", key: runKey(RUNS[1]) }, steps(2));
+  assert.deepEqual(alertGroups(s), [
+    { run: "healthy", series: 0, alerts: [{ kind: "blocked" }] },
+    { run: "big", series: 1, alerts: [{ kind: "x" }] },
+  ]);
+  assert.deepEqual(alertGroups(initialState()), []);
+});
+
+test("the empty view shows only once a listing found no run", () => {
+  assert.equal(emptyMessage(initialState()), null);
+  assert.equal(emptyMessage(state({ type: "listed", runs: [] })), EMPTY_MESSAGE);
+  assert.equal(emptyMessage(state(listed)), null);
+});
+
+test("the bar plot's name and PNG file name say what is shown, in safe characters", () => {
+  const s = state(listed, { type: "flowsLoaded", flows: [flow("exp/seed 1&x", 120), flow("<b>", 120)] });
+  assert.equal(barLabel(s), "Bar plot of abs_mean per layer for exp/seed 1&x at step 120 and <b> at step 120");
+  assert.equal(pngName(s), "gradflow-exp_seed_1_x-b-step120-abs_mean.png");
+  assert.equal(pngName(initialState()), "gradflow-step-abs_mean.png");
+});
