@@ -98,6 +98,7 @@ _MESSAGES = {
     "skipped": "optimizer step skipped by the AMP grad scaler (inf/NaN in it)",
 }
 _PATIENT = ("no_gradient", "blocked")  # kinds that need `patience` steps in a row
+_BLOCK_CELLS = 200_000  # steps x layers per block of _exploding_mask's work
 
 
 def _exploding_message(th: Thresholds) -> str:
@@ -293,8 +294,8 @@ def _small_vs_others(
 
     Rows with the same number ``n`` of usable values are partitioned at the
     middle ranks :func:`_median_without` reads. No median of ``n - 1`` of the
-    values exceeds rank ``(n + 1) // 2``, so the cells at or above ``ratio`` x
-    that rank are left out.
+    values exceeds the one at rank ``(n + 1) // 2`` (0-based), so the cells at
+    or above ``ratio`` x that value are left out (rounding keeps the order).
 
     Shape:
         - judged, valid: ``(T, L)``
@@ -303,15 +304,14 @@ def _small_vs_others(
     filled = np.where(valid, judged, np.inf)  # (T, L): unusable values sort last
     empty = np.zeros(0, dtype=np.intp)
     found = [(empty, empty, np.zeros(0))]
-    for n, rows in _row_groups(valid.sum(axis=1)):
+    for n, rows, pick in _row_groups(valid.sum(axis=1)):
         if n < 2:
             continue  # a layer with a value has no others
-        s = _middle_ranks(filled[rows], n)  # rank -> (R, 1)
-        with np.errstate(invalid="ignore"):
-            limit = np.maximum.reduce([r * s[(n + 1) // 2] for r in ratios])  # (R, 1)
-            r, j = np.nonzero(valid[rows] & (judged[rows] < limit))  # (N_n,) each
-        at = {p: v[r, 0] for p, v in s.items()}  # rank -> (N_n,)
-        found.append((rows[r], j, _median_without(at, judged[rows[r], j], n)))
+        s = _middle_ranks(filled[pick], n)  # rank -> (R, 1)
+        limit = np.maximum.reduce([ratio * s[(n + 1) // 2] for ratio in ratios])
+        i, j = np.nonzero(valid[pick] & (judged[pick] < limit))  # (N_n,) each
+        at = {p: v[i, 0] for p, v in s.items()}  # rank -> (N_n,)
+        found.append((rows[i], j, _median_without(at, judged[rows[i], j], n)))
     t, j, others = (np.concatenate(parts) for parts in zip(*found))
     return t, j, others
 
@@ -330,34 +330,41 @@ def _median_of_others(mean: np.ndarray) -> np.ndarray:
     valid = np.isfinite(mean)
     filled = np.where(valid, mean, np.inf)  # (T, L): NaN sorts last
     out = np.full(mean.shape, np.nan)
-    for n, rows in _row_groups(valid.sum(axis=1)):
+    for n, _, pick in _row_groups(valid.sum(axis=1)):
         if n == 0:
             continue
-        s = _middle_ranks(filled[rows], n)  # rank -> (R, 1)
+        s = _middle_ranks(filled[pick], n)  # rank -> (R, 1)
         with np.errstate(invalid="ignore"):
-            with_value = _median_without(s, mean[rows], n)  # (R, L)
+            with_value = _median_without(s, mean[pick], n)  # (R, L)
             without = (s[(n - 1) // 2] + s[n // 2]) / 2  # (R, 1)
-        out[rows] = np.where(valid[rows], with_value, without)
+        out[pick] = np.where(valid[pick], with_value, without)
     return out
 
 
-def _row_groups(counts: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """``(n, rows)`` for each distinct ``n`` in ``counts`` ``(T,)``: the indices
-    of the rows with ``n`` usable values."""
-    return [(int(n), np.flatnonzero(counts == n)) for n in np.unique(counts)]
+def _row_groups(
+    counts: np.ndarray,
+) -> list[tuple[int, np.ndarray, slice | np.ndarray]]:
+    """``(n, rows, pick)`` for each distinct ``n`` in ``counts`` ``(T,)``: the
+    indices of the rows with ``n`` usable values, and an index that selects them
+    (a slice when they are all the rows: views, not copies)."""
+    groups = []
+    for n in np.unique(counts):
+        rows = np.flatnonzero(counts == n)
+        groups.append((int(n), rows, slice(None) if len(rows) == len(counts) else rows))
+    return groups
 
 
 def _middle_ranks(filled: np.ndarray, n: int) -> dict[int, np.ndarray]:
     """The values at the ranks that the medians of ``n`` values, and of ``n - 1``
-    of them, read: ``{rank: (R, 1)}``.
+    of them, read: ``{rank: (R, 1)}``. Partitions ``filled`` in place.
 
     Shape:
         - filled: ``(R, L)``, ``n`` usable values per row, ``inf`` elsewhere
     """
     need = {(n - 2) // 2, (n - 1) // 2, n // 2, (n + 1) // 2}
     need = sorted(p for p in need if 0 <= p < filled.shape[1])
-    part = np.partition(filled, need, axis=1)  # (R, L)
-    return {p: part[:, p : p + 1] for p in need}
+    filled.partition(need, axis=1)
+    return {p: filled[:, p : p + 1] for p in need}
 
 
 def _median_without(s: dict[int, np.ndarray], x: np.ndarray, n: int) -> np.ndarray:
@@ -394,40 +401,64 @@ def _exploding_mask(norm: np.ndarray, th: Thresholds) -> np.ndarray:
 
     Exact; the window medians are computed only where the norm is above
     ``explode_ratio`` x the smallest norm of its window (no median is smaller).
+    Works through blocks of steps, so that its temporaries stay small.
 
     Shape:
         - norm: ``(T, L)``
         - returns: ``(T, L)`` bool
     """
     window = th.explode_window
-    padded = _padded_finite(norm, window)  # (window + T, L); step t at window + t
-    low = _rolling_fmin(padded[:-1], window)  # (T, L)
-    with np.errstate(invalid="ignore"):
-        t, j = np.nonzero(norm > np.multiply(low, th.explode_ratio, dtype=np.float64))
+    n_steps, n_layers = norm.shape
+    rows = max(window, _BLOCK_CELLS // n_layers)  # steps per block
     mask = np.zeros(norm.shape, dtype=bool)
-    chunk = max(1, 2_000_000 // window)  # bounds the windows' memory
-    for c in range(0, len(t), chunk):
-        tc, jc = t[c : c + chunk], j[c : c + chunk]  # (N,) each
-        windows = padded[tc[:, None] + np.arange(window), jc[:, None]]  # (N, window)
-        recent = _median_of_window(windows).astype(np.float64)  # (N,)
-        at = np.asarray(norm[tc, jc], dtype=np.float64)  # (N,)
-        with np.errstate(invalid="ignore"):
-            too_big = np.isfinite(at) & (recent > 0) & (at > th.explode_ratio * recent)
-        mask[tc, jc] = too_big
+    for t0 in range(0, n_steps, rows):
+        t1 = min(t0 + rows, n_steps)
+        # (window + t1 - t0, L): steps t0 - window .. t1 - 1, NaN before step 0
+        recent = _padded_finite(
+            norm[max(t0 - window, 0) : t1], window - min(t0, window)
+        )
+        low = _rolling_fmin(recent[:-1], window)  # (t1 - t0, L)
+        above = norm[t0:t1] > np.multiply(low, th.explode_ratio, dtype=np.float64)
+        t, j = np.nonzero(above)  # (N,) each, t from t0
+        mask[t0 + t, j] = _too_big_at(norm[t0:t1], recent, t, j, th)
     return mask
 
 
-def _padded_finite(norm: np.ndarray, window: int) -> np.ndarray:
-    """``window`` rows of NaN, then ``norm`` with NaN for its non-finite values.
+def _too_big_at(
+    norm: np.ndarray, recent: np.ndarray, t: np.ndarray, j: np.ndarray, th: Thresholds
+) -> np.ndarray:
+    """The ``exploding`` condition at the cells ``(t, j)``.
+
+    Shape:
+        - norm: ``(B, L)``; recent: ``(window + B, L)``, each step's ``window``
+          previous norms (:func:`_padded_finite`) in the rows from its index
+        - t, j, returns: ``(N,)``
+    """
+    window = th.explode_window
+    out = np.zeros(len(t), dtype=bool)
+    chunk = max(1, 2_000_000 // window)  # bounds the windows' memory
+    for c in range(0, len(t), chunk):
+        tc, jc = t[c : c + chunk], j[c : c + chunk]  # (N',) each
+        windows = recent[tc[:, None] + np.arange(window), jc[:, None]]  # (N', window)
+        median = _median_of_window(windows).astype(np.float64)  # (N',)
+        at = np.asarray(norm[tc, jc], dtype=np.float64)  # (N',)
+        with np.errstate(invalid="ignore"):
+            big = at > th.explode_ratio * median
+        out[c : c + chunk] = np.isfinite(at) & (median > 0) & big
+    return out
+
+
+def _padded_finite(norm: np.ndarray, pad: int) -> np.ndarray:
+    """``pad`` rows of NaN, then ``norm`` with NaN for its non-finite values.
 
     float32 halves the sorting work; a 100x threshold needs no more precision.
 
     Shape:
         - norm: ``(T, L)``
-        - returns: ``(window + T, L)`` float32
+        - returns: ``(pad + T, L)`` float32
     """
-    padded = np.full((window + len(norm), norm.shape[1]), np.nan, dtype=np.float32)
-    np.copyto(padded[window:], norm, casting="same_kind", where=np.isfinite(norm))
+    padded = np.full((pad + len(norm), norm.shape[1]), np.nan, dtype=np.float32)
+    np.copyto(padded[pad:], norm, casting="same_kind", where=np.isfinite(norm))
     return padded
 
 
