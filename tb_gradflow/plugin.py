@@ -45,7 +45,19 @@ __all__ = ["GradFlowPlugin"]
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = metadata.PLUGIN_NAME
-STATIC_FILES = ("index.js", "model.js", "scale.js", "chart.js", "views.js", "style.css")
+STATIC_FILES = (
+    "index.js",
+    "state.js",
+    "present.js",
+    "api.js",
+    "loader.js",
+    "paint.js",
+    "model.js",
+    "scale.js",
+    "chart.js",
+    "views.js",
+    "style.css",
+)
 """Frontend files always routed (404 while missing); other ``frontend/`` files
 with a served suffix are routed too if present when TensorBoard starts."""
 
