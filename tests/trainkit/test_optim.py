@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -475,6 +476,48 @@ def test_half_precision_state_survives_load_state_dict():
     for key in ("mem", "exp_avg", "exp_avg_sq"):
         assert opt2.state[q][key].dtype == torch.float32
         assert torch.equal(opt2.state[q][key], opt.state[p][key])
+
+
+def test_fused_plan_follows_new_storage_state_and_gradient_layout(monkeypatch):
+    """The fused path keeps its flat kernel inputs between steps: a parameter's new
+    storage, new state tensors (load_state_dict) and a strided gradient must make it
+    rebuild them rather than update stale tensors."""
+    bodies = (smorms3_module._fused_kernel_body, smorms3_module._fused_bucket_body)
+    monkeypatch.setattr(smorms3_module, "_compiled_kernels", lambda: bodies)
+    gen = torch.Generator().manual_seed(7)
+    shapes = [(4, 5)] * 9 + [(7,)]
+    ours = [nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    base = [nn.Parameter(p.detach().clone()) for p in ours]
+    opt = SMORMS3(ours, lr=0.05, fused=True)
+    ref = SMORMS3(base, lr=0.05)
+    for step in range(6):
+        if step == 2:
+            for p in ours:
+                p.data = p.data.clone()  # same Parameter, new storage
+        if step == 3:
+            opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        for a, b in zip(ours, base):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        if step == 4:
+            ours[0].grad = ours[0].grad.t().contiguous().t()  # same values, strided
+        opt.step()
+        ref.step()
+        for a, b in zip(ours, base):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    plan = opt._fused_caches[0]["plan"]
+    assert plan.fits(*(list(t) for t in _fused_inputs(opt)))
+
+
+def _fused_inputs(opt):
+    """The (params, grads, mems, exp_avgs, exp_avg_sqs) of opt's first group."""
+    params = opt.param_groups[0]["params"]
+    states = [opt.state[p] for p in params]
+    return (
+        params,
+        [p.grad for p in params],
+        *([s[key] for s in states] for key in ("mem", "exp_avg", "exp_avg_sq")),
+    )
 
 
 def test_fused_compiled_matches_per_tensor_without_recompiling():
