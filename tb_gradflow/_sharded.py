@@ -23,6 +23,14 @@ def is_dtensor(t: object) -> bool:
     return isinstance(t, DTensor)
 
 
+def dtensor_indices(ts: Sequence[object]) -> list[int]:
+    """The positions of the ``DTensor`` s in ``ts`` (one check of the process
+    group for all of them)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return []
+    return [i for i, t in enumerate(ts) if is_dtensor(t)]
+
+
 def shard_group(t: Tensor) -> torch.distributed.ProcessGroup:
     """The process group over which ``t``'s shards are spread.
 
