@@ -298,13 +298,26 @@ def test_slider_play_and_heatmap_walk_the_logged_steps(page, tensorboard):
 
     play = frame.locator("[data-testid=play]")
     play.click()
+    next_frame(frame)  # the tab draws what a click changed in the next frame
     assert play.get_attribute("aria-pressed") == "true"
     assert wait_until(lambda: current_step(frame) > col), "play did not advance"
     play.click()
+    next_frame(frame)  # the pause and the step it stopped at are drawn now
     assert play.get_attribute("aria-pressed") == "false"
     paused = current_step(frame)
     time.sleep(0.6)  # two play ticks
     assert current_step(frame) == paused
+    assert play.get_attribute("aria-pressed") == "false"
+
+
+def next_frame(frame) -> None:
+    """Returns once the tab's next animation frame has run. The tab draws what an
+    action changed in one requestAnimationFrame, asked for while handling the
+    action, and callbacks run in the order asked: a plain read right after a
+    click can precede that frame, a read after this one sees what it drew."""
+    frame.locator("body").evaluate(
+        "() => new Promise((done) => requestAnimationFrame(() => done()))"
+    )
 
 
 def current_step(frame) -> int:

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { reviveFlow, runKey } from "../../frontend/model.js";
+import { stepControls } from "../../frontend/present.js";
 import {
   STAT_ORDER, currentStep, effects, initialState, nextStep, reduce, shownRuns, statNames,
 } from "../../frontend/state.js";
@@ -243,6 +244,48 @@ test("play ticks advance one step once the shown step has loaded, and stop at th
   s = apply(state, { type: "tick" });
   assert.equal(s.state, state);
   assert.deepEqual(s.fx, fx([]));
+});
+
+test("pause stops playing at once: a late step answer and later ticks neither restart nor advance it", () => {
+  // the browser test's sequence: play from step 42, pause while step 43 loads
+  let { state } = apply(loaded(), { type: "slide", index: 42 }, { type: "togglePlay" });
+  ({ state } = apply(state, { type: "flowRequested" }, { type: "flowsLoaded", flows: [flow("healthy", 42)] }));
+  let f;
+  ({ state, fx: f } = apply(state, { type: "tick" }, { type: "flowRequested" })); // step 43 in flight
+  assert.equal(currentStep(state), 43);
+  assert.equal(stepControls(state).pressed, "true");
+  ({ state, fx: f } = apply(state, { type: "togglePlay" }));
+  assert.equal(state.playing, false);
+  assert.deepEqual(f, fx(["dom"])); // the next frame redraws the button
+  const c = stepControls(state);
+  assert.equal(c.pressed, "false");
+  assert.equal(c.play, "\u25b6 Play");
+  assert.equal(c.step, "43");
+  const paused = state;
+  // the answer for step 43 arrives after the pause: shown, but no step ahead is warmed
+  ({ state, fx: f } = apply(state, { type: "flowsLoaded", flows: [flow("healthy", 43)] }));
+  assert.equal(state.playing, false);
+  assert.equal(state.index, paused.index);
+  assert.deepEqual(f, fx(["bars", "heat", "dom"]));
+  // the play timer keeps firing: each tick leaves the state as it is and asks for nothing
+  for (let i = 0; i < 4; i++) {
+    const t = apply(state, { type: "tick" });
+    assert.equal(t.state, state);
+    assert.deepEqual(t.fx, fx([]));
+  }
+  assert.equal(stepControls(state).pressed, "false");
+  assert.equal(stepControls(state).step, "43");
+});
+
+test("play and pause within one frame: the frame draws the last state, paused", () => {
+  // index.js merges the redraws of the actions before a frame and draws the state then
+  const s = apply(loaded(), { type: "slide", index: 10 }).state;
+  const play = apply(s, { type: "togglePlay" });
+  const pause = apply(play.state, { type: "togglePlay" });
+  const dirty = new Set([...play.fx.redraw, ...pause.fx.redraw]);
+  assert.ok(dirty.has("dom"));
+  assert.equal(stepControls(pause.state).pressed, "false");
+  assert.equal(apply(pause.state, { type: "tick" }).state, pause.state);
 });
 
 test("the statistic reloads the heatmaps; the log scale redraws the bars only", () => {
