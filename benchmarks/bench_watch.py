@@ -5,7 +5,9 @@ sequence 50, batch 32). Variants: nothing (twice: the A/A noise), watch every
 step and every 10th, one plain read of the gradients watch reads (the floor for
 any statistic), the seed's per-layer loop, a per-parameter L2-norm loop, and a
 per-parameter ``add_histogram`` loop. Method: ``_harness.py`` (interleaved,
-shuffled blocks; TensorBoard writers flush inside the timed block).
+shuffled blocks). Each variant is set up once for all its blocks (its own SGD
+optimizer, writer and watcher: the steady state of a run), and its writer
+flushes inside every timed block.
 
 Usage:
     python benchmarks/bench_watch.py            # both models, full run (~3 min)
@@ -15,10 +17,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
+from typing import NamedTuple
 
 import _harness
 import torch
@@ -67,10 +72,22 @@ def make_case(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor, int]:
 
 
 # -- the variants ------------------------------------------------------------
-# Each factory sets a variant up for one block and returns (hook, close, clock):
-# `hook` runs after backward (None: nothing), `close` after the block (writers
-# flush there), and `clock` (or None) accumulates time spent inside the
-# optimizer's step pre-hooks, where watch() works.
+# Each variant is set up once, for all its blocks, with an optimizer of its own
+# (plain SGD: no state, so every variant trains the same model alike) and, for
+# the TensorBoard variants, a writer of its own: blocks measure the steady
+# state of a training run, not the one-time set-up of a watcher or a writer.
+# A variant is (optimizer, hook, flush, clock): `hook` runs after backward
+# (None: nothing), `flush` at the end of every block (inside the timed region,
+# so that a background writer's backlog counts), and `clock` (or None)
+# accumulates time spent inside the optimizer's step pre-hooks, where watch()
+# works.
+
+
+class Variant(NamedTuple):
+    opt: torch.optim.Optimizer
+    hook: Callable[[], None] | None
+    flush: Callable[[], None]
+    clock: Clock | None
 
 
 class Clock:
@@ -79,21 +96,17 @@ class Clock:
     def __init__(self, opt: torch.optim.Optimizer) -> None:
         self.total = 0.0
         self._t0 = 0.0
-        self._handles = [opt.register_step_pre_hook(self._start)]
+        opt.register_step_pre_hook(self._start)
 
     def _start(self, *args) -> None:
         self._t0 = time.perf_counter()
 
     def stop_after(self, opt: torch.optim.Optimizer) -> None:
         """Registers the stop hook: call after the hooks to be timed."""
-        self._handles.append(opt.register_step_pre_hook(self._stop))
+        opt.register_step_pre_hook(self._stop)
 
     def _stop(self, *args) -> None:
         self.total += time.perf_counter() - self._t0
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
 
 
 def watched_weights(model: nn.Module) -> list[nn.Parameter]:
@@ -105,34 +118,25 @@ def watched_weights(model: nn.Module) -> list[nn.Parameter]:
     ]
 
 
-def variant_factories(model, opt, logdir) -> dict[str, Callable]:
+def make_variants(model: nn.Module, logdir: str, stack: ExitStack) -> dict:
+    """Every variant, set up; ``stack`` closes their writers and watchers."""
     weights = watched_weights(model)
 
-    def nothing():
-        return None, lambda: None, None
+    def sgd() -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=0.01)
 
-    def watch(every):
-        def make():
-            writer = SummaryWriter(f"{logdir}/watch{every}")
-            clock = Clock(opt)
-            flow = tb_gradflow.watch(model, writer, optimizer=opt, every=every)
-            clock.stop_after(opt)
+    def plain(hook=None) -> Variant:
+        return Variant(sgd(), hook, lambda: None, None)
 
-            def close():
-                flow.remove()
-                clock.remove()
-                writer.flush()
-                writer.close()
-
-            return None, close, clock
-
-        return make
-
-    def per_step(fn):
-        def make():
-            return fn, lambda: None, None
-
-        return make
+    def watch(every: int) -> Variant:
+        opt = sgd()
+        writer = stack.enter_context(SummaryWriter(f"{logdir}/watch{every}"))
+        clock = Clock(opt)
+        stack.enter_context(
+            tb_gradflow.watch(model, writer, optimizer=opt, every=every)
+        )
+        clock.stop_after(opt)
+        return Variant(opt, None, writer.flush, clock)
 
     def single_read():
         torch.stack([p.grad.abs().sum() for p in weights]).tolist()
@@ -144,44 +148,40 @@ def variant_factories(model, opt, logdir) -> dict[str, Callable]:
     def l2_loop():  # Lightning-style grad_norm
         torch.stack([p.grad.norm(2) for p in weights]).tolist()
 
-    def histograms():
-        writer = SummaryWriter(f"{logdir}/hist")
+    def histograms() -> Variant:
+        writer = stack.enter_context(SummaryWriter(f"{logdir}/hist"))
         names = [n for n, p in model.named_parameters() if p in set(weights)]
-        state = {"step": 0}
+        step = itertools.count()
 
         def hook():
+            k = next(step)
             for n, p in zip(names, weights):
-                writer.add_histogram(f"grad/{n}", p.grad, state["step"])
-            state["step"] += 1
+                writer.add_histogram(f"grad/{n}", p.grad, k)
 
-        def close():
-            writer.flush()
-            writer.close()
-
-        return hook, close, None
+        return Variant(sgd(), hook, writer.flush, None)
 
     return {
-        BASELINE: nothing,
-        "baseline again (A/A noise)": nothing,
+        BASELINE: plain(),
+        "baseline again (A/A noise)": plain(),
         "watch(every=1)": watch(1),
         "watch(every=10)": watch(10),
-        SINGLE_READ: per_step(single_read),
-        "seed loop: float(g.abs().mean()) per layer": per_step(seed_loop),
-        "per-parameter L2 norm loop, 1 copy": per_step(l2_loop),
-        "add_histogram per parameter": histograms,
+        SINGLE_READ: plain(single_read),
+        "seed loop: float(g.abs().mean()) per layer": plain(seed_loop),
+        "per-parameter L2 norm loop, 1 copy": plain(l2_loop),
+        "add_histogram per parameter": histograms(),
     }
 
 
-def block(model, opt, x, y, steps, factory, spent: list[float]) -> _harness.Block:
-    """One block of training steps with a variant set up and torn down inside it
-    (so writers flush inside the timed region). Also appends to ``spent`` the
-    seconds per step spent in the variant's own work: its hook, its close and
-    its time inside the optimizer's pre-hooks."""
+def block(model, x, y, steps, variant: Variant, spent: list[float]) -> _harness.Block:
+    """One block of training steps of one variant, ending with its flush. Also
+    appends to ``spent`` the seconds per step spent in the variant's own work:
+    its hook, its flush and its time inside the optimizer's pre-hooks."""
     loss_fn = nn.CrossEntropyLoss()
+    opt, hook, flush, clock = variant
 
     def run() -> float:
-        hook, close, clock = factory()
         own = 0.0
+        in_hooks = clock.total if clock else 0.0
         start = time.perf_counter()
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
@@ -192,9 +192,9 @@ def block(model, opt, x, y, steps, factory, spent: list[float]) -> _harness.Bloc
                 own += time.perf_counter() - t0
             opt.step()
         t0 = time.perf_counter()
-        close()
+        flush()
         end = time.perf_counter()
-        own += end - t0 + (clock.total if clock else 0.0)
+        own += end - t0 + ((clock.total - in_hooks) if clock else 0.0)
         spent.append(own / steps)
         return (end - start) / steps
 
@@ -206,12 +206,11 @@ def bench(case: str, reps: int, quick: bool) -> None:
     model, x, y, steps = make_case(case)
     if quick:
         steps = 2
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    with tempfile.TemporaryDirectory() as logdir:
-        factories = variant_factories(model, opt, logdir)
-        spent: dict[str, list[float]] = {k: [] for k in factories}
+    with tempfile.TemporaryDirectory() as logdir, ExitStack() as stack:
+        variants = make_variants(model, logdir, stack)
+        spent: dict[str, list[float]] = {k: [] for k in variants}
         blocks = {
-            k: block(model, opt, x, y, steps, f, spent[k]) for k, f in factories.items()
+            k: block(model, x, y, steps, v, spent[k]) for k, v in variants.items()
         }
         results = _harness.interleave(blocks, reps)
     print(f"\n### {case}: {reps} reps x {steps} steps, per-step time")
