@@ -25,9 +25,10 @@ from torch.optim.optimizer import (
 
 __all__ = ["SMORMS3", "smorms3"]
 
-# Elements per slice in the per-tensor path. Eight buffers of a slice (param, grad,
-# three states, three scratch) take 2 MiB in float32, so each of two threads works in
-# its own 1 MiB L2; the full-size temporaries of a naive version go to DRAM instead.
+# Elements per slice in the per-tensor path. Seven buffers of a slice (param, grad,
+# three states, two scratch) take 1.75 MiB in float32, so each of two threads works
+# in its own 1 MiB L2; the full-size temporaries of a naive version go to DRAM
+# instead.
 _CHUNK_NUMEL = 1 << 16
 
 # torch.compile backend of the opt-in fused path, and its compiled kernels by backend.
@@ -43,6 +44,7 @@ _BUCKET = 8
 _INDUCTOR_OPTIONS = {"size_asserts": False, "cpp.dynamic_threads": True}
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_Constants = tuple[Tensor, Tensor, Tensor]  # 1, eps, -eps (see _constants)
 _STATE_KEYS = ("mem", "exp_avg", "exp_avg_sq")
 
 
@@ -385,31 +387,38 @@ def _update_slice(
     exp_avg_sq: Tensor,
     r: Tensor,
     x: Tensor,
-    s: Tensor,
-    one: Tensor,
-    eps: Tensor,
+    constants: _Constants,
     lr: float,
 ) -> None:
     """Funk's rule on one slice, in 14 in-place kernels and no allocation.
 
-    ``r``, ``x``, ``s`` are scratch buffers of the slice's shape in the state dtype;
-    ``grad`` is in the state dtype too. ``one`` and ``eps`` are 0-dim tensors: a
-    Python float costs a new wrapper tensor on every call.
+    ``r`` and ``x`` are scratch buffers of the slice's shape in the state dtype;
+    ``grad`` is in the state dtype too. ``constants`` are 1, eps and -eps as 0-dim
+    tensors: a Python float costs a new wrapper tensor on every call.
     """
-    torch.add(mem, one, out=s)  # s = mem + 1, kept for the mem update
-    torch.reciprocal(s, out=r)
+    one, eps, neg_eps = constants
+    mem.add_(one)  # s = mem + 1, in mem until its update
+    torch.reciprocal(mem, out=r)
     exp_avg.lerp_(grad, r)  # g = (1 - r) g + r grad
     torch.mul(grad, grad, out=x)
     exp_avg_sq.lerp_(x, r)  # g2 = (1 - r) g2 + r grad**2
     torch.add(exp_avg_sq, eps, out=r)  # r is free from here on
     torch.mul(exp_avg, exp_avg, out=x)
     x.div_(r)  # x = g**2 / (g2 + eps)
-    # lerp(mem + 1, 1, x) = mem + 1 - x * mem = 1 + mem * (1 - x), with unclamped x
-    torch.lerp(s, one, x, out=mem)
+    # lerp(s, 1, x) = s - x * (s - 1) = 1 + mem * (1 - x), with unclamped x
+    mem.lerp_(one, x)
     x.clamp_max_(lr)
-    torch.sqrt(exp_avg_sq, out=r).add_(eps)
+    torch.sub(neg_eps, torch.sqrt(exp_avg_sq, out=r), out=r)  # -(sqrt(g2) + eps)
     x.mul_(grad)
-    param.addcdiv_(x, r, value=-1.0)  # fused divide: cheaper than div_ + addcmul_
+    # a fused divide (cheaper than div_ + addcmul_), without the cost of value=-1
+    param.addcdiv_(x, r)
+
+
+def _constants(like: Tensor, eps: float) -> _Constants:
+    """1, eps and -eps as 0-dim tensors of ``like``'s dtype and device."""
+    return tuple(  # type: ignore[return-value]
+        torch.tensor(v, dtype=like.dtype, device=like.device) for v in (1.0, eps, -eps)
+    )
 
 
 def _single_tensor_smorms3(
@@ -431,23 +440,22 @@ def _single_tensor_smorms3(
     transform = maximize or weight_decay != 0
     blocks: dict[tuple[torch.device, torch.dtype], Tensor] = {}
     views: dict[tuple[torch.device, torch.dtype, torch.Size], tuple[Tensor, ...]] = {}
-    constants: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+    constants: dict[
+        tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]
+    ] = {}
     largest = min(_CHUNK_NUMEL, max(p.numel() for p in params))
 
     def scratch(like: Tensor, shape: torch.Size, numel: int) -> tuple[Tensor, ...]:
-        """Four scratch tensors of ``shape`` (``numel`` elements) like ``like``."""
+        """Three scratch tensors of ``shape`` (``numel`` elements) like ``like``."""
         key = (like.device, like.dtype, shape)
         bufs = views.get(key)
         if bufs is None:
             block_key = (like.device, like.dtype)
             block = blocks.get(block_key)
             if block is None:
-                block = torch.empty((4, largest), dtype=like.dtype, device=like.device)
+                block = torch.empty((3, largest), dtype=like.dtype, device=like.device)
                 blocks[block_key] = block
-                constants[block_key] = (
-                    torch.tensor(1.0, dtype=like.dtype, device=like.device),
-                    torch.tensor(eps, dtype=like.dtype, device=like.device),
-                )
+                constants[block_key] = _constants(like, eps)
             bufs = tuple(row[:numel].view(shape) for row in block)
             views[key] = bufs
         return bufs
@@ -468,38 +476,33 @@ def _single_tensor_smorms3(
         )
         if not contiguous:
             # Rare (channels_last params, strided grads): whole-tensor temporaries.
-            r, x, s, g = (torch.empty_like(mem) for _ in range(4))
+            r, x, g = (torch.empty_like(mem) for _ in range(3))
             if needs_grad_buffer:
                 grad = _effective_grad(
                     param, grad, g, weight_decay=weight_decay, maximize=maximize
                 )
-            one = torch.tensor(1.0, dtype=mem.dtype, device=mem.device)
-            eps_t = torch.tensor(eps, dtype=mem.dtype, device=mem.device)
-            _update_slice(
-                param, grad, mem, exp_avg, exp_avg_sq, r, x, s, one, eps_t, lr
-            )
+            consts = _constants(mem, eps)
+            _update_slice(param, grad, mem, exp_avg, exp_avg_sq, r, x, consts, lr)
             continue
         if numel <= _CHUNK_NUMEL:
-            r, x, s, g = scratch(mem, param.shape, numel)
+            r, x, g = scratch(mem, param.shape, numel)
             if needs_grad_buffer:
                 grad = _effective_grad(
                     param, grad, g, weight_decay=weight_decay, maximize=maximize
                 )
-            one, eps_t = constants[(mem.device, mem.dtype)]
-            _update_slice(
-                param, grad, mem, exp_avg, exp_avg_sq, r, x, s, one, eps_t, lr
-            )
+            consts = constants[(mem.device, mem.dtype)]
+            _update_slice(param, grad, mem, exp_avg, exp_avg_sq, r, x, consts, lr)
             continue
         flat = (param, grad, mem, exp_avg, exp_avg_sq)
         slices = zip(*(t.view(-1).split(_CHUNK_NUMEL) for t in flat))
         for p_, d_, m_, ea_, eas_ in slices:
-            r, x, s, g = scratch(mem, p_.shape, p_.numel())
+            r, x, g = scratch(mem, p_.shape, p_.numel())
             if needs_grad_buffer:
                 d_ = _effective_grad(
                     p_, d_, g, weight_decay=weight_decay, maximize=maximize
                 )
-            one, eps_t = constants[(mem.device, mem.dtype)]
-            _update_slice(p_, d_, m_, ea_, eas_, r, x, s, one, eps_t, lr)
+            consts = constants[(mem.device, mem.dtype)]
+            _update_slice(p_, d_, m_, ea_, eas_, r, x, consts, lr)
 
 
 def _multi_tensor_smorms3(
@@ -657,7 +660,7 @@ class _KernelGroup(NamedTuple):
 def _layout(params: list[Tensor], grads: list[Tensor]) -> list[tuple[Any, ...]]:
     """What a fused plan assumes of the parameters and gradients it was built on."""
     return [
-        (p.data_ptr(), p.is_contiguous(), g.dtype, g.is_contiguous())
+        (p.data_ptr(), p.numel(), p.is_contiguous(), g.dtype, g.is_contiguous())
         for p, g in zip(params, grads)
     ]
 
