@@ -34,6 +34,7 @@ import importlib
 import math
 import os
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -137,7 +138,7 @@ def bench(
     reps: int,
     iters: int,
     seed: int,
-) -> dict[str, float]:
+) -> dict[str, str]:
     gen = torch.Generator().manual_seed(0)
     grads = [torch.randn(s, generator=gen) for s in shapes]
     blocks: dict[str, _harness.Block] = {}
@@ -163,14 +164,24 @@ def bench(
     print(_harness.table(results, ADAM, extra=first))
     print()
     result = {
-        "default/adam": _harness.ratio(results, OURS, ADAM),
-        "seed/default": _harness.ratio(results, SEED, OURS),
-        "psi": _harness.psi(results, OURS),
+        "default/adam": versus(results, OURS, ADAM),
+        "seed/default": f"{_harness.ratio(results, SEED, OURS):.1f}x",
+        "psi": f"{_harness.psi(results, OURS):.0f} %",
     }
     if OURS_FUSED in results:
-        result["fused/adam_fused"] = _harness.ratio(results, OURS_FUSED, ADAM_FUSED)
-        result["compile_s"] = first_step_s[OURS_FUSED]
+        result["fused/adam_fused"] = versus(results, OURS_FUSED, ADAM_FUSED)
+        result["compile_s"] = f"{first_step_s[OURS_FUSED]:.1f}s"
     return result
+
+
+def versus(results: _harness.Results, name: str, ref: str) -> str:
+    """``name``'s ratio of medians to ``ref``, with the per-rep (paired) ratios'
+    median [min, max]: how far the noise of one run reaches."""
+    pair = _harness.paired(results, name, ref)
+    return (
+        f"{_harness.ratio(results, name, ref):.2f} "
+        f"(paired {statistics.median(pair):.2f} [{min(pair):.2f}, {max(pair):.2f}])"
+    )
 
 
 def main() -> None:
@@ -208,16 +219,13 @@ def main() -> None:
     print("Summary (ratios of medians; targets: default <= 1.5, fused <= 1.5,")
     print("seed / default >= 3 on (b)):")
     for label, r in results.items():
-        line = (
-            f"  {label}: SMORMS3 default / Adam default = {r['default/adam']:.2f}, "
-            f"seed / SMORMS3 default = {r['seed/default']:.1f}x"
-        )
+        print(f"  {label}: SMORMS3 default / Adam default = {r['default/adam']}")
         if "fused/adam_fused" in r:
-            line += (
-                f", SMORMS3 fused / Adam fused = {r['fused/adam_fused']:.2f} "
-                f"(first step incl. compile {r['compile_s']:.1f}s)"
+            print(
+                f"       SMORMS3 fused / Adam fused = {r['fused/adam_fused']}, "
+                f"first step incl. compile {r['compile_s']}"
             )
-        print(line + f", psi {r['psi']:.0f} %")
+        print(f"       seed / SMORMS3 default = {r['seed/default']}, psi {r['psi']}")
 
 
 if __name__ == "__main__":
