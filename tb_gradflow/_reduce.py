@@ -127,7 +127,8 @@ class _Piece(NamedTuple):
     span: tuple[int, int] | None
     widen: bool  # not float32: copy, then abs in place
     dst: Tensor  # the piece's place in the scratch, in the gradient's shape if whole
-    tail: Tensor | None  # the padding of its last row, zeroed at every step
+    tail: Tensor | None  # its last row's padding: zeroed at every step, since
+    # other groups and other plans (layouts) write the same buffer
 
 
 class _Group(NamedTuple):
