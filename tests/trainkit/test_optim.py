@@ -520,7 +520,7 @@ def _fused_inputs(opt):
     )
 
 
-def test_fused_compiled_matches_per_tensor_without_recompiling():
+def test_fused_compiled_matches_per_tensor_without_recompiling(monkeypatch):
     gen = torch.Generator().manual_seed(6)
     # 1-D here, 2-D below: the flat inputs must not carry the original shape
     shapes = [(300,), (85,), (1,)] + [(50,)] * 9
@@ -535,18 +535,31 @@ def test_fused_compiled_matches_per_tensor_without_recompiling():
             b.grad = a.grad.clone()
         if step == 0:
             opt.step()  # compiles
+            # from here on the compiled graphs run without torch.compile's guards
+            for kernel in smorms3_module._compiled_kernels():
+                assert kernel.direct, "the first call recorded no direct call"
+                monkeypatch.setattr(kernel, "_compiled", _no_call)
         else:
-            # a new lr must not recompile (it is passed as a tensor)
-            with torch.compiler.set_stance("fail_on_recompile"):
-                opt.step()
+            opt.step()  # a new lr is a tensor input: the same graph runs
         ref.step()
     for a, b in zip(ours, base):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-    others = [nn.Parameter(torch.randn(40, 3)) for _ in range(9)]  # other sizes:
-    for p in others:  # no recompile either
-        p.grad = torch.randn(40, 3)
-    with torch.compiler.set_stance("fail_on_recompile"):
-        SMORMS3(others, fused=True).step()
+    # other sizes (2-D, 120 elements): the same graphs, the size as an input
+    others = [nn.Parameter(torch.randn(40, 3, generator=gen)) for _ in range(9)]
+    copies = [nn.Parameter(p.detach().clone()) for p in others]
+    opt, ref = SMORMS3(others, fused=True), SMORMS3(copies)
+    for _ in range(2):
+        for a, b in zip(others, copies):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        opt.step()
+        ref.step()
+    for a, b in zip(others, copies):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def _no_call(*args):
+    raise AssertionError("went through torch.compile after the first call")
 
 
 @pytest.mark.parametrize(

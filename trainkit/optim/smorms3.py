@@ -23,6 +23,8 @@ from torch.optim.optimizer import (
     _get_scalar_dtype,
 )
 
+from trainkit.optim._compiled import FlatKernel
+
 __all__ = ["SMORMS3", "smorms3"]
 
 # Elements per slice in the per-tensor path. Seven buffers of a slice (param, grad,
@@ -31,9 +33,8 @@ __all__ = ["SMORMS3", "smorms3"]
 # instead.
 _CHUNK_NUMEL = 1 << 16
 
-# torch.compile backend of the opt-in fused path, and its compiled kernels by backend.
-_FUSED_BACKEND = "inductor"
-_fused_kernels: dict[str, tuple[Callable[..., None], Callable[..., None]]] = {}
+# The opt-in fused path's compiled kernels (one tensor, one bucket), made on first use.
+_fused_kernels: list[tuple[FlatKernel, FlatKernel]] = []
 # Equal-size tensors per compiled call in the fused path. Larger buckets compile for
 # longer (the graph repeats the update once per tensor) and save less per tensor.
 _BUCKET = 8
@@ -625,23 +626,16 @@ def _fused_bucket_body(
 def _compiled_kernels() -> tuple[Callable[..., None], Callable[..., None]]:
     """The compiled (one tensor, bucket of _BUCKET equal-size tensors) kernels.
 
-    dynamic=True with flat inputs: one compilation of each serves every size.
+    dynamic=True with flat inputs: one compilation of each serves every size. Flat
+    groups call the compiled graph directly after their first call (see
+    ``_compiled.FlatKernel``): the plan guarantees what the guards would check.
     """
-    kernels = _fused_kernels.get(_FUSED_BACKEND)
-    if kernels is None:
-        options = _INDUCTOR_OPTIONS if _FUSED_BACKEND == "inductor" else None
-        kernels = tuple(  # type: ignore[assignment]
-            torch.compile(
-                body,
-                dynamic=True,
-                fullgraph=True,
-                backend=_FUSED_BACKEND,
-                options=options,
-            )
-            for body in (_fused_kernel_body, _fused_bucket_body)
+    if not _fused_kernels:
+        bodies = (_fused_kernel_body, _fused_bucket_body)
+        _fused_kernels.append(
+            tuple(FlatKernel(body, _INDUCTOR_OPTIONS) for body in bodies)  # type: ignore[arg-type]
         )
-        _fused_kernels[_FUSED_BACKEND] = kernels  # type: ignore[assignment]
-    return kernels  # type: ignore[return-value]
+    return _fused_kernels[0]
 
 
 class _KernelGroup(NamedTuple):

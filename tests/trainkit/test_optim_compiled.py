@@ -1,0 +1,100 @@
+"""FlatKernel: a torch.compile'd kernel called directly after its first call."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainkit.optim._compiled import FlatKernel
+
+OPTIONS = {"size_asserts": False}
+
+
+def scale_add(xs: list[torch.Tensor], y: torch.Tensor, w: torch.Tensor, neg: bool):
+    """xs[i] += w * y (or -= with neg), in place."""
+    for x in xs:
+        x.copy_(x - w * y if neg else x + w * y)
+
+
+OFFSET = torch.tensor(5.0)
+
+
+def add_global(x: torch.Tensor) -> None:
+    """x += OFFSET: a graph input that is not an argument."""
+    x.copy_(x + OFFSET)
+
+
+def expected(xs, y, w, neg):
+    return [x - w * y if neg else x + w * y for x in xs]
+
+
+class Counting:
+    """Wraps a callable and counts its calls."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.fn(*args)
+
+
+def test_calls_the_graph_directly_after_compiling_per_signature():
+    kernel = FlatKernel(scale_add, OPTIONS)
+    kernel._compiled = through = Counting(kernel._compiled)
+    w = torch.tensor(0.5)
+    for size, neg, dtype in [
+        (6, False, torch.float32),
+        (9, False, torch.float32),  # new size: direct, the size is an input
+        (6, True, torch.float32),  # new constant: compiles once more
+        (7, True, torch.float32),
+        (5, False, torch.float64),  # new dtype: compiles once more
+        (11, False, torch.float64),
+    ]:
+        xs = [torch.randn(size, dtype=dtype) for _ in range(2)]
+        y = torch.randn(size, dtype=dtype)
+        want = expected(xs, y, w.to(dtype), neg)
+        kernel(xs, y, w.to(dtype), neg)
+        for x, e in zip(xs, want):
+            torch.testing.assert_close(x, e)
+    assert through.calls == 3  # one per signature
+    assert len(kernel.direct) == 3
+
+
+def test_strided_tensors_always_go_through_torch_compile():
+    kernel = FlatKernel(scale_add, OPTIONS)
+    kernel._compiled = through = Counting(kernel._compiled)
+    w = torch.tensor(2.0)
+    for _ in range(2):
+        xs = [torch.randn(4, 3).t() for _ in range(2)]  # (3, 4), not 1-D
+        y = torch.randn(3, 4)
+        want = expected(xs, y, w, False)
+        kernel(xs, y, w, False)
+        for x, e in zip(xs, want):
+            torch.testing.assert_close(x, e)
+    assert through.calls == 2
+    assert not kernel.direct
+
+
+def test_a_graph_input_from_outside_the_arguments_is_not_called_directly():
+    kernel = FlatKernel(add_global, OPTIONS)
+    kernel._compiled = through = Counting(kernel._compiled)
+    for size in (4, 4, 8):
+        x = torch.zeros(size)
+        kernel(x)
+        torch.testing.assert_close(x, torch.full((size,), 5.0))
+    assert through.calls == 3
+    assert not kernel.direct
+
+
+@pytest.mark.parametrize("grad_enabled", [False, True])
+def test_grad_mode_is_part_of_the_signature(grad_enabled):
+    kernel = FlatKernel(scale_add, OPTIONS)
+    w = torch.tensor(1.0)
+    with torch.no_grad():
+        kernel([torch.zeros(3)], torch.ones(3), w, False)
+    x = torch.zeros(5)
+    with torch.set_grad_enabled(grad_enabled):
+        kernel([x], torch.ones(5), w, False)
+    torch.testing.assert_close(x, torch.ones(5))
+    assert len(kernel.direct) == (2 if grad_enabled else 1)
