@@ -98,3 +98,21 @@ def test_grad_mode_is_part_of_the_signature(grad_enabled):
         kernel([x], torch.ones(5), w, False)
     torch.testing.assert_close(x, torch.ones(5))
     assert len(kernel.direct) == (2 if grad_enabled else 1)
+
+
+def test_a_strided_tensor_after_a_flat_call_of_its_signature_is_not_called_directly():
+    kernel = FlatKernel(scale_add, OPTIONS)
+    w = torch.tensor(1.5)
+    kernel([torch.zeros(6)], torch.ones(6), w, False)  # compiles: flat
+    assert len(kernel.direct) == 1
+    kernel._compiled = through = Counting(kernel._compiled)
+    for xs, y in [
+        ([torch.zeros(6)], torch.arange(12.0)[::2]),  # y strided
+        ([torch.zeros(6), torch.zeros(12)[::2]], torch.ones(6)),  # a strided x
+        ([torch.zeros(6), torch.zeros(6, dtype=torch.float64)], torch.ones(6)),
+    ]:
+        want = expected(xs, y, w, False)
+        kernel(xs, y, w, False)
+        for x, e in zip(xs, want):
+            torch.testing.assert_close(x, e.to(x.dtype))
+    assert through.calls == 3
