@@ -10,6 +10,14 @@ from trainkit.optim._compiled import FlatKernel
 OPTIONS = {"size_asserts": False}
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Kernels of one body share torch.compile's cache: each test starts empty."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def scale_add(xs: list[torch.Tensor], y: torch.Tensor, w: torch.Tensor, neg: bool):
     """xs[i] += w * y (or -= with neg), in place."""
     for x in xs:
@@ -116,3 +124,19 @@ def test_a_strided_tensor_after_a_flat_call_of_its_signature_is_not_called_direc
         for x, e in zip(xs, want):
             torch.testing.assert_close(x, e.to(x.dtype))
     assert through.calls == 3
+
+
+def repeat_scale(x: torch.Tensor, word: str) -> None:
+    """x *= len(word): each word is a constant of its own graph."""
+    x.copy_(x * len(word))
+
+
+def test_more_signatures_than_torch_compiles_default_limit():
+    """torch.compile allows 8 compilations of a function by default, and with
+    fullgraph=True the 9th raises: each word here is a signature."""
+    kernel = FlatKernel(repeat_scale, OPTIONS)
+    for n in range(1, 10):
+        x = torch.ones(5)
+        kernel(x, "a" * n)
+        torch.testing.assert_close(x, torch.full((5,), float(n)))
+    assert len(kernel.direct) == 9

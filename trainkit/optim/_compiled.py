@@ -30,6 +30,16 @@ __all__ = ["FlatKernel"]
 
 _FLAT_SIZE = None  # an input spec: the flat size (the graph's size symbol)
 
+# Compilations allowed per kernel (torch.compile's default is 8 per function, and
+# with fullgraph=True the 9th raises): a signature compiles once, but strided
+# tensors compile once per layout.
+_RECOMPILE_LIMIT = 64
+_LIMIT_OPTION = (  # renamed in torch 2.7; the old name is still an alias there
+    "recompile_limit"
+    if hasattr(torch._dynamo.config, "recompile_limit")
+    else "cache_size_limit"
+)
+
 
 class _Direct(NamedTuple):
     """A compiled graph, and per graph input: ``(argument, index)`` into the
@@ -77,7 +87,8 @@ class FlatKernel:
             return
         self._pending.call = (key, args)
         try:
-            self._compiled(*args)
+            with torch._dynamo.config.patch(**{_LIMIT_OPTION: _RECOMPILE_LIMIT}):
+                self._compiled(*args)
         finally:
             self._pending.call = None
 
