@@ -5,8 +5,9 @@ Two paths, picked per device (measured in ``benchmarks/bench_watch.py``):
 * CPU: ``torch._foreach_norm`` is not a fused kernel there (its inf-norm costs
   ~8x an L2 norm), so each gradient is read once by ``abs`` into a scratch
   buffer of at most ``_CHUNK`` elements, packed row by row with other
-  gradients, and three row-wise reductions (sum, max, L2 norm) read each filled
-  buffer: one kernel each per buffer fill, not per gradient. Rows of ``_ROW``
+  gradients (one region per thread: each thread reduces what it wrote), and
+  three row-wise reductions (sum, max, L2 norm) read each filled buffer: one
+  kernel each per buffer fill, not per gradient. Rows of ``_ROW``
   elements keep the float32 partials exact to ~1e-7 (a float32 sum of squares
   over millions of elements is off by up to 1e-4); they are combined per layer
   in float64 on the host.
@@ -35,9 +36,10 @@ class Partials:
 
     ``values`` is ``(2, C)`` float32 on the device: Σ|g| and max|g| of C
     disjoint pieces (rows, or whole gradients), and ``owner`` (``(C,)`` int64,
-    host) the layer of each. ``norms`` is ``(R,)`` float32 on the device: L2
-    norms of R disjoint pieces, and ``norm_owner`` (``(R,)`` int64, host) their
-    layers; squared and summed on the host in float64.
+    host) the layer of each (-1: of no layer, ignored). ``norms`` is ``(R,)``
+    float32 on the device: L2 norms of R disjoint pieces, and ``norm_owner``
+    (``(R,)`` int64, host) their layers; squared and summed on the host in
+    float64.
     """
 
     def __init__(
@@ -72,61 +74,99 @@ def reduce_dense(
 class _CpuPlan:
     """Scratch views and output slots for one set of gradient shapes.
 
-    Built once per layout of gradients (shapes, dtypes, layers) and reused on
-    every logged step, so that a step's loop only launches kernels. Gradients
-    are cut into pieces and packed into groups that each fill the scratch
-    buffer once; every piece starts on a row of ``_ROW`` elements and its last
-    row is padded with zeros. A step, per group: ``abs`` of each piece into the
-    scratch, then three row-wise reductions over the whole group (sum, max, L2
-    norm) into ``out``, ``(3, R)`` float32 over the R rows of all groups. One
-    kernel per reduction and group, instead of per gradient, is what makes this
-    fast on many small gradients: a kernel launch costs as much as reducing
-    ~100K elements.
+    Built once per layout of gradients (shapes, dtypes, layers, threads) and
+    reused on every logged step, so that a step's loop only launches kernels.
+    A step, per group of pieces that fill the scratch once: ``abs`` of each
+    piece into the scratch, then three row-wise reductions over the whole group
+    (sum, max, L2 norm) into ``out``, ``(3, R)`` float32 over the R rows of all
+    groups. One kernel per reduction and group, instead of per gradient, is
+    what makes this fast on many small gradients: a kernel launch costs as much
+    as reducing ~100K elements.
+
+    The scratch is cut into one region per thread, and a piece into one equal
+    part per region, at the same offset in each: ATen splits the ``abs`` of a
+    piece and the row reductions of a group evenly over its threads, in order,
+    so each thread reduces the rows it wrote itself. Otherwise half of every
+    group moves between cores twice a step (on a 2-vCPU VM that cost up to 6x
+    in some periods; ``benchmarks/bench_watch.py``). The last ``< T x ROW``
+    elements of a gradient go to one region, padded with zeros to a row; rows
+    that no piece fills (regions filled unevenly) have owner -1.
     """
 
-    def __init__(self, grads: Sequence[Tensor], owners: Sequence[int], buf: Tensor):
-        groups: list[list[tuple[int, int, int, int]]] = [[]]  # (layer, start, n, at)
-        used = 0
+    def __init__(
+        self, grads: Sequence[Tensor], owners: Sequence[int], buf: Tensor, threads: int
+    ):
+        per_region = buf.numel() // (threads * _ROW) * _ROW
+        specs: list[list[tuple[int, int, int, int, int]]] = [[]]
+        # a piece: (layer, start, stop, region (-1: split over all), offset)
+        used = [0] * threads
+        fills: list[list[int]] = []  # per group: elements used per region
+
+        def close_group() -> None:
+            fills.append(used.copy())
+            specs.append([])
+            used[:] = [0] * threads
+
         for i, g in enumerate(grads):
-            start = 0
-            while start < g.numel():
-                if used == buf.numel():
-                    groups.append([])
-                    used = 0
-                n = min(g.numel() - start, buf.numel() - used)
-                groups[-1].append((i, start, n, used))
-                used += _padded(n)
-                start += n
-        row_owner = [
-            np.full(_padded(n) // _ROW, owners[i], dtype=np.int64)
-            for group in groups
-            for i, _, n, _ in group
-        ]
-        self.row_owner = np.concatenate(row_owner)
-        self.out = torch.empty(3, self.row_owner.size, device=buf.device)
+            n, start = g.numel(), 0
+            while start < n:
+                rest, level = n - start, max(used)
+                part = min(rest // (threads * _ROW) * _ROW, per_region - level)
+                if part > 0:  # one equal part per region, at one offset
+                    specs[-1].append((i, start, start + threads * part, -1, level))
+                    used[:] = [level + part] * threads
+                    start += threads * part
+                    continue
+                region = min(range(threads), key=used.__getitem__)
+                k = min(rest, per_region - used[region])
+                if rest >= threads * _ROW or k == 0:
+                    close_group()  # no room for a part in every region
+                    continue
+                specs[-1].append((i, start, start + k, region, used[region]))
+                used[region] += _padded(k)
+                start += k
+        close_group()
+        groups = [(spec, max(fill) // _ROW) for spec, fill in zip(specs, fills)]
+        groups = [(spec, r) for spec, r in groups if r]  # (pieces, rows per region)
+        total = sum(threads * r for _, r in groups)
+        self.out = torch.empty(3, total, device=buf.device)
+        owner = []
         self.groups: list[_Group] = []
         row = 0
-        for group in groups:
-            rows = sum(_padded(n) for _, _, n, _ in group) // _ROW
+        for spec, r in groups:
+            group_owner = np.full((threads, r), -1, dtype=np.int64)  # (T, R_g)
+            for i, a, b, region, at in spec:
+                end = at + ((b - a) // threads if region < 0 else _padded(b - a))
+                where = slice(None) if region < 0 else region
+                group_owner[where, at // _ROW : end // _ROW] = owners[i]
+            owner.append(group_owner.reshape(-1))
+            outs = self.out[:, row : row + threads * r].view(3, threads, r)
             self.groups.append(
                 _Group(
-                    pieces=[_piece(i, grads[i], *place, buf) for i, *place in group],
-                    rows=buf[: rows * _ROW].view(rows, _ROW),  # (R_g, ROW)
-                    sums=self.out[0, row : row + rows],
-                    maxs=self.out[1, row : row + rows],
-                    norms=self.out[2, row : row + rows],
+                    pieces=[
+                        _piece(grads[i], i, a, b, region, at, buf, per_region, threads)
+                        for i, a, b, region, at in spec
+                    ],
+                    rows=buf.as_strided((threads, r, _ROW), (per_region, _ROW, 1)),
+                    sums=outs[0],
+                    maxs=outs[1],
+                    norms=outs[2],
                 )
             )
-            row += rows
+            row += threads * r
+        self.row_owner = np.concatenate(owner) if owner else np.zeros(0, np.int64)
 
 
 class _Piece(NamedTuple):
-    """Elements ``span`` of gradient ``layer`` (None: all), and where they go."""
+    """Elements ``[start, stop)`` of gradient ``layer``, and where they go."""
 
     layer: int
-    span: tuple[int, int] | None
+    start: int
+    stop: int
+    whole: bool  # start == 0 and stop == numel: no slicing
+    shape: tuple[int, ...]  # the source's shape for ``dst``: (T, part) or (k,)
     widen: bool  # not float32: copy, then abs in place
-    dst: Tensor  # the piece's place in the scratch, in the gradient's shape if whole
+    dst: Tensor  # (T, part): one part per region; or (k,) in one region
     tail: Tensor | None  # its last row's padding: zeroed at every step, since
     # other groups and other plans (layouts) write the same buffer
 
@@ -135,22 +175,46 @@ class _Group(NamedTuple):
     """Pieces that fill the scratch once, and the row-wise outputs they reduce to."""
 
     pieces: list[_Piece]
-    rows: Tensor  # (R_g, ROW) view of the filled scratch
-    sums: Tensor  # (R_g,) views of the plan's output
+    rows: Tensor  # (T, R_g, ROW) view of the filled scratch: per region
+    sums: Tensor  # (T, R_g) views of the plan's output
     maxs: Tensor
     norms: Tensor
 
 
-def _piece(layer: int, g: Tensor, start: int, n: int, at: int, buf: Tensor) -> _Piece:
-    """Elements ``[start, start + n)`` of ``g``, packed at ``buf[at:]``."""
-    whole = n == g.numel()
-    end = at + _padded(n)
+def _piece(
+    g: Tensor,
+    layer: int,
+    start: int,
+    stop: int,
+    region: int,
+    at: int,
+    buf: Tensor,
+    per_region: int,
+    threads: int,
+) -> _Piece:
+    """Elements ``[start, stop)`` of ``g``: split over all regions at offset
+    ``at`` (``region`` -1), or packed into ``region`` at ``at``."""
+    n = stop - start
+    if region < 0:
+        part = n // threads
+        shape: tuple[int, ...] = (threads, part)
+        dst = buf.as_strided(shape, (per_region, 1), at)
+        tail = None
+    else:
+        shape = (n,)
+        base = region * per_region + at
+        dst = buf[base : base + n]
+        end = base + _padded(n)
+        tail = buf[base + n : end] if end > base + n else None
     return _Piece(
         layer=layer,
-        span=None if whole else (start, start + n),
+        start=start,
+        stop=stop,
+        whole=start == 0 and stop == g.numel(),
+        shape=shape,
         widen=g.dtype != torch.float32,
-        dst=buf[at : at + n].view(g.shape if whole else (n,)),
-        tail=buf[at + n : end] if end > at + n else None,
+        dst=dst,
+        tail=tail,
     )
 
 
@@ -164,38 +228,46 @@ def _reduce_dense_cpu(
     grads = [g for g in grads if g.numel()]
     if not grads:
         return _empty(device)
-    key = ("plan", device, tuple(owners), tuple((g.shape, g.dtype) for g in grads))
+    threads = torch.get_num_threads()
+    layout = tuple((g.shape, g.dtype) for g in grads)
+    key = ("plan", device, threads, tuple(owners), layout)
     plan = scratch.get(key)
     if plan is None:
-        plan = scratch[key] = _CpuPlan(grads, owners, _scratch_buffer(grads, scratch))
+        buf = _scratch_buffer(grads, scratch, threads)
+        plan = scratch[key] = _CpuPlan(grads, owners, buf, threads)
     for group in plan.groups:
         for piece in group.pieces:
             g = grads[piece.layer]
-            if piece.span is not None:
-                g = g.reshape(-1)[piece.span[0] : piece.span[1]]
+            if not piece.whole:
+                g = g.reshape(-1)[piece.start : piece.stop]
+            g = g.reshape(piece.shape)  # a view, unless g is not contiguous
             if piece.widen:  # abs() cannot write another dtype
                 piece.dst.copy_(g).abs_()
             else:
                 torch.abs(g, out=piece.dst)
             if piece.tail is not None:
                 piece.tail.zero_()  # zeros change no sum, max or norm
-        torch.sum(group.rows, 1, out=group.sums)
-        torch.amax(group.rows, 1, out=group.maxs)
-        torch.linalg.vector_norm(group.rows, dim=1, out=group.norms)
-    return Partials(plan.out[:2], plan.row_owner, plan.out[2], plan.row_owner)
+        torch.sum(group.rows, 2, out=group.sums)
+        torch.amax(group.rows, 2, out=group.maxs)
+        torch.linalg.vector_norm(group.rows, dim=2, out=group.norms)
+    out = plan.out
+    return Partials(out[:2], plan.row_owner, out[2], plan.row_owner)
 
 
-def _scratch_buffer(grads: Sequence[Tensor], scratch: dict) -> Tensor:
+def _scratch_buffer(grads: Sequence[Tensor], scratch: dict, threads: int) -> Tensor:
     """The device's scratch buffer, grown to what ``grads`` fill (at most
-    ``_CHUNK`` elements).
+    ``_CHUNK`` elements, and one row per thread at least).
 
     Growing it drops the device's plans: they hold views of the old buffer.
+    Zero-filled when made: rows that no piece fills are reduced, then dropped.
     """
     device = grads[0].device
-    size = min(sum(_padded(g.numel()) for g in grads), _CHUNK)
+    slack = 2 * threads * _ROW * len(grads)  # padding and uneven regions
+    need = sum(g.numel() for g in grads) + slack
+    size = max(min(need, _CHUNK), threads * _ROW)
     buf = scratch.get(device)
     if buf is None or buf.numel() < size:
-        buf = scratch[device] = torch.empty(size, device=device)
+        buf = scratch[device] = torch.zeros(size, device=device)
         stale = [k for k in scratch if isinstance(k, tuple) and k[1] == device]
         for key in stale:
             del scratch[key]
@@ -274,7 +346,8 @@ def combine(
         ``(3, L)`` float64 (Σ|g|, max|g|, Σg² per layer; 0 for layers nothing
         belongs to), and the host copy of ``extras`` (None without).
     """
-    out = np.zeros((3, n_layers), dtype=np.float64)
+    padded = np.zeros((3, n_layers + 1), dtype=np.float64)
+    out = padded[:, 1:]
     by_device: dict[torch.device, list[Partials]] = {}
     for part in parts:
         by_device.setdefault(part.values.device, []).append(part)
@@ -292,9 +365,12 @@ def combine(
             norms = host[offset + 2 * c : offset + 2 * c + r]
             offset += 2 * c + r
             with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf: counted later
-                out[0] += np.bincount(p.owner, values[0], minlength=n_layers)
-                np.maximum.at(out[1], p.owner, values[1])
-                out[2] += np.bincount(p.norm_owner, norms * norms, minlength=n_layers)
+                # owner -1 (rows of no layer) goes to column 0 of `padded`, dropped
+                padded[0] += np.bincount(p.owner + 1, values[0], minlength=n_layers + 1)
+                np.maximum.at(padded[1], p.owner + 1, values[1])
+                padded[2] += np.bincount(
+                    p.norm_owner + 1, norms * norms, minlength=n_layers + 1
+                )
         if i == 0 and extras is not None:
             host_extras = host[offset:]
     if extras is not None and host_extras is None:

@@ -145,11 +145,25 @@ def test_large_tensors_are_chunked_and_stay_precise(tmp_path):
         assert last.stat(stat)[0] == pytest.approx(ref[stat], rel=1e-6)
 
 
-def test_packed_cpu_reduction_equals_float64_per_layer(monkeypatch):
-    # A scratch of 3 rows: pieces split across groups, several gradients share
-    # a group, padded tails must not leak the previous group's values, and
-    # the layers' order in `owners` is not their order in `grads`.
-    monkeypatch.setattr(_reduce, "_CHUNK", 3 * _reduce._ROW)
+@pytest.fixture
+def threads():
+    """Restores torch's thread count after a test that changes it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("rows", [3, 8, 40])
+def test_packed_cpu_reduction_equals_float64_per_layer(
+    monkeypatch, threads, n_threads, rows
+):
+    # A scratch of a few rows: pieces split across groups and over the threads'
+    # regions, several gradients share a group, regions fill unevenly, padded
+    # tails must not leak the previous group's values, and the layers' order in
+    # `owners` is not their order in `grads`.
+    monkeypatch.setattr(_reduce, "_CHUNK", rows * _reduce._ROW)
+    torch.set_num_threads(n_threads)
     torch.manual_seed(0)
     grads = [
         torch.randn(5000) * 3,  # split over two groups, ends mid-row
@@ -158,11 +172,12 @@ def test_packed_cpu_reduction_equals_float64_per_layer(monkeypatch):
         torch.randn(40, 90).t(),  # not contiguous
         torch.randn(2500, dtype=torch.float64),  # widened
         torch.randn(1024) * 1e-3,  # exactly one row
+        torch.randn(3 * 2048 + 5),  # one part per region, and a tail
     ]
-    owners = [4, 0, 5, 2, 1, 3]
+    owners = [4, 0, 5, 2, 1, 3, 6]
     scratch: dict = {}
     for _ in range(2):  # the second call reuses the plan
-        got, _ = _reduce.combine([_reduce.reduce_dense(grads, owners, scratch)], 6)
+        got, _ = _reduce.combine([_reduce.reduce_dense(grads, owners, scratch)], 7)
         for g, layer in zip(grads, owners):
             d = g.double()
             want = [
