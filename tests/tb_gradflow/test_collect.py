@@ -188,6 +188,38 @@ def test_packed_cpu_reduction_equals_float64_per_layer(
             np.testing.assert_allclose(got[:, layer], want, rtol=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_packed_cpu_reduction_on_random_layouts(monkeypatch, threads, seed):
+    """Random gradient sizes, dtypes, strides, scratch sizes and thread counts
+    against a float64 computation per layer, over two calls (plan reuse)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(high: int) -> int:
+        return int(torch.randint(high, (1,), generator=gen))
+
+    monkeypatch.setattr(_reduce, "_CHUNK", (2 + draw(30)) * _reduce._ROW)
+    torch.set_num_threads(1 + draw(4))
+    grads = []
+    for _ in range(1 + draw(8)):
+        n = draw(3) * 2048 + draw(3000)
+        g = torch.randn(n, generator=gen) * 10.0 ** (draw(7) - 3)
+        if draw(4) == 0 and n > 1:  # strided: every other element of a larger one
+            g = torch.randn(2 * n, generator=gen)[::2]
+        if draw(5) == 0:
+            g = g.to(torch.float64)
+        grads.append(g)
+    owners = torch.randperm(len(grads), generator=gen).tolist()
+    scratch: dict = {}
+    for _ in range(2):
+        got, _ = _reduce.combine(
+            [_reduce.reduce_dense(grads, owners, scratch)], len(grads)
+        )
+        for g, layer in zip(grads, owners):
+            d = g.double().abs()
+            want = [d.sum(), d.max() if d.numel() else 0.0, d.square().sum()]
+            np.testing.assert_allclose(got[:, layer], want, rtol=1e-6)
+
+
 def test_loaded_values_equal_logged_values(tmp_path):
     model = MLP()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
