@@ -321,6 +321,31 @@ def reduce_sparse(grad: Tensor, owner: int) -> tuple[Partials, int]:
     return Partials(values, mine, torch.linalg.vector_norm(a)[None], mine), rows
 
 
+def squares_unsafe(peak: np.ndarray, numel: np.ndarray) -> np.ndarray:
+    """Layers whose Σg², summed in float32, may have overflowed (numel x max|g|²
+    near float32's 3.4e38) or lost its small squares under float32's smallest
+    normal number, 1.2e-38 (max|g| < 1e-18): ``(L,)`` bool.
+
+    Args:
+        peak: ``(L,)`` max|g| per layer.
+        numel: ``(L,)`` elements per layer.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        big = peak * peak * np.maximum(numel, 1) > 1e37
+        return big | ((peak > 0) & (peak < 1e-18))
+
+
+def sum_squares_float64(grads: Sequence[Tensor]) -> Tensor:
+    """Σg² of each gradient, computed in float64: ``(len(grads),)`` float64, on
+    the first gradient's device (sparse: the dense equivalent)."""
+    sums = []
+    for g in grads:
+        if g.is_sparse:
+            g = g.coalesce().values()
+        sums.append(torch.linalg.vector_norm(g, dtype=torch.float64).square())
+    return torch.stack([s.to(grads[0].device) for s in sums])
+
+
 def count_nonfinite(grads: Sequence[Tensor]) -> Tensor:
     """Counts NaN/Inf elements of each gradient: ``(len(grads),)`` int64."""
     counts = []

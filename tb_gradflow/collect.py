@@ -478,6 +478,12 @@ def layer_stats(
             owners.append(i)
     parts += [_reduce.reduce_dense(g, o, scratch) for g, o in dense.values()]
     totals, host_extras = _reduce.combine(parts, n_layers, extras)  # (3, L)
+    local_numel = np.array([0 if g is None else g.numel() for g in local])
+    unsafe = _reduce.squares_unsafe(totals[1], local_numel)
+    redo = np.flatnonzero(has_grad & np.isfinite(totals[0]) & unsafe).tolist()
+    if redo:  # rare: float32 squares overflow or underflow there
+        exact = _reduce.sum_squares_float64([local[i] for i in redo])
+        totals[2, redo] = exact.cpu().numpy()
     group = None
     if sharded:  # one SUM and one MAX all-reduce for all sharded layers
         group = _sharded.shard_group(grads[sharded[0]])

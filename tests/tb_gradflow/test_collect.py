@@ -10,7 +10,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
 from tb_gradflow import _reduce
-from tb_gradflow.collect import layer_name, select_layers
+from tb_gradflow.collect import layer_name, layer_stats, select_layers
 
 
 def reference_stats(grad: torch.Tensor) -> dict[str, float]:
@@ -218,6 +218,27 @@ def test_packed_cpu_reduction_on_random_layouts(monkeypatch, threads, seed):
             d = g.double().abs()
             want = [d.sum(), d.max() if d.numel() else 0.0, d.square().sum()]
             np.testing.assert_allclose(got[:, layer], want, rtol=1e-6)
+
+
+def test_huge_and_tiny_gradients_give_float64_norms():
+    """Squares of 1e30-sized values overflow float32, squares of 1e-25-sized
+    ones underflow it: those layers' norms are computed in float64."""
+    grads = [
+        torch.full((64, 64), 1e30),
+        torch.full((3000,), -2e30),
+        torch.randn(50, 70) * 1e-25,
+        torch.sparse_coo_tensor(
+            [[1, 5]], torch.full((2, 3), 1e-30), (8, 3), check_invariants=True
+        ),
+    ]
+    stats, _ = layer_stats(grads)
+    for k, g in enumerate(grads):
+        ref = reference_stats(g)
+        assert ref["norm"] > 0 and math.isfinite(ref["norm"])
+        assert stats[0, k] == pytest.approx(ref["abs_mean"], rel=1e-6)
+        assert stats[1, k] == pytest.approx(ref["abs_max"], rel=1e-6)
+        assert stats[2, k] == pytest.approx(ref["norm"], rel=1e-6)
+        assert stats[3, k] == 0  # nothing non-finite
 
 
 def test_loaded_values_equal_logged_values(tmp_path):
