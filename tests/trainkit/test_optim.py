@@ -521,6 +521,9 @@ def _fused_inputs(opt):
 
 
 def test_fused_compiled_matches_per_tensor_without_recompiling(monkeypatch):
+    # fresh kernels and torch.compile cache: step 0 must compile and record
+    torch._dynamo.reset()
+    monkeypatch.setattr(smorms3_module, "_fused_kernels", [])
     gen = torch.Generator().manual_seed(6)
     # 1-D here, 2-D below: the flat inputs must not carry the original shape
     shapes = [(300,), (85,), (1,)] + [(50,)] * 9

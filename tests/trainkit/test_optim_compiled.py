@@ -140,3 +140,39 @@ def test_more_signatures_than_torch_compiles_default_limit():
         kernel(x, "a" * n)
         torch.testing.assert_close(x, torch.full((5,), float(n)))
     assert len(kernel.direct) == 9
+
+
+def test_a_tensor_passed_twice_is_never_called_directly():
+    """torch.compile gives one graph input to both places of a tensor passed
+    twice, and compiles other calls assuming distinct tensors."""
+    kernel = FlatKernel(scale_add, OPTIONS)
+    kernel._compiled = through = Counting(kernel._compiled)
+    w = torch.tensor(1.0)
+    x = torch.zeros(6)
+    kernel([x, x], torch.ones(6), w, False)  # compiles, for the aliased call
+    torch.testing.assert_close(x, torch.full((6,), 2.0))
+    assert not kernel.direct
+    xs = [torch.zeros(6), torch.zeros(6)]
+    kernel(xs, torch.ones(6), w, False)  # distinct: compiles and records
+    kernel(xs, torch.ones(6), w, False)  # direct
+    y = torch.zeros(6)
+    kernel([y, y], torch.ones(6), w, False)  # aliased again: not direct
+    torch.testing.assert_close(xs[0], torch.full((6,), 2.0))
+    torch.testing.assert_close(y, torch.full((6,), 2.0))
+    assert through.calls == 3
+
+
+def add_times(x: torch.Tensor, n: int) -> None:
+    """x += n, an int constant."""
+    x.copy_(x + n)
+
+
+def test_int_constants_are_never_called_directly():
+    """torch.compile may make an int argument a size symbol: one equal to the
+    flat size would be taken for it."""
+    kernel = FlatKernel(add_times, OPTIONS)
+    for n in (5, 5, 3):
+        x = torch.zeros(5)
+        kernel(x, n)
+        torch.testing.assert_close(x, torch.full((5,), float(n)))
+    assert not kernel.direct

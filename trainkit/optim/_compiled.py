@@ -19,6 +19,7 @@ going through ``torch.compile``.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
@@ -31,19 +32,23 @@ __all__ = ["FlatKernel"]
 _FLAT_SIZE = None  # an input spec: the flat size (the graph's size symbol)
 
 # Compilations allowed per kernel (torch.compile's default is 8 per function, and
-# with fullgraph=True the 9th raises): a signature compiles once, but strided
-# tensors compile once per layout.
+# with fullgraph=True the 9th raises): one per signature.
 _RECOMPILE_LIMIT = 64
+# Since torch 2.13 torch.compile takes the limit per compiled function; before,
+# it is a global option, patched around a call under this lock.
+_LIMIT_PER_FUNCTION = "recompile_limit" in inspect.signature(torch.compile).parameters
 _LIMIT_OPTION = (  # renamed in torch 2.7; the old name is still an alias there
     "recompile_limit"
     if hasattr(torch._dynamo.config, "recompile_limit")
     else "cache_size_limit"
 )
+_LIMIT_LOCK = threading.Lock()
+_CONSTANTS = (bool, str, type(None))  # constants a direct call may key on
 
 
 class _Direct(NamedTuple):
     """A compiled graph, and per graph input: ``(argument, index)`` into the
-    call's arguments (lists, and single tensors as lists of one), or the flat
+    call's arguments (lists, and single values as lists of one), or the flat
     size (``_FLAT_SIZE``)."""
 
     graph: Callable[..., Any]
@@ -54,13 +59,14 @@ class FlatKernel:
     """``torch.compile(body, dynamic=True, fullgraph=True)`` with the inductor
     backend, called directly once compiled for a signature.
 
-    ``body`` takes tensors or lists of tensors, then constants (bools, numbers).
-    Calls whose tensors are all 1-D contiguous of one size (``numel >= 2``, the
-    size ``torch.compile`` makes a symbol) or 0-dim run the compiled graph
-    directly once a call of their signature has compiled; other calls (n-D,
-    strided, mixed sizes) always go through ``torch.compile``. The direct call
-    checks layouts, sizes and dtypes, not aliasing or the devices past each
-    argument's first tensor.
+    ``body`` takes tensors or lists of tensors, then constants (bools, strings).
+    Calls whose tensors are all plain tensors, distinct, and either 0-dim or 1-D
+    contiguous of one size (``numel >= 2``, the size ``torch.compile`` makes a
+    symbol) run the compiled graph directly once a call of their signature has
+    compiled; other calls (n-D, strided, mixed sizes, a tensor passed twice,
+    int or float constants) go through ``torch.compile``. The direct call does
+    not check the devices past each argument's first tensor, and ``body`` must
+    not branch on sizes (a graph guarded on a size range would run outside it).
 
     Args:
         body: the function to compile; returns nothing (updates in place).
@@ -69,8 +75,9 @@ class FlatKernel:
 
     def __init__(self, body: Callable[..., None], options: dict[str, Any]) -> None:
         self._options = options
+        limit = {"recompile_limit": _RECOMPILE_LIMIT} if _LIMIT_PER_FUNCTION else {}
         self._compiled = torch.compile(
-            body, dynamic=True, fullgraph=True, backend=self._compile_graph
+            body, dynamic=True, fullgraph=True, backend=self._compile_graph, **limit
         )
         self.direct: dict[Hashable, _Direct] = {}
         self._pending = threading.local()  # the call being compiled, per thread
@@ -79,7 +86,7 @@ class FlatKernel:
         key = _signature(args)
         direct = None if key is None else self.direct.get(key)
         if direct is not None:
-            lists = [a if isinstance(a, (list, tuple)) else (a,) for a in args]
+            lists = [a if isinstance(a, list) else (a,) for a in args]
             size = lists[0][0].shape[0]
             direct.graph(
                 *(size if at is None else lists[at[0]][at[1]] for at in direct.inputs)
@@ -87,8 +94,14 @@ class FlatKernel:
             return
         self._pending.call = (key, args)
         try:
-            with torch._dynamo.config.patch(**{_LIMIT_OPTION: _RECOMPILE_LIMIT}):
+            if _LIMIT_PER_FUNCTION:
                 self._compiled(*args)
+            else:
+                with (
+                    _LIMIT_LOCK,
+                    torch._dynamo.config.patch(**{_LIMIT_OPTION: _RECOMPILE_LIMIT}),
+                ):
+                    self._compiled(*args)
         finally:
             self._pending.call = None
 
@@ -108,30 +121,40 @@ class FlatKernel:
 def _signature(args: Sequence[Any]) -> Hashable | None:
     """What a compiled graph is specialised on that varies between calls: grad
     mode, the constants, and per argument its length and its tensors' dtype,
-    device and requires_grad. None (no direct call) unless every tensor is
-    0-dim, or 1-D contiguous of the first tensor's size with its argument's
-    dtype: the graph reads them as such (~5 us for 40 tensors)."""
-    first = args[0][0] if isinstance(args[0], (list, tuple)) else args[0]
-    if not isinstance(first, Tensor) or first.stride() != (1,) or first.shape[0] < 2:
+    device (the first tensor's) and requires_grad. None (no direct call) unless
+    every tensor is a distinct plain tensor, 0-dim or 1-D contiguous of the
+    first tensor's size, with its argument's dtype and requires_grad, and every
+    constant a bool, string or None (~5 us for 40 tensors)."""
+    if not args:
+        return None
+    first = args[0]
+    if isinstance(first, list):
+        first = first[0] if first else None
+    if type(first) is not Tensor or first.stride() != (1,) or first.shape[0] < 2:
         return None
     size = first.shape[0]
+    seen: set[int] = set()
     key: list[Hashable] = [torch.is_grad_enabled()]
     for a in args:
-        if isinstance(a, Tensor) and a.dim() == 0:
-            key.append((a.dtype, a.device, a.requires_grad))
-            continue
-        if not isinstance(a, (list, tuple, Tensor)):
+        if isinstance(a, _CONSTANTS):
             key.append((type(a), a))
             continue
-        items = a if isinstance(a, (list, tuple)) else (a,)
-        if not items:
+        items = a if isinstance(a, list) else (a,)
+        if not items or type(items[0]) is not Tensor:
             return None
-        dtype = items[0].dtype
+        t0 = items[0]
         for t in items:
-            if t.stride() != (1,) or t.shape[0] != size or t.dtype != dtype:
+            if (
+                type(t) is not Tensor
+                or id(t) in seen
+                or t.dtype != t0.dtype
+                or t.requires_grad != t0.requires_grad
+                or (t.dim() != 0 and (t.stride() != (1,) or t.shape[0] != size))
+                or (t.dim() == 0) != (t0.dim() == 0)
+            ):
                 return None
-        t = items[0]
-        key.append((len(items), dtype, t.device, t.requires_grad))
+            seen.add(id(t))
+        key.append((len(items), t0.dtype, t0.device, t0.requires_grad, t0.dim()))
     return tuple(key)
 
 
@@ -143,11 +166,13 @@ def _trace_inputs(
     if any input is neither, or if no input is the size."""
     where: dict[int, tuple[int, int]] = {}
     for i, a in enumerate(args):
-        items = a if isinstance(a, (list, tuple)) else (a,)
+        items = a if isinstance(a, list) else (a,)
         for j, t in enumerate(items):
             if isinstance(t, Tensor):
-                where.setdefault(id(t), (i, j))
-    flat = args[0][0] if isinstance(args[0], (list, tuple)) else args[0]
+                if id(t) in where:
+                    return None  # one graph input for two arguments
+                where[id(t)] = (i, j)
+    flat = args[0][0] if isinstance(args[0], list) else args[0]
     inputs: list[tuple[int, int] | None] = []
     for x in example_inputs:
         if isinstance(x, Tensor):
