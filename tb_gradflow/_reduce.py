@@ -235,6 +235,8 @@ def _reduce_dense_cpu(
     if plan is None:
         buf = _scratch_buffer(grads, scratch, threads)
         plan = scratch[key] = _CpuPlan(grads, owners, buf, threads)
+    # one copy per step of a strided gradient, not one per piece
+    grads = [g if g.is_contiguous() else g.reshape(-1) for g in grads]
     for group in plan.groups:
         for piece in group.pieces:
             g = grads[piece.layer]
@@ -321,29 +323,36 @@ def reduce_sparse(grad: Tensor, owner: int) -> tuple[Partials, int]:
     return Partials(values, mine, torch.linalg.vector_norm(a)[None], mine), rows
 
 
-def squares_unsafe(peak: np.ndarray, numel: np.ndarray) -> np.ndarray:
-    """Layers whose Σg², summed in float32, may have overflowed (numel x max|g|²
-    near float32's 3.4e38) or lost its small squares under float32's smallest
-    normal number, 1.2e-38 (max|g| < 1e-18): ``(L,)`` bool.
+def float32_unsafe(totals: np.ndarray, numel: np.ndarray) -> np.ndarray:
+    """Layers whose float32 partial sums may be wrong although every element is
+    finite: ``(L,)`` bool. That is: numel x max|g|² above 1e37 (Σg² then nears
+    float32's 3.4e38; below it, Σg² and Σ|g| stay well within range), or
+    mean|g| < 1e-15, where squares under float32's smallest normal number
+    (1.2e-38: |g| < 1.1e-19; zero where denormals are flushed) may carry more
+    than 1e-7 of Σg² (since Σg² >= numel x mean|g|²).
 
     Args:
-        peak: ``(L,)`` max|g| per layer.
+        totals: ``(3, L)`` Σ|g|, max|g|, Σg² per layer, as reduced in float32.
         numel: ``(L,)`` elements per layer.
     """
+    total, peak, _ = totals
+    n = np.maximum(numel, 1)
     with np.errstate(invalid="ignore", over="ignore"):
-        big = peak * peak * np.maximum(numel, 1) > 1e37
-        return big | ((peak > 0) & (peak < 1e-18))
+        overflow = peak * peak * n > 1e37
+        underflow = (peak > 0) & (total / n < 1e-15)
+        return np.isfinite(peak) & (overflow | underflow)  # finite max: all finite
 
 
-def sum_squares_float64(grads: Sequence[Tensor]) -> Tensor:
-    """Σg² of each gradient, computed in float64: ``(len(grads),)`` float64, on
-    the first gradient's device (sparse: the dense equivalent)."""
+def sums_float64(grads: Sequence[Tensor]) -> Tensor:
+    """Σ|g| and Σg² of each gradient, in float64: ``(2, len(grads))`` on the
+    first gradient's device (sparse: the dense equivalent)."""
     sums = []
     for g in grads:
         if g.is_sparse:
             g = g.coalesce().values()
-        sums.append(torch.linalg.vector_norm(g, dtype=torch.float64).square())
-    return torch.stack([s.to(grads[0].device) for s in sums])
+        g = g.to(grads[0].device, torch.float64)
+        sums.append(torch.stack([g.abs().sum(), g.square().sum()]))
+    return torch.stack(sums, dim=1)
 
 
 def count_nonfinite(grads: Sequence[Tensor]) -> Tensor:

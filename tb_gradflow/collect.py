@@ -479,11 +479,10 @@ def layer_stats(
     parts += [_reduce.reduce_dense(g, o, scratch) for g, o in dense.values()]
     totals, host_extras = _reduce.combine(parts, n_layers, extras)  # (3, L)
     local_numel = np.array([0 if g is None else g.numel() for g in local])
-    unsafe = _reduce.squares_unsafe(totals[1], local_numel)
-    redo = np.flatnonzero(has_grad & np.isfinite(totals[0]) & unsafe).tolist()
-    if redo:  # rare: float32 squares overflow or underflow there
-        exact = _reduce.sum_squares_float64([local[i] for i in redo])
-        totals[2, redo] = exact.cpu().numpy()
+    redo = np.flatnonzero(has_grad & _reduce.float32_unsafe(totals, local_numel))
+    if redo.size:  # rare: huge or tiny gradients
+        exact = _reduce.sums_float64([local[i] for i in redo]).cpu().numpy()
+        totals[0, redo], totals[2, redo] = exact
     group = None
     if sharded:  # one SUM and one MAX all-reduce for all sharded layers
         group = _sharded.shard_group(grads[sharded[0]])
