@@ -95,39 +95,9 @@ class _CpuPlan:
 
     def __init__(
         self, grads: Sequence[Tensor], owners: Sequence[int], buf: Tensor, threads: int
-    ):
+    ) -> None:
         per_region = buf.numel() // (threads * _ROW) * _ROW
-        specs: list[list[tuple[int, int, int, int, int]]] = [[]]
-        # a piece: (layer, start, stop, region (-1: split over all), offset)
-        used = [0] * threads
-        fills: list[list[int]] = []  # per group: elements used per region
-
-        def close_group() -> None:
-            fills.append(used.copy())
-            specs.append([])
-            used[:] = [0] * threads
-
-        for i, g in enumerate(grads):
-            n, start = g.numel(), 0
-            while start < n:
-                rest, level = n - start, max(used)
-                part = min(rest // (threads * _ROW) * _ROW, per_region - level)
-                if part > 0:  # one equal part per region, at one offset
-                    specs[-1].append((i, start, start + threads * part, -1, level))
-                    used[:] = [level + part] * threads
-                    start += threads * part
-                    continue
-                region = min(range(threads), key=used.__getitem__)
-                k = min(rest, per_region - used[region])
-                if rest >= threads * _ROW or k == 0:
-                    close_group()  # no room for a part in every region
-                    continue
-                specs[-1].append((i, start, start + k, region, used[region]))
-                used[region] += _padded(k)
-                start += k
-        close_group()
-        groups = [(spec, max(fill) // _ROW) for spec, fill in zip(specs, fills)]
-        groups = [(spec, r) for spec, r in groups if r]  # (pieces, rows per region)
+        groups = _pack([g.numel() for g in grads], threads, per_region)
         total = sum(threads * r for _, r in groups)
         self.out = torch.empty(3, total, device=buf.device)
         owner = []
@@ -155,6 +125,45 @@ class _CpuPlan:
             )
             row += threads * r
         self.row_owner = np.concatenate(owner) if owner else np.zeros(0, np.int64)
+
+
+def _pack(
+    sizes: Sequence[int], threads: int, per_region: int
+) -> list[tuple[list[tuple[int, int, int, int, int]], int]]:
+    """Places gradients of ``sizes`` elements in groups that fill the scratch
+    once: per group, its pieces ``(layer, start, stop, region, offset)``
+    (region -1: one equal part per region, at ``offset`` in each) and its rows
+    per region. See :class:`_CpuPlan`."""
+    specs: list[list[tuple[int, int, int, int, int]]] = [[]]
+    used = [0] * threads  # elements used per region in the open group
+    fills: list[list[int]] = []  # per closed group: elements used per region
+
+    def close_group() -> None:
+        fills.append(used.copy())
+        specs.append([])
+        used[:] = [0] * threads
+
+    for i, n in enumerate(sizes):
+        start = 0
+        while start < n:
+            rest, level = n - start, max(used)
+            part = min(rest // (threads * _ROW) * _ROW, per_region - level)
+            if part > 0:  # one equal part per region, at one offset
+                specs[-1].append((i, start, start + threads * part, -1, level))
+                used[:] = [level + part] * threads
+                start += threads * part
+                continue
+            region = min(range(threads), key=used.__getitem__)
+            k = min(rest, per_region - used[region])
+            if rest >= threads * _ROW or k == 0:
+                close_group()  # no room for a part in every region
+                continue
+            specs[-1].append((i, start, start + k, region, used[region]))
+            used[region] += _padded(k)
+            start += k
+    close_group()
+    groups = [(spec, max(fill) // _ROW) for spec, fill in zip(specs, fills)]
+    return [(spec, rows) for spec, rows in groups if rows]
 
 
 class _Piece(NamedTuple):

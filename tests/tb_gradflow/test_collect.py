@@ -222,10 +222,15 @@ def test_packed_cpu_reduction_on_random_layouts(monkeypatch, threads, seed):
         owners.append(len(owners))
 
 
-def test_huge_and_tiny_gradients_give_float64_statistics():
+@pytest.mark.parametrize("path", ["packed", "foreach"])
+def test_huge_and_tiny_gradients_give_float64_statistics(monkeypatch, path):
     """Squares of 1e30-sized values overflow float32, sums of 1e36-sized ones
     too, squares of 1e-25-sized ones underflow it: those layers' sums are
-    computed in float64."""
+    computed in float64. "foreach" is the accelerators' path, run on the CPU."""
+    if path == "foreach":
+        monkeypatch.setattr(
+            _reduce, "reduce_dense", lambda g, o, _: _reduce._reduce_dense_foreach(g, o)
+        )
     grads = [
         torch.full((64, 64), 1e30),
         torch.full((3000,), -2e30),

@@ -631,9 +631,11 @@ def _compiled_kernels() -> tuple[Callable[..., None], Callable[..., None]]:
     ``_compiled.FlatKernel``): the plan guarantees what the guards would check.
     """
     if not _fused_kernels:
-        bodies = (_fused_kernel_body, _fused_bucket_body)
         _fused_kernels.append(
-            tuple(FlatKernel(body, _INDUCTOR_OPTIONS) for body in bodies)  # type: ignore[arg-type]
+            (
+                FlatKernel(_fused_kernel_body, _INDUCTOR_OPTIONS),
+                FlatKernel(_fused_bucket_body, _INDUCTOR_OPTIONS),
+            )
         )
     return _fused_kernels[0]
 
