@@ -56,10 +56,29 @@ def path_kwargs(request, monkeypatch):
     if path == "chunked":
         monkeypatch.setattr(smorms3_module, "_CHUNK_NUMEL", 5)
     if path == "fused":
-        bodies = (smorms3_module._fused_kernel_body, smorms3_module._fused_bucket_body)
-        monkeypatch.setattr(smorms3_module, "_compiled_kernels", lambda: bodies)
+        monkeypatch.setattr(smorms3_module, "_compiled_kernels", eager_kernels)
         return {"fused": True}
     return {"foreach": path == "foreach"}
+
+
+class EagerKernel:
+    """Stands in for a compiled fused kernel: runs its Python body."""
+
+    def __init__(self, body):
+        self.body = body
+
+    def __call__(self, *args):
+        self.body(*args)
+
+    def call_flat(self, *args):
+        self.body(*args)
+
+
+def eager_kernels():
+    return (
+        EagerKernel(smorms3_module._fused_kernel_body),
+        EagerKernel(smorms3_module._fused_bucket_body),
+    )
 
 
 # nine equal sizes: the fused path updates eight of them in one bucket
@@ -482,8 +501,7 @@ def test_fused_plan_follows_new_storage_state_and_gradient_layout(monkeypatch):
     """The fused path keeps its flat kernel inputs between steps: a parameter's new
     storage, new state tensors (load_state_dict) and a strided gradient must make it
     rebuild them rather than update stale tensors."""
-    bodies = (smorms3_module._fused_kernel_body, smorms3_module._fused_bucket_body)
-    monkeypatch.setattr(smorms3_module, "_compiled_kernels", lambda: bodies)
+    monkeypatch.setattr(smorms3_module, "_compiled_kernels", eager_kernels)
     gen = torch.Generator().manual_seed(7)
     shapes = [(4, 5)] * 9 + [(7,)]
     ours = [nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]

@@ -83,7 +83,16 @@ class FlatKernel:
         self._pending = threading.local()  # the call being compiled, per thread
 
     def __call__(self, *args: Any) -> None:
-        key = _signature(args)
+        self._run(args, _signature(args, each=True))
+
+    def call_flat(self, *args: Any) -> None:
+        """Runs the kernel, for a caller that guarantees that the tensors of a
+        list are distinct and share the first one's size, layout, dtype, device
+        and requires_grad (a plan checked once): only the first tensor of each
+        argument is checked (~2 us instead of ~35 us for 43 tensors)."""
+        self._run(args, _signature(args, each=False))
+
+    def _run(self, args: tuple[Any, ...], key: Hashable | None) -> None:
         direct = None if key is None else self.direct.get(key)
         if direct is not None:
             lists = [a if isinstance(a, list) else (a,) for a in args]
@@ -118,13 +127,14 @@ class FlatKernel:
         return graph
 
 
-def _signature(args: Sequence[Any]) -> Hashable | None:
+def _signature(args: Sequence[Any], *, each: bool) -> Hashable | None:
     """What a compiled graph is specialised on that varies between calls: grad
-    mode, the constants, and per argument its length and its tensors' dtype,
-    device (the first tensor's) and requires_grad. None (no direct call) unless
-    every tensor is a distinct plain tensor, 0-dim or 1-D contiguous of the
-    first tensor's size, with its argument's dtype and requires_grad, and every
-    constant a bool, string or None (~5 us for 40 tensors)."""
+    mode, the constants, and per argument its length and its first tensor's
+    dtype, device, requires_grad and dimensions. None (no direct call) unless
+    the first tensor of each argument is a plain tensor, 0-dim or 1-D
+    contiguous of the first argument's size, and every constant a bool, string
+    or None; with ``each``, every tensor of a list must also be distinct and
+    like its first (~35 us for 43 tensors)."""
     if not args:
         return None
     first = args[0]
@@ -140,22 +150,28 @@ def _signature(args: Sequence[Any]) -> Hashable | None:
             key.append((type(a), a))
             continue
         items = a if isinstance(a, list) else (a,)
-        if not items or type(items[0]) is not Tensor:
+        if not items or not _flat_like(items[0], items[0], size):
             return None
         t0 = items[0]
-        for t in items:
-            if (
-                type(t) is not Tensor
-                or id(t) in seen
-                or t.dtype != t0.dtype
-                or t.requires_grad != t0.requires_grad
-                or (t.dim() != 0 and (t.stride() != (1,) or t.shape[0] != size))
-                or (t.dim() == 0) != (t0.dim() == 0)
-            ):
-                return None
-            seen.add(id(t))
+        if each:
+            for t in items:
+                if id(t) in seen or not _flat_like(t, t0, size):
+                    return None
+                seen.add(id(t))
         key.append((len(items), t0.dtype, t0.device, t0.requires_grad, t0.dim()))
     return tuple(key)
+
+
+def _flat_like(t: Any, t0: Tensor, size: int) -> bool:
+    """Whether ``t`` is a plain tensor with ``t0``'s dtype, requires_grad and
+    dimensions: 0, or 1 (contiguous, of ``size`` elements)."""
+    if type(t) is not Tensor or t.dtype != t0.dtype:
+        return False
+    if t.requires_grad != t0.requires_grad:
+        return False
+    if t0.dim() == 0:
+        return t.dim() == 0
+    return t.stride() == (1,) and t.shape[0] == size
 
 
 def _trace_inputs(

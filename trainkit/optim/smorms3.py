@@ -623,7 +623,7 @@ def _fused_bucket_body(
         )
 
 
-def _compiled_kernels() -> tuple[Callable[..., None], Callable[..., None]]:
+def _compiled_kernels() -> tuple[FlatKernel, FlatKernel]:
     """The compiled (one tensor, bucket of _BUCKET equal-size tensors) kernels.
 
     dynamic=True with flat inputs: one compilation of each serves every size. Flat
@@ -760,17 +760,21 @@ def _fused_plan(
 def _run_group(
     group: _KernelGroup,
     grads: list[Tensor],
-    kernels: tuple[Callable[..., None], Callable[..., None]],
+    kernels: tuple[FlatKernel, FlatKernel],
     scalars: tuple[Tensor, Tensor, Tensor],
     maximize: bool,
     decay: bool,
 ) -> None:
-    """Updates one group: compiled buckets of _BUCKET tensors, then one by one."""
-    single, bucket = kernels
+    """Updates one group: compiled buckets of _BUCKET tensors, then one by one.
+
+    A flat group's tensors are flat by the plan's checks, so the kernels check
+    only the first of each list (``call_flat``)."""
     if group.flat:
         grads = [grads[i].view(-1).detach() for i in group.indices]
+        single, bucket = (kernel.call_flat for kernel in kernels)
     else:
         grads = [grads[i] for i in group.indices]
+        single, bucket = kernels
     count = len(grads)
     full = count - count % _BUCKET
     for start in range(0, full, _BUCKET):
