@@ -9,7 +9,9 @@ of the same *signature* (the constants, list lengths, and each argument's dtype
 and device). :class:`FlatKernel` compiles through ``torch.compile`` as usual, with
 a backend that also records where each input of the compiled graph comes from in
 the call's arguments, and later runs the compiled graph itself for calls of that
-signature, after checking only that their tensors are flat (~5 us).
+signature, after checking that their tensors are flat (~35 us for 43 tensors;
+``call_flat`` checks only the first of each list, ~8 us, for a caller whose
+plan guarantees the rest).
 
 A graph whose inputs cannot all be traced back to the call's arguments (a tensor
 from a global, a size other than the flat size), or that does not take the size
