@@ -251,7 +251,7 @@ def _reduce_dense_cpu(
             g = grads[piece.layer]
             if not piece.whole:
                 g = g.reshape(-1)[piece.start : piece.stop]
-            g = g.reshape(piece.shape)  # a view, unless g is not contiguous
+            g = g.reshape(piece.shape)  # a view: g is contiguous by now
             if piece.widen:  # abs() cannot write another dtype
                 piece.dst.copy_(g).abs_()
             else:

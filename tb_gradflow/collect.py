@@ -478,7 +478,10 @@ def layer_stats(
             owners.append(i)
     parts += [_reduce.reduce_dense(g, o, scratch) for g, o in dense.values()]
     totals, host_extras = _reduce.combine(parts, n_layers, extras)  # (3, L)
-    local_numel = np.array([0 if g is None else g.numel() for g in local])
+    numel = np.array([0 if g is None else g.numel() for g in grads])
+    local_numel = numel.copy()
+    for i in sharded:
+        local_numel[i] = local[i].numel()
     redo = np.flatnonzero(has_grad & _reduce.float32_unsafe(totals, local_numel))
     if redo.size:  # rare: huge or tiny gradients
         exact = _reduce.sums_float64([local[i] for i in redo]).cpu().numpy()
@@ -497,7 +500,6 @@ def layer_stats(
             counts = counts.to(torch.float64)
             counts[bad_sharded] = _sharded.reduce_counts(counts[bad_sharded], group)
         nonfinite[bad] = counts.cpu().numpy()
-    numel = np.array([0 if g is None else g.numel() for g in grads])
     with np.errstate(invalid="ignore", divide="ignore"):
         abs_mean = np.where(numel > 0, totals[0] / np.maximum(numel, 1), 0.0)
     record = np.stack([abs_mean, totals[1], np.sqrt(totals[2]), nonfinite, rows])
