@@ -73,6 +73,28 @@ class EagerKernel:
     def call_flat(self, *args):
         self.body(*args)
 
+    def bind(self, *args):
+        """As FlatKernel.bind's direct call: tensors of any contiguous shape."""
+        return lambda *args: self.body(*map(_flat, args))
+
+
+class SpecialisedKernel(EagerKernel):
+    """As a compiled graph is: bind's call keeps the constants (maximize, decay)
+    of the call it was bound on."""
+
+    def bind(self, *args):
+        constants = args[-2:]
+        return lambda *later: self.body(*map(_flat, later[:-2]), *constants)
+
+
+def _flat(arg):
+    """A tensor (or each tensor of a list) as 1-D, but 0-dim scalars."""
+    if isinstance(arg, list):
+        return [_flat(t) for t in arg]
+    if isinstance(arg, torch.Tensor) and arg.dim():
+        return arg.view(-1)
+    return arg
+
 
 def eager_kernels():
     return (
@@ -525,6 +547,38 @@ def test_fused_plan_follows_new_storage_state_and_gradient_layout(monkeypatch):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     plan = opt._fused_caches[0]["plan"]
     assert plan.fits(*(list(t) for t in _fused_inputs(opt)))
+
+
+def test_fused_direct_calls_follow_maximize_and_weight_decay(monkeypatch):
+    """A bucket's direct call is specialised on maximize and on weight decay
+    being on: changing them between steps must not reuse it."""
+    monkeypatch.setattr(
+        smorms3_module,
+        "_compiled_kernels",
+        lambda: (
+            SpecialisedKernel(smorms3_module._fused_kernel_body),
+            SpecialisedKernel(smorms3_module._fused_bucket_body),
+        ),
+    )
+    gen = torch.Generator().manual_seed(8)
+    ours = [nn.Parameter(torch.randn(4, 5, generator=gen)) for _ in range(9)]
+    base = [nn.Parameter(p.detach().clone()) for p in ours]
+    opt, ref = SMORMS3(ours, lr=0.05, fused=True), SMORMS3(base, lr=0.05)
+    for maximize, weight_decay in [
+        (False, 0.0),
+        (True, 0.0),
+        (False, 0.3),
+        (False, 0.0),
+    ]:
+        for group in (*opt.param_groups, *ref.param_groups):
+            group.update(maximize=maximize, weight_decay=weight_decay)
+        for a, b in zip(ours, base):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        opt.step()
+        ref.step()
+        for a, b in zip(ours, base):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def _fused_inputs(opt):

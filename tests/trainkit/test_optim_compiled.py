@@ -176,3 +176,28 @@ def test_int_constants_are_never_called_directly():
         kernel(x, n)
         torch.testing.assert_close(x, torch.full((5,), float(n)))
     assert not kernel.direct
+
+
+def test_bind_gives_the_direct_call_which_reads_any_contiguous_shape():
+    """bind's call runs the recorded graph without torch.compile or checks; the
+    graph reads tensors by data pointer, so n-D contiguous tensors of the flat
+    size work (size_asserts off), as the fused optimizer passes its gradients."""
+    kernel = FlatKernel(scale_add, OPTIONS)
+    w = torch.tensor(0.5)
+    xs, y = [torch.zeros(6), torch.ones(6)], torch.arange(6.0)
+    assert kernel.bind(xs, y, w, False) is None  # nothing compiled yet
+    kernel(xs, y, w, False)
+    run = kernel.bind(xs, y, w, False)
+    assert run is not None
+    assert kernel.bind([torch.zeros(6)] * 2, y, w, True) is None  # other constant
+    kernel._compiled = Counting(kernel._compiled)
+    xs = [torch.randn(2, 3), torch.randn(3, 2)]
+    y = torch.randn(3, 2)
+    want = [x + w * y.reshape(x.shape) for x in xs]
+    run(xs, y, torch.tensor(0.5), False)
+    for x, e in zip(xs, want):
+        torch.testing.assert_close(x, e)
+    x9 = [torch.zeros(9), torch.zeros(9)]  # another size: the size is an input
+    run(x9, torch.ones(9), torch.tensor(2.0), False)
+    torch.testing.assert_close(x9[1], torch.full((9,), 2.0))
+    assert kernel._compiled.calls == 0
