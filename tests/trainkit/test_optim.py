@@ -581,6 +581,25 @@ def test_fused_direct_calls_follow_maximize_and_weight_decay(monkeypatch):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("where", ["gradient", "exp_avg_sq"])
+def test_fused_path_rejects_a_gradient_or_state_of_another_shape(monkeypatch, where):
+    """The fused kernels read by data pointer: a gradient resized in place after
+    the plan was built, or state of another shape, must raise, not read past it."""
+    monkeypatch.setattr(smorms3_module, "_compiled_kernels", eager_kernels)
+    params = [nn.Parameter(torch.randn(4, 5)) for _ in range(9)]
+    for p in params:
+        p.grad = torch.randn(4, 5)
+    opt = SMORMS3(params, fused=True)
+    opt.step()
+    with torch.no_grad():
+        if where == "gradient":
+            params[3].grad.resize_(30)
+        else:
+            opt.state[params[3]]["exp_avg_sq"] = torch.zeros(5, 4)
+    with pytest.raises(RuntimeError, match=rf"shape \(4, 5\) has a {where} of shape"):
+        opt.step()
+
+
 def _fused_inputs(opt):
     """The (params, grads, mems, exp_avgs, exp_avg_sqs) of opt's first group."""
     params = opt.param_groups[0]["params"]

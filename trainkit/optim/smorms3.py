@@ -667,11 +667,34 @@ class _KernelGroup(NamedTuple):
 
 
 def _layout(params: list[Tensor], grads: list[Tensor]) -> list[tuple[Any, ...]]:
-    """What a fused plan assumes of the parameters and gradients it was built on."""
+    """What a fused plan assumes of the parameters and gradients it was built on.
+
+    Flat groups' direct calls read each gradient as ``numel`` elements from its
+    data pointer, so its type, size and contiguity are part of it."""
     return [
-        (p.data_ptr(), p.numel(), p.is_contiguous(), g.dtype, g.is_contiguous())
+        (
+            p.data_ptr(),
+            p.numel(),
+            p.is_contiguous(),
+            type(g),
+            g.dtype,
+            g.numel(),
+            g.is_contiguous(),
+        )
         for p, g in zip(params, grads)
     ]
+
+
+def _check_shapes(tensors: tuple[Tensor, ...]) -> None:
+    """Raises unless a parameter's gradient and state have its shape: the
+    kernels read them element by element from their data pointers."""
+    param = tensors[0]
+    for name, t in zip(("gradient", "mem", "exp_avg", "exp_avg_sq"), tensors[1:]):
+        if t.shape != param.shape:
+            raise RuntimeError(
+                f"SMORMS3: a parameter of shape {tuple(param.shape)} has a {name} "
+                f"of shape {tuple(t.shape)}"
+            )
 
 
 def _same(tensors: list[Tensor], kept: list[Tensor]) -> bool:
@@ -708,6 +731,7 @@ class _FusedPlan:
         strided: list[int] = []
         for i, param in enumerate(params):
             tensors = (param, grads[i], mems[i], exp_avgs[i], exp_avg_sqs[i])
+            _check_shapes(tensors)
             if param.numel() < 2:
                 self.small.append(i)
             elif all(t.is_contiguous() for t in tensors):
