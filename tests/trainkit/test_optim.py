@@ -249,15 +249,20 @@ def test_maximize_ascends_as_descending_on_the_negated_gradient():
 
 @pytest.mark.parametrize("path_kwargs", PATHS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_keeps_float32_state(path_kwargs, dtype):
+@pytest.mark.parametrize("maximize, weight_decay", [(False, 0.0), (True, 0.1)])
+def test_half_precision_keeps_float32_state(path_kwargs, dtype, maximize, weight_decay):
     gen = torch.Generator().manual_seed(4)
     p = nn.Parameter(torch.randn(40, generator=gen).to(dtype))
-    opt = SMORMS3([p], lr=0.01, **path_kwargs)
+    opt = SMORMS3(
+        [p], lr=0.01, maximize=maximize, weight_decay=weight_decay, **path_kwargs
+    )
     ref_param = p.detach().double().tolist()
     ref_state: dict = {}
     for _ in range(5):
         p.grad = torch.randn(40, generator=gen).to(dtype)
-        ref_param = funk_step(ref_state, ref_param, p.grad.double().tolist(), lr=0.01)
+        sign = -1.0 if maximize else 1.0
+        grad = [sign * d + weight_decay * w for d, w in zip(p.grad.tolist(), ref_param)]
+        ref_param = funk_step(ref_state, ref_param, grad, lr=0.01)
         opt.step()
         # the reference keeps float64 params; ours round to `dtype` after each step
         ref_param = torch.tensor(ref_param).to(dtype).double().tolist()
@@ -581,23 +586,83 @@ def test_fused_direct_calls_follow_maximize_and_weight_decay(monkeypatch):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("where", ["gradient", "exp_avg_sq"])
-def test_fused_path_rejects_a_gradient_or_state_of_another_shape(monkeypatch, where):
+BAD_TENSORS = {
+    "gradient resized": (
+        lambda opt, p: p.grad.resize_(30),
+        r"shape \(4, 5\) has a gradient of shape \(30,\)",
+    ),
+    "state of another shape": (
+        lambda opt, p: opt.state[p].update(exp_avg_sq=torch.zeros(5, 4)),
+        r"shape \(4, 5\) has a exp_avg_sq of shape \(5, 4\)",
+    ),
+    "state of another dtype": (
+        lambda opt, p: opt.state[p].update(exp_avg_sq=torch.zeros(4, 5).half()),
+        r"two dtypes \(exp_avg_sq torch.float16, mem torch.float32\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TENSORS)
+def test_fused_path_rejects_a_gradient_or_state_unlike_its_parameter(monkeypatch, case):
     """The fused kernels read by data pointer: a gradient resized in place after
-    the plan was built, or state of another shape, must raise, not read past it."""
+    the plan was built, or state of another shape or dtype, must raise (as the
+    per-tensor path does), not be read past its end or as another dtype."""
     monkeypatch.setattr(smorms3_module, "_compiled_kernels", eager_kernels)
     params = [nn.Parameter(torch.randn(4, 5)) for _ in range(9)]
     for p in params:
         p.grad = torch.randn(4, 5)
     opt = SMORMS3(params, fused=True)
     opt.step()
+    spoil, message = BAD_TENSORS[case]
     with torch.no_grad():
-        if where == "gradient":
-            params[3].grad.resize_(30)
-        else:
-            opt.state[params[3]]["exp_avg_sq"] = torch.zeros(5, 4)
-    with pytest.raises(RuntimeError, match=rf"shape \(4, 5\) has a {where} of shape"):
+        spoil(opt, params[3])
+    with pytest.raises(RuntimeError, match=message):
         opt.step()
+
+
+def test_fused_plan_follows_state_given_new_storage(monkeypatch):
+    """Resetting state through ``.data`` keeps the tensor objects: the plan's flat
+    views of the old storage must not be updated instead."""
+    monkeypatch.setattr(smorms3_module, "_compiled_kernels", eager_kernels)
+    gen = torch.Generator().manual_seed(9)
+    ours = [nn.Parameter(torch.randn(4, 5, generator=gen)) for _ in range(9)]
+    base = [nn.Parameter(p.detach().clone()) for p in ours]
+    opt, ref = SMORMS3(ours, lr=0.05, fused=True), SMORMS3(base, lr=0.05)
+    for step in range(4):
+        if step == 2:
+            for o in (opt, ref):
+                for state in o.state.values():
+                    state["mem"].data = torch.ones(4, 5)
+                    state["exp_avg"].data = torch.zeros(4, 5)
+                    state["exp_avg_sq"].data = torch.zeros(4, 5)
+        for a, b in zip(ours, base):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        opt.step()
+        ref.step()
+        for a, b in zip(ours, base):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+            for key in ("mem", "exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(opt.state[a][key], ref.state[b][key])
+
+
+@pytest.mark.parametrize("path_kwargs", PATHS, indirect=True)
+def test_loaded_integer_steps_become_float_counters(path_kwargs):
+    """A state dict made elsewhere may hold int or int64 steps: loading makes
+    them the float counters this class keeps, and counting goes on."""
+    params = [nn.Parameter(torch.randn(3)) for _ in range(2)]
+    opt = SMORMS3(params, **path_kwargs)
+    for p in params:
+        p.grad = torch.randn(3)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    saved["state"][0]["step"] = torch.tensor(1)  # int64
+    saved["state"][1]["step"] = 1
+    opt.load_state_dict(saved)
+    opt.step()
+    for p in params:
+        step = opt.state[p]["step"]
+        assert step.dtype == torch.get_default_dtype() and step.item() == 2
 
 
 def _fused_inputs(opt):
