@@ -15,15 +15,16 @@ Variants:
   compiles in (a), the single-tensor kernel in (b), both cold: the benchmark uses a
   fresh inductor cache).
 
-Method (../shared/research/baselines.md, "Method"): one process, 2 threads; each rep
-times one block of every variant, in a new shuffled order per rep, after one warm-up
-block each. Reported: median / min / max over reps of the time per step, ratios of
+Method (``_harness.py``): one process, 2 threads; each rep times one block of every
+variant, in a new shuffled order per rep, after one warm-up block each. A block is
+at least 0.25 s of steps (at least 5 on (a), 3 on (b)), counted from one timed step
+after the first. Reported: median / min / max over reps of the time per step, ratios of
 medians, the paired ratio (per rep, to the Adam-default block of the same rep), and
 psi = the share of a block's wall time in which some runnable task waited for a CPU
 (/proc/pressure/cpu); a high psi means other processes disturbed the figures.
 
-Run one at a time on a shared machine:
-``flock /tmp/bench.lock .venv/bin/python benchmarks/bench_optim.py`` (``--quick`` for
+Run one benchmark at a time:
+``.venv/bin/python benchmarks/bench_optim.py`` (``--quick`` for
 a smoke run on smaller tensors, ``--no-fused`` to skip the compiled variant).
 """
 
@@ -138,17 +139,24 @@ def bench(
     reps: int,
     iters: int,
     seed: int,
+    block_s: float,
 ) -> dict[str, str]:
     gen = torch.Generator().manual_seed(0)
     grads = [torch.randn(s, generator=gen) for s in shapes]
     blocks: dict[str, _harness.Block] = {}
     first_step_s: dict[str, float] = {}
+    steps: dict[str, int] = {}
     for name in names:
         opt = VARIANTS[name](make_params(shapes, grads, seed=1))
         t0 = time.perf_counter()
         opt.step()  # creates the state; compiles the fused kernel when needed
         first_step_s[name] = time.perf_counter() - t0
-        blocks[name] = _harness.timed(opt.step, iters)
+        t0 = time.perf_counter()
+        opt.step()
+        # at least block_s per block: a short block is at the mercy of one
+        # hiccup of the machine (a fused step takes 10 ms, the seed's 500 ms)
+        steps[name] = max(iters, math.ceil(block_s / (time.perf_counter() - t0)))
+        blocks[name] = _harness.timed(opt.step, steps[name])
     t0 = time.perf_counter()
     results = _harness.interleave(blocks, reps, seed=seed)
     took = time.perf_counter() - t0
@@ -156,12 +164,16 @@ def bench(
     numel = sum(math.prod(s) for s in shapes)
     print(
         f"{label}: {len(shapes)} x {list(shapes[0])} ({numel / 1e6:.1f}M params), "
-        f"{reps} reps x {iters} steps per variant, ms per step, ratios to "
-        f"{ADAM}; took {took:.0f}s (warm-up included)"
+        f"{reps} reps of a block of >= {iters} steps (>= {block_s:g} s) per "
+        f"variant, ms per step, ratios to {ADAM}; took {took:.0f}s (warm-up "
+        "included)"
     )
     print()
-    first = {"first step s": lambda name: f"{first_step_s[name]:.2f}"}
-    print(_harness.table(results, ADAM, extra=first))
+    extra = {
+        "steps per block": lambda name: str(steps[name]),
+        "first step s": lambda name: f"{first_step_s[name]:.2f}",
+    }
+    print(_harness.table(results, ADAM, extra=extra))
     print()
     result = {
         "default/adam": versus(results, OURS, ADAM),
@@ -193,6 +205,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed")
     args = parser.parse_args()
     reps = args.reps or (2 if args.quick else 7)
+    block_s = 0.0 if args.quick else 0.25
     names = [n for n in VARIANTS if not (args.no_fused and n == OURS_FUSED)]
 
     torch.set_num_threads(args.threads)
@@ -211,7 +224,7 @@ def main() -> None:
     else:
         sets = [("(a)", [(256, 256)] * 200, 5), ("(b)", [(4096, 4096)], 3)]
     results = {
-        label: bench(label, shapes, names, reps, iters, args.seed + i)
+        label: bench(label, shapes, names, reps, iters, args.seed + i, block_s)
         for i, (label, shapes, iters) in enumerate(sets)
     }
     print("Agreement with the seed's SMORMS3:")
