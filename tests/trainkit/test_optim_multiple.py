@@ -438,3 +438,125 @@ def test_grad_scaler_steps_it_and_skips_on_inf():
     scaler.update()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert scaler.get_scale() == 512.0
+
+
+def _one_cycle_trace(opt, steps: int = 6):
+    """(lr, beta1) of every group after each OneCycleLR step."""
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=0.1, total_steps=steps + 1, cycle_momentum=True
+    )
+    trace = []
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+        trace.append([(g["lr"], g["betas"][0]) for g in opt.param_groups])
+    return trace
+
+
+def test_one_cycle_with_momentum_cycles_both_childrens_betas_as_on_one_adam():
+    model = _model()
+    multi = sparse_dense_optimizer(model, lr=0.01)
+    reference = torch.optim.Adam([nn.Parameter(torch.ones(1))], lr=0.01)
+    multi_trace = _one_cycle_trace(multi)
+    reference_trace = _one_cycle_trace(reference)
+    assert [t[0] for t in multi_trace] == [t[1] for t in multi_trace]  # same per child
+    assert [t[0] for t in multi_trace] == [t[0] for t in reference_trace]
+    assert len({beta for step in multi_trace for _, beta in step}) > 2  # it cycles
+
+
+def test_cyclic_lr_cycles_momentum_of_sgd_children():
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))
+    multi = MultipleOptimizer(
+        torch.optim.SGD([a], lr=0.1, momentum=0.9),
+        torch.optim.RMSprop([b], lr=0.1, momentum=0.9),
+    )
+    sched = torch.optim.lr_scheduler.CyclicLR(
+        multi, base_lr=0.01, max_lr=0.1, step_size_up=2, cycle_momentum=True
+    )
+    momenta = []
+    for _ in range(4):
+        multi.step()
+        sched.step()
+        momenta.append([g["momentum"] for g in multi.param_groups])
+    assert all(m0 == m1 for m0, m1 in momenta)
+    assert momenta[1][0] == pytest.approx(0.8, abs=0)  # max_lr reached: base_momentum
+
+
+def test_defaults_are_the_options_every_child_shares():
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))
+    multi = MultipleOptimizer(
+        torch.optim.SGD([a], lr=0.1, momentum=0.9), torch.optim.Adam([b], lr=0.1)
+    )
+    assert multi.defaults["lr"] == 0.1
+    assert "momentum" not in multi.defaults and "betas" not in multi.defaults
+    multi.optimizers[1].defaults["lr"] = 0.2
+    assert multi.defaults["lr"] is None
+    with pytest.raises(ValueError, match="must support momentum or beta1"):
+        torch.optim.lr_scheduler.OneCycleLR(multi, max_lr=0.1, total_steps=5)
+
+
+def test_a_parameter_added_to_a_second_child_is_an_error_before_any_step():
+    model = _model()
+    multi = sparse_dense_optimizer(model, lr=0.1)
+    _train(model, multi, _batches(1))
+    multi.optimizers[1].add_param_group({"params": [model.emb.weight]})
+    before = [p.detach().clone() for p in model.parameters()]
+    idx, target = _batches(1, seed=1)[0]
+    F.mse_loss(model(idx), target).backward()
+    with pytest.raises(
+        ValueError, match=r"optimizers\[0\] \(SparseAdam\) and in optimizers\[1\]"
+    ):
+        multi.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_child_that_needs_a_closure_is_refused():
+    p = nn.Parameter(torch.ones(2))
+    with pytest.raises(TypeError, match=r"optimizers\[1\] \(LBFGS\) needs a closure"):
+        MultipleOptimizer(
+            torch.optim.SGD([p], lr=0.1),
+            torch.optim.LBFGS([nn.Parameter(torch.ones(1))]),
+        )
+
+
+def test_state_reads_empty_for_a_parameter_without_state():
+    model = _model()
+    multi = sparse_dense_optimizer(model)
+    assert multi.state[model.fc1.weight] == {}
+    _train(model, multi, _batches(1))
+    assert multi.state[model.fc1.weight] is multi.optimizers[1].state[model.fc1.weight]
+
+
+@pytest.mark.parametrize("bad", [None, "checkpoint.pt", [1, 2]])
+def test_load_state_dict_names_a_non_dict(bad):
+    with pytest.raises(TypeError, match=rf"got {type(bad).__name__}"):
+        sparse_dense_optimizer(_model()).load_state_dict(bad)
+
+
+def test_bad_factories_and_kwargs_are_named():
+    with pytest.raises(TypeError, match="dense must be an optimizer class.*got str"):
+        sparse_dense_optimizer(_model(), dense="adam")
+    with pytest.raises(TypeError, match="sparse_kwargs must be a dict.*got list"):
+        sparse_dense_optimizer(_model(), sparse_kwargs=[("lr", 0.1)])
+
+    def sgd_without_lr(params):
+        return torch.optim.SGD(params, lr=0.1)
+
+    with pytest.raises(
+        ValueError, match=r"does not accept 'lr' \(from lr \(or dense_kwargs\)\)"
+    ):
+        sparse_dense_optimizer(_model(), dense=sgd_without_lr)
+
+
+def test_pickle_round_trip_keeps_training_and_hooks_work_again():
+    import pickle
+
+    model = _model()
+    multi = sparse_dense_optimizer(model)
+    _train(model, multi, _batches(1))
+    model2, multi2 = pickle.loads(pickle.dumps((model, multi)))
+    calls = []
+    multi2.register_step_pre_hook(lambda *args: calls.append(1))
+    _train(model2, multi2, _batches(2))
+    assert len(calls) == 2
+    assert multi2.state_dict()["optimizers"][1]["state"][0]["step"] == 3

@@ -6,8 +6,9 @@ object, e.g. for ``SparseAdam`` on sparse embeddings plus ``Adam`` on the rest.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable
+import inspect
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -15,6 +16,53 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 __all__ = ["MultipleOptimizer"]
+
+_HOOK_DICTS = (
+    "_optimizer_step_pre_hooks",
+    "_optimizer_step_post_hooks",
+    "_optimizer_state_dict_pre_hooks",
+    "_optimizer_state_dict_post_hooks",
+    "_optimizer_load_state_dict_pre_hooks",
+    "_optimizer_load_state_dict_post_hooks",
+)
+
+
+def _step_needs_closure(opt: Optimizer) -> bool:
+    """Whether ``opt.step`` has a ``closure`` argument without a default (LBFGS)."""
+    try:
+        closure = inspect.signature(opt.step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
+def _group_counts(optimizers: Sequence[Optimizer]) -> tuple[int, ...]:
+    """How many parameter groups each child has."""
+    return tuple(len(opt.param_groups) for opt in optimizers)
+
+
+def _check_disjoint(optimizers: Sequence[Optimizer]) -> None:
+    """Raises ValueError if a parameter belongs to two of the optimizers."""
+    owner: dict[Tensor, int] = {}
+    for i, opt in enumerate(optimizers):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                j = owner.setdefault(p, i)
+                if j != i:
+                    raise ValueError(
+                        f"a parameter of shape {tuple(p.shape)} is in optimizers"
+                        f"[{j}] ({type(optimizers[j]).__name__}) and in "
+                        f"optimizers[{i}] ({type(opt).__name__}); each "
+                        "parameter must belong to one optimizer only"
+                    )
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality that never raises (tensors, NaN and odd types compare unequal)."""
+    try:
+        return a is b or bool(a == b)
+    except Exception:  # e.g. a multi-element tensor's __bool__
+        return False
 
 
 class MultipleOptimizer(Optimizer):
@@ -30,8 +78,12 @@ class MultipleOptimizer(Optimizer):
     ``step(closure)`` evaluates the closure once, with gradients enabled, then steps
     every child without a closure; optimizers that need one (``LBFGS``) cannot be
     children. ``state`` is a read-only merged view of the children's states.
-    Parameter groups are added to a child (``multi.optimizers[i].add_param_group``),
-    not to this object.
+    ``defaults`` holds the options every child has (a value where they all agree,
+    None where they differ), so ``OneCycleLR``/``CyclicLR`` with
+    ``cycle_momentum=True`` work when every child has ``betas`` (Adam, SparseAdam)
+    or every child has ``momentum`` (SGD, RMSprop). Parameter groups are added to a
+    child (``multi.optimizers[i].add_param_group``), not to this object; a
+    parameter added to two children is an error at the next step.
 
     Args:
         *optimizers: the children, in the order they step. Each parameter may
@@ -41,7 +93,8 @@ class MultipleOptimizer(Optimizer):
         optimizers: the children, as a tuple.
 
     Raises:
-        TypeError: if a child is not a ``torch.optim.Optimizer``.
+        TypeError: if a child is not a ``torch.optim.Optimizer``, or its ``step``
+            requires a closure.
         ValueError: if there is no child, a child is given twice, or a parameter
             belongs to two children.
 
@@ -66,6 +119,7 @@ class MultipleOptimizer(Optimizer):
         # overwrite param_groups, which here is a live view of the children.
         if not optimizers:
             raise ValueError("MultipleOptimizer needs at least one optimizer")
+        seen_opts: dict[int, int] = {}
         for i, opt in enumerate(optimizers):
             if not isinstance(opt, Optimizer):
                 raise TypeError(
@@ -73,33 +127,23 @@ class MultipleOptimizer(Optimizer):
                     f"{type(opt).__name__} (pass the optimizers as separate "
                     "arguments: MultipleOptimizer(opt_a, opt_b))"
                 )
-        seen_opts: dict[int, int] = {}
-        owner: dict[Tensor, int] = {}
-        for i, opt in enumerate(optimizers):
+            if _step_needs_closure(opt):
+                raise TypeError(
+                    f"optimizers[{i}] ({type(opt).__name__}) needs a closure at "
+                    "every step, which MultipleOptimizer evaluates once and does "
+                    "not pass on to its children; step it on its own"
+                )
             if id(opt) in seen_opts:
                 raise ValueError(
                     f"optimizers[{i}] is the same object as optimizers"
                     f"[{seen_opts[id(opt)]}]"
                 )
             seen_opts[id(opt)] = i
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    j = owner.setdefault(p, i)
-                    if j != i:
-                        raise ValueError(
-                            f"a parameter of shape {tuple(p.shape)} is in optimizers"
-                            f"[{j}] ({type(optimizers[j]).__name__}) and in "
-                            f"optimizers[{i}] ({type(opt).__name__}); each "
-                            "parameter must belong to one optimizer only"
-                        )
+        _check_disjoint(optimizers)
         self.optimizers: tuple[Optimizer, ...] = tuple(optimizers)
-        self.defaults: dict[str, Any] = {}
-        self._optimizer_step_pre_hooks = OrderedDict()
-        self._optimizer_step_post_hooks = OrderedDict()
-        self._optimizer_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_state_dict_post_hooks = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        self._group_counts = _group_counts(self.optimizers)
+        for name in _HOOK_DICTS:
+            setattr(self, name, OrderedDict())
         self._patch_step_function()  # runs the hooks registered on this object
 
     @property
@@ -108,10 +152,23 @@ class MultipleOptimizer(Optimizer):
         return [group for opt in self.optimizers for group in opt.param_groups]
 
     @property
-    def state(self) -> dict[Tensor, Any]:  # type: ignore[override]
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        """The options every child has: the value where all agree, else None."""
+        shared = [opt.defaults for opt in self.optimizers]
+        keys = [k for k in shared[0] if all(k in d for d in shared[1:])]
+        return {
+            k: shared[0][k] if all(_same(d[k], shared[0][k]) for d in shared) else None
+            for k in keys
+        }
+
+    @property
+    def state(self) -> defaultdict[Tensor, Any]:  # type: ignore[override]
         """A merged, read-only snapshot of the children's per-parameter states
-        (the per-parameter dicts themselves are the children's)."""
-        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+        (the per-parameter dicts themselves are the children's); a parameter
+        without state reads as ``{}``, as in ``torch.optim.Optimizer``."""
+        return defaultdict(
+            dict, ((p, s) for opt in self.optimizers for p, s in opt.state.items())
+        )
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Evaluates ``closure`` once (if given), then steps every child.
@@ -122,6 +179,10 @@ class MultipleOptimizer(Optimizer):
         Returns:
             The closure's loss, or None.
         """
+        counts = _group_counts(self.optimizers)
+        if counts != self._group_counts:  # a group was added to a child
+            _check_disjoint(self.optimizers)
+            self._group_counts = counts
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -160,6 +221,11 @@ class MultipleOptimizer(Optimizer):
             ValueError: if it is not a MultipleOptimizer state dict, or holds a
                 different number or different classes of optimizers.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                "load_state_dict expects the dict made by MultipleOptimizer."
+                f"state_dict(), got {type(state_dict).__name__}"
+            )
         state_dict = dict(state_dict)
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = pre_hook(self, state_dict)
@@ -200,7 +266,13 @@ class MultipleOptimizer(Optimizer):
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"optimizers": self.optimizers, "defaults": self.defaults}
+        return {"optimizers": self.optimizers, "_group_counts": self._group_counts}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        for name in _HOOK_DICTS:
+            setattr(self, name, OrderedDict())
+        self._patch_step_function()
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__}("]

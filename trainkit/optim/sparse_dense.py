@@ -87,10 +87,16 @@ def split_sparse_dense(
     return sparse, dense
 
 
-def _check_kwargs(
-    factory: Callable[..., Optimizer], kwargs: Mapping[str, Any], where: str
+def _check_factory(
+    factory: Callable[..., Optimizer], kwargs: Mapping[str, Any], side: str
 ) -> None:
-    """Raises ValueError for a keyword the optimizer's constructor does not take."""
+    """Raises TypeError/ValueError, naming the argument, for an optimizer factory
+    that is not callable or does not take one of ``kwargs``."""
+    if not callable(factory):
+        raise TypeError(
+            f"{side} must be an optimizer class or factory (e.g. torch.optim.Adam), "
+            f"got {type(factory).__name__}"
+        )
     try:
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # builtins and C callables: let them raise
@@ -101,6 +107,7 @@ def _check_kwargs(
     for key in kwargs:
         if key not in parameters or key == "params":
             accepted = ", ".join(k for k in parameters if k != "params")
+            where = f"{side}_kwargs" if key != "lr" else f"lr (or {side}_kwargs)"
             raise ValueError(
                 f"{name} does not accept {key!r} (from {where}); it takes: {accepted}"
             )
@@ -165,6 +172,8 @@ def sparse_dense_optimizer(
         The joined optimizer; ``.optimizers`` holds the children.
 
     Raises:
+        TypeError: if ``dense`` or ``sparse`` is not callable, or their kwargs are
+            not a mapping.
         ValueError: if ``module`` has no parameters, an option is not accepted by
             its optimizer, or a sparse embedding weight is tied to another module.
 
@@ -187,12 +196,17 @@ def sparse_dense_optimizer(
     if not sparse_params and not dense_params:
         raise ValueError(f"{type(module).__name__} has no parameters to optimize")
     children: list[Optimizer] = []
-    for factory, params, extra, where in (
-        (sparse, sparse_params, sparse_kwargs, "sparse_kwargs"),
-        (dense, dense_params, dense_kwargs, "dense_kwargs"),
+    for factory, params, extra, side in (
+        (sparse, sparse_params, sparse_kwargs, "sparse"),
+        (dense, dense_params, dense_kwargs, "dense"),
     ):
+        if extra is not None and not isinstance(extra, Mapping):
+            raise TypeError(
+                f"{side}_kwargs must be a dict of keyword arguments, got "
+                f"{type(extra).__name__}"
+            )
         kwargs = {"lr": lr, **(extra or {})}
-        _check_kwargs(factory, kwargs, where)
+        _check_factory(factory, kwargs, side)
         if params:
             children.append(factory(params, **kwargs))
     if sparse_params and isinstance(children[0], torch.optim.SparseAdam):
