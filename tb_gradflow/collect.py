@@ -9,7 +9,7 @@ import dataclasses
 import fnmatch
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -262,6 +262,7 @@ class GradFlow:
         self._wrote_metadata = False
         self._scratch: dict[torch.device, Tensor] = {}
         self._handles: list[Any] = []
+        self._removed = False
         self._stepped_in_scaler = False
         self._on_alert = on_alert
         self._online = (
@@ -279,7 +280,7 @@ class GradFlow:
                 optimizer.register_step_pre_hook(self._on_optimizer_step)
             )
         if scaler is not None:
-            self._wrap_scaler_step(scaler)
+            self._handles.append(_ScalerStepPatch(self, scaler))
 
     # -- automatic collection -------------------------------------------------
 
@@ -303,23 +304,22 @@ class GradFlow:
                 found_inf=getattr(optimizer, "found_inf", None),
             )
 
-    def _wrap_scaler_step(self, scaler: Any) -> None:
-        original = scaler.step
-
-        def step(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
-            if optimizer is not self._optimizer:
-                return original(optimizer, *args, **kwargs)
-            self._stepped_in_scaler = False
-            result = original(optimizer, *args, **kwargs)
-            if not self._stepped_in_scaler:  # inf/NaN found: optimizer.step skipped
-                skipped = self.step
-                self._steps_done += 1
-                if skipped % self.every == 0 and self._active:
-                    self._collect(skipped, skipped=True)
-            return result
-
-        scaler.step = step  # an instance attribute: remove() deletes it
-        self._handles.append(_AttributeRestorer(scaler, "step"))
+    def _on_scaler_step(
+        self,
+        scaler_step: Callable[..., Any],
+        optimizer: torch.optim.Optimizer,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Runs ``scaler_step`` on our optimizer; logs the step if it was skipped."""
+        self._stepped_in_scaler = False
+        result = scaler_step(optimizer, *args, **kwargs)
+        if not self._stepped_in_scaler:  # inf/NaN found: optimizer.step skipped
+            skipped = self.step
+            self._steps_done += 1
+            if skipped % self.every == 0 and self._active:
+                self._collect(skipped, skipped=True)
+        return result
 
     # -- public API -----------------------------------------------------------
 
@@ -332,7 +332,15 @@ class GradFlow:
         Returns:
             The logged statistics, or None when the step is not due or the
             watcher has no writer.
+
+        Raises:
+            RuntimeError: if the watcher was removed.
         """
+        if self._removed:
+            raise RuntimeError(
+                "this GradFlow was removed: it logs nothing more; call "
+                "tb_gradflow.watch() again to log"
+            )
         if (
             isinstance(step, bool)
             or not isinstance(step, (int, np.integer))
@@ -344,7 +352,13 @@ class GradFlow:
         return self._collect(int(step))
 
     def remove(self) -> None:
-        """Detaches every hook; the watcher writes nothing more."""
+        """Detaches every hook; the watcher writes nothing more.
+
+        As with a torch hook's handle, optimizer and scaler steps no longer
+        reach the watcher, and removing twice does nothing. :meth:`log` raises
+        afterwards; :attr:`last` and :attr:`step` keep their values.
+        """
+        self._removed = True
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -603,11 +617,46 @@ def watch(
     )
 
 
-class _AttributeRestorer:
-    """A removable handle that deletes an instance attribute we set."""
+_MISSING = object()
 
-    def __init__(self, obj: object, attr: str) -> None:
-        self._obj, self._attr = obj, attr
+
+class _ScalerStepPatch:
+    """``scaler.step`` while a watcher follows the scaler, and its removable handle.
+
+    Set as an instance attribute over whatever ``scaler.step`` was. Patches of
+    several watchers stack; removing one in any order leaves the others
+    working, and removing the last puts back exactly what was there before
+    (deleting the instance attribute if there was none). A patch that someone
+    else's patch has covered since stays in place, calling straight through.
+    """
+
+    def __init__(self, flow: GradFlow, scaler: Any) -> None:
+        self._flow, self._scaler = flow, scaler
+        self._previous = vars(scaler).get("step", _MISSING)
+        self._inner = scaler.step
+        self._removed = False
+        scaler.step = self
+
+    def __call__(
+        self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any
+    ) -> Any:
+        if self._removed or optimizer is not self._flow._optimizer:
+            return self._inner(optimizer, *args, **kwargs)
+        return self._flow._on_scaler_step(self._inner, optimizer, args, kwargs)
 
     def remove(self) -> None:
-        self._obj.__dict__.pop(self._attr, None)
+        if self._removed:
+            return
+        self._removed = True
+        above = vars(self._scaler).get("step")
+        if above is self:
+            if self._previous is _MISSING:
+                del self._scaler.step
+            else:
+                self._scaler.step = self._previous
+            return
+        while isinstance(above, _ScalerStepPatch):  # unlink self from the stack
+            if above._previous is self:
+                above._previous, above._inner = self._previous, self._inner
+                return
+            above = above._previous

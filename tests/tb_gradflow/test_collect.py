@@ -1,5 +1,6 @@
 """watch(): what is logged, when, and that it equals a direct computation."""
 
+import itertools
 import math
 
 import numpy as np
@@ -519,6 +520,69 @@ def test_step_skipped_by_scaler_is_logged(tmp_path, fused):
     assert run.skipped.tolist() == [False, True, False]
     assert run.values("nonfinite")[:, 0].tolist() == [0, 1, 0]
     assert run.loss_scale.tolist() == [2.0**12, 2.0**12, 2.0**11]
+
+
+def test_removed_watcher_writes_nothing_and_log_raises(tmp_path):
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu")
+    with SummaryWriter(tmp_path) as w:
+        flow = tb_gradflow.watch(model, w, optimizer=opt, scaler=scaler)
+        covered = scaler.step
+
+        def library_step(optimizer, *args, **kwargs):  # patched after watch()
+            return covered(optimizer, *args, **kwargs)
+
+        scaler.step = library_step
+        scaled_step(model, opt, scaler)
+        flow.remove()
+        flow.remove()  # harmless
+        assert vars(scaler)["step"] is library_step
+        scaled_step(model, opt, scaler, poison=True)  # skipped by the scaler
+        scaled_step(model, opt, scaler)
+        train_steps(model, opt, 1)
+        with pytest.raises(RuntimeError, match="GradFlow was removed"):
+            flow.log(4)
+    assert tb_gradflow.load_run(tmp_path).steps.tolist() == [0]
+    assert flow.last.step == 0 and flow.step == 1
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+@pytest.mark.parametrize("patched_before", [False, True])
+def test_scaler_step_is_restored_in_any_removal_order(tmp_path, order, patched_before):
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    calls = []
+    if patched_before:  # by the user or another library
+
+        def user_step(optimizer, *args, **kwargs):
+            calls.append(optimizer)
+            return type(scaler).step(scaler, optimizer, *args, **kwargs)
+
+        scaler.step = user_step
+    before = dict(vars(scaler))
+    names = ["a", "b", "c"]
+    with SummaryWriter(tmp_path) as w:
+        flows = [
+            tb_gradflow.watch(model, w, optimizer=opt, scaler=scaler, name=n)
+            for n in names
+        ]
+        for i in order:
+            scaled_step(model, opt, scaler)
+            scaled_step(model, opt, scaler, poison=True)
+            flows[i].remove()
+        weight = model.layers[0].weight.detach().clone()
+        scaled_step(model, opt, scaler)
+    assert not torch.equal(model.layers[0].weight, weight)  # the step still steps
+    assert vars(scaler).get("step") is before.get("step")
+    assert vars(scaler).keys() == before.keys()
+    assert calls == ([opt] * (2 * len(order) + 1) if patched_before else [])
+    runs = tb_gradflow.load(tmp_path)
+    for k, i in enumerate(order):  # each logged until it was removed
+        run = runs[f"./{names[i]}"]
+        assert run.steps.tolist() == list(range(2 * k + 2))
+        assert run.skipped.tolist() == [False, True] * (k + 1)
 
 
 # -- arguments -------------------------------------------------------------------
