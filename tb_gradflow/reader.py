@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from tensorboard.backend.event_processing import event_file_loader, io_wrapper
 from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.util import tensor_util
 
 from tb_gradflow import metadata
@@ -169,19 +170,30 @@ def _read_events(path: str) -> Iterator[event_pb2.Event]:
 
 
 def _report_tail(path: str, offset: int, size: int) -> None:
+    """Says why reading stopped at ``offset``: a record cut off by a writer that
+    is still running or was killed (logged), or a damaged one (a warning)."""
     with open(path, "rb") as f:
         f.seek(offset)
-        header = f.read(8)
-    declared = struct.unpack("<Q", header)[0] if len(header) == 8 else None
-    if declared is None or offset + declared + _RECORD_OVERHEAD > size:
-        # Training killed while writing: the last record is incomplete.
-        logger.info("%s: ignoring an incomplete last record at byte %d", path, offset)
-        return
-    warnings.warn(
-        f"{path}: corrupt record at byte {offset} of {size}; "
-        f"the {size - offset} bytes after it were not read",
-        stacklevel=4,
-    )
+        header = f.read(12)  # uint64 length, uint32 masked CRC of the length
+    if len(header) == 12:
+        declared, crc = struct.unpack("<QI", header)
+        if masked_crc32c(header[:8]) != crc:
+            warnings.warn(
+                f"{path}: corrupt record length at byte {offset} of {size} "
+                f"(its checksum does not match); the {size - offset} bytes "
+                "after it were not read",
+                stacklevel=4,
+            )
+            return
+        if offset + declared + _RECORD_OVERHEAD <= size:
+            warnings.warn(
+                f"{path}: corrupt record at byte {offset} of {size}; "
+                f"the {size - offset} bytes after it were not read",
+                stacklevel=4,
+            )
+            return
+    # Training killed while writing, or still writing: the last record is incomplete.
+    logger.info("%s: ignoring an incomplete last record at byte %d", path, offset)
 
 
 def _read_run_dir(

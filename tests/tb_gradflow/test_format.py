@@ -1,6 +1,7 @@
 """The event format: metadata, summary protos, and reading event files back."""
 
 import os
+import struct
 import warnings
 
 import numpy as np
@@ -157,6 +158,40 @@ def test_corrupt_record_is_reported_not_silent(tmp_path):
         run = tb_gradflow.load_run(tmp_path, name="gen")
     assert 0 < len(run.steps) < 50
     assert run.steps.tolist() == list(range(len(run.steps)))
+
+
+def record_offsets(data):
+    """The byte offset of each TFRecord in an event file's bytes."""
+    offsets, offset = [], 0
+    while offset < len(data):
+        offsets.append(offset)
+        offset += struct.unpack("<Q", data[offset : offset + 8])[0] + 16
+    return offsets
+
+
+def test_corrupt_record_length_is_reported_not_taken_for_a_cut_off_file(tmp_path):
+    write_steps(tmp_path, range(50))
+    (path,) = [tmp_path / f for f in os.listdir(tmp_path)]
+    data = bytearray(path.read_bytes())
+    offset = record_offsets(data)[26]  # record 0 is the file_version event
+    data[offset + 7] ^= 0x01  # the length now points far beyond the file's end
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning) as caught:
+        run = tb_gradflow.load_run(tmp_path, name="gen")
+    (warning,) = caught
+    assert str(warning.message).startswith(
+        f"{path}: corrupt record length at byte {offset} of {len(data)}"
+    )
+    assert run.steps.tolist() == list(range(25))
+
+
+def test_file_cut_off_in_a_record_header_loads_every_complete_step(tmp_path):
+    write_steps(tmp_path, range(10))
+    (path,) = [tmp_path / f for f in os.listdir(tmp_path)]
+    data = path.read_bytes()
+    path.write_bytes(data[: record_offsets(data)[-1] + 10])  # 10 of 12 header bytes
+    run = tb_gradflow.load_run(tmp_path, name="gen")  # no warning: filterwarnings
+    assert run.steps.tolist() == list(range(9))
 
 
 def test_changed_layer_set_across_resume_is_matched_by_name(tmp_path):
