@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
@@ -149,9 +150,15 @@ class _Series:
 
 
 def _event_files(run_dir: str) -> list[str]:
-    names = sorted(os.listdir(run_dir))
+    """The run's event files, oldest first: names hold the creation time (and
+    torch's a per-process counter), compared as numbers."""
+    names = sorted(os.listdir(run_dir), key=_natural_key)
     paths = [os.path.join(run_dir, n) for n in names]
     return [p for p in paths if os.path.isfile(p) and io_wrapper.IsSummaryEventsFile(p)]
+
+
+def _natural_key(name: str) -> list[str | int]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"([0-9]+)", name)]
 
 
 def _read_events(path: str) -> Iterator[event_pb2.Event]:
@@ -201,8 +208,11 @@ def _read_run_dir(
 ) -> dict[str | None, _Series]:
     """Reads every gradflow record of one directory, keyed by watcher name."""
     series: dict[str | None, _Series] = {}
+    # Per tag, the layout of its latest metadata. A writer attaches it to its
+    # first record only, so records in a later file (the writer was closed and
+    # reopened) follow the layout of an earlier one, as in TensorBoard.
+    layouts: dict[str, metadata.Layout | None] = {}
     for path in _event_files(run_dir):
-        layouts: dict[str, metadata.Layout | None] = {}
         for event in _read_events(path):
             if not event.HasField("summary"):
                 continue

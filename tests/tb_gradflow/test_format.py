@@ -21,14 +21,18 @@ LAYOUT = metadata.Layout(
 )
 
 
-def write_steps(logdir, steps, *, layout=LAYOUT, offset=0.0):
-    """Writes records whose stat k of layer l at step s is s + k/10 + l/100."""
+def write_steps(logdir, steps, *, layout=LAYOUT, offset=0.0, with_metadata=True):
+    """Writes records whose stat k of layer l at step s is s + k/10 + l/100; the
+    first carries the layout unless ``with_metadata`` is False."""
     k, n = len(layout.stats), len(layout.layers)
     with SummaryWriter(logdir) as w:
         for i, step in enumerate(steps):
             stats = step + offset + np.arange(k)[:, None] / 10 + np.arange(n) / 100
             proto = summary.gradflow_pb(
-                layout, stats, np.array([0.0, 8.0]), with_metadata=i == 0
+                layout,
+                stats,
+                np.array([0.0, 8.0]),
+                with_metadata=with_metadata and i == 0,
             )
             w._get_file_writer().add_summary(proto, global_step=step)
 
@@ -192,6 +196,37 @@ def test_file_cut_off_in_a_record_header_loads_every_complete_step(tmp_path):
     path.write_bytes(data[: record_offsets(data)[-1] + 10])  # 10 of 12 header bytes
     run = tb_gradflow.load_run(tmp_path, name="gen")  # no warning: filterwarnings
     assert run.steps.tolist() == list(range(9))
+
+
+def test_a_reopened_writer_s_file_without_metadata_is_read(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    writer = SummaryWriter(tmp_path)
+    with tb_gradflow.watch(model, writer, optimizer=opt) as flow:
+        for step in range(10):
+            if step == 5:
+                writer.close()  # the next record opens a second events file
+            opt.zero_grad()
+            model(torch.randn(3, 4)).sum().backward()
+            opt.step()
+    writer.close()
+    assert len(os.listdir(tmp_path)) == 2
+    run = tb_gradflow.load_run(tmp_path)
+    assert run.steps.tolist() == list(range(10))
+    np.testing.assert_array_equal(
+        run.values("abs_mean")[-1], flow.last.stat("abs_mean").astype(np.float32)
+    )
+
+
+def test_event_files_are_read_in_the_order_they_were_written(tmp_path):
+    write_steps(tmp_path / "a", range(5))
+    write_steps(tmp_path / "b", range(5, 10), with_metadata=False)
+    # Names as torch gives them: time, host, pid, per-process counter.
+    for part, counter in (("a", 9), ("b", 10)):
+        (old,) = (tmp_path / part).iterdir()
+        old.rename(tmp_path / f"events.out.tfevents.1700000000.host.7.{counter}")
+    run = tb_gradflow.load_run(tmp_path, name="gen")
+    assert run.steps.tolist() == list(range(10))
 
 
 def test_changed_layer_set_across_resume_is_matched_by_name(tmp_path):
