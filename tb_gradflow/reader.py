@@ -371,23 +371,39 @@ def load_run(path: str | os.PathLike, name: str | None = None) -> GradFlowRun:
 def load(logdir: str | os.PathLike) -> dict[str, GradFlowRun]:
     """Reads every run under ``logdir``, as TensorBoard names them.
 
+    Keys: a run is named by its directory relative to ``logdir``, with ``/``
+    between parts (``"."`` for ``logdir`` itself). The unnamed watcher of a run
+    is keyed by the run (``"deep/run2"``), a named one by the run, ``/`` and its
+    name (``"deep/run2/gen"``, ``"./gen"`` in ``logdir`` itself).
+
     Returns:
-        ``{run: GradFlowRun}``; a named watcher's run is keyed ``run/name``.
-        The run in ``logdir`` itself is ``"."``.
+        ``{key: GradFlowRun}``, sorted by key.
 
     Raises:
         FileNotFoundError: if ``logdir`` is not a directory.
-        ValueError: if no gradflow data is found under it.
+        ValueError: if no gradflow data is found under it, or if two watchers
+            get the same key (watcher ``b`` of run ``a`` and the unnamed watcher
+            of run ``a/b``); read those with :func:`load_run`.
     """
     logdir = os.fspath(logdir)
     if not os.path.isdir(logdir):
         raise FileNotFoundError(f"No such log directory: {logdir!r}")
     checker = metadata.VersionChecker()
     runs: dict[str, GradFlowRun] = {}
+    origins: dict[str, str] = {}  # key: which watcher of which directory
     for run_dir, _, _ in sorted(os.walk(logdir)):
         run = os.path.relpath(run_dir, logdir).replace(os.sep, "/")
         for name, s in _read_run_dir(run_dir, checker).items():
             key = run if name is None else f"{run}/{name}"
+            who = "the unnamed watcher" if name is None else f"watcher {name!r}"
+            origin = f"{who} in {run_dir!r}"
+            if key in runs:
+                raise ValueError(
+                    f"Two watchers under {logdir!r} have the key {key!r}: "
+                    f"{origins[key]} and {origin}; read them with "
+                    "load_run(path, name=...)"
+                )
+            origins[key] = origin
             runs[key] = _finish(run_dir, s)
     if not runs:
         raise ValueError(f"No gradflow data under {logdir!r}")

@@ -1,5 +1,6 @@
 """The event format: metadata, summary protos, and reading event files back."""
 
+import dataclasses
 import os
 import struct
 import warnings
@@ -125,6 +126,22 @@ def test_load_reads_every_step_of_every_run(tmp_path):
     assert run.loss_scale.tolist() == [8.0] * 1500
     with pytest.raises(KeyError, match="Unknown statistic 'mean'"):
         run.values("mean")
+
+
+def test_load_refuses_a_key_that_two_watchers_would_share(tmp_path):
+    write_steps(tmp_path / "a", [0, 1], layout=dataclasses.replace(LAYOUT, name="b"))
+    write_steps(
+        tmp_path / "a" / "b", [5, 6], layout=dataclasses.replace(LAYOUT, name=None)
+    )
+    with pytest.raises(ValueError) as caught:
+        tb_gradflow.load(tmp_path)
+    assert str(caught.value) == (
+        f"Two watchers under {str(tmp_path)!r} have the key 'a/b': watcher 'b' in "
+        f"{str(tmp_path / 'a')!r} and the unnamed watcher in "
+        f"{str(tmp_path / 'a' / 'b')!r}; read them with load_run(path, name=...)"
+    )
+    assert tb_gradflow.load_run(tmp_path / "a", name="b").steps.tolist() == [0, 1]
+    assert tb_gradflow.load_run(tmp_path / "a" / "b").steps.tolist() == [5, 6]
 
 
 def test_load_errors_name_the_path(tmp_path):
