@@ -9,7 +9,11 @@ r"""Losses: the soft nearest neighbour loss, a skip-gram sigmoid loss, a cosine 
 - :func:`cosine_triplet_loss`: the margin loss on cosine distances.
 
 Inputs in float16/bfloat16 are computed in float32, and the loss is returned in
-float32: the loss can exceed the float16 range where its inputs do not.
+float32: the loss can exceed the float16 range where its inputs do not. Inputs of
+different dtypes are computed in their promoted dtype (float32 and float64 give
+float64). The SNNL's temperature is cast to that dtype before it is inverted or
+exponentiated (1 / T overflows float16 below T = 1.5e-5); the features' dtype alone
+decides it, as a 0-d tensor's dtype does in torch's type promotion.
 
 Shape letters: ``B`` batch, ``D`` feature dim, ``K`` negatives per sample.
 """
@@ -67,7 +71,12 @@ class _SNNLFunction(torch.autograd.Function):
 
     The logits are ``-s * d_ij`` less a per-row constant, which cancels between the two
     log-sum-exps: ``s * (2 z_i.z_j - |z_j|^2)`` (euclidean) or ``s * z_i.z_j`` (cosine,
-    ``z`` unit rows). One exponentiation serves both sums: the same-class sum is the
+    ``z`` unit rows). Euclidean features are centred on their batch mean first: the
+    expansion ``|z_i|^2 + |z_j|^2 - 2 z_i.z_j`` cancels catastrophically when the
+    features share a large offset (float32 features at 1000 + N(0, 1) lose the
+    distances to rounding). Each per-sample loss is translation invariant, so its
+    gradient with respect to ``z`` sums to zero over the batch and the centring needs
+    no term in backward. One exponentiation serves both sums: the same-class sum is the
     masked row sum of the all-others terms, except for rows where that mass is tiny,
     which are recomputed relative to their own same-class maximum. The gradient with
     respect to the logits is ``softmax(all) - softmax(same)``.
@@ -83,6 +92,8 @@ class _SNNLFunction(torch.autograd.Function):
         euclidean: bool,
     ) -> Tensor:
         floor = _EXP_FLOOR[z.dtype]
+        if euclidean:
+            z = z - z.mean(0)  # (B, D)
         sq = z.square().sum(1)  # (B,)
         if euclidean:
             logits = torch.addmm((-s * sq).unsqueeze(0), z * (2 * s), z.T)  # (B, B)
@@ -243,7 +254,8 @@ def soft_nearest_neighbor_loss(
             ``"sum"`` or ``"none"``. Default: ``"mean"``.
 
     Returns:
-        The loss, float32 for float16/bfloat16 input, else ``x``'s dtype.
+        The loss, float32 for float16/bfloat16 ``x``, else ``x``'s dtype (a
+        ``temperature`` tensor is cast to that dtype before it is inverted).
 
     Raises:
         TypeError: if ``x`` is not floating point, ``y`` not an integer tensor, or
@@ -274,7 +286,7 @@ def soft_nearest_neighbor_loss(
             )
         if not bool(temperature.detach().reshape(()) > 0):
             raise ValueError(f"Invalid temperature: {temperature.item()} (must be > 0)")
-        s = temperature.reshape(()).reciprocal()
+        s = temperature.reshape(()).to(_compute_dtype(x.dtype)).reciprocal()
     elif isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
         if not temperature > 0:
             raise ValueError(f"Invalid temperature: {temperature} (must be > 0)")
@@ -360,12 +372,15 @@ class SoftNearestNeighborLoss(nn.Module):
 
     @property
     def temperature(self) -> Tensor:
-        """The current temperature, ``exp(log_temperature)`` (detached)."""
-        return self.log_temperature.detach().exp()
+        """The current temperature, ``exp(log_temperature)`` (detached; float32 if
+        ``log_temperature`` is float16/bfloat16)."""
+        log_t = self.log_temperature.detach()
+        return log_t.to(_compute_dtype(log_t.dtype)).exp()
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         _check_snnl_inputs(x, y, self.distance, self.reduction)
-        s = torch.exp(-self.log_temperature)  # 1 / T, always > 0
+        # 1 / T, always > 0, in the loss's dtype: a float16 exp overflows above 11.1.
+        s = torch.exp(-self.log_temperature.to(_compute_dtype(x.dtype)))
         return _snnl(x, y, s, self.distance, self.reduction)
 
     def extra_repr(self) -> str:
@@ -420,7 +435,7 @@ def skipgram_loss(
             Default: ``"mean"``.
 
     Returns:
-        The loss, float32 for float16/bfloat16 input, else the input dtype.
+        The loss in the inputs' promoted dtype, float32 if that is float16/bfloat16.
 
     Raises:
         TypeError: if an input is not a floating-point tensor.
@@ -495,7 +510,7 @@ def cosine_triplet_loss(
         reduction: ``"mean"``, ``"sum"`` or ``"none"``. Default: ``"mean"``.
 
     Returns:
-        The loss, float32 for float16/bfloat16 input, else the input dtype.
+        The loss in the inputs' promoted dtype, float32 if that is float16/bfloat16.
 
     Raises:
         TypeError: if an input is not a floating-point tensor.
@@ -522,7 +537,11 @@ def cosine_triplet_loss(
     if not margin >= 0.0:
         raise ValueError(f"Invalid margin: {margin} (must be >= 0)")
     _validate.check_reduction(reduction)
-    dtype = _compute_dtype(anchor.dtype)
+    dtype = _compute_dtype(
+        torch.promote_types(
+            torch.promote_types(anchor.dtype, positive.dtype), negative.dtype
+        )
+    )
     a, p, n = (t.to(dtype) for t in tensors)
     d_pos = 1.0 - F.cosine_similarity(a, p, dim=1)  # (B,)
     d_neg = 1.0 - F.cosine_similarity(a, n, dim=1)  # (B,)

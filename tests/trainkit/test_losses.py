@@ -64,6 +64,17 @@ def snnl_per_sample_float64(x, y, temp, distance="euclidean"):
     return out
 
 
+def snnl_logspace_float64(x, y, temp):
+    """Per-sample euclidean SNNL in float64 from direct differences, in log space:
+    finite where the terms of ``snnl_per_sample_float64`` underflow."""
+    x = x.detach().double()
+    neg_d = -(x[:, None] - x[None]).square().sum(2) / temp  # (B, B)
+    eye = torch.eye(len(x), dtype=torch.bool)
+    same = (y[:, None] == y[None]) & ~eye
+    log_all = torch.logsumexp(neg_d.masked_fill(eye, -math.inf), 1)
+    return log_all - torch.logsumexp(neg_d.masked_fill(~same, -math.inf), 1)
+
+
 def clustered_batch(n=48, dim=8, classes=4, spread=1.0, dtype=torch.float64):
     """Features around one centre per class; every class has at least 2 samples."""
     y = torch.arange(n) % classes
@@ -188,6 +199,30 @@ def test_snnl_is_invariant_to_permuting_the_batch(distance):
     torch.testing.assert_close(mean_p, mean)
 
 
+@pytest.mark.parametrize("offset", [1e3, 1e4])
+def test_snnl_float32_is_as_accurate_with_a_large_common_offset(offset):
+    # |a|^2 + |b|^2 - 2 a.b at |a| ~ 1000 cancels to rounding in float32. The points
+    # lie on a 1/256 grid with |x| < 16, so x + offset is exact in float32 and the
+    # float64 loop on x (no offset) is the loss of the very same points.
+    x, y = clustered_batch(spread=1.5)
+    x = (x.clamp(-15.0, 15.0) * 256).round() / 256
+    shifted = (x + offset).float()
+    assert torch.equal(shifted.double() - offset, x)
+    want, want_grad = grad_of(seed_snnl_loop, x, y, 1.0)
+    assert want > 0.1  # a loss of order 1, not a sum of rounding errors
+    got, got_grad = grad_of(soft_nearest_neighbor_loss, shifted, y, 1.0)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(got_grad.double(), want_grad, rtol=1e-4, atol=1e-6)
+
+    # float64 through the centring, gradient by finite differences at the offset.
+    x64 = (x[:12] + offset).requires_grad_()
+    t = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, t: soft_nearest_neighbor_loss(x, y[:12], t, reduction="none"),
+        (x64, t),
+    )
+
+
 # ---------------------------------------------------------------------------------
 # Soft nearest neighbour loss: edge cases and extreme scales
 
@@ -270,6 +305,34 @@ def test_snnl_half_precision_input_is_computed_in_float32(dtype, scale, distance
     torch.testing.assert_close(grad, want_grad.to(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_snnl_half_temperature_is_inverted_in_float32(dtype):
+    # 1 / T = 1e5 and exp(-ln T) = 1e5 overflow float16 (max 65504), and in bfloat16
+    # they carry 3 significant digits: both are computed in float32.
+    x = torch.randn(16, 4).to(dtype)
+    y = torch.arange(16) % 4
+    t = torch.tensor(1e-5, dtype=dtype)
+    got = soft_nearest_neighbor_loss(x, y, t)
+    assert got.dtype == torch.float32
+    want = snnl_logspace_float64(x, y, float(t)).mean()
+    assert want > 1e3  # d / T of order 1e5: far beyond float16
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=0.0)
+
+    loss_fn = SoftNearestNeighborLoss(1e-5).to(dtype)
+    assert loss_fn.log_temperature.dtype == dtype
+    t_module = math.exp(float(loss_fn.log_temperature))
+    got = loss_fn(x, y)
+    assert got.dtype == torch.float32
+    want = snnl_logspace_float64(x, y, t_module).mean()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=0.0)
+
+    hot = SoftNearestNeighborLoss(1e5).to(dtype)  # exp(ln 1e5) overflows float16
+    assert hot.temperature.dtype == torch.float32
+    assert float(hot.temperature) == pytest.approx(
+        math.exp(float(hot.log_temperature)), rel=1e-6, abs=0.0
+    )
+
+
 def test_snnl_ignores_autocast():
     x, y = clustered_batch(n=24, dim=16, dtype=torch.float32)
     want, want_grad = grad_of(soft_nearest_neighbor_loss, x, y, 0.5)
@@ -322,6 +385,30 @@ def test_learned_temperature_is_a_log_parameter_with_the_chain_rule_gradient():
     other = SoftNearestNeighborLoss(3.0, learn_temperature=True).double()
     other.load_state_dict(state)
     assert other.temperature.item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])
+def test_learned_temperature_is_not_rounded_to_its_dtype_for_float64_features(
+    param_dtype,
+):
+    x, y = clustered_batch(n=20, dim=4)  # float64
+    loss_fn = SoftNearestNeighborLoss(0.3, learn_temperature=True).to(param_dtype)
+    # The temperature the stored log T stands for, exactly, in float64.
+    t = torch.tensor(
+        math.exp(float(loss_fn.log_temperature.detach())),
+        dtype=torch.float64,
+        requires_grad=True,
+    )
+    loss = loss_fn(x, y)
+    want = soft_nearest_neighbor_loss(x, y, t)
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, want, rtol=1e-14, atol=0.0)
+    loss.backward()
+    want.backward()
+    # d loss / d log T = T * d loss / d T, rounded once to the parameter's dtype.
+    grad = loss_fn.log_temperature.grad
+    assert grad.dtype == param_dtype
+    torch.testing.assert_close(grad, (t * t.grad).detach().to(param_dtype))
 
 
 def test_learned_temperature_trains_to_the_best_temperature():
@@ -584,6 +671,29 @@ def test_cosine_triplet_half_input_returns_float32():
     assert loss.dtype == torch.float32
     torch.testing.assert_close(
         loss, cosine_triplet_loss(a.float(), p.float(), n.float())
+    )
+
+
+@pytest.mark.parametrize(
+    ("dtypes", "want_dtype"),
+    [
+        ((torch.float32, torch.float64, torch.float64), torch.float64),
+        ((torch.bfloat16, torch.float64, torch.float32), torch.float64),
+        ((torch.bfloat16, torch.float32, torch.float16), torch.float32),
+    ],
+)
+def test_cosine_triplet_computes_in_the_promoted_dtype(dtypes, want_dtype):
+    a, p, n = (torch.randn(8, 5, dtype=dt) for dt in dtypes)
+    got = cosine_triplet_loss(a, p, n, reduction="none")
+    assert got.dtype == want_dtype
+    ref = nn.TripletMarginWithDistanceLoss(
+        distance_function=lambda u, v: 1.0 - F.cosine_similarity(u, v),
+        margin=0.3,
+        reduction="none",
+    )
+    want = ref(*(t.to(want_dtype) for t in (a, p, n)))
+    torch.testing.assert_close(
+        got, want, rtol=1e-12 if want_dtype == torch.float64 else 1e-6, atol=0.0
     )
 
 
