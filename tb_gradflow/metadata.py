@@ -21,9 +21,12 @@ so the TensorBoard plugin can use it without torch.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
+import reprlib
 import warnings
+from typing import Any
 
 import numpy as np
 from tensorboard.compat.proto import summary_pb2
@@ -119,33 +122,84 @@ def parse_plugin_metadata(content: bytes) -> Layout:
     """Parses the plugin metadata content written by :func:`create_summary_metadata`.
 
     Raises:
-        FormatError: if ``content`` is not a gradflow layout.
+        FormatError: if ``content`` is not a gradflow layout; the message says
+            which field is wrong and how.
     """
     try:
         raw = json.loads(content.decode("utf-8"))
-        layers = tuple(str(x) for x in raw["layers"])
-        stats = tuple(str(x) for x in raw["stats"])
-        step_fields = tuple(str(x) for x in raw.get("step_fields", ()))
-        sparse = tuple(bool(x) for x in raw.get("sparse", ())) or (False,) * len(layers)
-        numel = tuple(int(x) for x in raw.get("numel", ()))
-        layout = Layout(
-            layers=layers,
-            stats=stats,
-            step_fields=step_fields,
-            every=int(raw.get("every", 1)),
-            name=raw.get("name"),
-            sparse=sparse,
-            numel=numel,
-            version=int(raw["version"]),
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise FormatError(f"Invalid gradflow plugin metadata: {e!r}") from e
-    if len(layout.sparse) != len(layers):
-        raise FormatError(
-            f"Invalid gradflow plugin metadata: {len(layout.sparse)} sparse flags "
-            f"for {len(layers)} layers"
-        )
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _invalid(f"not UTF-8 JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise _invalid(f"not a JSON object: {reprlib.repr(raw)}")
+    layers = _list(raw, "layers", str, required=True)
+    if not layers:
+        raise _invalid("'layers' is empty")
+    layout = Layout(
+        layers=layers,
+        stats=_list(raw, "stats", str, required=True),
+        step_fields=_list(raw, "step_fields", str),
+        every=_value(raw, "every", int, 1),
+        name=_value(raw, "name", str, None, nullable=True),
+        sparse=_list(raw, "sparse", bool) or (False,) * len(layers),
+        numel=_list(raw, "numel", int),
+        version=_value(raw, "version", int),
+    )
+    for field in ("layers", "stats", "step_fields"):
+        counts = collections.Counter(getattr(layout, field))
+        repeated = [name for name, n in counts.items() if n > 1]
+        if repeated:
+            raise _invalid(f"{field!r} repeats {reprlib.repr(repeated)}")
+    for field, n in (("sparse", len(layout.sparse)), ("numel", len(layout.numel))):
+        if n and n != len(layers):
+            raise _invalid(f"{n} {field!r} entries for {len(layers)} layers")
+    if layout.every < 1:
+        raise _invalid(f"'every' is {layout.every}, not a positive integer")
+    missing = [s for s in STATS if s not in layout.stats]
+    if missing and layout.version <= FORMAT_VERSION:  # a newer format may differ
+        raise _invalid(f"'stats' lacks {', '.join(map(repr, missing))}")
     return layout
+
+
+def _invalid(problem: str) -> FormatError:
+    return FormatError(f"Invalid gradflow plugin metadata: {problem}")
+
+
+_KIND_NAMES = {int: "an integer", str: "a string", bool: "a boolean"}
+_REQUIRED = object()  # the default of a field that must be there
+
+
+def _is(value: object, kind: type) -> bool:
+    # JSON true/false are bools, and bool is a subclass of int: not an integer here.
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
+def _value(
+    raw: dict, key: str, kind: type, default: Any = _REQUIRED, *, nullable: bool = False
+) -> Any:
+    """``raw[key]``, of type ``kind`` (or null if ``nullable``); ``default`` when
+    absent."""
+    if key not in raw:
+        if default is _REQUIRED:
+            raise _invalid(f"missing {key!r}")
+        return default
+    value = raw[key]
+    if not (_is(value, kind) or (nullable and value is None)):
+        raise _invalid(f"{key!r} is {reprlib.repr(value)}, not {_KIND_NAMES[kind]}")
+    return value
+
+
+def _list(raw: dict, key: str, kind: type, *, required: bool = False) -> tuple:
+    """``raw[key]``, a list of ``kind``, as a tuple; ``()`` when absent."""
+    if key not in raw:
+        if required:
+            raise _invalid(f"missing {key!r}")
+        return ()
+    value = raw[key]
+    if not isinstance(value, list) or not all(_is(x, kind) for x in value):
+        raise _invalid(
+            f"{key!r} is {reprlib.repr(value)}, not a list of {kind.__name__}"
+        )
+    return tuple(value)
 
 
 class VersionChecker:

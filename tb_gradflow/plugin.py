@@ -101,6 +101,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         self._cache = _RunCache(_CACHE_BYTES)
         self._listings: dict[tuple[str, str], tuple[float, dict]] = {}
         self._listings_lock = threading.Lock()
+        self._warned: set[str] = set()  # messages logged by _warn_once
 
     def is_active(self) -> bool:
         return False  # core's list_plugins() activates the tab when data exists
@@ -184,13 +185,15 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         for run in sorted(listing):
             for tag in sorted(listing[run]):
                 series = listing[run][tag]
-                if _layout_or_none(series.plugin_content) is None:
-                    continue  # unreadable or newer format: logged when requested
+                layout = _parse(series.plugin_content)
+                if isinstance(layout, str):  # unreadable or newer format
+                    self._warn_once(
+                        f"gradflow: left out run {run!r}, tag {tag!r}: {layout}"
+                    )
+                    continue
                 steps = self._entry(ctx, experiment, run, tag, series).run.steps
                 if not len(steps):
                     continue
-                layout = _layout_or_none(series.plugin_content)
-                every = max(layout.every, 1)
                 first, last = int(steps[0]), int(steps[-1])
                 out.append(
                     {
@@ -201,8 +204,8 @@ class GradFlowPlugin(base_plugin.TBPlugin):
                         "steps": len(steps),
                         "first_step": first,
                         "last_step": last,
-                        "every": every,
-                        "expected_steps": (last - first) // every + 1,
+                        "every": layout.every,
+                        "expected_steps": (last - first) // layout.every + 1,
                     }
                 )
         return {"runs": out}
@@ -294,6 +297,14 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "thresholds": dataclasses.asdict(thresholds),
             "alerts": [f.to_dict() for f in entry.findings(thresholds)],
         }
+
+    def _warn_once(self, message: str) -> None:
+        """Logs ``message`` as a warning, once: the tab asks for ``runs`` every 5 s."""
+        with self._listings_lock:
+            if message in self._warned:
+                return
+            self._warned.add(message)
+        logger.warning("%s", message)
 
     # Data access.
 

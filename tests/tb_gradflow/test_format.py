@@ -1,7 +1,9 @@
 """The event format: metadata, summary protos, and reading event files back."""
 
 import dataclasses
+import json
 import os
+import re
 import struct
 import warnings
 
@@ -51,6 +53,58 @@ def test_layout_round_trips_through_json():
 def test_bad_metadata_raises_format_error(content):
     with pytest.raises(metadata.FormatError, match="Invalid gradflow plugin metadata"):
         metadata.parse_plugin_metadata(content)
+
+
+def _content(**changes):
+    """LAYOUT's metadata content with some fields replaced (None: removed)."""
+    raw = json.loads(LAYOUT.to_json())
+    raw.update(changes)
+    return json.dumps({k: v for k, v in raw.items() if v is not None}).encode()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (_content(every="ten"), "'every' is 'ten', not an integer"),
+        (_content(every=0), "'every' is 0, not a positive integer"),
+        (_content(every=True), "'every' is True, not an integer"),
+        (
+            _content(stats=["abs_mean", "norm", "rows"]),
+            "'stats' lacks 'abs_max', 'nonfinite'",
+        ),
+        (_content(stats=None), "missing 'stats'"),
+        (_content(version="1"), "'version' is '1', not an integer"),
+        (_content(name=3), "'name' is 3, not a string"),
+        (_content(layers=[]), "'layers' is empty"),
+        (
+            _content(layers=["a", 2, "c"]),
+            "'layers' is ['a', 2, 'c'], not a list of str",
+        ),
+        (_content(layers=["a", "b", "a"]), "'layers' repeats ['a']"),
+        (_content(sparse=[True]), "1 'sparse' entries for 3 layers"),
+        (_content(numel=["x", 1, 2]), "'numel' is ['x', 1, 2], not a list of int"),
+        (b"[1, 2]", "not a JSON object: [1, 2]"),
+    ],
+)
+def test_malformed_metadata_raises_format_error_naming_the_problem(
+    tmp_path, content, problem
+):
+    with pytest.raises(metadata.FormatError) as caught:
+        metadata.parse_plugin_metadata(content)
+    assert str(caught.value) == f"Invalid gradflow plugin metadata: {problem}"
+    proto = summary.gradflow_pb(
+        LAYOUT, np.zeros((5, 3)), np.zeros(2), with_metadata=True
+    )
+    proto.value[0].metadata.plugin_data.content = content
+    with SummaryWriter(tmp_path) as w:
+        w._get_file_writer().add_summary(proto, global_step=0)
+    with (
+        pytest.warns(
+            UserWarning, match=re.escape(f"tag 'gradflow/gen': {caught.value}")
+        ),
+        pytest.raises(ValueError, match="No gradflow data for watcher 'gen'"),
+    ):
+        tb_gradflow.load_run(tmp_path, name="gen")
 
 
 def test_newer_version_is_skipped_with_one_warning():

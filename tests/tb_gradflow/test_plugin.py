@@ -387,6 +387,49 @@ def test_bad_requests_answer_400_or_404_in_plain_text(
     assert message in response.get_data(as_text=True)
 
 
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"every": "ten"}, "'every' is 'ten', not an integer"),
+        (
+            {"stats": ["abs_mean", "abs_max", "norm", "rows"]},
+            "'stats' lacks 'nonfinite'",
+        ),
+    ],
+)
+def test_malformed_metadata_is_left_out_of_runs_and_answers_404(
+    tmp_path, caplog, changes, problem
+):
+    layout = metadata.Layout(layers=("a",))
+    write_run(tmp_path, "fine", layout, [0, 1], lambda i: np.full((5, 1), 0.5))
+    summary = gradflow_pb(layout, np.full((5, 1), 0.5), [0.0, NAN], with_metadata=True)
+    content = json.loads(layout.to_json()) | changes
+    summary.value[0].metadata.plugin_data.content = json.dumps(content).encode()
+    writer = EventFileWriter(str(tmp_path / "bad"))
+    writer.add_event(event_pb2.Event(step=0, wall_time=1000.0, summary=summary))
+    writer.close()
+    client, _ = make_client(tmp_path)
+    for _ in range(2):  # the tab asks every 5 s; logged once
+        assert [r["run"] for r in get_json(client, "runs")["runs"]] == ["fine"]
+    problem = f"Invalid gradflow plugin metadata: {problem}"
+    assert [
+        r.getMessage() for r in caplog.records if r.name == "tb_gradflow.plugin"
+    ] == [f"gradflow: left out run 'bad', tag 'gradflow': {problem}"]
+    for route, params in [
+        ("flow", {}),
+        ("steps", {}),
+        ("heatmap", {"stat": "norm"}),
+        ("alerts", {}),
+        ("flow", {"tag": "gradflow"}),
+    ]:
+        response = get(client, route, run="bad", **params)
+        assert response.status_code == 404
+        assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert f"Run 'bad', tag 'gradflow': {problem}" in response.get_data(
+            as_text=True
+        )
+
+
 def test_static_files_name_every_frontend_module():
     # A module the tab imports must be routed even in an install where
     # listing the frontend folder fails.
