@@ -80,6 +80,9 @@ _CACHED_BODIES = 16  # encoded heatmaps per run version
 _CACHED_DIAGNOSES = 8  # threshold sets per run version
 _INT = re.compile(r"^-?[0-9]{1,18}$")  # fits int64
 _THRESHOLD_TYPES = {f.name: f.type for f in dataclasses.fields(Thresholds)}
+# The diagnosis holds about 16 x explode_window x layers bytes of norms at once.
+_MAX_EXPLODE_WINDOW = 1000  # logged steps
+_INT_THRESHOLD_RANGES = {"explode_window": (3, _MAX_EXPLODE_WINDOW)}
 
 
 class GradFlowPlugin(base_plugin.TBPlugin):
@@ -643,7 +646,7 @@ def _thresholds(args) -> Thresholds:
         if value is None:
             continue
         if kind in (int, "int"):
-            given[name] = _int_arg(args, name)
+            given[name] = _int_arg(args, name, *_INT_THRESHOLD_RANGES.get(name, ()))
             continue
         try:
             given[name] = float(value)

@@ -311,6 +311,12 @@ def test_alerts_with_default_and_given_thresholds(client):
     assert patient["alerts"] == [NONFINITE]  # 4 blocked steps < patience 5
 
 
+def test_alerts_take_explode_window_up_to_its_cap(client):
+    alerts = get_json(client, "alerts", run="healthy", explode_window="1000")
+    assert alerts["thresholds"]["explode_window"] == 1000
+    assert alerts["alerts"] == [BLOCKED, NONFINITE]
+
+
 def test_named_watchers_need_a_tag(client):
     response = get(client, "flow", run="two")
     assert response.status_code == 400
@@ -375,6 +381,24 @@ def test_named_watchers_need_a_tag(client):
             {"run": "healthy", "floor_ratio_to_others": "abc"},
             400,
             "Invalid floor_ratio_to_others: 'abc' (a number)",
+        ),
+        (
+            "alerts",
+            {"run": "healthy", "explode_window": "100000000"},
+            400,
+            "Invalid explode_window: '100000000' (an integer from 3 to 1000)",
+        ),
+        (
+            "alerts",
+            {"run": "healthy", "explode_window": "9" * 18},
+            400,
+            "Invalid explode_window",
+        ),
+        (
+            "alerts",
+            {"run": "healthy", "explode_window": "2"},
+            400,
+            "Invalid explode_window: '2' (an integer from 3 to 1000)",
         ),
     ],
 )
