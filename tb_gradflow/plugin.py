@@ -194,7 +194,13 @@ class GradFlowPlugin(base_plugin.TBPlugin):
                         f"gradflow: left out run {run!r}, tag {tag!r}: {layout}"
                     )
                     continue
-                steps = self._entry(ctx, experiment, run, tag, series).run.steps
+                entry = self._entry(ctx, experiment, run, tag, series)
+                if entry.problem is not None:
+                    self._warn_once(
+                        f"gradflow: left out run {run!r}, tag {tag!r}: {entry.problem}"
+                    )
+                    continue
+                steps = entry.run.steps
                 if not len(steps):
                     continue
                 first, last = int(steps[0]), int(steps[-1])
@@ -315,7 +321,8 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         """The cached decoded run for ``run`` and ``tag`` (None: its only tag).
 
         Raises:
-            NotFoundError: unknown run or tag, or data this version cannot read.
+            NotFoundError: unknown run or tag, data this version cannot read, or
+                steps whose layers cannot be told (see :meth:`_read`).
             InvalidArgumentError: no ``tag`` for a run with several.
         """
         tags = self._run_listing(ctx, experiment, run)
@@ -336,6 +343,8 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         series = tags[tag]
         _layout(series.plugin_content, run, tag)  # raises NotFoundError if unreadable
         entry = self._entry(ctx, experiment, run, tag, series)
+        if entry.problem is not None:
+            raise errors.NotFoundError(f"Run {run!r}, tag {tag!r}: {entry.problem}")
         if not len(entry.run.steps):
             raise errors.NotFoundError(
                 f"No readable steps for run {run!r}, tag {tag!r}"
@@ -382,9 +391,16 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             lambda: self._read(ctx, experiment, run, tag, series.plugin_content),
         )
 
-    def _read(
-        self, ctx, experiment: str, run: str, tag: str, content: bytes
-    ) -> reader.GradFlowRun:
+    def _read(self, ctx, experiment: str, run: str, tag: str, content: bytes) -> _Entry:
+        """Reads and decodes one run and tag.
+
+        TensorBoard keeps only the first plugin metadata of a tag, and a record
+        carries no layout of its own, so every step is labelled with the first
+        layout's layers. Steps of another size come from a writer session with
+        another layer set and cannot be matched to layers, so the run is refused
+        (``problem``) rather than shown without them. A later session with as
+        many layers under other names cannot be told apart (see http_api.md).
+        """
         layout = _layout(content, run, tag)
         read = functools.partial(
             self._data_provider.read_tensors,
@@ -419,26 +435,27 @@ class GradFlowPlugin(base_plugin.TBPlugin):
                 steps.append(datum.step)
                 rows.append(flat)
         if len(rows) < len(series):
-            # Only the first metadata of a tag survives in TensorBoard: a resumed
-            # run whose layer set changed needs a new watcher name.
-            logger.warning(
-                "gradflow: run %r tag %r: %d of %d steps do not match the layout "
-                "(%d values) and are not shown",
-                run,
-                tag,
-                len(series) - len(rows),
-                len(series),
-                layout.size,
+            problem = (
+                "the layer set changed between writer sessions: "
+                f"{len(series) - len(rows)} of {len(series)} steps do not have the "
+                f"{layout.size} values of the first layout, and TensorBoard keeps "
+                "only a tag's first layout, so their values cannot be matched to "
+                "layers. Read the run with tb_gradflow.load_run() (it matches "
+                "layers by name), or log each layer set under its own watcher name."
             )
-        return reader.from_records(run, layout, steps, rows)
+            return _Entry(tag, reader.from_records(run, layout, [], []), problem)
+        return _Entry(tag, reader.from_records(run, layout, steps, rows))
 
 
 class _Entry:
     """One decoded run version with its derived answers (diagnoses, heatmaps)."""
 
-    def __init__(self, tag: str, run: reader.GradFlowRun) -> None:
+    def __init__(
+        self, tag: str, run: reader.GradFlowRun, problem: str | None = None
+    ) -> None:
         self.tag = tag
         self.run = run
+        self.problem = problem  # why the run cannot be shown; None: it can
         self.nbytes = run._values.nbytes
         self._lock = threading.RLock()  # one diagnosis or heatmap at a time
         self._findings: collections.OrderedDict = collections.OrderedDict()
@@ -502,9 +519,7 @@ class _RunCache:
         )
         self._reading: dict[tuple, threading.Lock] = {}
 
-    def get(
-        self, key: tuple, version: tuple, read: Callable[[], reader.GradFlowRun]
-    ) -> _Entry:
+    def get(self, key: tuple, version: tuple, read: Callable[[], _Entry]) -> _Entry:
         with self._lock:
             hit = self._lookup(key, version)
             if hit is not None:
@@ -515,7 +530,7 @@ class _RunCache:
                 hit = self._lookup(key, version)
             if hit is not None:
                 return hit
-            entry = _Entry(key[2], read())
+            entry = read()
             with self._lock:
                 self._entries[key] = (version, entry)
                 self._entries.move_to_end(key)

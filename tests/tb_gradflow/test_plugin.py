@@ -24,7 +24,7 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from werkzeug import test as werkzeug_test
 from werkzeug import wrappers
 
-from tb_gradflow import metadata, plugin
+from tb_gradflow import metadata, plugin, reader
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN, GradFlowLoader
 from tb_gradflow.summary import gradflow_pb
 
@@ -452,6 +452,37 @@ def test_malformed_metadata_is_left_out_of_runs_and_answers_404(
         assert f"Run 'bad', tag 'gradflow': {problem}" in response.get_data(
             as_text=True
         )
+
+
+def test_a_run_whose_layer_set_changed_is_refused_not_shown_in_part(tmp_path, caplog):
+    layout = metadata.Layout(layers=LAYERS, sparse=(False,) * 3)
+    write_run(tmp_path, "fine", layout, [0, 1], healthy_stats)
+    write_run(tmp_path, "resumed", layout, [0, 1], healthy_stats)
+    wider = metadata.Layout(layers=(*LAYERS, "head"), sparse=(False,) * 4)
+    write_run(tmp_path, "resumed", wider, [2, 3], lambda i: np.full((5, 4), 0.5))
+    client, _ = make_client(tmp_path)
+    for _ in range(2):  # the tab asks every 5 s; logged once
+        assert [r["run"] for r in get_json(client, "runs")["runs"]] == ["fine"]
+    problem = "the layer set changed between writer sessions: 2 of 4 steps"
+    (logged,) = [r.getMessage() for r in caplog.records if r.name == plugin.__name__]
+    assert logged.startswith(
+        f"gradflow: left out run 'resumed', tag 'gradflow': {problem}"
+    )
+    for route, params in [
+        ("flow", {}),
+        ("flow", {"step": "0"}),
+        ("steps", {}),
+        ("heatmap", {"stat": "norm", "format": "binary"}),
+        ("alerts", {}),
+    ]:
+        response = get(client, route, run="resumed", **params)
+        assert response.status_code == 404
+        assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+        text = response.get_data(as_text=True)
+        assert f"Run 'resumed', tag 'gradflow': {problem}" in text
+        assert "tb_gradflow.load_run()" in text
+    run = reader.load_run(tmp_path / "resumed")  # what the message points to
+    assert run.layers == [*LAYERS, "head"] and run.steps.tolist() == [0, 1, 2, 3]
 
 
 def test_static_files_name_every_frontend_module():
