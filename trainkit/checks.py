@@ -1,9 +1,13 @@
 """Training sanity checks: the seeds' hints as code.
 
 Each check returns a :class:`CheckResult` and never changes what it is given: it
-works on copies, so the caller's parameters, ``.grad``, optimizer state, hooks,
-logs and random number generator state stay as they were (a ``watch``-ed
-optimizer logs none of a check's steps).
+works on copies, so the caller's parameters, buffers, ``.grad``, optimizer state,
+hooks, logs and random number generator state stay as they were (a ``watch``-ed
+optimizer logs none of a check's steps). The model's copy leaves the caller's
+forward and backward hooks behind, so they neither run nor log during a check;
+it keeps torch's hook-based weight reparametrisations (the deprecated
+``weight_norm`` and ``spectral_norm``, and ``torch.nn.utils.prune``), which
+compute the weights that the forward pass uses.
 
 Expected initial losses (Karpathy, "A Recipe for Training Neural Networks";
 CS231n): cross-entropy over C classes with near-uniform outputs starts at
@@ -16,12 +20,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from tb_gradflow.collect import layer_stats, select_layers
 from tb_gradflow.diagnose import Finding
@@ -37,6 +45,14 @@ __all__ = [
 ]
 
 _KINDS = ("cross_entropy", "binary_cross_entropy", "skipgram")
+_HOOK_DICTS = (
+    "_forward_pre_hooks",
+    "_forward_hooks",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+)
+# Hooks that compute a module's weights from its parameters: the copy keeps them.
+_WEIGHT_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
 
 
 @dataclasses.dataclass
@@ -119,25 +135,39 @@ def check_initial_loss(
 ) -> CheckResult:
     """Checks that the untrained model's loss is where chance puts it.
 
-    The model runs on a copy, in eval mode (no dropout), without gradients.
+    The model runs on a copy in training mode, as in the first training step
+    (dropout on; BatchNorm normalises by the batch's statistics, where eval mode
+    would use the untrained running statistics, 0 and 1), without gradients. The
+    copy's running statistics change; the model's do not.
 
     Args:
         model: the untrained model.
         inputs: its input (passed as ``model(inputs)``).
         targets: the targets of ``loss_fn``.
         loss_fn: ``loss_fn(output, targets) -> scalar``.
-        num_classes: C (default: the output's last dimension, for cross-entropy).
+        num_classes: C (default, for cross-entropy: the size of the output's class
+            dimension as ``F.cross_entropy`` reads it, dim 1 of ``(N, C)`` or
+            ``(N, C, d1, ...)``, dim 0 of ``(C,)``). Required for an output of 3 or
+            more dims when ``loss_fn`` is not ``F.cross_entropy`` or an
+            ``nn.CrossEntropyLoss``: such a loss may read ``(B, T, C)``.
         rtol: allowed relative distance from the expected loss.
         kind, num_negatives: as in :func:`expected_initial_loss`.
+
+    Returns:
+        The result; a NaN or infinite loss fails with its own message.
+
+    Raises:
+        ValueError: on ``rtol <= 0``, or a missing ``num_classes`` that the output
+            does not determine (see above).
     """
     if not rtol > 0:
         raise ValueError(f"Invalid rtol: {rtol} (> 0)")
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        probe = copy.deepcopy(model).eval()
+        probe = _copy_without_hooks(model).train()
         output = probe(inputs)
         measured = float(loss_fn(output, targets))
     if kind == "cross_entropy" and num_classes is None:
-        num_classes = int(output.shape[-1])
+        num_classes = _num_classes(output, loss_fn)
     expected = expected_initial_loss(num_classes, kind, num_negatives=num_negatives)
     spread = float(output.float().std()) if output.numel() > 1 else 0.0
     passed = abs(measured - expected) <= rtol * expected
@@ -146,7 +176,23 @@ def check_initial_loss(
         "binary_cross_entropy": "ln 2, a coin flip per target",
         "skipgram": f"(k + 1) ln 2 for k = {num_negatives} negatives",
     }[kind]
-    if passed:
+    if not math.isfinite(measured):
+        value = "NaN" if math.isnan(measured) else f"{measured}"
+        n_bad = int(output.numel() - torch.isfinite(output).sum())
+        if n_bad:
+            cause = (
+                f"{n_bad} of the {output.numel()} outputs of the untrained model are "
+                "NaN or infinite. Look for NaN or inf in the inputs and the "
+                "initial parameters, and for a log of 0 or a division by 0 in "
+                "forward."
+            )
+        else:
+            cause = (
+                "the outputs are finite, so the loss function makes it: look for a "
+                "log of 0 or a division by 0 in it."
+            )
+        message = f"The initial loss is {value} (chance: {what}): {cause}"
+    elif passed:
         message = f"The initial loss is at chance ({what})."
     elif measured > expected:
         message = (
@@ -170,6 +216,38 @@ def check_initial_loss(
         message=message,
         details={"kind": kind, "num_classes": num_classes, "output_std": spread},
     )
+
+
+def _num_classes(output: Tensor, loss_fn: Callable[..., Tensor]) -> int:
+    """C as ``F.cross_entropy`` reads it: dim 1 of ``(N, C, ...)``, 0 of ``(C,)``."""
+    if output.dim() <= 2:
+        return int(output.shape[-1])
+    if loss_fn is F.cross_entropy or isinstance(loss_fn, nn.CrossEntropyLoss):
+        return int(output.shape[1])
+    raise ValueError(
+        "Cannot tell the class dimension of an output of shape "
+        f"{tuple(output.shape)} for this loss_fn (F.cross_entropy reads dim 1; a "
+        "loss that flattens (B, T, C) reads the last): pass num_classes"
+    )
+
+
+def _copy_without_hooks(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` without the forward and backward hooks of its modules,
+    except ``_WEIGHT_HOOKS``.
+
+    The hook dicts are swapped in deepcopy's memo, so the hooks are never copied: a
+    hook bound to an object that holds a ``SummaryWriter`` would copy the writer.
+    """
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for name in _HOOK_DICTS:
+            hooks = getattr(module, name)
+            memo[id(hooks)] = OrderedDict(
+                (key, copy.deepcopy(hook, memo))
+                for key, hook in hooks.items()
+                if isinstance(hook, _WEIGHT_HOOKS)
+            )
+    return copy.deepcopy(model, memo)
 
 
 def overfit_batch(
@@ -198,14 +276,20 @@ def overfit_batch(
             hyperparameters trains the copy), or a factory
             ``f(parameters) -> Optimizer``; default ``Adam(lr=1e-3)``.
         steps: the most optimizer steps to take.
-        target: the loss to reach (default: 1% of the initial loss).
+        target: the loss to reach, any finite number (default: 1% of the initial
+            loss, which needs an initial loss > 0: pass ``target`` for a loss that
+            can be 0 or negative).
+
+    Raises:
+        ValueError: on bad ``steps`` or ``target``, or an initial loss <= 0 without
+            a ``target``.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"Invalid steps: {steps!r} (an int >= 1)")
-    if target is not None and not target >= 0:
-        raise ValueError(f"Invalid target: {target} (>= 0)")
+    if target is not None and not math.isfinite(target):
+        raise ValueError(f"Invalid target: {target} (a finite loss)")
     with torch.random.fork_rng(devices=[]):
-        trainee = copy.deepcopy(model).train()
+        trainee = _copy_without_hooks(model).train()
         trainee.zero_grad(set_to_none=True)
         opt = _fresh_optimizer(optimizer, model, trainee)
         layers = select_layers(trainee)
@@ -219,6 +303,12 @@ def overfit_batch(
             records.append(stats)
             losses.append(loss.item())
             if goal is None:
+                if losses[0] <= 0:
+                    raise ValueError(
+                        f"The initial loss is {losses[0]:.4g} <= 0, so the default "
+                        "target (1% of it) means nothing: pass target= (the loss "
+                        "to reach)"
+                    )
                 goal = 0.01 * losses[0]
             if losses[-1] <= goal or not math.isfinite(losses[-1]):
                 break

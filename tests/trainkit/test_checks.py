@@ -1,11 +1,13 @@
 """trainkit.checks: each check against a model with a known fault."""
 
+import copy
 import math
 
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils import prune
 from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
@@ -205,3 +207,192 @@ def test_clip_grad_norm_errors():
     params[0].grad[0, 0] = float("nan")
     with pytest.raises(RuntimeError, match="non-finite"):
         clip_grad_norm(params, 1.0, error_if_nonfinite=True)
+
+
+def test_initial_loss_reports_a_nan_or_infinite_loss_as_such():
+    x, y = torch.randn(64, 10), torch.randint(0, 5, (64,))
+    broken = well_initialised()
+    with torch.no_grad():
+        broken.fc1.weight[3, 0] = math.nan
+    result = check_initial_loss(broken, x, y)
+    assert not result.passed and math.isnan(result.measured)
+    assert result.message.startswith("The initial loss is NaN (chance: ln 5")
+    assert "320 of the 320 outputs of the untrained model are NaN" in result.message
+    assert "below chance" not in result.message
+
+    result = check_initial_loss(
+        well_initialised(), x, y, lambda out, t: F.cross_entropy(out, t) / 0.0
+    )
+    assert not result.passed and result.measured == math.inf
+    assert result.message.startswith("The initial loss is inf")
+    assert "the outputs are finite, so the loss function makes it" in result.message
+
+
+class PerStepHead(nn.Module):
+    """(N, 4, T) -> (N, C, T) class scores per time step, as F.cross_entropy takes,
+    or (N, T, C) with ``last_dim=True``."""
+
+    def __init__(self, classes, last_dim=False):
+        super().__init__()
+        self.conv = nn.Conv1d(4, classes, 1)
+        self.last_dim = last_dim
+        with torch.no_grad():
+            self.conv.weight.mul_(0.01)
+            self.conv.bias.zero_()
+
+    def forward(self, x):
+        out = self.conv(x)  # (N, C, T)
+        return out.transpose(1, 2) if self.last_dim else out
+
+
+def test_initial_loss_reads_the_class_dim_where_cross_entropy_reads_it():
+    x, y = torch.randn(8, 4, 50), torch.randint(0, 7, (8, 50))  # C = 7, T = 50
+    model = PerStepHead(7)
+    with torch.no_grad():
+        torch_loss = F.cross_entropy(model(x), y)
+    assert float(torch_loss) == pytest.approx(math.log(7), rel=0.01)
+    for loss_fn in (F.cross_entropy, nn.CrossEntropyLoss()):
+        result = check_initial_loss(model, x, y, loss_fn)
+        assert result.passed, result.message
+        assert result.details["num_classes"] == 7
+        assert result.expected == pytest.approx(math.log(7), rel=1e-12, abs=0.0)
+        assert result.measured == pytest.approx(float(torch_loss), rel=1e-6, abs=0.0)
+
+    # A loss that flattens (B, T, C) reads the last dim: the check does not guess.
+    def flat_loss(out, targets):  # out (B, T, C)
+        return F.cross_entropy(out.flatten(0, 1), targets.flatten())
+
+    last_dim_model = PerStepHead(7, last_dim=True)
+    with pytest.raises(ValueError, match=r"shape \(8, 50, 7\).*pass num_classes"):
+        check_initial_loss(last_dim_model, x, y, flat_loss)
+    result = check_initial_loss(last_dim_model, x, y, flat_loss, num_classes=7)
+    assert result.passed, result.message
+
+
+def buffers_of(model):
+    return {n: b.clone() for n, b in model.named_buffers()}
+
+
+def test_initial_loss_runs_the_copy_in_training_mode_like_the_first_step():
+    # Unnormalised inputs: BatchNorm's batch statistics normalise them in training,
+    # its untrained running statistics (mean 0, var 1) would not.
+    x, y = torch.randn(256, 10) * 20 + 50, torch.randint(0, 5, (256,))
+    model = nn.Sequential(
+        nn.Linear(10, 32),
+        nn.BatchNorm1d(32),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Linear(32, 5),
+    )
+    with torch.no_grad():
+        model[4].weight.mul_(0.1)
+        model[4].bias.zero_()
+    model.eval()  # the caller's mode is left alone
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        first_step = float(F.cross_entropy(copy.deepcopy(model).train()(x), y))
+        eval_mode = float(F.cross_entropy(copy.deepcopy(model).eval()(x), y))
+    # Eval mode would fail the model (rtol 0.1), training mode passes it.
+    assert abs(eval_mode - math.log(5)) > 0.2 * math.log(5)
+    before, buffers = snapshot(model), buffers_of(model)
+    result = check_initial_loss(model, x, y)
+    assert result.measured == pytest.approx(first_step, rel=1e-6, abs=0.0)
+    assert result.passed, result.message
+    assert_unchanged(before, snapshot(model))
+    for name, value in buffers_of(model).items():
+        assert torch.equal(value, buffers[name]), name
+    assert not any(m.training for m in model.modules())
+
+
+def hook_dicts(model):
+    return {
+        (name, attr): dict(value) if isinstance(value, dict) else value
+        for name, module in model.named_modules()
+        for attr, value in vars(module).items()
+        if "hook" in attr
+    }
+
+
+class ActivationLogger:
+    """A forward hook bound to an object that holds a SummaryWriter."""
+
+    def __init__(self, logdir):
+        self.writer = SummaryWriter(logdir)
+        self.calls = 0
+
+    def on_forward(self, module, args, output):
+        self.calls += 1
+        self.writer.add_scalar("activation_std", output.detach().std(), self.calls)
+
+
+def test_checks_neither_run_the_callers_hooks_nor_leave_hooks_behind(tmp_path):
+    x, y = torch.randn(8, 10), torch.randint(0, 5, (8,))
+    model = well_initialised()
+    calls = []
+    model.fc1.register_forward_pre_hook(lambda m, args: calls.append("pre"))
+    model.fc2.register_forward_hook(
+        lambda m, a, kw, o: calls.append("fwd"), with_kwargs=True
+    )
+    model.out.register_full_backward_hook(lambda m, gi, go: calls.append("bwd"))
+    logger = ActivationLogger(tmp_path)
+    model.out.register_forward_hook(logger.on_forward)
+    hooks = hook_dicts(model)
+    before = snapshot(model)
+
+    assert check_initial_loss(model, x, y).passed
+    overfit = overfit_batch(model, x, y, F.cross_entropy, steps=3)
+    assert overfit.details["steps"] == 3
+    assert calls == [] and logger.calls == 0
+    assert hook_dicts(model) == hooks  # nothing added, nothing removed
+    assert_unchanged(before, snapshot(model))
+
+    # The caller's hooks still work on the caller's model, once per call.
+    F.cross_entropy(model(x), y).backward()
+    assert calls == ["pre", "fwd", "bwd"] and logger.calls == 1
+    logger.writer.close()
+
+
+def test_the_copy_keeps_torchs_hook_based_weight_reparametrisations():
+    x, y = torch.randn(8, 10), torch.randint(0, 5, (8,))
+    model = well_initialised()
+    prune.l1_unstructured(model.fc1, "weight", amount=0.5)
+    with torch.no_grad():
+        model.fc1.weight_orig.mul_(3.0)  # the pruning hook recomputes fc1.weight
+        # Its forward pre-hook sets fc1.weight; under no_grad it is a leaf, which
+        # deepcopy needs (pytorch#103001).
+        want = float(F.cross_entropy(model(x), y))
+    assert check_initial_loss(model, x, y).measured == pytest.approx(
+        want, rel=1e-6, abs=0.0
+    )
+    result = overfit_batch(model, x, y, F.cross_entropy, steps=300)
+    assert result.passed, result.message
+    assert result.details["findings"] == []  # the gradient reaches fc1.weight_orig
+
+
+def test_overfit_batch_needs_a_target_for_a_loss_that_starts_at_or_below_zero():
+    x, y = torch.randn(4, 3), torch.zeros(4, 1)
+    model = nn.Linear(3, 1)
+    with torch.no_grad():
+        start = float(F.mse_loss(model(x), y))
+    assert start < 10
+
+    def shifted_mse(out, targets):  # minimum -10, as a log-likelihood can go below 0
+        return F.mse_loss(out, targets) - 10.0
+
+    with pytest.raises(ValueError, match=r"initial loss is -\d.* <= 0.*pass target="):
+        overfit_batch(model, x, y, shifted_mse)
+    with pytest.raises(ValueError, match="initial loss is 0 <= 0"):
+        overfit_batch(model, x, y, lambda out, t: (out * 0.0).sum())
+    result = overfit_batch(
+        model,
+        x,
+        y,
+        shifted_mse,
+        optimizer=lambda p: torch.optim.Adam(p, lr=0.1),
+        target=-9.99,
+    )
+    assert result.passed, result.message
+    assert result.expected == -9.99 and result.measured <= -9.99
+    assert result.details["losses"][0] == pytest.approx(start - 10.0, rel=1e-6)
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match=f"Invalid target: {bad}"):
+            overfit_batch(model, x, y, shifted_mse, target=bad)
