@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from trainkit import _validate
+
 __all__ = ["CharCNNEncoder", "CharGRUEncoder", "CharVocab"]
 
 _FORMAT = "trainkit.CharVocab"
@@ -224,17 +226,20 @@ class _CharWordEncoder(nn.Module):
         """Encodes each row of character ids to one vector.
 
         Args:
-            ids: character ids, right-padded with ``padding_idx``.
+            ids: character ids in ``[0, n_chars)``, right-padded with
+                ``padding_idx``.
             lengths: characters per word; by default, the non-padding ids of each
-                row. Ids past a word's length are ignored.
+                row. Ids past a word's length are ignored (but must be valid ids).
 
         Returns:
             One vector per word; zeros for a word of length 0.
 
         Raises:
-            TypeError: if ``ids`` is not an integer tensor.
-            ValueError: on a bad shape, a length outside ``[0, L]``, or (without
-                ``lengths``) a padding id before a word's last character.
+            TypeError: if ``ids`` is not an int64/int32 tensor, or ``lengths`` not
+                integers (bool and floating-point ones are refused).
+            ValueError: on a bad shape, an id outside ``[0, n_chars)``, a length
+                outside ``[0, L]``, or (without ``lengths``) a padding id before a
+                word's last character.
 
         Shape:
             - ids: ``(N, L)`` or ``(B, S, L)``, int64 or int32.
@@ -249,6 +254,14 @@ class _CharWordEncoder(nn.Module):
         lead_shape, L = ids.shape[:-1], ids.shape[-1]
         N = lead_shape.numel()
         ids = ids.reshape(N, L)  # (N, L)
+        if ids.numel():
+            n_chars = self.embedding.num_embeddings
+            lo, hi = torch.stack(torch.aminmax(ids)).tolist()  # one sync
+            if lo < 0 or hi >= n_chars:
+                raise ValueError(
+                    f"Invalid character id {lo if lo < 0 else hi}: ids must lie in "
+                    f"[0, {n_chars - 1}] for n_chars={n_chars}"
+                )
         positions = torch.arange(L, device=ids.device)
         if lengths is None:
             real = ids != self.padding_idx  # (N, L)
@@ -261,10 +274,11 @@ class _CharWordEncoder(nn.Module):
             lengths_cpu = lengths_dev.cpu()
         else:
             lengths = torch.as_tensor(lengths)
-            if lengths.shape != lead_shape or lengths.is_floating_point():
+            _validate.check_integer_tensor("lengths", lengths)
+            if lengths.shape != lead_shape:
                 raise ValueError(
-                    f"lengths must be integers of shape {tuple(lead_shape)}, got "
-                    f"{lengths.dtype} {tuple(lengths.shape)}"
+                    f"lengths must have shape {tuple(lead_shape)}, got "
+                    f"{tuple(lengths.shape)}"
                 )
             lengths_cpu = lengths.reshape(N).to("cpu", torch.int64)
             if N and not (0 <= lengths_cpu.min() and lengths_cpu.max() <= L):

@@ -255,6 +255,27 @@ def test_bad_inputs_raise_with_the_offending_value(encoder):
     torch.testing.assert_close(encoder(ids.int()), encoder(ids))
 
 
+def test_out_of_range_ids_and_non_integer_lengths_raise_naming_them(encoder):
+    n_chars = len(VOCAB)
+    ids, lengths = _encode(["beer", "is"])
+    for bad in (n_chars, n_chars + 5, -1):
+        bad_ids = ids.clone()
+        bad_ids[1, 1] = bad
+        match = rf"Invalid character id {bad}: ids must lie in \[0, {n_chars - 1}\] "
+        match += f"for n_chars={n_chars}"
+        for args in ((bad_ids,), (bad_ids, lengths), (bad_ids.view(1, 2, -1),)):
+            with pytest.raises(ValueError, match=match):
+                encoder(*args)
+    edge = ids.clone()
+    edge[0, 0] = n_chars - 1  # the largest valid id
+    assert torch.isfinite(encoder(edge)).all()
+
+    for bad_lengths in (lengths.bool(), [True, True], lengths.float()):
+        dtype = torch.as_tensor(bad_lengths).dtype
+        with pytest.raises(TypeError, match=f"lengths must be an integer .*{dtype}"):
+            encoder(ids, bad_lengths)
+
+
 # --- CharCNNEncoder ---
 
 
