@@ -560,3 +560,33 @@ def test_pickle_round_trip_keeps_training_and_hooks_work_again():
     _train(model2, multi2, _batches(2))
     assert len(calls) == 2
     assert multi2.state_dict()["optimizers"][1]["state"][0]["step"] == 3
+
+
+def test_a_parameter_appended_to_an_existing_group_of_another_child_is_an_error():
+    model = _model()
+    multi = sparse_dense_optimizer(model, lr=0.1)
+    _train(model, multi, _batches(1))
+    dense_group = multi.optimizers[1].param_groups[0]
+    dense_group["params"].append(model.emb.weight)
+    with pytest.raises(ValueError, match=r"optimizers\[0\] \(SparseAdam\) and in"):
+        multi.step()
+    dense_group["params"].pop()
+    multi.step()  # fixed again: steps
+    params = list(dense_group["params"])
+    params[0] = model.bag.weight  # same length, another list
+    dense_group["params"] = params
+    with pytest.raises(ValueError, match=r"optimizers\[0\] \(SparseAdam\) and in"):
+        multi.step()
+
+
+def test_state_pickled_by_an_earlier_version_loads_and_steps():
+    # Earlier versions pickled {"optimizers": ..., "defaults": {}} and kept no
+    # other attribute; pickle calls __setstate__ on a bare instance.
+    model = _model()
+    children = sparse_dense_optimizer(model).optimizers
+    multi = MultipleOptimizer.__new__(MultipleOptimizer)
+    multi.__setstate__({"optimizers": children, "defaults": {}})
+    calls = []
+    multi.register_step_pre_hook(lambda *args: calls.append(1))
+    _train(model, multi, _batches(2))
+    assert len(calls) == 2 and multi.defaults["betas"] == (0.9, 0.999)

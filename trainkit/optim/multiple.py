@@ -36,9 +36,13 @@ def _step_needs_closure(opt: Optimizer) -> bool:
     return closure is not None and closure.default is inspect.Parameter.empty
 
 
-def _group_counts(optimizers: Sequence[Optimizer]) -> tuple[int, ...]:
-    """How many parameter groups each child has."""
-    return tuple(len(opt.param_groups) for opt in optimizers)
+def _groups_signature(optimizers: Sequence[Optimizer]) -> tuple:
+    """What changes when a child's groups change: each group's identity, its
+    ``params`` list's identity and length (a few ``id`` calls per group)."""
+    return tuple(
+        tuple((id(g), id(g["params"]), len(g["params"])) for g in opt.param_groups)
+        for opt in optimizers
+    )
 
 
 def _check_disjoint(optimizers: Sequence[Optimizer]) -> None:
@@ -141,7 +145,7 @@ class MultipleOptimizer(Optimizer):
             seen_opts[id(opt)] = i
         _check_disjoint(optimizers)
         self.optimizers: tuple[Optimizer, ...] = tuple(optimizers)
-        self._group_counts = _group_counts(self.optimizers)
+        self._groups = _groups_signature(self.optimizers)
         for name in _HOOK_DICTS:
             setattr(self, name, OrderedDict())
         self._patch_step_function()  # runs the hooks registered on this object
@@ -178,11 +182,15 @@ class MultipleOptimizer(Optimizer):
 
         Returns:
             The closure's loss, or None.
+
+        Raises:
+            ValueError: if a child's groups changed since the last step and a
+                parameter now belongs to two children (no child has stepped).
         """
-        counts = _group_counts(self.optimizers)
-        if counts != self._group_counts:  # a group was added to a child
+        groups = _groups_signature(self.optimizers)
+        if groups != self._groups:  # a child's groups or their params changed
             _check_disjoint(self.optimizers)
-            self._group_counts = counts
+            self._groups = groups
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -218,6 +226,7 @@ class MultipleOptimizer(Optimizer):
         """Loads a state dict made by :meth:`state_dict` into the children.
 
         Raises:
+            TypeError: if ``state_dict`` is not a mapping.
             ValueError: if it is not a MultipleOptimizer state dict, or holds a
                 different number or different classes of optimizers.
         """
@@ -266,10 +275,12 @@ class MultipleOptimizer(Optimizer):
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"optimizers": self.optimizers, "_group_counts": self._group_counts}
+        return {"optimizers": self.optimizers}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        # Objects pickled by earlier versions also hold "defaults" (now derived).
+        self.optimizers = tuple(state["optimizers"])
+        self._groups = _groups_signature(self.optimizers)
         for name in _HOOK_DICTS:
             setattr(self, name, OrderedDict())
         self._patch_step_function()
