@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -119,6 +120,23 @@ def _is_bias(param_name: str) -> bool:
     return param_name.rsplit(".", 1)[-1].startswith("bias")
 
 
+def _patterns(arg: str, patterns: str | Iterable[str]) -> list[str]:
+    """``patterns`` as a list of glob strings (a generator is read once)."""
+    if isinstance(patterns, str):
+        return [patterns]
+    if not isinstance(patterns, Iterable):
+        raise TypeError(
+            f"{arg} must be a str or an iterable of str, got {type(patterns).__name__}"
+        )
+    patterns = list(patterns)
+    for pat in patterns:
+        if not isinstance(pat, str):
+            raise TypeError(
+                f"{arg} patterns must be str, got {type(pat).__name__}: {pat!r}"
+            )
+    return patterns
+
+
 def select_layers(
     model: nn.Module,
     *,
@@ -135,10 +153,11 @@ def select_layers(
 
     Raises:
         ValueError: if no layer is left, or two layers end up with one name.
+        TypeError: if a pattern is not a str.
     """
     model = _unwrap(model)
-    include = [include] if isinstance(include, str) else include
-    exclude = [exclude] if isinstance(exclude, str) else (exclude or [])
+    include = None if include is None else _patterns("include", include)
+    exclude = [] if exclude is None else _patterns("exclude", exclude)
     sparse_params = {
         id(m.weight)
         for m in model.modules()
@@ -232,6 +251,13 @@ class GradFlow:
             )
         if scaler is not None and optimizer is None:
             raise ValueError("scaler needs the optimizer it steps: pass optimizer= too")
+        if scaler is not None:
+            _check_scaler(scaler)
+        if thresholds is not None and not isinstance(thresholds, Thresholds):
+            raise TypeError(
+                "thresholds must be a tb_gradflow.diagnose.Thresholds or None, "
+                f"got {type(thresholds).__name__}"
+            )
         if writer is not None and not callable(
             getattr(writer, "_get_file_writer", None)
         ):
@@ -275,12 +301,16 @@ class GradFlow:
         # collective that all ranks must join).
         sharded = any(_sharded.is_dtensor(layer.param) for layer in self._layers)
         self._active = self.writer is not None or on_alert is not None or sharded
-        if optimizer is not None:
-            self._handles.append(
-                optimizer.register_step_pre_hook(self._on_optimizer_step)
-            )
-        if scaler is not None:
-            self._handles.append(_ScalerStepPatch(self, scaler))
+        try:
+            if optimizer is not None:
+                self._handles.append(
+                    optimizer.register_step_pre_hook(self._on_optimizer_step)
+                )
+            if scaler is not None:
+                self._handles.append(_ScalerStepPatch(self, scaler))
+        except BaseException:  # no half-built watcher: undo what is registered
+            self.remove()
+            raise
 
     # -- automatic collection -------------------------------------------------
 
@@ -573,7 +603,10 @@ def watch(
         include: glob patterns on layer names to keep (default: all).
         exclude: glob patterns on layer names to drop.
         scaler: the ``torch.amp.GradScaler`` that steps ``optimizer``; steps it
-            skips for inf/NaN are logged too, marked skipped.
+            skips for inf/NaN are logged too, marked skipped. Its ``step`` is
+            wrapped by an instance attribute until :meth:`GradFlow.remove`; a
+            copy of the scaler (``copy.deepcopy``, pickle) is not watched: its
+            ``step`` is the unwrapped one, bound to the copy.
         start_step: the step of the first optimizer step (for resumed runs).
         on_alert: ``"warn"`` emits a :class:`GradFlowAlert` warning the first time
             a layer turns non-finite, loses its gradient or is blocked (the
@@ -620,43 +653,103 @@ def watch(
 _MISSING = object()
 
 
+def _check_scaler(scaler: Any) -> None:
+    """Raises unless an instance attribute can wrap ``scaler.step``, a callable."""
+    kind = (
+        f"the class {scaler.__qualname__}"
+        if isinstance(scaler, type)
+        else type(scaler).__name__
+    )
+    if not callable(getattr(scaler, "step", None)):
+        raise TypeError(f"scaler must be a torch.amp.GradScaler, got {kind}")
+    # The class's own __dict__ is a mappingproxy: a class is refused here too.
+    if not isinstance(getattr(scaler, "__dict__", None), dict):
+        raise TypeError(
+            f"scaler must be a torch.amp.GradScaler, got {kind}, which has no "
+            "instance __dict__ to wrap its step in"
+        )
+    class_step = inspect.getattr_static(type(scaler), "step", None)
+    if hasattr(type(class_step), "__set__"):
+        raise TypeError(
+            f"scaler must be a torch.amp.GradScaler, got {kind}, whose step is "
+            "a data descriptor that an instance attribute cannot cover"
+        )
+
+
+def _unwatched_step(
+    scaler: Any, step: Callable[..., Any] | None = None
+) -> Callable[..., Any]:
+    """A copied scaler's step: ``step``, or its class's ``step`` bound to it."""
+    if step is not None:
+        return step
+    return inspect.getattr_static(type(scaler), "step").__get__(scaler, type(scaler))
+
+
 class _ScalerStepPatch:
     """``scaler.step`` while a watcher follows the scaler, and its removable handle.
 
     Set as an instance attribute over whatever ``scaler.step`` was. Patches of
     several watchers stack; removing one in any order leaves the others
-    working, and removing the last puts back exactly what was there before
-    (deleting the instance attribute if there was none). A patch that someone
-    else's patch has covered since stays in place, calling straight through.
+    working, and once the last is removed the scaler holds exactly what was
+    there before (no instance attribute if there was none). A patch removed
+    while someone else's patch covers it stays in that chain, calling straight
+    through and holding no reference to its watcher. Once the cover is undone,
+    the next removal of a patch on this scaler drops it as well; if no watcher
+    is left to remove by then, it stays as ``scaler.step``, inert.
+
+    A copy of the scaler (``copy.deepcopy``, pickle) is not watched: the copy
+    gets the step below every watcher's patch, bound to the copy.
     """
 
     def __init__(self, flow: GradFlow, scaler: Any) -> None:
-        self._flow, self._scaler = flow, scaler
+        self._flow: GradFlow | None = flow  # None once removed
+        self._scaler = scaler
         self._previous = vars(scaler).get("step", _MISSING)
         self._inner = scaler.step
-        self._removed = False
         scaler.step = self
 
     def __call__(
         self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any
     ) -> Any:
-        if self._removed or optimizer is not self._flow._optimizer:
+        flow = self._flow
+        if flow is None or optimizer is not flow._optimizer:
             return self._inner(optimizer, *args, **kwargs)
-        return self._flow._on_scaler_step(self._inner, optimizer, args, kwargs)
+        return flow._on_scaler_step(self._inner, optimizer, args, kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Copying the watcher would copy its writer (not copyable) and leave the
+        # copy logging to the original's run; a copy of the scaler is unwatched.
+        base = self._previous
+        while isinstance(base, _ScalerStepPatch):
+            base = base._previous
+        if base is _MISSING:
+            return _unwatched_step, (self._scaler,)
+        return _unwatched_step, (self._scaler, base)
+
+    def _below(self) -> tuple[Any, Callable[..., Any]]:
+        """``(previous, inner)`` of this patch, past patches already removed."""
+        previous, inner = self._previous, self._inner
+        while isinstance(previous, _ScalerStepPatch) and previous._flow is None:
+            previous, inner = previous._previous, previous._inner
+        return previous, inner
 
     def remove(self) -> None:
-        if self._removed:
+        if self._flow is None:
             return
-        self._removed = True
-        above = vars(self._scaler).get("step")
-        if above is self:
-            if self._previous is _MISSING:
-                del self._scaler.step
-            else:
-                self._scaler.step = self._previous
-            return
-        while isinstance(above, _ScalerStepPatch):  # unlink self from the stack
-            if above._previous is self:
-                above._previous, above._inner = self._previous, self._inner
-                return
+        self._flow = None  # left in someone's chain, it must not keep the watcher
+        scaler = self._scaler
+        above = vars(scaler).get("step")
+        while isinstance(above, _ScalerStepPatch) and above is not self:
+            if above._previous is self:  # unlink self from the stack
+                above._previous, above._inner = self._below()
+                break
             above = above._previous
+        # Pop removed patches that nothing covers: this one, or one uncovered
+        # since by someone else undoing their patch.
+        top = vars(scaler).get("step", _MISSING)
+        if isinstance(top, _ScalerStepPatch) and top._flow is None:
+            previous, _ = top._below()
+            if previous is _MISSING:
+                del scaler.step
+            else:
+                scaler.step = previous

@@ -1,7 +1,11 @@
 """watch(): what is logged, when, and that it equals a direct computation."""
 
+import copy
+import gc
 import itertools
 import math
+import pickle
+import weakref
 
 import numpy as np
 import pytest
@@ -87,6 +91,12 @@ def test_select_layers_globs():
     assert names == ["layers.4"]
     with pytest.raises(ValueError, match="No layer to watch"):
         select_layers(model, include="nothing*")
+
+
+def test_select_layers_reads_a_pattern_generator_once():
+    model = MLP()
+    got = select_layers(model, include=(p for p in ["layers.4", "layers.0"]))
+    assert [n for n, _, _ in got] == ["layers.0", "layers.4"]
 
 
 def test_wrapper_prefixes_are_stripped():
@@ -585,6 +595,137 @@ def test_scaler_step_is_restored_in_any_removal_order(tmp_path, order, patched_b
         assert run.skipped.tolist() == [False, True] * (k + 1)
 
 
+def cover(scaler):
+    """Patches ``scaler.step`` as another library would; returns the undo."""
+    covered = scaler.step
+
+    def library_step(optimizer, *args, **kwargs):
+        return covered(optimizer, *args, **kwargs)
+
+    scaler.step = library_step
+
+    def undo():
+        scaler.step = covered
+
+    return undo
+
+
+def test_removed_watcher_is_collectable_while_its_patch_is_covered():
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu")
+    flow = tb_gradflow.watch(model, None, optimizer=opt, scaler=scaler)
+    cover(scaler)  # never undone: our patch stays in the library's chain
+    flow.remove()
+    ref = weakref.ref(flow)
+    del flow
+    gc.collect()
+    assert ref() is None
+    weight = model.layers[0].weight.detach().clone()
+    scaled_step(model, opt, scaler)
+    assert not torch.equal(model.layers[0].weight, weight)
+
+
+def watch_a(model, opt, scaler):
+    return tb_gradflow.watch(model, None, optimizer=opt, scaler=scaler, name="a")
+
+
+def watch_b(model, opt, scaler):
+    return tb_gradflow.watch(model, None, optimizer=opt, scaler=scaler, name="b")
+
+
+def covered_then_uncovered(model, opt, scaler):
+    # a is removed under the cover; b comes after the cover is undone.
+    a = watch_a(model, opt, scaler)
+    undo = cover(scaler)
+    a.remove()
+    undo()
+    b = watch_b(model, opt, scaler)
+    b.remove()
+    return [a, b]
+
+
+def top_removed_under_cover(model, opt, scaler):
+    # b is removed under the cover, which is undone: b is on top, inert,
+    # until a (below it) is removed.
+    a = watch_a(model, opt, scaler)
+    b = watch_b(model, opt, scaler)
+    undo = cover(scaler)
+    b.remove()
+    undo()
+    a.remove()
+    return [a, b]
+
+
+def bottom_removed_under_cover(model, opt, scaler):
+    a = watch_a(model, opt, scaler)
+    b = watch_b(model, opt, scaler)
+    undo = cover(scaler)
+    a.remove()
+    undo()
+    b.remove()
+    return [a, b]
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [covered_then_uncovered, top_removed_under_cover, bottom_removed_under_cover],
+)
+@pytest.mark.parametrize("patched_before", [False, True])
+def test_scaler_is_restored_once_a_covering_patch_is_undone(scenario, patched_before):
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu")
+    if patched_before:
+
+        def user_step(optimizer, *args, **kwargs):
+            return type(scaler).step(scaler, optimizer, *args, **kwargs)
+
+        scaler.step = user_step
+    before = dict(vars(scaler))
+    refs = [weakref.ref(flow) for flow in scenario(model, opt, scaler)]
+    gc.collect()
+    assert vars(scaler).get("step") is before.get("step")
+    assert vars(scaler).keys() == before.keys()
+    assert [ref() for ref in refs] == [None, None]
+    weight = model.layers[0].weight.detach().clone()
+    scaled_step(model, opt, scaler)
+    assert not torch.equal(model.layers[0].weight, weight)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copied_scaler_is_unwatched_and_steps_its_own_optimizer(tmp_path, how):
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    with (
+        SummaryWriter(tmp_path) as w,
+        tb_gradflow.watch(model, w, optimizer=opt, scaler=scaler, name="a") as a,
+        tb_gradflow.watch(model, w, optimizer=opt, scaler=scaler, name="b"),
+    ):
+        scaled_step(model, opt, scaler)
+        if how == "deepcopy":
+            scaler2 = copy.deepcopy(scaler)
+        else:
+            scaler2 = pickle.loads(pickle.dumps(scaler))
+        model2 = copy.deepcopy(model)
+        opt2 = torch.optim.SGD(model2.parameters(), lr=0.01)
+        step2 = vars(scaler2)["step"]  # the class's step, bound to the copy
+        assert step2.__func__ is type(scaler).step and step2.__self__ is scaler2
+        weight, weight2 = (m.layers[0].weight.detach().clone() for m in (model, model2))
+        scaled_step(model2, opt2, scaler2)
+        scaled_step(model2, opt2, scaler2, poison=True)  # skipped by the copy
+        assert torch.equal(model.layers[0].weight, weight)
+        assert not torch.equal(model2.layers[0].weight, weight2)
+        assert scaler2.get_scale() == 2.0**3 and scaler.get_scale() == 2.0**4
+        assert a.step == 1  # the copy's steps reach no watcher
+        scaled_step(model, opt, scaler, poison=True)  # the original stays watched
+        assert a.step == 2 and a.last.skipped
+    assert "step" not in vars(scaler)
+    runs = tb_gradflow.load(tmp_path)
+    assert [runs[f"./{n}"].steps.tolist() for n in "ab"] == [[0, 1], [0, 1]]
+
+
 # -- arguments -------------------------------------------------------------------
 
 
@@ -597,11 +738,82 @@ def test_scaler_step_is_restored_in_any_removal_order(tmp_path, order, patched_b
         ({"name": "a/b"}, ValueError, "Invalid name"),
         ({"optimizer": object()}, TypeError, "torch.optim.Optimizer"),
         ({"scaler": object()}, ValueError, "pass optimizer"),
+        ({"thresholds": {}}, TypeError, "thresholds must be .*Thresholds or None"),
+        ({"include": 5}, TypeError, "include must be a str or an iterable of str"),
+        ({"exclude": ["*", 1]}, TypeError, "exclude patterns must be str, got int"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         tb_gradflow.watch(MLP(), None, **kwargs)
+
+
+CLASS_STEP = torch.amp.GradScaler.step
+
+
+class SlottedScaler:
+    __slots__ = ()
+
+    def step(self, optimizer):
+        return optimizer.step()
+
+
+class PropertyStepScaler(torch.amp.GradScaler):
+    @property
+    def step(self):
+        return super().step
+
+
+@pytest.mark.parametrize(
+    ("scaler", "match"),
+    [
+        (1.0, "got float$"),
+        (object(), "got object$"),
+        (torch.amp.GradScaler, "got the class GradScaler"),
+        (SlottedScaler(), "got SlottedScaler, which has no instance __dict__"),
+        (PropertyStepScaler("cpu"), "got PropertyStepScaler, whose step is a data"),
+    ],
+    ids=["float", "object", "class", "slots", "property"],
+)
+def test_bad_scaler_raises_before_any_hook(tmp_path, scaler, match):
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    hooks = dict(opt._optimizer_step_pre_hooks)
+    with SummaryWriter(tmp_path) as w:
+        with pytest.raises(
+            TypeError, match="scaler must be a torch.amp.GradScaler, " + match
+        ):
+            tb_gradflow.watch(model, w, optimizer=opt, scaler=scaler)
+        train_steps(model, opt, 2)
+    assert dict(opt._optimizer_step_pre_hooks) == hooks
+    assert torch.amp.GradScaler.step is CLASS_STEP  # the class is left alone
+    with pytest.raises(ValueError, match="No gradflow data"):
+        tb_gradflow.load(tmp_path)
+
+
+class FrozenStepScaler(torch.amp.GradScaler):
+    """A scaler whose step cannot be wrapped, which only shows when we try."""
+
+    def __setattr__(self, name, value):
+        if name == "step":
+            raise AttributeError("step is frozen")
+        super().__setattr__(name, value)
+
+
+def test_watch_that_fails_after_a_hook_leaves_nothing_registered(tmp_path):
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = FrozenStepScaler("cpu")
+    hooks = dict(opt._optimizer_step_pre_hooks)
+    with SummaryWriter(tmp_path) as w:
+        with pytest.raises(AttributeError, match="step is frozen"):
+            tb_gradflow.watch(model, w, optimizer=opt, scaler=scaler)
+        assert dict(opt._optimizer_step_pre_hooks) == hooks
+        assert "step" not in vars(scaler)
+        scaled_step(model, opt, scaler)
+        train_steps(model, opt, 2)
+    with pytest.raises(ValueError, match="No gradflow data"):
+        tb_gradflow.load(tmp_path)
 
 
 def test_bad_writer_and_model_raise():
