@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from collections.abc import Sequence
 
 from tb_gradflow.diagnose import Thresholds, diagnose
-from tb_gradflow.reader import GradFlowRun, load
+from tb_gradflow.reader import GradFlowRun, _clash_message, _load_all
 
 
 def format_report(name: str, run: GradFlowRun, thresholds: Thresholds) -> str:
@@ -57,6 +58,14 @@ def format_report(name: str, run: GradFlowRun, thresholds: Thresholds) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
+    """Reports every run under ``logdir`` (``--run``: that one only).
+
+    Two watchers that get the same run key (watcher ``b`` of run ``a`` and the
+    unnamed watcher of run ``a/b``) are not reported under it: the other runs
+    are, then an error names the two and the commands that report each one, and
+    the exit status is 2. Asking for such a key with ``--run`` is that error
+    alone; a run asked for by another key is reported as usual.
+    """
     thresholds = Thresholds(
         patience=args.patience,
         min_ratio_to_others=args.min_ratio_to_others,
@@ -64,17 +73,42 @@ def _report(args: argparse.Namespace) -> int:
         floor_ratio_to_others=args.floor_ratio_to_others,
         explode_ratio=args.explode_ratio,
     )
-    runs = load(args.logdir)
+    found = _load_all(args.logdir)
     if args.run:
-        if args.run not in runs:
+        if args.run not in found:
             raise ValueError(
-                f"No run {args.run!r} in {args.logdir!r}; runs: {', '.join(runs)}"
+                f"No run {args.run!r} in {args.logdir!r}; runs: {', '.join(found)}"
             )
-        runs = {args.run: runs[args.run]}
-    print(
-        "\n\n".join(format_report(name, run, thresholds) for name, run in runs.items())
-    )
-    return 0
+        found = {args.run: found[args.run]}
+    reports = [
+        format_report(name, runs[0], thresholds)
+        for name, runs in found.items()
+        if len(runs) == 1
+    ]
+    if reports:
+        print("\n\n".join(reports))
+    clashes = [(key, runs) for key, runs in found.items() if len(runs) > 1]
+    for key, runs in clashes:
+        print(
+            f"tb-gradflow report: error: {_clash_message(args.logdir, key, runs)}; "
+            f"report each from its own directory: {_own_commands(runs)}",
+            file=sys.stderr,
+        )
+    return 2 if clashes else 0
+
+
+def _own_commands(runs: Sequence[GradFlowRun]) -> str:
+    """The ``report`` commands that read each watcher under a key of its own: in
+    its run directory, ``"."`` for the unnamed watcher and ``"./<name>"`` for a
+    named one (no subdirectory's key starts with ``./``)."""
+    commands = [
+        "tb-gradflow report "
+        + shlex.quote(r.path)
+        + " --run "
+        + shlex.quote(f"./{r.name}" if r.name else ".")
+        for r in runs
+    ]
+    return "; ".join(commands)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -16,7 +16,8 @@ streak of logged steps ``first_step..last_step``:
   embedding is not flagged just for being large.
 * ``nonfinite``: NaN/Inf elements, on steps that were not skipped.
 * ``exploding``: the L2 norm is more than ``explode_ratio`` x the median of the
-  layer's previous ``explode_window`` finite norms (needs 3 earlier values).
+  layer's previous ``explode_window`` finite norms (needs 3 earlier values). A
+  window longer than the run takes all earlier steps.
 * ``skipped``: steps the AMP grad scaler skipped (inf/NaN in the scaled
   gradient). They count as neither blocked nor healthy.
 
@@ -401,14 +402,16 @@ def _exploding_mask(norm: np.ndarray, th: Thresholds) -> np.ndarray:
 
     Exact; the window medians are computed only where the norm is above
     ``explode_ratio`` x the smallest norm of its window (no median is smaller).
-    Works through blocks of steps, so that its temporaries stay small.
+    Works through blocks of steps, so that its temporaries stay small. A window
+    longer than the run is the whole run (no step has more earlier norms), so
+    the memory used is bounded by the run's size, whatever the window.
 
     Shape:
         - norm: ``(T, L)``
         - returns: ``(T, L)`` bool
     """
-    window = th.explode_window
     n_steps, n_layers = norm.shape
+    window = min(th.explode_window, max(n_steps, 3))
     rows = max(window, _BLOCK_CELLS // n_layers)  # steps per block
     mask = np.zeros(norm.shape, dtype=bool)
     for t0 in range(0, n_steps, rows):
@@ -420,21 +423,26 @@ def _exploding_mask(norm: np.ndarray, th: Thresholds) -> np.ndarray:
         low = _rolling_fmin(recent[:-1], window)  # (t1 - t0, L)
         above = norm[t0:t1] > np.multiply(low, th.explode_ratio, dtype=np.float64)
         t, j = np.nonzero(above)  # (N,) each, t from t0
-        mask[t0 + t, j] = _too_big_at(norm[t0:t1], recent, t, j, th)
+        mask[t0 + t, j] = _too_big_at(norm[t0:t1], recent, t, j, window, th)
     return mask
 
 
 def _too_big_at(
-    norm: np.ndarray, recent: np.ndarray, t: np.ndarray, j: np.ndarray, th: Thresholds
+    norm: np.ndarray,
+    recent: np.ndarray,
+    t: np.ndarray,
+    j: np.ndarray,
+    window: int,
+    th: Thresholds,
 ) -> np.ndarray:
-    """The ``exploding`` condition at the cells ``(t, j)``.
+    """The ``exploding`` condition at the cells ``(t, j)``, with ``window`` (the
+    clamped ``explode_window``) previous norms.
 
     Shape:
         - norm: ``(B, L)``; recent: ``(window + B, L)``, each step's ``window``
           previous norms (:func:`_padded_finite`) in the rows from its index
         - t, j, returns: ``(N,)``
     """
-    window = th.explode_window
     out = np.zeros(len(t), dtype=bool)
     chunk = max(1, 2_000_000 // window)  # bounds the windows' memory
     for c in range(0, len(t), chunk):

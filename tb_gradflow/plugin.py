@@ -78,10 +78,12 @@ _MAX_HEATMAP_COLUMNS = 100_000  # step columns
 _CACHE_BYTES = 1 << 30  # decoded float32 statistics kept, all runs together
 _CACHED_BODIES = 16  # encoded heatmaps per run version
 _CACHED_DIAGNOSES = 8  # threshold sets per run version
+_MAX_WARNED = 4096  # (experiment, run, tag, kind) keys remembered by _warn_once
 _INT = re.compile(r"^-?[0-9]{1,18}$")  # fits int64
 _THRESHOLD_TYPES = {f.name: f.type for f in dataclasses.fields(Thresholds)}
-# The diagnosis holds about 16 x explode_window x layers bytes of norms at once.
-_MAX_EXPLODE_WINDOW = 1000  # logged steps
+# A sanity bound only: the diagnosis takes a window longer than the run as the
+# whole run, so its memory does not grow with the window.
+_MAX_EXPLODE_WINDOW = 1_000_000  # logged steps
 _INT_THRESHOLD_RANGES = {"explode_window": (3, _MAX_EXPLODE_WINDOW)}
 
 
@@ -104,7 +106,8 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         self._cache = _RunCache(_CACHE_BYTES)
         self._listings: dict[tuple[str, str], tuple[float, dict]] = {}
         self._listings_lock = threading.Lock()
-        self._warned: set[str] = set()  # messages logged by _warn_once
+        # Keys of the warnings _warn_once logged, oldest first.
+        self._warned: collections.OrderedDict[tuple, None] = collections.OrderedDict()
 
     def is_active(self) -> bool:
         return False  # core's list_plugins() activates the tab when data exists
@@ -191,13 +194,15 @@ class GradFlowPlugin(base_plugin.TBPlugin):
                 layout = _parse(series.plugin_content)
                 if isinstance(layout, str):  # unreadable or newer format
                     self._warn_once(
-                        f"gradflow: left out run {run!r}, tag {tag!r}: {layout}"
+                        (experiment, run, tag, "layout"),
+                        f"gradflow: left out run {run!r}, tag {tag!r}: {layout}",
                     )
                     continue
                 entry = self._entry(ctx, experiment, run, tag, series)
                 if entry.problem is not None:
                     self._warn_once(
-                        f"gradflow: left out run {run!r}, tag {tag!r}: {entry.problem}"
+                        (experiment, run, tag, "problem"),
+                        f"gradflow: left out run {run!r}, tag {tag!r}: {entry.problem}",
                     )
                     continue
                 steps = entry.run.steps
@@ -307,12 +312,21 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "alerts": [f.to_dict() for f in entry.findings(thresholds)],
         }
 
-    def _warn_once(self, message: str) -> None:
-        """Logs ``message`` as a warning, once: the tab asks for ``runs`` every 5 s."""
+    def _warn_once(self, key: tuple, message: str) -> None:
+        """Logs ``message`` as a warning once per ``key``: the tab asks for ``runs``
+        every 5 s.
+
+        ``key`` is ``(experiment, run, tag, kind)``, not the text, which can hold
+        counts that grow while the run trains. The last ``_MAX_WARNED`` keys are
+        remembered (an older one can be logged again).
+        """
         with self._listings_lock:
-            if message in self._warned:
+            if key in self._warned:
+                self._warned.move_to_end(key)
                 return
-            self._warned.add(message)
+            self._warned[key] = None
+            while len(self._warned) > _MAX_WARNED:
+                self._warned.popitem(last=False)
         logger.warning("%s", message)
 
     # Data access.
@@ -646,11 +660,21 @@ def _int_arg(
     if not _INT.match(value) or not (
         (lo is None or int(value) >= lo) and (hi is None or int(value) <= hi)
     ):
-        bounds = f" from {lo} to {hi}" if lo is not None else ""
         raise errors.InvalidArgumentError(
-            f"Invalid {name}: {value!r} (an integer{bounds})"
+            f"Invalid {name}: {value!r} (an integer{_bounds(lo, hi)})"
         )
     return int(value)
+
+
+def _bounds(lo: int | None, hi: int | None) -> str:
+    """`` from lo to hi``, `` >= lo``, `` <= hi`` or nothing."""
+    if lo is not None and hi is not None:
+        return f" from {lo} to {hi}"
+    if lo is not None:
+        return f" >= {lo}"
+    if hi is not None:
+        return f" <= {hi}"
+    return ""
 
 
 def _thresholds(args) -> Thresholds:

@@ -151,14 +151,27 @@ class _Series:
 
 def _event_files(run_dir: str) -> list[str]:
     """The run's event files, oldest first: names hold the creation time (and
-    torch's a per-process counter), compared as numbers."""
-    names = sorted(os.listdir(run_dir), key=_natural_key)
-    paths = [os.path.join(run_dir, n) for n in names]
-    return [p for p in paths if os.path.isfile(p) and io_wrapper.IsSummaryEventsFile(p)]
+    torch's a per-process counter), compared as numbers. Other files are left
+    alone, whatever their names."""
+    paths = [os.path.join(run_dir, n) for n in os.listdir(run_dir)]
+    events = [
+        p for p in paths if io_wrapper.IsSummaryEventsFile(p) and os.path.isfile(p)
+    ]
+    return sorted(events, key=lambda p: _natural_key(os.path.basename(p)))
 
 
-def _natural_key(name: str) -> list[str | int]:
-    return [int(p) if p.isdigit() else p for p in re.split(r"([0-9]+)", name)]
+_DIGITS = re.compile(r"([0-9]+)")  # ASCII only: str.isdigit() also takes "²", "٣"
+
+
+def _natural_key(name: str) -> tuple[list[str | int], str]:
+    """Sorts runs of ASCII digits as numbers; a total order on any names.
+
+    Splitting on a capturing group alternates text and digits, so two keys hold
+    text at the same (even) places and ints at the same (odd) places; the name
+    itself breaks ties such as ``"x01"`` and ``"x1"``.
+    """
+    parts = _DIGITS.split(name)
+    return [int(p) if i % 2 else p for i, p in enumerate(parts)], name
 
 
 def _read_events(path: str) -> Iterator[event_pb2.Event]:
@@ -376,35 +389,62 @@ def load(logdir: str | os.PathLike) -> dict[str, GradFlowRun]:
     is keyed by the run (``"deep/run2"``), a named one by the run, ``/`` and its
     name (``"deep/run2/gen"``, ``"./gen"`` in ``logdir`` itself).
 
+    Two watchers can get the same key: watcher ``b`` of run ``a`` and the
+    unnamed watcher of run ``a/b``. A dict cannot hold both, and leaving one out
+    would go unnoticed, so ``load`` raises, naming both; read them with
+    :func:`load_run`, or load a directory in which their keys differ (below
+    ``a``, they are ``"./b"`` and ``"b"``). ``tb-gradflow report`` reports every
+    other run and names the clash.
+
     Returns:
         ``{key: GradFlowRun}``, sorted by key.
 
     Raises:
         FileNotFoundError: if ``logdir`` is not a directory.
         ValueError: if no gradflow data is found under it, or if two watchers
-            get the same key (watcher ``b`` of run ``a`` and the unnamed watcher
-            of run ``a/b``); read those with :func:`load_run`.
+            get the same key.
+    """
+    logdir = os.fspath(logdir)
+    found = _load_all(logdir)
+    for key, runs in found.items():
+        if len(runs) > 1:
+            raise ValueError(
+                _clash_message(logdir, key, runs) + "; read them with "
+                "load_run(path, name=...)"
+            )
+    return {key: runs[0] for key, runs in found.items()}
+
+
+def _load_all(logdir: str | os.PathLike) -> dict[str, list[GradFlowRun]]:
+    """Every watcher under ``logdir`` by its :func:`load` key, sorted by key; a
+    key that several watchers get lists each of them, in directory order.
+
+    Raises:
+        FileNotFoundError: if ``logdir`` is not a directory.
+        ValueError: if no gradflow data is found under it.
     """
     logdir = os.fspath(logdir)
     if not os.path.isdir(logdir):
         raise FileNotFoundError(f"No such log directory: {logdir!r}")
     checker = metadata.VersionChecker()
-    runs: dict[str, GradFlowRun] = {}
-    origins: dict[str, str] = {}  # key: which watcher of which directory
+    found: dict[str, list[GradFlowRun]] = {}
     for run_dir, _, _ in sorted(os.walk(logdir)):
         run = os.path.relpath(run_dir, logdir).replace(os.sep, "/")
         for name, s in _read_run_dir(run_dir, checker).items():
             key = run if name is None else f"{run}/{name}"
-            who = "the unnamed watcher" if name is None else f"watcher {name!r}"
-            origin = f"{who} in {run_dir!r}"
-            if key in runs:
-                raise ValueError(
-                    f"Two watchers under {logdir!r} have the key {key!r}: "
-                    f"{origins[key]} and {origin}; read them with "
-                    "load_run(path, name=...)"
-                )
-            origins[key] = origin
-            runs[key] = _finish(run_dir, s)
-    if not runs:
+            found.setdefault(key, []).append(_finish(run_dir, s))
+    if not found:
         raise ValueError(f"No gradflow data under {logdir!r}")
-    return dict(sorted(runs.items()))
+    return dict(sorted(found.items()))
+
+
+def _clash_message(logdir: str, key: str, runs: Sequence[GradFlowRun]) -> str:
+    """Names the watchers under ``logdir`` that get the same ``key``."""
+    who = [
+        ("the unnamed watcher" if not r.name else f"watcher {r.name!r}")
+        + f" in {r.path!r}"
+        for r in runs
+    ]
+    count = "Two" if len(who) == 2 else str(len(who))
+    listed = ", ".join(who[:-1]) + " and " + who[-1]
+    return f"{count} watchers under {logdir!r} have the key {key!r}: {listed}"

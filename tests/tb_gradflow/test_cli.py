@@ -1,5 +1,6 @@
 """The tb-gradflow command: report and demo, run as a user runs them."""
 
+import shlex
 import subprocess
 import sys
 
@@ -57,6 +58,54 @@ def test_report_errors_are_one_line_with_the_path(tmp_path, capsys):
     write_run(tmp_path / "a", [stats([1e-3, 1e-3, 1e-3])])
     assert cli.main(["report", str(tmp_path), "--run", "b"]) == 2
     assert "No run 'b'" in capsys.readouterr().err
+
+
+def test_report_reports_around_a_key_two_watchers_share(tmp_path, capsys):
+    # Watcher "b" of run "a" and the unnamed watcher of run "a/b": key "a/b".
+    write_run(tmp_path / "a" / "b", [stats([1e-3, 1e-3, 1e-3])] * 2)
+    layout = metadata.Layout(layers=("enc", "mid", "head"), name="b")
+    with SummaryWriter(tmp_path / "a") as w:
+        proto = summary.gradflow_pb(
+            layout,
+            stats([1e-3, 1e-3, 1e-3]),
+            np.array([0.0, np.nan]),
+            with_metadata=True,
+        )
+        w._get_file_writer().add_summary(proto, global_step=7)
+    write_run(tmp_path / "other", [stats([1e-3, 1e-3, 1e-3])])
+    with pytest.raises(ValueError, match="have the key 'a/b'.*load_run"):
+        tb_gradflow.load(tmp_path)  # the Python API: no key left out silently
+
+    assert cli.main(["report", str(tmp_path), "--run", "other"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("== other  (step 0") and err == ""
+
+    assert cli.main(["report", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith("== other  (step 0") and "== a/b" not in out
+    (line,) = err.splitlines()
+    first, commands = line.split("; report each from its own directory: ")
+    assert first == (
+        f"tb-gradflow report: error: Two watchers under {str(tmp_path)!r} have "
+        f"the key 'a/b': watcher 'b' in {str(tmp_path / 'a')!r} and the unnamed "
+        f"watcher in {str(tmp_path / 'a' / 'b')!r}"
+    )
+    assert "load_run" not in line
+    steps = []
+    for command in commands.split("; "):  # each reports one of the two
+        argv = shlex.split(command)
+        assert argv[0] == "tb-gradflow"
+        assert cli.main(argv[1:]) == 0
+        out, _ = capsys.readouterr()
+        steps.append(out.splitlines()[0])
+    assert steps == [
+        "== ./b  (step 7, 1 logged steps, 3 layers)",
+        "== .  (step 1, 2 logged steps, 3 layers)",
+    ]
+
+    assert cli.main(["report", str(tmp_path), "--run", "a/b"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "have the key 'a/b'" in err
 
 
 def test_demo_writes_a_healthy_and_a_blocked_run(tmp_path):

@@ -328,3 +328,38 @@ def test_exploding_mask_at_the_threshold():
     want[10, 1] = True
     np.testing.assert_array_equal(_exploding_mask(norm, Thresholds()), want)
     np.testing.assert_array_equal(exploding_by_a_loop(norm, Thresholds()), want)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_an_explode_window_longer_than_the_run_is_the_whole_run(seed):
+    from tb_gradflow.diagnose import _exploding_mask
+
+    rng = np.random.default_rng(seed)
+    t, n = rng.integers(1, 40), rng.integers(1, 5)
+    norm = random_cells(rng, t, n)
+    norm[rng.random((t, n)) < 0.1] = np.inf
+    norm[rng.random((t, n)) < 0.1] *= 1e4  # spikes
+    masks = []
+    for window in (t, t + 1, 10**6):
+        th = Thresholds(explode_ratio=10.0, explode_window=max(window, 3))
+        want = exploding_by_a_loop(norm, th)
+        np.testing.assert_array_equal(_exploding_mask(norm, th), want)
+        masks.append(want)
+    np.testing.assert_array_equal(masks[0], masks[-1])
+
+
+def test_a_huge_explode_window_takes_no_more_memory_than_the_run():
+    import tracemalloc
+
+    norm = healthy(50, 4) * 10
+    norm[40, 1] *= 1e4
+    tracemalloc.start()
+    try:
+        found = diagnose(
+            FakeRun(norm / 10, norm=norm), Thresholds(explode_window=10**6)
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary(found) == [("exploding", "l1", 400, 400, 1)]
+    assert peak < 1_000_000  # bytes; a window-sized buffer would be 16 MB

@@ -300,6 +300,45 @@ def test_event_files_are_read_in_the_order_they_were_written(tmp_path):
     assert run.steps.tolist() == list(range(10))
 
 
+@pytest.mark.parametrize("stray", ["notes_1\u00b2", "x1\u0663", "x01", "2", "\u00b2"])
+def test_stray_files_beside_the_event_files_are_left_alone(tmp_path, stray):
+    # str.isdigit() holds for "²" and Arabic-Indic digits: names that once
+    # crashed the sort of a run directory's file names.
+    write_steps(tmp_path / "run" / "a", range(5))
+    write_steps(tmp_path / "run" / "b", range(5, 10), with_metadata=False)
+    for part, counter in (("a", 9), ("b", 10)):  # a host name with such digits
+        (old,) = (tmp_path / "run" / part).iterdir()
+        old.rename(
+            tmp_path / "run" / f"events.out.tfevents.1700000000.h\u0663.7.{counter}"
+        )
+    for name in (stray, "x1a", "x1"):
+        (tmp_path / "run" / name).write_text("not an event file")
+    assert tb_gradflow.load_run(tmp_path / "run", name="gen").steps.tolist() == list(
+        range(10)
+    )
+    assert tb_gradflow.load(tmp_path)["run/gen"].steps.tolist() == list(range(10))
+
+
+def test_natural_key_orders_any_names_the_same_way_from_any_order():
+    from tb_gradflow.reader import _natural_key
+
+    names = [
+        "x1\u0663",
+        "x1a",
+        "x01",
+        "x1",
+        "notes_1\u00b2",
+        "\u00b2",
+        "2",
+        "x10",
+        "x9",
+    ]
+    want = sorted(names, key=_natural_key)
+    assert sorted(reversed(names), key=_natural_key) == want
+    assert want.index("x9") < want.index("x10")
+    assert want.index("x01") < want.index("x1")  # equal numbers: by the name
+
+
 def test_changed_layer_set_across_resume_is_matched_by_name(tmp_path):
     write_steps(tmp_path, [0, 1])
     wider = metadata.Layout(

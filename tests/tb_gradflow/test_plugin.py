@@ -317,6 +317,33 @@ def test_alerts_take_explode_window_up_to_its_cap(client):
     assert alerts["alerts"] == [BLOCKED, NONFINITE]
 
 
+def test_alerts_take_an_explode_window_longer_than_the_run(client):
+    # The diagnosis takes such a window as the whole run: no 400, no MemoryError.
+    alerts = get_json(client, "alerts", run="healthy", explode_window="1000000")
+    assert alerts["thresholds"]["explode_window"] == 1_000_000
+    assert alerts["alerts"] == [BLOCKED, NONFINITE]
+    response = get(client, "alerts", run="healthy", explode_window="1000001")
+    assert response.status_code == 400
+    assert response.get_data(as_text=True).endswith(
+        "Invalid explode_window: '1000001' (an integer from 3 to 1000000)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "message"),
+    [
+        (3, None, "Invalid n: '2' (an integer >= 3)"),
+        (None, 1, "Invalid n: '2' (an integer <= 1)"),
+        (None, None, "Invalid n: '2.5' (an integer)"),
+    ],
+)
+def test_int_arg_names_only_the_bounds_it_has(lo, hi, message):
+    value = "2.5" if lo is None and hi is None else "2"
+    with pytest.raises(errors.InvalidArgumentError) as caught:
+        plugin._int_arg({"n": value}, "n", lo, hi)
+    assert str(caught.value) == f"Invalid argument: {message}"
+
+
 def test_named_watchers_need_a_tag(client):
     response = get(client, "flow", run="two")
     assert response.status_code == 400
@@ -386,7 +413,7 @@ def test_named_watchers_need_a_tag(client):
             "alerts",
             {"run": "healthy", "explode_window": "100000000"},
             400,
-            "Invalid explode_window: '100000000' (an integer from 3 to 1000)",
+            "Invalid explode_window: '100000000' (an integer from 3 to 1000000)",
         ),
         (
             "alerts",
@@ -398,7 +425,7 @@ def test_named_watchers_need_a_tag(client):
             "alerts",
             {"run": "healthy", "explode_window": "2"},
             400,
-            "Invalid explode_window: '2' (an integer from 3 to 1000)",
+            "Invalid explode_window: '2' (an integer from 3 to 1000000)",
         ),
     ],
 )
@@ -483,6 +510,45 @@ def test_a_run_whose_layer_set_changed_is_refused_not_shown_in_part(tmp_path, ca
         assert "tb_gradflow.load_run()" in text
     run = reader.load_run(tmp_path / "resumed")  # what the message points to
     assert run.layers == [*LAYERS, "head"] and run.steps.tolist() == [0, 1, 2, 3]
+
+
+def test_a_changed_layer_set_is_logged_once_while_the_run_keeps_training(
+    tmp_path, caplog
+):
+    layout = metadata.Layout(layers=LAYERS, sparse=(False,) * 3)
+    wider = metadata.Layout(layers=(*LAYERS, "head"), sparse=(False,) * 4)
+    write_run(tmp_path, "resumed", layout, [0, 1], healthy_stats)
+    write_run(tmp_path, "resumed", wider, [2, 3], lambda i: np.full((5, 4), 0.5))
+    client, mux = make_client(tmp_path)
+    problems = []
+    for k in range(4):  # training goes on: new steps at every poll of `runs`
+        write_run(
+            tmp_path, "resumed", wider, [4 + k], lambda i: np.full((5, 4), 0.5), start=1
+        )
+        mux.Reload()
+        assert get_json(client, "runs")["runs"] == []
+        response = get(client, "steps", run="resumed")
+        assert response.status_code == 404
+        problems.append(response.get_data(as_text=True))
+    assert "3 of 5 steps" in problems[0] and "6 of 8 steps" in problems[-1]
+    (logged,) = [r.getMessage() for r in caplog.records if r.name == plugin.__name__]
+    assert "3 of 5 steps" in logged
+
+
+def test_warn_once_remembers_a_bounded_number_of_keys(monkeypatch, caplog):
+    monkeypatch.setattr(plugin, "_MAX_WARNED", 3)
+    gradflow = plugin.GradFlowPlugin(base_plugin.TBContext(data_provider=None))
+    for run in ["a", "b", "a", "c", "d", "e", "a"]:
+        gradflow._warn_once(("", run, "gradflow", "problem"), f"problem in {run}")
+    assert [r.getMessage() for r in caplog.records if r.name == plugin.__name__] == [
+        "problem in a",
+        "problem in b",
+        "problem in c",
+        "problem in d",
+        "problem in e",
+        "problem in a",  # forgotten after three other keys
+    ]
+    assert [key[1] for key in gradflow._warned] == ["d", "e", "a"]
 
 
 def test_static_files_name_every_frontend_module():
