@@ -2,12 +2,27 @@
 
 Each check returns a :class:`CheckResult` and never changes what it is given: it
 works on copies, so the caller's parameters, buffers, ``.grad``, optimizer state,
-hooks, logs and random number generator state stay as they were (a ``watch``-ed
-optimizer logs none of a check's steps). The model's copy leaves the caller's
-forward and backward hooks behind, so they neither run nor log during a check;
-it keeps torch's hook-based weight reparametrisations (the deprecated
-``weight_norm`` and ``spectral_norm``, and ``torch.nn.utils.prune``), which
-compute the weights that the forward pass uses.
+hooks, logs and random number generators (the CPU's and those of the devices that
+hold the model, e.g. for CUDA dropout) stay as they were (a ``watch``-ed optimizer
+logs none of a check's steps).
+
+Which module hooks the model's copy keeps: the checks run the model the first
+training step runs, so the copy keeps the forward and backward hooks that are part
+of the model's computation, and leaves behind those that watch it from outside:
+
+- kept: hooks defined by torch (lazy modules' shape inference, eager-mode QAT
+  observers and fake quantisation, the deprecated ``weight_norm`` and
+  ``spectral_norm``, ``torch.nn.utils.prune`` and its subclasses), and methods
+  of the model's own modules (``self.register_forward_hook(self._scale)``);
+- left behind: every other hook (plain functions, lambdas, methods of objects
+  outside the model, e.g. a logger holding a ``SummaryWriter``): they neither run
+  nor log during a check, and are not copied. A result names the hooks it left
+  behind (``details["hooks_left_out"]`` and its message); ``keep_hooks=True``
+  keeps them too, for a hook from outside that changes the output or the
+  gradients: they then run, shared with the model, not copied.
+
+A hook's return value cannot tell the two kinds apart without running it, and
+running an observer is what a check must not do: hence a rule by owner.
 
 Expected initial losses (Karpathy, "A Recipe for Training Neural Networks";
 CS231n): cross-entropy over C classes with near-uniform outputs starts at
@@ -17,11 +32,15 @@ loss with k negatives (zero-initialised output vectors) at ``(k + 1) ln 2``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
 import math
+import numbers
+import types
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -45,14 +64,17 @@ __all__ = [
 ]
 
 _KINDS = ("cross_entropy", "binary_cross_entropy", "skipgram")
-_HOOK_DICTS = (
-    "_forward_pre_hooks",
-    "_forward_hooks",
-    "_backward_pre_hooks",
-    "_backward_hooks",
-)
-# Hooks that compute a module's weights from its parameters: the copy keeps them.
+_HOOK_DICTS = {
+    "_forward_pre_hooks": "forward pre-hook",
+    "_forward_hooks": "forward hook",
+    "_backward_pre_hooks": "backward pre-hook",
+    "_backward_hooks": "backward hook",
+}
+# Hooks that compute a module's weights from its parameters, user subclasses of
+# torch's pruning method included: the copy keeps them.
 _WEIGHT_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
+# The message torch's batch_norm raises for one value per channel in training.
+_BATCH_NORM_ONE_VALUE = "Expected more than 1 value per channel when training"
 
 
 @dataclasses.dataclass
@@ -132,13 +154,20 @@ def check_initial_loss(
     *,
     kind: str = "cross_entropy",
     num_negatives: int | None = None,
+    keep_hooks: bool = False,
 ) -> CheckResult:
     """Checks that the untrained model's loss is where chance puts it.
 
     The model runs on a copy in training mode, as in the first training step
     (dropout on; BatchNorm normalises by the batch's statistics, where eval mode
     would use the untrained running statistics, 0 and 1), without gradients. The
-    copy's running statistics change; the model's do not.
+    copy's running statistics change; the model's do not. So BatchNorm needs a
+    batch of 2 or more, as in training: a batch of 1 raises a ValueError that
+    says so (eval mode would judge a model the first step never runs).
+
+    The copy keeps the hooks that are part of the model (torch's, and methods of
+    the model's own modules) and leaves the others behind (see the module
+    docstring); the result names those it left behind.
 
     Args:
         model: the untrained model.
@@ -152,19 +181,26 @@ def check_initial_loss(
             ``nn.CrossEntropyLoss``: such a loss may read ``(B, T, C)``.
         rtol: allowed relative distance from the expected loss.
         kind, num_negatives: as in :func:`expected_initial_loss`.
+        keep_hooks: also keep the hooks from outside the model (they run, and
+            log, during the check), for one that changes the output.
 
     Returns:
         The result; a NaN or infinite loss fails with its own message.
 
     Raises:
-        ValueError: on ``rtol <= 0``, or a missing ``num_classes`` that the output
-            does not determine (see above).
+        TypeError: if ``model`` is not an ``nn.Module``, ``loss_fn`` is not
+            callable, or ``rtol`` is not a real number.
+        ValueError: on ``rtol <= 0``, a missing ``num_classes`` that the output
+            does not determine (see above), or a batch of one value per channel
+            through a BatchNorm layer.
     """
+    _check_model_and_loss(model, loss_fn)
+    _check_real("rtol", rtol)
     if not rtol > 0:
         raise ValueError(f"Invalid rtol: {rtol} (> 0)")
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        probe = _copy_without_hooks(model).train()
-        output = probe(inputs)
+    with _fork_rng(model), torch.no_grad():
+        probe, left_out = _copy_model(model, keep_hooks)
+        output = _forward(probe.train(), inputs)
         measured = float(loss_fn(output, targets))
     if kind == "cross_entropy" and num_classes is None:
         num_classes = _num_classes(output, loss_fn)
@@ -213,8 +249,13 @@ def check_initial_loss(
         passed=passed,
         measured=measured,
         expected=expected,
-        message=message,
-        details={"kind": kind, "num_classes": num_classes, "output_std": spread},
+        message=message + _hooks_note(left_out),
+        details={
+            "kind": kind,
+            "num_classes": num_classes,
+            "output_std": spread,
+            "hooks_left_out": left_out,
+        },
     )
 
 
@@ -231,23 +272,115 @@ def _num_classes(output: Tensor, loss_fn: Callable[..., Tensor]) -> int:
     )
 
 
-def _copy_without_hooks(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` without the forward and backward hooks of its modules,
-    except ``_WEIGHT_HOOKS``.
+def _check_model_and_loss(model: object, loss_fn: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
 
-    The hook dicts are swapped in deepcopy's memo, so the hooks are never copied: a
-    hook bound to an object that holds a ``SummaryWriter`` would copy the writer.
-    """
-    memo: dict[int, Any] = {}
-    for module in model.modules():
-        for name in _HOOK_DICTS:
-            hooks = getattr(module, name)
-            memo[id(hooks)] = OrderedDict(
-                (key, copy.deepcopy(hook, memo))
-                for key, hook in hooks.items()
-                if isinstance(hook, _WEIGHT_HOOKS)
+
+def _check_real(name: str, value: object) -> None:
+    """Raises TypeError unless ``value`` is a real number (bool is refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Invalid {name}: {value!r} (a real number)")
+
+
+@contextlib.contextmanager
+def _fork_rng(model: nn.Module) -> Iterator[None]:
+    """Restores, on exit, the CPU's random number generator and those of the
+    devices that hold the model's parameters and buffers (dropout on CUDA draws
+    from the CUDA generator of its device)."""
+    devices: dict[str, set[torch.device]] = {}
+    for t in (*model.parameters(), *model.buffers()):
+        if t.device.type not in ("cpu", "meta"):
+            devices.setdefault(t.device.type, set()).add(t.device)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=[]))
+        for device_type, on in devices.items():
+            stack.enter_context(
+                torch.random.fork_rng(
+                    devices=sorted(on, key=str), device_type=device_type
+                )
             )
-    return copy.deepcopy(model, memo)
+        yield
+
+
+def _forward(model: nn.Module, inputs: Any) -> Any:
+    """``model(inputs)``; names the batch size when BatchNorm refuses it."""
+    try:
+        return model(inputs)
+    except ValueError as e:
+        if _BATCH_NORM_ONE_VALUE not in str(e):
+            raise
+        raise ValueError(
+            f"{e}. The checks run the model in training mode, as the first "
+            "training step, and BatchNorm then normalises by the batch: pass a "
+            "batch of 2 or more examples"
+        ) from e
+
+
+def _is_model_hook(hook: Any, module_ids: set[int]) -> bool:
+    """Whether ``hook`` is part of the model's computation: defined by torch, or a
+    method of one of the model's modules (``module_ids``)."""
+    if isinstance(hook, _WEIGHT_HOOKS):
+        return True
+    func = hook
+    while isinstance(func, functools.partial):
+        func = func.func
+    if isinstance(func, types.MethodType) and id(func.__self__) in module_ids:
+        return True
+    if isinstance(func, (types.FunctionType, types.MethodType)):
+        where = getattr(func, "__module__", None) or ""
+    else:
+        where = type(func).__module__
+    return where == "torch" or where.startswith("torch.")
+
+
+def _hook_name(hook: Any) -> str:
+    func = hook.func if isinstance(hook, functools.partial) else hook
+    return getattr(func, "__qualname__", type(func).__qualname__)
+
+
+def _copy_model(model: nn.Module, keep_hooks: bool) -> tuple[nn.Module, list[str]]:
+    """A deep copy of ``model`` with the hooks of the model's computation, and the
+    hooks it left behind, as ``"<module> <kind> <hook>"``.
+
+    The hook dicts are swapped in deepcopy's memo, so a hook left behind is never
+    copied (a hook bound to an object that holds a ``SummaryWriter`` would copy the
+    writer), and one from outside kept by ``keep_hooks`` is shared, not copied.
+    All swaps are in the memo before any hook is copied: a kept method copies its
+    module, which must then find its hook dicts swapped too.
+    """
+    module_ids = {id(m) for m in model.modules()}
+    memo: dict[int, Any] = {}
+    kept: list[tuple[OrderedDict[int, Any], int, Any]] = []
+    left_out = []
+    for name, module in model.named_modules():
+        for attr, kind in _HOOK_DICTS.items():
+            hooks = getattr(module, attr)
+            twin: OrderedDict[int, Any] = OrderedDict()
+            memo[id(hooks)] = twin
+            for key, hook in hooks.items():
+                if _is_model_hook(hook, module_ids):
+                    kept.append((twin, key, hook))
+                elif keep_hooks:
+                    memo[id(hook)] = hook
+                    kept.append((twin, key, hook))
+                else:
+                    left_out.append(f"{name or 'model'} {kind} {_hook_name(hook)}")
+    for twin, key, hook in kept:
+        twin[key] = copy.deepcopy(hook, memo)
+    return copy.deepcopy(model, memo), left_out
+
+
+def _hooks_note(left_out: list[str]) -> str:
+    if not left_out:
+        return ""
+    return (
+        f" The check ran without the hooks from outside the model "
+        f"({', '.join(left_out)}): if one of them changes the output or the "
+        "gradients, pass keep_hooks=True."
+    )
 
 
 def overfit_batch(
@@ -261,11 +394,15 @@ def overfit_batch(
     | None = None,
     steps: int = 200,
     target: float | None = None,
+    keep_hooks: bool = False,
 ) -> CheckResult:
     """Trains a copy of the model on one small batch: the loss should go to ~0.
 
     When it does not, the message names the layers whose gradient did not flow,
     by the diagnosis rule of ``tb-gradflow report`` and the TensorBoard tab.
+    The copy trains in training mode (a batch of 1 through BatchNorm raises a
+    ValueError that says so) and keeps the hooks that are part of the model (see
+    the module docstring); the result names those it left behind.
 
     Args:
         model: the model (copied; the original is not trained).
@@ -279,25 +416,37 @@ def overfit_batch(
         target: the loss to reach, any finite number (default: 1% of the initial
             loss, which needs an initial loss > 0: pass ``target`` for a loss that
             can be 0 or negative).
+        keep_hooks: also keep the hooks from outside the model (they run, and
+            log, at every step), for one that changes the output or the gradients.
 
     Raises:
-        ValueError: on bad ``steps`` or ``target``, or an initial loss <= 0 without
-            a ``target``.
+        TypeError: if ``model`` is not an ``nn.Module``, ``loss_fn`` is not
+            callable, ``steps`` is not an int, ``target`` not a real number, or
+            ``optimizer`` none of the above.
+        ValueError: on ``steps < 1``, a non-finite ``target``, an initial loss <= 0
+            without a ``target``, or a batch of one value per channel through a
+            BatchNorm layer.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"Invalid steps: {steps!r} (an int >= 1)")
-    if target is not None and not math.isfinite(target):
-        raise ValueError(f"Invalid target: {target} (a finite loss)")
-    with torch.random.fork_rng(devices=[]):
-        trainee = _copy_without_hooks(model).train()
-        trainee.zero_grad(set_to_none=True)
+    _check_model_and_loss(model, loss_fn)
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"Invalid steps: {steps!r} (an int >= 1)")
+    if steps < 1:
+        raise ValueError(f"Invalid steps: {steps} (an int >= 1)")
+    if target is not None:
+        _check_real("target", target)
+        if not math.isfinite(target):
+            raise ValueError(f"Invalid target: {target} (a finite loss)")
+        target = float(target)
+    with _fork_rng(model):
+        trainee, left_out = _copy_model(model, keep_hooks)
+        trainee.train().zero_grad(set_to_none=True)
         opt = _fresh_optimizer(optimizer, model, trainee)
         layers = select_layers(trainee)
         params = [p for _, p, _ in layers]
         losses, records, goal = [], [], target
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(trainee(inputs), targets)
+            loss = loss_fn(_forward(trainee, inputs), targets)
             loss.backward()
             stats, _ = layer_stats([p.grad for p in params])  # (K, L)
             records.append(stats)
@@ -325,8 +474,13 @@ def overfit_batch(
         passed=passed,
         measured=losses[-1],
         expected=goal,
-        message=message,
-        details={"losses": losses, "steps": len(losses), "findings": findings},
+        message=message + _hooks_note(left_out),
+        details={
+            "losses": losses,
+            "steps": len(losses),
+            "findings": findings,
+            "hooks_left_out": left_out,
+        },
     )
 
 
@@ -414,9 +568,25 @@ def clip_grad_norm(
 
     Returns:
         The total norm before clipping (a 0-d tensor), as torch's.
+
+    Raises:
+        TypeError: if ``max_norm`` is not a real number, or ``norm_type`` neither
+            a real number nor a str.
+        ValueError: on ``max_norm <= 0``, or a str ``norm_type`` that is not a
+            number (``"inf"`` is).
+        RuntimeError: on a non-finite total norm with ``error_if_nonfinite``.
     """
+    _check_real("max_norm", max_norm)
     if not max_norm > 0:
         raise ValueError(f"Invalid max_norm: {max_norm} (> 0)")
+    if isinstance(norm_type, bool) or not isinstance(norm_type, (numbers.Real, str)):
+        raise TypeError(f"Invalid norm_type: {norm_type!r} (a real number or 'inf')")
+    try:
+        norm_type = float(norm_type)
+    except ValueError:
+        raise ValueError(
+            f"Invalid norm_type: {norm_type!r} (a real number or 'inf')"
+        ) from None
     params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
     with_grad = [p for p in params if p.grad is not None]
     dense = [p for p in with_grad if not p.grad.is_sparse]

@@ -254,24 +254,20 @@ class _CharWordEncoder(nn.Module):
         lead_shape, L = ids.shape[:-1], ids.shape[-1]
         N = lead_shape.numel()
         ids = ids.reshape(N, L)  # (N, L)
-        if ids.numel():
-            n_chars = self.embedding.num_embeddings
-            lo, hi = torch.stack(torch.aminmax(ids)).tolist()  # one sync
-            if lo < 0 or hi >= n_chars:
-                raise ValueError(
-                    f"Invalid character id {lo if lo < 0 else hi}: ids must lie in "
-                    f"[0, {n_chars - 1}] for n_chars={n_chars}"
-                )
         positions = torch.arange(L, device=ids.device)
+        # The id range, the padding check and the lengths reach the host in one copy:
+        # on CUDA each read of a device value waits for the device (one sync).
+        if ids.numel():
+            id_range = torch.stack(torch.aminmax(ids)).long()  # (2,): min, max
+        else:
+            id_range = ids.new_zeros(2, dtype=torch.int64)
         if lengths is None:
             real = ids != self.padding_idx  # (N, L)
             lengths_dev = real.sum(dim=1)  # (N,)
-            if not torch.equal(real, positions < lengths_dev[:, None]):
-                raise ValueError(
-                    f"ids has padding id {self.padding_idx} before a word's last "
-                    "character; pad on the right or pass lengths"
-                )
-            lengths_cpu = lengths_dev.cpu()
+            misplaced = (real != (positions < lengths_dev[:, None])).any()  # ()
+            host = torch.cat([id_range, misplaced.long()[None], lengths_dev]).cpu()
+            lo, hi, n_misplaced = host[:3].tolist()
+            lengths_cpu = host[3:]  # (N,)
         else:
             lengths = torch.as_tensor(lengths)
             _validate.check_integer_tensor("lengths", lengths)
@@ -280,7 +276,26 @@ class _CharWordEncoder(nn.Module):
                     f"lengths must have shape {tuple(lead_shape)}, got "
                     f"{tuple(lengths.shape)}"
                 )
-            lengths_cpu = lengths.reshape(N).to("cpu", torch.int64)
+            lengths = lengths.reshape(N)
+            if lengths.device == ids.device:
+                host = torch.cat([id_range, lengths.long()]).cpu()
+                id_range, lengths_cpu = host[:2], host[2:]
+            else:
+                lengths_cpu = lengths.to("cpu", torch.int64)
+            lo, hi = id_range.tolist()
+            n_misplaced = 0
+        n_chars = self.embedding.num_embeddings
+        if lo < 0 or hi >= n_chars:
+            raise ValueError(
+                f"Invalid character id {lo if lo < 0 else hi}: ids must lie in "
+                f"[0, {n_chars - 1}] for n_chars={n_chars}"
+            )
+        if n_misplaced:
+            raise ValueError(
+                f"ids has padding id {self.padding_idx} before a word's last "
+                "character; pad on the right or pass lengths"
+            )
+        if lengths is not None:
             if N and not (0 <= lengths_cpu.min() and lengths_cpu.max() <= L):
                 raise ValueError(
                     f"lengths must lie in [0, {L}], got "

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -396,3 +397,187 @@ def test_overfit_batch_needs_a_target_for_a_loss_that_starts_at_or_below_zero():
     for bad in (math.nan, math.inf):
         with pytest.raises(ValueError, match=f"Invalid target: {bad}"):
             overfit_batch(model, x, y, shifted_mse, target=bad)
+
+
+def test_the_copy_keeps_a_lazy_modules_shape_inference():
+    # LazyLinear infers in_features in a forward pre-hook (a method of the module).
+    x, y = torch.randn(32, 10), torch.randint(0, 5, (32,))
+    model = nn.Sequential(nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, 5))
+    calls = []
+
+    def on_pre_forward(module, args):
+        calls.append("pre")
+
+    model[0].register_forward_pre_hook(on_pre_forward)
+    hooks = hook_dicts(model)
+
+    result = check_initial_loss(model, x, y)
+    assert math.isfinite(result.measured)
+    overfit = overfit_batch(
+        model,
+        x[:8],
+        y[:8],
+        F.cross_entropy,
+        optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+    )
+    assert overfit.passed, overfit.message
+    # Copying the lazy hook copies its module; the caller's hook stays behind.
+    assert calls == []
+    name = "0 forward pre-hook " + on_pre_forward.__qualname__
+    assert result.details["hooks_left_out"] == [name]
+    assert overfit.details["hooks_left_out"] == [name]
+    assert model[0].has_uninitialized_params()  # the caller's module is untouched
+    assert hook_dicts(model) == hooks
+
+
+class ScaledLogits(nn.Module):
+    """An MLP whose own forward hook multiplies the logits by 50."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = MLP()
+        self.net.out.register_forward_hook(self._scale)
+
+    def _scale(self, module, args, output):
+        return output * 50.0
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_hook_that_scales_the_logits_fails_the_initial_loss_as_training_would():
+    x, y = torch.randn(256, 10), torch.randint(0, 5, (256,))
+    model = ScaledLogits()
+    with torch.no_grad():
+        first_step = float(F.cross_entropy(model(x), y))
+        unscaled = float(F.cross_entropy(model(x) / 50.0, y))
+    assert abs(unscaled - math.log(5)) < 0.1 * math.log(5)  # at chance without it
+    result = check_initial_loss(model, x, y)  # a method of the model: kept
+    assert result.measured == pytest.approx(first_step, rel=1e-6, abs=0.0)
+    assert not result.passed and "too large at initialisation" in result.message
+    assert result.details["hooks_left_out"] == []
+
+    # The same hook registered from outside the model: left behind by default, and
+    # the result says so; keep_hooks=True keeps it.
+    outside = MLP()
+    outside.load_state_dict(model.net.state_dict())
+    outside.out.register_forward_hook(lambda m, args, out: out * 50.0)
+    lenient = check_initial_loss(outside, x, y)
+    assert lenient.passed
+    (left_out,) = lenient.details["hooks_left_out"]
+    assert left_out.startswith("out forward hook test_a_hook_that_scales_the")
+    assert left_out.endswith(".<locals>.<lambda>")
+    assert "ran without the hooks from outside the model (out forward hook" in (
+        lenient.message
+    )
+    assert "pass keep_hooks=True" in lenient.message
+    strict = check_initial_loss(outside, x, y, keep_hooks=True)
+    assert strict.measured == pytest.approx(first_step, rel=1e-6, abs=0.0)
+    assert not strict.passed and strict.details["hooks_left_out"] == []
+
+
+def test_the_copy_keeps_torchs_quantization_aware_training_observers():
+    import torch.ao.quantization as quant
+
+    x, y = torch.randn(64, 10) * 3, torch.randint(0, 5, (64,))
+    model = nn.Sequential(quant.QuantStub(), nn.Linear(10, 5), quant.DeQuantStub())
+    model.qconfig = quant.get_default_qat_qconfig("fbgemm")
+    with warnings.catch_warnings():
+        # torch deprecates eager-mode quantization for torchao; it still works.
+        warnings.simplefilter("ignore")
+        quant.prepare_qat(model.train(), inplace=True)
+    with torch.no_grad():  # observer and fake-quant forward hooks (torch's)
+        first_step = float(F.cross_entropy(copy.deepcopy(model)(x), y))
+    buffers = buffers_of(model)
+    result = check_initial_loss(model, x, y)
+    assert result.measured == pytest.approx(first_step, rel=1e-6, abs=0.0)
+    assert result.details["hooks_left_out"] == []
+    overfit = overfit_batch(model, x[:8], y[:8], F.cross_entropy, steps=3)
+    assert overfit.details["steps"] == 3
+    for name, value in buffers_of(model).items():  # the observers' statistics
+        assert torch.equal(value, buffers[name]), name
+
+
+def test_kept_hooks_from_outside_are_shared_not_copied(tmp_path):
+    # A hook bound to an object that holds a SummaryWriter cannot be deep-copied
+    # ("cannot pickle '_thread.lock'"): keep_hooks=True runs it on the copy as is.
+    x, y = torch.randn(8, 10), torch.randint(0, 5, (8,))
+    model = well_initialised()
+    logger = ActivationLogger(tmp_path)
+    model.out.register_forward_hook(logger.on_forward)
+    hooks = hook_dicts(model)
+    result = check_initial_loss(model, x, y, keep_hooks=True)
+    assert result.passed and logger.calls == 1
+    overfit_batch(model, x, y, F.cross_entropy, steps=3, keep_hooks=True)
+    assert logger.calls == 4
+    assert hook_dicts(model) == hooks
+    logger.writer.close()
+
+
+def test_a_batch_of_one_through_batchnorm_raises_asking_for_two_or_more():
+    model = nn.Sequential(
+        nn.Linear(10, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 5)
+    )
+    x, y = torch.randn(1, 10), torch.randint(0, 5, (1,))
+    before, buffers = snapshot(model), buffers_of(model)
+    match = r"Expected more than 1 value per channel.*training mode.*batch of 2 or more"
+    with pytest.raises(ValueError, match=match):
+        check_initial_loss(model, x, y)
+    with pytest.raises(ValueError, match=match):
+        overfit_batch(model, x, y, F.cross_entropy)
+    assert_unchanged(before, snapshot(model))
+    for name, value in buffers_of(model).items():
+        assert torch.equal(value, buffers[name]), name
+    # Two examples are enough.
+    assert math.isfinite(
+        check_initial_loss(model, x.repeat(2, 1), y.repeat(2)).measured
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_checks_restore_the_cuda_rng_of_the_models_device():
+    model = nn.Sequential(nn.Linear(10, 32), nn.Dropout(0.5), nn.Linear(32, 5))
+    model.cuda()
+    x = torch.randn(64, 10, device="cuda")
+    y = torch.randint(0, 5, (64,), device="cuda")
+    cuda_rng, cpu_rng = torch.cuda.get_rng_state(), torch.get_rng_state()
+    check_initial_loss(model, x, y, rtol=10.0)
+    overfit_batch(model, x, y, F.cross_entropy, steps=3)
+    assert torch.equal(torch.cuda.get_rng_state(), cuda_rng)
+    assert torch.equal(torch.get_rng_state(), cpu_rng)
+    with torch.no_grad():
+        model.train()(x)  # the model's dropout draws from this generator
+    assert not torch.equal(torch.cuda.get_rng_state(), cuda_rng)
+
+
+def test_bad_arguments_raise_naming_the_argument():
+    x, y = torch.randn(8, 10), torch.randint(0, 5, (8,))
+    model = well_initialised()
+    with pytest.raises(TypeError, match=r"Invalid target: '0\.1' \(a real number\)"):
+        overfit_batch(model, x, y, F.cross_entropy, target="0.1")
+    with pytest.raises(TypeError, match="Invalid target: True"):
+        overfit_batch(model, x, y, F.cross_entropy, target=True)
+    with pytest.raises(TypeError, match="Invalid steps: '5'"):
+        overfit_batch(model, x, y, F.cross_entropy, steps="5")
+    with pytest.raises(ValueError, match="Invalid steps: 0"):
+        overfit_batch(model, x, y, F.cross_entropy, steps=0)
+    with pytest.raises(TypeError, match="loss_fn must be callable, got str"):
+        overfit_batch(model, x, y, "cross_entropy")
+    with pytest.raises(TypeError, match="model must be an nn.Module, got function"):
+        overfit_batch(lambda x: x, x, y, F.cross_entropy)
+    with pytest.raises(TypeError, match=r"Invalid rtol: '0\.1' \(a real number\)"):
+        check_initial_loss(model, x, y, rtol="0.1")
+    with pytest.raises(ValueError, match="Invalid rtol: nan"):
+        check_initial_loss(model, x, y, rtol=math.nan)
+    with pytest.raises(TypeError, match="loss_fn must be callable, got NoneType"):
+        check_initial_loss(model, x, y, None)
+    with pytest.raises(TypeError, match="Invalid max_norm: '1'"):
+        clip_grad_norm(make_grads(0), "1")
+    with pytest.raises(TypeError, match="Invalid norm_type: None"):
+        clip_grad_norm(make_grads(0), 1.0, norm_type=None)
+    with pytest.raises(ValueError, match="Invalid norm_type: 'l2'"):
+        clip_grad_norm(make_grads(0), 1.0, norm_type="l2")
+    ours, theirs = make_grads(0), make_grads(0)  # "inf" works, as in torch
+    total = clip_grad_norm(ours, 1.0, norm_type="inf")
+    assert torch.equal(total, torch.nn.utils.clip_grad_norm_(theirs, 1.0, "inf"))
+    assert overfit_batch(model, x, y, F.cross_entropy, target=0.5).expected == 0.5

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -274,6 +275,43 @@ def test_out_of_range_ids_and_non_integer_lengths_raise_naming_them(encoder):
         dtype = torch.as_tensor(bad_lengths).dtype
         with pytest.raises(TypeError, match=f"lengths must be an integer .*{dtype}"):
             encoder(ids, bad_lengths)
+
+
+def test_ids_past_a_words_length_must_be_valid_ids(encoder):
+    # Explicit lengths still ignore what lies past a word's end, but the embedding
+    # reads those positions, so -1 padding is refused.
+    ids, lengths = _encode(["beer", "is"])
+    reference = encoder(ids, lengths)
+    other_padding = ids.clone()
+    other_padding[1, 2:] = 5
+    torch.testing.assert_close(encoder(other_padding, lengths), reference)
+    minus_one = ids.clone()
+    minus_one[1, 2:] = -1
+    with pytest.raises(ValueError, match="Invalid character id -1"):
+        encoder(minus_one, lengths)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("explicit_lengths", [False, True])
+def test_the_input_checks_and_lengths_reach_the_host_in_one_sync(
+    encoder, explicit_lengths
+):
+    encoder.cuda()
+    ids, lengths = _encode(["beer", "is", "awesome"])
+    args = (ids.cuda(), lengths.cuda()) if explicit_lengths else (ids.cuda(),)
+    D = encoder.out_dim
+    # The front end only: the encoders themselves send lengths back to the device.
+    encoder._encode_rows = lambda ids, lengths: ids.new_zeros(len(ids), D).float()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            encoder(*args)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchronizing CUDA operation" in str(w.message)]
+    assert len(syncs) == 1, [str(w.message) for w in caught]
 
 
 # --- CharCNNEncoder ---
