@@ -1,6 +1,7 @@
 """watch(): what is logged, when, and that it equals a direct computation."""
 
 import copy
+import functools
 import gc
 import itertools
 import math
@@ -645,31 +646,29 @@ def covered_then_uncovered(model, opt, scaler):
     return [a, b]
 
 
-def top_removed_under_cover(model, opt, scaler):
-    # b is removed under the cover, which is undone: b is on top, inert,
-    # until a (below it) is removed.
-    a = watch_a(model, opt, scaler)
-    b = watch_b(model, opt, scaler)
+def removed_under_cover(first, model, opt, scaler):
+    # Both watch; `first` is removed under a cover that is then undone, the
+    # other after. first="b": b is on top, inert, until a (below it) goes.
+    flows = {"a": watch_a(model, opt, scaler), "b": watch_b(model, opt, scaler)}
     undo = cover(scaler)
-    b.remove()
+    flows[first].remove()
     undo()
-    a.remove()
-    return [a, b]
-
-
-def bottom_removed_under_cover(model, opt, scaler):
-    a = watch_a(model, opt, scaler)
-    b = watch_b(model, opt, scaler)
-    undo = cover(scaler)
-    a.remove()
-    undo()
-    b.remove()
-    return [a, b]
+    flows["a" if first == "b" else "b"].remove()
+    return [flows["a"], flows["b"]]
 
 
 @pytest.mark.parametrize(
     "scenario",
-    [covered_then_uncovered, top_removed_under_cover, bottom_removed_under_cover],
+    [
+        covered_then_uncovered,
+        functools.partial(removed_under_cover, "b"),
+        functools.partial(removed_under_cover, "a"),
+    ],
+    ids=[
+        "covered_then_uncovered",
+        "top_removed_under_cover",
+        "bottom_removed_under_cover",
+    ],
 )
 @pytest.mark.parametrize("patched_before", [False, True])
 def test_scaler_is_restored_once_a_covering_patch_is_undone(scenario, patched_before):
