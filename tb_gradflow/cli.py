@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import shlex
 import sys
@@ -67,11 +68,7 @@ def _report(args: argparse.Namespace) -> int:
     alone; a run asked for by another key is reported as usual.
     """
     thresholds = Thresholds(
-        patience=args.patience,
-        min_ratio_to_others=args.min_ratio_to_others,
-        min_ratio_to_own_peak=args.min_ratio_to_own_peak,
-        floor_ratio_to_others=args.floor_ratio_to_others,
-        explode_ratio=args.explode_ratio,
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(Thresholds)}
     )
     found = _load_all(args.logdir)
     if args.run:
@@ -132,15 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="print each run's last logged step and its findings"
     )
     report.add_argument("logdir", help="a TensorBoard log directory")
-    report.add_argument("--run", help="only this run (as listed by TensorBoard)")
+    report.add_argument(
+        "--run",
+        help="only this run: its directory relative to logdir ('.' for logdir "
+        "itself), plus '/NAME' for a watcher named NAME, as tb_gradflow.load keys it",
+    )
     defaults = Thresholds()
-    for field in (
-        "patience",
-        "min_ratio_to_others",
-        "min_ratio_to_own_peak",
-        "floor_ratio_to_others",
-        "explode_ratio",
-    ):
+    for field in (f.name for f in dataclasses.fields(Thresholds)):
         default = getattr(defaults, field)
         report.add_argument(
             "--" + field.replace("_", "-"),

@@ -258,6 +258,12 @@ class GradFlow:
                 "thresholds must be a tb_gradflow.diagnose.Thresholds or None, "
                 f"got {type(thresholds).__name__}"
             )
+        if thresholds is not None and on_alert is None:
+            raise ValueError(
+                "thresholds apply only to alerts while training: pass "
+                "on_alert='warn' or 'raise' too (the tab and tb-gradflow report "
+                "take their thresholds as options)"
+            )
         if writer is not None and not callable(
             getattr(writer, "_get_file_writer", None)
         ):
@@ -612,7 +618,7 @@ def watch(
             a layer turns non-finite, loses its gradient or is blocked (the
             rule of :mod:`tb_gradflow.diagnose`, as in the tab); ``"raise"``
             raises :class:`GradFlowError` instead; None (default) is silent.
-        thresholds: the diagnosis thresholds for ``on_alert``.
+        thresholds: the diagnosis thresholds for ``on_alert`` (only with it).
         rank: in a ``torch.distributed`` process group, the rank that writes
             (default 0; None: every rank writes to its own writer). Other ranks
             compute nothing and add no collective under DDP (pass them

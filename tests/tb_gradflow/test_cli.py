@@ -50,6 +50,20 @@ def test_report_marks_no_gradient_zero_nonfinite_and_blocked(tmp_path, capsys):
     assert "no_gradient  enc  steps 0-1" in out
 
 
+def test_report_takes_every_threshold_as_an_option(tmp_path, capsys):
+    # head's norm jumps x1000 at step 10 and stays there: with a window of 20
+    # earlier steps the median stays low for all ten steps, with 5 for three.
+    steps = [stats([1e-3, 1e-3, 1e-3]) for _ in range(10)]
+    steps += [stats([1e-3, 1e-3, 1.0]) for _ in range(10)]
+    write_run(tmp_path / "jump", steps)
+    assert cli.main(["report", str(tmp_path)]) == 0
+    assert "exploding    head  steps 10-19 (10 logged)" in capsys.readouterr().out
+    assert cli.main(["report", str(tmp_path), "--explode-window", "5"]) == 0
+    assert "exploding    head  steps 10-12 (3 logged)" in capsys.readouterr().out
+    assert cli.main(["report", str(tmp_path), "--explode-window", "2"]) == 2
+    assert "Invalid explode_window: 2" in capsys.readouterr().err
+
+
 def test_report_errors_are_one_line_with_the_path(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err

@@ -738,6 +738,11 @@ def test_copied_scaler_is_unwatched_and_steps_its_own_optimizer(tmp_path, how):
         ({"optimizer": object()}, TypeError, "torch.optim.Optimizer"),
         ({"scaler": object()}, ValueError, "pass optimizer"),
         ({"thresholds": {}}, TypeError, "thresholds must be .*Thresholds or None"),
+        (
+            {"thresholds": tb_gradflow.diagnose.Thresholds(patience=2)},
+            ValueError,
+            "thresholds apply only to alerts while training: pass on_alert",
+        ),
         ({"include": 5}, TypeError, "include must be a str or an iterable of str"),
         ({"exclude": ["*", 1]}, TypeError, "exclude patterns must be str, got int"),
     ],
