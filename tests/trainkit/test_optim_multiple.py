@@ -572,9 +572,15 @@ def test_a_parameter_appended_to_an_existing_group_of_another_child_is_an_error(
         multi.step()
     dense_group["params"].pop()
     multi.step()  # fixed again: steps
-    params = list(dense_group["params"])
+    original = list(dense_group["params"])
+    params = list(original)
     params[0] = model.bag.weight  # same length, another list
     dense_group["params"] = params
+    with pytest.raises(ValueError, match=r"optimizers\[0\] \(SparseAdam\) and in"):
+        multi.step()
+    dense_group["params"] = original
+    multi.step()
+    dense_group["params"][1] = model.emb.weight  # in place: same list, same length
     with pytest.raises(ValueError, match=r"optimizers\[0\] \(SparseAdam\) and in"):
         multi.step()
 

@@ -37,10 +37,11 @@ def _step_needs_closure(opt: Optimizer) -> bool:
 
 
 def _groups_signature(optimizers: Sequence[Optimizer]) -> tuple:
-    """What changes when a child's groups change: each group's identity, its
-    ``params`` list's identity and length (a few ``id`` calls per group)."""
+    """What changes when a child's groups change: the identity of every parameter
+    of every group, in order (one ``id`` per parameter: ~20 ns each). The
+    parameters are alive (the groups hold them), so their ids are unique."""
     return tuple(
-        tuple((id(g), id(g["params"]), len(g["params"])) for g in opt.param_groups)
+        tuple(tuple(map(id, g["params"])) for g in opt.param_groups)
         for opt in optimizers
     )
 
