@@ -630,6 +630,17 @@ def watch(
     Steps count optimizer steps, skipped ones included:
     ``step = start_step + steps completed so far``.
 
+    Raises:
+        TypeError: if ``model``, ``writer`` or ``optimizer`` is not of its
+            type, ``scaler`` has no ``step`` an instance attribute can wrap,
+            ``thresholds`` is not a ``Thresholds``, or ``include``/``exclude``
+            are not strings.
+        ValueError: for an invalid ``every``, ``start_step``, ``name``, ``rank``
+            or ``on_alert``, ``scaler`` without ``optimizer``, ``thresholds``
+            without ``on_alert``, two parameters mapping to one layer name, or
+            no layer left to watch. Nothing stays registered when ``watch``
+            raises.
+
     Examples:
         >>> import torch
         >>> from tb_gradflow import watch
