@@ -612,7 +612,9 @@ def watch(
             skips for inf/NaN are logged too, marked skipped. Its ``step`` is
             wrapped by an instance attribute until :meth:`GradFlow.remove`; a
             copy of the scaler (``copy.deepcopy``, pickle) is not watched: its
-            ``step`` is the unwrapped one, bound to the copy.
+            ``step`` is the unwrapped one, bound to the copy (a shallow
+            ``copy.copy`` shares the original's ``step``, as for any instance
+            attribute that holds a bound method).
         start_step: the step of the first optimizer step (for resumed runs).
         on_alert: ``"warn"`` emits a :class:`GradFlowAlert` warning the first time
             a layer turns non-finite, loses its gradient or is blocked (the
