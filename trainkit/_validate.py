@@ -6,10 +6,11 @@ Each check raises with the argument's name and the offending value, in the manne
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Collection
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -19,6 +20,29 @@ def check_choice(name: str, value: object, choices: Collection[object]) -> None:
     if value not in choices:
         options = ", ".join(repr(c) for c in choices)
         raise ValueError(f"Invalid {name}: {value!r} (expected one of {options})")
+
+
+def check_real(name: str, value: object) -> None:
+    """Raises TypeError unless ``value`` is a real number (bool is refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Invalid {name}: {value!r} (a real number)")
+
+
+def check_int(name: str, value: object, expected: str) -> int:
+    """``value`` as an int; raises TypeError unless it is an integer (a Python or
+    numpy one; bool is refused). ``expected`` says what is valid, e.g. "an int >= 1".
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Invalid {name}: {value!r} ({expected})")
+    return int(value)
+
+
+def check_model_and_loss(model: object, loss_fn: object) -> None:
+    """Raises TypeError unless ``model`` is an ``nn.Module``, ``loss_fn`` a callable."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
 
 
 def check_reduction(reduction: str) -> None:

@@ -4,11 +4,15 @@ Each check returns a :class:`CheckResult` and never changes what it is given: it
 works on copies, so the caller's parameters, buffers, ``.grad``, optimizer state,
 hooks, logs and random number generators (the CPU's and those of the devices that
 hold the model, e.g. for CUDA dropout) stay as they were (a ``watch``-ed optimizer
-logs none of a check's steps).
+logs none of a check's steps; a device type whose generator torch cannot save is
+skipped with a warning).
 
-Which module hooks the model's copy keeps: the checks run the model the first
-training step runs, so the copy keeps the forward and backward hooks that are part
-of the model's computation, and leaves behind those that watch it from outside:
+Which hooks the model's copy keeps: the checks run the model the first training
+step runs, so the copy keeps the hooks that are part of the model's computation,
+and leaves behind those that watch it from outside. The rule covers the forward
+and backward hooks of the model's modules and the hooks of its parameters and
+buffers (``p.register_hook``, ``p.register_post_accumulate_grad_hook``; deep
+copies of a tensor drop them, so a kept one is registered again on the copy):
 
 - kept: hooks defined by torch (lazy modules' shape inference, eager-mode QAT
   observers and fake quantisation, the deprecated ``weight_norm`` and
@@ -23,6 +27,14 @@ of the model's computation, and leaves behind those that watch it from outside:
 
 A hook's return value cannot tell the two kinds apart without running it, and
 running an observer is what a check must not do: hence a rule by owner.
+
+Global module hooks (``torch.nn.modules.module.register_module_forward_hook`` and
+the like) are from outside every model: a check turns them off while it runs (in
+every thread) and restores them as they were afterwards, also when it raises,
+unless ``keep_hooks=True``. A hook left behind is named
+``"<module> <kind> <hook>"``, where ``<module>`` is the submodule's name (``fc1``,
+``encoder.0``), ``<root>`` for the model itself, a parameter's or buffer's name for
+a tensor hook (``fc1.weight tensor hook ...``) and ``<global>`` for a global hook.
 
 Expected initial losses (Karpathy, "A Recipe for Training Neural Networks";
 CS231n): cross-entropy over C classes with near-uniform outputs starts at
@@ -39,6 +51,7 @@ import functools
 import math
 import numbers
 import types
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -53,7 +66,12 @@ from torch.nn.utils.weight_norm import WeightNorm
 from tb_gradflow.collect import layer_stats, select_layers
 from tb_gradflow.diagnose import Finding
 from tb_gradflow.flow_check import diagnose_stats
-from trainkit._validate import check_choice
+from trainkit._validate import (
+    check_choice,
+    check_int,
+    check_model_and_loss,
+    check_real,
+)
 
 __all__ = [
     "CheckResult",
@@ -70,6 +88,27 @@ _HOOK_DICTS = {
     "_backward_pre_hooks": "backward pre-hook",
     "_backward_hooks": "backward hook",
 }
+# A tensor's hook dicts: their kind, and the method that registers one.
+_TENSOR_HOOK_DICTS = {
+    "_backward_hooks": ("tensor hook", "register_hook"),
+    "_post_accumulate_grad_hooks": (
+        "post-accumulate-grad hook",
+        "register_post_accumulate_grad_hook",
+    ),
+}
+# The global module hooks that run in a forward or backward pass, and the dicts
+# that hold options of the forward ones (keyed by the same handle ids).
+_GLOBAL_HOOK_DICTS = {
+    "_global_forward_pre_hooks": "forward pre-hook",
+    "_global_forward_hooks": "forward hook",
+    "_global_backward_pre_hooks": "backward pre-hook",
+    "_global_backward_hooks": "backward hook",
+}
+_GLOBAL_HOOK_OPTIONS = (
+    "_global_forward_hooks_with_kwargs",
+    "_global_forward_hooks_always_called",
+)
+_ROOT = "<root>"  # the model itself in hooks_left_out ("model" may be a submodule)
 # Hooks that compute a module's weights from its parameters, user subclasses of
 # torch's pruning method included: the copy keeps them.
 _WEIGHT_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
@@ -128,17 +167,15 @@ def expected_initial_loss(
     """
     check_choice("kind", kind, _KINDS)
     if kind == "cross_entropy":
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-            raise TypeError(f"Invalid num_classes: {num_classes!r} (an int >= 2)")
+        num_classes = check_int("num_classes", num_classes, "an int >= 2")
         if num_classes < 2:
             raise ValueError(f"Invalid num_classes: {num_classes} (an int >= 2)")
         return math.log(num_classes)
     if kind == "binary_cross_entropy":
         return math.log(2)
-    if isinstance(num_negatives, bool) or not isinstance(num_negatives, int):
-        raise TypeError(
-            f"Invalid num_negatives: {num_negatives!r} (an int >= 0 for skipgram)"
-        )
+    num_negatives = check_int(
+        "num_negatives", num_negatives, "an int >= 0 for skipgram"
+    )
     if num_negatives < 0:
         raise ValueError(f"Invalid num_negatives: {num_negatives} (an int >= 0)")
     return (num_negatives + 1) * math.log(2)
@@ -181,8 +218,9 @@ def check_initial_loss(
             ``nn.CrossEntropyLoss``: such a loss may read ``(B, T, C)``.
         rtol: allowed relative distance from the expected loss.
         kind, num_negatives: as in :func:`expected_initial_loss`.
-        keep_hooks: also keep the hooks from outside the model (they run, and
-            log, during the check), for one that changes the output.
+        keep_hooks: also keep the hooks from outside the model, global module
+            hooks included (they run, and log, during the check), for one that
+            changes the output.
 
     Returns:
         The result; a NaN or infinite loss fails with its own message.
@@ -194,17 +232,24 @@ def check_initial_loss(
             does not determine (see above), or a batch of one value per channel
             through a BatchNorm layer.
     """
-    _check_model_and_loss(model, loss_fn)
-    _check_real("rtol", rtol)
+    check_model_and_loss(model, loss_fn)
+    check_real("rtol", rtol)
     if not rtol > 0:
         raise ValueError(f"Invalid rtol: {rtol} (> 0)")
-    with _fork_rng(model), torch.no_grad():
+    with (
+        _fork_rng(model),
+        _global_hooks(keep_hooks) as global_left_out,
+        torch.no_grad(),
+    ):
         probe, left_out = _copy_model(model, keep_hooks)
         output = _forward(probe.train(), inputs)
         measured = float(loss_fn(output, targets))
+    left_out += global_left_out
     if kind == "cross_entropy" and num_classes is None:
         num_classes = _num_classes(output, loss_fn)
     expected = expected_initial_loss(num_classes, kind, num_negatives=num_negatives)
+    if kind == "cross_entropy":
+        num_classes = int(num_classes)  # e.g. a numpy integer
     spread = float(output.float().std()) if output.numel() > 1 else 0.0
     passed = abs(measured - expected) <= rtol * expected
     what = {
@@ -272,37 +317,82 @@ def _num_classes(output: Tensor, loss_fn: Callable[..., Tensor]) -> int:
     )
 
 
-def _check_model_and_loss(model: object, loss_fn: object) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+def _model_devices(model: nn.Module) -> dict[str, set[torch.device]]:
+    """The devices, by type, of the model's parameters and buffers, CPU and meta
+    left out."""
+    devices: dict[str, set[torch.device]] = {}
+    for t in (*model.parameters(), *model.buffers()):
+        if t.device.type not in ("cpu", "meta"):
+            devices.setdefault(t.device.type, set()).add(t.device)
+    return devices
 
 
-def _check_real(name: str, value: object) -> None:
-    """Raises TypeError unless ``value`` is a real number (bool is refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Invalid {name}: {value!r} (a real number)")
+def _has_rng_state(device_type: str) -> bool:
+    """Whether torch can save and restore the RNG state of ``device_type``'s
+    devices, as ``torch.random.fork_rng`` does; warns if not."""
+    try:
+        module = torch.get_device_module(device_type)
+    except RuntimeError:  # no torch.<device_type> registered, e.g. torch_xla's
+        module = None
+    if all(
+        callable(getattr(module, name, None))
+        for name in ("get_rng_state", "set_rng_state")
+    ):
+        return True
+    warnings.warn(
+        f"Cannot save the random number generator state of the model's "
+        f"{device_type!r} devices (torch has no {device_type} module with "
+        "get_rng_state and set_rng_state): the check's random draws there (e.g. "
+        "dropout) advance it",
+        stacklevel=5,  # the check's caller
+    )
+    return False
 
 
 @contextlib.contextmanager
 def _fork_rng(model: nn.Module) -> Iterator[None]:
     """Restores, on exit, the CPU's random number generator and those of the
     devices that hold the model's parameters and buffers (dropout on CUDA draws
-    from the CUDA generator of its device)."""
-    devices: dict[str, set[torch.device]] = {}
-    for t in (*model.parameters(), *model.buffers()):
-        if t.device.type not in ("cpu", "meta"):
-            devices.setdefault(t.device.type, set()).add(t.device)
+    from the CUDA generator of its device); a device type whose generator torch
+    cannot save is skipped with a warning."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.random.fork_rng(devices=[]))
-        for device_type, on in devices.items():
-            stack.enter_context(
-                torch.random.fork_rng(
-                    devices=sorted(on, key=str), device_type=device_type
+        for device_type, on in _model_devices(model).items():
+            if _has_rng_state(device_type):
+                stack.enter_context(
+                    torch.random.fork_rng(
+                        devices=sorted(on, key=str), device_type=device_type
+                    )
                 )
-            )
         yield
+
+
+@contextlib.contextmanager
+def _global_hooks(keep: bool) -> Iterator[list[str]]:
+    """Turns the global module hooks off (unless ``keep``) and restores them, and
+    their options, exactly as they were on exit. Yields the hooks turned off, as
+    ``"<global> <kind> <hook>"``."""
+    state = vars(nn.modules.module)
+    if keep:
+        yield []
+        return
+    saved = {
+        name: OrderedDict(state[name])
+        for name in (*_GLOBAL_HOOK_DICTS, *_GLOBAL_HOOK_OPTIONS)
+    }
+    left_out = [
+        f"<global> {kind} {_hook_name(hook)}"
+        for name, kind in _GLOBAL_HOOK_DICTS.items()
+        for hook in saved[name].values()
+    ]
+    try:
+        for name in _GLOBAL_HOOK_DICTS:
+            state[name].clear()  # in place: the handles hold these dicts
+        yield left_out
+    finally:
+        for name, hooks in saved.items():
+            state[name].clear()
+            state[name].update(hooks)
 
 
 def _forward(model: nn.Module, inputs: Any) -> Any:
@@ -345,11 +435,13 @@ def _copy_model(model: nn.Module, keep_hooks: bool) -> tuple[nn.Module, list[str
     """A deep copy of ``model`` with the hooks of the model's computation, and the
     hooks it left behind, as ``"<module> <kind> <hook>"``.
 
-    The hook dicts are swapped in deepcopy's memo, so a hook left behind is never
-    copied (a hook bound to an object that holds a ``SummaryWriter`` would copy the
-    writer), and one from outside kept by ``keep_hooks`` is shared, not copied.
-    All swaps are in the memo before any hook is copied: a kept method copies its
-    module, which must then find its hook dicts swapped too.
+    The module hook dicts are swapped in deepcopy's memo, so a hook left behind is
+    never copied (a hook bound to an object that holds a ``SummaryWriter`` would
+    copy the writer), and one from outside kept by ``keep_hooks`` is shared, not
+    copied. All swaps are in the memo before any hook is copied: a kept method
+    copies its module, which must then find its hook dicts swapped too. Deep copies
+    of parameters and buffers drop their tensor hooks, so the kept ones are
+    registered again on the copy's tensors.
     """
     module_ids = {id(m) for m in model.modules()}
     memo: dict[int, Any] = {}
@@ -367,10 +459,27 @@ def _copy_model(model: nn.Module, keep_hooks: bool) -> tuple[nn.Module, list[str
                     memo[id(hook)] = hook
                     kept.append((twin, key, hook))
                 else:
-                    left_out.append(f"{name or 'model'} {kind} {_hook_name(hook)}")
+                    left_out.append(f"{name or _ROOT} {kind} {_hook_name(hook)}")
     for twin, key, hook in kept:
         twin[key] = copy.deepcopy(hook, memo)
-    return copy.deepcopy(model, memo), left_out
+    clone = copy.deepcopy(model, memo)
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
+    for name, tensor in tensors.items():
+        twin = memo.get(id(tensor))
+        if twin is None or not twin.requires_grad:  # no gradient: hooks never run
+            continue
+        for attr, (kind, register) in _TENSOR_HOOK_DICTS.items():
+            if getattr(twin, attr, None):  # the tensor's own deepcopy kept them
+                continue
+            for hook in (getattr(tensor, attr, None) or {}).values():
+                if _is_model_hook(hook, module_ids):
+                    getattr(twin, register)(copy.deepcopy(hook, memo))
+                elif keep_hooks:
+                    getattr(twin, register)(hook)
+                else:
+                    left_out.append(f"{name} {kind} {_hook_name(hook)}")
+    return clone, left_out
 
 
 def _hooks_note(left_out: list[str]) -> str:
@@ -416,29 +525,31 @@ def overfit_batch(
         target: the loss to reach, any finite number (default: 1% of the initial
             loss, which needs an initial loss > 0: pass ``target`` for a loss that
             can be 0 or negative).
-        keep_hooks: also keep the hooks from outside the model (they run, and
-            log, at every step), for one that changes the output or the gradients.
+        keep_hooks: also keep the hooks from outside the model, global module
+            hooks included (they run, and log, at every step), for one that
+            changes the output or the gradients.
 
     Raises:
         TypeError: if ``model`` is not an ``nn.Module``, ``loss_fn`` is not
-            callable, ``steps`` is not an int, ``target`` not a real number, or
+            callable, ``steps`` is not an integer (Python's or numpy's),
+            ``target`` not a real number, or
             ``optimizer`` none of the above.
         ValueError: on ``steps < 1``, a non-finite ``target``, an initial loss <= 0
             without a ``target``, or a batch of one value per channel through a
             BatchNorm layer.
     """
-    _check_model_and_loss(model, loss_fn)
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"Invalid steps: {steps!r} (an int >= 1)")
+    check_model_and_loss(model, loss_fn)
+    steps = check_int("steps", steps, "an int >= 1")
     if steps < 1:
         raise ValueError(f"Invalid steps: {steps} (an int >= 1)")
     if target is not None:
-        _check_real("target", target)
+        check_real("target", target)
         if not math.isfinite(target):
             raise ValueError(f"Invalid target: {target} (a finite loss)")
         target = float(target)
-    with _fork_rng(model):
+    with _fork_rng(model), _global_hooks(keep_hooks) as global_left_out:
         trainee, left_out = _copy_model(model, keep_hooks)
+        left_out += global_left_out
         trainee.train().zero_grad(set_to_none=True)
         opt = _fresh_optimizer(optimizer, model, trainee)
         layers = select_layers(trainee)
@@ -540,7 +651,7 @@ def _fresh_optimizer(
 
 def clip_grad_norm(
     parameters: Tensor | Iterable[Tensor],
-    max_norm: float,
+    max_norm: float | Tensor,
     *,
     writer: Any = None,
     step: int | None = None,
@@ -557,12 +668,12 @@ def clip_grad_norm(
 
     Args:
         parameters: tensors whose ``.grad`` to clip.
-        max_norm: the largest total norm allowed.
+        max_norm: the largest total norm allowed (a number or a 0-d tensor).
         writer: a ``SummaryWriter``; if given, logs the scalars
             ``{tag}/total_norm`` (before clipping), ``{tag}/max_norm`` and
             ``{tag}/clipped`` (1.0 when it clipped) at ``step``.
         step: the step to log at.
-        norm_type: the p of the p-norm (``inf`` for the max norm).
+        norm_type: the p of the p-norm (``inf`` or ``"inf"`` for the max norm).
         error_if_nonfinite: raise if the total norm is NaN or infinite.
         tag: the scalar tags' prefix.
 
@@ -570,23 +681,36 @@ def clip_grad_norm(
         The total norm before clipping (a 0-d tensor), as torch's.
 
     Raises:
-        TypeError: if ``max_norm`` is not a real number, or ``norm_type`` neither
-            a real number nor a str.
-        ValueError: on ``max_norm <= 0``, or a str ``norm_type`` that is not a
-            number (``"inf"`` is).
+        TypeError: if ``max_norm`` is neither a real number nor a 0-d real tensor,
+            or ``norm_type`` neither a real number nor a str.
+        ValueError: on ``max_norm <= 0`` or NaN, or a ``norm_type`` that is NaN or
+            a str that is not a number (``"inf"`` is).
         RuntimeError: on a non-finite total norm with ``error_if_nonfinite``.
     """
-    _check_real("max_norm", max_norm)
-    if not max_norm > 0:
-        raise ValueError(f"Invalid max_norm: {max_norm} (> 0)")
+    if isinstance(max_norm, Tensor):
+        if max_norm.dim() != 0 or max_norm.dtype == torch.bool or max_norm.is_complex():
+            raise TypeError(
+                f"Invalid max_norm: a tensor of shape {tuple(max_norm.shape)} and "
+                f"dtype {max_norm.dtype} (a real number or a 0-d real tensor)"
+            )
+    elif isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real):
+        raise TypeError(
+            f"Invalid max_norm: {max_norm!r} (a real number or a 0-d real tensor)"
+        )
+    limit = float(max_norm)
+    if not limit > 0:
+        raise ValueError(f"Invalid max_norm: {limit} (> 0)")
     if isinstance(norm_type, bool) or not isinstance(norm_type, (numbers.Real, str)):
         raise TypeError(f"Invalid norm_type: {norm_type!r} (a real number or 'inf')")
     try:
-        norm_type = float(norm_type)
+        order = float(norm_type)
     except ValueError:
+        order = math.nan
+    if math.isnan(order):  # "nan" would make every gradient NaN
         raise ValueError(
-            f"Invalid norm_type: {norm_type!r} (a real number or 'inf')"
-        ) from None
+            f"Invalid norm_type: {norm_type!r} (a real number other than NaN, or 'inf')"
+        )
+    norm_type = order
     params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
     with_grad = [p for p in params if p.grad is not None]
     dense = [p for p in with_grad if not p.grad.is_sparse]
@@ -624,6 +748,6 @@ def clip_grad_norm(
     if writer is not None:
         value = float(total)
         writer.add_scalar(f"{tag}/total_norm", value, step)
-        writer.add_scalar(f"{tag}/max_norm", float(max_norm), step)
-        writer.add_scalar(f"{tag}/clipped", float(value > max_norm), step)
+        writer.add_scalar(f"{tag}/max_norm", limit, step)
+        writer.add_scalar(f"{tag}/clipped", float(value > limit), step)
     return total

@@ -280,8 +280,10 @@ class _CharWordEncoder(nn.Module):
             if lengths.device == ids.device:
                 host = torch.cat([id_range, lengths.long()]).cpu()
                 id_range, lengths_cpu = host[:2], host[2:]
+                lengths_dev = lengths
             else:
                 lengths_cpu = lengths.to("cpu", torch.int64)
+                lengths_dev = None  # copied to ids' device only if dedup needs it
             lo, hi = id_range.tolist()
             n_misplaced = 0
         n_chars = self.embedding.num_embeddings
@@ -302,14 +304,16 @@ class _CharWordEncoder(nn.Module):
                     f"[{int(lengths_cpu.min())}, {int(lengths_cpu.max())}]"
                 )
             if self.dedup:
+                if lengths_dev is None:
+                    lengths_dev = lengths_cpu.to(ids.device)
                 # Ids past a word's end are ignored, so blank them to compare words.
-                past_end = positions >= lengths_cpu.to(ids.device)[:, None]  # (N, L)
+                past_end = positions >= lengths_dev[:, None]  # (N, L)
                 ids = ids.masked_fill(past_end, self.padding_idx)
 
         if self.dedup and N > 1:
             # One row per distinct (characters, length); lengths join the key because
             # explicit lengths may end a word early.
-            key = torch.cat([ids, lengths_cpu.to(ids)[:, None]], dim=1)  # (N, L + 1)
+            key = torch.cat([ids, lengths_dev.to(ids)[:, None]], dim=1)  # (N, L + 1)
             uniq, inverse = torch.unique(key, dim=0, return_inverse=True)  # (U, L+1)
             out = self._encode_rows(uniq[:, :-1], uniq[:, -1].to("cpu", torch.int64))
             out = out.index_select(0, inverse)  # (N, D)

@@ -2,16 +2,20 @@
 
 import copy
 import math
+import types
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules import module as nn_module
 from torch.nn.utils import prune
 from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
+import trainkit.checks
 from trainkit.checks import (
     check_initial_loss,
     clip_grad_norm,
@@ -208,6 +212,34 @@ def test_clip_grad_norm_errors():
     params[0].grad[0, 0] = float("nan")
     with pytest.raises(RuntimeError, match="non-finite"):
         clip_grad_norm(params, 1.0, error_if_nonfinite=True)
+
+
+@pytest.mark.parametrize("max_norm", [torch.tensor(5.0), torch.tensor(5)])
+def test_clip_grad_norm_takes_a_0d_tensor_max_norm_as_torch_does(max_norm):
+    ours, theirs = make_grads(0), make_grads(0)
+    total = clip_grad_norm(ours, max_norm)
+    assert torch.equal(total, torch.nn.utils.clip_grad_norm_(theirs, max_norm))
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_clip_grad_norm_refuses_other_tensors_and_a_nan_norm_type():
+    for bad in (torch.tensor([5.0]), torch.tensor(True), torch.tensor(1 + 0j)):
+        with pytest.raises(TypeError, match="Invalid max_norm: a tensor of shape"):
+            clip_grad_norm(make_grads(0), bad)
+    with pytest.raises(ValueError, match="Invalid max_norm: nan"):
+        clip_grad_norm(make_grads(0), torch.tensor(math.nan))
+    for bad in ("nan", math.nan, np.float64("nan")):
+        params = make_grads(0)
+        grads = [p.grad.clone() for p in params]
+        with pytest.raises(ValueError, match="Invalid norm_type: .*nan"):
+            clip_grad_norm(params, 1.0, norm_type=bad)
+        for p, g in zip(params, grads):  # refused before any gradient changes
+            assert torch.equal(p.grad, g)
+    for inf in ("inf", math.inf):
+        ours, theirs = make_grads(0), make_grads(0)
+        total = clip_grad_norm(ours, 1.0, norm_type=inf)
+        assert torch.equal(total, torch.nn.utils.clip_grad_norm_(theirs, 1.0, inf))
 
 
 def test_initial_loss_reports_a_nan_or_infinite_loss_as_such():
@@ -514,6 +546,171 @@ def test_kept_hooks_from_outside_are_shared_not_copied(tmp_path):
     logger.writer.close()
 
 
+class SelfFrozen(nn.Module):
+    """An MLP that freezes its first layer with a tensor hook of its own method."""
+
+    frozen_by: list[nn.Module] = []  # a class attribute: the copies share it
+
+    def __init__(self):
+        super().__init__()
+        self.net = MLP()
+        self.net.fc1.weight.register_hook(self._freeze)
+
+    def _freeze(self, grad):
+        self.frozen_by.append(self)
+        return grad * 0
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_tensor_hooks_follow_the_same_rule_as_module_hooks():
+    x, y = torch.randn(8, 10), torch.randint(0, 5, (8,))
+    model = MLP()
+    calls = []
+
+    def freeze(grad):  # a common way to freeze a layer
+        calls.append("freeze")
+        return grad * 0
+
+    def after_accumulate(param):
+        calls.append("accumulated")
+
+    model.fc1.weight.register_hook(freeze)
+    model.fc2.bias.register_post_accumulate_grad_hook(after_accumulate)
+    hooks = [dict(model.fc1.weight._backward_hooks)]
+    hooks.append(dict(model.fc2.bias._post_accumulate_grad_hooks))
+    before = snapshot(model)
+
+    # Left behind by default, and named as such.
+    result = overfit_batch(model, x, y, F.cross_entropy, steps=3)
+    assert calls == []
+    left_out = [
+        "fc1.weight tensor hook " + freeze.__qualname__,
+        "fc2.bias post-accumulate-grad hook " + after_accumulate.__qualname__,
+    ]
+    assert result.details["hooks_left_out"] == left_out
+    assert f"ran without the hooks from outside the model ({left_out[0]}" in (
+        result.message
+    )
+    assert check_initial_loss(model, x, y, rtol=10).details["hooks_left_out"] == (
+        left_out
+    )
+
+    # keep_hooks=True registers them on the copy's parameters: fc1 is frozen there
+    # as in training, and the diagnosis says so.
+    kept = overfit_batch(model, x, y, F.cross_entropy, steps=3, keep_hooks=True)
+    assert sorted(calls) == ["accumulated"] * 3 + ["freeze"] * 3  # 3 backwards
+    assert kept.details["hooks_left_out"] == []
+    assert "fc1" in {f.layer for f in kept.details["findings"]}
+    assert_unchanged(before, snapshot(model))
+    assert [dict(model.fc1.weight._backward_hooks)] + [
+        dict(model.fc2.bias._post_accumulate_grad_hooks)
+    ] == hooks
+
+    # A method of the model's own module is part of it: kept, bound to the copy.
+    own = SelfFrozen()
+    result = overfit_batch(own, x, y, F.cross_entropy, steps=2)
+    assert result.details["hooks_left_out"] == []
+    copies = SelfFrozen.frozen_by
+    assert len(copies) == 2 and copies[0] is copies[1] and copies[0] is not own
+    assert "net.fc1" in {f.layer for f in result.details["findings"]}
+
+
+class Wrapper(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model = well_initialised()
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def test_the_root_module_has_a_name_no_submodule_has():
+    x, y = torch.randn(8, 10), torch.randint(0, 5, (8,))
+    wrapper = Wrapper()
+
+    def watch(module, args, output):
+        pass
+
+    wrapper.register_forward_hook(watch)
+    wrapper.model.register_forward_hook(watch)
+    result = check_initial_loss(wrapper, x, y)
+    assert result.details["hooks_left_out"] == [
+        f"<root> forward hook {watch.__qualname__}",
+        f"model forward hook {watch.__qualname__}",
+    ]
+
+
+GLOBAL_HOOK_DICTS = (
+    "_global_forward_pre_hooks",
+    "_global_forward_hooks",
+    "_global_backward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_forward_hooks_with_kwargs",
+    "_global_forward_hooks_always_called",
+)
+
+
+def global_hooks():
+    return {name: dict(getattr(nn_module, name)) for name in GLOBAL_HOOK_DICTS}
+
+
+def test_global_module_hooks_are_off_during_a_check_and_restored_after():
+    x, y = torch.randn(8, 10), torch.randint(0, 5, (8,))
+    model = well_initialised()
+    calls = []
+
+    def log_pre(module, args):
+        calls.append("pre")
+
+    def log_forward(module, args, kwargs, output):
+        calls.append("forward")
+
+    def log_backward(module, grad_input, grad_output):
+        calls.append("backward")
+
+    before = global_hooks()
+    handles = [
+        nn_module.register_module_forward_pre_hook(log_pre),
+        nn_module.register_module_forward_hook(
+            log_forward, with_kwargs=True, always_call=True
+        ),
+        nn_module.register_module_full_backward_hook(log_backward),
+    ]
+    try:
+        registered = global_hooks()
+        result = check_initial_loss(model, x, y)
+        overfit = overfit_batch(model, x, y, F.cross_entropy, steps=2)
+        assert calls == []
+        left_out = [
+            f"<global> forward pre-hook {log_pre.__qualname__}",
+            f"<global> forward hook {log_forward.__qualname__}",
+            f"<global> backward hook {log_backward.__qualname__}",
+        ]
+        assert result.details["hooks_left_out"] == left_out
+        assert overfit.details["hooks_left_out"] == left_out
+        assert global_hooks() == registered
+        # Restored also when the check raises.
+        with pytest.raises(ZeroDivisionError):
+            overfit_batch(model, x, y, lambda out, t: 1 / 0)
+        assert global_hooks() == registered
+        # keep_hooks=True keeps them.
+        kept = check_initial_loss(model, x, y, keep_hooks=True)
+        assert kept.details["hooks_left_out"] == []
+        assert calls.count("forward") == len(list(model.modules()))
+        calls.clear()
+        model(x.clone().requires_grad_()).sum().backward()  # still on for the model
+        assert {"pre", "forward", "backward"} <= set(calls)
+    finally:
+        for handle in handles:
+            handle.remove()
+    after = global_hooks()
+    # torch's handle leaves its with_kwargs entry behind (not the check's doing).
+    after["_global_forward_hooks_with_kwargs"].pop(handles[1].id)
+    assert after == before
+
+
 def test_a_batch_of_one_through_batchnorm_raises_asking_for_two_or_more():
     model = nn.Sequential(
         nn.Linear(10, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 5)
@@ -548,6 +745,49 @@ def test_checks_restore_the_cuda_rng_of_the_models_device():
     with torch.no_grad():
         model.train()(x)  # the model's dropout draws from this generator
     assert not torch.equal(torch.cuda.get_rng_state(), cuda_rng)
+
+
+@pytest.mark.parametrize("registered", [False, True])
+def test_a_device_type_whose_rng_torch_cannot_save_is_skipped_with_a_warning(
+    monkeypatch, registered
+):
+    # e.g. torch_xla's 'xla' devices: no torch.xla module (or one without RNG state
+    # functions); torch.random.fork_rng raises for them.
+    x, y = torch.randn(8, 10), torch.randint(0, 5, (8,))
+    model = well_initialised()
+    monkeypatch.setattr(
+        trainkit.checks,
+        "_model_devices",
+        lambda model: {"xla": {torch.device("xla:0")}},
+    )
+    if registered:
+        monkeypatch.setattr(torch, "xla", types.SimpleNamespace(), raising=False)
+    rng = torch.get_rng_state()
+    with pytest.warns(UserWarning, match="'xla' devices") as caught:
+        result = check_initial_loss(model, x, y)
+    assert result.passed, result.message
+    assert caught[0].filename == __file__  # points at the check's caller
+    with pytest.warns(UserWarning, match="'xla' devices"):
+        overfit_batch(model, x, y, F.cross_entropy, steps=2)
+    assert torch.equal(torch.get_rng_state(), rng)  # the CPU's is still restored
+
+
+def test_integer_arguments_take_numpy_integers():
+    x, y = torch.randn(8, 10), torch.randint(0, 5, (8,))
+    model = well_initialised()
+    result = overfit_batch(model, x, y, F.cross_entropy, steps=np.int64(2))
+    assert result.details["steps"] <= 2
+    assert expected_initial_loss(np.int64(10)) == pytest.approx(math.log(10))
+    assert expected_initial_loss(
+        None, "skipgram", num_negatives=np.int32(5)
+    ) == pytest.approx(6 * math.log(2))
+    checked = check_initial_loss(model, x, y, num_classes=np.int64(5))
+    assert checked.details["num_classes"] == 5
+    assert type(checked.details["num_classes"]) is int
+    with pytest.raises(TypeError, match=r"Invalid steps: (np\.)?True"):
+        overfit_batch(model, x, y, F.cross_entropy, steps=np.bool_(True))
+    with pytest.raises(TypeError, match=r"Invalid num_classes: .*5\.0"):
+        expected_initial_loss(np.float64(5.0))
 
 
 def test_bad_arguments_raise_naming_the_argument():

@@ -292,16 +292,26 @@ def test_ids_past_a_words_length_must_be_valid_ids(encoder):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dedup", [False, True])
 @pytest.mark.parametrize("explicit_lengths", [False, True])
 def test_the_input_checks_and_lengths_reach_the_host_in_one_sync(
-    encoder, explicit_lengths
+    encoder, explicit_lengths, dedup, monkeypatch
 ):
     encoder.cuda()
-    ids, lengths = _encode(["beer", "is", "awesome"])
+    encoder.dedup = dedup
+    ids, lengths = _encode(["beer", "is", "awesome", "is"])
     args = (ids.cuda(), lengths.cuda()) if explicit_lengths else (ids.cuda(),)
     D = encoder.out_dim
     # The front end only: the encoders themselves send lengths back to the device.
     encoder._encode_rows = lambda ids, lengths: ids.new_zeros(len(ids), D).float()
+    if dedup:
+        # torch.unique waits for the device to size its output; without it, dedup
+        # adds one wait (the distinct words' lengths to the host), and the lengths
+        # it masks and keys by are those already on the device (no copy back).
+        def unique(key, dim, return_inverse):
+            return key, torch.arange(len(key), device=key.device)
+
+        monkeypatch.setattr(torch, "unique", unique)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
     try:
@@ -311,7 +321,7 @@ def test_the_input_checks_and_lengths_reach_the_host_in_one_sync(
     finally:
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchronizing CUDA operation" in str(w.message)]
-    assert len(syncs) == 1, [str(w.message) for w in caught]
+    assert len(syncs) == 1 + dedup, [str(w.message) for w in caught]
 
 
 # --- CharCNNEncoder ---
