@@ -78,11 +78,11 @@ _MAX_HEATMAP_COLUMNS = 100_000  # step columns
 _CACHE_BYTES = 1 << 30  # decoded float32 statistics kept, all runs together
 _CACHED_BODIES = 16  # encoded heatmaps per run version
 _CACHED_DIAGNOSES = 8  # threshold sets per run version
-_MAX_WARNED = 4096  # (experiment, run, tag, kind) keys remembered by _warn_once
+_MAX_WARNED = 4096  # keys _warn_new remembers beyond those of the latest listing
 _INT = re.compile(r"^-?[0-9]{1,18}$")  # fits int64
 _THRESHOLD_TYPES = {f.name: f.type for f in dataclasses.fields(Thresholds)}
 # A sanity bound only: the diagnosis takes a window longer than the run as the
-# whole run, so its memory does not grow with the window.
+# whole run, and neither its memory nor its time grows with the window.
 _MAX_EXPLODE_WINDOW = 1_000_000  # logged steps
 _INT_THRESHOLD_RANGES = {"explode_window": (3, _MAX_EXPLODE_WINDOW)}
 
@@ -106,7 +106,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         self._cache = _RunCache(_CACHE_BYTES)
         self._listings: dict[tuple[str, str], tuple[float, dict]] = {}
         self._listings_lock = threading.Lock()
-        # Keys of the warnings _warn_once logged, oldest first.
+        # Keys of the warnings _warn_new logged, least recently listed first.
         self._warned: collections.OrderedDict[tuple, None] = collections.OrderedDict()
 
     def is_active(self) -> bool:
@@ -187,22 +187,21 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             ctx, experiment_id=experiment, plugin_name=PLUGIN_NAME
         )
         self._remember(experiment, listing, now)
+        problems = {}  # (experiment, run, tag, kind) -> message
         out = []
         for run in sorted(listing):
             for tag in sorted(listing[run]):
                 series = listing[run][tag]
                 layout = _parse(series.plugin_content)
                 if isinstance(layout, str):  # unreadable or newer format
-                    self._warn_once(
-                        (experiment, run, tag, "layout"),
-                        f"gradflow: left out run {run!r}, tag {tag!r}: {layout}",
+                    problems[(experiment, run, tag, "layout")] = (
+                        f"gradflow: left out run {run!r}, tag {tag!r}: {layout}"
                     )
                     continue
                 entry = self._entry(ctx, experiment, run, tag, series)
                 if entry.problem is not None:
-                    self._warn_once(
-                        (experiment, run, tag, "problem"),
-                        f"gradflow: left out run {run!r}, tag {tag!r}: {entry.problem}",
+                    problems[(experiment, run, tag, "problem")] = (
+                        f"gradflow: left out run {run!r}, tag {tag!r}: {entry.problem}"
                     )
                     continue
                 steps = entry.run.steps
@@ -222,6 +221,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
                         "expected_steps": (last - first) // layout.every + 1,
                     }
                 )
+        self._warn_new(experiment, problems)
         return {"runs": out}
 
     def flow_impl(
@@ -312,22 +312,31 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "alerts": [f.to_dict() for f in entry.findings(thresholds)],
         }
 
-    def _warn_once(self, key: tuple, message: str) -> None:
-        """Logs ``message`` as a warning once per ``key``: the tab asks for ``runs``
-        every 5 s.
+    def _warn_new(self, experiment: str, problems: dict[tuple, str]) -> None:
+        """Logs as a warning each of a ``runs`` listing's ``problems`` (key:
+        message) that the previous listings did not have: the tab asks for
+        ``runs`` every 5 s.
 
-        ``key`` is ``(experiment, run, tag, kind)``, not the text, which can hold
-        counts that grow while the run trains. The last ``_MAX_WARNED`` keys are
-        remembered (an older one can be logged again).
+        A key is ``(experiment, run, tag, kind)``, not the text, which can hold
+        counts that grow while the run trains. The keys of ``experiment`` that
+        this listing lacks are forgotten (a problem that comes back is logged
+        again); those it has are all kept, however many, so each is logged once
+        while it lasts. Of other experiments' keys, the ``_MAX_WARNED`` least
+        recently listed are kept.
         """
         with self._listings_lock:
-            if key in self._warned:
+            new = [key for key in problems if key not in self._warned]
+            gone = [k for k in self._warned if k[0] == experiment and k not in problems]
+            for key in gone:
+                del self._warned[key]
+            for key in problems:
+                self._warned[key] = None
                 self._warned.move_to_end(key)
-                return
-            self._warned[key] = None
-            while len(self._warned) > _MAX_WARNED:
+            # problems' keys are last: the oldest ones are other experiments'
+            while len(self._warned) > len(problems) + _MAX_WARNED:
                 self._warned.popitem(last=False)
-        logger.warning("%s", message)
+        for key in new:
+            logger.warning("%s", problems[key])
 
     # Data access.
 

@@ -296,13 +296,15 @@ def exploding_by_a_loop(norm, th):
     return want
 
 
+@pytest.mark.parametrize("sort_window", [32, 2], ids=["sorted", "selected"])
 @pytest.mark.parametrize("seed", range(40))
-def test_exploding_mask_equals_a_loop(seed, monkeypatch):
+def test_exploding_mask_equals_a_loop(seed, sort_window, monkeypatch):
     from tb_gradflow.diagnose import _exploding_mask
 
     rng = np.random.default_rng(seed)
-    if seed % 4 == 0:  # blocks of explode_window steps
-        module = importlib.import_module("tb_gradflow.diagnose")
+    module = importlib.import_module("tb_gradflow.diagnose")
+    monkeypatch.setattr(module, "_SORT_WINDOW", sort_window)  # 2: no sorting
+    if seed % 4 == 0:  # one layer per block, and chunks of one cell
         monkeypatch.setattr(module, "_BLOCK_CELLS", 1)
     t, n = rng.integers(1, 60), rng.integers(1, 6)
     dtype = np.float32 if seed % 2 else np.float64
@@ -346,6 +348,61 @@ def test_an_explode_window_longer_than_the_run_is_the_whole_run(seed):
         np.testing.assert_array_equal(_exploding_mask(norm, th), want)
         masks.append(want)
     np.testing.assert_array_equal(masks[0], masks[-1])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_range_select_equals_a_sort(seed):
+    from tb_gradflow.diagnose import _RangeSelect
+
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(1, 70))
+    values = rng.choice([0.0, 0.5, 1.0, 2.0, np.nan], size) if seed % 2 else None
+    if values is None:
+        values = rng.lognormal(0, 1, size)
+        values[rng.random(size) < 0.2] = np.nan
+    values = values.astype(np.float32)
+    start = rng.integers(0, size, 50)
+    stop = start + 1 + (rng.random(50) * (size - start)).astype(int)  # <= size
+    k = (rng.random(50) * (stop - start)).astype(int)
+    want = [np.sort(values[a:b])[i] for a, b, i in zip(start, stop, k)]  # NaN last
+    got = _RangeSelect(values).kth(start, stop, k)
+    np.testing.assert_array_equal(got, np.array(want, dtype=np.float32))
+
+
+def test_the_work_for_a_whole_run_explode_window_grows_as_the_run_not_its_square(
+    monkeypatch,
+):
+    # An early zero norm lets every later cell past the window-minimum prefilter,
+    # so each one needs its median over all earlier steps: the work is that of
+    # one _RangeSelect per block of layers and at most 2 queries per cell, each
+    # through log2(its size) levels, whatever the window.
+    module = importlib.import_module("tb_gradflow.diagnose")
+
+    rng = np.random.default_rng(0)
+    t, n = 3000, 4
+    norm = rng.lognormal(0, 0.3, (t, n))
+    norm[0] = 0.0
+    norm[2500, 2] *= 1e3
+    built, queried = [], []
+    select = module._RangeSelect
+
+    class Counting(select):
+        def __init__(self, values):
+            super().__init__(values)
+            built.append((len(values), len(self.zeros)))
+
+        def kth(self, start, stop, k):
+            queried.append(len(k))
+            return super().kth(start, stop, k)
+
+    monkeypatch.setattr(module, "_RangeSelect", Counting)
+    th = Thresholds(explode_ratio=10.0, explode_window=10**6)
+    want = np.zeros((t, n), dtype=bool)
+    want[2500, 2] = True
+    np.testing.assert_array_equal(module._exploding_mask(norm, th), want)
+    assert sum(size for size, _ in built) <= 2 * t * n  # window + run rows
+    assert all(levels == (size - 1).bit_length() for size, levels in built)
+    assert (t - 3) * n <= sum(queried) <= 2 * t * n
 
 
 def test_a_huge_explode_window_takes_no_more_memory_than_the_run():

@@ -8,6 +8,7 @@ status, Content-Type and the exact JSON of http_api.md.
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
 import math
 import struct
@@ -312,9 +313,49 @@ def test_alerts_with_default_and_given_thresholds(client):
 
 
 def test_alerts_take_explode_window_up_to_its_cap(client):
-    alerts = get_json(client, "alerts", run="healthy", explode_window="1000")
-    assert alerts["thresholds"]["explode_window"] == 1000
+    alerts = get_json(client, "alerts", run="healthy", explode_window="1000000")
+    assert alerts["thresholds"]["explode_window"] == 1_000_000
     assert alerts["alerts"] == [BLOCKED, NONFINITE]
+
+
+def test_the_capped_explode_window_on_a_long_run_costs_log_steps_a_median(
+    tmp_path, monkeypatch
+):
+    # A zero norm at step 0 lets every cell past the window-minimum prefilter;
+    # each then needed a median over all earlier steps (steps^2 x layers work).
+    # Now: one _RangeSelect per block of layers, at most 2 queries per cell.
+    diagnose = importlib.import_module("tb_gradflow.diagnose")
+    t, n = 2000, 3
+    rng = np.random.default_rng(0)
+    norm = rng.lognormal(-3, 0.3, (t, n))
+    norm[0] = 0.0
+    norm[1500, 1] *= 1e3
+
+    def stats(i):
+        mean, big = norm[i] / 10, norm[i] / 2
+        return np.stack([mean, big, norm[i], np.zeros(n), np.ones(n)])  # (K, L)
+
+    layout = metadata.Layout(layers=("a", "b", "c"))
+    write_run(tmp_path, "long", layout, range(t), stats)
+    client, _ = make_client(tmp_path, sampling_hints={"gradflow": "0"})
+    built, queried = [], []
+
+    class Counting(diagnose._RangeSelect):
+        def __init__(self, values):
+            super().__init__(values)
+            built.append(len(values))
+
+        def kth(self, start, stop, k):
+            queried.append(len(k))
+            return super().kth(start, stop, k)
+
+    monkeypatch.setattr(diagnose, "_RangeSelect", Counting)
+    alerts = get_json(client, "alerts", run="long", explode_window="1000000")
+    assert [(a["kind"], a["layer"], a["first_step"]) for a in alerts["alerts"]] == [
+        ("exploding", "b", 1500)
+    ]
+    assert sum(built) <= 2 * t * n  # the window's rows and the run's
+    assert (t - 3) * n <= sum(queried) <= 2 * t * n
 
 
 def test_alerts_take_an_explode_window_longer_than_the_run(client):
@@ -535,20 +576,47 @@ def test_a_changed_layer_set_is_logged_once_while_the_run_keeps_training(
     assert "3 of 5 steps" in logged
 
 
-def test_warn_once_remembers_a_bounded_number_of_keys(monkeypatch, caplog):
+def test_more_problem_runs_than_remembered_keys_are_each_logged_once(
+    tmp_path, monkeypatch, caplog
+):
+    # With more problems than _MAX_WARNED, a least-recently-used bound forgot
+    # each key before the next poll came round to it: every poll logged them all.
     monkeypatch.setattr(plugin, "_MAX_WARNED", 3)
+    layout = metadata.Layout(layers=LAYERS, sparse=(False,) * 3)
+    wider = metadata.Layout(layers=(*LAYERS, "head"), sparse=(False,) * 4)
+    for run in "abcd":  # 4 runs whose layer set changed > 3 remembered keys
+        write_run(tmp_path, run, layout, [0, 1], healthy_stats)
+        write_run(tmp_path, run, wider, [2, 3], lambda i: np.full((5, 4), 0.5))
+    client, _ = make_client(tmp_path)
+    for _ in range(3):  # the tab asks every 5 s
+        assert get_json(client, "runs")["runs"] == []
+    logged = [r.getMessage() for r in caplog.records if r.name == plugin.__name__]
+    assert [m.split("'")[1] for m in logged] == ["a", "b", "c", "d"]
+
+
+def test_warn_new_forgets_what_the_listing_lacks_and_bounds_other_experiments(
+    monkeypatch, caplog
+):
+    monkeypatch.setattr(plugin, "_MAX_WARNED", 2)
     gradflow = plugin.GradFlowPlugin(base_plugin.TBContext(data_provider=None))
-    for run in ["a", "b", "a", "c", "d", "e", "a"]:
-        gradflow._warn_once(("", run, "gradflow", "problem"), f"problem in {run}")
+
+    def listing(experiment, runs):
+        keys = [(experiment, run, "gradflow", "problem") for run in runs]
+        gradflow._warn_new(experiment, {k: f"{experiment}/{k[1]}" for k in keys})
+
+    for runs in ["abc", "abc", "ac", "abc"]:  # b is fixed, then broken again
+        listing("x", runs)
+    listing("y", "d")  # two keys are kept beyond y's: x's oldest, a, goes
+    listing("x", "ab")
     assert [r.getMessage() for r in caplog.records if r.name == plugin.__name__] == [
-        "problem in a",
-        "problem in b",
-        "problem in c",
-        "problem in d",
-        "problem in e",
-        "problem in a",  # forgotten after three other keys
+        "x/a",
+        "x/b",
+        "x/c",
+        "x/b",
+        "y/d",
+        "x/a",
     ]
-    assert [key[1] for key in gradflow._warned] == ["d", "e", "a"]
+    assert [key[:2] for key in gradflow._warned] == [("y", "d"), ("x", "a"), ("x", "b")]
 
 
 def test_static_files_name_every_frontend_module():
