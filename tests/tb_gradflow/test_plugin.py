@@ -44,8 +44,15 @@ def _no_security_warnings(caplog):
 
 
 def write_run(logdir, run, layout, steps, stats_at, fields_at=None, start=0):
-    """Writes one record per step; ``stats_at(i)`` gives the (K, L) statistics."""
-    writer = EventFileWriter(str(logdir / run))
+    """Writes one record per step; ``stats_at(i)`` gives the (K, L) statistics.
+
+    Each call writes a new event file whose name sorts after the run's earlier
+    ones (writers opened in one second differ only by a process-wide counter,
+    and TensorBoard sorts names as text: ``.10`` before ``.9``)."""
+    run_dir = logdir / run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    earlier = set(run_dir.glob("*tfevents*"))
+    writer = EventFileWriter(str(run_dir))
     for i, step in enumerate(steps, start=start):
         fields = fields_at(i) if fields_at else [0.0, NAN]
         summary = gradflow_pb(layout, stats_at(i), fields, with_metadata=i == 0)
@@ -53,6 +60,8 @@ def write_run(logdir, run, layout, steps, stats_at, fields_at=None, start=0):
             event_pb2.Event(step=step, wall_time=1000.0 + i, summary=summary)
         )
     writer.close()
+    (new_file,) = set(run_dir.glob("*tfevents*")) - earlier
+    new_file.rename(run_dir / f"events.out.tfevents.{len(earlier):010d}.test")
 
 
 def healthy_stats(i):
