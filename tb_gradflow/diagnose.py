@@ -476,8 +476,11 @@ def _too_big_at(
         if len(ok):
             select = _RangeSelect(column)
             lo[ok] = select.kth(start[ok], start[ok] + window, (n[ok] - 1) // 2)
-        with np.errstate(invalid="ignore"):
-            upper = (n >= 3) & (n % 2 == 0) & ~(at <= th.explode_ratio * lo)
+        # the lower one settles it where even the smallest median is not
+        # exceeded; compared in float64, as the final condition is
+        with np.errstate(invalid="ignore", over="ignore"):
+            settled = at <= th.explode_ratio * lo.astype(np.float64)
+            upper = (n >= 3) & (n % 2 == 0) & ~settled
         up = np.flatnonzero(upper)
         if len(up):
             hi[up] = select.kth(start[up], start[up] + window, n[up] // 2)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import warnings
 
 import numpy as np
 import pytest
@@ -330,6 +331,39 @@ def test_exploding_mask_at_the_threshold():
     want[10, 1] = True
     np.testing.assert_array_equal(_exploding_mask(norm, Thresholds()), want)
     np.testing.assert_array_equal(exploding_by_a_loop(norm, Thresholds()), want)
+
+
+@pytest.mark.parametrize("window", [20, 1000], ids=["sorted", "selected"])
+def test_exploding_at_a_ratio_that_rounds_differently_in_float32(window):
+    # 40 earlier norms alternating 1 and 2: the median is 1.5, the mean of the
+    # two middle ones. A norm between the float64 and the float32 products of
+    # the ratio and the lower middle one must not be judged by that one alone.
+    from tb_gradflow.diagnose import _exploding_mask
+
+    norm = np.tile(np.array([[1.0], [2.0]], dtype=np.float32), (20, 1))  # (40, 1)
+    norm = np.concatenate([norm, [[np.float32(1.1)]]]).astype(np.float32)
+    th = Thresholds(explode_ratio=1.1, explode_window=window)
+    assert not exploding_by_a_loop(norm, th)[40, 0]
+    assert not _exploding_mask(norm, th)[40, 0]
+
+
+def test_exploding_near_the_float32_maximum_gives_no_overflow_warning():
+    from tb_gradflow.diagnose import _exploding_mask
+
+    # a tiny first norm lets every later cell past the cheap pre-check; the
+    # window medians are then ~3e38, whose product with the ratio overflows
+    # float32
+    norm = np.full((60, 2), 3e38, dtype=np.float32)
+    norm[::2, 1] = 1e38
+    norm[0] = 1e-3
+    th = Thresholds(explode_ratio=1000.0, explode_window=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _exploding_mask(norm, th)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the loop's own casts
+        want = exploding_by_a_loop(norm, th)
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("seed", range(8))
