@@ -30,8 +30,9 @@ running an observer is what a check must not do: hence a rule by owner.
 
 Global module hooks (``torch.nn.modules.module.register_module_forward_hook`` and
 the like) are from outside every model: a check turns them off while it runs (in
-every thread) and restores them as they were afterwards, also when it raises,
-unless ``keep_hooks=True``. A hook left behind is named
+every thread; with checks overlapping in several threads, until the last one
+ends) and restores them afterwards, also when it raises, followed by any
+registered meanwhile, unless ``keep_hooks=True``. A hook left behind is named
 ``"<module> <kind> <hook>"``, where ``<module>`` is the submodule's name (``fc1``,
 ``encoder.0``), ``<root>`` for the model itself, a parameter's or buffer's name for
 a tensor hook (``fc1.weight tensor hook ...``) and ``<global>`` for a global hook.
@@ -50,6 +51,7 @@ import dataclasses
 import functools
 import math
 import numbers
+import threading
 import types
 import warnings
 from collections import OrderedDict
@@ -367,32 +369,60 @@ def _fork_rng(model: nn.Module) -> Iterator[None]:
         yield
 
 
+@dataclasses.dataclass
+class _GlobalHooksOff:
+    """Process-wide: the global hooks saved while at least one check runs."""
+
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    depth: int = 0  # checks running, in any thread
+    saved: dict[str, OrderedDict] = dataclasses.field(default_factory=dict)
+
+
+_GLOBAL_HOOKS_OFF = _GlobalHooksOff()
+
+
 @contextlib.contextmanager
 def _global_hooks(keep: bool) -> Iterator[list[str]]:
-    """Turns the global module hooks off (unless ``keep``) and restores them, and
-    their options, exactly as they were on exit. Yields the hooks turned off, as
-    ``"<global> <kind> <hook>"``."""
-    state = vars(nn.modules.module)
+    """Turns the global module hooks off (unless ``keep``) while a check runs.
+
+    Process-wide, as the hooks are: the first check in (in any thread) saves and
+    clears them, the last one out puts them back with their options, followed by
+    those registered meanwhile (their handles still work). A saved hook whose
+    handle is removed during a check comes back (the handle cannot be told from
+    outside). Yields the hooks turned off, as ``"<global> <kind> <hook>"``.
+    """
     if keep:
         yield []
         return
-    saved = {
-        name: OrderedDict(state[name])
-        for name in (*_GLOBAL_HOOK_DICTS, *_GLOBAL_HOOK_OPTIONS)
-    }
-    left_out = [
-        f"<global> {kind} {_hook_name(hook)}"
-        for name, kind in _GLOBAL_HOOK_DICTS.items()
-        for hook in saved[name].values()
-    ]
+    state = vars(nn.modules.module)
+    off = _GLOBAL_HOOKS_OFF
+    with off.lock:
+        if off.depth == 0:
+            off.saved = {
+                name: OrderedDict(state[name])
+                for name in (*_GLOBAL_HOOK_DICTS, *_GLOBAL_HOOK_OPTIONS)
+            }
+            for name in _GLOBAL_HOOK_DICTS:
+                state[name].clear()  # in place: the handles hold these dicts
+        off.depth += 1
+        left_out = [
+            f"<global> {kind} {_hook_name(hook)}"
+            for name, kind in _GLOBAL_HOOK_DICTS.items()
+            for hook in off.saved[name].values()
+        ]
     try:
-        for name in _GLOBAL_HOOK_DICTS:
-            state[name].clear()  # in place: the handles hold these dicts
         yield left_out
     finally:
-        for name, hooks in saved.items():
-            state[name].clear()
-            state[name].update(hooks)
+        with off.lock:
+            off.depth -= 1
+            if off.depth == 0:
+                for name, hooks in off.saved.items():
+                    # handle ids grow with each registration: id order is the
+                    # order of registration
+                    merged = sorted({**hooks, **state[name]}.items())
+                    state[name].clear()
+                    state[name].update(merged)
+                off.saved = {}
 
 
 def _forward(model: nn.Module, inputs: Any) -> Any:

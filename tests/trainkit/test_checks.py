@@ -711,6 +711,31 @@ def test_global_module_hooks_are_off_during_a_check_and_restored_after():
     assert after == before
 
 
+def test_overlapping_checks_restore_global_hooks_and_keep_those_added_meanwhile():
+    # Two checks in two threads can end in either order: the hooks come back
+    # only when the last one ends, and a hook registered meanwhile stays, with a
+    # handle that still removes it.
+    calls = []
+    handle = nn_module.register_module_forward_hook(lambda *a: calls.append("old"))
+    first = trainkit.checks._global_hooks(keep=False)
+    second = trainkit.checks._global_hooks(keep=False)
+    try:
+        assert len(first.__enter__()) == 1
+        assert len(second.__enter__()) == 1  # names the hook the first turned off
+        added = nn_module.register_module_forward_hook(lambda *a: calls.append("new"))
+        first.__exit__(None, None, None)
+        assert list(nn_module._global_forward_hooks) == [added.id]  # still off
+        second.__exit__(None, None, None)
+        assert list(nn_module._global_forward_hooks) == [handle.id, added.id]
+        nn.Linear(2, 2)(torch.ones(1, 2))
+        assert calls == ["old", "new"]
+        added.remove()
+        assert list(nn_module._global_forward_hooks) == [handle.id]
+    finally:
+        handle.remove()
+        added.remove()
+
+
 def test_a_batch_of_one_through_batchnorm_raises_asking_for_two_or_more():
     model = nn.Sequential(
         nn.Linear(10, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 5)
