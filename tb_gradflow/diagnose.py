@@ -407,7 +407,8 @@ def _exploding_mask(norm: np.ndarray, th: Thresholds) -> np.ndarray:
     that a window as long as the run costs no more time than a short one. A
     window longer than the run is the whole run (no step has more earlier
     norms). Works through blocks of layers, whose temporaries take a few tens
-    of bytes per cell of the block.
+    of bytes per cell of the block for short windows; a long window's lookup
+    structure takes ~4 log2(rows) bytes per row of its ``window + steps``.
 
     Shape:
         - norm: ``(T, L)``
