@@ -717,6 +717,38 @@ def test_fused_compiled_matches_per_tensor_without_recompiling(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
+def _aliased_params(seed: int) -> list[nn.Parameter]:
+    """Nine 6-element parameters: 1 shares 0's memory, 2 and 3 overlap by half."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [nn.Parameter(torch.randn(6, generator=gen)) for _ in range(9)]
+    params[1] = nn.Parameter(params[0].data)
+    buf = torch.randn(9, generator=gen)
+    params[2], params[3] = nn.Parameter(buf[0:6]), nn.Parameter(buf[3:9])
+    return params
+
+
+def test_fused_steps_overlapping_parameters_and_negative_bit_gradients_per_tensor():
+    # A compiled graph assumes its inputs do not overlap, and a direct call
+    # reads a gradient's memory as it is (a negative-bit view is not): with
+    # weight decay one of two aliased updates was lost, or the compile failed.
+    ours, base = _aliased_params(3), _aliased_params(3)
+    opt = SMORMS3(ours, lr=0.05, weight_decay=0.1, fused=True)
+    ref = SMORMS3(base, lr=0.05, weight_decay=0.1)
+    gen = torch.Generator().manual_seed(4)
+    for step in range(3):
+        for a, b in zip(ours, base):
+            g = torch.randn(6, generator=gen)
+            a.grad, b.grad = g.clone(), g.clone()
+        if step == 2:
+            ours[5].grad = torch._neg_view(-ours[5].grad)  # same values
+        opt.step()
+        ref.step()
+        for a, b in zip(ours, base):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        eager = opt._fused_caches[0]["plan"].eager
+        assert eager == ([0, 1, 2, 3, 5] if step == 2 else [0, 1, 2, 3])
+
+
 def _no_call(*args):
     raise AssertionError("went through torch.compile after the first call")
 

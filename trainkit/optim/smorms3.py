@@ -686,8 +686,9 @@ def _layout(
     """What a fused plan assumes of the tensors it was built on, beyond their
     identity: the storage of each parameter and state tensor (the plan holds
     flat views of it), and each gradient's type, dtype, size and contiguity
-    (flat groups' direct calls read it by data pointer). One flat list, built
-    with ``map`` over the tensor methods: ~0.6 us per parameter."""
+    (flat groups' direct calls read it by data pointer, so a negative-bit view
+    must not be one). One flat list, built with ``map`` over the tensor methods:
+    ~0.6 us per parameter."""
     return [
         *map(Tensor.data_ptr, params),
         *map(Tensor.numel, params),
@@ -699,6 +700,7 @@ def _layout(
         *map(operator.attrgetter("dtype"), grads),
         *map(Tensor.numel, grads),
         *map(Tensor.is_contiguous, grads),
+        *map(Tensor.is_neg, grads),
     ]
 
 
@@ -721,6 +723,31 @@ def _check_tensors(tensors: tuple[Tensor, ...]) -> None:
             )
 
 
+def _overlapping(params: list[Tensor]) -> set[int]:
+    """Indices of the parameters whose memory overlaps another parameter's
+    (distinct Parameters built on one tensor's data, or on overlapping views)."""
+    spans = []  # (device, storage, first byte, past the last byte, index)
+    for i, p in enumerate(params):
+        if p.numel() == 0:
+            continue
+        start = p.data_ptr()
+        extent = 1 + sum((n - 1) * abs(st) for n, st in zip(p.shape, p.stride()))
+        storage = p.untyped_storage().data_ptr()
+        spans.append((p.device, storage, start, start + extent * p.element_size(), i))
+    spans.sort(key=lambda span: (str(span[0]), span[1], span[2]))
+    found: set[int] = set()
+    reach, reach_index, where = 0, -1, None  # the furthest end so far, its owner
+    for device, storage, start, end, i in spans:
+        if (device, storage) != where:
+            reach, reach_index, where = end, i, (device, storage)
+            continue
+        if start < reach:
+            found.update((i, reach_index))
+        if end > reach:
+            reach, reach_index = end, i
+    return found
+
+
 def _same(tensors: list[Tensor], kept: list[Tensor]) -> bool:
     return len(tensors) == len(kept) and all(map(operator.is_, tensors, kept))
 
@@ -736,8 +763,11 @@ class _FusedPlan:
     Contiguous tensors are grouped flat by (device, dtypes, size): equal-size flat
     tensors share one size symbol, so a bucket of them is one compiled call (a call
     costs tens of microseconds, as much as the update of a 256 x 256 tensor).
-    Strided tensors form a group each. Sizes 0 and 1 (``small``) would each compile
-    a specialised kernel; they go to the per-tensor path.
+    Strided tensors form a group each. Sizes 0 and 1 would each compile a
+    specialised kernel, a compiled graph assumes its inputs do not overlap, and a
+    direct call reads a gradient's memory as it is: those tensors (``eager``: sizes
+    0 and 1, parameters whose memory overlaps another's, negative-bit gradients)
+    go to the per-tensor path.
     """
 
     def __init__(
@@ -750,14 +780,15 @@ class _FusedPlan:
     ) -> None:
         self._tensors = (list(params), list(mems), list(exp_avgs), list(exp_avg_sqs))
         self._layout = _layout(params, grads, mems, exp_avgs, exp_avg_sqs)
-        self.small: list[int] = []
+        self.eager: list[int] = []
         flat: dict[tuple[Any, ...], list[int]] = {}
         strided: list[int] = []
+        overlapping = _overlapping(params)
         for i, param in enumerate(params):
             tensors = (param, grads[i], mems[i], exp_avgs[i], exp_avg_sqs[i])
             _check_tensors(tensors)
-            if param.numel() < 2:
-                self.small.append(i)
+            if param.numel() < 2 or i in overlapping or grads[i].is_neg():
+                self.eager.append(i)
             elif all(t.is_contiguous() for t in tensors):
                 key = (param.device, param.dtype, grads[i].dtype, mems[i].dtype)
                 flat.setdefault((*key, param.numel()), []).append(i)
@@ -765,8 +796,8 @@ class _FusedPlan:
                 strided.append(i)
         self.groups = [self._group(indices, True) for indices in flat.values()]
         self.groups += [self._group([i], False) for i in strided]
-        small = set(self.small)
-        self.compiled = [i for i in range(len(params)) if i not in small]
+        eager = set(self.eager)
+        self.compiled = [i for i in range(len(params)) if i not in eager]
 
     def _group(self, indices: list[int], flat: bool) -> _KernelGroup:
         params, mems, exp_avgs, exp_avg_sqs = (
@@ -880,14 +911,14 @@ def _fused_smorms3(
     fused_cache: dict[str, Any] | None = None,
 ) -> None:
     plan = _fused_plan(fused_cache, params, grads, mems, exp_avgs, exp_avg_sqs)
-    if plan.small:
+    if plan.eager:
         _single_tensor_smorms3(
-            [params[i] for i in plan.small],
-            [grads[i] for i in plan.small],
-            [mems[i] for i in plan.small],
-            [exp_avgs[i] for i in plan.small],
-            [exp_avg_sqs[i] for i in plan.small],
-            [state_steps[i] for i in plan.small],
+            [params[i] for i in plan.eager],
+            [grads[i] for i in plan.eager],
+            [mems[i] for i in plan.eager],
+            [exp_avgs[i] for i in plan.eager],
+            [exp_avg_sqs[i] for i in plan.eager],
+            [state_steps[i] for i in plan.eager],
             lr=lr,
             eps=eps,
             weight_decay=weight_decay,
