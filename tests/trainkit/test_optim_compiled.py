@@ -201,3 +201,11 @@ def test_bind_gives_the_direct_call_which_reads_any_contiguous_shape():
     run(x9, torch.ones(9), torch.tensor(2.0), False)
     torch.testing.assert_close(x9[1], torch.full((9,), 2.0))
     assert kernel._compiled.calls == 0
+
+
+def test_direct_calls_are_made_for_cpu_tensors_only():
+    from trainkit.optim._compiled import _signature
+
+    w = torch.ones(())
+    assert _signature([[torch.ones(4)], w, False], each=True) is not None
+    assert _signature([[torch.ones(4, device="meta")], w, False], each=True) is None
