@@ -22,6 +22,10 @@ streak of logged steps ``first_step..last_step``:
   gradient). They count as neither blocked nor healthy.
 
 With fewer logged steps than ``patience``, a streak over all of them counts.
+
+A layer *absent* at a step (a run resumed with another layer set: the run's
+``absent`` mask, when it has one) has no finding there: it is neither without
+gradient nor blocked, and its steps break a streak.
 """
 
 from __future__ import annotations
@@ -82,7 +86,8 @@ class Finding:
 
 
 class RunLike(Protocol):
-    """What :func:`diagnose` reads; :class:`tb_gradflow.GradFlowRun` is one."""
+    """What :func:`diagnose` reads; :class:`tb_gradflow.GradFlowRun` is one. An
+    ``absent`` attribute, ``(T, L)`` bool, is read when there is one."""
 
     steps: np.ndarray
     layers: list[str]
@@ -125,6 +130,9 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
         run.values("abs_mean"), run.values("rows"), run.sparse, nonfinite
     )
     no_gradient, bad = _event_masks(nonfinite)
+    absent = getattr(run, "absent", None)  # (T, L) bool, optional
+    if absent is not None:
+        no_gradient &= ~np.asarray(absent, dtype=bool)
     masks = {  # in this order for findings of the same step and layer
         "no_gradient": no_gradient,
         "blocked": _blocked_mask(judged, valid, th),

@@ -1,8 +1,16 @@
 """The gradflow summary format: the one place where writer and reader meet.
 
-Every logged step is one TensorBoard summary value with tag ``gradflow`` (or
-``gradflow/<name>`` for a named watcher), ``plugin_name == "gradflow"`` and
-``data_class == DATA_CLASS_TENSOR``. Its tensor is a flat float32 vector:
+Every logged step is one TensorBoard summary value with ``plugin_name ==
+"gradflow"`` and ``data_class == DATA_CLASS_TENSOR``. Its tag names the layout
+(see :func:`layout_tag`): ``gradflow@<id>`` for the unnamed watcher,
+``gradflow@<id>/<name>`` for a named one, where ``<id>`` is
+:func:`layout_id`. TensorBoard keeps only the first metadata of a tag, so each
+layer set gets its own time series, and a resumed session with the same layer
+set continues the same one. Readers group tags by the watcher name in their
+metadata (``Layout.name``), never by parsing the tag, and merge a watcher's
+layer sets by layer name. Files written before this scheme use the watcher's
+base tag, ``gradflow`` or ``gradflow/<name>`` (:func:`tag_for`), for every
+layer set. Its tensor is a flat float32 vector:
 
 * ``K * L`` values, row-major ``[K, L]``: one row per statistic in
   ``Layout.stats`` order, one column per layer in ``Layout.layers`` order;
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import reprlib
 import warnings
@@ -47,16 +56,35 @@ dense gradients, ``unique rows / rows`` for sparse ones.
 STEP_FIELDS = ("skipped", "loss_scale")
 
 
+LAYOUT_ID_CHARS = 12  # hex digits of the layout id: 48 bits
+
+
 def tag_for(name: str | None) -> str:
-    """Returns the summary tag of a watcher called ``name`` (None: unnamed)."""
+    """The base tag of a watcher called ``name`` (None: unnamed): what the tab
+    names the watcher by, and the tag of files written before layout tags."""
     return TAG_PREFIX if not name else f"{TAG_PREFIX}/{name}"
 
 
-def name_from_tag(tag: str) -> str | None:
-    """Inverse of :func:`tag_for`."""
-    if tag == TAG_PREFIX:
-        return None
-    return tag[len(TAG_PREFIX) + 1 :]
+def layout_id(layout: Layout) -> str:
+    """A short id of what a step's columns are: a hash of the layer names,
+    statistics and step fields (not ``every``, ``sparse``, ``numel``). A resumed
+    session with the same layer set gets the same id."""
+    key = json.dumps(
+        [list(layout.layers), list(layout.stats), list(layout.step_fields)]
+    ).encode("utf-8")
+    return hashlib.sha256(key).hexdigest()[:LAYOUT_ID_CHARS]
+
+
+def layout_tag(layout: Layout) -> str:
+    """The summary tag of ``layout``'s records: ``gradflow@<id>`` or
+    ``gradflow@<id>/<name>``.
+
+    Cannot equal an old base tag (``gradflow``, ``gradflow/<name>``: no ``@``
+    right after the prefix), nor another watcher's layout tag (names hold no
+    ``/``, so the name is everything after the first ``/``).
+    """
+    tag = f"{TAG_PREFIX}@{layout_id(layout)}"
+    return tag if not layout.name else f"{tag}/{layout.name}"
 
 
 @dataclasses.dataclass(frozen=True)

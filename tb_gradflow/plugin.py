@@ -190,21 +190,22 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         problems = {}  # (experiment, run, tag, kind) -> message
         out = []
         for run in sorted(listing):
-            for tag in sorted(listing[run]):
-                series = listing[run][tag]
-                layout = _parse(series.plugin_content)
+            tags = listing[run]
+            for tag in sorted(tags):
+                layout = _parse(tags[tag].plugin_content)
                 if isinstance(layout, str):  # unreadable or newer format
                     problems[(experiment, run, tag, "layout")] = (
                         f"gradflow: left out run {run!r}, tag {tag!r}: {layout}"
                     )
-                    continue
-                entry = self._entry(ctx, experiment, run, tag, series)
+            for tag, members in sorted(_watchers(tags).items()):
+                entry = self._entry(ctx, experiment, run, tag, tags, members)
                 if entry.problem is not None:
                     problems[(experiment, run, tag, "problem")] = (
                         f"gradflow: left out run {run!r}, tag {tag!r}: {entry.problem}"
                     )
                     continue
-                steps = entry.run.steps
+                data = entry.run
+                steps = data.steps
                 if not len(steps):
                     continue
                 first, last = int(steps[0]), int(steps[-1])
@@ -212,13 +213,13 @@ class GradFlowPlugin(base_plugin.TBPlugin):
                     {
                         "run": run,
                         "tag": tag,
-                        "name": metadata.name_from_tag(tag),
-                        "layers": len(layout.layers),
+                        "name": data.name,
+                        "layers": len(data.layers),
                         "steps": len(steps),
                         "first_step": first,
                         "last_step": last,
-                        "every": layout.every,
-                        "expected_steps": (last - first) // layout.every + 1,
+                        "every": data.every,
+                        "expected_steps": (last - first) // data.every + 1,
                     }
                 )
         self._warn_new(experiment, problems)
@@ -240,7 +241,8 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "layers": list(data.layers),
             "sparse": list(data.sparse),
             "stats": {s: data.values(s)[i].tolist() for s in data.stats},
-            "no_grad": np.isnan(data.values("nonfinite")[i]).tolist(),  # as .no_grad
+            "no_grad": data.no_grad[i].tolist(),
+            "absent": data.absent[i].tolist(),
             "skipped": bool(data.skipped[i]),
             "loss_scale": float(data.loss_scale[i]),
             "alerts": [
@@ -341,31 +343,37 @@ class GradFlowPlugin(base_plugin.TBPlugin):
     # Data access.
 
     def _load(self, ctx, experiment: str, run: str, tag: str | None) -> _Entry:
-        """The cached decoded run for ``run`` and ``tag`` (None: its only tag).
+        """The cached decoded watcher for ``run`` and ``tag`` (None: its only
+        watcher). ``tag`` is a watcher's base tag (``metadata.tag_for``), or any
+        of its layout tags.
 
         Raises:
             NotFoundError: unknown run or tag, data this version cannot read, or
                 steps whose layers cannot be told (see :meth:`_read`).
-            InvalidArgumentError: no ``tag`` for a run with several.
+            InvalidArgumentError: no ``tag`` for a run with several watchers.
         """
         tags = self._run_listing(ctx, experiment, run)
         if not tags:
             raise errors.NotFoundError(f"No gradflow data for run {run!r}")
+        watchers = _watchers(tags)
         if tag is None:
-            readable = sorted(
-                t for t, s in tags.items() if _layout_or_none(s.plugin_content)
-            )
-            if len(readable) > 1:
+            if len(watchers) > 1:
                 raise errors.InvalidArgumentError(
-                    f"Run {run!r} has several gradflow tags ({', '.join(readable)}): "
-                    "pass tag"
+                    f"Run {run!r} has several gradflow tags "
+                    f"({', '.join(sorted(watchers))}): pass tag"
                 )
-            tag = readable[0] if readable else sorted(tags)[0]
-        if tag not in tags:
-            raise errors.NotFoundError(f"No gradflow data for run {run!r}, tag {tag!r}")
-        series = tags[tag]
-        _layout(series.plugin_content, run, tag)  # raises NotFoundError if unreadable
-        entry = self._entry(ctx, experiment, run, tag, series)
+            if not watchers:  # raises NotFoundError: unreadable
+                first = sorted(tags)[0]
+                _layout(tags[first].plugin_content, run, first)
+            (tag,) = watchers
+        elif tag not in watchers:
+            if tag not in tags:
+                raise errors.NotFoundError(
+                    f"No gradflow data for run {run!r}, tag {tag!r}"
+                )
+            # a layout tag: its watcher (raises NotFoundError if unreadable)
+            tag = metadata.tag_for(_layout(tags[tag].plugin_content, run, tag).name)
+        entry = self._entry(ctx, experiment, run, tag, tags, watchers[tag])
         if entry.problem is not None:
             raise errors.NotFoundError(f"Run {run!r}, tag {tag!r}: {entry.problem}")
         if not len(entry.run.steps):
@@ -405,32 +413,42 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         experiment: str,
         run: str,
         tag: str,
-        series: provider.TensorTimeSeries,
+        tags: dict[str, provider.TensorTimeSeries],
+        members: list[str],
     ) -> _Entry:
-        version = (series.max_step, series.max_wall_time, series.plugin_content)
+        """The decoded watcher of base tag ``tag``, whose layout tags are
+        ``members`` (series in ``tags``)."""
+        version = tuple(
+            (t, tags[t].max_step, tags[t].max_wall_time, tags[t].plugin_content)
+            for t in members
+        )
+        contents = {t: tags[t].plugin_content for t in members}
         return self._cache.get(
             (experiment, run, tag),
             version,
-            lambda: self._read(ctx, experiment, run, tag, series.plugin_content),
+            lambda: self._read(ctx, experiment, run, tag, contents),
         )
 
-    def _read(self, ctx, experiment: str, run: str, tag: str, content: bytes) -> _Entry:
-        """Reads and decodes one run and tag.
+    def _read(
+        self, ctx, experiment: str, run: str, tag: str, contents: dict[str, bytes]
+    ) -> _Entry:
+        """Reads one watcher's layout tags (``contents``: tag -> metadata) and
+        merges them by layer name (``reader.merge_records``): layer sets in order
+        of their first record's wall time, a step logged twice keeps the later
+        record, a layer absent from a step's layer set is ``absent`` there.
 
-        TensorBoard keeps only the first plugin metadata of a tag, and a record
-        carries no layout of its own, so every step is labelled with the first
-        layout's layers. Steps of another size come from a writer session with
-        another layer set and cannot be matched to layers, so the run is refused
-        (``problem``) rather than shown without them. A later session with as
-        many layers under other names cannot be told apart (see http_api.md).
+        TensorBoard keeps only the first plugin metadata of a tag. Records of
+        another size in a tag cannot be matched to layers: files written before
+        layout tags put every layer set of a watcher under its base tag. Such a
+        watcher is refused (``problem``) rather than shown without them.
         """
-        layout = _layout(content, run, tag)
+        layouts = {t: _layout(c, run, t) for t, c in contents.items()}
         read = functools.partial(
             self._data_provider.read_tensors,
             ctx,
             experiment_id=experiment,
             plugin_name=PLUGIN_NAME,
-            run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]),
+            run_tag_filter=provider.RunTagFilter(runs=[run], tags=sorted(layouts)),
         )
         try:
             data = read(downsample=self._downsample)
@@ -439,7 +457,8 @@ class GradFlowPlugin(base_plugin.TBPlugin):
                 raise
             # TensorBoard's gRPC client takes replies up to 256 MiB: 500 layers
             # x 5 statistics is 10 kB a step, so ~25,000 steps at once.
-            points = max(_READ_BYTES // (4 * layout.size + 64), 1)
+            size = sum(lo.size for lo in layouts.values())
+            points = max(_READ_BYTES // (4 * size + 64 * len(layouts)), 1)
             logger.warning(
                 "gradflow: run %r tag %r does not fit in one data-server reply; "
                 "showing %d of its steps",
@@ -448,26 +467,38 @@ class GradFlowPlugin(base_plugin.TBPlugin):
                 points,
             )
             data = read(downsample=min(self._downsample, points))
-        series = data.get(run, {}).get(tag)
-        if series is None:
+        found = {t: s for t, s in data.get(run, {}).items() if t in layouts and s}
+        if not found:
             raise errors.NotFoundError(f"No gradflow data for run {run!r}, tag {tag!r}")
-        steps, rows = [], []
-        for datum in series:
-            flat = datum.numpy.reshape(-1)
-            if flat.size == layout.size:
-                steps.append(datum.step)
-                rows.append(flat)
-        if len(rows) < len(series):
+        # (wall time, tag order, index) per record: TensorBoard's order in a tag
+        order = sorted(found, key=lambda t: (min(d.wall_time for d in found[t]), t))
+        records, bad, total = [], 0, 0
+        for p, t in enumerate(order):
+            size = layouts[t].size
+            for k, datum in enumerate(found[t]):
+                total += 1
+                flat = datum.numpy.reshape(-1)
+                if flat.size != size:
+                    bad += 1
+                    continue
+                records.append((datum.wall_time, p, k, datum.step, flat))
+        parts = [layouts[t] for t in order]
+        if bad:
             problem = (
                 "the layer set changed between writer sessions: "
-                f"{len(series) - len(rows)} of {len(series)} steps do not have the "
-                f"{layout.size} values of the first layout, and TensorBoard keeps "
-                "only a tag's first layout, so their values cannot be matched to "
-                "layers. Read the run with tb_gradflow.load_run() (it matches "
-                "layers by name), or log each layer set under its own watcher name."
+                f"{bad} of {total} steps do not have the values of their tag's "
+                "first layout, and TensorBoard keeps only a tag's first layout, "
+                "so their values cannot be matched to layers (files written "
+                "before each layer set got its own tag). Read the run with "
+                "tb_gradflow.load_run() (it matches layers by name)."
             )
-            return _Entry(tag, reader.from_records(run, layout, [], []), problem)
-        return _Entry(tag, reader.from_records(run, layout, steps, rows))
+            empty = reader.merge_records(run, parts, [], [], [])
+            return _Entry(tag, empty, problem)
+        records.sort(key=lambda r: r[:3])
+        steps = [r[3] for r in records]
+        rows = [r[4] for r in records]
+        part = [r[1] for r in records]
+        return _Entry(tag, reader.merge_records(run, parts, steps, rows, part))
 
 
 class _Entry:
@@ -588,14 +619,16 @@ def _heatmap(
     starts = (np.arange(n, dtype=np.int64) * n_steps) // n  # first index of each bin
     ends = np.append(starts[1:], n_steps) - 1  # last index of each bin
     values = run.values(stat)  # (T, L)
-    has_grad = ~run.no_grad  # (T, L)
+    has_grad = ~(run.no_grad | run.absent)  # (T, L)
     finite = np.isfinite(values)
     best = np.maximum.reduceat(
         np.where(has_grad & finite, values, -np.inf), starts, axis=0
     )  # (N, L)
     bad = np.logical_or.reduceat(has_grad & ~finite, starts, axis=0)
     seen = np.logical_or.reduceat(has_grad, starts, axis=0)
-    out = np.where(bad, np.inf, np.where(seen, best, np.nan)).astype(np.float32)
+    gone = np.logical_and.reduceat(run.absent, starts, axis=0)  # absent throughout
+    missing = np.where(gone, -np.inf, np.nan)
+    out = np.where(bad, np.inf, np.where(seen, best, missing)).astype(np.float32)
     header = {
         "run": run.path,
         "tag": tag,
@@ -723,9 +756,15 @@ def _parse(content: bytes) -> metadata.Layout | str:
     return layout
 
 
-def _layout_or_none(content: bytes) -> metadata.Layout | None:
-    layout = _parse(content)
-    return layout if isinstance(layout, metadata.Layout) else None
+def _watchers(tags: dict[str, provider.TensorTimeSeries]) -> dict[str, list[str]]:
+    """The readable tags of one run by watcher: ``{base tag: [tags]}``, the base
+    tag from the watcher name in each tag's layout (never parsed from the tag)."""
+    out: dict[str, list[str]] = {}
+    for tag in sorted(tags):
+        layout = _parse(tags[tag].plugin_content)
+        if isinstance(layout, metadata.Layout):
+            out.setdefault(metadata.tag_for(layout.name), []).append(tag)
+    return out
 
 
 def _layout(content: bytes, run: str, tag: str) -> metadata.Layout:

@@ -21,7 +21,7 @@ from tensorboard.util import tensor_util
 
 from tb_gradflow import metadata
 
-__all__ = ["GradFlowRun", "from_records", "load", "load_run"]
+__all__ = ["GradFlowRun", "from_records", "load", "load_run", "merge_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ class GradFlowRun:
         skipped: ``(T,)`` bool, steps the AMP grad scaler skipped.
         loss_scale: ``(T,)`` float, the scaler's scale (NaN without a scaler).
         sparse: for each layer, whether its gradient is sparse.
+        absent: ``(T, L)`` bool, the layer was not in the layer set its watcher
+            logged at that step (a run resumed with another layer set): its
+            values are NaN there, and it counts as neither "no gradient" nor
+            healthy. All False for a run with one layer set.
     """
 
     path: str
@@ -54,10 +58,15 @@ class GradFlowRun:
     loss_scale: np.ndarray
     sparse: list[bool]
     _values: np.ndarray = dataclasses.field(repr=False)  # (T, K, L) float32
+    absent: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.absent is None:
+            self.absent = np.zeros(self._values[:, 0, :].shape, dtype=bool)
 
     def values(self, stat: str) -> np.ndarray:
         """One statistic over all steps: ``(T, L)`` float, NaN where a layer had no
-        gradient.
+        gradient or was absent (:attr:`absent`).
 
         Raises:
             KeyError: for an unknown statistic; the message lists the known ones.
@@ -68,8 +77,9 @@ class GradFlowRun:
 
     @property
     def no_grad(self) -> np.ndarray:
-        """``(T, L)`` bool: the layer's ``.grad`` was None at that step."""
-        return np.isnan(self.values("nonfinite"))
+        """``(T, L)`` bool: the layer's ``.grad`` was None at that step (not
+        where it was :attr:`absent`)."""
+        return np.isnan(self.values("nonfinite")) & ~self.absent
 
     def index_of(self, step: int | None) -> int:
         """Index of ``step`` in :attr:`steps` (the nearest logged step; None: last)."""
@@ -144,9 +154,25 @@ def _linthresh(values: np.ndarray) -> float:
 
 @dataclasses.dataclass
 class _Series:
-    layout: metadata.Layout
+    """One watcher's records in arrival order; ``part[i]`` indexes the layout
+    (``layouts``, in order of first appearance) of record ``i``."""
+
+    layouts: list[metadata.Layout] = dataclasses.field(default_factory=list)
     steps: list[int] = dataclasses.field(default_factory=list)
     rows: list[np.ndarray] = dataclasses.field(default_factory=list)
+    part: list[int] = dataclasses.field(default_factory=list)
+
+    def add(self, layout: metadata.Layout, step: int, row: np.ndarray) -> None:
+        key = _columns(layout)
+        for i, known in enumerate(self.layouts):
+            if _columns(known) == key:
+                break
+        else:
+            i = len(self.layouts)
+            self.layouts.append(layout)
+        self.steps.append(step)
+        self.rows.append(row)
+        self.part.append(i)
 
 
 def _event_files(run_dir: str) -> list[str]:
@@ -219,7 +245,8 @@ def _report_tail(path: str, offset: int, size: int) -> None:
 def _read_run_dir(
     run_dir: str, checker: metadata.VersionChecker
 ) -> dict[str | None, _Series]:
-    """Reads every gradflow record of one directory, keyed by watcher name."""
+    """Reads every gradflow record of one directory, keyed by watcher name (the
+    ``name`` of each tag's layout)."""
     series: dict[str | None, _Series] = {}
     # Per tag, the layout of its latest metadata. A writer attaches it to its
     # first record only, so records in a later file (the writer was closed and
@@ -254,63 +281,100 @@ def _read_run_dir(
                         stacklevel=3,
                     )
                     continue
-                key = metadata.name_from_tag(value.tag)
-                s = series.get(key)
-                if s is None:
-                    s = series[key] = _Series(layout)
-                elif not _same_columns(layout, s.layout):
-                    s = series[key] = _widen(s, layout)
-                    flat = _realign(flat, layout, s.layout)
-                s.steps.append(int(event.step))
-                s.rows.append(flat.astype(np.float32, copy=False))
+                # Grouped by the watcher name of the layout: a watcher's
+                # layer sets have tags of their own (metadata.layout_tag).
+                s = series.setdefault(layout.name, _Series())
+                s.add(layout, int(event.step), flat.astype(np.float32, copy=False))
     return series
 
 
-def _same_columns(a: metadata.Layout, b: metadata.Layout) -> bool:
-    return (
-        a.layers == b.layers and a.stats == b.stats and a.step_fields == b.step_fields
-    )
+def _columns(layout: metadata.Layout) -> tuple:
+    return layout.layers, layout.stats, layout.step_fields
 
 
-def _widen(old: _Series, layout: metadata.Layout) -> _Series:
-    """A resumed run whose layer set changed: the union of both, matched by name.
+def _union(layouts: Sequence[metadata.Layout]) -> metadata.Layout:
+    """One layout holding every layer (statistic, step field) of ``layouts``, in
+    order of first appearance; the rest from the first layout."""
 
-    Earlier steps get NaN for layers they did not have.
-    """
-    new_layers = [n for n in layout.layers if n not in old.layout.layers]
-    if not new_layers:
-        return old
-    sparse = dict(zip(layout.layers, layout.sparse)) | dict(
-        zip(old.layout.layers, old.layout.sparse)
+    def union(field: str) -> tuple:
+        return tuple(dict.fromkeys(x for lo in layouts for x in getattr(lo, field)))
+
+    sparse: dict[str, bool] = {}
+    for lo in layouts:
+        for layer, is_sparse in zip(lo.layers, lo.sparse):
+            sparse.setdefault(layer, is_sparse)
+    layers = union("layers")
+    return dataclasses.replace(
+        layouts[0],
+        layers=layers,
+        stats=union("stats"),
+        step_fields=union("step_fields"),
+        sparse=tuple(sparse.get(n, False) for n in layers),
+        numel=(),
     )
-    layers = (*old.layout.layers, *new_layers)
-    merged = dataclasses.replace(
-        old.layout, layers=layers, sparse=tuple(sparse[n] for n in layers), numel=()
-    )
-    rows = [_realign(r, old.layout, merged) for r in old.rows]
-    return _Series(merged, old.steps, rows)
 
 
 def _realign(
     flat: np.ndarray, src: metadata.Layout, dst: metadata.Layout
-) -> np.ndarray:
-    """Moves one step's values from ``src``'s columns to ``dst``'s, by name."""
-    values, fields = metadata.split_values(flat, src)  # (K_src, L_src), (F_src,)
-    out = np.full((len(dst.stats), len(dst.layers)), np.nan, dtype=np.float32)
-    src_layers = [i for i, n in enumerate(src.layers) if n in dst.layers]
-    dst_layers = [dst.layers.index(src.layers[i]) for i in src_layers]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Moves step vectors from ``src``'s columns to ``dst``'s, by name.
+
+    Shape:
+        - flat: ``(N, src.size)``
+        - returns: ``(N, dst.size)`` float32 (NaN where ``src`` has no such
+          column) and the absent mask ``(L_dst,)`` bool: layers ``src`` lacks.
+    """
+    values, fields = metadata.split_values(flat, src)  # (N, K_src, L_src), (N, F)
+    n = len(flat)
+    out = np.full((n, len(dst.stats), len(dst.layers)), np.nan, dtype=np.float32)
+    dst_layers = [dst.layers.index(name) for name in src.layers]
     for k, stat in enumerate(src.stats):
-        if stat in dst.stats:
-            out[dst.stats.index(stat), dst_layers] = values[k, src_layers]
-    out_fields = np.full(len(dst.step_fields), np.nan, dtype=np.float32)
+        out[:, dst.stats.index(stat), dst_layers] = values[:, k, :]
+    out_fields = np.full((n, len(dst.step_fields)), np.nan, dtype=np.float32)
     for f, field in enumerate(src.step_fields):
-        if field in dst.step_fields:
-            out_fields[dst.step_fields.index(field)] = fields[f]
-    return np.concatenate([out.reshape(-1), out_fields])
+        out_fields[:, dst.step_fields.index(field)] = fields[:, f]
+    absent = np.ones(len(dst.layers), dtype=bool)
+    absent[dst_layers] = False
+    return np.concatenate([out.reshape(n, -1), out_fields], axis=1), absent
+
+
+def merge_records(
+    path: str,
+    layouts: Sequence[metadata.Layout],
+    steps: Sequence[int],
+    rows: Sequence[np.ndarray],
+    part: Sequence[int],
+) -> GradFlowRun:
+    """Builds one run from the records of several layer sets of one watcher.
+
+    Layers are matched by name, in order of first appearance (``layouts`` in the
+    order they first appeared); at a step whose layout lacks a layer, the layer
+    is *absent* (:attr:`GradFlowRun.absent`; NaN values, not "no gradient").
+    Of a step logged more than once, the last record in ``rows`` is kept.
+
+    Args:
+        path: where the records came from (a run directory or a run name).
+        layouts: the distinct layouts, none with the same columns as another.
+        steps, rows: each record's step and flat vector.
+        part: each record's index into ``layouts``.
+    """
+    if len(layouts) == 1:
+        return from_records(path, layouts[0], steps, rows)
+    merged = _union(layouts)
+    part = np.asarray(part, dtype=np.int64)
+    flat = np.empty((len(rows), merged.size), dtype=np.float32)
+    absent = np.empty((len(rows), len(merged.layers)), dtype=bool)
+    for i, layout in enumerate(layouts):
+        idx = np.flatnonzero(part == i)
+        if not len(idx):
+            continue
+        block = np.stack([rows[j] for j in idx.tolist()]).astype(np.float32)
+        flat[idx], absent[idx] = _realign(block, layout, merged)
+    return from_records(path, merged, steps, flat, absent=absent)
 
 
 def _finish(path: str, s: _Series) -> GradFlowRun:
-    return from_records(path, s.layout, s.steps, s.rows)
+    return merge_records(path, s.layouts, s.steps, s.rows, s.part)
 
 
 def from_records(
@@ -318,6 +382,7 @@ def from_records(
     layout: metadata.Layout,
     steps: Sequence[int],
     rows: Sequence[np.ndarray],
+    absent: np.ndarray | None = None,
 ) -> GradFlowRun:
     """Builds a run from decoded records (any order; a repeated step keeps its
     later record).
@@ -327,6 +392,8 @@ def from_records(
         layout: the layout every record follows.
         steps: the step of each record.
         rows: each record's flat vector, ``(layout.size,)``.
+        absent: ``(N, L)`` bool, layers a record's writer did not have (None:
+            none); see :func:`merge_records`.
     """
     steps = np.asarray(steps, dtype=np.int64)
     # A resumed run may repeat steps: keep the last record of each step.
@@ -342,6 +409,11 @@ def from_records(
     values, fields = metadata.split_values(flat, layout)  # (T, K, L), (T, F)
     field = {f: fields[:, i] for i, f in enumerate(layout.step_fields)}
     n_steps = len(keep)
+    absent = (
+        np.zeros((n_steps, len(layout.layers)), dtype=bool)
+        if absent is None
+        else np.asarray(absent, dtype=bool)[keep]
+    )
     return GradFlowRun(
         path=path,
         name=layout.name,
@@ -353,6 +425,7 @@ def from_records(
         loss_scale=field.get("loss_scale", np.full(n_steps, np.nan)).astype(np.float64),
         sparse=list(layout.sparse),
         _values=values,
+        absent=absent,
     )
 
 

@@ -56,7 +56,7 @@ def gradflow_pb(
         ),
         tensor_content=flat.tobytes(),
     )
-    value = summary_pb2.Summary.Value(tag=metadata.tag_for(layout.name), tensor=tensor)
+    value = summary_pb2.Summary.Value(tag=metadata.layout_tag(layout), tensor=tensor)
     if with_metadata:
         value.metadata.CopyFrom(metadata.create_summary_metadata(layout))
     return summary_pb2.Summary(value=[value])

@@ -100,7 +100,9 @@ def test_malformed_metadata_raises_format_error_naming_the_problem(
         w._get_file_writer().add_summary(proto, global_step=0)
     with (
         pytest.warns(
-            UserWarning, match=re.escape(f"tag 'gradflow/gen': {caught.value}")
+            UserWarning, match=re.escape(
+                f"tag {metadata.layout_tag(LAYOUT)!r}: {caught.value}"
+            ),
         ),
         pytest.raises(ValueError, match="No gradflow data for watcher 'gen'"),
     ):
@@ -122,7 +124,7 @@ def test_summary_proto_is_a_tensor_of_the_gradflow_plugin():
     stats = np.arange(15, dtype=np.float32).reshape(5, 3)
     proto = summary.gradflow_pb(LAYOUT, stats, np.array([1.0, 4.0]), with_metadata=True)
     (value,) = proto.value
-    assert value.tag == "gradflow/gen"
+    assert value.tag == f"gradflow@{metadata.layout_id(LAYOUT)}/gen"
     assert value.metadata.plugin_data.plugin_name == "gradflow"
     assert value.metadata.data_class == summary_pb2.DATA_CLASS_TENSOR
     flat = tensor_util.make_ndarray(value.tensor)
@@ -153,13 +155,12 @@ def test_tensorboard_event_accumulator_reads_watch_output(tmp_path):
         str(tmp_path), size_guidance={event_accumulator.TENSORS: 0}
     )
     acc.Reload()
-    assert acc.Tags()["tensors"] == ["gradflow"]
-    assert list(acc.PluginTagToContent("gradflow")) == ["gradflow"]
-    layout = metadata.parse_plugin_metadata(
-        acc.PluginTagToContent("gradflow")["gradflow"]
-    )
+    (tag,) = acc.Tags()["tensors"]
+    assert list(acc.PluginTagToContent("gradflow")) == [tag]
+    layout = metadata.parse_plugin_metadata(acc.PluginTagToContent("gradflow")[tag])
     assert layout.layers == ("0", "2")
-    events = acc.Tensors("gradflow")
+    assert tag == f"gradflow@{metadata.layout_id(layout)}"
+    events = acc.Tensors(tag)
     assert [e.step for e in events] == list(range(30))
     run = tb_gradflow.load_run(tmp_path)
     last = tensor_util.make_ndarray(events[-1].tensor_proto)

@@ -43,8 +43,12 @@ def _no_security_warnings(caplog):
     assert not [r for r in caplog.records if "will become an error" in r.getMessage()]
 
 
-def write_run(logdir, run, layout, steps, stats_at, fields_at=None, start=0):
+def write_run(
+    logdir, run, layout, steps, stats_at, fields_at=None, start=0, legacy=False
+):
     """Writes one record per step; ``stats_at(i)`` gives the (K, L) statistics.
+    ``legacy``: under the watcher's base tag, as files written before layout
+    tags.
 
     Each call writes a new event file whose name sorts after the run's earlier
     ones (writers opened in one second differ only by a process-wide counter,
@@ -56,6 +60,8 @@ def write_run(logdir, run, layout, steps, stats_at, fields_at=None, start=0):
     for i, step in enumerate(steps, start=start):
         fields = fields_at(i) if fields_at else [0.0, NAN]
         summary = gradflow_pb(layout, stats_at(i), fields, with_metadata=i == 0)
+        if legacy:
+            summary.value[0].tag = metadata.tag_for(layout.name)
         writer.add_event(
             event_pb2.Event(step=step, wall_time=1000.0 + i, summary=summary)
         )
@@ -206,6 +212,7 @@ def test_flow_without_step_is_the_latest_with_nan_as_strings(client):
             "rows": [1.0, 1.0, 1.0],
         },
         "no_grad": [False, False, False],
+        "absent": [False, False, False],
         "skipped": False,
         "loss_scale": "NaN",
         "alerts": [BLOCKED, NONFINITE],
@@ -510,33 +517,38 @@ def test_malformed_metadata_is_left_out_of_runs_and_answers_404(
     writer.add_event(event_pb2.Event(step=0, wall_time=1000.0, summary=summary))
     writer.close()
     client, _ = make_client(tmp_path)
+    tag = metadata.layout_tag(layout)  # no watcher name can be read from it
     for _ in range(2):  # the tab asks every 5 s; logged once
         assert [r["run"] for r in get_json(client, "runs")["runs"]] == ["fine"]
     problem = f"Invalid gradflow plugin metadata: {problem}"
     assert [
         r.getMessage() for r in caplog.records if r.name == "tb_gradflow.plugin"
-    ] == [f"gradflow: left out run 'bad', tag 'gradflow': {problem}"]
+    ] == [f"gradflow: left out run 'bad', tag {tag!r}: {problem}"]
     for route, params in [
         ("flow", {}),
         ("steps", {}),
         ("heatmap", {"stat": "norm"}),
         ("alerts", {}),
-        ("flow", {"tag": "gradflow"}),
+        ("flow", {"tag": tag}),
     ]:
         response = get(client, route, run="bad", **params)
         assert response.status_code == 404
         assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
-        assert f"Run 'bad', tag 'gradflow': {problem}" in response.get_data(
+        assert f"Run 'bad', tag {tag!r}: {problem}" in response.get_data(
             as_text=True
         )
 
 
-def test_a_run_whose_layer_set_changed_is_refused_not_shown_in_part(tmp_path, caplog):
+def test_an_old_format_run_whose_layer_set_changed_is_refused_not_shown_in_part(
+    tmp_path, caplog
+):
+    # Files written before layout tags hold every layer set under one tag.
     layout = metadata.Layout(layers=LAYERS, sparse=(False,) * 3)
-    write_run(tmp_path, "fine", layout, [0, 1], healthy_stats)
-    write_run(tmp_path, "resumed", layout, [0, 1], healthy_stats)
+    write_run(tmp_path, "fine", layout, [0, 1], healthy_stats, legacy=True)
+    write_run(tmp_path, "resumed", layout, [0, 1], healthy_stats, legacy=True)
     wider = metadata.Layout(layers=(*LAYERS, "head"), sparse=(False,) * 4)
-    write_run(tmp_path, "resumed", wider, [2, 3], lambda i: np.full((5, 4), 0.5))
+    four = lambda i: np.full((5, 4), 0.5)  # noqa: E731
+    write_run(tmp_path, "resumed", wider, [2, 3], four, legacy=True)
     client, _ = make_client(tmp_path)
     for _ in range(2):  # the tab asks every 5 s; logged once
         assert [r["run"] for r in get_json(client, "runs")["runs"]] == ["fine"]
@@ -562,19 +574,18 @@ def test_a_run_whose_layer_set_changed_is_refused_not_shown_in_part(tmp_path, ca
     assert run.layers == [*LAYERS, "head"] and run.steps.tolist() == [0, 1, 2, 3]
 
 
-def test_a_changed_layer_set_is_logged_once_while_the_run_keeps_training(
+def test_an_old_format_changed_layer_set_is_logged_once_while_the_run_keeps_training(
     tmp_path, caplog
 ):
     layout = metadata.Layout(layers=LAYERS, sparse=(False,) * 3)
     wider = metadata.Layout(layers=(*LAYERS, "head"), sparse=(False,) * 4)
-    write_run(tmp_path, "resumed", layout, [0, 1], healthy_stats)
-    write_run(tmp_path, "resumed", wider, [2, 3], lambda i: np.full((5, 4), 0.5))
+    four = lambda i: np.full((5, 4), 0.5)  # noqa: E731
+    write_run(tmp_path, "resumed", layout, [0, 1], healthy_stats, legacy=True)
+    write_run(tmp_path, "resumed", wider, [2, 3], four, legacy=True)
     client, mux = make_client(tmp_path)
     problems = []
     for k in range(4):  # training goes on: new steps at every poll of `runs`
-        write_run(
-            tmp_path, "resumed", wider, [4 + k], lambda i: np.full((5, 4), 0.5), start=1
-        )
+        write_run(tmp_path, "resumed", wider, [4 + k], four, start=1, legacy=True)
         mux.Reload()
         assert get_json(client, "runs")["runs"] == []
         response = get(client, "steps", run="resumed")
@@ -593,9 +604,10 @@ def test_more_problem_runs_than_remembered_keys_are_each_logged_once(
     monkeypatch.setattr(plugin, "_MAX_WARNED", 3)
     layout = metadata.Layout(layers=LAYERS, sparse=(False,) * 3)
     wider = metadata.Layout(layers=(*LAYERS, "head"), sparse=(False,) * 4)
-    for run in "abcd":  # 4 runs whose layer set changed > 3 remembered keys
-        write_run(tmp_path, run, layout, [0, 1], healthy_stats)
-        write_run(tmp_path, run, wider, [2, 3], lambda i: np.full((5, 4), 0.5))
+    four = lambda i: np.full((5, 4), 0.5)  # noqa: E731
+    for run in "abcd":  # 4 old-format runs whose layer set changed > 3 keys
+        write_run(tmp_path, run, layout, [0, 1], healthy_stats, legacy=True)
+        write_run(tmp_path, run, wider, [2, 3], four, legacy=True)
     client, _ = make_client(tmp_path)
     for _ in range(3):  # the tab asks every 5 s
         assert get_json(client, "runs")["runs"] == []
