@@ -434,8 +434,8 @@ class GradFlowPlugin(base_plugin.TBPlugin):
     ) -> _Entry:
         """Reads one watcher's layout tags (``contents``: tag -> metadata) and
         merges them by layer name (``reader.merge_records``): layer sets in order
-        of their first record's wall time, a step logged twice keeps the later
-        record, a layer absent from a step's layer set is ``absent`` there.
+        of their first record's wall time (then step), a step logged twice keeps
+        the later record, a layer absent from a step's layer set is ``absent`` there.
 
         TensorBoard keeps only the first plugin metadata of a tag. Records of
         another size in a tag cannot be matched to layers: files written before
@@ -470,8 +470,15 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         found = {t: s for t, s in data.get(run, {}).items() if t in layouts and s}
         if not found:
             raise errors.NotFoundError(f"No gradflow data for run {run!r}, tag {tag!r}")
-        # (wall time, tag order, index) per record: TensorBoard's order in a tag
-        order = sorted(found, key=lambda t: (min(d.wall_time for d in found[t]), t))
+        # Layer sets by their first record's wall time (ties: first step).
+        order = sorted(
+            found,
+            key=lambda t: (
+                min(d.wall_time for d in found[t]),
+                min(d.step for d in found[t]),
+                t,
+            ),
+        )
         records, bad, total = [], 0, 0
         for p, t in enumerate(order):
             size = layouts[t].size
@@ -494,7 +501,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             )
             empty = reader.merge_records(run, parts, [], [], [])
             return _Entry(tag, empty, problem)
-        records.sort(key=lambda r: r[:3])
+        records.sort(key=lambda r: r[:3])  # wall time, layer set, order in tag
         steps = [r[3] for r in records]
         rows = [r[4] for r in records]
         part = [r[1] for r in records]

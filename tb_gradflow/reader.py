@@ -163,13 +163,12 @@ class _Series:
     part: list[int] = dataclasses.field(default_factory=list)
 
     def add(self, layout: metadata.Layout, step: int, row: np.ndarray) -> None:
+        known = [_columns(lo) for lo in self.layouts]
         key = _columns(layout)
-        for i, known in enumerate(self.layouts):
-            if _columns(known) == key:
-                break
-        else:
-            i = len(self.layouts)
+        if key not in known:
             self.layouts.append(layout)
+            known.append(key)
+        i = known.index(key)
         self.steps.append(step)
         self.rows.append(row)
         self.part.append(i)

@@ -7,6 +7,7 @@ status, Content-Type and the exact JSON of http_api.md.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib
 import json
@@ -26,6 +27,7 @@ from werkzeug import test as werkzeug_test
 from werkzeug import wrappers
 
 from tb_gradflow import metadata, plugin, reader
+from tb_gradflow.diagnose import Thresholds, diagnose
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN, GradFlowLoader
 from tb_gradflow.summary import gradflow_pb
 
@@ -534,9 +536,7 @@ def test_malformed_metadata_is_left_out_of_runs_and_answers_404(
         response = get(client, route, run="bad", **params)
         assert response.status_code == 404
         assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
-        assert f"Run 'bad', tag {tag!r}: {problem}" in response.get_data(
-            as_text=True
-        )
+        assert f"Run 'bad', tag {tag!r}: {problem}" in response.get_data(as_text=True)
 
 
 def test_an_old_format_run_whose_layer_set_changed_is_refused_not_shown_in_part(
@@ -817,3 +817,173 @@ def test_impls_return_builtins_for_direct_callers(logdir):
     assert flow["step"] == 20 and flow["alerts"] == [BLOCKED]
     with pytest.raises(errors.InvalidArgumentError, match="max_steps"):
         gradflow.heatmap_impl(ctx, "", "healthy", None, "abs_mean", 0)
+
+
+# A watcher resumed with other layer sets: a layer added, one removed, one
+# renamed with the same count (which one tag could not tell from a relabelling).
+SESSIONS = [
+    (("a", "b", "c"), [0, 1]),
+    (("a", "b", "c", "d"), [2, 3]),  # d added
+    (("a", "c", "d"), [4, 5]),  # b removed
+    (("a", "x", "d"), [6, 7]),  # c renamed x: as many layers as before
+]
+CODE = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "x": 5.0}
+
+
+def write_sessions(logdir, run="resumed", name=None):
+    """Writes each session of SESSIONS as a writer session of its own: abs_mean
+    is the layer's code plus step / 100; ``b`` has no gradient at step 3."""
+    for layers, steps in SESSIONS:
+        layout = metadata.Layout(layers=layers, name=name)
+
+        def stats_at(i, layers=layers, steps=steps):
+            step = steps[i]
+            mean = np.array([CODE[n] + step / 100 for n in layers])
+            stats = np.stack([mean, mean, mean, np.zeros(len(layers)), mean * 0 + 1])
+            if step == 3:
+                stats[:, layers.index("b")] = NAN
+            return stats
+
+        write_run(logdir, run, layout, steps, stats_at)
+
+
+def heatmap_binary(client, **params):
+    body = get(client, "heatmap", format="binary", **params).get_data()
+    (n,) = struct.unpack("<I", body[:4])
+    head = json.loads(body[4 : 4 + n])
+    start = -(-(4 + n) // 4) * 4
+    values = np.frombuffer(body[start:], dtype="<f4")
+    return head, values.reshape(len(head["layers"]), -1)
+
+
+def test_each_layer_set_has_its_own_tag_and_a_resumed_one_continues_it(tmp_path):
+    write_sessions(tmp_path)
+    write_run(
+        tmp_path,
+        "resumed",
+        metadata.Layout(layers=("a", "x", "d")),
+        [8],
+        lambda i: np.ones((5, 3)),
+        start=1,
+    )
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(tmp_path))
+    mux.Reload()
+    tags = mux.Runs()["resumed"]["tensors"]
+    expected = [
+        metadata.layout_tag(metadata.Layout(layers=layers)) for layers, _ in SESSIONS
+    ]
+    assert sorted(tags) == sorted(expected) and len(set(tags)) == 4
+    assert all(t.startswith("gradflow@") and "/" not in t for t in tags)
+    named = metadata.layout_tag(metadata.Layout(layers=("a",), name="enc"))
+    assert named.startswith("gradflow@") and named.endswith("/enc")
+    # the last layer set, written again by a later session, is one series
+    last = mux.Tensors("resumed", expected[-1])
+    assert [e.step for e in last] == [6, 7, 8]
+
+
+def test_a_resumed_run_with_other_layer_sets_is_merged_by_layer_name(tmp_path):
+    write_sessions(tmp_path)
+    write_sessions(tmp_path, name="enc")
+    client, _ = make_client(tmp_path)
+    runs = get_json(client, "runs")["runs"]
+    assert [(r["tag"], r["name"], r["layers"], r["steps"]) for r in runs] == [
+        ("gradflow", None, 5, 8),
+        ("gradflow/enc", "enc", 5, 8),
+    ]
+    layers = ["a", "b", "c", "d", "x"]  # in order of first appearance
+    expected_absent = {
+        0: [False, False, False, True, True],
+        2: [False, False, False, False, True],
+        4: [False, True, False, False, True],
+        7: [False, True, True, False, False],
+    }
+    for tag in ("gradflow", "gradflow/enc"):
+        for step, absent in expected_absent.items():
+            flow = get_json(client, "flow", run="resumed", tag=tag, step=str(step))
+            assert (flow["tag"], flow["step"], flow["layers"]) == (tag, step, layers)
+            assert flow["absent"] == absent
+            assert flow["no_grad"] == [False] * 5
+            assert flow["stats"]["abs_mean"] == [
+                "NaN" if gone else pytest.approx(CODE[n] + step / 100)
+                for n, gone in zip(layers, absent)
+            ]
+    flow = get_json(client, "flow", run="resumed", tag="gradflow", step="3")
+    assert flow["no_grad"] == [False, True, False, False, False]  # a real one
+    assert flow["absent"] == [False, False, False, False, True]
+    # a layout tag names its watcher
+    some = metadata.layout_tag(metadata.Layout(layers=("a", "c", "d")))
+    assert get_json(client, "steps", run="resumed", tag=some) == {
+        "run": "resumed",
+        "tag": "gradflow",
+        "steps": list(range(8)),
+    }
+    head, values = heatmap_binary(
+        client, run="resumed", tag="gradflow", stat="abs_mean", max_steps="4"
+    )
+    assert head["layers"] == layers and head["first_steps"] == [0, 2, 4, 6]
+    np.testing.assert_array_equal(
+        values,
+        np.array(
+            [
+                [1.01, 1.03, 1.05, 1.07],
+                [2.01, 2.02, -INF, -INF],  # b: no gradient at 3, absent from 4
+                [3.01, 3.03, 3.05, -INF],
+                [-INF, 4.03, 4.05, 4.07],
+                [-INF, -INF, -INF, 5.07],
+            ],
+            dtype=np.float32,
+        ),
+    )
+    alerts = get_json(client, "alerts", run="resumed", tag="gradflow", patience="1")
+    assert [a for a in alerts["alerts"] if a["kind"] == "no_gradient"] == [
+        {
+            "kind": "no_gradient",
+            "layer": "b",
+            "first_step": 3,
+            "last_step": 3,
+            "steps": 1,
+            "message": "no gradient (.grad is None): detached or unused",
+        }
+    ]
+    assert [a["kind"] for a in alerts["alerts"]] == ["no_gradient"]
+
+
+def test_load_run_merges_layer_sets_and_diagnosis_skips_absent_layers(tmp_path):
+    write_sessions(tmp_path)
+    run = reader.load_run(tmp_path / "resumed")
+    assert run.layers == ["a", "b", "c", "d", "x"]
+    assert run.steps.tolist() == list(range(8))
+    assert run.absent[:, 4].tolist() == [True] * 6 + [False] * 2
+    assert run.no_grad.sum() == 1 and run.no_grad[3, 1]
+    np.testing.assert_allclose(run.values("abs_mean")[7, 4], 5.07, rtol=1e-6)
+    assert [f.kind for f in diagnose(run, Thresholds(patience=1))] == ["no_gradient"]
+    # without the absent mask, the same NaNs read as "no gradient"
+    present = dataclasses.replace(run, absent=np.zeros_like(run.absent))
+    kinds = {(f.kind, f.layer) for f in diagnose(present, Thresholds(patience=2))}
+    assert kinds == {
+        ("no_gradient", "b"),
+        ("no_gradient", "c"),
+        ("no_gradient", "d"),
+        ("no_gradient", "x"),
+    }
+    assert set(reader.load(tmp_path)) == {"resumed"}
+
+
+def test_old_format_files_are_read_alongside_layout_tags(tmp_path):
+    old = metadata.Layout(layers=("a", "b"), name="enc")
+    write_run(tmp_path, "up", old, [0, 1], lambda i: np.ones((5, 2)), legacy=True)
+    new = metadata.Layout(layers=("a", "b", "c"), name="enc")
+    write_run(tmp_path, "up", new, [2, 3], lambda i: np.ones((5, 3)))
+    client, _ = make_client(tmp_path)
+    (entry,) = get_json(client, "runs")["runs"]
+    assert (entry["tag"], entry["layers"], entry["steps"]) == ("gradflow/enc", 3, 4)
+    flow = get_json(client, "flow", run="up", tag="gradflow/enc", step="0")
+    assert flow["absent"] == [False, False, True]
+    run = reader.load_run(tmp_path / "up", name="enc")
+    assert run.layers == ["a", "b", "c"] and run.absent[:, 2].tolist() == [
+        True,
+        True,
+        False,
+        False,
+    ]
