@@ -100,9 +100,8 @@ def test_malformed_metadata_raises_format_error_naming_the_problem(
         w._get_file_writer().add_summary(proto, global_step=0)
     with (
         pytest.warns(
-            UserWarning, match=re.escape(
-                f"tag {metadata.layout_tag(LAYOUT)!r}: {caught.value}"
-            ),
+            UserWarning,
+            match=re.escape(f"tag {metadata.layout_tag(LAYOUT)!r}: {caught.value}"),
         ),
         pytest.raises(ValueError, match="No gradflow data for watcher 'gen'"),
     ):
