@@ -59,6 +59,7 @@ class Run:
             layers=tuple(f"block{i}.weight" for i in range(layers)),
             sparse=(False,) * layers,
         )
+        self.tag = metadata.layout_tag(self.layout)
         self.writer = EventFileWriter(os.path.join(logdir, RUN), max_queue_size=100)
         self.rng = np.random.default_rng(0)
         self.steps = 0
@@ -128,14 +129,14 @@ class Python:
         pass
 
 
-def wait_for_step(provider, step: int, timeout: float = 600.0) -> float:
-    """Seconds until the provider lists ``step`` as the run's last step."""
+def wait_for_step(provider, tag: str, step: int, timeout: float = 600.0) -> float:
+    """Seconds until the provider lists ``step`` as the last step of ``tag``."""
     start = time.perf_counter()
     while True:
         listing = provider.list_tensors(
             context.RequestContext(), experiment_id="", plugin_name=metadata.PLUGIN_NAME
         )
-        series = listing.get(RUN, {}).get("gradflow")
+        series = listing.get(RUN, {}).get(tag)
         if series is not None and series.max_step >= step:
             return time.perf_counter() - start
         if time.perf_counter() - start > timeout:
@@ -157,7 +158,8 @@ def bench(backend, run: Run, repeats: int, cold_repeats: int) -> None:
         backend.reload()
         print(f"  ingestion (Reload): {time.perf_counter() - start:.1f} s")
     else:
-        print(f"  ingestion: {wait_for_step(backend.provider, run.steps - 1):.1f} s")
+        waited = wait_for_step(backend.provider, run.tag, run.steps - 1)
+        print(f"  ingestion: {waited:.1f} s")
     loader = GradFlowLoader()
     plugin = loader.load(
         base_plugin.TBContext(
@@ -191,7 +193,7 @@ def bench(backend, run: Run, repeats: int, cold_repeats: int) -> None:
         for _ in range(cold_repeats):
             run.write(1)  # new data: the cached run is stale
             backend.reload()
-            wait_for_step(backend.provider, run.steps - 1)
+            wait_for_step(backend.provider, run.tag, run.steps - 1)
             time.sleep(plugin.listing_ttl)  # until the plugin asks list_tensors again
             colds.append(timed(request)[0])
         for _ in range(cold_repeats):

@@ -633,9 +633,8 @@ def _heatmap(
     )  # (N, L)
     bad = np.logical_or.reduceat(has_grad & ~finite, starts, axis=0)
     seen = np.logical_or.reduceat(has_grad, starts, axis=0)
-    gone = np.logical_and.reduceat(run.absent, starts, axis=0)  # absent throughout
-    missing = np.where(gone, -np.inf, np.nan)
-    out = np.where(bad, np.inf, np.where(seen, best, missing)).astype(np.float32)
+    # no gradient and absent layers alike: NaN (``flow``'s ``absent`` tells them apart)
+    out = np.where(bad, np.inf, np.where(seen, best, np.nan)).astype(np.float32)
     header = {
         "run": run.path,
         "tag": tag,

@@ -927,10 +927,10 @@ def test_a_resumed_run_with_other_layer_sets_is_merged_by_layer_name(tmp_path):
         np.array(
             [
                 [1.01, 1.03, 1.05, 1.07],
-                [2.01, 2.02, -INF, -INF],  # b: no gradient at 3, absent from 4
-                [3.01, 3.03, 3.05, -INF],
-                [-INF, 4.03, 4.05, 4.07],
-                [-INF, -INF, -INF, 5.07],
+                [2.01, 2.02, NAN, NAN],  # b: no gradient at 3, absent from 4
+                [3.01, 3.03, 3.05, NAN],
+                [NAN, 4.03, 4.05, 4.07],
+                [NAN, NAN, NAN, 5.07],
             ],
             dtype=np.float32,
         ),
