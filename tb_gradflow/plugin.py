@@ -241,7 +241,10 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "layers": list(data.layers),
             "sparse": list(data.sparse),
             "stats": {s: data.values(s)[i].tolist() for s in data.stats},
-            "no_grad": data.no_grad[i].tolist(),
+            # one row, not GradFlowRun.no_grad's (T, L) arrays
+            "no_grad": (
+                np.isnan(data.values("nonfinite")[i]) & ~data.absent[i]
+            ).tolist(),
             "absent": data.absent[i].tolist(),
             "skipped": bool(data.skipped[i]),
             "loss_scale": float(data.loss_scale[i]),
