@@ -60,6 +60,10 @@ def main(mode: str, rank: int, world: int, init_file: str, outdir: str) -> None:
     with SummaryWriter(f"{outdir}/{mode}-rank{rank}") as writer:
         with tb_gradflow.watch(model, writer, optimizer=opt):
             train(model, opt, x[half], y[half])
+    # both ranks done before the group goes: a rank tearing gloo down while the
+    # other still talks to it can abort ("terminate called without an active
+    # exception", seen once in CI)
+    dist.barrier()
     dist.destroy_process_group()
 
 

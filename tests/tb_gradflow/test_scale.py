@@ -58,14 +58,18 @@ def run_two_ranks(mode, tmp_path):
         )
         for rank in range(2)
     ]
-    for p in procs:
-        try:
-            out, _ = p.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail(f"{mode} ranks did not finish in 120 s")
-        assert p.returncode == 0, out
+    try:
+        for p in procs:
+            try:
+                out, _ = p.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{mode} ranks did not finish in 120 s")
+            assert p.returncode == 0, out
+    finally:  # a failed rank leaves no process running into the next test
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
