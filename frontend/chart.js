@@ -51,7 +51,8 @@ export const STATUSES = ["ok", "zero", "no_grad", "nonfinite", "missing"];
  * @param {number} value the statistic (NaN without a gradient)
  * @param {{noGrad?: boolean, nonfinite?: number, missing?: boolean}} flags
  *   `nonfinite`: count of non-finite gradient elements; `missing`: the run has no
- *   such layer (runs compared by name).
+ *   such layer (runs compared by name), or not at this step (absent from the
+ *   layer set its session logged).
  * @returns {"ok"|"zero"|"no_grad"|"nonfinite"|"missing"}
  */
 export function barStatus(value, flags = {}) {
@@ -90,7 +91,7 @@ export function barData(flows, stat, opts) {
       values: idx.map((j) => (j < 0 ? NaN : values[j] ?? NaN)),
       back: back ? idx.map((j) => (j < 0 ? NaN : back[j] ?? NaN)) : null,
       status: idx.map((j) => barStatus(j < 0 ? NaN : values[j] ?? NaN, {
-        missing: j < 0, noGrad: j >= 0 && flow.no_grad[j], nonfinite: j < 0 ? 0 : nonfinite[j],
+        missing: j < 0 || flow.absent[j], noGrad: j >= 0 && flow.no_grad[j], nonfinite: j < 0 ? 0 : nonfinite[j],
       })),
       blocked: idx.map((j) => j >= 0 && blocked.has(flow.layers[j])),
     };

@@ -20,7 +20,8 @@
  * One logged step (`flow` route), with every statistic as an array of numbers.
  * @typedef {{run: string, tag: string, step: number, layers: string[],
  *   sparse: boolean[], stats: Object<string, number[]>, no_grad: boolean[],
- *   skipped: boolean, loss_scale: number, alerts: Alert[]}} Flow
+ *   absent: boolean[], skipped: boolean, loss_scale: number, alerts: Alert[]}} Flow
+ *   (`absent`: the layer is not in the layer set of that step's session)
  */
 
 /**
@@ -76,6 +77,7 @@ export function reviveFlow(json) {
     sparse: fill(json.sparse, false),
     stats,
     no_grad: fill(json.no_grad, false),
+    absent: fill(json.absent, false),
     skipped: Boolean(json.skipped),
     loss_scale: toNumber(json.loss_scale),
     alerts: (json.alerts || []).map(reviveAlert),

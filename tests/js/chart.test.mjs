@@ -14,6 +14,7 @@ function flow(run, layers, absMean, extra = {}) {
     run, tag: "gradflow", step: 119, layers,
     stats: { abs_mean: absMean, abs_max: absMean.map((v) => (typeof v === "number" ? v * 10 : v)), nonfinite: layers.map(() => 0), ...extra.stats },
     no_grad: extra.no_grad || layers.map(() => false),
+    absent: extra.absent || layers.map(() => false),
     alerts: extra.alerts || [],
   });
 }
@@ -47,6 +48,12 @@ test("barData: one bar per layer in model order, blocked layers from the step's 
   assert.deepEqual(d.series[0].blocked, [true, true, false, false, false]);
   assert.deepEqual(d.series[0].back, [3e-8, 1e-10, 3e-4, 2e-5, 1e-2].map((v, i) => d.series[0].back[i]));
   assert.equal(d.selected, -1);
+});
+
+test("barData shows a layer absent from the step's layer set as missing, not as without gradient", () => {
+  const f = flow("resumed", ["a", "b", "c"], [1, NaN, NaN], { no_grad: [false, false, true], absent: [false, true, false] });
+  assert.deepEqual(barData([f], "abs_mean", { log: false }).series[0].status, ["ok", "missing", "no_grad"]);
+  assert.deepEqual(reviveFlow({ layers: ["a"], stats: {} }).absent, [false]); // older servers send none
 });
 
 test("barData matches two runs' layers by name", () => {
