@@ -24,11 +24,14 @@ def format_report(name: str, run: GradFlowRun, thresholds: Thresholds) -> str:
         for f in findings
         if f.kind == "blocked" and f.last_step == run.steps[i]
     }
+    absent = run.absent[i]  # (L,): not in the layer set of this step's session
     lines = [
         f"== {name}  (step {run.steps[i]}, {len(run.steps)} logged steps, "
-        f"{len(run.layers)} layers)"
+        f"{int((~absent).sum())} layers)"
     ]
     for j, layer in enumerate(run.layers):
+        if absent[j]:
+            continue
         if math.isnan(nonfinite[j]):
             lines.append(f" !! {layer}=no gradient")
         elif nonfinite[j] > 0:

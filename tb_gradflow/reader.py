@@ -293,7 +293,9 @@ def _columns(layout: metadata.Layout) -> tuple:
 
 def _union(layouts: Sequence[metadata.Layout]) -> metadata.Layout:
     """One layout holding every layer (statistic, step field) of ``layouts``, in
-    order of first appearance; the rest from the first layout."""
+    order of first appearance; a layer's ``sparse`` flag from the last layout
+    that has it, ``every`` the largest (the expected number of logged steps is
+    then not overstated); the rest from the first layout."""
 
     def union(field: str) -> tuple:
         return tuple(dict.fromkeys(x for lo in layouts for x in getattr(lo, field)))
@@ -301,10 +303,11 @@ def _union(layouts: Sequence[metadata.Layout]) -> metadata.Layout:
     sparse: dict[str, bool] = {}
     for lo in layouts:
         for layer, is_sparse in zip(lo.layers, lo.sparse):
-            sparse.setdefault(layer, is_sparse)
+            sparse[layer] = is_sparse
     layers = union("layers")
     return dataclasses.replace(
         layouts[0],
+        every=max(lo.every for lo in layouts),
         layers=layers,
         stats=union("stats"),
         step_fields=union("step_fields"),

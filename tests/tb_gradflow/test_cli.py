@@ -13,14 +13,14 @@ from tb_gradflow import cli, metadata, summary
 from tb_gradflow.demo import DemoConfig, run_demo
 
 
-def write_run(logdir, values_per_step, layers=("enc", "mid", "head")):
+def write_run(logdir, values_per_step, layers=("enc", "mid", "head"), start=0):
     layout = metadata.Layout(layers=layers, sparse=(False,) * len(layers))
     with SummaryWriter(logdir) as w:
         for step, stats in enumerate(values_per_step):
             proto = summary.gradflow_pb(
                 layout, stats, np.array([0.0, np.nan]), with_metadata=step == 0
             )
-            w._get_file_writer().add_summary(proto, global_step=step)
+            w._get_file_writer().add_summary(proto, global_step=start + step)
 
 
 def stats(mean, nonfinite=(0, 0, 0)):
@@ -48,6 +48,16 @@ def test_report_marks_no_gradient_zero_nonfinite_and_blocked(tmp_path, capsys):
     assert " !! mid=0  zero gradient" in out
     assert " !! head=nan  2 non-finite" in out
     assert "no_gradient  enc  steps 0-1" in out
+
+
+def test_report_leaves_out_a_layer_the_last_session_did_not_log(tmp_path, capsys):
+    write_run(tmp_path / "resumed", [stats([1e-3, 2e-3, 3e-3]) for _ in range(5)])
+    later = [np.delete(stats([1e-3, 2e-3, 3e-3]), 1, axis=1) for _ in range(5)]
+    write_run(tmp_path / "resumed", later, layers=("enc", "head"), start=5)
+    assert cli.main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "== resumed  (step 9, 10 logged steps, 2 layers)" in out
+    assert "mid" not in out and " ++ head=0.003" in out
 
 
 def test_report_takes_every_threshold_as_an_option(tmp_path, capsys):

@@ -182,6 +182,16 @@ def test_load_reads_every_step_of_every_run(tmp_path):
         run.values("mean")
 
 
+def test_merged_layer_sets_take_the_last_sparse_flag_and_the_largest_every(tmp_path):
+    dense = dataclasses.replace(LAYOUT, layers=("a", "b"), sparse=(False, False))
+    sparse = dataclasses.replace(LAYOUT, layers=("b",), sparse=(True,), every=5)
+    write_steps(tmp_path, [0, 2, 4], layout=dense)
+    write_steps(tmp_path, [5, 10], layout=sparse)
+    run = tb_gradflow.load_run(tmp_path, name="gen")
+    assert run.layers == ["a", "b"] and run.steps.tolist() == [0, 2, 4, 5, 10]
+    assert list(run.sparse) == [False, True] and run.every == 5
+
+
 def test_load_refuses_a_key_that_two_watchers_would_share(tmp_path):
     write_steps(tmp_path / "a", [0, 1], layout=dataclasses.replace(LAYOUT, name="b"))
     write_steps(
