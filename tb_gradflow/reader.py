@@ -91,8 +91,9 @@ class GradFlowRun:
         """Draws the seeds' gradient-flow bar plot of one step with matplotlib.
 
         ``abs_max`` is drawn lightly behind ``abs_mean``; layers without a
-        gradient are marked with a red ``x`` at the axis, non-finite ones with a
-        red bar. Needs matplotlib (``pip install tb-gradflow[plot]``).
+        gradient are marked with a red ``x`` at the axis, layers absent from the
+        step's layer set with a grey one, non-finite ones with a red bar. Needs
+        matplotlib (``pip install tb-gradflow[plot]``).
 
         Args:
             step: the step to draw (the nearest logged one; None: the last).
@@ -134,6 +135,15 @@ class GradFlowRun:
             ax.bar(x[bad], np.ones(bad.sum()), color="r", label="non-finite")
         if missing.any():
             ax.plot(x[missing], np.zeros(missing.sum()), "rx", label="no gradient")
+        absent = self.absent[i]
+        if absent.any():
+            ax.plot(
+                x[absent],
+                np.zeros(absent.sum()),
+                "x",
+                color="0.6",
+                label="not in this step's layer set",
+            )
         ax.axhline(0, color="k", linewidth=1)
         ax.set_xticks(x, self.layers, rotation=90)
         ax.set_xlim(-1, len(x))
