@@ -191,13 +191,12 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         out = []
         for run in sorted(listing):
             tags = listing[run]
-            for tag in sorted(tags):
-                layout = _parse(tags[tag].plugin_content)
-                if isinstance(layout, str):  # unreadable or newer format
-                    problems[(experiment, run, tag, "layout")] = (
-                        f"gradflow: left out run {run!r}, tag {tag!r}: {layout}"
-                    )
-            for tag, members in sorted(_watchers(tags).items()):
+            watchers, unreadable = _watchers(tags)
+            for tag, why in unreadable.items():  # unreadable or newer format
+                problems[(experiment, run, tag, "layout")] = (
+                    f"gradflow: left out run {run!r}, tag {tag!r}: {why}"
+                )
+            for tag, members in sorted(watchers.items()):
                 entry = self._entry(ctx, experiment, run, tag, tags, members)
                 if entry.problem is not None:
                     problems[(experiment, run, tag, "problem")] = (
@@ -358,7 +357,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         tags = self._run_listing(ctx, experiment, run)
         if not tags:
             raise errors.NotFoundError(f"No gradflow data for run {run!r}")
-        watchers = _watchers(tags)
+        watchers, _ = _watchers(tags)
         if tag is None:
             if len(watchers) > 1:
                 raise errors.InvalidArgumentError(
@@ -765,15 +764,21 @@ def _parse(content: bytes) -> metadata.Layout | str:
     return layout
 
 
-def _watchers(tags: dict[str, provider.TensorTimeSeries]) -> dict[str, list[str]]:
-    """The readable tags of one run by watcher: ``{base tag: [tags]}``, the base
-    tag from the watcher name in each tag's layout (never parsed from the tag)."""
-    out: dict[str, list[str]] = {}
+def _watchers(
+    tags: dict[str, provider.TensorTimeSeries],
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The tags of one run, each layout parsed once: the readable ones by
+    watcher, ``{base tag: [tags]}`` (the base tag from the watcher name in each
+    tag's layout, never parsed from the tag), and ``{tag: why}`` for the rest."""
+    watchers: dict[str, list[str]] = {}
+    unreadable: dict[str, str] = {}
     for tag in sorted(tags):
         layout = _parse(tags[tag].plugin_content)
         if isinstance(layout, metadata.Layout):
-            out.setdefault(metadata.tag_for(layout.name), []).append(tag)
-    return out
+            watchers.setdefault(metadata.tag_for(layout.name), []).append(tag)
+        else:
+            unreadable[tag] = layout
+    return watchers, unreadable
 
 
 def _layout(content: bytes, run: str, tag: str) -> metadata.Layout:

@@ -380,7 +380,7 @@ def merge_records(
         idx = np.flatnonzero(part == i)
         if not len(idx):
             continue
-        block = np.stack([rows[j] for j in idx.tolist()]).astype(np.float32)
+        block = np.stack([rows[j] for j in idx.tolist()], dtype=np.float32)
         flat[idx], absent[idx] = _realign(block, layout, merged)
     return from_records(path, merged, steps, flat, absent=absent)
 
@@ -403,7 +403,8 @@ def from_records(
         path: where the records came from (a run directory or a run name).
         layout: the layout every record follows.
         steps: the step of each record.
-        rows: each record's flat vector, ``(layout.size,)``.
+        rows: each record's flat vector, ``(layout.size,)`` (or all of them as
+            one ``(N, layout.size)`` array).
         absent: ``(N, L)`` bool, layers a record's writer did not have (None:
             none); see :func:`merge_records`.
     """
@@ -413,7 +414,9 @@ def from_records(
     last = np.ones(len(order), dtype=bool)
     last[:-1] = steps[order][1:] != steps[order][:-1]
     keep = order[last]
-    if len(keep):
+    if isinstance(rows, np.ndarray):  # merged layer sets: already one block
+        flat = rows[keep].astype(np.float32, copy=False)  # (T, K * L + F)
+    elif len(keep):
         kept = [rows[i] for i in keep.tolist()]
         flat = np.stack(kept, dtype=np.float32)  # (T, K * L + F), one copy
     else:
