@@ -4,7 +4,8 @@ A word-embedding table of 1M words x 300 dims needs about 1 GB and knows nothing
 words it has not seen. The encoders here map each word's characters to one vector, so
 they need few parameters and also embed unseen words ("beers", "awesomeness").
 
-- :class:`CharVocab` maps characters to ids (0 = padding, 1 = unknown).
+- :class:`CharVocab` maps characters to ids (0 = padding, 1 = unknown), optionally
+  with begin- and end-of-word marker ids around each word.
 - :class:`CharCNNEncoder` is Kim et al.'s convolutional encoder (max over time, then
   highway layers).
 - :class:`CharGRUEncoder` runs one packed GRU call over all words of a batch and keeps
@@ -37,7 +38,7 @@ from trainkit import _validate
 __all__ = ["CharCNNEncoder", "CharGRUEncoder", "CharVocab"]
 
 _FORMAT = "trainkit.CharVocab"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: word_markers
 # Kim et al. (2016), "small" model: char_dim 15, widths 1-6 with 25 * w filters.
 _KIM_SMALL_FILTERS = ((1, 25), (2, 50), (3, 75), (4, 100), (5, 125), (6, 150))
 # Transform-gate bias at init: sigmoid(-2) = 0.12, so the first evaluations mostly
@@ -48,8 +49,15 @@ _HIGHWAY_GATE_BIAS = -2.0
 class CharVocab:
     """Maps characters to ids: 0 is padding, 1 is unknown, real characters from 2.
 
+    With ``word_markers=True``, two more ids follow the characters' ids: every
+    non-empty word is encoded as ``word_begin_id``, its characters,
+    ``word_end_id``, as Kim et al.'s character model marks a word's edges (so a
+    width-``w`` filter sees "starts with" and "ends with"). Being ids of their own,
+    the markers never collide with a character of the text.
+
     Args:
         chars: distinct single characters, in id order (the first gets id 2).
+        word_markers: add begin- and end-of-word ids around every non-empty word.
 
     Raises:
         ValueError: if an entry is not a single character or appears twice.
@@ -65,12 +73,18 @@ class CharVocab:
                 [1, 0, 0, 0, 0]])
         >>> lengths
         tensor([5, 2, 1])
+        >>> marked = CharVocab.from_text("beer is awesome", word_markers=True)
+        >>> marked.word_begin_id, marked.word_end_id, len(marked)
+        (11, 12, 13)
+        >>> marked.encode(["is", ""])
+        (tensor([[11,  5,  9, 12],
+                [ 0,  0,  0,  0]]), tensor([4, 0]))
     """
 
     padding_id = 0
     unknown_id = 1
 
-    def __init__(self, chars: Iterable[str]) -> None:
+    def __init__(self, chars: Iterable[str], *, word_markers: bool = False) -> None:
         chars = tuple(chars)
         for c in chars:
             if not isinstance(c, str) or len(c) != 1:
@@ -78,37 +92,59 @@ class CharVocab:
         if len(set(chars)) != len(chars):
             dupes = sorted({c for c in chars if chars.count(c) > 1})
             raise ValueError(f"Duplicate characters: {dupes!r}")
+        if not isinstance(word_markers, bool):
+            raise TypeError(f"Invalid word_markers: {word_markers!r} (need a bool)")
         self._chars = chars
         self._ids = {c: i for i, c in enumerate(chars, start=2)}
+        self._word_markers = word_markers
 
     @classmethod
-    def from_text(cls, text: str) -> CharVocab:
+    def from_text(cls, text: str, *, word_markers: bool = False) -> CharVocab:
         """Builds a vocabulary of the distinct non-whitespace characters of ``text``.
 
         Ids follow sorted code-point order, so the same text always gives the same ids.
-        Whitespace separates words and is left out.
+        Whitespace separates words and is left out. ``word_markers`` as in the class.
         """
-        return cls(sorted({c for c in text if not c.isspace()}))
+        return cls(
+            sorted({c for c in text if not c.isspace()}), word_markers=word_markers
+        )
 
     @property
     def chars(self) -> tuple[str, ...]:
         """The real characters in id order (id of ``chars[i]`` is ``i + 2``)."""
         return self._chars
 
+    @property
+    def word_markers(self) -> bool:
+        """Whether :meth:`encode` marks the begin and end of every word."""
+        return self._word_markers
+
+    @property
+    def word_begin_id(self) -> int | None:
+        """The begin-of-word id (``len(chars) + 2``), or None without markers."""
+        return len(self._chars) + 2 if self._word_markers else None
+
+    @property
+    def word_end_id(self) -> int | None:
+        """The end-of-word id (``len(chars) + 3``), or None without markers."""
+        return len(self._chars) + 3 if self._word_markers else None
+
     def __len__(self) -> int:
-        """The ``n_chars`` the encoders take: characters + padding + unknown."""
-        return len(self._chars) + 2
+        """The ``n_chars`` the encoders take: characters + padding + unknown (+ the
+        two word markers)."""
+        return len(self._chars) + (4 if self._word_markers else 2)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CharVocab):
             return NotImplemented
-        return self._chars == other._chars
+        return (self._chars, self._word_markers) == (other._chars, other._word_markers)
 
     def __hash__(self) -> int:
-        return hash(self._chars)
+        return hash((self._chars, self._word_markers))
 
     def __repr__(self) -> str:
-        return f"CharVocab(n_chars={len(self)})"
+        markers = ", word_markers=True" if self._word_markers else ""
+        return f"CharVocab(n_chars={len(self)}{markers})"
 
     def encode(
         self, words: Sequence[str], *, max_len: int | None = None
@@ -116,13 +152,17 @@ class CharVocab:
         """Encodes words as right-padded id rows.
 
         Args:
-            words: the words. An empty string gives an all-padding row (length 0).
-            max_len: pad (and truncate longer words) to this many characters; by
-                default, to the longest word.
+            words: the words. An empty string gives an all-padding row (length 0),
+                also with word markers (an empty word slot, as ``encode_batch``
+                pads with).
+            max_len: pad (and truncate longer words) to this many ids; by default,
+                to the longest word. With word markers a truncated word keeps its
+                begin marker and loses its end marker first.
 
         Returns:
             ``(ids, lengths)``: ids ``(N, L)`` int64, characters not in the vocabulary
-            as ``unknown_id``, then ``padding_id``; lengths ``(N,)`` int64.
+            as ``unknown_id``, then ``padding_id``; lengths ``(N,)`` int64, counting
+            the word markers.
 
         Raises:
             TypeError: if ``words`` is a single ``str`` (pass ``text.split()``).
@@ -135,6 +175,9 @@ class CharVocab:
         if max_len is not None and not max_len >= 1:
             raise ValueError(f"Invalid max_len: {max_len}")
         rows = [[self._ids.get(c, self.unknown_id) for c in w] for w in words]
+        if self._word_markers:
+            begin, end = self.word_begin_id, self.word_end_id
+            rows = [[begin, *r, end] if r else r for r in rows]
         if max_len is None:
             max_len = max((len(r) for r in rows), default=0)
         ids = np.zeros((len(rows), max_len), dtype=np.int64)  # padding_id is 0
@@ -168,11 +211,14 @@ class CharVocab:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes the vocabulary as UTF-8 JSON."""
+        # version 1 (no markers) where it says all: older readers still load it
         payload = {
             "format": _FORMAT,
-            "version": _FORMAT_VERSION,
+            "version": _FORMAT_VERSION if self._word_markers else 1,
             "chars": list(self._chars),
         }
+        if self._word_markers:
+            payload["word_markers"] = True
         with open(path, "w", encoding="utf-8") as f:
             json.dump(payload, f, ensure_ascii=False)
 
@@ -193,7 +239,13 @@ class CharVocab:
                 f"Unsupported {_FORMAT} version {version!r} in {os.fspath(path)!r} "
                 f"(this trainkit reads up to {_FORMAT_VERSION})"
             )
-        return cls(payload["chars"])
+        word_markers = payload.get("word_markers", False)
+        if not isinstance(word_markers, bool):
+            raise ValueError(
+                f"Invalid word_markers {word_markers!r} in {os.fspath(path)!r} "
+                "(need true or false)"
+            )
+        return cls(payload["chars"], word_markers=word_markers)
 
 
 def _check_embedding_args(n_chars: int, char_dim: int, padding_idx: int) -> None:

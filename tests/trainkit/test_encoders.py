@@ -121,6 +121,67 @@ def test_vocab_load_rejects_other_files_and_newer_versions(tmp_path):
         CharVocab.load(path)
 
 
+def test_word_markers_wrap_every_word_with_two_ids_of_their_own():
+    # "{" and "}" are Kim et al.'s markers: here they are characters of the text
+    vocab = CharVocab.from_text("{a} b", word_markers=True)
+    assert vocab.chars == ("a", "b", "{", "}") and len(vocab) == 8
+    begin, end = vocab.word_begin_id, vocab.word_end_id
+    assert (begin, end) == (6, 7)
+    assert {begin, end}.isdisjoint({vocab.padding_id, vocab.unknown_id, 2, 3, 4, 5})
+    ids, lengths = vocab.encode(["{a}", "", "b?"])
+    assert ids.tolist() == [[6, 4, 2, 5, 7], [0, 0, 0, 0, 0], [6, 3, 1, 7, 0]]
+    assert lengths.tolist() == [5, 0, 4]  # markers counted; an empty slot stays 0
+    plain = CharVocab.from_text("{a} b")
+    assert plain.word_begin_id is None and plain.word_end_id is None
+    assert plain != vocab and len(plain) == 6
+    assert plain.encode(["{a}"])[0].tolist() == [[4, 2, 5]]  # same character ids
+
+
+def test_word_markers_truncate_the_end_marker_first_and_pad_batches():
+    vocab = CharVocab(["a", "b", "c"], word_markers=True)
+    ids, lengths = vocab.encode(["abc", "a"], max_len=3)
+    assert ids.tolist() == [[5, 2, 3], [5, 2, 6]]
+    assert lengths.tolist() == [3, 3]
+    ids, lengths = vocab.encode_batch([["ab"], ["c", "ba"]])
+    assert ids.shape == (2, 2, 4)
+    assert lengths.tolist() == [[4, 0], [3, 4]]
+    assert ids[0, 1].eq(0).all()
+
+
+def test_word_markers_feed_the_encoders():
+    vocab = CharVocab.from_text("beer is awesome", word_markers=True)
+    ids, lengths = vocab.encode(["beers", "is", ""])
+    for encoder in (
+        CharCNNEncoder(len(vocab), char_dim=4, filters=((2, 3),), highway_layers=1),
+        CharGRUEncoder(len(vocab), char_dim=4, hidden_size=5).eval(),
+    ):
+        out = encoder(ids, lengths)
+        assert torch.isfinite(out).all() and out[2].eq(0).all()
+        torch.testing.assert_close(encoder(ids), out)  # lengths from the padding
+
+
+def test_word_markers_save_and_load(tmp_path):
+    path = tmp_path / "vocab.json"
+    vocab = CharVocab.from_text("naïve café", word_markers=True)
+    vocab.save(path)
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    assert payload["version"] == 2 and payload["word_markers"] is True
+    loaded = CharVocab.load(path)
+    assert loaded == vocab and loaded.word_markers
+    assert torch.equal(loaded.encode(["café"])[0], vocab.encode(["café"])[0])
+    # without markers the file stays the version every reader knows
+    CharVocab.from_text("naïve café").save(path)
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    assert payload["version"] == 1 and "word_markers" not in payload
+    assert not CharVocab.load(path).word_markers
+    payload.update(word_markers="yes")
+    path.write_text(json.dumps(payload), encoding="utf-8")
+    with pytest.raises(ValueError, match="Invalid word_markers 'yes'"):
+        CharVocab.load(path)
+    with pytest.raises(TypeError, match="Invalid word_markers: 1"):
+        CharVocab(["a"], word_markers=1)
+
+
 # --- invariants shared by both encoders ---
 
 

@@ -40,7 +40,8 @@ def funk_step(state, param, grad, *, lr, eps=1e-16):
 
 # -- the paths under test --------------------------------------------------------
 
-PATHS = ["single", "chunked", "foreach", "fused"]
+# "fused" compiles its kernels (a few seconds each on a cold cache)
+PATHS = ["single", "chunked", "foreach", pytest.param("fused", marks=pytest.mark.slow)]
 
 
 @pytest.fixture
@@ -48,59 +49,18 @@ def path_kwargs(request, monkeypatch):
     """Optimizer kwargs that select one implementation path.
 
     "chunked" is the per-tensor path with 5-element slices, so that tensors here
-    span several slices. "fused" runs the compiled kernels' Python bodies without
-    compiling them (compiling takes tens of seconds; see
-    test_fused_compiled_matches_per_tensor_without_recompiling).
+    span several slices. "fused" compiles its kernels for real, from an empty
+    compile state, and checks that every direct call of a compiled graph gets
+    the inputs it was compiled for (see conftest.py).
     """
     path = request.param
     if path == "chunked":
         monkeypatch.setattr(smorms3_module, "_CHUNK_NUMEL", 5)
     if path == "fused":
-        monkeypatch.setattr(smorms3_module, "_compiled_kernels", eager_kernels)
+        request.getfixturevalue("fresh_fused_kernels")
+        request.getfixturevalue("checked_direct_calls")
         return {"fused": True}
     return {"foreach": path == "foreach"}
-
-
-class EagerKernel:
-    """Stands in for a compiled fused kernel: runs its Python body."""
-
-    def __init__(self, body):
-        self.body = body
-
-    def __call__(self, *args):
-        self.body(*args)
-
-    def call_flat(self, *args):
-        self.body(*args)
-
-    def bind(self, *args):
-        """As FlatKernel.bind's direct call: tensors of any contiguous shape."""
-        return lambda *args: self.body(*map(_flat, args))
-
-
-class SpecialisedKernel(EagerKernel):
-    """As a compiled graph is: bind's call keeps the constants (maximize, decay)
-    of the call it was bound on."""
-
-    def bind(self, *args):
-        constants = args[-2:]
-        return lambda *later: self.body(*map(_flat, later[:-2]), *constants)
-
-
-def _flat(arg):
-    """A tensor (or each tensor of a list) as 1-D, but 0-dim scalars."""
-    if isinstance(arg, list):
-        return [_flat(t) for t in arg]
-    if isinstance(arg, torch.Tensor) and arg.dim():
-        return arg.view(-1)
-    return arg
-
-
-def eager_kernels():
-    return (
-        EagerKernel(smorms3_module._fused_kernel_body),
-        EagerKernel(smorms3_module._fused_bucket_body),
-    )
 
 
 # nine equal sizes: the fused path updates eight of them in one bucket
@@ -524,11 +484,12 @@ def test_half_precision_state_survives_load_state_dict():
         assert torch.equal(opt2.state[q][key], opt.state[p][key])
 
 
-def test_fused_plan_follows_new_storage_state_and_gradient_layout(monkeypatch):
+def test_fused_plan_follows_new_storage_state_and_gradient_layout(
+    fresh_fused_kernels, checked_direct_calls
+):
     """The fused path keeps its flat kernel inputs between steps: a parameter's new
     storage, new state tensors (load_state_dict) and a strided gradient must make it
     rebuild them rather than update stale tensors."""
-    monkeypatch.setattr(smorms3_module, "_compiled_kernels", eager_kernels)
     gen = torch.Generator().manual_seed(7)
     shapes = [(4, 5)] * 9 + [(7,)]
     ours = [nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
@@ -554,17 +515,12 @@ def test_fused_plan_follows_new_storage_state_and_gradient_layout(monkeypatch):
     assert plan.fits(*(list(t) for t in _fused_inputs(opt)))
 
 
-def test_fused_direct_calls_follow_maximize_and_weight_decay(monkeypatch):
+@pytest.mark.slow
+def test_fused_direct_calls_follow_maximize_and_weight_decay(
+    fresh_fused_kernels, checked_direct_calls
+):
     """A bucket's direct call is specialised on maximize and on weight decay
     being on: changing them between steps must not reuse it."""
-    monkeypatch.setattr(
-        smorms3_module,
-        "_compiled_kernels",
-        lambda: (
-            SpecialisedKernel(smorms3_module._fused_kernel_body),
-            SpecialisedKernel(smorms3_module._fused_bucket_body),
-        ),
-    )
     gen = torch.Generator().manual_seed(8)
     ours = [nn.Parameter(torch.randn(4, 5, generator=gen)) for _ in range(9)]
     base = [nn.Parameter(p.detach().clone()) for p in ours]
@@ -603,11 +559,12 @@ BAD_TENSORS = {
 
 
 @pytest.mark.parametrize("case", BAD_TENSORS)
-def test_fused_path_rejects_a_gradient_or_state_unlike_its_parameter(monkeypatch, case):
+def test_fused_path_rejects_a_gradient_or_state_unlike_its_parameter(
+    fresh_fused_kernels, case
+):
     """The fused kernels read by data pointer: a gradient resized in place after
     the plan was built, or state of another shape or dtype, must raise (as the
     per-tensor path does), not be read past its end or as another dtype."""
-    monkeypatch.setattr(smorms3_module, "_compiled_kernels", eager_kernels)
     params = [nn.Parameter(torch.randn(4, 5)) for _ in range(9)]
     for p in params:
         p.grad = torch.randn(4, 5)
@@ -620,10 +577,11 @@ def test_fused_path_rejects_a_gradient_or_state_unlike_its_parameter(monkeypatch
         opt.step()
 
 
-def test_fused_plan_follows_state_given_new_storage(monkeypatch):
+def test_fused_plan_follows_state_given_new_storage(
+    fresh_fused_kernels, checked_direct_calls
+):
     """Resetting state through ``.data`` keeps the tensor objects: the plan's flat
     views of the old storage must not be updated instead."""
-    monkeypatch.setattr(smorms3_module, "_compiled_kernels", eager_kernels)
     gen = torch.Generator().manual_seed(9)
     ours = [nn.Parameter(torch.randn(4, 5, generator=gen)) for _ in range(9)]
     base = [nn.Parameter(p.detach().clone()) for p in ours]
@@ -676,10 +634,10 @@ def _fused_inputs(opt):
     )
 
 
-def test_fused_compiled_matches_per_tensor_without_recompiling(monkeypatch):
+def test_fused_compiled_matches_per_tensor_without_recompiling(
+    monkeypatch, fresh_fused_kernels, checked_direct_calls
+):
     # fresh kernels and torch.compile cache: step 0 must compile and record
-    torch._dynamo.reset()
-    monkeypatch.setattr(smorms3_module, "_fused_kernels", [])
     gen = torch.Generator().manual_seed(6)
     # 1-D here, 2-D below: the flat inputs must not carry the original shape
     shapes = [(300,), (85,), (1,)] + [(50,)] * 9
@@ -727,7 +685,9 @@ def _aliased_params(seed: int) -> list[nn.Parameter]:
     return params
 
 
-def test_fused_steps_overlapping_parameters_and_negative_bit_gradients_per_tensor():
+def test_fused_steps_overlapping_parameters_and_negative_bit_gradients_per_tensor(
+    fresh_fused_kernels, checked_direct_calls
+):
     # A compiled graph assumes its inputs do not overlap, and a direct call
     # reads a gradient's memory as it is (a negative-bit view is not): with
     # weight decay one of two aliased updates was lost, or the compile failed.

@@ -178,10 +178,9 @@ def test_int_constants_are_never_called_directly():
     assert not kernel.direct
 
 
-def test_bind_gives_the_direct_call_which_reads_any_contiguous_shape():
-    """bind's call runs the recorded graph without torch.compile or checks; the
-    graph reads tensors by data pointer, so n-D contiguous tensors of the flat
-    size work (size_asserts off), as the fused optimizer passes its gradients."""
+def test_bind_gives_the_direct_call_of_a_signature(checked_direct_calls):
+    """bind's call runs the recorded graph without torch.compile or checks, on
+    flat tensors of any size (the size is an input)."""
     kernel = FlatKernel(scale_add, OPTIONS)
     w = torch.tensor(0.5)
     xs, y = [torch.zeros(6), torch.ones(6)], torch.arange(6.0)
@@ -191,16 +190,53 @@ def test_bind_gives_the_direct_call_which_reads_any_contiguous_shape():
     assert run is not None
     assert kernel.bind([torch.zeros(6)] * 2, y, w, True) is None  # other constant
     kernel._compiled = Counting(kernel._compiled)
-    xs = [torch.randn(2, 3), torch.randn(3, 2)]
-    y = torch.randn(3, 2)
-    want = [x + w * y.reshape(x.shape) for x in xs]
-    run(xs, y, torch.tensor(0.5), False)
-    for x, e in zip(xs, want):
+    x9 = [torch.randn(9), torch.randn(9)]
+    y = torch.randn(9)
+    want = [x + 2.0 * y for x in x9]
+    run(x9, y, torch.tensor(2.0), False)
+    for x, e in zip(x9, want):
         torch.testing.assert_close(x, e)
-    x9 = [torch.zeros(9), torch.zeros(9)]  # another size: the size is an input
-    run(x9, torch.ones(9), torch.tensor(2.0), False)
-    torch.testing.assert_close(x9[1], torch.full((9,), 2.0))
     assert kernel._compiled.calls == 0
+    assert checked_direct_calls == [9]
+
+
+def test_a_recompiled_graph_runs_directly_on_inputs_as_compiled(checked_direct_calls):
+    """After a recompile (a new constant), inductor's graph may take its loop
+    bound from a tensor's size rather than from the size input: direct calls
+    of every signature get 1-D tensors of the flat size, checked input by input
+    against what each graph was compiled for."""
+    kernel = FlatKernel(scale_add, OPTIONS)
+    for neg in (False, True, False, True):
+        for size in (6, 30):
+            xs = [torch.randn(size, dtype=torch.float64) for _ in range(2)]
+            y = torch.randn(size, dtype=torch.float64)
+            w = torch.tensor(0.25, dtype=torch.float64)
+            want = expected(xs, y, w, neg)
+            kernel(xs, y, w, neg)
+            for x, e in zip(xs, want):
+                torch.testing.assert_close(x, e, rtol=1e-12, atol=1e-12)
+    assert len(kernel.direct) == 2
+    assert checked_direct_calls == [30, 30, 6, 30, 6, 30]
+
+
+def test_an_int_input_that_equals_the_flat_size_is_not_taken_for_it():
+    """torch.compile makes an int argument a size symbol of its own: one whose
+    value equals the flat size is still not the tensors' size, and a graph that
+    takes it is not recorded (its later calls could pass another int)."""
+    from trainkit.optim._compiled import _trace_inputs
+
+    captured = []
+
+    def capture(gm, example_inputs):
+        captured.append((gm, list(example_inputs)))
+        return gm.forward
+
+    x = torch.zeros(5)
+    torch.compile(add_times, dynamic=True, fullgraph=True, backend=capture)(x, 5)
+    ((gm, example_inputs),) = captured
+    sizes = [v for v in example_inputs if isinstance(v, torch.SymInt)]
+    assert len(sizes) == 2 and {int(v) for v in sizes} == {5}  # two symbols of 5
+    assert _trace_inputs(gm, example_inputs, (x, 5)) is None
 
 
 def test_direct_calls_are_made_for_cpu_tensors_only():

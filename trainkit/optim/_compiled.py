@@ -17,10 +17,17 @@ which checks nothing (~4 us), for a caller that keeps the signature itself.
 Direct calls are made on the CPU only: elsewhere every call goes through
 ``torch.compile`` (a GPU graph may assume the alignment of its inputs).
 
-A graph whose inputs cannot all be traced back to the call's arguments (a tensor
-from a global, a size other than the flat size), or that does not take the size
-as an input (it may be specialised to one size), is not recorded: its calls keep
-going through ``torch.compile``.
+Every input of a direct call must be what the graph was compiled for: a tensor
+of the compiling call's dtype, 0-dim, or 1-D contiguous of the flat size. Inductor
+may take a loop bound from any tensor input's ``size()[0]`` rather than from the
+size input (it does after a recompile), so an n-D tensor of the right number of
+elements would be read only along its first dimension.
+
+A graph is recorded only if its inputs are the call's own tensors (by identity,
+each compiled 0-dim or 1-D contiguous over one size symbol) and that symbol
+itself, as an input: a tensor from a global, a size other than the flat size, or
+an integer input that merely equals the size leaves its calls going through
+``torch.compile``.
 """
 
 from __future__ import annotations
@@ -56,10 +63,13 @@ _CONSTANTS = (bool, str, type(None))  # constants a direct call may key on
 class _Direct(NamedTuple):
     """A compiled graph, and per graph input: ``(argument, index)`` into the
     call's arguments (lists, and single values as lists of one), or the flat
-    size (``_FLAT_SIZE``)."""
+    size (``_FLAT_SIZE``); and what each input was compiled as: ``(dtype,
+    dimensions)`` of a tensor (0, or 1 for 1-D contiguous of the flat size), or
+    None for the size."""
 
     graph: Callable[..., Any]
     inputs: list[tuple[int, int] | None]
+    specs: list[tuple[torch.dtype, int] | None]
 
 
 class FlatKernel:
@@ -107,9 +117,10 @@ class FlatKernel:
         The returned function checks nothing: the caller guarantees that its
         arguments keep the signature (grad mode, constants, list lengths, and each
         tensor's dtype, device and requires_grad) and that every tensor but the
-        0-dim ones is contiguous with the first tensor's number of elements. With
-        inductor's ``size_asserts`` off, a tensor's shape does not matter: the
-        graph reads and writes it through its data pointer.
+        0-dim ones is 1-D contiguous with the first tensor's number of elements,
+        as the graph was compiled: it may take its loop bound from any tensor's
+        ``size()[0]`` (an n-D tensor would be updated along its first dimension
+        only).
         """
         key = _signature(args, each=False)
         direct = None if key is None else self.direct.get(key)
@@ -140,9 +151,9 @@ class FlatKernel:
         graph = compile_fx(gm, example_inputs, config_patches=self._options)
         key, args = getattr(self._pending, "call", None) or (None, ())
         if key is not None:
-            inputs = _trace_inputs(example_inputs, args)
-            if inputs is not None:
-                self.direct[key] = _Direct(graph, inputs)
+            traced = _trace_inputs(gm, example_inputs, args)
+            if traced is not None:
+                self.direct[key] = _Direct(graph, *traced)
         return graph
 
 
@@ -206,11 +217,24 @@ def _flat_like(t: Any, t0: Tensor, size: int) -> bool:
 
 
 def _trace_inputs(
-    example_inputs: Sequence[Any], args: Sequence[Any]
-) -> list[tuple[int, int] | None] | None:
-    """Where each graph input is in ``args``: ``(argument, index)`` for a tensor
-    (found by identity), ``_FLAT_SIZE`` for a size equal to the flat size; None
-    if any input is neither, or if no input is the size."""
+    gm: torch.fx.GraphModule, example_inputs: Sequence[Any], args: Sequence[Any]
+) -> tuple[list[tuple[int, int] | None], list[tuple[torch.dtype, int] | None]] | None:
+    """Where each graph input is in ``args`` and what it was compiled as (see
+    ``_Direct``), or None unless the graph takes exactly: the call's own tensors
+    (found by identity), each compiled as 0-dim or as 1-D contiguous over one
+    size symbol, and that symbol as an input. The graph's placeholders hold what
+    ``torch.compile`` compiled each input as (fake tensors, symbolic sizes)."""
+    compiled = [
+        node.meta.get("example_value") for node in gm.graph.find_nodes(op="placeholder")
+    ]
+    if len(compiled) != len(example_inputs):
+        return None
+    symbols = {c.node.expr for c in compiled if isinstance(c, torch.SymInt)}
+    if len(symbols) != 1:
+        return None  # no size input (specialised to one size), or several
+    (symbol,) = symbols
+    if not symbol.is_Symbol:
+        return None  # an expression of a size, not the size itself
     where: dict[int, tuple[int, int]] = {}
     for i, a in enumerate(args):
         items = a if isinstance(a, list) else (a,)
@@ -219,25 +243,30 @@ def _trace_inputs(
                 if id(t) in where:
                     return None  # one graph input for two arguments
                 where[id(t)] = (i, j)
-    flat = args[0][0] if isinstance(args[0], list) else args[0]
     inputs: list[tuple[int, int] | None] = []
-    for x in example_inputs:
-        if isinstance(x, Tensor):
-            at = where.get(id(x))
-            if at is None:
-                return None
-            inputs.append(at)
-        elif isinstance(x, (int, torch.SymInt)) and _hint(x) == flat.shape[0]:
+    specs: list[tuple[torch.dtype, int] | None] = []
+    for x, c in zip(example_inputs, compiled):
+        if isinstance(c, torch.SymInt):
             inputs.append(_FLAT_SIZE)
+            specs.append(None)
+        elif isinstance(x, Tensor) and id(x) in where and _flat_over(c, symbol):
+            inputs.append(where[id(x)])
+            specs.append((x.dtype, x.dim()))
         else:
             return None
-    # without the size among its inputs, the graph may hold the compiling size
-    return inputs if _FLAT_SIZE in inputs else None
+    return inputs, specs
 
 
-def _hint(size: int | torch.SymInt) -> int | None:
-    """The value a size had on the compiling call."""
-    if isinstance(size, int):
-        return size
-    hint = getattr(size.node, "hint", None)
-    return hint if isinstance(hint, int) else None
+def _flat_over(compiled: Any, symbol: Any) -> bool:
+    """Whether a graph input was compiled as a 0-dim tensor, or as a 1-D
+    contiguous tensor whose size is ``symbol``."""
+    if not isinstance(compiled, Tensor):
+        return False
+    if compiled.dim() == 0:
+        return True
+    if compiled.dim() != 1:
+        return False
+    (size,), (stride,) = compiled.shape, compiled.stride()
+    if type(stride) is not int or stride != 1:
+        return False
+    return isinstance(size, torch.SymInt) and size.node.expr == symbol
