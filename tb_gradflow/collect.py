@@ -1,6 +1,8 @@
 """Collects per-layer gradient statistics during training and writes them.
 
-The only module of ``tb_gradflow`` that imports torch.
+Collection runs outside ``torch.compile``: the hooks and the statistics are
+``torch.compiler.disable``'d, so a compiled optimizer step or training step
+runs them eagerly instead of tracing them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ from torch import Tensor, nn
 
 from tb_gradflow import _reduce, _sharded, metadata, summary
 from tb_gradflow.diagnose import Finding, OnlineDiagnosis, Thresholds
+from tb_gradflow.optimizer_hooks import (
+    ClosureCall,
+    closure_position,
+    hookable_optimizer,
+    with_closure,
+)
 
 __all__ = [
     "GradFlow",
@@ -143,21 +151,27 @@ def select_layers(
     include_bias: bool = False,
     include: str | Iterable[str] | None = None,
     exclude: str | Iterable[str] | None = None,
+    parameters: Iterable[Tensor] | None = None,
 ) -> list[tuple[str, nn.Parameter, bool]]:
     """The layers ``watch`` follows: ``(name, parameter, is_sparse)`` in model order.
 
     One per parameter that requires grad (tied parameters once), named by
     :func:`layer_name`; biases (last name component starting with ``bias``) only
     with ``include_bias``; ``include``/``exclude`` are glob patterns on layer
-    names.
+    names; ``parameters``, if given, keeps only the layers whose parameter is
+    one of them (e.g. one optimizer's, when each of several optimizers gets a
+    watcher).
 
     Raises:
-        ValueError: if no layer is left, or two layers end up with one name.
-        TypeError: if a pattern is not a str.
+        ValueError: if no layer is left, two layers end up with one name, or
+            ``parameters`` holds a tensor that is not a parameter of ``model``.
+        TypeError: if a pattern is not a str, or ``parameters`` is not an
+            iterable of tensors.
     """
     model = _unwrap(model)
     include = None if include is None else _patterns("include", include)
     exclude = [] if exclude is None else _patterns("exclude", exclude)
+    kept = None if parameters is None else _parameter_ids(model, parameters)
     sparse_params = {
         id(m.weight)
         for m in model.modules()
@@ -168,6 +182,8 @@ def select_layers(
         named = [(n[len(_WRAPPER_PREFIX) :], p) for n, p in named]
     layers, seen = [], {}
     for pname, param in named:
+        if kept is not None and id(param) not in kept:
+            continue
         if not include_bias and _is_bias(pname):
             continue
         name = layer_name(pname)
@@ -188,9 +204,34 @@ def select_layers(
         raise ValueError(
             "No layer to watch: the model has no parameter that requires grad and "
             f"passes the filters (include_bias={include_bias}, include={include}, "
-            f"exclude={list(exclude)})"
+            f"exclude={list(exclude)}"
+            + ("" if kept is None else f", {len(kept)} parameters given")
+            + ")"
         )
     return layers
+
+
+def _parameter_ids(model: nn.Module, parameters: Iterable[Tensor]) -> set[int]:
+    """The ids of ``parameters``, each checked to be a parameter of ``model``."""
+    if isinstance(parameters, Tensor) or not isinstance(parameters, Iterable):
+        raise TypeError(
+            "parameters must be an iterable of the model's parameters, got "
+            f"{type(parameters).__name__}"
+        )
+    own = {id(p) for p in model.parameters()}
+    ids = set()
+    for p in parameters:
+        if not isinstance(p, Tensor):
+            raise TypeError(
+                f"parameters must hold tensors, got {type(p).__name__}: {p!r}"
+            )
+        if id(p) not in own:
+            raise ValueError(
+                f"parameters holds a tensor of shape {tuple(p.shape)} that is not a "
+                "parameter of the model"
+            )
+        ids.add(id(p))
+    return ids
 
 
 class GradFlow:
@@ -221,6 +262,8 @@ class GradFlow:
         on_alert: str | None = None,
         thresholds: Thresholds | None = None,
         rank: int | None = 0,
+        parameters: Iterable[Tensor] | None = None,
+        step_fn: Callable[[], int | None] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -236,10 +279,16 @@ class GradFlow:
             raise ValueError(f"Invalid start_step: {start_step!r} (an int >= 0)")
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
             raise ValueError(f"Invalid name: {name!r} (a non-empty str without '/')")
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        if optimizer is not None:
+            optimizer = hookable_optimizer(optimizer)
+        if step_fn is not None and not callable(step_fn):
             raise TypeError(
-                "optimizer must be a torch.optim.Optimizer, got "
-                f"{type(optimizer).__name__}"
+                f"step_fn must be callable or None, got {type(step_fn).__name__}"
+            )
+        if step_fn is not None and optimizer is None:
+            raise ValueError(
+                "step_fn numbers optimizer steps: pass optimizer= too (or call "
+                "GradFlow.log(step) yourself)"
             )
         if rank is not None and (
             isinstance(rank, bool) or not isinstance(rank, int) or rank < 0
@@ -272,7 +321,11 @@ class GradFlow:
                 f"got {type(writer).__name__}"
             )
         selected = select_layers(
-            model, include_bias=include_bias, include=include, exclude=exclude
+            model,
+            include_bias=include_bias,
+            include=include,
+            exclude=exclude,
+            parameters=parameters,
         )
         self._layers = [_Layer(n, p, s) for n, p, s in selected]
         self.layers = [layer.name for layer in self._layers]
@@ -290,6 +343,8 @@ class GradFlow:
         self.last: LoggedStep | None = None
         self._optimizer = optimizer
         self._scaler = scaler
+        self._step_fn = step_fn
+        self._closure_call: ClosureCall | None = None  # this step's, until it ends
         self._steps_done = 0
         self._wrote_metadata = False
         self._scratch: dict[torch.device, Tensor] = {}
@@ -312,6 +367,9 @@ class GradFlow:
                 self._handles.append(
                     optimizer.register_step_pre_hook(self._on_optimizer_step)
                 )
+                self._handles.append(
+                    optimizer.register_step_post_hook(self._after_optimizer_step)
+                )
             if scaler is not None:
                 self._handles.append(_ScalerStepPatch(self, scaler))
         except BaseException:  # no half-built watcher: undo what is registered
@@ -322,23 +380,67 @@ class GradFlow:
 
     @property
     def step(self) -> int:
-        """The step the next optimizer step will be logged as."""
+        """The step the next optimizer step will be logged as (without
+        ``step_fn``: ``start_step`` + optimizer steps so far)."""
         return self.start_step + self._steps_done
 
-    def _on_optimizer_step(
-        self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
-    ) -> None:
-        self._stepped_in_scaler = True
+    def _due_step(self) -> int | None:
+        """Counts one optimizer step; the step to log it as, or None if it is
+        not logged (not due, or nobody reads the statistics)."""
         step = self.step
         self._steps_done += 1
-        if step % self.every == 0 and self._active:
-            # Fused optimizers get GradScaler's scale and inf flag as attributes
-            # and unscale inside their kernel: their .grad is still scaled.
-            self._collect(
-                step,
-                grad_scale=getattr(optimizer, "grad_scale", None),
-                found_inf=getattr(optimizer, "found_inf", None),
-            )
+        if self._step_fn is None:
+            due = step % self.every == 0
+        else:
+            step = self._step_fn()
+            if step is not None and (
+                isinstance(step, bool)
+                or not isinstance(step, (int, np.integer))
+                or step < 0
+            ):
+                raise ValueError(
+                    f"step_fn returned {step!r}: a step number must be an int >= 0 "
+                    "(or None to leave the step out)"
+                )
+            due = step is not None
+        return int(step) if due and self._active else None
+
+    @torch.compiler.disable
+    def _on_optimizer_step(
+        self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
+    ) -> tuple[Any, Any] | None:
+        self._stepped_in_scaler = True
+        self._closure_call = None
+        step = self._due_step()
+        if step is None:
+            return None
+        position = closure_position(args, kwargs)
+        if position is None:
+            self._collect_for(optimizer, step)
+            return None
+        # The closure runs the backward pass inside step(): take the statistics
+        # when it returns (or after the step, if the optimizer never calls it).
+        closure = args[position] if isinstance(position, int) else kwargs[position]
+        call = ClosureCall(closure, lambda: self._collect_for(optimizer, step))
+        self._closure_call = call
+        return with_closure(args, kwargs, position, call)
+
+    @torch.compiler.disable
+    def _after_optimizer_step(
+        self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
+    ) -> None:
+        call, self._closure_call = self._closure_call, None
+        if call is not None:  # taken already, unless the closure was never called
+            call.take()
+
+    def _collect_for(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        # Fused optimizers get GradScaler's scale and inf flag as attributes
+        # and unscale inside their kernel: their .grad is still scaled.
+        self._collect(
+            step,
+            grad_scale=getattr(optimizer, "grad_scale", None),
+            found_inf=getattr(optimizer, "found_inf", None),
+        )
 
     def _on_scaler_step(
         self,
@@ -351,9 +453,8 @@ class GradFlow:
         self._stepped_in_scaler = False
         result = scaler_step(optimizer, *args, **kwargs)
         if not self._stepped_in_scaler:  # inf/NaN found: optimizer.step skipped
-            skipped = self.step
-            self._steps_done += 1
-            if skipped % self.every == 0 and self._active:
+            skipped = self._due_step()
+            if skipped is not None:
                 self._collect(skipped, skipped=True)
         return result
 
@@ -414,6 +515,7 @@ class GradFlow:
 
     # -- computation ----------------------------------------------------------
 
+    @torch.compiler.disable
     def _collect(
         self,
         step: int,
@@ -588,12 +690,19 @@ def watch(
     on_alert: str | None = None,
     thresholds: Thresholds | None = None,
     rank: int | None = 0,
+    parameters: Iterable[Tensor] | None = None,
+    step_fn: Callable[[], int | None] | None = None,
 ) -> GradFlow:
     """Logs per-layer gradient statistics of ``model`` to TensorBoard.
 
     With ``optimizer``, the statistics are taken just before each optimizer step
     (after gradient accumulation, ``GradScaler.unscale_`` and clipping: the
-    gradient the optimizer uses). Without it, call :meth:`GradFlow.log` after
+    gradient the optimizer uses). A step called with a closure
+    (``optimizer.step(closure)``, as Lightning always does) runs the backward
+    pass inside the step: its statistics are taken when the closure's first
+    evaluation returns (for LBFGS, which evaluates it several times, the
+    gradient the step starts from), or after the step if the optimizer never
+    calls it. Without ``optimizer``, call :meth:`GradFlow.log` after
     ``backward()``.
 
     Args:
@@ -601,8 +710,10 @@ def watch(
             looked through, so layer names match the plain model's.
         writer: a ``torch.utils.tensorboard.SummaryWriter``, or None to write
             nothing (for processes that do not log).
-        optimizer: any ``torch.optim.Optimizer``; statistics are taken by a step
-            pre-hook.
+        optimizer: any ``torch.optim.Optimizer``, or a wrapper of one
+            (Accelerate's ``AcceleratedOptimizer``, Lightning's
+            ``LightningOptimizer``: the optimizer it wraps is hooked);
+            statistics are taken by step hooks.
         every: log steps where ``step % every == 0``; nothing runs on others.
         include_bias: also follow biases (left out by default, as in the seeds).
         name: a tag suffix, so several watchers can share one writer.
@@ -616,6 +727,18 @@ def watch(
             ``copy.copy`` shares the original's ``step``, as for any instance
             attribute that holds a bound method).
         start_step: the step of the first optimizer step (for resumed runs).
+        parameters: follow only the layers whose parameter is one of these
+            (e.g. ``[p for g in opt.param_groups for p in g["params"]]``, for one
+            watcher per optimizer of a GAN); each must be a parameter of
+            ``model``.
+        step_fn: numbers the steps from a framework's own counter instead of
+            counting optimizer steps (a step skipped by a scaler the watcher was
+            not given would shift every later one): called at each optimizer
+            step, before it runs, it returns the step to log it as, or None to
+            leave it out. It replaces ``start_step`` and the ``every`` schedule
+            (``every`` is then only recorded, as the interval readers expect
+            between logged steps). Needs ``optimizer``. The shipped
+            integrations (:mod:`tb_gradflow.integrations`) use it.
         on_alert: ``"warn"`` emits a :class:`GradFlowAlert` warning the first time
             a layer turns non-finite, loses its gradient or is blocked (the
             rule of :mod:`tb_gradflow.diagnose`, as in the tab); ``"raise"``
@@ -630,18 +753,25 @@ def watch(
             rank must take part in every logged step.
 
     Steps count optimizer steps, skipped ones included:
-    ``step = start_step + steps completed so far``.
+    ``step = start_step + steps completed so far`` (without ``step_fn``).
+
+    The hooks and the statistics never run inside ``torch.compile``: a compiled
+    optimizer step (``torch.compile(lambda: opt.step())``) or a compiled model
+    runs them eagerly.
 
     Raises:
         TypeError: if ``model``, ``writer`` or ``optimizer`` is not of its
-            type, ``scaler`` has no ``step`` an instance attribute can wrap,
-            ``thresholds`` is not a ``Thresholds``, or ``include``/``exclude``
-            are not strings.
+            type (nor, for ``optimizer``, a wrapper of one), ``scaler`` has no
+            ``step`` an instance attribute can wrap, ``thresholds`` is not a
+            ``Thresholds``, ``include``/``exclude`` are not strings,
+            ``parameters`` not tensors, or ``step_fn`` not callable.
         ValueError: for an invalid ``every``, ``start_step``, ``name``, ``rank``
-            or ``on_alert``, ``scaler`` without ``optimizer``, ``thresholds``
-            without ``on_alert``, two parameters mapping to one layer name, or
-            no layer left to watch. Nothing stays registered when ``watch``
-            raises.
+            or ``on_alert``, ``scaler`` or ``step_fn`` without ``optimizer``,
+            ``thresholds`` without ``on_alert``, two parameters mapping to one
+            layer name, a tensor in ``parameters`` that is not the model's, or
+            no layer left to watch; from a later step, if ``step_fn`` returns
+            something else than an int >= 0 or None. Nothing stays registered
+            when ``watch`` raises.
 
     Examples:
         >>> import torch
@@ -666,6 +796,8 @@ def watch(
         on_alert=on_alert,
         thresholds=thresholds,
         rank=rank,
+        parameters=parameters,
+        step_fn=step_fn,
     )
 
 
