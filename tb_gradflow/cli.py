@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -81,8 +82,8 @@ def _report(args: argparse.Namespace) -> int:
             )
         found = {args.run: found[args.run]}
     reports = [
-        format_report(name, runs[0], thresholds)
-        for name, runs in found.items()
+        format_report(_shown_name(args.logdir, key), runs[0], thresholds)
+        for key, runs in found.items()
         if len(runs) == 1
     ]
     if reports:
@@ -95,6 +96,15 @@ def _report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 2 if clashes else 0
+
+
+def _shown_name(logdir: str, key: str) -> str:
+    """A run's name in a report: its key, except that ``logdir`` itself (key
+    ``"."``, or ``"./<name>"`` for a named watcher) is named by its folder."""
+    if key != "." and not key.startswith("./"):
+        return key
+    folder = os.path.basename(os.path.normpath(os.path.abspath(logdir)))
+    return (folder or os.path.abspath(logdir)) + key[1:]
 
 
 def _own_commands(runs: Sequence[GradFlowRun]) -> str:

@@ -25,6 +25,7 @@ from tb_gradflow.optimizer_hooks import (
     ClosureCall,
     closure_position,
     hookable_optimizer,
+    nested_step,
     with_closure,
 )
 
@@ -345,6 +346,9 @@ class GradFlow:
         self._scaler = scaler
         self._step_fn = step_fn
         self._closure_call: ClosureCall | None = None  # this step's, until it ends
+        # optimizer steps under way: more than one when a subclass's step calls
+        # a parent's hooked step (see nested_step); stale after a step raised
+        self._step_depth = 0
         self._steps_done = 0
         self._wrote_metadata = False
         self._scratch: dict[torch.device, Tensor] = {}
@@ -410,6 +414,10 @@ class GradFlow:
         self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
     ) -> tuple[Any, Any] | None:
         self._stepped_in_scaler = True
+        if self._step_depth > 0 and nested_step(optimizer):
+            self._step_depth += 1
+            return None  # the step that called this one counts and logs
+        self._step_depth = 1
         self._closure_call = None
         step = self._due_step()
         if step is None:
@@ -429,6 +437,10 @@ class GradFlow:
     def _after_optimizer_step(
         self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
     ) -> None:
+        if self._step_depth > 1:  # the end of a nested step
+            self._step_depth -= 1
+            return
+        self._step_depth = 0
         call, self._closure_call = self._closure_call, None
         if call is not None:  # taken already, unless the closure was never called
             call.take()

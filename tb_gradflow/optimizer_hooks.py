@@ -15,12 +15,19 @@ closure so that the statistics are taken when its first evaluation returns.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["ClosureCall", "closure_position", "hookable_optimizer", "with_closure"]
+__all__ = [
+    "ClosureCall",
+    "closure_position",
+    "hookable_optimizer",
+    "nested_step",
+    "with_closure",
+]
 
 # Attributes under which known wrappers keep the optimizer they wrap:
 # AcceleratedOptimizer.optimizer, LightningOptimizer.optimizer (a property over
@@ -72,6 +79,40 @@ def _wrapped(wrapper: Any) -> torch.optim.Optimizer | None:
         if isinstance(inner, torch.optim.Optimizer) and inner is not wrapper:
             return inner
     return None
+
+
+def _step_wrapper_code() -> Any:
+    """The code of the wrapper through which ``Optimizer`` runs a ``step`` and its
+    hooks (``Optimizer.profile_hook_step``), or None if torch has no such one."""
+    wrap = getattr(torch.optim.Optimizer, "profile_hook_step", None)
+    wrapper = wrap(lambda: None) if callable(wrap) else None
+    return getattr(wrapper, "__code__", None)
+
+
+_STEP_WRAPPER_CODE = _step_wrapper_code()
+
+
+def nested_step(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the step whose hook is running was called from inside another
+    ``step`` of the same optimizer. A subclass whose ``step`` calls
+    ``super().step()`` runs the hooks twice when the parent class's ``step`` is
+    hooked too (torch hooks the class of every optimizer it creates): the inner
+    call is not a step of its own. Looks for two of torch's step wrappers with
+    this optimizer among the calling frames (~1 us per frame)."""
+    if _STEP_WRAPPER_CODE is None:
+        return False
+    found = 0
+    frame = sys._getframe(1)
+    while frame is not None:
+        if (
+            frame.f_code is _STEP_WRAPPER_CODE
+            and frame.f_locals.get("self") is optimizer
+        ):
+            found += 1
+            if found == 2:
+                return True
+        frame = frame.f_back
+    return False
 
 
 def closure_position(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | str | None:

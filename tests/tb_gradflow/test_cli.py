@@ -60,6 +60,14 @@ def test_report_leaves_out_a_layer_the_last_session_did_not_log(tmp_path, capsys
     assert "mid" not in out and " ++ head=0.003" in out
 
 
+def test_report_names_a_run_directory_given_directly_by_its_folder(tmp_path, capsys):
+    write_run(tmp_path / "lstm run", [stats([1e-3, 1e-3, 1e-3])])
+    assert cli.main(["report", str(tmp_path / "lstm run")]) == 0
+    assert capsys.readouterr().out.startswith("== lstm run  (step 0")
+    assert cli.main(["report", str(tmp_path / "lstm run") + "/", "--run", "."]) == 0
+    assert capsys.readouterr().out.startswith("== lstm run  (step 0")
+
+
 def test_report_takes_every_threshold_as_an_option(tmp_path, capsys):
     # head's norm jumps x1000 at step 10 and stays there: with a window of 20
     # earlier steps the median stays low for all ten steps, with 5 for three.
@@ -122,9 +130,9 @@ def test_report_reports_around_a_key_two_watchers_share(tmp_path, capsys):
         assert cli.main(argv[1:]) == 0
         out, _ = capsys.readouterr()
         steps.append(out.splitlines()[0])
-    assert steps == [
-        "== ./b  (step 7, 1 logged steps, 3 layers)",
-        "== .  (step 1, 2 logged steps, 3 layers)",
+    assert steps == [  # a run directory given directly is named by its folder
+        "== a/b  (step 7, 1 logged steps, 3 layers)",
+        "== b  (step 1, 2 logged steps, 3 layers)",
     ]
 
     assert cli.main(["report", str(tmp_path), "--run", "a/b"]) == 2

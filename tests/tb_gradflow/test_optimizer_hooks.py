@@ -114,6 +114,7 @@ class IgnoresClosure(torch.optim.SGD):
 def test_a_closure_never_called_is_logged_after_the_step():
     model = mlp()
     x, y = batches(1)[0]
+    torch.optim.SGD(model.parameters())  # torch hooks SGD.step too: called twice
     opt = IgnoresClosure(model.parameters(), lr=0.0)
     flow = tb_gradflow.watch(model, None, optimizer=opt, on_alert="warn")
     loss_of(model, x, y).backward()
@@ -137,6 +138,55 @@ def test_a_closure_that_raises_logs_nothing(recording_sgd):
     x, y = batches(1)[0]
     opt.step(lambda: loss_of(model, x, y).backward())
     assert flow.last.step == 1  # the failed step still counts
+
+
+class AdamWithSuper(torch.optim.Adam):
+    """A subclass whose step calls its parent's (hooked) step."""
+
+    def step(self, closure=None):
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("with_closure", [False, True])
+def test_a_subclass_calling_a_hooked_parent_step_is_one_step(tmp_path, with_closure):
+    """torch hooks the class of each optimizer it creates: once a plain Adam
+    exists, Adam.step runs the hooks too, and a subclass's super().step() ran
+    them a second time (two steps counted and logged per step)."""
+    model = mlp()
+    torch.optim.Adam(model.parameters())
+    opt = AdamWithSuper(model.parameters(), lr=0.01)
+    grads = []
+    with SummaryWriter(tmp_path) as writer:
+        flow = tb_gradflow.watch(model, writer, optimizer=opt)
+        for x, y in batches(3):
+
+            def closure(x=x, y=y):
+                opt.zero_grad()
+                loss_of(model, x, y).backward()
+                grads.append(model[0].weight.grad.double().clone())
+
+            if with_closure:
+                opt.step(closure)
+            else:
+                closure()
+                opt.step()
+        flow.remove()
+    run = tb_gradflow.load_run(tmp_path)
+    assert list(run.steps) == [0, 1, 2]
+    want = [g.abs().mean().item() for g in grads]
+    assert run.values("abs_mean")[:, 0].tolist() == pytest.approx(want, rel=1e-6)
+
+
+def test_a_step_that_raised_does_not_make_the_next_one_nested(recording_sgd):
+    model = mlp()
+    opt = recording_sgd(model.parameters())
+    flow = tb_gradflow.watch(model, None, optimizer=opt, on_alert="warn")
+    with pytest.raises(ZeroDivisionError):
+        opt.step(lambda: 1 / 0)
+    x, y = batches(1)[0]
+    for _ in range(2):
+        opt.step(lambda: loss_of(model, x, y).backward())
+    assert flow.last.step == 2 and len(opt.applied) == 2
 
 
 def test_closures_of_steps_not_logged_are_passed_as_they_are():
