@@ -63,3 +63,43 @@ def assert_logged_applied(run, model, applied, steps, *, layers=None, rtol=1e-6)
 @pytest.fixture
 def logged_equals_applied():
     return assert_logged_applied
+
+
+def assert_served_beside_scalars(tensorboard_process, logdir, run, scalar_tag, run_obj):
+    """A real ``tensorboard --logdir logdir`` serves the gradient flow of ``run``
+    (as ``run_obj`` holds it) in the Gradient Flow tab's routes, and the
+    framework's scalar ``scalar_tag`` under the same run name, at the same steps."""
+    import time
+    import urllib.parse
+
+    tb = tensorboard_process(logdir)
+    try:
+        deadline = time.monotonic() + 60.0
+        while True:
+            runs = tb.get_json("/data/plugin/gradflow/runs")["runs"]
+            scalars = tb.get_json("/data/plugin/scalars/tags")
+            if any(r["run"] == run for r in runs) and scalar_tag in scalars.get(
+                run, {}
+            ):
+                break
+            assert time.monotonic() < deadline, (runs, scalars)
+            time.sleep(0.5)
+        query = urllib.parse.urlencode({"run": run})
+        steps = tb.get_json(f"/data/plugin/gradflow/steps?{query}")["steps"]
+        assert steps == list(run_obj.steps)
+        query = urllib.parse.urlencode({"run": run, "tag": scalar_tag})
+        points = tb.get_json(f"/data/plugin/scalars/scalars?{query}")
+        assert [p[1] for p in points] == steps  # [wall_time, step, value]
+        query = urllib.parse.urlencode({"run": run, "step": steps[-1]})
+        flow = tb.get_json(f"/data/plugin/gradflow/flow?{query}")
+        assert flow["layers"] == run_obj.layers
+        np.testing.assert_allclose(
+            flow["stats"]["abs_mean"], run_obj.values("abs_mean")[-1], rtol=1e-6
+        )
+    finally:
+        tb.close()
+
+
+@pytest.fixture
+def served_beside_scalars(tensorboard_process):
+    return lambda *args: assert_served_beside_scalars(tensorboard_process, *args)

@@ -105,6 +105,23 @@ def test_accumulation_and_clipping_log_the_applied_gradient(
 
 
 @pytest.mark.slow
+def test_tensorboard_shows_it_beside_the_trainers_scalars(
+    tmp_path, tb_dir, recording_sgd, served_beside_scalars
+):
+    train(
+        tmp_path,
+        recording_sgd,
+        GradFlowCallback(),
+        gradient_accumulation_steps=2,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        max_steps=3,
+    )
+    run = tb_gradflow.load_run(tb_dir)
+    served_beside_scalars(tmp_path, "tb", "train/loss", run)
+
+
+@pytest.mark.slow
 def test_steps_follow_logging_steps_and_logging_first_step(
     tmp_path, tb_dir, recording_sgd
 ):

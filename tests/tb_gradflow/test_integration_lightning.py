@@ -97,6 +97,23 @@ def test_accumulation_and_clipping_log_the_applied_gradient(
 
 
 @pytest.mark.slow
+def test_tensorboard_shows_it_beside_lightnings_scalars(
+    tmp_path, recording_sgd, served_beside_scalars
+):
+    fit = trainer(
+        tmp_path,
+        max_epochs=1,
+        accumulate_grad_batches=2,
+        gradient_clip_val=1.0,
+        log_every_n_steps=1,
+        callbacks=[GradFlowCallback()],
+    )
+    fit.fit(Regression(recording_sgd), loader(8))
+    run = tb_gradflow.load_run(fit.logger.log_dir)
+    served_beside_scalars(tmp_path, "run/version_0", "loss", run)
+
+
+@pytest.mark.slow
 def test_default_cadence_is_lightnings_and_the_watcher_is_removed(
     tmp_path, recording_sgd, logged_equals_applied
 ):
