@@ -10,7 +10,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from tb_gradflow.diagnose import Thresholds, diagnose
+from tb_gradflow.diagnosis import Thresholds, diagnose
 from tb_gradflow.reader import GradFlowRun, _clash_message, _load_all
 
 

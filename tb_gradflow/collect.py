@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from tb_gradflow import _reduce, _sharded, metadata, summary
-from tb_gradflow.diagnose import Finding, OnlineDiagnosis, Thresholds
+from tb_gradflow.diagnosis import Finding, OnlineDiagnosis, Thresholds
 from tb_gradflow.optimizer_hooks import (
     ClosureCall,
     closure_position,
@@ -56,7 +56,7 @@ class GradFlowError(RuntimeError):
     """Raised by ``watch(..., on_alert="raise")`` when a layer's gradient goes bad.
 
     Attributes:
-        finding: the :class:`~tb_gradflow.diagnose.Finding` that stopped the run.
+        finding: the :class:`~tb_gradflow.diagnosis.Finding` that stopped the run.
     """
 
     def __init__(self, finding: Finding) -> None:
@@ -305,7 +305,7 @@ class GradFlow:
             _check_scaler(scaler)
         if thresholds is not None and not isinstance(thresholds, Thresholds):
             raise TypeError(
-                "thresholds must be a tb_gradflow.diagnose.Thresholds or None, "
+                "thresholds must be a tb_gradflow.diagnosis.Thresholds or None, "
                 f"got {type(thresholds).__name__}"
             )
         if thresholds is not None and on_alert is None:
@@ -753,7 +753,7 @@ def watch(
             integrations (:mod:`tb_gradflow.integrations`) use it.
         on_alert: ``"warn"`` emits a :class:`GradFlowAlert` warning the first time
             a layer turns non-finite, loses its gradient or is blocked (the
-            rule of :mod:`tb_gradflow.diagnose`, as in the tab); ``"raise"``
+            rule of :mod:`tb_gradflow.diagnosis`, as in the tab); ``"raise"``
             raises :class:`GradFlowError` instead; None (default) is silent.
         thresholds: the diagnosis thresholds for ``on_alert`` (only with it).
         rank: in a ``torch.distributed`` process group, the rank that writes

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from tb_gradflow.collect import watch
-from tb_gradflow.diagnose import diagnose
+from tb_gradflow.diagnosis import diagnose
 from tb_gradflow.reader import load_run
 
 __all__ = ["DemoConfig", "SequenceClassifier", "make_data", "run_demo", "train"]

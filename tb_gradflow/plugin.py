@@ -37,7 +37,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from tb_gradflow import metadata, reader
-from tb_gradflow.diagnose import Finding, Thresholds, diagnose
+from tb_gradflow.diagnosis import Finding, Thresholds, diagnose
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN
 
 __all__ = ["GradFlowPlugin"]

@@ -66,7 +66,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
 from tb_gradflow.collect import layer_stats, select_layers
-from tb_gradflow.diagnose import Finding
+from tb_gradflow.diagnosis import Finding
 from tb_gradflow.flow_check import diagnose_stats
 from trainkit._validate import (
     check_choice,

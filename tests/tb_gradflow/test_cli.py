@@ -145,7 +145,7 @@ def test_demo_writes_a_healthy_and_a_blocked_run(tmp_path):
     assert losses["healthy"] < 0.5 < losses["unnormalised_inputs"]
     runs = tb_gradflow.load(tmp_path)
     assert sorted(runs) == ["healthy", "unnormalised_inputs"]
-    from tb_gradflow.diagnose import diagnose
+    from tb_gradflow.diagnosis import diagnose
 
     assert diagnose(runs["healthy"]) == []
     blocked = {

@@ -739,7 +739,7 @@ def test_copied_scaler_is_unwatched_and_steps_its_own_optimizer(tmp_path, how):
         ({"scaler": object()}, ValueError, "pass optimizer"),
         ({"thresholds": {}}, TypeError, "thresholds must be .*Thresholds or None"),
         (
-            {"thresholds": tb_gradflow.diagnose.Thresholds(patience=2)},
+            {"thresholds": tb_gradflow.Thresholds(patience=2)},
             ValueError,
             "thresholds apply only to alerts while training: pass on_alert",
         ),

@@ -27,7 +27,7 @@ from werkzeug import test as werkzeug_test
 from werkzeug import wrappers
 
 from tb_gradflow import metadata, plugin, reader
-from tb_gradflow.diagnose import Thresholds, diagnose
+from tb_gradflow.diagnosis import Thresholds, diagnose
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN, GradFlowLoader
 from tb_gradflow.summary import gradflow_pb
 
@@ -342,7 +342,7 @@ def test_the_capped_explode_window_on_a_long_run_costs_log_steps_a_median(
     # A zero norm at step 0 lets every cell past the window-minimum prefilter;
     # each then needed a median over all earlier steps (steps^2 x layers work).
     # Now: one _RangeSelect per block of layers, at most 2 queries per cell.
-    diagnose = importlib.import_module("tb_gradflow.diagnose")
+    diagnose = importlib.import_module("tb_gradflow.diagnosis")
     t, n = 2000, 3
     rng = np.random.default_rng(0)
     norm = rng.lognormal(-3, 0.3, (t, n))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tb_gradflow import metadata
-from tb_gradflow.diagnose import Thresholds, _median_of_others, diagnose
+from tb_gradflow.diagnosis import Thresholds, _median_of_others, diagnose
 
 
 @dataclasses.dataclass
@@ -169,7 +169,7 @@ def test_bad_thresholds(kwargs, match):
 
 
 def feed_online(run, thresholds=None):
-    from tb_gradflow.diagnose import OnlineDiagnosis
+    from tb_gradflow.diagnosis import OnlineDiagnosis
 
     online = OnlineDiagnosis(run.layers, run.sparse, thresholds)
     found = []
@@ -266,7 +266,7 @@ def blocked_by_a_loop(judged, th):
 
 @pytest.mark.parametrize("seed", range(40))
 def test_blocked_mask_equals_a_loop(seed):
-    from tb_gradflow.diagnose import _blocked_mask
+    from tb_gradflow.diagnosis import _blocked_mask
 
     rng = np.random.default_rng(seed)
     t, n = rng.integers(1, 25), rng.integers(1, 12)
@@ -300,10 +300,10 @@ def exploding_by_a_loop(norm, th):
 @pytest.mark.parametrize("sort_window", [32, 2], ids=["sorted", "selected"])
 @pytest.mark.parametrize("seed", range(40))
 def test_exploding_mask_equals_a_loop(seed, sort_window, monkeypatch):
-    from tb_gradflow.diagnose import _exploding_mask
+    from tb_gradflow.diagnosis import _exploding_mask
 
     rng = np.random.default_rng(seed)
-    module = importlib.import_module("tb_gradflow.diagnose")
+    module = importlib.import_module("tb_gradflow.diagnosis")
     monkeypatch.setattr(module, "_SORT_WINDOW", sort_window)  # 2: no sorting
     if seed % 4 == 0:  # one layer per block, and chunks of one cell
         monkeypatch.setattr(module, "_BLOCK_CELLS", 1)
@@ -322,7 +322,7 @@ def test_exploding_mask_equals_a_loop(seed, sort_window, monkeypatch):
 
 
 def test_exploding_mask_at_the_threshold():
-    from tb_gradflow.diagnose import _exploding_mask
+    from tb_gradflow.diagnosis import _exploding_mask
 
     norm = np.full((12, 3), 1e-3)
     at = 100.0 * float(np.float32(1e-3))  # the window median is a float32
@@ -338,7 +338,7 @@ def test_exploding_at_a_ratio_that_rounds_differently_in_float32(window):
     # 40 earlier norms alternating 1 and 2: the median is 1.5, the mean of the
     # two middle ones. A norm between the float64 and the float32 products of
     # the ratio and the lower middle one must not be judged by that one alone.
-    from tb_gradflow.diagnose import _exploding_mask
+    from tb_gradflow.diagnosis import _exploding_mask
 
     norm = np.tile(np.array([[1.0], [2.0]], dtype=np.float32), (20, 1))  # (40, 1)
     norm = np.concatenate([norm, [[np.float32(1.1)]]]).astype(np.float32)
@@ -348,7 +348,7 @@ def test_exploding_at_a_ratio_that_rounds_differently_in_float32(window):
 
 
 def test_exploding_near_the_float32_maximum_gives_no_overflow_warning():
-    from tb_gradflow.diagnose import _exploding_mask
+    from tb_gradflow.diagnosis import _exploding_mask
 
     # a tiny first norm lets every later cell past the cheap pre-check; the
     # window medians are then ~3e38, whose product with the ratio overflows
@@ -368,7 +368,7 @@ def test_exploding_near_the_float32_maximum_gives_no_overflow_warning():
 
 @pytest.mark.parametrize("seed", range(8))
 def test_an_explode_window_longer_than_the_run_is_the_whole_run(seed):
-    from tb_gradflow.diagnose import _exploding_mask
+    from tb_gradflow.diagnosis import _exploding_mask
 
     rng = np.random.default_rng(seed)
     t, n = rng.integers(1, 40), rng.integers(1, 5)
@@ -386,7 +386,7 @@ def test_an_explode_window_longer_than_the_run_is_the_whole_run(seed):
 
 @pytest.mark.parametrize("seed", range(20))
 def test_range_select_equals_a_sort(seed):
-    from tb_gradflow.diagnose import _RangeSelect
+    from tb_gradflow.diagnosis import _RangeSelect
 
     rng = np.random.default_rng(seed)
     size = int(rng.integers(1, 70))
@@ -410,7 +410,7 @@ def test_the_work_for_a_whole_run_explode_window_grows_as_the_run_not_its_square
     # so each one needs its median over all earlier steps: the work is that of
     # one _RangeSelect per block of layers and at most 2 queries per cell, each
     # through log2(its size) levels, whatever the window.
-    module = importlib.import_module("tb_gradflow.diagnose")
+    module = importlib.import_module("tb_gradflow.diagnosis")
 
     rng = np.random.default_rng(0)
     t, n = 3000, 4
