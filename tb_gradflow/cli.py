@@ -23,7 +23,7 @@ def format_report(name: str, run: GradFlowRun, thresholds: Thresholds) -> str:
     blocked_now = {
         f.layer: f.first_step
         for f in findings
-        if f.kind == "blocked" and f.last_step == run.steps[i]
+        if f.kind == "blocked" and f.holds_at(int(run.steps[i]))
     }
     absent = run.absent[i]  # (L,): not in the layer set of this step's session
     lines = [
@@ -53,9 +53,10 @@ def format_report(name: str, run: GradFlowRun, thresholds: Thresholds) -> str:
         lines.append(" findings:")
         for f in findings:
             where = f.layer or "(model)"
+            now = ", ongoing" if f.ongoing else ""
             lines.append(
                 f"   {f.kind:<12} {where}  steps {f.first_step}-{f.last_step} "
-                f"({f.steps} logged): {f.message}"
+                f"({f.steps} logged{now}): {f.message}"
             )
     else:
         lines.append(" findings: none")

@@ -65,7 +65,10 @@ class GradFlowError(RuntimeError):
 
 
 def _alert_text(f: Finding) -> str:
-    return f"gradflow: layer {f.layer!r} at step {f.first_step}: {f.kind}: {f.message}"
+    """The alert's text, at the step that raised it (``last_step``; the streak
+    began at ``first_step``)."""
+    where = "the model" if f.layer is None else f"layer {f.layer!r}"
+    return f"gradflow: {where} at step {f.last_step}: {f.kind}: {f.message}"
 
 
 @dataclasses.dataclass(frozen=True)

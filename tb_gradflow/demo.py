@@ -153,7 +153,7 @@ def _checks_markdown(checks: list, findings: list) -> str:
     lines += ["", "### Gradient-flow findings (the Gradient Flow tab's alerts)", ""]
     lines += [
         f"- `{f.kind}` **{f.layer or '(model)'}**, steps {f.first_step}-"
-        f"{f.last_step}: {f.message}"
+        f"{f.last_step}{' (ongoing)' if f.ongoing else ''}: {f.message}"
         for f in findings
     ] or ["- none: the gradient reaches every layer"]
     return "\n".join(lines)

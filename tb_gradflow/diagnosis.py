@@ -1,8 +1,8 @@
 """Findings about a run's gradient flow: the one rule used by the TensorBoard tab,
 ``tb-gradflow report`` and the training checks (pure numpy; no torch).
 
-Kinds of finding, each for a layer (``skipped``: for the whole model) and a
-streak of logged steps ``first_step..last_step``:
+Kinds of finding, each for a layer (``all_zero`` and ``skipped``: for the whole
+model) and a streak of logged steps ``first_step..last_step``:
 
 * ``no_gradient``: ``.grad`` was None (a detached or unused layer) for at least
   ``patience`` consecutive logged steps.
@@ -14,6 +14,10 @@ streak of logged steps ``first_step..last_step``:
   their median) that no learning rate can make up for it. A sparse layer is
   judged by the rows that received a gradient (``abs_mean / rows``), so a large
   embedding is not flagged just for being large.
+* ``all_zero``: every layer that has a gradient has exactly zero gradient, for
+  at least ``patience`` consecutive logged steps: the loss does not depend on
+  the parameters. Reported once for the model, instead of a ``blocked``
+  finding per layer at those steps.
 * ``nonfinite``: NaN/Inf elements, on steps that were not skipped.
 * ``exploding``: the L2 norm is more than ``explode_ratio`` x the median of the
   layer's previous ``explode_window`` finite norms (needs 3 earlier values). A
@@ -22,6 +26,13 @@ streak of logged steps ``first_step..last_step``:
   gradient). They count as neither blocked nor healthy.
 
 With fewer logged steps than ``patience``, a streak over all of them counts.
+
+A streak of ``no_gradient``, ``blocked`` or ``all_zero`` ends only after
+``patience`` healthy logged steps in a row (shorter healthy gaps are bridged),
+and every other kind's after one. A streak that has not ended by the last
+logged step is *ongoing* (``Finding.ongoing``): the condition may hold now,
+even if the newest step or two looked healthy; ``last_step`` stays the last
+step where it held.
 
 A layer *absent* at a step (a run resumed with another layer set: the run's
 ``absent`` mask, when it has one) has no finding there: it is neither without
@@ -38,7 +49,7 @@ import numpy as np
 
 __all__ = ["KINDS", "Finding", "OnlineDiagnosis", "Thresholds", "diagnose"]
 
-KINDS = ("no_gradient", "blocked", "nonfinite", "exploding", "skipped")
+KINDS = ("no_gradient", "blocked", "all_zero", "nonfinite", "exploding", "skipped")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +83,10 @@ class Thresholds:
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
-    """One finding: a kind, a layer (None for the whole model) and a streak of steps."""
+    """One finding: a kind, a layer (None for the whole model) and a streak of
+    steps. ``ongoing``: the streak has not ended by the newest logged step (see
+    the module docstring); ``last_step`` is the last step where the condition
+    held."""
 
     kind: str
     layer: str | None
@@ -80,9 +94,15 @@ class Finding:
     last_step: int
     steps: int  # logged steps in the streak
     message: str
+    ongoing: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def holds_at(self, step: int) -> bool:
+        """Whether the streak covers ``step``: ``first_step..last_step``, and for
+        an ongoing streak every later step."""
+        return self.first_step <= step and (self.ongoing or step <= self.last_step)
 
 
 class RunLike(Protocol):
@@ -103,13 +123,27 @@ _MESSAGES = {
     "nonfinite": "NaN/Inf in the gradient",
     "skipped": "optimizer step skipped by the AMP grad scaler (inf/NaN in it)",
 }
-_PATIENT = ("no_gradient", "blocked")  # kinds that need `patience` steps in a row
+_EXACTLY_ZERO = "gradient exactly zero: it does not flow into this layer"
+_PATIENT = ("no_gradient", "blocked", "all_zero")  # need `patience` steps in a row
 _BLOCK_CELLS = 200_000  # steps x layers per block of _exploding_mask's work
 _SORT_WINDOW = 32  # longer explode_windows: a _RangeSelect, not a sort per cell
 
 
 def _exploding_message(th: Thresholds) -> str:
     return f"gradient norm above {th.explode_ratio:g}x its recent median"
+
+
+def _all_zero_message(first_step: int) -> str:
+    return (
+        f"every layer's gradient is exactly zero from step {first_step}: the loss "
+        "does not depend on the parameters (detached, constant, or every unit dead)"
+    )
+
+
+def _all_zero_steps(judged: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``(T,)`` bool: steps where some layer has a gradient and every layer that
+    has one has exactly zero (``judged``, ``valid``: ``(T, L)``)."""
+    return valid.any(axis=1) & ((judged == 0) | ~valid).all(axis=1)
 
 
 def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding]:
@@ -133,9 +167,14 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
     absent = getattr(run, "absent", None)  # (T, L) bool, optional
     if absent is not None:
         no_gradient &= ~np.asarray(absent, dtype=bool)
+    if absent is not None:
+        valid &= ~np.asarray(absent, dtype=bool)
+    all_zero = _all_zero_steps(judged, valid)  # (T,)
+    blocked = _blocked_mask(judged, valid, th)
+    blocked[all_zero] = False  # one finding for the model instead
     masks = {  # in this order for findings of the same step and layer
         "no_gradient": no_gradient,
-        "blocked": _blocked_mask(judged, valid, th),
+        "blocked": blocked,
         "nonfinite": bad,
         "exploding": _exploding_mask(run.values("norm"), th),
     }
@@ -145,9 +184,18 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
     for kind, mask in masks.items():
         message = _exploding_message(th) if kind == "exploding" else _MESSAGES[kind]
         min_length = patience if kind in _PATIENT else 1
-        findings += _streaks(
+        found = _streaks(
             kind, mask & live[:, None], live, steps, layers, min_length, message
         )
+        if kind == "blocked":
+            found = [_say_exactly_zero(f, judged, steps, layers) for f in found]
+        findings += found
+    findings += [
+        dataclasses.replace(f, message=_all_zero_message(f.first_step))
+        for f in _streaks(
+            "all_zero", (all_zero & live)[:, None], live, steps, [None], patience, ""
+        )
+    ]
     findings += _streaks(
         "skipped",
         skipped[:, None],
@@ -164,17 +212,36 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
     return findings
 
 
+def _say_exactly_zero(
+    finding: Finding, judged: np.ndarray, steps: np.ndarray, layers: list[str]
+) -> Finding:
+    """``finding`` (blocked), saying "exactly zero" if the layer's value was
+    exactly zero at every step of the streak where it was usable."""
+    j = layers.index(finding.layer)
+    within = (steps >= finding.first_step) & (steps <= finding.last_step)
+    values = judged[within, j]
+    values = values[np.isfinite(values)]
+    if values.size and not values.any():
+        return dataclasses.replace(finding, message=_EXACTLY_ZERO)
+    return finding
+
+
 class OnlineDiagnosis:
     """The same rule, one logged step at a time, for alerts during training.
 
-    Keeps O(layers) state: each layer's earlier peak and its current streaks.
-    :meth:`update` returns the findings that become true at this step for the
-    first time for their layer: a ``no_gradient`` or ``blocked`` streak that
-    reaches ``patience`` steps, or a ``nonfinite`` step. (``exploding`` and
-    ``skipped`` are shown by the tab and the report; they raise no alert.)
+    Keeps O(layers) state: each layer's earlier peak and its current streaks,
+    which end as :func:`diagnose`'s do (``patience`` healthy steps in a row for
+    ``no_gradient``, ``blocked`` and ``all_zero``), so a value hovering at a
+    threshold does not flicker. :meth:`update` returns the findings that become
+    true at this step for the first time for their layer (or, ``all_zero``, for
+    the model): a ``no_gradient``, ``blocked`` or ``all_zero`` streak that
+    reaches ``patience`` steps, or a ``nonfinite`` step; each is ongoing, from
+    its streak's first step. (``exploding`` and ``skipped`` are shown by the tab
+    and the report; they raise no alert.) Unlike :func:`diagnose`, which sees
+    the whole run, a run shorter than ``patience`` never alerts.
     """
 
-    ALERT_KINDS = ("no_gradient", "blocked", "nonfinite")
+    ALERT_KINDS = ("no_gradient", "blocked", "all_zero", "nonfinite")
 
     def __init__(
         self,
@@ -187,8 +254,16 @@ class OnlineDiagnosis:
         self.sparse = list(sparse)
         n = len(self.layers)
         self._peak = np.full(n, np.nan)
-        self._streak = {kind: np.zeros(n, dtype=np.int64) for kind in _PATIENT}
-        self._alerted = {kind: np.zeros(n, dtype=bool) for kind in self.ALERT_KINDS}
+        columns = {kind: n for kind in _PATIENT} | {"all_zero": 1}
+        # per streak column: hits in the open streak (0: none), healthy steps
+        # since its last hit, and its first step
+        self._hits = {k: np.zeros(c, dtype=np.int64) for k, c in columns.items()}
+        self._healthy = {k: np.zeros(c, dtype=np.int64) for k, c in columns.items()}
+        self._first = {k: np.zeros(c, dtype=np.int64) for k, c in columns.items()}
+        self._alerted = {
+            kind: np.zeros(columns.get(kind, n), dtype=bool)
+            for kind in self.ALERT_KINDS
+        }
 
     def update(
         self, step: int, stats: dict[str, np.ndarray], *, skipped: bool = False
@@ -203,35 +278,59 @@ class OnlineDiagnosis:
         )
         others = _median_of_others(np.where(valid, judged, np.nan))  # (1, L)
         no_gradient, bad = _event_masks(nonfinite)
+        all_zero = _all_zero_steps(judged, valid)  # (1,)
+        blocked = valid & _blocked(judged, others, self._peak[None], self.th)
+        blocked[all_zero] = False  # one finding for the model instead
         masks = {
-            "no_gradient": no_gradient,
-            "blocked": valid & _blocked(judged, others, self._peak[None], self.th),
-            "nonfinite": bad,
+            "no_gradient": no_gradient[0],
+            "blocked": blocked[0],
+            "all_zero": all_zero,
+            "nonfinite": bad[0],
         }
         self._peak = np.fmax(self._peak, np.where(valid, judged, np.nan)[0])
         if skipped:  # neither blocked nor healthy: streaks stay as they are
             return []
         new: list[Finding] = []
         for kind in self.ALERT_KINDS:
-            hit = masks[kind][0]
+            hit = masks[kind]
             length = np.ones(len(hit), dtype=np.int64)
+            first = np.full(len(hit), int(step), dtype=np.int64)
             if kind in _PATIENT:
-                length = self._streak[kind] = np.where(hit, self._streak[kind] + 1, 0)
+                length, first = self._extend(kind, hit, int(step))
                 hit = length >= self.th.patience
             fire = hit & ~self._alerted[kind]
             self._alerted[kind] |= fire
+            names = [None] if kind == "all_zero" else self.layers
             new += [
                 Finding(
                     kind=kind,
-                    layer=self.layers[j],
-                    first_step=int(step),
+                    layer=names[j],
+                    first_step=int(first[j]),
                     last_step=int(step),
                     steps=int(length[j]),
-                    message=_MESSAGES[kind],
+                    message=(
+                        _all_zero_message(int(first[j]))
+                        if kind == "all_zero"
+                        else _MESSAGES[kind]
+                    ),
+                    ongoing=True,
                 )
                 for j in np.flatnonzero(fire)
             ]
         return new
+
+    def _extend(
+        self, kind: str, hit: np.ndarray, step: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Advances ``kind``'s streaks by one counted step; returns each column's
+        hits in its open streak and that streak's first step."""
+        hits, healthy, first = self._hits[kind], self._healthy[kind], self._first[kind]
+        fresh = hit & ((hits == 0) | (healthy >= self.th.patience))
+        first[fresh] = step
+        hits[:] = np.where(fresh, 1, np.where(hit, hits + 1, hits))
+        healthy[:] = np.where(hit, 0, healthy + 1)
+        hits[healthy >= self.th.patience] = 0  # the streak ended
+        return hits.copy(), first.copy()
 
 
 def _judged_mean(
@@ -594,6 +693,7 @@ def _streaks(
     ``min_length > 1`` a streak also bridges gaps shorter than ``min_length``
     (hysteresis: a blocked layer must look healthy for ``min_length`` steps in a
     row to end its streak), so a value hovering at a threshold gives one finding.
+    A streak followed by fewer than ``min_length`` counted steps is ongoing.
     """
     idx = np.flatnonzero(counted)
     found = []
@@ -621,6 +721,7 @@ def _streaks(
                         last_step=int(steps[idx[stop - 1]]),
                         steps=hits,
                         message=message,
+                        ongoing=len(column) - stop < min_length,
                     )
                 )
     return found

@@ -247,9 +247,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "absent": data.absent[i].tolist(),
             "skipped": bool(data.skipped[i]),
             "loss_scale": float(data.loss_scale[i]),
-            "alerts": [
-                f.to_dict() for f in findings if f.first_step <= at <= f.last_step
-            ],
+            "alerts": [f.to_dict() for f in findings if f.holds_at(at)],
         }
 
     def steps_impl(

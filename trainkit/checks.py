@@ -606,7 +606,7 @@ def overfit_batch(
     findings = [
         f
         for f in diagnose_stats(layers, records)
-        if f.kind in ("no_gradient", "blocked")
+        if f.kind in ("no_gradient", "blocked", "all_zero")
     ]
     passed = losses[-1] <= goal
     message = _overfit_message(passed, losses, goal, findings)
@@ -633,6 +633,12 @@ def _overfit_message(
     )
     if passed:
         return f"{summary} (target {goal:.4g})."
+    if any(f.kind == "all_zero" for f in findings):
+        return (
+            f"{summary}, not to {goal:.4g}: every layer's gradient is exactly zero, "
+            "so the loss does not depend on the parameters. Look for a detach(), "
+            "a constant loss, or every unit dead (e.g. all ReLUs off)."
+        )
     if findings:
         kinds = {f.layer: f.kind.replace("_", " ") for f in findings}  # layer order
         names = ", ".join(f"{layer} ({kind})" for layer, kind in kinds.items())

@@ -43,11 +43,25 @@ def test_report_marks_no_gradient_zero_nonfinite_and_blocked(tmp_path, capsys):
     assert "== broken  (step 9, 10 logged steps, 3 layers)" in out
     assert " !! enc=1e-12  blocked since step 5" in out
     assert " ++ mid=0.002" in out
-    assert "blocked      enc  steps 5-9 (5 logged)" in out
+    assert "blocked      enc  steps 5-9 (5 logged, ongoing)" in out
     assert " !! enc=no gradient" in out
     assert " !! mid=0  zero gradient" in out
     assert " !! head=nan  2 non-finite" in out
     assert "no_gradient  enc  steps 0-1" in out
+
+
+def test_report_keeps_the_flag_of_a_streak_that_has_not_ended(tmp_path, capsys):
+    """A run cut at its newest steps: enc blocked for 5 steps, then one step
+    back above the threshold. Before, the report showed '++ enc' and a finding
+    that had ended."""
+    steps = [stats([1e-3, 2e-3, 3e-3]) for _ in range(5)]
+    steps += [stats([1e-9, 2e-3, 3e-3]) for _ in range(5)]
+    steps += [stats([1e-3, 2e-3, 3e-3])]
+    write_run(tmp_path / "live", steps)
+    assert cli.main(["report", str(tmp_path / "live")]) == 0
+    out = capsys.readouterr().out
+    assert " !! enc=0.001  blocked since step 5" in out
+    assert "blocked      enc  steps 5-9 (5 logged, ongoing)" in out
 
 
 def test_report_leaves_out_a_layer_the_last_session_did_not_log(tmp_path, capsys):
@@ -75,7 +89,9 @@ def test_report_takes_every_threshold_as_an_option(tmp_path, capsys):
     steps += [stats([1e-3, 1e-3, 1.0]) for _ in range(10)]
     write_run(tmp_path / "jump", steps)
     assert cli.main(["report", str(tmp_path)]) == 0
-    assert "exploding    head  steps 10-19 (10 logged)" in capsys.readouterr().out
+    assert (
+        "exploding    head  steps 10-19 (10 logged, ongoing)" in capsys.readouterr().out
+    )
     assert cli.main(["report", str(tmp_path), "--explode-window", "5"]) == 0
     assert "exploding    head  steps 10-12 (3 logged)" in capsys.readouterr().out
     assert cli.main(["report", str(tmp_path), "--explode-window", "2"]) == 2

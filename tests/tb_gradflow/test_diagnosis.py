@@ -210,7 +210,8 @@ def test_online_alerts_agree_with_the_batch_rule(seed):
         live = run.steps[~run.skipped]
         live = live[(live >= streak.first_step) & (live <= streak.last_step)]
         need = 3 if f.kind != "nonfinite" else 1
-        assert f.first_step == live[need - 1]
+        assert f.last_step == live[need - 1]  # the step the alert fired at
+        assert f.first_step == streak.first_step and f.ongoing
 
 
 def test_median_of_others_with_ties_and_gaps_equals_a_loop():
@@ -454,3 +455,91 @@ def test_a_huge_explode_window_takes_no_more_memory_than_the_run():
         tracemalloc.stop()
     assert summary(found) == [("exploding", "l1", 400, 400, 1)]
     assert peak < 1_000_000  # bytes; a window-sized buffer would be 16 MB
+
+
+# -- ongoing streaks: the flag must not flicker at the newest steps -------------
+
+
+def test_a_streak_with_fewer_healthy_steps_than_patience_at_the_end_is_ongoing():
+    """As a run cut at its newest steps: blocked through step 80, then one step
+    just above the threshold. The streak has not ended; before, the finding
+    read "steps ..-80" and the layer showed as ok at the newest step."""
+
+    def blocked(mean):
+        return [f for f in diagnose(FakeRun(mean)) if f.kind == "blocked"]
+
+    mean = healthy(10)
+    mean[3:9, 1] *= 1e-6
+    (finding,) = blocked(mean[:9])
+    assert summary([finding]) == [("blocked", "l1", 30, 80, 6)]
+    assert finding.ongoing and finding.holds_at(80)
+    (finding,) = blocked(mean)  # one healthy step after it is not `patience`
+    assert summary([finding]) == [("blocked", "l1", 30, 80, 6)]
+    assert finding.ongoing and finding.holds_at(90)
+    mean = healthy(12)
+    mean[3:9, 1] *= 1e-6  # three healthy steps after it: ended
+    (ended,) = blocked(mean)
+    assert not ended.ongoing and not ended.holds_at(90) and ended.holds_at(80)
+
+
+@pytest.mark.parametrize(
+    "pattern, want",
+    [
+        ("BBhBB", True),  # a one-step gap is bridged: 4 hits, one streak
+        ("BBhhBB", True),
+        ("BBhhhBB", False),  # three healthy steps end it: two streaks of two
+        ("hBhBhB", True),
+    ],
+)
+def test_online_alerts_bridge_gaps_as_the_batch_rule_does(pattern, want):
+    mean = healthy(len(pattern) + 2)
+    for t, c in enumerate(pattern, start=2):
+        if c == "B":
+            mean[t, 0] = 0.0
+    run = FakeRun(mean)
+    batch = [f for f in diagnose(run) if f.kind == "blocked"]
+    online = [f for f in feed_online(run) if f.kind == "blocked"]
+    assert bool(batch) is want and bool(online) is want
+    if want:
+        assert online[0].first_step == batch[0].first_step
+        assert online[0].steps == 3  # fires when the streak reaches patience
+
+
+# -- all_zero: one finding for the model -------------------------------------------
+
+
+def test_every_layer_exactly_zero_is_one_model_finding():
+    mean = healthy(10, 4)
+    mean[5:] = 0.0  # the whole network from step 50
+    mean[2:, 3] = mean[2:, 3] * 1e-7  # l3 was blocked (near zero) before that
+    found = diagnose(FakeRun(mean))
+    assert summary(found) == [
+        ("blocked", "l3", 20, 40, 3),
+        ("all_zero", None, 50, 90, 5),
+    ]
+    assert "near zero" in found[0].message
+    assert found[1].message.startswith(
+        "every layer's gradient is exactly zero from step 50: the loss does not "
+        "depend on the parameters"
+    )
+    online = [f for f in feed_online(FakeRun(mean)) if f.kind == "all_zero"]
+    assert [(f.layer, f.first_step, f.last_step) for f in online] == [(None, 50, 70)]
+
+
+def test_exactly_zero_and_near_zero_are_said_as_they_are():
+    mean = healthy(8, 4)
+    mean[2:, 0] = 0.0
+    mean[2:, 1] *= 1e-7
+    by_layer = {f.layer: f.message for f in diagnose(FakeRun(mean))}
+    assert by_layer["l0"].startswith("gradient exactly zero")
+    assert by_layer["l1"].startswith("gradient near zero")
+
+
+def test_a_layer_without_gradient_does_not_prevent_all_zero():
+    mean = healthy(6, 3)
+    mean[:, 2] = np.nan
+    nonfinite = np.zeros((6, 3))
+    nonfinite[:, 2] = np.nan
+    mean[2:, :2] = 0.0
+    kinds = {(f.kind, f.layer) for f in diagnose(FakeRun(mean, nonfinite=nonfinite))}
+    assert kinds == {("no_gradient", "l2"), ("all_zero", None)}

@@ -138,7 +138,8 @@ BLOCKED = {
     "first_step": 20,
     "last_step": 50,
     "steps": 4,
-    "message": "gradient near zero: it does not flow into this layer",
+    "message": "gradient exactly zero: it does not flow into this layer",
+    "ongoing": True,  # through the run's last step
 }
 NONFINITE = {
     "kind": "nonfinite",
@@ -147,7 +148,29 @@ NONFINITE = {
     "last_step": 50,
     "steps": 1,
     "message": "NaN/Inf in the gradient",
+    "ongoing": True,
 }
+
+
+def test_flow_at_the_newest_step_keeps_an_ongoing_streaks_alert(tmp_path):
+    """enc blocked for 5 steps, then one healthy step (the newest): fewer than
+    `patience` healthy steps, so the streak is open and the tab, which marks
+    layers from `alerts`, keeps enc blocked. Before, the newest step showed it
+    as ok."""
+    layout = metadata.Layout(layers=("enc", "head"), sparse=(False, False))
+    # blocked: below 1e-2 x head's and x its own peak; then just above the line
+    means = [[1e-3, 2e-3]] * 3 + [[5e-6, 2e-3]] * 5 + [[3e-5, 2e-3]]
+
+    def stats_at(i):
+        mean = np.array(means[i])
+        return np.stack([mean, 3 * mean, 10 * mean, [0, 0], [1, 1]])
+
+    write_run(tmp_path, "live", layout, range(len(means)), stats_at)
+    flow = get_json(make_client(tmp_path)[0], "flow", run="live")
+    assert flow["step"] == 8
+    (alert,) = flow["alerts"]
+    assert (alert["kind"], alert["layer"], alert["first_step"]) == ("blocked", "enc", 3)
+    assert (alert["last_step"], alert["ongoing"]) == (7, True)
 
 
 def test_plugins_listing_enables_the_tab(client):
@@ -944,6 +967,7 @@ def test_a_resumed_run_with_other_layer_sets_is_merged_by_layer_name(tmp_path):
             "last_step": 3,
             "steps": 1,
             "message": "no gradient (.grad is None): detached or unused",
+            "ongoing": False,  # a step follows it (b absent there: not a hit)
         }
     ]
     assert [a["kind"] for a in alerts["alerts"]] == ["no_gradient"]
