@@ -1,9 +1,10 @@
 """The Gradient Flow tab: TensorBoard plugin backend.
 
 Routes (``/data/plugin/gradflow/...``, documented in ``http_api.md``): ``runs``,
-``flow``, ``steps``, ``heatmap`` (JSON or float32 binary), ``alerts`` and the
-tab's static files. Data is read only through ``context.data_provider``, so the
-plugin works with the Rust data server and with ``--load_fast=false``.
+``flow``, ``steps``, ``heatmap`` (JSON or float32 binary), ``alerts``, ``triage``
+(``triage.py``) and the tab's static files. Data is read only through
+``context.data_provider``, so the plugin works with the Rust data server and
+with ``--load_fast=false``.
 
 A decoded run is cached per (experiment, run, tag) and read again only when
 ``list_tensors`` shows new data (checked at most once a second per run); its
@@ -36,7 +37,7 @@ from tensorboard.data import provider
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from tb_gradflow import metadata, reader
+from tb_gradflow import metadata, reader, triage
 from tb_gradflow.diagnosis import Finding, Thresholds, diagnose
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN
 
@@ -124,6 +125,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "/steps": self._steps_route,
             "/heatmap": self._heatmap_route,
             "/alerts": self._alerts_route,
+            "/triage": self._triage_route,
         }
         for name in _static_names():
             apps["/" + name] = self._static_route(name)
@@ -166,6 +168,11 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         run, tag = _run_tag(request.args)
         thresholds = _thresholds(request.args)
         return _json(request, self.alerts_impl(ctx, experiment, run, tag, thresholds))
+
+    @wrappers.Request.application
+    def _triage_route(self, request: wrappers.Request) -> wrappers.Response:
+        ctx, experiment = _context(request)
+        return _json(request, self.triage_impl(ctx, experiment))
 
     def _static_route(self, name: str) -> Callable:
         """The route of one frontend file; the name comes from the route table,
@@ -313,6 +320,11 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "thresholds": dataclasses.asdict(thresholds),
             "alerts": [f.to_dict() for f in entry.findings(thresholds)],
         }
+
+    def triage_impl(self, ctx, experiment: str) -> dict[str, Any]:
+        """The ``triage`` answer: every watcher ranked by its most severe
+        finding, judged without reading every run in full (``triage.py``)."""
+        return {"runs": [t.to_dict() for t in triage.triage(self, ctx, experiment)]}
 
     def _warn_new(self, experiment: str, problems: dict[tuple, str]) -> None:
         """Logs as a warning each of a ``runs`` listing's ``problems`` (key:
