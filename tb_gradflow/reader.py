@@ -88,11 +88,10 @@ class GradFlowRun:
         return int(np.argmin(np.abs(self.steps - int(step))))
 
     def plot(self, step: int | None = None, *, ax=None, log: bool = True):
-        """Draws the seeds' gradient-flow bar plot of one step with matplotlib.
-
-        ``abs_max`` is drawn lightly behind ``abs_mean``; layers without a
-        gradient are marked with a red ``x`` at the axis, layers absent from the
-        step's layer set with a grey one, non-finite ones with a red bar. Needs
+        """Draws the classic gradient-flow bar plot of one step with matplotlib,
+        marking what the Gradient Flow tab marks: exactly-zero stubs, layers
+        without a gradient, non-finite and absent ones, and the layers the
+        diagnosis finds blocked (:func:`tb_gradflow.plotting.plot_flow`). Needs
         matplotlib (``pip install tb-gradflow[plot]``).
 
         Args:
@@ -103,58 +102,9 @@ class GradFlowRun:
         Returns:
             The ``Axes``.
         """
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as e:
-            raise ImportError(
-                "GradFlowRun.plot needs matplotlib: pip install matplotlib"
-            ) from e
-        i = self.index_of(step)
-        mean = self.values("abs_mean")[i]
-        peak = self.values("abs_max")[i]
-        bad = self.values("nonfinite")[i] > 0
-        missing = self.no_grad[i]
-        x = np.arange(len(self.layers))
-        if ax is None:
-            _, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(x) + 2), 4.5))
-        ax.bar(
-            x,
-            np.nan_to_num(peak, nan=0.0, posinf=0.0),
-            color="c",
-            alpha=0.3,
-            label="max |grad|",
-        )
-        ax.bar(
-            x,
-            np.nan_to_num(mean, nan=0.0, posinf=0.0),
-            color="b",
-            alpha=0.8,
-            label="mean |grad|",
-        )
-        if bad.any():
-            ax.bar(x[bad], np.ones(bad.sum()), color="r", label="non-finite")
-        if missing.any():
-            ax.plot(x[missing], np.zeros(missing.sum()), "rx", label="no gradient")
-        absent = self.absent[i]
-        if absent.any():
-            ax.plot(
-                x[absent],
-                np.zeros(absent.sum()),
-                "x",
-                color="0.6",
-                label="not in this step's layer set",
-            )
-        ax.axhline(0, color="k", linewidth=1)
-        ax.set_xticks(x, self.layers, rotation=90)
-        ax.set_xlim(-1, len(x))
-        if log:
-            ax.set_yscale("symlog", linthresh=_linthresh(mean))
-        ax.set_ylabel("mean |grad|")
-        ax.set_title(f"gradient flow, step {int(self.steps[i])}")
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="upper right")
-        ax.figure.tight_layout()
-        return ax
+        from tb_gradflow.plotting import plot_flow
+
+        return plot_flow(self, step, ax=ax, log=log)
 
 
 def _linthresh(values: np.ndarray) -> float:
