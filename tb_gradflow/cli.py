@@ -8,18 +8,24 @@ import math
 import os
 import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 
-from tb_gradflow.diagnosis import Thresholds, diagnose
+from tb_gradflow.diagnosis import KINDS, Thresholds, diagnose
 from tb_gradflow.reader import GradFlowRun, _clash_message, _load_all
 
 
-def format_report(name: str, run: GradFlowRun, thresholds: Thresholds) -> str:
-    """The seeds' `` ++ name=value`` view of a run's last step, then its findings."""
+def format_report(
+    name: str, run: GradFlowRun, thresholds: Thresholds, findings=None
+) -> str:
+    """The `` ++ name=value`` view of a run's last step (as the classic
+    gradient-flow printout has it), then its findings (``diagnose(run,
+    thresholds)`` unless given)."""
     i = len(run.steps) - 1
     mean = run.values("abs_mean")[i]
     nonfinite = run.values("nonfinite")[i]
-    findings = diagnose(run, thresholds)
+    if findings is None:
+        findings = diagnose(run, thresholds)
     blocked_now = {
         f.layer: f.first_step
         for f in findings
@@ -45,6 +51,17 @@ def format_report(name: str, run: GradFlowRun, thresholds: Thresholds) -> str:
             )
         else:
             lines.append(f" ++ {layer}={mean[j]:.6g}")
+    if run.left_out:
+        named = [str(lo.step) for lo in run.left_out if lo.step is not None]
+        unnamed = len(run.left_out) - len(named)
+        what = ", ".join(named[:20]) + (", ..." if len(named) > 20 else "")
+        if unnamed:
+            what += f"{', ' if named else ''}{unnamed} without a readable step"
+        lines.append(f" !! {len(run.left_out)} record(s) left out: steps {what}")
+        lines += [
+            f"    {lo.step if lo.step is not None else '?'}: {lo.reason}"
+            for lo in run.left_out[:5]
+        ]
     if run.skipped[i]:
         lines.append(
             f" !! step skipped by the AMP grad scaler (scale {run.loss_scale[i]:g})"
@@ -71,6 +88,9 @@ def _report(args: argparse.Namespace) -> int:
     are, then an error names the two and the commands that report each one, and
     the exit status is 2. Asking for such a key with ``--run`` is that error
     alone; a run asked for by another key is reported as usual.
+
+    Exit status: 2 for an error (a clash included), else 1 if a finding of a
+    ``--fail-on`` kind was reported, else 0.
     """
     thresholds = Thresholds(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(Thresholds)}
@@ -82,11 +102,13 @@ def _report(args: argparse.Namespace) -> int:
                 f"No run {args.run!r} in {args.logdir!r}; runs: {', '.join(found)}"
             )
         found = {args.run: found[args.run]}
-    reports = [
-        format_report(_shown_name(args.logdir, key), runs[0], thresholds)
-        for key, runs in found.items()
-        if len(runs) == 1
-    ]
+    reports, failing = [], []
+    for key, runs in found.items():
+        if len(runs) == 1:
+            findings = diagnose(runs[0], thresholds)
+            name = _shown_name(args.logdir, key)
+            reports.append(format_report(name, runs[0], thresholds, findings))
+            failing += [f"{name}: {f.kind}" for f in findings if f.kind in args.fail_on]
     if reports:
         print("\n\n".join(reports))
     clashes = [(key, runs) for key, runs in found.items() if len(runs) > 1]
@@ -96,7 +118,30 @@ def _report(args: argparse.Namespace) -> int:
             f"report each from its own directory: {_own_commands(runs)}",
             file=sys.stderr,
         )
-    return 2 if clashes else 0
+    if clashes:
+        return 2
+    if failing:
+        counted = sorted(set(failing), key=failing.index)
+        print(
+            f"tb-gradflow report: failing on {', '.join(counted)} (--fail-on)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _kinds(text: str) -> frozenset[str]:
+    """``--fail-on``'s value: comma-separated finding kinds, or ``all``."""
+    kinds = {k.strip() for k in text.split(",") if k.strip()}
+    if kinds == {"all"}:
+        return frozenset(KINDS)
+    unknown = sorted(kinds - set(KINDS))
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown finding kind(s) {', '.join(unknown) or repr(text)}; "
+            f"choose from {', '.join(KINDS)}, or all"
+        )
+    return frozenset(kinds)
 
 
 def _shown_name(logdir: str, key: str) -> str:
@@ -144,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("logdir", help="a TensorBoard log directory")
     report.add_argument(
+        "--fail-on",
+        type=_kinds,
+        default=frozenset(),
+        metavar="KINDS",
+        help="exit with status 1 when a finding of one of these kinds is found "
+        f"(comma-separated: {', '.join(KINDS)}; or all), e.g. for a CI job",
+    )
+    report.add_argument(
         "--run",
         help="only this run: its directory relative to logdir ('.' for logdir "
         "itself), plus '/NAME' for a watcher named NAME, as tb_gradflow.load keys it",
@@ -170,10 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input gives a one-line error and exit status 2."""
+    """Entry point; bad input gives a one-line error and exit status 2, and
+    warnings (a corrupt record, say) print as one plain line each."""
     args = build_parser().parse_args(argv)
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"tb-gradflow {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # shown, whatever -W says
+            warnings.showwarning = show
+            return args.func(args)
     except (OSError, ValueError) as e:
         print(f"tb-gradflow {args.command}: error: {e}", file=sys.stderr)
         return 2

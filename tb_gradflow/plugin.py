@@ -22,6 +22,7 @@ import gzip
 import importlib.resources
 import json
 import logging
+import os
 import re
 import struct
 import threading
@@ -99,6 +100,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
 
     def __init__(self, context: base_plugin.TBContext) -> None:
         self._data_provider = context.data_provider
+        self._logdir = context.logdir  # to check what was read against the files
         hint = (context.sampling_hints or {}).get(PLUGIN_NAME)
         # TensorBoard already dropped what its own limit did not keep; read the rest.
         self._downsample = (
@@ -255,6 +257,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "skipped": bool(data.skipped[i]),
             "loss_scale": float(data.loss_scale[i]),
             "alerts": [f.to_dict() for f in findings if f.holds_at(at)],
+            "left_out": _left_out(data),
         }
 
     def steps_impl(
@@ -262,7 +265,12 @@ class GradFlowPlugin(base_plugin.TBPlugin):
     ) -> dict[str, Any]:
         """The ``steps`` answer: the logged steps TensorBoard kept, ascending."""
         entry = self._load(ctx, experiment, run, tag)
-        return {"run": run, "tag": entry.tag, "steps": entry.run.steps.tolist()}
+        return {
+            "run": run,
+            "tag": entry.tag,
+            "steps": entry.run.steps.tolist(),
+            "left_out": _left_out(entry.run),
+        }
 
     def heatmap_impl(
         self,
@@ -517,7 +525,41 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         steps = [r[3] for r in records]
         rows = [r[4] for r in records]
         part = [r[1] for r in records]
-        return _Entry(tag, reader.merge_records(run, parts, steps, rows, part))
+        merged = reader.merge_records(run, parts, steps, rows, part)
+        stop = self._stopped_early(run, set(layouts), max(steps, default=-1))
+        if stop is not None:
+            merged.left_out.append(stop)
+        return _Entry(tag, merged)
+
+    def _stopped_early(
+        self, run: str, tags: set[str], served: int
+    ) -> reader.LeftOut | None:
+        """Whether the run's event files hold a later step of ``tags`` than the
+        data provider served (it stopped reading a file at a damaged record:
+        TensorBoard's Python loader does), said as a left-out entry. Only for a
+        local log directory; reads record headers and the files' last events."""
+        run_dir = os.path.join(self._logdir or "", run)
+        if not self._logdir or not os.path.isdir(run_dir):
+            return None
+        try:
+            last = reader.last_written_step(run_dir, tags)
+        except OSError:
+            return None
+        if last is None or last[0] <= served:
+            return None
+        step, path = last
+        return reader.LeftOut(
+            None,
+            f"TensorBoard stopped reading {os.path.basename(path)} before its end "
+            f"(at a damaged record): steps after {served} up to {step} are in the "
+            "file but not shown; tb-gradflow report reads past damaged records",
+        )
+
+
+def _left_out(run: reader.GradFlowRun) -> list[dict[str, Any]]:
+    """The records left out of ``run``, for an answer: step (null when unknown)
+    and reason."""
+    return [{"step": lo.step, "reason": lo.reason} for lo in run.left_out]
 
 
 class _Entry:

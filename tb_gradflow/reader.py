@@ -1,6 +1,9 @@
 """Reads gradflow records back from event files, every logged step (no sampling).
 
-Uses TensorBoard's own event reader; needs neither TensorFlow nor torch.
+Reads event files record by record past damaged records (:mod:`.records`) and
+leaves out records whose values no statistic can have (:mod:`.validity`); a
+run names what it left out (:attr:`GradFlowRun.left_out`). Needs neither
+TensorFlow nor torch.
 """
 
 from __future__ import annotations
@@ -9,23 +12,38 @@ import dataclasses
 import logging
 import os
 import re
-import struct
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
-from tensorboard.backend.event_processing import event_file_loader, io_wrapper
+from tensorboard.backend.event_processing import io_wrapper
 from tensorboard.compat.proto import event_pb2
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.util import tensor_util
 
 from tb_gradflow import metadata
+from tb_gradflow.records import Damage, read_records, record_spans
+from tb_gradflow.validity import invalid_records
 
-__all__ = ["GradFlowRun", "from_records", "load", "load_run", "merge_records"]
+__all__ = [
+    "GradFlowRun",
+    "LeftOut",
+    "from_records",
+    "last_written_step",
+    "load",
+    "load_run",
+    "merge_records",
+]
 
 logger = logging.getLogger(__name__)
 
-_RECORD_OVERHEAD = 16  # bytes around each TFRecord: length, 2 CRCs
+
+class LeftOut(NamedTuple):
+    """A record left out of a run: its step (None when its bytes do not tell)
+    and why (a damaged record, or values no statistic can have)."""
+
+    step: int | None
+    reason: str
 
 
 @dataclasses.dataclass
@@ -46,6 +64,9 @@ class GradFlowRun:
             logged at that step (a run resumed with another layer set): its
             values are NaN there, and it counts as neither "no gradient" nor
             healthy. All False for a run with one layer set.
+        left_out: the records left out, with why: damaged ones (their
+            checksum fails; reading goes on after them) and ones whose values
+            no statistic can have (see :mod:`tb_gradflow.validity`).
     """
 
     path: str
@@ -59,6 +80,7 @@ class GradFlowRun:
     sparse: list[bool]
     _values: np.ndarray = dataclasses.field(repr=False)  # (T, K, L) float32
     absent: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    left_out: list[LeftOut] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.absent is None:
@@ -107,11 +129,6 @@ class GradFlowRun:
         return plot_flow(self, step, ax=ax, log=log)
 
 
-def _linthresh(values: np.ndarray) -> float:
-    positive = values[np.isfinite(values) & (values > 0)]
-    return float(positive.min()) if positive.size else 1e-12
-
-
 @dataclasses.dataclass
 class _Series:
     """One watcher's records in arrival order; ``part[i]`` indexes the layout
@@ -121,6 +138,7 @@ class _Series:
     steps: list[int] = dataclasses.field(default_factory=list)
     rows: list[np.ndarray] = dataclasses.field(default_factory=list)
     part: list[int] = dataclasses.field(default_factory=list)
+    damaged: list[LeftOut] = dataclasses.field(default_factory=list)
 
     def add(self, layout: metadata.Layout, step: int, row: np.ndarray) -> None:
         known = [_columns(lo) for lo in self.layouts]
@@ -159,46 +177,59 @@ def _natural_key(name: str) -> tuple[list[str | int], str]:
     return [int(p) if i % 2 else p for i, p in enumerate(parts)], name
 
 
-def _read_events(path: str) -> Iterator[event_pb2.Event]:
-    """Every complete event of one file; warns about a damaged or cut-off tail."""
-    consumed = 0
-    loader = event_file_loader.RawEventFileLoader(path)
-    for raw in loader.Load():
-        consumed += len(raw) + _RECORD_OVERHEAD
+def _read_events(path: str, damage: list[Damage]) -> Iterator[event_pb2.Event]:
+    """Every sound event of one file; damaged records go to ``damage`` (see
+    :func:`tb_gradflow.records.read_records`), as does a record whose checksum
+    matched but which does not parse."""
+    for raw in read_records(path, damage):
         try:
             yield event_pb2.Event.FromString(raw)
-        except Exception as e:  # a record whose CRC matched but does not parse
-            warnings.warn(f"{path}: skipping an unreadable event ({e})", stacklevel=4)
-    size = os.path.getsize(path)
-    if consumed < size:
-        _report_tail(path, consumed, size)
+        except Exception as e:
+            damage.append(Damage(-1, len(raw), None, f"unreadable event ({e})"))
 
 
-def _report_tail(path: str, offset: int, size: int) -> None:
-    """Says why reading stopped at ``offset``: a record cut off by a writer that
-    is still running or was killed (logged), or a damaged one (a warning)."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        header = f.read(12)  # uint64 length, uint32 masked CRC of the length
-    if len(header) == 12:
-        declared, crc = struct.unpack("<QI", header)
-        if masked_crc32c(header[:8]) != crc:
-            warnings.warn(
-                f"{path}: corrupt record length at byte {offset} of {size} "
-                f"(its checksum does not match); the {size - offset} bytes "
-                "after it were not read",
-                stacklevel=4,
-            )
-            return
-        if offset + declared + _RECORD_OVERHEAD <= size:
-            warnings.warn(
-                f"{path}: corrupt record at byte {offset} of {size}; "
-                f"the {size - offset} bytes after it were not read",
-                stacklevel=4,
-            )
-            return
-    # Training killed while writing, or still writing: the last record is incomplete.
-    logger.info("%s: ignoring an incomplete last record at byte %d", path, offset)
+_TAIL_EVENTS = 2000  # events parsed, at most, from a file's end
+
+
+def last_written_step(run_dir: str, tags: set[str]) -> tuple[int, str] | None:
+    """The largest step of a record of ``tags`` in the last records of each of
+    the run's event files, and its file; None if there is none. Reads only
+    record headers and, from each file's end, the events back to the first one
+    with such a tag: a quick way to tell whether a reader that stopped early
+    (at a damaged record) has served every step."""
+    best: tuple[int, str] | None = None
+    for path in _event_files(run_dir):
+        spans = record_spans(path)
+        with open(path, "rb") as f:
+            # a file without such records near its end has none worth the time
+            for offset, length in reversed(spans[-_TAIL_EVENTS:]):
+                f.seek(offset)
+                try:
+                    event = event_pb2.Event.FromString(f.read(length))
+                except Exception:
+                    continue
+                if any(v.tag in tags for v in event.summary.value):
+                    if best is None or event.step > best[0]:
+                        best = (int(event.step), path)
+                    break
+    return best
+
+
+def _damaged_steps(damage: Sequence[Damage]) -> list[tuple[Damage, int | None, set]]:
+    """Per damaged stretch: its step and tags when its bytes still parse as an
+    event (a record whose data checksum failed), else None and no tags."""
+    out = []
+    for d in damage:
+        step, tags = None, set()
+        if d.data is not None:
+            try:
+                event = event_pb2.Event.FromString(d.data)
+                step = int(event.step)
+                tags = {v.tag for v in event.summary.value}
+            except Exception:
+                pass
+        out.append((d, step, tags))
+    return out
 
 
 def _read_run_dir(
@@ -211,8 +242,10 @@ def _read_run_dir(
     # first record only, so records in a later file (the writer was closed and
     # reopened) follow the layout of an earlier one, as in TensorBoard.
     layouts: dict[str, metadata.Layout | None] = {}
+    damaged: list[tuple[str, Damage, int | None, set]] = []
     for path in _event_files(run_dir):
-        for event in _read_events(path):
+        damage: list[Damage] = []
+        for event in _read_events(path, damage):
             if not event.HasField("summary"):
                 continue
             for value in event.summary.value:
@@ -244,6 +277,24 @@ def _read_run_dir(
                 # layer sets have tags of their own (metadata.layout_tag).
                 s = series.setdefault(layout.name, _Series())
                 s.add(layout, int(event.step), flat.astype(np.float32, copy=False))
+        damaged += [(path, d, step, tags) for d, step, tags in _damaged_steps(damage)]
+    for path, d, step, tags in damaged:
+        where = f"{os.path.basename(path)} at byte {d.offset}"
+        if d.offset < 0:
+            where = os.path.basename(path)
+        # A damaged record of a known tag belongs to its watcher; one whose
+        # bytes tell nothing, to every watcher of the directory.
+        names = {lo.name for t, lo in layouts.items() if t in tags and lo}
+        if tags and not names:
+            continue  # another plugin's record
+        what = f"step {step}" if step is not None else f"{d.size} bytes"
+        warnings.warn(
+            f"{path}: {d.reason} at byte {d.offset}: {what} left out; reading "
+            "went on after it",
+            stacklevel=3,
+        )
+        for name in names or series:
+            series[name].damaged.append(LeftOut(step, f"{d.reason} ({where})"))
     return series
 
 
@@ -336,7 +387,9 @@ def merge_records(
 
 
 def _finish(path: str, s: _Series) -> GradFlowRun:
-    return merge_records(path, s.layouts, s.steps, s.rows, s.part)
+    run = merge_records(path, s.layouts, s.steps, s.rows, s.part)
+    run.left_out[:0] = s.damaged
+    return run
 
 
 def from_records(
@@ -359,18 +412,28 @@ def from_records(
             none); see :func:`merge_records`.
     """
     steps = np.asarray(steps, dtype=np.int64)
-    # A resumed run may repeat steps: keep the last record of each step.
-    order = np.argsort(steps, kind="stable")
+    if isinstance(rows, np.ndarray):  # merged layer sets: already one block
+        block = rows.astype(np.float32, copy=False)  # (N, K * L + F)
+    elif len(rows):
+        block = np.stack(rows, dtype=np.float32)  # (N, K * L + F), one copy
+    else:
+        block = np.zeros((0, layout.size), dtype=np.float32)
+    reasons = invalid_records(
+        metadata.split_values(block, layout)[0],  # (N, K, L)
+        layout.stats,
+        layout.layers,
+        layout.numel,
+    )
+    left_out = [LeftOut(int(steps[i]), r) for i, r in enumerate(reasons) if r]
+    sound = np.array([r is None for r in reasons], dtype=bool)  # (N,)
+    # A resumed run may repeat steps: keep the last sound record of each step.
+    candidates = np.flatnonzero(sound)
+    order = candidates[np.argsort(steps[candidates], kind="stable")]
     last = np.ones(len(order), dtype=bool)
     last[:-1] = steps[order][1:] != steps[order][:-1]
     keep = order[last]
-    if isinstance(rows, np.ndarray):  # merged layer sets: already one block
-        flat = rows[keep].astype(np.float32, copy=False)  # (T, K * L + F)
-    elif len(keep):
-        kept = [rows[i] for i in keep.tolist()]
-        flat = np.stack(kept, dtype=np.float32)  # (T, K * L + F), one copy
-    else:
-        flat = np.zeros((0, layout.size), dtype=np.float32)
+    in_order = len(keep) == len(block) and bool((np.diff(keep) > 0).all())
+    flat = block if in_order else block[keep]  # (T, K * L + F)
     values, fields = metadata.split_values(flat, layout)  # (T, K, L), (T, F)
     field = {f: fields[:, i] for i, f in enumerate(layout.step_fields)}
     n_steps = len(keep)
@@ -391,6 +454,7 @@ def from_records(
         sparse=list(layout.sparse),
         _values=values,
         absent=absent,
+        left_out=left_out,
     )
 
 

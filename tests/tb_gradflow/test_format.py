@@ -25,12 +25,15 @@ LAYOUT = metadata.Layout(
 
 
 def write_steps(logdir, steps, *, layout=LAYOUT, offset=0.0, with_metadata=True):
-    """Writes records whose stat k of layer l at step s is s + k/10 + l/100; the
-    first carries the layout unless ``with_metadata`` is False."""
+    """Writes records whose abs_mean, abs_max and norm of layer l at step s are
+    s + k/10 + l/100 (k = 0, 1, 2: each a possible gradient's), nonfinite 0 and
+    rows 1; the first carries the layout unless ``with_metadata`` is False."""
     k, n = len(layout.stats), len(layout.layers)
     with SummaryWriter(logdir) as w:
         for i, step in enumerate(steps):
             stats = step + offset + np.arange(k)[:, None] / 10 + np.arange(n) / 100
+            stats[layout.stats.index("nonfinite")] = 0.0
+            stats[layout.stats.index("rows")] = 1.0
             proto = summary.gradflow_pb(
                 layout,
                 stats,
@@ -248,16 +251,28 @@ def test_file_cut_off_mid_record_loads_every_complete_step(tmp_path):
     np.testing.assert_allclose(run.values("abs_mean")[-1], 48 + np.arange(3) / 100)
 
 
-def test_corrupt_record_is_reported_not_silent(tmp_path):
+def test_a_corrupt_record_is_left_out_and_reading_goes_on(tmp_path):
+    """Before, reading stopped at the damaged record and every step after it
+    was lost."""
     write_steps(tmp_path, range(50))
     (path,) = [tmp_path / f for f in os.listdir(tmp_path)]
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # flip a byte inside a middle record
+    offset = record_offsets(data)[31]  # record 0 is the file_version event
+    data[offset + 12 + 60] ^= 0xFF  # a byte inside step 30's values
     path.write_bytes(bytes(data))
-    with pytest.warns(UserWarning, match=r"corrupt record at byte \d+"):
+    with pytest.warns(UserWarning) as caught:
         run = tb_gradflow.load_run(tmp_path, name="gen")
-    assert 0 < len(run.steps) < 50
-    assert run.steps.tolist() == list(range(len(run.steps)))
+    (warning,) = caught
+    assert str(warning.message) == (
+        f"{path}: record checksum does not match its data at byte {offset}: "
+        "step 30 left out; reading went on after it"
+    )
+    assert run.steps.tolist() == [s for s in range(50) if s != 30]
+    (left_out,) = run.left_out
+    assert left_out.step == 30
+    assert left_out.reason == (
+        f"record checksum does not match its data ({path.name} at byte {offset})"
+    )
 
 
 def record_offsets(data):
@@ -269,20 +284,24 @@ def record_offsets(data):
     return offsets
 
 
-def test_corrupt_record_length_is_reported_not_taken_for_a_cut_off_file(tmp_path):
+def test_a_corrupt_record_length_is_skipped_to_the_next_sound_record(tmp_path):
     write_steps(tmp_path, range(50))
     (path,) = [tmp_path / f for f in os.listdir(tmp_path)]
     data = bytearray(path.read_bytes())
-    offset = record_offsets(data)[26]  # record 0 is the file_version event
+    offsets = record_offsets(data)
+    offset = offsets[26]  # record 0 is the file_version event
     data[offset + 7] ^= 0x01  # the length now points far beyond the file's end
     path.write_bytes(bytes(data))
     with pytest.warns(UserWarning) as caught:
         run = tb_gradflow.load_run(tmp_path, name="gen")
     (warning,) = caught
-    assert str(warning.message).startswith(
-        f"{path}: corrupt record length at byte {offset} of {len(data)}"
+    skipped = offsets[27] - offset
+    assert str(warning.message) == (
+        f"{path}: corrupt record length (its checksum does not match) at byte "
+        f"{offset}: {skipped} bytes left out; reading went on after it"
     )
-    assert run.steps.tolist() == list(range(25))
+    assert run.steps.tolist() == [s for s in range(50) if s != 25]
+    assert [lo.step for lo in run.left_out] == [None]  # its bytes tell nothing
 
 
 def test_file_cut_off_in_a_record_header_loads_every_complete_step(tmp_path):

@@ -72,6 +72,13 @@ def write_run(
     new_file.rename(run_dir / f"events.out.tfevents.{len(earlier):010d}.test")
 
 
+def possible(value, layers):
+    """Statistics of a gradient every element of which has magnitude ``value``
+    (abs_mean = abs_max = value, norm = value for 1 element; nonfinite 0, rows 1):
+    ``(K, layers)``."""
+    return np.tile(np.array([[value], [value], [value], [0.0], [1.0]]), layers)
+
+
 def healthy_stats(i):
     """abs_mean 0.5 / 0.25 / 0.125. conv.bias is zero from step 20 on (blocked);
     the third layer has no gradient at step 10; conv.weight goes non-finite at 50."""
@@ -94,9 +101,9 @@ def logdir(tmp_path_factory):
     write_run(d, "healthy", layout, STEPS, healthy_stats)
     two = [metadata.Layout(layers=("a",), name=n) for n in ("enc", "dec")]
     for layout in two:
-        write_run(d, "two", layout, [0, 1], lambda i: np.full((5, 1), 0.5))
+        write_run(d, "two", layout, [0, 1], lambda i: possible(0.5, 1))
     future = metadata.Layout(layers=("a",), version=metadata.FORMAT_VERSION + 1)
-    write_run(d, "future", future, [0], lambda i: np.full((5, 1), 0.5))
+    write_run(d, "future", future, [0], lambda i: possible(0.5, 1))
     return d
 
 
@@ -241,6 +248,7 @@ def test_flow_without_step_is_the_latest_with_nan_as_strings(client):
         "skipped": False,
         "loss_scale": "NaN",
         "alerts": [BLOCKED, NONFINITE],
+        "left_out": [],
     }
 
 
@@ -264,6 +272,7 @@ def test_steps_lists_the_kept_steps(client):
         "run": "healthy",
         "tag": "gradflow",
         "steps": list(STEPS),
+        "left_out": [],
     }
 
 
@@ -534,8 +543,8 @@ def test_malformed_metadata_is_left_out_of_runs_and_answers_404(
     tmp_path, caplog, changes, problem
 ):
     layout = metadata.Layout(layers=("a",))
-    write_run(tmp_path, "fine", layout, [0, 1], lambda i: np.full((5, 1), 0.5))
-    summary = gradflow_pb(layout, np.full((5, 1), 0.5), [0.0, NAN], with_metadata=True)
+    write_run(tmp_path, "fine", layout, [0, 1], lambda i: possible(0.5, 1))
+    summary = gradflow_pb(layout, possible(0.5, 1), [0.0, NAN], with_metadata=True)
     content = json.loads(layout.to_json()) | changes
     summary.value[0].metadata.plugin_data.content = json.dumps(content).encode()
     writer = EventFileWriter(str(tmp_path / "bad"))
@@ -570,7 +579,7 @@ def test_an_old_format_run_whose_layer_set_changed_is_refused_not_shown_in_part(
     write_run(tmp_path, "fine", layout, [0, 1], healthy_stats, legacy=True)
     write_run(tmp_path, "resumed", layout, [0, 1], healthy_stats, legacy=True)
     wider = metadata.Layout(layers=(*LAYERS, "head"), sparse=(False,) * 4)
-    four = lambda i: np.full((5, 4), 0.5)  # noqa: E731
+    four = lambda i: possible(0.5, 4)  # noqa: E731
     write_run(tmp_path, "resumed", wider, [2, 3], four, legacy=True)
     client, _ = make_client(tmp_path)
     for _ in range(2):  # the tab asks every 5 s; logged once
@@ -602,7 +611,7 @@ def test_an_old_format_changed_layer_set_is_logged_once_while_the_run_keeps_trai
 ):
     layout = metadata.Layout(layers=LAYERS, sparse=(False,) * 3)
     wider = metadata.Layout(layers=(*LAYERS, "head"), sparse=(False,) * 4)
-    four = lambda i: np.full((5, 4), 0.5)  # noqa: E731
+    four = lambda i: possible(0.5, 4)  # noqa: E731
     write_run(tmp_path, "resumed", layout, [0, 1], healthy_stats, legacy=True)
     write_run(tmp_path, "resumed", wider, [2, 3], four, legacy=True)
     client, mux = make_client(tmp_path)
@@ -627,7 +636,7 @@ def test_more_problem_runs_than_remembered_keys_are_each_logged_once(
     monkeypatch.setattr(plugin, "_MAX_WARNED", 3)
     layout = metadata.Layout(layers=LAYERS, sparse=(False,) * 3)
     wider = metadata.Layout(layers=(*LAYERS, "head"), sparse=(False,) * 4)
-    four = lambda i: np.full((5, 4), 0.5)  # noqa: E731
+    four = lambda i: possible(0.5, 4)  # noqa: E731
     for run in "abcd":  # 4 old-format runs whose layer set changed > 3 keys
         write_run(tmp_path, run, layout, [0, 1], healthy_stats, legacy=True)
         write_run(tmp_path, run, wider, [2, 3], four, legacy=True)
@@ -886,7 +895,7 @@ def test_each_layer_set_has_its_own_tag_and_a_resumed_one_continues_it(tmp_path)
         "resumed",
         metadata.Layout(layers=("a", "x", "d")),
         [8],
-        lambda i: np.ones((5, 3)),
+        lambda i: possible(1.0, 3),
         start=1,
     )
     mux = plugin_event_multiplexer.EventMultiplexer()
@@ -940,6 +949,7 @@ def test_a_resumed_run_with_other_layer_sets_is_merged_by_layer_name(tmp_path):
         "run": "resumed",
         "tag": "gradflow",
         "steps": list(range(8)),
+        "left_out": [],
     }
     head, values = heatmap_binary(
         client, run="resumed", tag="gradflow", stat="abs_mean", max_steps="4"
@@ -996,9 +1006,9 @@ def test_load_run_merges_layer_sets_and_diagnosis_skips_absent_layers(tmp_path):
 
 def test_old_format_files_are_read_alongside_layout_tags(tmp_path):
     old = metadata.Layout(layers=("a", "b"), name="enc")
-    write_run(tmp_path, "up", old, [0, 1], lambda i: np.ones((5, 2)), legacy=True)
+    write_run(tmp_path, "up", old, [0, 1], lambda i: possible(1.0, 2), legacy=True)
     new = metadata.Layout(layers=("a", "b", "c"), name="enc")
-    write_run(tmp_path, "up", new, [2, 3], lambda i: np.ones((5, 3)))
+    write_run(tmp_path, "up", new, [2, 3], lambda i: possible(1.0, 3))
     client, _ = make_client(tmp_path)
     (entry,) = get_json(client, "runs")["runs"]
     assert (entry["tag"], entry["layers"], entry["steps"]) == ("gradflow/enc", 3, 4)
