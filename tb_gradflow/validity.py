@@ -47,57 +47,94 @@ def invalid_records(
     """
     n = values.shape[0]
     reasons: list[str | None] = [None] * n
-    if n == 0:
-        return reasons
     at = {s: values[:, k, :] for k, s in enumerate(stats)}  # (N, L) views
-    nonfinite = at.get("nonfinite")
+    size = np.asarray(numel, dtype=np.float32) if len(numel) else None
+    checks = [(m, c) for m, c in _CHECKS if c.needs <= at.keys()]
+    checks = [(m, c) for m, c in checks if size is not None or not c.with_numel]
+    if n == 0 or not checks:
+        return reasons
     with np.errstate(invalid="ignore", over="ignore"):
-        has_grad = (
-            ~np.isnan(nonfinite)
-            if nonfinite is not None
-            else np.ones(values[:, 0].shape, bool)
-        )
-        finite = has_grad & (nonfinite == 0) if nonfinite is not None else has_grad
-        checks: list[tuple[str, np.ndarray]] = []
-        for stat in ("abs_mean", "abs_max", "norm"):
-            if stat in at:
-                checks.append((f"{stat} is negative", has_grad & (at[stat] < 0)))
-        if "rows" in at:
-            rows = at["rows"]
-            checks.append(
-                ("rows is outside [0, 1]", has_grad & ~((rows >= 0) & (rows <= 1)))
-            )
-        if nonfinite is not None:
-            whole = np.isfinite(nonfinite) & (nonfinite >= 0)
-            whole &= nonfinite == np.round(nonfinite)
-            checks.append(("nonfinite is not a whole number >= 0", has_grad & ~whole))
-        size = np.asarray(numel, dtype=np.float32) if len(numel) else None
-        if nonfinite is not None and size is not None:
-            checks.append(
-                ("nonfinite is more than the layer's elements", nonfinite > size)
-            )
-        if {"abs_mean", "abs_max"} <= at.keys():
-            checks.append(
-                (
-                    "abs_mean is above abs_max",
-                    finite & (at["abs_mean"] > at["abs_max"] * (1 + _RTOL)),
-                )
-            )
-        if {"abs_max", "norm"} <= at.keys():
-            checks.append(
-                (
-                    "norm is below abs_max",
-                    finite & (at["norm"] < at["abs_max"] * (1 - _RTOL)),
-                )
-            )
-            if size is not None:
-                top = np.sqrt(size) * at["abs_max"] * (1 + _RTOL)
-                checks.append(
-                    ("norm is above sqrt(numel) x abs_max", finite & (at["norm"] > top))
-                )
-    for message, bad in checks:
-        for i in np.flatnonzero(bad.any(axis=1)).tolist():
-            if reasons[i] is None:
-                layer = layers[int(np.flatnonzero(bad[i])[0])]
-                reasons[i] = f"{message} (layer {layer!r})"
+        # One pass over every record; the reasons only for the bad ones.
+        bad = np.zeros(n, dtype=bool)
+        for _, check in checks:
+            bad |= check(at, size).any(axis=1)
+        rows = np.flatnonzero(bad)
+        if not len(rows):
+            return reasons
+        some = {s: v[rows] for s, v in at.items()}
+        for message, check in checks:
+            hit = check(some, size)  # (R, L)
+            for r in np.flatnonzero(hit.any(axis=1)).tolist():
+                i = int(rows[r])
+                if reasons[i] is None:
+                    layer = layers[int(np.flatnonzero(hit[r])[0])]
+                    reasons[i] = f"{message} (layer {layer!r})"
     return reasons
+
+
+class _Check:
+    """One rule: ``fn(at, numel) -> (N, L) bool`` (True: impossible), the
+    statistics it reads, and whether it needs the layers' sizes. Comparisons
+    with NaN are False, so a layer without gradient passes every rule."""
+
+    def __init__(self, fn, needs: set[str], with_numel: bool = False) -> None:
+        self.fn, self.needs, self.with_numel = fn, needs, with_numel
+
+    def __call__(self, at: dict[str, np.ndarray], numel: np.ndarray | None):
+        return self.fn(at, numel)
+
+
+def _finite(at: dict[str, np.ndarray]) -> np.ndarray:
+    """Layers whose gradient was finite (nonfinite == 0; all if not logged)."""
+    nonfinite = at.get("nonfinite")
+    return True if nonfinite is None else nonfinite == 0
+
+
+_CHECKS = [
+    (f"{stat} is negative", _Check(lambda at, _, s=stat: at[s] < 0, {stat}))
+    for stat in ("abs_mean", "abs_max", "norm")
+] + [
+    (
+        "rows is outside [0, 1]",
+        _Check(lambda at, _: (at["rows"] < 0) | (at["rows"] > 1), {"rows"}),
+    ),
+    (
+        "nonfinite is not a whole number >= 0",
+        _Check(
+            lambda at, _: (
+                (at["nonfinite"] < 0)
+                | (np.floor(at["nonfinite"]) < at["nonfinite"])
+                | np.isinf(at["nonfinite"])
+            ),
+            {"nonfinite"},
+        ),
+    ),
+    (
+        "nonfinite is more than the layer's elements",
+        _Check(lambda at, size: at["nonfinite"] > size, {"nonfinite"}, True),
+    ),
+    (
+        "abs_mean is above abs_max",
+        _Check(
+            lambda at, _: (at["abs_mean"] > at["abs_max"] * (1 + _RTOL)) & _finite(at),
+            {"abs_mean", "abs_max"},
+        ),
+    ),
+    (
+        "norm is below abs_max",
+        _Check(
+            lambda at, _: (at["norm"] < at["abs_max"] * (1 - _RTOL)) & _finite(at),
+            {"abs_max", "norm"},
+        ),
+    ),
+    (
+        "norm is above sqrt(numel) x abs_max",
+        _Check(
+            lambda at, size: (
+                (at["norm"] > np.sqrt(size) * at["abs_max"] * (1 + _RTOL)) & _finite(at)
+            ),
+            {"abs_max", "norm"},
+            True,
+        ),
+    ),
+]
