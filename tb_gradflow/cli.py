@@ -168,9 +168,11 @@ def _own_commands(runs: Sequence[GradFlowRun]) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from tb_gradflow.demo import DemoConfig, run_demo
+    from tb_gradflow.demo import DemoConfig, replace_runs, run_demo
 
     cfg = DemoConfig(steps=args.steps, seed=args.seed)
+    for folder in replace_runs(args.logdir):
+        print(f"Replacing the earlier demo run in {folder}")
     losses = run_demo(args.logdir, cfg, progress=not args.no_progress)
     for name, loss in losses.items():
         print(f"{name}: final loss {loss:.4f}")

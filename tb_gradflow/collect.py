@@ -11,7 +11,10 @@ import dataclasses
 import fnmatch
 import inspect
 import math
+import sys
+import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -167,8 +170,10 @@ def select_layers(
     watcher).
 
     Raises:
-        ValueError: if no layer is left, two layers end up with one name, or
-            ``parameters`` holds a tensor that is not a parameter of ``model``.
+        ValueError: if no layer is left, two layers end up with one name, an
+            ``include`` pattern matches no layer (the message lists the
+            layers), or ``parameters`` holds a tensor that is not a parameter
+            of ``model``.
         TypeError: if a pattern is not a str, or ``parameters`` is not an
             iterable of tensors.
     """
@@ -184,6 +189,15 @@ def select_layers(
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if named and all(n.startswith(_WRAPPER_PREFIX) for n, _ in named):
         named = [(n[len(_WRAPPER_PREFIX) :], p) for n, p in named]
+    if include is not None:
+        names = [layer_name(n) for n, _ in named if include_bias or not _is_bias(n)]
+        for pat in include:
+            if not any(fnmatch.fnmatchcase(name, pat) for name in names):
+                shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+                raise ValueError(
+                    f"include pattern {pat!r} matches no layer; the model's "
+                    f"layers ({len(names)}): {shown}"
+                )
     layers, seen = [], {}
     for pname, param in named:
         if kept is not None and id(param) not in kept:
@@ -342,6 +356,8 @@ class GradFlow:
         )
         # In a process group, only `rank` writes (None: every rank does).
         self.writer = writer if rank is None or _process_rank() == rank else None
+        if self.writer is not None:
+            _claim_writer(self.writer, name, self)
         self.every = every
         self.start_step = start_step
         self.last: LoggedStep | None = None
@@ -514,6 +530,8 @@ class GradFlow:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self.writer is not None:
+            _release_writer(self.writer, self.layout.name, self)
 
     def __enter__(self) -> GradFlow:
         return self
@@ -558,7 +576,9 @@ class GradFlow:
         for finding in self._online.update(logged.step, stats, skipped=logged.skipped):
             if self._on_alert == "raise":
                 raise GradFlowError(finding)
-            warnings.warn(_alert_text(finding), GradFlowAlert, stacklevel=4)
+            warnings.warn(
+                _alert_text(finding), GradFlowAlert, stacklevel=_user_stacklevel()
+            )
 
     def _compute(
         self, grad_scale: Tensor | float | None, found_inf: Tensor | None
@@ -672,6 +692,69 @@ def layer_stats(
     record = np.stack([abs_mean, totals[1], np.sqrt(totals[2]), nonfinite, rows])
     record[:, ~has_grad] = math.nan
     return record, host_extras
+
+
+# Code that calls the hooks on the user's behalf: an alert points past it, at
+# the user's line (a fixed stacklevel breaks when the depth of the calls changes).
+_NOT_USER_CODE = (
+    "tb_gradflow",
+    "torch",
+    "lightning",
+    "pytorch_lightning",
+    "lightning_fabric",
+    "transformers",
+    "accelerate",
+    "contextlib",
+    "functools",
+)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that makes ``warnings.warn``, called right here,
+    name the innermost frame of the user's code (or the outermost frame)."""
+    frame = sys._getframe(1)  # the caller of this function: it calls warn
+    level = 1
+    while frame.f_back is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.split(".", 1)[0] not in _NOT_USER_CODE:
+            return level
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+# The live watcher of each (writer, name): a second one would write every step
+# twice under one tag (or merge two models' layers under one name).
+_WATCHERS: dict[tuple[int, str | None], weakref.ref] = {}
+_WATCHERS_LOCK = threading.Lock()
+
+
+def _claim_writer(writer: Any, name: str | None, flow: GradFlow) -> None:
+    """Records ``flow`` as the watcher writing to ``writer`` under ``name``.
+
+    Raises:
+        ValueError: if a watcher not yet removed already does, naming it.
+    """
+    key = (id(writer), name)
+    with _WATCHERS_LOCK:
+        ref = _WATCHERS.get(key)
+        other = ref() if ref is not None else None
+        if other is not None and not other._removed and other.writer is writer:
+            what = "unnamed" if name is None else f"named {name!r}"
+            raise ValueError(
+                f"This writer already has a watcher {what}: {other!r}. A second "
+                "one would log every step twice under one tag: call .remove() on "
+                "the first (or leave its with-block), or pass another name="
+            )
+        _WATCHERS[key] = weakref.ref(flow)
+
+
+def _release_writer(writer: Any, name: str | None, flow: GradFlow) -> None:
+    key = (id(writer), name)
+    with _WATCHERS_LOCK:
+        ref = _WATCHERS.get(key)
+        if ref is not None and ref() in (flow, None):
+            del _WATCHERS[key]
 
 
 def _process_rank() -> int:

@@ -3,8 +3,9 @@ stops at the first LSTM, both logged with :func:`tb_gradflow.watch`.
 
 The task: sequences of ``T`` steps of ``F`` sensor readings; the label says whether
 channel 0 was higher over the first 5 steps than over the last 5 (the network has
-to carry information through time). Both models are the seeds' story: two stacked
-LSTMs and a linear head, trained with Adam.
+to carry information through time). Both models are the one of the "Flow
+Gradient, Please Flow, Darn It!" post: two stacked LSTMs and a linear head,
+trained with Adam.
 
 The cause of the broken run is one of the most common ones: the readings go in
 raw (values around 70, like heart rates) instead of standardised. The first
@@ -86,7 +87,7 @@ def train(
 ) -> float:
     """Trains one model, logging with ``watch``; returns the final loss.
 
-    Before training, the seeds' sanity checks run on copies of the model; after
+    Before training, the sanity checks run on copies of the model; after
     it, their results and the diagnosis of the logged run go into the run as a
     text summary, so the text and the tab name the same blocked layers.
     """
@@ -131,7 +132,7 @@ def _train_loop(
 
 
 def _sanity_checks(model, inputs, labels, opt, cfg: DemoConfig) -> list:
-    """The seeds' hints, run on copies before training (the model is unchanged)."""
+    """The sanity checks, run on copies before training (the model is unchanged)."""
     from trainkit.checks import check_initial_loss, overfit_batch
 
     return [
@@ -174,16 +175,48 @@ def run_demo(
         torch.set_num_threads(threads)
 
 
+RUNS = ("healthy", "unnormalised_inputs")
+
+
+def replace_runs(logdir: str) -> list[str]:
+    """Empties the demo's own run folders under ``logdir`` (a second demo run
+    would add a second event file to each: every curve twice); returns the
+    folders emptied. Only folders that hold nothing but TensorBoard event
+    files are touched.
+
+    Raises:
+        ValueError: if a demo run folder holds anything else (not a demo run:
+            nothing is deleted).
+    """
+    emptied = []
+    folders = [os.path.join(logdir, name) for name in RUNS]
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        others = [n for n in os.listdir(folder) if ".tfevents." not in n]
+        others += [
+            n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n))
+        ]
+        if others:
+            raise ValueError(
+                f"{folder} holds {sorted(set(others))[0]!r}, which the demo did not "
+                "write: it replaces only its own runs; choose another --logdir"
+            )
+    for folder in folders:
+        if os.path.isdir(folder) and os.listdir(folder):
+            for name in os.listdir(folder):
+                os.remove(os.path.join(folder, name))
+            emptied.append(folder)
+    return emptied
+
+
 def _run_both(logdir: str, cfg: DemoConfig, progress: bool) -> dict:
     raw, labels = make_data(cfg)
     mean, std = raw.mean(dim=(0, 1)), raw.std(dim=(0, 1))  # (F,), (F,)
+    inputs = {"healthy": (raw - mean) / std, "unnormalised_inputs": raw}
     return {
-        "healthy": train(
-            "healthy", (raw - mean) / std, labels, logdir, cfg, progress=progress
-        ),
-        "unnormalised_inputs": train(
-            "unnormalised_inputs", raw, labels, logdir, cfg, progress=progress
-        ),
+        name: train(name, inputs[name], labels, logdir, cfg, progress=progress)
+        for name in RUNS
     }
 
 

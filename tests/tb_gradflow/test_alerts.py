@@ -1,5 +1,6 @@
 """on_alert in watch(), and check_flow() for users' own unit tests."""
 
+import inspect
 import warnings
 
 import pytest
@@ -105,3 +106,40 @@ def test_on_alert_none_is_silent_and_bad_mode_rejected():
                 step(model, opt)
     with pytest.raises(ValueError, match="Invalid on_alert: 'loud'"):
         tb_gradflow.watch(model, None, on_alert="loud")
+
+
+def test_an_alert_points_at_the_users_line():
+    """Not at torch/optim/optimizer.py (a fixed stacklevel pointed there)."""
+    model = Net(detach=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tb_gradflow.watch(model, None, optimizer=opt, on_alert="warn"):
+            for _ in range(3):
+                model(torch.randn(4, 6)).sum().backward()
+                opt.step()  # the user's line
+                opt.zero_grad()
+    (alert,) = [w for w in caught if issubclass(w.category, tb_gradflow.GradFlowAlert)]
+    source = inspect.getsource(test_an_alert_points_at_the_users_line).splitlines()
+    first = test_an_alert_points_at_the_users_line.__code__.co_firstlineno
+    line = next(i for i, s in enumerate(source) if "the user's line" in s) + first
+    assert (alert.filename, alert.lineno) == (__file__, line)
+
+
+def test_an_alert_under_a_compiled_step_points_at_the_users_line():
+    """Under torch.compile the hook runs from torch's frames: still the user's
+    line, here the call of the compiled function."""
+    torch._dynamo.reset()
+    model = Net(detach=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    compiled = torch.compile(opt.step)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tb_gradflow.watch(model, None, optimizer=opt, on_alert="warn"):
+            for _ in range(3):
+                model(torch.randn(4, 6)).sum().backward()
+                compiled()  # the user's line
+                opt.zero_grad()
+    torch._dynamo.reset()
+    (alert,) = [w for w in caught if issubclass(w.category, tb_gradflow.GradFlowAlert)]
+    assert alert.filename == __file__

@@ -82,6 +82,25 @@ def test_report_names_a_run_directory_given_directly_by_its_folder(tmp_path, cap
     assert capsys.readouterr().out.startswith("== lstm run  (step 0")
 
 
+def test_fail_on_makes_the_exit_status_1(tmp_path, capsys):
+    steps = [stats([1e-3, 2e-3, 3e-3]) for _ in range(5)]
+    steps += [stats([1e-12, 2e-3, 3e-3]) for _ in range(5)]  # enc blocked
+    write_run(tmp_path / "broken", steps)
+    write_run(tmp_path / "fine", [stats([1e-3, 2e-3, 3e-3])] * 3)
+    assert cli.main(["report", str(tmp_path)]) == 0  # findings alone: 0
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path), "--fail-on", "nonfinite"]) == 0
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path), "--fail-on", "nonfinite,blocked"]) == 1
+    err = capsys.readouterr().err
+    assert err == "tb-gradflow report: failing on broken: blocked (--fail-on)\n"
+    assert cli.main(["report", str(tmp_path / "fine"), "--fail-on", "all"]) == 0
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["report", str(tmp_path), "--fail-on", "blocked,nope"])
+    assert exit_.value.code == 2
+    assert "unknown finding kind(s) nope; choose from" in capsys.readouterr().err
+
+
 def test_report_takes_every_threshold_as_an_option(tmp_path, capsys):
     # head's norm jumps x1000 at step 10 and stays there: with a window of 20
     # earlier steps the median stays low for all ten steps, with 5 for three.
@@ -197,6 +216,26 @@ def test_demo_is_deterministic(tmp_path):
     np.testing.assert_array_equal(
         a["unnormalised_inputs"].values("norm"), b["unnormalised_inputs"].values("norm")
     )
+
+
+def test_running_the_demo_again_replaces_its_runs_only(tmp_path, capsys):
+    """A second demo run added a second event file per run before: every loss
+    curve drawn twice."""
+    argv = ["demo", "--logdir", str(tmp_path), "--steps", "3", "--no-progress"]
+    mine = tmp_path / "mine"
+    write_run(mine, [stats([1e-3, 1e-3, 1e-3])])
+    assert cli.main(argv) == 0
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"Replacing the earlier demo run in {tmp_path / 'healthy'}" in out
+    for run in ("healthy", "unnormalised_inputs"):
+        assert len(list((tmp_path / run).iterdir())) == 1
+    assert len(list(mine.iterdir())) == 1  # not the demo's: left alone
+    (tmp_path / "healthy" / "notes.txt").write_text("mine")
+    assert cli.main(argv) == 2
+    assert "holds 'notes.txt', which the demo did not write" in capsys.readouterr().err
+    assert (tmp_path / "healthy" / "notes.txt").exists()
+    assert len(list((tmp_path / "unnormalised_inputs").iterdir())) == 1
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["report", "--help"], ["demo", "--help"]])

@@ -91,7 +91,45 @@ def test_select_layers_globs():
     names = [n for n, _, _ in select_layers(model, exclude=["layers.0", "layers.2"])]
     assert names == ["layers.4"]
     with pytest.raises(ValueError, match="No layer to watch"):
-        select_layers(model, include="nothing*")
+        select_layers(model, exclude="layers.*")
+
+
+def test_an_include_pattern_matching_nothing_lists_the_layers():
+    """Also when another pattern matches: a typo must not pass silently."""
+    model = MLP()
+    with pytest.raises(
+        ValueError,
+        match=r"include pattern 'layer.0' matches no layer; the model's layers "
+        r"\(3\): layers\.0, layers\.2, layers\.4$",
+    ):
+        select_layers(model, include=["layers.2", "layer.0"])
+    big = nn.Sequential(*[nn.Linear(2, 2) for _ in range(30)])
+    with pytest.raises(ValueError, match=r"\(30\): 0, 1, .*, 19, \.\.\.$"):
+        select_layers(big, include="x")
+    assert [n for n, _, _ in select_layers(model, exclude="nothing*")] == [
+        "layers.0",
+        "layers.2",
+        "layers.4",
+    ]
+
+
+def test_a_second_watcher_on_one_writer_and_name_is_refused(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    model = MLP()
+    with SummaryWriter(tmp_path) as writer:
+        first = tb_gradflow.watch(model, writer)
+        with pytest.raises(ValueError, match="already has a watcher unnamed: GradFlow"):
+            tb_gradflow.watch(model, writer)
+        other = tb_gradflow.watch(model, writer, name="copy")  # another name: fine
+        first.remove()
+        again = tb_gradflow.watch(model, writer)  # the first was removed
+        with pytest.raises(ValueError, match="watcher named 'copy'"):
+            tb_gradflow.watch(MLP(), writer, name="copy")
+        other.remove()
+        again.remove()
+    tb_gradflow.watch(model, None)
+    tb_gradflow.watch(model, None)  # no writer: nothing written twice
 
 
 def test_select_layers_reads_a_pattern_generator_once():
