@@ -82,7 +82,8 @@ def plot_flow(
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise ImportError(
-            "GradFlowRun.plot needs matplotlib: pip install 'tb-gradflow[plot]'"
+            "GradFlowRun.plot needs matplotlib: pip install matplotlib (or install "
+            "tb-gradflow with its [plot] extra)"
         ) from e
     if not len(run.steps):
         raise ValueError(f"Nothing to plot: {run.path!r} has no logged step")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -135,3 +136,77 @@ def test_a_non_editable_install_serves_the_same_files(tmp_path):
     for name, (content_type, _) in result["served"].items():
         kind = "text/css" if name.endswith(".css") else "text/javascript"
         assert content_type == f"{kind}; charset=utf-8"
+
+
+def readme_install_command() -> list[str]:
+    """The command of the README's section "Installing it into your own
+    environment" (its one bash block), split as a shell would."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Installing it into your own environment", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    (line,) = [ln for ln in block.splitlines() if ln.strip()]
+    return shlex.split(line)
+
+
+@pytest.mark.slow
+def test_the_readmes_install_command_works_in_a_fresh_venv(tmp_path):
+    """Runs the README's command as written, from a folder holding a copy of
+    the repository under the README's name, with the new venv's interpreter
+    (``python -m pip``). Dependencies, pip and the build backend come from the
+    project venv through a .pth line (no download)."""
+    command = readme_install_command()
+    assert command[:2] == ["pip", "install"]
+    clone = tmp_path / "tb-gradflow"
+    clone.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, clone / name)
+    for name in ("tb_gradflow", "trainkit", "frontend"):
+        shutil.copytree(
+            ROOT / name, clone / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=60
+    )
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    Path(purelib, "project_venv.pth").write_text(sysconfig.get_paths()["purelib"])
+    env = {
+        **os.environ,
+        "PIP_NO_INDEX": "1",  # nothing from the network: dependencies are there
+        "PIP_NO_BUILD_ISOLATION": "0",  # the build backend seen through the .pth
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
+    subprocess.run(
+        [python, "-m", *command, "-q"],
+        check=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    code = (
+        "import tb_gradflow, trainkit, tb_gradflow.plugin as p, matplotlib; "
+        "print(p.__file__); print(tb_gradflow.watch.__module__)"
+    )
+    out = subprocess.run(
+        [python, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    ).stdout.split()
+    assert out[0].startswith(purelib) and out[1] == "tb_gradflow.collect"
+    done = subprocess.run(
+        [venv / "bin" / "tb-gradflow", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "usage: tb-gradflow" in done.stdout

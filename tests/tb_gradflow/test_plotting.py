@@ -187,7 +187,7 @@ def test_plot_draws_on_the_given_axes_and_leaves_its_figure_layout_alone():
 def test_plot_without_matplotlib_names_the_plot_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    with pytest.raises(ImportError, match=r"tb-gradflow\[plot\]"):
+    with pytest.raises(ImportError, match=r"pip install matplotlib .*\[plot\] extra"):
         make_run(REALISTIC).plot()
 
 
