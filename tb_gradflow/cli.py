@@ -39,18 +39,18 @@ def format_report(
     for j, layer in enumerate(run.layers):
         if absent[j]:
             continue
+        label = run.label(layer)
         if math.isnan(nonfinite[j]):
-            lines.append(f" !! {layer}=no gradient")
+            lines.append(f" !! {label}=no gradient")
         elif nonfinite[j] > 0:
-            lines.append(f" !! {layer}={mean[j]:.6g}  {int(nonfinite[j])} non-finite")
+            lines.append(f" !! {label}={mean[j]:.6g}  {int(nonfinite[j])} non-finite")
         elif mean[j] == 0:
-            lines.append(f" !! {layer}=0  zero gradient")
+            lines.append(f" !! {label}=0  zero gradient")
         elif layer in blocked_now:
-            lines.append(
-                f" !! {layer}={mean[j]:.6g}  blocked since step {blocked_now[layer]}"
-            )
+            since = blocked_now[layer]
+            lines.append(f" !! {label}={mean[j]:.6g}  blocked since step {since}")
         else:
-            lines.append(f" ++ {layer}={mean[j]:.6g}")
+            lines.append(f" ++ {label}={mean[j]:.6g}")
     if run.left_out:
         named = [str(lo.step) for lo in run.left_out if lo.step is not None]
         unnamed = len(run.left_out) - len(named)
@@ -69,7 +69,7 @@ def format_report(
     if findings:
         lines.append(" findings:")
         for f in findings:
-            where = f.layer or "(model)"
+            where = "(model)" if f.layer is None else run.label(f.layer)
             now = ", ongoing" if f.ongoing else ""
             lines.append(
                 f"   {f.kind:<12} {where}  steps {f.first_step}-{f.last_step} "

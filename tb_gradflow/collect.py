@@ -39,6 +39,7 @@ __all__ = [
     "LoggedStep",
     "layer_name",
     "layer_stats",
+    "module_types",
     "select_layers",
     "watch",
 ]
@@ -229,6 +230,24 @@ def select_layers(
     return layers
 
 
+def module_types(model: nn.Module) -> dict[int, str]:
+    """The class name of the module that owns each parameter, by ``id`` of the
+    parameter (the first owner of a tied one, in module order). A class that
+    FSDP2's ``fully_shard`` made (``FSDPLinear``) is named by the class it
+    wraps (``Linear``)."""
+    owners: dict[int, str] = {}
+    for module in _unwrap(model).modules():
+        kind = type(module)
+        name = kind.__name__
+        if name.startswith("FSDP") and any(
+            base.__name__ == name[4:] for base in kind.__mro__[1:]
+        ):
+            name = name[4:]
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), name)
+    return owners
+
+
 def _parameter_ids(model: nn.Module, parameters: Iterable[Tensor]) -> set[int]:
     """The ids of ``parameters``, each checked to be a parameter of ``model``."""
     if isinstance(parameters, Tensor) or not isinstance(parameters, Iterable):
@@ -347,12 +366,14 @@ class GradFlow:
         )
         self._layers = [_Layer(n, p, s) for n, p, s in selected]
         self.layers = [layer.name for layer in self._layers]
+        owners = module_types(model)
         self.layout = metadata.Layout(
             layers=tuple(self.layers),
             every=every,
             name=name,
             sparse=tuple(layer.sparse for layer in self._layers),
             numel=tuple(layer.param.numel() for layer in self._layers),
+            types=tuple(owners.get(id(layer.param), "") for layer in self._layers),
         )
         # In a process group, only `rank` writes (None: every rank does).
         self.writer = writer if rank is None or _process_rank() == rank else None

@@ -99,6 +99,10 @@ class Layout:
         name: the watcher's name, or None.
         sparse: for each layer, whether its gradient is sparse.
         numel: for each layer, its number of elements.
+        types: for each layer, the class name of the module that owns its
+            parameter (``Linear``, ``LSTM``; "" if unknown), shown beside the
+            name (an ``nn.Sequential``'s layers are named ``0``, ``1``, ...);
+            () in files written before it was recorded.
         version: the format version this layout was written with.
     """
 
@@ -109,6 +113,7 @@ class Layout:
     name: str | None = None
     sparse: tuple[bool, ...] = ()
     numel: tuple[int, ...] = ()
+    types: tuple[str, ...] = ()
     version: int = FORMAT_VERSION
 
     @property
@@ -127,6 +132,7 @@ class Layout:
                 "name": self.name,
                 "sparse": list(self.sparse),
                 "numel": list(self.numel),
+                "types": list(self.types),
             }
         ).encode("utf-8")
 
@@ -170,6 +176,7 @@ def parse_plugin_metadata(content: bytes) -> Layout:
         name=_value(raw, "name", str, None, nullable=True),
         sparse=_list(raw, "sparse", bool) or (False,) * len(layers),
         numel=_list(raw, "numel", int),
+        types=_list(raw, "types", str),
         version=_value(raw, "version", int),
     )
     for field in ("layers", "stats", "step_fields"):
@@ -177,7 +184,8 @@ def parse_plugin_metadata(content: bytes) -> Layout:
         repeated = [name for name, n in counts.items() if n > 1]
         if repeated:
             raise _invalid(f"{field!r} repeats {reprlib.repr(repeated)}")
-    for field, n in (("sparse", len(layout.sparse)), ("numel", len(layout.numel))):
+    for field in ("sparse", "numel", "types"):
+        n = len(getattr(layout, field))
         if n and n != len(layers):
             raise _invalid(f"{n} {field!r} entries for {len(layers)} layers")
     if layout.every < 1:

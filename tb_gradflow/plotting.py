@@ -107,7 +107,8 @@ def plot_flow(
     ax.set_ylim(*_y_limits(np.concatenate([mean[ok], peak[back]]), log))
     ax.set_xlim(-0.6, len(run.layers) - 0.4)
     handles = _draw_layers(ax, mean, peak, status, back, blocked, no_gradient)
-    ax.set_xticks(np.arange(len(run.layers)), run.layers, rotation=90)
+    labels = [run.label(layer) for layer in run.layers]
+    ax.set_xticks(np.arange(len(run.layers)), labels, rotation=90)
     for j in np.flatnonzero(blocked | no_gradient).tolist():
         ax.get_xticklabels()[j].set(color=_BLOCKED, fontweight="bold")
     ax.set_ylabel("abs_mean (log scale)" if log else "abs_mean")

@@ -247,6 +247,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "tag": entry.tag,
             "step": at,
             "layers": list(data.layers),
+            "types": list(data.types),
             "sparse": list(data.sparse),
             "stats": {s: data.values(s)[i].tolist() for s in data.stats},
             # one row, not GradFlowRun.no_grad's (T, L) arrays

@@ -60,6 +60,8 @@ class GradFlowRun:
         skipped: ``(T,)`` bool, steps the AMP grad scaler skipped.
         loss_scale: ``(T,)`` float, the scaler's scale (NaN without a scaler).
         sparse: for each layer, whether its gradient is sparse.
+        types: for each layer, the class name of the module owning its
+            parameter ("" where the file does not say); :meth:`label` shows it.
         absent: ``(T, L)`` bool, the layer was not in the layer set its watcher
             logged at that step (a run resumed with another layer set): its
             values are NaN there, and it counts as neither "no gradient" nor
@@ -79,12 +81,20 @@ class GradFlowRun:
     loss_scale: np.ndarray
     sparse: list[bool]
     _values: np.ndarray = dataclasses.field(repr=False)  # (T, K, L) float32
+    types: list[str] = dataclasses.field(default_factory=list)
     absent: np.ndarray | None = dataclasses.field(default=None, repr=False)
     left_out: list[LeftOut] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.absent is None:
             self.absent = np.zeros(self._values[:, 0, :].shape, dtype=bool)
+
+    def label(self, layer: str) -> str:
+        """A layer's name with its module type, as the tab and the report show
+        it (``"0 · Conv2d"``); the name alone where the type is not known."""
+        i = self.layers.index(layer)
+        kind = self.types[i] if i < len(self.types) else ""
+        return f"{layer} \u00b7 {kind}" if kind else layer
 
     def values(self, stat: str) -> np.ndarray:
         """One statistic over all steps: ``(T, L)`` float, NaN where a layer had no
@@ -304,17 +314,24 @@ def _columns(layout: metadata.Layout) -> tuple:
 
 def _union(layouts: Sequence[metadata.Layout]) -> metadata.Layout:
     """One layout holding every layer (statistic, step field) of ``layouts``, in
-    order of first appearance; a layer's ``sparse`` flag from the last layout
-    that has it, ``every`` the largest (the expected number of logged steps is
-    then not overstated); the rest from the first layout."""
+    order of first appearance; a layer's ``sparse`` flag, size and module type
+    from the last layout that has them (sizes only if every layer has one),
+    ``every`` the largest (the expected number of logged steps is then not
+    overstated); the rest from the first layout."""
 
     def union(field: str) -> tuple:
         return tuple(dict.fromkeys(x for lo in layouts for x in getattr(lo, field)))
 
     sparse: dict[str, bool] = {}
+    types: dict[str, str] = {}
+    numel: dict[str, int] = {}
     for lo in layouts:
         for layer, is_sparse in zip(lo.layers, lo.sparse):
             sparse[layer] = is_sparse
+        for layer, kind in zip(lo.layers, lo.types):
+            types[layer] = kind or types.get(layer, "")
+        for layer, n in zip(lo.layers, lo.numel):
+            numel[layer] = n
     layers = union("layers")
     return dataclasses.replace(
         layouts[0],
@@ -323,7 +340,8 @@ def _union(layouts: Sequence[metadata.Layout]) -> metadata.Layout:
         stats=union("stats"),
         step_fields=union("step_fields"),
         sparse=tuple(sparse.get(n, False) for n in layers),
-        numel=(),
+        numel=tuple(numel[n] for n in layers) if numel.keys() >= set(layers) else (),
+        types=tuple(types.get(n, "") for n in layers) if types else (),
     )
 
 
@@ -453,6 +471,7 @@ def from_records(
         loss_scale=field.get("loss_scale", np.full(n_steps, np.nan)).astype(np.float64),
         sparse=list(layout.sparse),
         _values=values,
+        types=list(layout.types) or [""] * len(layout.layers),
         absent=absent,
         left_out=left_out,
     )

@@ -418,3 +418,53 @@ def test_plot_draws_the_bar_plot(tmp_path):
     assert {k: v for k, v in marks.items() if not k.startswith("_")} == {
         "not in this step's layer set": [1]
     }
+
+
+def test_module_types_are_recorded_and_shown_beside_the_names(tmp_path, capsys):
+    """An nn.Sequential's layers are named 0, 1, 3: the module type says what
+    each is. Names stay the keys (include=, the reader); labels add the type."""
+    from tb_gradflow import cli
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2)
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with SummaryWriter(tmp_path) as w, tb_gradflow.watch(model, w, optimizer=opt):
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(4, 1, 4, 4)).sum().backward()
+            opt.step()
+    run = tb_gradflow.load_run(tmp_path)
+    assert run.layers == ["0", "1", "4"]
+    assert run.types == ["Conv2d", "BatchNorm2d", "Linear"]
+    assert [run.label(n) for n in run.layers] == [
+        "0 \u00b7 Conv2d",
+        "1 \u00b7 BatchNorm2d",
+        "4 \u00b7 Linear",
+    ]
+    assert cli.main(["report", str(tmp_path)]) == 0
+    assert " ++ 1 \u00b7 BatchNorm2d=" in capsys.readouterr().out
+
+
+def test_files_without_module_types_read_with_names_alone(tmp_path):
+    write_steps(tmp_path, range(3))  # LAYOUT has no types
+    run = tb_gradflow.load_run(tmp_path, name="gen")
+    assert run.types == ["", "", ""]
+    assert run.label("a") == "a"
+
+
+def test_tied_and_wrapped_parameters_take_their_first_owners_type():
+    from tb_gradflow.collect import module_types
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.lstm = nn.LSTM(4, 4)
+            self.out = nn.Linear(4, 10)
+            self.out.weight = self.emb.weight
+
+    model = Tied()
+    owners = module_types(torch.compile(model))
+    assert owners[id(model.emb.weight)] == "Embedding"
+    assert owners[id(model.lstm.weight_hh_l0)] == "LSTM"

@@ -235,6 +235,7 @@ def test_flow_without_step_is_the_latest_with_nan_as_strings(client):
         "tag": "gradflow",
         "step": 50,
         "layers": list(LAYERS),
+        "types": ["", "", ""],  # not in this layout
         "sparse": [False, False, True],
         "stats": {
             "abs_mean": ["Infinity", 0.0, 0.125],
