@@ -123,6 +123,20 @@ export class Client {
   }
 
   /**
+   * Every watcher of every run, most severe finding first, then the most
+   * recently written (`triage` route); never cached.
+   * @returns {Promise<{run: string, tag: string, worst: (string|null)}[]>}
+   */
+  async triage() {
+    const json = await this._get(Client.url("triage"), "json");
+    return (json.runs || []).map((r) => ({
+      run: String(r.run),
+      tag: String(r.tag),
+      worst: r.worst === null || r.worst === undefined ? null : String(r.worst),
+    }));
+  }
+
+  /**
    * The kept steps of a run, ascending.
    * @param {{run: string, tag: string}} r
    * @returns {Promise<number[]>}

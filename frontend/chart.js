@@ -4,7 +4,7 @@
 // (ctx, layout, data/palette) and only paint.
 
 import {
-  decadeDomain, finiteMax, formatPow10, formatValue, logTicks, logUnit, niceLinear,
+  countTicks, decadeDomain, finiteMax, formatPow10, formatValue, logTicks, logUnit, niceLinear,
   positiveExtent, ramp, scaleLinear, scaleLog, ticks,
 } from "./scale.js";
 import { matchLayers } from "./model.js";
@@ -43,6 +43,21 @@ export const PALETTES = {
   },
 };
 
+/** Statistics that count elements: a count axis, never a log one. */
+export const COUNT_STATS = ["nonfinite"];
+
+/**
+ * The bar plot's y axis for a statistic: `count` (from 0, whole-number ticks)
+ * for counts whatever the log toggle says, else `log` or `linear`.
+ * @param {string} stat
+ * @param {boolean} log the log-scale toggle
+ * @returns {"log"|"linear"|"count"}
+ */
+export function axisKind(stat, log) {
+  if (COUNT_STATS.includes(stat)) return "count";
+  return log ? "log" : "linear";
+}
+
 /** The statuses a bar can have, in legend order. */
 export const STATUSES = ["ok", "zero", "no_grad", "nonfinite", "missing"];
 
@@ -68,13 +83,17 @@ export function barStatus(value, flags = {}) {
  * What the bar plot shows for one or two runs at one step: layers matched by
  * name, each run's statistic (plus `abs_max` behind `abs_mean`), bar statuses
  * and blocked flags (from the flow's alerts, whose streaks contain the step).
+ * On a count axis a count is a bar like any value (not the hatched non-finite
+ * column: the count is what is shown).
  * @param {import("./model.js").Flow[]} flows one or two
  * @param {string} stat
  * @param {{log: boolean, selectedLayer?: (string|null)}} opts
- * @returns {{layers: string[], series: BarSeries[], log: boolean, selected: number,
+ * @returns {{layers: string[], series: BarSeries[], log: boolean,
+ *   axis: ("log"|"linear"|"count"), selected: number,
  *   title: {text: string, series: number}[]}}
  */
 export function barData(flows, stat, opts) {
+  const axis = axisKind(stat, opts.log);
   const first = flows[0];
   const second = flows[1] || null;
   const match = second ? matchLayers(first.layers, second.layers) : {
@@ -91,7 +110,8 @@ export function barData(flows, stat, opts) {
       values: idx.map((j) => (j < 0 ? NaN : values[j] ?? NaN)),
       back: back ? idx.map((j) => (j < 0 ? NaN : back[j] ?? NaN)) : null,
       status: idx.map((j) => barStatus(j < 0 ? NaN : values[j] ?? NaN, {
-        missing: j < 0 || flow.absent[j], noGrad: j >= 0 && flow.no_grad[j], nonfinite: j < 0 ? 0 : nonfinite[j],
+        missing: j < 0 || flow.absent[j], noGrad: j >= 0 && flow.no_grad[j],
+        nonfinite: j < 0 || axis === "count" ? 0 : nonfinite[j],
       })),
       blocked: idx.map((j) => j >= 0 && blocked.has(flow.layers[j])),
     };
@@ -101,9 +121,10 @@ export function barData(flows, stat, opts) {
     if (si > 0) title.push({ text: "  vs  ", series: -1 });
     title.push({ text: `${flow.run} @ step ${flow.step}`, series: flows.length > 1 ? si : -1 });
   });
-  title.push({ text: `  \u00b7  ${stat}${opts.log ? " (log scale)" : ""}`, series: -1 });
+  const note = { log: " (log scale)", linear: "", count: " (count)" }[axis];
+  title.push({ text: `  \u00b7  ${stat}${note}`, series: -1 });
   const selected = opts.selectedLayer == null ? -1 : match.names.indexOf(opts.selectedLayer);
-  return { layers: match.names, series, log: opts.log, selected, title };
+  return { layers: match.names, series, log: axis === "log", axis, selected, title };
 }
 
 /**
@@ -142,8 +163,14 @@ export function rotatedTextBox(w, h, angle) {
  * measured so that no name is cut off, and the canvas grows downwards to fit
  * them. When even vertical names would overlap, every k-th is drawn.
  *
+ * The y range: on a log axis, whole decades around the statistic and `abs_max`
+ * behind it; on a linear axis, 0 to the statistic's largest value, so that the
+ * chosen statistic fills the plot (an `abs_max` bar above it is cut at the top
+ * and marked `clipped`); on a count axis, 0 to the largest count, whole numbers.
+ *
  * @param {{layers: string[], series: BarSeries[], log: boolean,
- *   title?: {text: string, series: number}[], selected?: number}} data
+ *   axis?: ("log"|"linear"|"count"), title?: {text: string, series: number}[],
+ *   selected?: number}} data (without `axis`: `log` or `linear` from `log`)
  * @param {{width: number, plotHeight?: number, measure: (text: string, bold?: boolean) => number}} opts
  * @returns {object} the layout (see the fields set below)
  */
@@ -156,23 +183,25 @@ export function barLayout(data, opts) {
   const top = LINE + 14; // title line
 
   // y scale
-  const arrays = [];
-  for (const s of data.series) {
-    arrays.push(s.values);
-    if (s.back) arrays.push(s.back);
-  }
+  const axis = data.axis || (data.log ? "log" : "linear");
+  const values = data.series.map((s) => s.values);
   let scale;
   let yTicks;
   const y0 = top;
   const y1 = top + plotHeight;
-  if (data.log) {
-    const [lo, hi] = decadeDomain(positiveExtent(arrays));
+  if (axis === "log") {
+    const backs = data.series.filter((s) => s.back).map((s) => s.back);
+    const [lo, hi] = decadeDomain(positiveExtent([...values, ...backs]));
     scale = scaleLog([lo, hi], [y1, y0]);
     yTicks = logTicks(lo, hi, Math.max(2, Math.floor(plotHeight / 28))).map((t) => ({
       value: t.value, text: formatPow10(t.exponent), y: scale.map(t.value),
     }));
+  } else if (axis === "count") {
+    const steps = countTicks(finiteMax(values), Math.max(2, Math.floor(plotHeight / 40)));
+    scale = scaleLinear([0, steps[steps.length - 1]], [y1, y0]);
+    yTicks = steps.map((v) => ({ value: v, text: String(v), y: scale.map(v) }));
   } else {
-    const max = finiteMax(arrays);
+    const max = finiteMax(values); // the statistic's own range: abs_max is cut at the top
     const count = Math.max(2, Math.floor(plotHeight / 40));
     const hi = max > 0 ? niceLinear(0, max, count)[1] : 1;
     scale = scaleLinear([0, hi], [y1, y0]);
@@ -254,7 +283,7 @@ export function barLayout(data, opts) {
       const bv = s.back ? s.back[i] : NaN;
       if (status === "ok" && bv > 0 && Number.isFinite(bv)) {
         const by = clampY(scale.map(bv), plot);
-        bar.back = { y: by, h: Math.max(0, floorY - by) };
+        bar.back = { y: by, h: Math.max(0, floorY - by), clipped: bv > scale.domain[1] };
       }
       bars.push(bar);
     }
@@ -262,7 +291,7 @@ export function barLayout(data, opts) {
 
   return {
     width, height, plot, band, floorY, scale, yTicks, labels, every, angle, bars,
-    log: data.log, title: data.title || [], selected: data.selected ?? -1, series: data.series,
+    log: axis === "log", axis, title: data.title || [], selected: data.selected ?? -1, series: data.series,
     layers: data.layers,
   };
 }
@@ -561,11 +590,13 @@ export function drawBars(ctx, layout, palette) {
     ctx.fillText(t.text, plot.x - 8, t.y);
   }
 
-  // bars: abs_max lightly behind, then the statistic
+  // bars: abs_max lightly behind (a mark above the plot where it is cut off),
+  // then the statistic
   for (const b of layout.bars) {
     if (b.back) {
       ctx.fillStyle = palette.back[b.series % palette.back.length];
       ctx.fillRect(b.x, b.back.y, b.w, b.back.h);
+      if (b.back.clipped) drawClipMark(ctx, b, plot.y, palette.series[b.series % palette.series.length]);
     }
   }
   for (const b of layout.bars) drawBar(ctx, b, layout, palette);
@@ -594,6 +625,19 @@ export function drawBars(ctx, layout, palette) {
     ctx.restore();
   }
   ctx.restore();
+}
+
+/** An upward triangle just above the plot: this bar's `abs_max` is higher. */
+function drawClipMark(ctx, b, y, color) {
+  const cx = b.x + b.w / 2;
+  const r = Math.max(2.5, Math.min(5, b.w / 2));
+  ctx.fillStyle = color;
+  ctx.beginPath();
+  ctx.moveTo(cx - r, y - 1);
+  ctx.lineTo(cx + r, y - 1);
+  ctx.lineTo(cx, y - 1 - 1.4 * r);
+  ctx.closePath();
+  ctx.fill();
 }
 
 function drawBar(ctx, b, layout, palette) {
@@ -651,6 +695,123 @@ function drawBar(ctx, b, layout, palette) {
       ctx.stroke();
       ctx.setLineDash([]);
   }
+}
+
+/**
+ * The layout of the bar plot as a PNG of its own: a heading, the plot (with its
+ * title line: runs, step, statistic, scale) and the legend under it, wrapped
+ * to the plot's width. Pure; everything in CSS px.
+ * @param {ReturnType<typeof barLayout>} bars
+ * @param {{kind: string, label: string, color: string}[]} items the legend
+ * @param {{heading: string, measure: (text: string, bold?: boolean) => number}} opts
+ * @returns {{width: number, height: number, heading: string, headingY: number,
+ *   chartY: number, legend: {kind: string, label: string, color: string,
+ *   x: number, y: number}[]}} `y`: the middle of an entry's line
+ */
+export function exportLayout(bars, items, opts) {
+  const pad = 12;
+  const swatch = 12;
+  const width = bars.width;
+  const headingY = pad + LINE / 2;
+  const chartY = pad + LINE + 4;
+  const rowH = LINE + 6;
+  const top = chartY + bars.height + 4;
+  const legend = [];
+  let x = pad;
+  let row = 0;
+  for (const it of items) {
+    const w = swatch + 6 + opts.measure(it.label) + 18;
+    if (x > pad && x + w > width - pad) {
+      row += 1;
+      x = pad;
+    }
+    legend.push({ ...it, x, y: top + row * rowH + rowH / 2 });
+    x += w;
+  }
+  const height = Math.ceil(top + (items.length ? row + 1 : 0) * rowH + pad);
+  return { width, height, heading: opts.heading, headingY, chartY, legend };
+}
+
+/**
+ * Paints the bar plot's PNG: background, heading, the plot, the legend (each
+ * entry's swatch drawn like the mark it stands for).
+ * @param {CanvasRenderingContext2D} ctx scaled to CSS px
+ * @param {ReturnType<typeof exportLayout>} layout
+ * @param {ReturnType<typeof barLayout>} bars
+ * @param {Palette} palette
+ */
+export function drawExport(ctx, layout, bars, palette) {
+  ctx.save();
+  ctx.fillStyle = palette.bg;
+  ctx.fillRect(0, 0, layout.width, layout.height);
+  ctx.font = FONT_BOLD;
+  ctx.fillStyle = palette.fg;
+  ctx.textAlign = "left";
+  ctx.textBaseline = "middle";
+  ctx.fillText(layout.heading, 12, layout.headingY);
+  ctx.save();
+  ctx.translate(0, layout.chartY);
+  drawBars(ctx, bars, palette);
+  ctx.restore();
+  ctx.font = FONT;
+  ctx.textBaseline = "middle";
+  ctx.textAlign = "left";
+  for (const it of layout.legend) {
+    drawSwatch(ctx, it, palette);
+    ctx.fillStyle = palette.fg;
+    ctx.fillText(it.label, it.x + 18, it.y);
+  }
+  ctx.restore();
+}
+
+/** A 12 px legend swatch at (it.x, it.y - 6), as the DOM legend draws it. */
+function drawSwatch(ctx, it, palette) {
+  const x = it.x;
+  const y = Math.round(it.y - 6);
+  const s = 12;
+  ctx.save();
+  switch (it.kind) {
+    case "zero":
+      ctx.strokeStyle = it.color;
+      ctx.lineWidth = 1.5;
+      ctx.strokeRect(x + 0.75, y + s - 7 + 0.75, s - 1.5, 5.5);
+      break;
+    case "no_grad":
+      ctx.strokeStyle = it.color;
+      ctx.lineWidth = 1.75;
+      ctx.beginPath();
+      ctx.moveTo(x + 1, y + 1);
+      ctx.lineTo(x + s - 1, y + s - 1);
+      ctx.moveTo(x + s - 1, y + 1);
+      ctx.lineTo(x + 1, y + s - 1);
+      ctx.stroke();
+      break;
+    case "nonfinite":
+      ctx.beginPath();
+      ctx.rect(x, y, s, s);
+      ctx.clip();
+      ctx.strokeStyle = it.color;
+      ctx.lineWidth = 2;
+      for (let k = -s; k < s; k += 5) {
+        ctx.beginPath();
+        ctx.moveTo(x + k, y + s);
+        ctx.lineTo(x + k + s, y);
+        ctx.stroke();
+      }
+      ctx.lineWidth = 1;
+      ctx.strokeRect(x + 0.5, y + 0.5, s - 1, s - 1);
+      break;
+    case "blocked":
+      ctx.fillStyle = palette.blockedBand;
+      ctx.fillRect(x, y, s, s);
+      ctx.fillStyle = it.color;
+      ctx.fillRect(x, y + s - 3, s, 3);
+      break;
+    default: // "bar", "back": a filled square
+      ctx.fillStyle = it.color;
+      ctx.fillRect(x, y, s, s);
+  }
+  ctx.restore();
 }
 
 /**

@@ -9,11 +9,11 @@ import { Client, errorText } from "./api.js";
 import { createLoader } from "./loader.js";
 import { createPainter } from "./paint.js";
 import { pngName } from "./present.js";
-import { effects, initialState, reduce } from "./state.js";
+import { effects, hashWithView, initialState, playTiming, reduce, viewFromHash, viewOf } from "./state.js";
 import * as views from "./views.js";
 
 const POLL_MS = 5000; // the iframe gets no reload calls, so it polls `runs`
-const PLAY_MS = 250; // per step while playing
+const URL_WRITE_MS = 300; // the URL follows the view this long after it settles
 
 /**
  * Builds the tab inside the iframe's body and starts it.
@@ -26,14 +26,32 @@ export async function render() {
 }
 
 /**
+ * The window whose URL keeps the view: TensorBoard's page (the iframe's parent,
+ * same origin), whose hash survives a reload and a switch to another tab; the
+ * iframe itself when there is no readable parent (its URL is lost on reload).
+ * @param {Window} win
+ * @returns {Window}
+ */
+function urlWindow(win) {
+  try {
+    if (win.parent !== win && typeof win.parent.location.href === "string") return win.parent;
+  } catch {
+    // a cross-origin parent: keep the view in the iframe's own URL
+  }
+  return win;
+}
+
+/**
  * @param {Window} win
  * @param {views.Shell} shell
  * @param {Client} client
  */
 async function start(win, shell, client) {
-  let state = initialState();
+  const host = urlWindow(win);
+  let state = initialState(viewFromHash(host.location.hash));
   const dirty = new Set();
   let raf = 0;
+  let urlTimer = 0;
   const painter = createPainter(win, shell, () => state, dispatch);
   const loader = createLoader(client, () => state, dispatch);
 
@@ -48,6 +66,7 @@ async function start(win, shell, client) {
     state = reduce(before, action);
     const fx = effects(before, action, state);
     mark(fx.redraw);
+    if (state !== before && !urlTimer) urlTimer = win.setTimeout(writeUrl, URL_WRITE_MS);
     return loader.perform(fx);
   }
 
@@ -62,14 +81,32 @@ async function start(win, shell, client) {
     dirty.clear();
   }
 
+  /**
+   * Puts the view in TensorBoard's URL hash (`#gradflow&p.gradflow.run=...`),
+   * replacing the history entry: not while playing (browsers throttle frequent
+   * history changes), nor before the first listing (the URL's own view stays).
+   */
+  function writeUrl() {
+    urlTimer = 0;
+    if (!state.loaded || state.playing) return;
+    const hash = hashWithView(host.location.hash, viewOf(state));
+    if (hash === host.location.hash || (hash === "#" && !host.location.hash)) return;
+    const url = new URL(host.location.href);
+    url.hash = hash;
+    host.history.replaceState(host.history.state, "", url.toString());
+  }
+
   shell.run.addEventListener("change", () => dispatch({ type: "selectRun", key: shell.run.value }));
   shell.compare.addEventListener("change", () => dispatch({ type: "compareRun", key: shell.compare.value }));
   shell.stat.addEventListener("change", () => dispatch({ type: "setStat", stat: shell.stat.value }));
   shell.log.addEventListener("change", () => dispatch({ type: "setLog", log: shell.log.checked }));
   shell.slider.addEventListener("input", () => dispatch({ type: "slide", index: Number(shell.slider.value) }));
   shell.play.addEventListener("click", () => dispatch({ type: "togglePlay" }));
+  shell.speed.addEventListener("change", () => dispatch({ type: "setSpeed", speed: Number(shell.speed.value) }));
   shell.png.addEventListener("click", () => {
-    views.downloadCanvas(shell.bars, pngName(state)).catch((err) => dispatch({ type: "failed", message: errorText(err) }));
+    const canvas = painter.exportCanvas(state);
+    if (!canvas) return;
+    views.downloadCanvas(canvas, pngName(state)).catch((err) => dispatch({ type: "failed", message: errorText(err) }));
   });
   views.watchColorScheme(win, (dark) => dispatch({ type: "setDark", dark }));
   let lastWidth = 0;
@@ -80,7 +117,11 @@ async function start(win, shell, client) {
       mark(["bars", "heat"]);
     }
   }).observe(shell.root);
-  win.setInterval(() => dispatch({ type: "tick" }), PLAY_MS);
+  const tick = () => {
+    dispatch({ type: "tick" });
+    win.setTimeout(tick, playTiming(state.speed).ms);
+  };
+  win.setTimeout(tick, playTiming(state.speed).ms);
 
   await loader.poll();
   win.setInterval(() => {

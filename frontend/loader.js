@@ -1,11 +1,11 @@
 // Fetches what the state asks for and hands the answers back as actions: the
-// `runs` listing (polled), the shown runs' steps and alerts, their heatmaps and
-// the shown step. Only the answer to the latest request of each kind is used;
+// `runs` listing (polled; with the `triage` ranking while no run is shown), the
+// shown runs' steps and alerts, their heatmaps and the shown step. Only the answer to the latest request of each kind is used;
 // a failure comes back as an action carrying the text the tab shows. Which
 // requests a transition needs is decided in state.js; no DOM here.
 
 import { errorText } from "./api.js";
-import { currentStep, nextStep, shownRuns } from "./state.js";
+import { currentStep, needsRanking, nextStep, shownRuns } from "./state.js";
 
 /** Step columns asked of the `heatmap` route (its `max_steps`). */
 export const HEAT_COLUMNS = 1000;
@@ -119,7 +119,12 @@ export function createLoader(client, getState, dispatch) {
         failed(err);
         return;
       }
-      await dispatch({ type: "listed", runs });
+      // Asked after `runs`, which has read the runs it lists: triage then
+      // judges them from the plugin's cache. Any failure: the first run.
+      const ranking = needsRanking(getState(), runs)
+        ? await Promise.resolve().then(() => client.triage()).catch(() => null)
+        : undefined;
+      await dispatch({ type: "listed", runs, ranking });
     },
 
     async perform(fx) {

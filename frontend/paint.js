@@ -21,7 +21,8 @@ import * as views from "./views.js";
  * @param {views.Shell} shell
  * @param {() => State} getState the state now (the tooltip's statistic)
  * @param {Dispatch} dispatch
- * @returns {{draw: (state: State, dirty: Set<"dom"|"bars"|"heat">) => void}}
+ * @returns {{draw: (state: State, dirty: Set<"dom"|"bars"|"heat">) => void,
+ *   exportCanvas: (state: State) => (HTMLCanvasElement|null)}}
  */
 export function createPainter(win, shell, getState, dispatch) {
   const doc = win.document;
@@ -58,7 +59,7 @@ export function createPainter(win, shell, getState, dispatch) {
     const message = present.emptyMessage(state);
     if (message !== empty) {
       empty = message;
-      views.showEmpty(shell, message);
+      views.showEmpty(shell, message, present.EMPTY_HINT);
     }
     if (shell.status.textContent !== state.error) views.setStatus(shell, state.error, state.error !== "");
 
@@ -66,6 +67,12 @@ export function createPainter(win, shell, getState, dispatch) {
     if (state.a) views.setOptions(shell.run, menus.run, menus.runValue);
     views.setOptions(shell.compare, menus.compare, menus.compareValue);
     views.setOptions(shell.stat, present.statOptions(state), state.stat);
+    const log = present.logControl(state);
+    shell.log.checked = log.checked;
+    shell.log.disabled = log.disabled;
+    shell.log.parentElement.title = log.title;
+    const speed = present.speedMenu(state);
+    views.setOptions(shell.speed, speed.options, speed.value);
     const kept = present.keptLine(state);
     shell.kept.textContent = kept.text;
     shell.kept.classList.toggle("gf-warn", kept.warn);
@@ -81,7 +88,6 @@ export function createPainter(win, shell, getState, dispatch) {
     shell.play.textContent = c.play;
     shell.play.setAttribute("aria-pressed", c.pressed);
 
-    views.renderLegend(shell.legend, present.legendItems(state));
     const step = currentStep(state);
     views.renderAlerts(
       shell.alerts,
@@ -96,13 +102,17 @@ export function createPainter(win, shell, getState, dispatch) {
    * @param {number} width CSS px
    */
   function drawBarPlot(state, width) {
+    // the legend goes with the plot: it names what the axis and scale show
+    views.renderLegend(shell.legend, present.legendItems(state));
     if (!state.flows.length) return;
     const data = chart.barData(state.flows, state.stat, { log: state.log, selectedLayer: state.layer });
     barLayout = chart.barLayout(data, { width, measure });
     const ctx = chart.sizeCanvas(shell.bars, barLayout.width, barLayout.height, dpr());
     chart.drawBars(ctx, barLayout, present.palette(state));
     views.renderBarTable(shell.barTable, data, { step: state.flows[0].step, run: state.flows[0].run });
-    shell.barTable.dataset.scale = state.log ? "log" : "linear";
+    // what was drawn: the axis and its tick labels
+    shell.barTable.dataset.scale = barLayout.axis;
+    shell.barTable.dataset.ticks = barLayout.yTicks.map((t) => t.text).join(" ");
     shell.bars.setAttribute("aria-label", present.barLabel(state));
   }
 
@@ -192,7 +202,25 @@ export function createPainter(win, shell, getState, dispatch) {
     });
   }
 
+  /**
+   * The bar plot as a PNG of its own (heading, plot, legend), drawn at the
+   * plot's width on screen and the device pixel ratio; null without a step.
+   * @param {State} state
+   * @returns {HTMLCanvasElement|null}
+   */
+  function exportCanvas(state) {
+    if (!state.flows.length) return null;
+    const data = chart.barData(state.flows, state.stat, { log: state.log, selectedLayer: state.layer });
+    const bars = chart.barLayout(data, { width: Math.max(320, Math.floor(shell.barWrap.clientWidth)), measure });
+    const layout = chart.exportLayout(bars, present.legendItems(state), { heading: present.PNG_HEADING, measure });
+    const canvas = doc.createElement("canvas");
+    const ctx = chart.sizeCanvas(canvas, layout.width, layout.height, dpr());
+    chart.drawExport(ctx, layout, bars, present.palette(state));
+    return canvas;
+  }
+
   return {
+    exportCanvas,
     draw(state, dirty) {
       if (dirty.has("dom")) drawDom(state);
       const width = Math.floor(shell.barWrap.clientWidth); // after the DOM: the empty view may have gone

@@ -2,13 +2,26 @@
 // line, the step controls' text, legend entries, alert groups and labels.
 // paint.js puts them on the page; no DOM here, so `node --test` covers it.
 
-import { PALETTES } from "./chart.js";
+import { PALETTES, axisKind } from "./chart.js";
 import { keptStepsText, runKey } from "./model.js";
-import { currentStep, shownRuns, statNames } from "./state.js";
+import { PLAY_SPEEDS, currentStep, shownRuns, statNames } from "./state.js";
 import { safeFileName } from "./views.js";
 
 /** The empty view's title, shown once the logdir is read and holds no run. */
 export const EMPTY_MESSAGE = "No gradient-flow data found in this logdir yet.";
+
+/**
+ * The empty view's hint under its title: text, code, text.
+ * @type {{text: string, code?: boolean}[]}
+ */
+export const EMPTY_HINT = [
+  { text: "Log gradients with " },
+  { text: "tb_gradflow.watch(model, writer, optimizer=opt)", code: true },
+  { text: " and this tab fills in by itself while training writes." },
+];
+
+/** The heading of the bar plot's PNG (the tab's own heading of the plot). */
+export const PNG_HEADING = "Gradient per layer";
 
 /**
  * @typedef {import("./state.js").State} State
@@ -99,16 +112,45 @@ export function palette(state) {
  */
 export function legendItems(state) {
   const p = palette(state);
+  const axis = axisKind(state.stat, state.log);
   /** @type {import("./views.js").LegendItem[]} */
   const items = state.flows.map((f, i) => ({ kind: "bar", label: f.run, color: p.series[i] }));
-  if (state.stat === "abs_mean") items.push({ kind: "back", label: "abs_max (behind)", color: p.back[0] });
-  items.push(
-    { kind: "zero", label: "exactly zero", color: p.zero },
-    { kind: "no_grad", label: "no gradient", color: p.noGrad },
-    { kind: "nonfinite", label: "non-finite", color: p.nonfinite },
-    { kind: "blocked", label: "blocked", color: p.blocked },
-  );
+  if (state.stat === "abs_mean") {
+    // on a linear axis the statistic sets the range: a taller abs_max is cut off
+    const label = axis === "linear" ? "abs_max (behind; \u25b2 above the axis)" : "abs_max (behind)";
+    items.push({ kind: "back", label, color: p.back[0] });
+  }
+  items.push({ kind: "zero", label: "exactly zero", color: p.zero }, { kind: "no_grad", label: "no gradient", color: p.noGrad });
+  // a count axis draws the non-finite count itself, not the hatched column
+  if (axis !== "count") items.push({ kind: "nonfinite", label: "non-finite", color: p.nonfinite });
+  items.push({ kind: "blocked", label: "blocked", color: p.blocked });
   return items;
+}
+
+/**
+ * The log-scale checkbox: off and disabled for a count (a count axis).
+ * @param {State} state
+ * @returns {{checked: boolean, disabled: boolean, title: string}}
+ */
+export function logControl(state) {
+  const count = axisKind(state.stat, state.log) === "count";
+  return {
+    checked: state.log && !count,
+    disabled: count,
+    title: count ? `${state.stat} is a count: drawn on a count axis from 0` : "Log scale for the bar plot",
+  };
+}
+
+/**
+ * The Speed menu: the play speeds, in logged steps per second.
+ * @param {State} state
+ * @returns {{options: Option[], value: string}}
+ */
+export function speedMenu(state) {
+  return {
+    options: PLAY_SPEEDS.map((v) => ({ value: String(v), label: `${v} steps/s` })),
+    value: String(state.speed),
+  };
 }
 
 /**

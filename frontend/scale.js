@@ -120,6 +120,21 @@ export function niceLinear(lo, hi, count) {
 }
 
 /**
+ * Ticks of a count axis: whole numbers from 0, a round step of at least 1,
+ * ending at or above `max` (at 1 when `max` is 0 or not finite).
+ * @param {number} max the largest count
+ * @param {number} count desired number of ticks
+ * @returns {number[]} e.g. `[0, 1, 2, ..., 7]` for 7, `[0, 200, ..., 1400]` for 1234
+ */
+export function countTicks(max, count) {
+  const top = Math.max(1, Math.ceil(Number.isFinite(max) ? max : 0));
+  const inc = Math.max(1, tickIncrement(0, top, Math.max(1, count))); // < 0: a fractional step
+  const out = [];
+  for (let i = 0; (i - 1) * inc < top; i++) out.push(i * inc);
+  return out;
+}
+
+/**
  * Smallest and largest positive finite value of some arrays; null if none.
  * @param {Iterable<ArrayLike<number>>} arrays
  * @returns {[number, number] | null}

@@ -1,14 +1,30 @@
 // The Gradient Flow tab's state and its transitions. Pure: `reduce` takes a state
 // and an action and returns the next state, `effects` says what that transition
 // asks for (parts to redraw, requests to make, cache entries to drop), and the
-// helpers below say which runs and steps a state shows. Nothing here fetches,
-// keeps a timer or touches the DOM, so `node --test` covers all of it.
+// helpers below say which runs and steps a state shows and how a view is written
+// in TensorBoard's URL hash. Nothing here fetches, keeps a timer or touches the
+// DOM, so `node --test` covers all of it.
 
 import { changedRuns, runKey, runSignatures } from "./model.js";
 import { nearestIndex } from "./scale.js";
 
 /** The Statistic menu's order; other statistics follow in the server's order. */
 export const STAT_ORDER = ["abs_mean", "abs_max", "norm", "nonfinite", "rows"];
+
+/** Play speeds offered, in logged steps per second. */
+export const PLAY_SPEEDS = [1, 4, 10, 25, 100, 500];
+/** The play speed a tab starts with (logged steps per second). */
+export const DEFAULT_SPEED = 4;
+/** The shortest time between two play ticks (ms); faster speeds skip steps. */
+export const MIN_TICK_MS = 50;
+/**
+ * The prefix of the tab's keys in TensorBoard's URL hash: TensorBoard keeps
+ * every `key=value` of its hash when it switches tabs or reloads, and hands the
+ * `p.<plugin>.` ones to a plugin that asks (`experimental.GetURLPluginData`).
+ */
+export const URL_PREFIX = "p.gradflow.";
+/** TensorBoard's name for the hash part without `=` (the active tab). */
+const TAB_KEY = "__tab__";
 
 /**
  * @typedef {import("./model.js").RunInfo} RunInfo
@@ -21,19 +37,42 @@ export const STAT_ORDER = ["abs_mean", "abs_max", "norm", "nonfinite", "rows"];
  * Everything the tab shows. `a` is the selected run, `b` the one compared with
  * it; `index` points into `steps` (-1 without steps); `follow` keeps the newest
  * step selected as training writes more; `error` is the status line's text.
+ * `ranking`: run keys, most severe finding first (the `triage` route), for the
+ * run shown when none is chosen. `want`: what the URL asked for and is not
+ * shown yet; the user's own choice replaces it. `speed`: play speed in logged
+ * steps per second.
  * @typedef {{runs: RunInfo[], sigs: Map<string, string>, loaded: boolean,
  *   a: (RunInfo|null), b: (RunInfo|null), stat: string, log: boolean,
  *   steps: number[], index: number, follow: boolean, playing: boolean,
  *   flows: Flow[], flowPending: boolean, heats: Heatmap[], alerts: Alert[][],
- *   layer: (string|null), dark: boolean, error: string}} State
+ *   layer: (string|null), dark: boolean, error: string, ranking: string[],
+ *   want: Want, speed: number}} State
  */
 
 /**
- * What can happen to the state: answers of the server (`listed`, `stepsLoaded`,
- * `heatsLoaded`, `flowRequested`, `flowsLoaded`, `flowFailed`, `failed`), the
- * user (`selectRun`, `compareRun`, `setStat`, `setLog`, `toggleLayer`, `focus`,
- * `slide`, `togglePlay`), the play timer (`tick`) and the page (`setDark`).
- * @typedef {{type: "listed", runs: RunInfo[]}
+ * What a URL asked for that the tab does not show yet: run keys (`runKey`) of
+ * runs not listed yet, and the step to show once the asked run's steps load;
+ * null where nothing is pending.
+ * @typedef {{a: (string|null), b: (string|null), step: (number|null)}} Want
+ */
+
+/**
+ * A view as the URL holds it: the selected and compared runs (run and tag), the
+ * statistic, the scale (`log`) and the step (null: the newest, followed as
+ * training writes more). null parts take the tab's defaults.
+ * @typedef {{run: (string|null), tag: (string|null), compare: (string|null),
+ *   compareTag: (string|null), stat: (string|null), log: (boolean|null),
+ *   step: (number|null)}} View
+ */
+
+/**
+ * What can happen to the state: answers of the server (`listed`, with the
+ * `triage` ranking when one was asked for; `stepsLoaded`, `heatsLoaded`,
+ * `flowRequested`, `flowsLoaded`, `flowFailed`, `failed`), the user
+ * (`selectRun`, `compareRun`, `setStat`, `setLog`, `toggleLayer`, `focus`,
+ * `slide`, `togglePlay`, `setSpeed`), the play timer (`tick`) and the page
+ * (`setDark`).
+ * @typedef {{type: "listed", runs: RunInfo[], ranking?: ({run: string, tag: string}[]|null)}
  *   | {type: "stepsLoaded", steps: number[], alerts: Alert[][]}
  *   | {type: "heatsLoaded", heats: Heatmap[]}
  *   | {type: "flowRequested"}
@@ -49,27 +88,34 @@ export const STAT_ORDER = ["abs_mean", "abs_max", "norm", "nonfinite", "rows"];
  *   | {type: "focus", layer: (string|null), step: number}
  *   | {type: "slide", index: number}
  *   | {type: "togglePlay"}
+ *   | {type: "setSpeed", speed: number}
  *   | {type: "tick"}} Action
  */
 
 /**
  * What a transition asks for: the parts to redraw in the next frame, the loads
  * to start (`runs`: steps and alerts of the shown runs; `heat`; `flows`: the
- * shown step; `next`: warm the cache with the step after it) and the cached
- * answers of `[run, tag]` pairs to drop first.
+ * shown step; `next`: warm the cache with the step playing shows next) and the
+ * cached answers of `[run, tag]` pairs to drop first.
  * @typedef {{redraw: ("dom"|"bars"|"heat")[], load: ("runs"|"heat"|"flows"|"next")[],
  *   invalidate: [string, string][]}} Effects
  */
 
 /**
- * The state before the first `runs` answer.
+ * The state before the first `runs` answer, showing `view` (from the URL) once
+ * its runs and steps are there.
+ * @param {Partial<View>} [view]
  * @returns {State}
  */
-export function initialState() {
+export function initialState(view = {}) {
+  const key = (run, tag) => (run ? runKey({ run, tag: tag || "gradflow" }) : null);
   return {
-    runs: [], sigs: new Map(), loaded: false, a: null, b: null, stat: "abs_mean", log: true,
-    steps: [], index: -1, follow: true, playing: false, flows: [], flowPending: false,
-    heats: [], alerts: [[], []], layer: null, dark: false, error: "",
+    runs: [], sigs: new Map(), loaded: false, a: null, b: null, stat: view.stat || "abs_mean",
+    log: view.log !== false, steps: [], index: -1, follow: true, playing: false, flows: [],
+    flowPending: false, heats: [], alerts: [[], []], layer: null, dark: false, error: "",
+    ranking: [],
+    want: { a: key(view.run, view.tag), b: key(view.compare, view.compareTag), step: view.step ?? null },
+    speed: DEFAULT_SPEED,
   };
 }
 
@@ -83,10 +129,19 @@ export function initialState() {
 export function reduce(state, action) {
   switch (action.type) {
     case "listed":
-      return listed(state, action.runs);
+      return listed(state, action.runs, action.ranking);
     case "stepsLoaded": {
       const step = state.steps[state.index];
       const { steps } = action;
+      const want = state.want;
+      if (want.step !== null && want.a === null && steps.length) {
+        // the asked run's steps: show the asked step (follow only at the last one)
+        const index = nearestIndex(steps, want.step);
+        return {
+          ...state, steps, alerts: action.alerts, index, follow: index === steps.length - 1,
+          want: { ...want, step: null },
+        };
+      }
       const index = state.follow || step === undefined ? steps.length - 1 : nearestIndex(steps, step);
       return { ...state, steps, alerts: action.alerts, index };
     }
@@ -104,12 +159,15 @@ export function reduce(state, action) {
     case "failed":
       return { ...state, error: action.message };
     case "selectRun": {
-      const a = findRun(state.runs, action.key) || state.a;
+      const chosen = findRun(state.runs, action.key);
+      const a = chosen || state.a;
       const b = state.b && a && runKey(state.b) === runKey(a) ? null : state.b;
-      return { ...state, a, b, layer: null };
+      // the user's choice replaces what the URL asked for
+      const want = chosen ? { ...state.want, a: null, step: null } : state.want;
+      return { ...state, a, b, layer: null, want };
     }
     case "compareRun":
-      return { ...state, b: findRun(state.runs, action.key) };
+      return { ...state, b: findRun(state.runs, action.key), want: { ...state.want, b: null } };
     case "setStat":
       return { ...state, stat: action.stat };
     case "setLog":
@@ -126,10 +184,14 @@ export function reduce(state, action) {
       return selectIndex(state.playing ? { ...state, playing: false } : state, action.index);
     case "togglePlay":
       return setPlaying(state, !state.playing);
-    case "tick":
+    case "setSpeed":
+      return PLAY_SPEEDS.includes(action.speed) ? { ...state, speed: action.speed } : state;
+    case "tick": {
       if (!state.playing || state.flowPending) return state;
-      if (state.index >= state.steps.length - 1) return setPlaying(state, false);
-      return selectIndex(state, state.index + 1);
+      const last = state.steps.length - 1;
+      if (state.index >= last) return setPlaying(state, false);
+      return selectIndex(state, Math.min(last, state.index + playTiming(state.speed).stride));
+    }
     default:
       throw new Error(`unknown action: ${action.type}`);
   }
@@ -147,12 +209,12 @@ export function effects(before, action, after) {
   switch (action.type) {
     case "listed": {
       const changed = changedRuns(before.sigs, after.sigs);
-      if (!changed.size && before.loaded) return fx([]);
+      const switched = keyOf(before.a) !== keyOf(after.a) || keyOf(before.b) !== keyOf(after.b);
+      if (!changed.size && !switched && before.loaded) return fx([]);
       const invalidate = [...changed].map((k) => /** @type {[string, string]} */ (k.split("\u0000")));
       if (!after.a) return fx(["dom"], [], invalidate); // the empty view
-      const kept = before.a !== null && after.runs.some((r) => runKey(r) === runKey(before.a));
       const touched = changed.has(runKey(after.a)) || (after.b !== null && changed.has(runKey(after.b)));
-      return fx(["dom"], !before.loaded || touched || !kept ? ["runs"] : [], invalidate);
+      return fx(["dom"], !before.loaded || touched || switched ? ["runs"] : [], invalidate);
     }
     case "stepsLoaded":
       return fx(["dom"], ["heat", "flows"]);
@@ -188,6 +250,8 @@ export function effects(before, action, after) {
       const restarted = after.playing && moved && before.index >= before.steps.length - 1;
       return fx(["dom"], restarted ? ["flows"] : []);
     }
+    case "setSpeed":
+      return fx(after === before ? [] : ["dom"]);
     case "tick":
       if (after === before) return fx([]);
       return after.playing ? fx(["dom"], ["flows"]) : fx(["dom"]);
@@ -215,13 +279,40 @@ export function currentStep(state) {
 }
 
 /**
- * The step to fetch ahead while playing (the one after the selected step);
+ * The step to fetch ahead while playing (the one the next tick shows);
  * undefined when paused or at the last step.
  * @param {State} state
  * @returns {number|undefined}
  */
 export function nextStep(state) {
-  return state.playing && state.index + 1 < state.steps.length ? state.steps[state.index + 1] : undefined;
+  const last = state.steps.length - 1;
+  if (!state.playing || state.index >= last) return undefined;
+  return state.steps[Math.min(last, state.index + playTiming(state.speed).stride)];
+}
+
+/**
+ * How playing at `speed` logged steps per second is timed: a tick every `ms`
+ * (at least {@link MIN_TICK_MS}), each moving `stride` steps. A tick while
+ * the shown step still loads does nothing, so a slow server plays slower.
+ * @param {number} speed steps per second, > 0
+ * @returns {{ms: number, stride: number}}
+ */
+export function playTiming(speed) {
+  const stride = Math.max(1, Math.ceil((speed * MIN_TICK_MS) / 1000));
+  return { ms: Math.round((stride * 1000) / speed), stride };
+}
+
+/**
+ * Whether a `runs` answer needs the `triage` ranking to choose the run shown:
+ * while no run is shown (the first answer, or the first with runs), when there
+ * is a choice, and the URL asks for none of them.
+ * @param {State} state
+ * @param {RunInfo[]} runs the answer
+ * @returns {boolean}
+ */
+export function needsRanking(state, runs) {
+  const asked = state.want.a !== null && runs.some((r) => runKey(r) === state.want.a);
+  return state.a === null && runs.length > 1 && !asked;
 }
 
 /**
@@ -239,18 +330,124 @@ export function statNames(flows) {
 }
 
 /**
+ * The view to keep in the URL: what is shown, or what the URL asked for and is
+ * not shown yet (a run TensorBoard has not listed yet keeps its place). The
+ * step is left out while the tab follows the newest step.
+ * @param {State} state
+ * @returns {View}
+ */
+export function viewOf(state) {
+  const [run, tag] = splitKey(state.want.a ?? keyOf(state.a));
+  const [compare, compareTag] = splitKey(state.want.b ?? keyOf(state.b));
+  const shown = state.follow || state.index < 0 ? null : currentStep(state) ?? null;
+  return { run, tag, compare, compareTag, stat: state.stat, log: state.log, step: state.want.step ?? shown };
+}
+
+/**
+ * The view held in a URL hash (`#gradflow&p.gradflow.run=...`; see
+ * {@link hashWithView}). Unknown or malformed values are null.
+ * @param {string} hash `location.hash`, with or without the `#`
+ * @returns {View}
+ */
+export function viewFromHash(hash) {
+  const params = new Map(parseHash(hash).filter(([k]) => k.startsWith(URL_PREFIX)).map(([k, v]) => [k.slice(URL_PREFIX.length), v]));
+  const text = (k) => (params.get(k) ? params.get(k) : null);
+  const step = text("step");
+  const scale = text("scale");
+  return {
+    run: text("run"),
+    tag: text("tag"),
+    compare: text("compare"),
+    compareTag: text("compare_tag"),
+    stat: text("stat"),
+    log: scale === "linear" ? false : scale === "log" ? true : null,
+    step: step !== null && /^-?\d{1,16}$/.test(step) ? Number(step) : null,
+  };
+}
+
+/**
+ * `hash` with the tab's keys replaced by `view`, every other key (TensorBoard's
+ * active tab, other plugins' keys) kept in place, in TensorBoard's own format:
+ * the tab first, then `key=value` pairs, URI-encoded, joined by `&`. Defaults
+ * are left out: the tag `gradflow`, the statistic `abs_mean`, the log scale, and
+ * the step when following the newest.
+ * @param {string} hash `location.hash`, with or without the `#`
+ * @param {View} view
+ * @returns {string} the new hash, with its `#` (just `#` when empty)
+ */
+export function hashWithView(hash, view) {
+  const kept = parseHash(hash).filter(([k]) => !k.startsWith(URL_PREFIX));
+  const ours = [
+    ["run", view.run],
+    ["tag", view.run && view.tag !== "gradflow" ? view.tag : null],
+    ["compare", view.compare],
+    ["compare_tag", view.compare && view.compareTag !== "gradflow" ? view.compareTag : null],
+    ["stat", view.stat === "abs_mean" ? null : view.stat],
+    ["scale", view.log === false ? "linear" : null],
+    ["step", view.step === null || view.step === undefined ? null : String(view.step)],
+  ];
+  for (const [k, v] of ours) if (v !== null && v !== undefined && v !== "") kept.push([URL_PREFIX + k, String(v)]);
+  const tab = kept.find(([k]) => k === TAB_KEY);
+  const pairs = kept.filter(([k]) => k !== TAB_KEY).map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`);
+  return "#" + [...(tab ? [tab[1]] : []), ...pairs].join("&");
+}
+
+/**
+ * The `[key, value]` pairs of a hash as TensorBoard reads it
+ * (`tf_storage.getUrlHashDict`): split at `&`, a part without `=` is the active
+ * tab (`__tab__`), a part with one `=` a URI-encoded pair; others are dropped.
+ * @param {string} hash
+ * @returns {[string, string][]}
+ */
+export function parseHash(hash) {
+  const out = [];
+  for (const part of hash.replace(/^#/, "").split("&")) {
+    if (part === "") continue;
+    const kv = part.split("=");
+    try {
+      if (kv.length === 1) out.push([TAB_KEY, kv[0]]);
+      else if (kv.length === 2) out.push([decodeURIComponent(kv[0]), decodeURIComponent(kv[1])]);
+    } catch {
+      // a malformed %-escape: TensorBoard would throw; the tab skips the part
+    }
+  }
+  return out;
+}
+
+/**
  * @param {State} state
  * @param {RunInfo[]} runs a new `runs` answer
- * @returns {State} the new listing, keeping the selected and compared runs
- *   while they are listed; `state` itself when nothing changed.
+ * @param {{run: string, tag: string}[]|null|undefined} ranking the `triage`
+ *   answer, when one was asked for
+ * @returns {State} the new listing: the runs the URL asked for once listed, else
+ *   the selected and compared runs while they are listed, else the run with
+ *   the most severe finding; `state` itself when nothing changed.
  */
-function listed(state, runs) {
+function listed(state, runs, ranking) {
   const sigs = runSignatures(runs);
-  if (state.loaded && !changedRuns(state.sigs, sigs).size) return state;
-  const a = (state.a && findRun(runs, runKey(state.a))) || runs[0] || null;
-  let b = state.b && findRun(runs, runKey(state.b));
+  const order = ranking ? ranking.map(runKey) : state.ranking;
+  const wantA = state.want.a === null ? null : findRun(runs, state.want.a);
+  const wantB = state.want.b === null ? null : findRun(runs, state.want.b);
+  const same = state.loaded && !changedRuns(state.sigs, sigs).size && !wantA && !wantB;
+  if (same && (state.a !== null || !ranking)) return state;
+  const a = wantA || (state.a && findRun(runs, runKey(state.a))) || firstRanked(runs, order) || runs[0] || null;
+  let b = wantB || (state.b && findRun(runs, runKey(state.b)));
   if (b && runKey(b) === runKey(a)) b = null;
-  return { ...state, runs, sigs, loaded: true, a, b, error: a ? "" : state.error };
+  const want = { ...state.want, a: wantA ? null : state.want.a, b: wantB ? null : state.want.b };
+  return { ...state, runs, sigs, loaded: true, a, b, error: a ? "" : state.error, ranking: order, want };
+}
+
+/**
+ * @param {RunInfo[]} runs
+ * @param {string[]} order run keys, best first
+ * @returns {RunInfo|null} the first run of `order` that is listed
+ */
+function firstRanked(runs, order) {
+  for (const key of order) {
+    const r = findRun(runs, key);
+    if (r) return r;
+  }
+  return null;
 }
 
 /**
@@ -260,6 +457,24 @@ function listed(state, runs) {
  */
 function findRun(runs, key) {
   return runs.find((r) => runKey(r) === key) || null;
+}
+
+/**
+ * @param {RunInfo|null} r
+ * @returns {string|null}
+ */
+function keyOf(r) {
+  return r ? runKey(r) : null;
+}
+
+/**
+ * @param {string|null} key
+ * @returns {[string|null, string|null]} run and tag
+ */
+function splitKey(key) {
+  if (key === null) return [null, null];
+  const [run, tag] = key.split("\u0000");
+  return [run, tag];
 }
 
 /**

@@ -38,7 +38,7 @@ export function loadStylesheet(doc, href) {
  * @typedef {{root: HTMLElement, run: HTMLSelectElement, compare: HTMLSelectElement,
  *   stat: HTMLSelectElement, log: HTMLInputElement, png: HTMLButtonElement,
  *   status: HTMLElement, kept: HTMLElement, play: HTMLButtonElement,
- *   slider: HTMLInputElement, stepLabel: HTMLOutputElement, legend: HTMLElement,
+ *   speed: HTMLSelectElement, slider: HTMLInputElement, stepLabel: HTMLOutputElement, legend: HTMLElement,
  *   barWrap: HTMLElement, bars: HTMLCanvasElement, barTable: HTMLTableElement,
  *   heatWrap: HTMLElement, alerts: HTMLElement, empty: HTMLElement,
  *   main: HTMLElement, tooltip: HTMLElement}} Shell
@@ -99,6 +99,10 @@ export function buildShell(doc, parent) {
   play.type = "button";
   play.dataset.testid = "play";
   play.setAttribute("aria-pressed", "false");
+  const speed = /** @type {HTMLSelectElement} */ (el(doc, "select", "gf-speed"));
+  speed.title = "Play speed (logged steps per second; a slow server plays slower)";
+  speed.setAttribute("aria-label", "Play speed");
+  speed.dataset.testid = "speed";
   const slider = /** @type {HTMLInputElement} */ (el(doc, "input", "gf-slider"));
   slider.type = "range";
   slider.min = "0";
@@ -109,7 +113,7 @@ export function buildShell(doc, parent) {
   slider.dataset.testid = "slider";
   const stepLabel = /** @type {HTMLOutputElement} */ (el(doc, "output", "gf-step"));
   stepLabel.dataset.testid = "step";
-  stepRow.append(play, slider, stepLabel);
+  stepRow.append(play, speed, slider, stepLabel);
   main.appendChild(stepRow);
 
   const barSection = el(doc, "section", "gf-card gf-bars");
@@ -151,7 +155,7 @@ export function buildShell(doc, parent) {
   root.appendChild(tooltip);
   parent.appendChild(root);
   return {
-    root, run, compare, stat, log, png, status, kept, play, slider, stepLabel, legend,
+    root, run, compare, stat, log, png, status, kept, play, speed, slider, stepLabel, legend,
     barWrap, bars, barTable, heatWrap, alerts, empty, main, tooltip,
   };
 }
@@ -184,17 +188,18 @@ export function setOptions(select, options, selected) {
  * Shows the empty state (no runs yet) or the charts.
  * @param {Shell} shell
  * @param {string|null} message null to show the charts
+ * @param {{text: string, code?: boolean}[]} [hint] the line under the message:
+ *   text, and code where `code` is set
  */
-export function showEmpty(shell, message) {
+export function showEmpty(shell, message, hint = []) {
   shell.empty.hidden = message === null;
   shell.main.hidden = message !== null;
   shell.empty.replaceChildren();
   if (message === null) return;
   const doc = shell.root.ownerDocument;
   shell.empty.appendChild(el(doc, "p", "gf-empty-title", message));
-  const p = el(doc, "p", "", "Log gradients with ");
-  p.appendChild(el(doc, "code", "", "with tb_gradflow.watch(model, writer): ..."));
-  p.appendChild(doc.createTextNode(" and this tab fills in by itself while training writes."));
+  const p = el(doc, "p", "gf-empty-hint");
+  for (const part of hint) p.appendChild(part.code ? el(doc, "code", "", part.text) : doc.createTextNode(part.text));
   shell.empty.appendChild(p);
 }
 

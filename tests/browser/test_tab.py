@@ -1,9 +1,11 @@
 """The Gradient Flow tab in headless Chromium, against a real ``tensorboard``.
 
 The logdir holds the demo's two runs (``healthy`` and ``unnormalised_inputs``,
-where the alerts flag the first LSTM as blocked) and an ``edge_<b>cases`` run whose
+where the alerts flag the first LSTM as blocked), an ``edge_<b>cases`` run whose
 layers are exactly zero, without gradient, non-finite, and named
-``<img src=x onerror=alert(1)>``. Screenshots go to ``test-output/browser/``.
+``<img src=x onerror=alert(1)>``, and ``a_skipped_steps``, first by name, whose
+only finding is steps the AMP scaler skipped. Screenshots go to
+``test-output/browser/``.
 
 Needs Debian's ``chromium`` and ``pip install playwright`` (never
 ``playwright install``); without them these tests fail and say so.
@@ -11,10 +13,13 @@ Needs Debian's ``chromium`` and ``pip install playwright`` (never
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import io
 import math
 import os
 import time
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +57,7 @@ LSTM = [
 XSS = "<img src=x onerror=alert(1)>"
 EDGE_RUN = "edge_<b>cases"
 EDGE_LAYERS = ("embed", "frozen", "<img src=x onerror=alert(1)>", "exploded")
+SKIPPED_RUN = "a_skipped_steps"  # first by name; its only finding: skipped steps
 _LOAD_TIMEOUT = 60.0  # s until every run is listed
 _UI_TIMEOUT = 20_000  # ms for one UI expectation
 _REFRESH_TIMEOUT = 25_000  # ms: reload interval 1 s + the tab's 5 s poll
@@ -100,6 +106,20 @@ def _write_edge_run(logdir: Path, steps: range) -> None:
     writer.close()
 
 
+def _write_skipped_run(logdir: Path) -> None:
+    """Healthy layers; the AMP scaler skipped steps 3-5 (step field 1.0)."""
+    layout = metadata.Layout(layers=("enc", "dec"))
+    writer = EventFileWriter(str(logdir / SKIPPED_RUN))
+    mean = np.array([1e-3, 2e-3])
+    stats = np.stack([mean, 10 * mean, 30 * mean, np.zeros(2), np.ones(2)])
+    for step in range(10):
+        fields = np.array([float(3 <= step <= 5), 1024.0])
+        summary = gradflow_pb(layout, stats, fields, with_metadata=step == 0)
+        event = event_pb2.Event(step=step, wall_time=time.time(), summary=summary)
+        writer.add_event(event)
+    writer.close()
+
+
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
     _require_browser()
@@ -111,6 +131,7 @@ def logdir(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     _write_edge_run(d, range(10))
+    _write_skipped_run(d)
     return d
 
 
@@ -136,7 +157,13 @@ def tensorboard(logdir, tensorboard_process):
     tb = tensorboard_process(logdir, "--reload_interval=1")
     try:
         wait_for_runs(
-            tb, {"healthy": DEMO_STEPS, "unnormalised_inputs": DEMO_STEPS, EDGE_RUN: 10}
+            tb,
+            {
+                "healthy": DEMO_STEPS,
+                "unnormalised_inputs": DEMO_STEPS,
+                EDGE_RUN: 10,
+                SKIPPED_RUN: 10,
+            },
         )
         yield tb
     finally:
@@ -199,6 +226,12 @@ def open_tab(page, tensorboard):
     """Opens TensorBoard, clicks the "Gradient Flow" tab (in the tab bar, or in
     the "Inactive" dropdown) and returns the tab's frame."""
     page.goto(tensorboard.url)
+    return click_tab(page)
+
+
+def click_tab(page):
+    """Clicks the "Gradient Flow" tab of the TensorBoard page open in ``page``
+    and returns the tab's frame once it shows a step."""
     tab = page.get_by_role("tab", name="Gradient Flow")
     try:
         tab.wait_for(state="visible", timeout=10_000)
@@ -400,3 +433,214 @@ def test_compare_dark_mode_png_and_refresh(page, tensorboard, logdir):
         state="attached", timeout=_REFRESH_TIMEOUT
     )
     assert frame.locator("[data-testid=slider]").get_attribute("max") == "14"
+
+
+def test_the_tab_opens_on_the_most_severe_run_and_keeps_the_users_choice(
+    page, tensorboard
+):
+    # by name the first run is a_skipped_steps; the non-finite run ranks first
+    frame = open_tab(page, tensorboard)
+    frame.locator(f'[data-testid=bar-table][data-run="{EDGE_RUN}"]').wait_for(
+        state="attached"
+    )
+    run_menu = frame.locator("[data-testid=run]")
+    assert run_menu.locator("option:checked").text_content() == EDGE_RUN
+    assert [o.text_content() for o in run_menu.locator("option").all()][0] == (
+        SKIPPED_RUN
+    )
+    # the user's choice stays through the tab's next poll of `runs` (every 5 s)
+    select_run(frame, "healthy")
+    with page.expect_response(
+        lambda r: r.url.endswith("/data/plugin/gradflow/runs"), timeout=10_000
+    ):
+        pass
+    next_frame(frame)
+    assert run_menu.locator("option:checked").text_content() == "healthy"
+    assert frame.locator("[data-testid=bar-table]").get_attribute("data-run") == (
+        "healthy"
+    )
+
+
+def hash_view(page) -> list[tuple[str, str]]:
+    """The parts of the TensorBoard page's URL hash: ``("__tab__", tab)`` then
+    the decoded ``key=value`` pairs, in order. (From the page itself: Playwright's
+    ``page.url`` can lag a ``history.replaceState`` made by the iframe.)"""
+    url = page.evaluate("location.href")
+    parts = urllib.parse.urlsplit(url).fragment.split("&")
+    return [
+        ("__tab__", p)
+        if "=" not in p
+        else tuple(map(urllib.parse.unquote, p.split("=")))
+        for p in parts
+        if p
+    ]
+
+
+def test_the_view_is_kept_in_tensorboards_url_and_survives_a_reload(
+    page, tensorboard, browser_context
+):
+    frame = open_tab(page, tensorboard)
+    select_run(frame, "unnormalised_inputs")
+    frame.locator("[data-testid=compare]").select_option(label="healthy")
+    frame.locator("[data-testid=stat]").select_option("abs_max")
+    frame.locator("[data-testid=log]").uncheck()
+    frame.locator("[data-testid=slider]").evaluate(
+        "(el) => { el.value = '42'; el.dispatchEvent(new Event('input')); }"
+    )
+    expect_step(frame, 42)
+    expected = [
+        ("__tab__", "gradflow"),
+        ("p.gradflow.run", "unnormalised_inputs"),
+        ("p.gradflow.compare", "healthy"),
+        ("p.gradflow.stat", "abs_max"),
+        ("p.gradflow.scale", "linear"),
+        ("p.gradflow.step", "42"),
+    ]
+    assert wait_until(lambda: hash_view(page) == expected), hash_view(page)
+    shared = page.evaluate("location.href")
+
+    def assert_view(frame):
+        expect_step(frame, 42)
+        table = frame.locator("[data-testid=bar-table]")
+        table.locator("tr").first.filter(has_text="healthy").wait_for(state="attached")
+        assert table.get_attribute("data-run") == "unnormalised_inputs"
+        assert table.get_attribute("data-scale") == "linear"
+        checked = "option:checked"
+        assert frame.locator(f"[data-testid=run] {checked}").text_content() == (
+            "unnormalised_inputs"
+        )
+        compare = frame.locator(f"[data-testid=compare] {checked}")
+        assert compare.text_content() == "healthy"
+        assert frame.locator("[data-testid=stat]").input_value() == "abs_max"
+        assert not frame.locator("[data-testid=log]").is_checked()
+
+    # the outer page reloads: TensorBoard opens the tab, the tab its view
+    page.reload()
+    assert_view(page.frame_locator("iframe"))
+    assert hash_view(page) == expected
+    # TensorBoard keeps the keys when another tab is shown
+    page.get_by_role("tab", name="Scalars").click()
+    assert wait_until(lambda: hash_view(page)[0] == ("__tab__", "scalars"))
+    assert hash_view(page)[1:] == expected[1:]
+    # and the URL, shared, opens the same view in another page
+    other = browser_context.new_page()
+    try:
+        other.goto(shared)
+        assert_view(other.frame_locator("iframe"))
+    finally:
+        other.close()
+
+
+def test_nonfinite_counts_are_drawn_on_a_count_axis(page, tensorboard):
+    frame = open_tab(page, tensorboard)
+    select_run(frame, EDGE_RUN)
+    frame.locator("[data-testid=stat]").select_option("nonfinite")
+    table = frame.locator("[data-testid=bar-table][data-scale=count]")
+    table.wait_for(state="attached")
+    ticks = table.get_attribute("data-ticks").split()
+    assert ticks == [str(n) for n in range(8)]  # whole numbers up to the 7 counted
+    # the count is drawn as a bar (not the hatched non-finite column); zero
+    # counts as the zero mark
+    rows = [r["status"] for r in layer_rows(frame)]
+    assert rows[:2] == ["zero", "zero"] and rows[3] == "ok", rows
+    log = frame.locator("[data-testid=log]")
+    assert log.is_disabled() and not log.is_checked()
+    page.screenshot(path=str(OUT / "light_nonfinite_count.png"))
+    # back to a gradient statistic: the log scale the user had
+    frame.locator("[data-testid=stat]").select_option("abs_mean")
+    frame.locator("[data-testid=bar-table][data-scale=log]").wait_for(state="attached")
+    assert log.is_enabled() and log.is_checked()
+
+
+# The tallest run of pixels of the first series' colour in any column of a
+# canvas, in CSS px, and the canvas's device pixel ratio.
+_TALLEST_BAR = """(canvas, rgb) => {
+  const { width, height } = canvas;
+  const d = canvas.getContext("2d").getImageData(0, 0, width, height).data;
+  let best = 0;
+  for (let x = 0; x < width; x++) {
+    let run = 0;
+    for (let y = 0; y < height; y++) {
+      const i = 4 * (y * width + x);
+      const hit = d[i] === rgb[0] && d[i + 1] === rgb[1] && d[i + 2] === rgb[2];
+      run = hit ? run + 1 : 0;
+      if (run > best) best = run;
+    }
+  }
+  return best / devicePixelRatio;
+}"""
+SERIES_0 = [26, 115, 232]  # PALETTES.light.series[0]
+
+
+def test_the_linear_scale_fits_the_chosen_statistic(page, tensorboard):
+    frame = open_tab(page, tensorboard)
+    select_run(frame, "healthy")
+    frame.locator("[data-testid=log]").uncheck()
+    frame.locator("[data-testid=bar-table][data-scale=linear]").wait_for(
+        state="attached"
+    )
+    next_frame(frame)
+    tallest = frame.locator("[data-testid=bars]").evaluate(_TALLEST_BAR, SERIES_0)
+    # the plot is 260 px high: the largest abs_mean bar takes most of it (it
+    # took a few px when abs_max, ~10-100x larger, set the range)
+    assert tallest > 0.5 * 260, tallest
+    page.screenshot(path=str(OUT / "light_linear_abs_mean.png"))
+
+
+def _colours_near(image, targets, box):
+    """Which of ``targets`` (name -> RGB) occur within 12 of a pixel in ``box``."""
+    found = set()
+    pixels = np.asarray(image.convert("RGB").crop(box), dtype=np.int16)
+    for name, rgb in targets.items():
+        if (np.abs(pixels - np.array(rgb)).max(axis=-1) <= 12).any():
+            found.add(name)
+    return found
+
+
+def test_download_png_has_a_heading_and_the_legend(page, tensorboard):
+    from PIL import Image
+
+    frame = open_tab(page, tensorboard)
+    select_run(frame, "healthy")
+    bars = frame.locator("[data-testid=bars]")
+    shown = bars.evaluate(
+        "(c) => ({w: c.width, h: c.height, png: c.toDataURL('image/png'),"
+        " dpr: devicePixelRatio})"
+    )
+    with page.expect_download() as download:
+        frame.locator("[data-testid=png]").click()
+    path = Path(download.value.path())
+    saved = Image.open(path)
+    saved.load()
+    dpr = shown["dpr"]
+    assert saved.width == shown["w"]
+    assert saved.height >= shown["h"] + 2 * 16 * dpr  # a heading and a legend line
+    marks = {"non-finite": (161, 66, 244), "exactly zero": (24, 128, 56)}
+    # the healthy run has neither mark on screen; only a legend draws them
+    on_screen = Image.open(io.BytesIO(base64.b64decode(shown["png"].split(",")[1])))
+    assert _colours_near(on_screen, marks, (0, 0, *on_screen.size)) == set()
+    legend = (0, saved.height - 3 * 22 * dpr, saved.width, saved.height)
+    assert _colours_near(saved, marks, legend) == set(marks)
+    heading = np.asarray(saved.convert("L").crop((0, 0, saved.width, 26 * dpr)))
+    assert (heading < 100).sum() > 50, "no heading text"
+    saved.save(OUT / "downloaded_bars.png")
+
+
+def test_play_speed_sets_how_fast_the_steps_go_by(page, tensorboard):
+    frame = open_tab(page, tensorboard)
+    select_run(frame, "healthy")
+    speed = frame.locator("[data-testid=speed]")
+    labels = [o.text_content() for o in speed.locator("option").all()]
+    assert labels == [f"{v} steps/s" for v in (1, 4, 10, 25, 100, 500)]
+    assert speed.input_value() == "4"
+    speed.select_option("100")
+    slider = frame.locator("[data-testid=slider]")
+    slider.focus()
+    slider.press("Home")
+    expect_step(frame, 0)
+    start = time.monotonic()
+    frame.locator("[data-testid=play]").click()
+    # 4 steps a second (the only speed before) would take 12 s to get there
+    assert wait_until(lambda: current_step(frame) >= 50, timeout=6), current_step(frame)
+    assert time.monotonic() - start < 6
+    frame.locator("[data-testid=play]").click()

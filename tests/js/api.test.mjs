@@ -125,3 +125,15 @@ test("errorText shows the server's line for HTTP errors and the error otherwise"
   assert.equal(errorText(new TypeError("Failed to fetch")), "TypeError: Failed to fetch");
   assert.equal(errorText("offline"), "offline");
 });
+
+test("Client.triage lists the ranking in the server's order and is never cached", async () => {
+  const answer = { runs: [
+    { run: "b", tag: "gradflow", worst: "nonfinite", kinds: ["nonfinite"], wall_time: 2, steps: 100, basis: "sample" },
+    { run: "a", tag: "gradflow/x", worst: null, kinds: [], wall_time: 3, steps: 5, basis: "all" },
+  ] };
+  const fetch = fakeFetch({ triage: answer });
+  const c = new Client({ fetch });
+  assert.deepEqual(await c.triage(), [{ run: "b", tag: "gradflow", worst: "nonfinite" }, { run: "a", tag: "gradflow/x", worst: null }]);
+  await c.triage();
+  assert.deepEqual(fetch.calls, ["./triage", "./triage"]);
+});

@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  LINE, PALETTES, barData, barIndexAt, barLayout, barStatus, barTooltip, heatTooltip, columnOfStep, ellipsize, heatColor, poolColumns,
-  heatDomain, heatPixels, heatmapCellAt, heatmapLayout, rotatedTextBox,
+  COUNT_STATS, LINE, PALETTES, axisKind, barData, barIndexAt, barLayout, barStatus, barTooltip, heatTooltip, columnOfStep,
+  ellipsize, exportLayout, heatColor, poolColumns, heatDomain, heatPixels, heatmapCellAt, heatmapLayout, rotatedTextBox,
 } from "../../frontend/chart.js";
 import { reviveFlow } from "../../frontend/model.js";
 
@@ -250,4 +250,74 @@ test("heatTooltip gives the layer, the step or the bin's range, and the value", 
   assert.deepEqual(heatTooltip(heat, { row: 0, col: 0 }), ["x", "r, step 0", "abs_mean 0.5"]);
   assert.deepEqual(heatTooltip(heat, { row: 0, col: 1 }), ["x", "r, steps 10\u201319 (largest in the bin)", "abs_mean no gradient"]);
   assert.deepEqual(heatTooltip(heat, { row: 1, col: 0 })[2], "abs_mean non-finite");
+});
+
+test("axisKind puts counts on a count axis whatever the log toggle says", () => {
+  assert.deepEqual(COUNT_STATS, ["nonfinite"]);
+  assert.equal(axisKind("nonfinite", true), "count");
+  assert.equal(axisKind("nonfinite", false), "count");
+  assert.equal(axisKind("abs_mean", true), "log");
+  assert.equal(axisKind("norm", false), "linear");
+});
+
+test("barLayout draws non-finite counts as bars on a 0-based whole-number axis, not on a log axis", () => {
+  const f = flow("r", ["ok", "bad", "none"], [1e-3, "Infinity", "NaN"], {
+    stats: { nonfinite: [0, 7, "NaN"] }, no_grad: [false, false, true],
+  });
+  const d = barData([f], "nonfinite", { log: true });
+  assert.equal(d.axis, "count");
+  assert.equal(d.log, false);
+  assert.deepEqual(d.series[0].status, ["zero", "ok", "no_grad"]); // the count, not the hatched column
+  assert.equal(d.title.at(-1).text, "  \u00b7  nonfinite (count)");
+  const layout = barLayout(d, { width: 500, measure });
+  assert.equal(layout.axis, "count");
+  assert.deepEqual(layout.scale.domain, [0, 7]);
+  assert.deepEqual(layout.yTicks.map((t) => t.text), ["0", "1", "2", "3", "4", "5", "6", "7"]);
+  const bad = layout.bars[1];
+  assert.equal(bad.y, layout.plot.y); // 7 of 7: the full height
+  assert.equal(bad.back, undefined);
+  // no counts at all: 0..1, never 1e-8..1
+  const none = barLayout(barData([flow("r", ["a"], [1], { stats: { nonfinite: [0] } })], "nonfinite", { log: true }), { width: 300, measure });
+  assert.deepEqual(none.scale.domain, [0, 1]);
+});
+
+test("barLayout on a linear scale fits abs_mean and cuts a taller abs_max at the top", () => {
+  // abs_max 100x abs_mean: scaled to abs_max, the abs_mean bars would be 2.6 px
+  const f = flow("r", ["a", "b"], [0.5e-3, 1e-3], { stats: { abs_max: [0.1, 0.05] } });
+  const layout = barLayout(barData([f], "abs_mean", { log: false }), { width: 500, measure });
+  const [a, b] = layout.bars;
+  assert.ok(b.h >= 0.8 * layout.plot.h, `the largest bar is ${b.h} of ${layout.plot.h} px`);
+  assert.ok(Math.abs(a.h - b.h / 2) < 1);
+  assert.deepEqual([a.back.y, a.back.clipped, b.back.clipped], [layout.plot.y, true, true]);
+  assert.equal(a.back.h, layout.plot.h);
+  // an abs_max within the range is drawn at its value
+  const g = flow("r", ["a"], [1e-3], { stats: { abs_max: [0.9e-3] } });
+  const inRange = barLayout(barData([g], "abs_mean", { log: false }), { width: 500, measure }).bars[0].back;
+  assert.equal(inRange.clipped, false);
+  assert.ok(inRange.y > layout.plot.y);
+  // on a log scale abs_max still sets the top decade: nothing cut
+  const log = barLayout(barData([f], "abs_mean", { log: true }), { width: 500, measure });
+  assert.ok(log.bars.every((bar) => !bar.back.clipped));
+  assert.equal(log.scale.domain[1], 0.1); // abs_max 0.1: the top decade
+});
+
+test("exportLayout puts a heading above the plot and wraps the legend under it", () => {
+  const bars = barLayout(barData([flow("r", LSTM, [1, 2, 3, 4, 5])], "abs_mean", { log: true }), { width: 400, measure });
+  const items = ["healthy", "abs_max (behind)", "exactly zero", "no gradient", "non-finite", "blocked"].map((label, i) => ({
+    kind: ["bar", "back", "zero", "no_grad", "nonfinite", "blocked"][i], label, color: "#000",
+  }));
+  const ex = exportLayout(bars, items, { heading: "Gradient per layer", measure });
+  assert.equal(ex.width, bars.width);
+  assert.ok(ex.headingY < ex.chartY);
+  const chartEnd = ex.chartY + bars.height;
+  assert.ok(ex.legend.every((it) => it.y > chartEnd), "the legend is under the plot");
+  assert.ok(ex.legend.every((it) => it.x + 18 + measure(it.label) <= ex.width), "no entry runs off the right edge");
+  const rows = new Set(ex.legend.map((it) => it.y));
+  assert.ok(rows.size >= 2, "400 px hold the six entries on two lines or more");
+  assert.ok(ex.height >= Math.max(...rows) + LINE / 2);
+  assert.deepEqual(ex.legend.map((it) => it.kind), items.map((it) => it.kind));
+  const wide = exportLayout(barLayout(barData([flow("r", ["a"], [1])], "abs_mean", { log: true }), { width: 1200, measure }), items, {
+    heading: "h", measure,
+  });
+  assert.equal(new Set(wide.legend.map((it) => it.y)).size, 1);
 });

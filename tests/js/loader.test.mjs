@@ -56,6 +56,7 @@ test("the first poll loads the first run's steps, alerts, heatmap and newest ste
   await settle();
   assert.deepEqual(routes(), [
     "runs",
+    "triage", // answers 404 here: the first run is shown
     "steps run=my+run&tag=gradflow",
     "alerts run=my+run&tag=gradflow",
     `heatmap run=my+run&tag=gradflow&stat=abs_mean&max_steps=${HEAT_COLUMNS}&format=binary`,
@@ -173,4 +174,18 @@ test("while playing, each loaded step warms the cache with the next one", async 
   await settle();
   assert.equal(currentStep(t.state), 1);
   assert.deepEqual(routes().slice(asked), ["flow run=r&tag=gradflow&step=2"]); // step 1 came from the cache
+});
+
+test("the first poll opens on the run the triage ranks first; later polls ask for no ranking", async () => {
+  const { fetch: base, routes } = server(() => [runInfo("a_first_by_name", 5), runInfo("broken", 5)]);
+  const triage = { runs: [{ run: "broken", tag: "gradflow", worst: "nonfinite" }, { run: "a_first_by_name", tag: "gradflow", worst: null }] };
+  const fetch = async (url) => (url === "./triage" ? { ok: true, status: 200, json: async () => triage } : base(url));
+  const t = tab(new Client({ fetch }));
+  await t.loader.poll();
+  await settle();
+  assert.equal(t.state.a.run, "broken");
+  assert.deepEqual(routes().slice(0, 2), ["runs", "steps run=broken&tag=gradflow"]); // triage is not a fake route
+  await t.loader.poll();
+  await settle();
+  assert.equal(t.state.a.run, "broken");
 });

@@ -4,8 +4,8 @@ import { test } from "node:test";
 import { PALETTES } from "../../frontend/chart.js";
 import { reviveFlow, runKey } from "../../frontend/model.js";
 import {
-  EMPTY_MESSAGE, alertGroups, barLabel, emptyMessage, keptLine, legendItems, palette, pngName, runLabel, runMenus,
-  statOptions, stepControls,
+  EMPTY_HINT, EMPTY_MESSAGE, PNG_HEADING, alertGroups, barLabel, emptyMessage, keptLine, legendItems, logControl, palette,
+  pngName, runLabel, runMenus, speedMenu, statOptions, stepControls,
 } from "../../frontend/present.js";
 import { initialState, reduce } from "../../frontend/state.js";
 import { runInfo } from "./fixtures.mjs";
@@ -94,4 +94,34 @@ test("the bar plot's name and PNG file name say what is shown, in safe character
   assert.equal(barLabel(s), "Bar plot of abs_mean per layer for exp/seed 1&x at step 120 and <b> at step 120");
   assert.equal(pngName(s), "gradflow-exp_seed_1_x-b-step120-abs_mean.png");
   assert.equal(pngName(initialState()), "gradflow-step-abs_mean.png");
+});
+
+test("the empty view's hint reads as one sentence naming tb_gradflow.watch, no word twice in a row", () => {
+  const text = EMPTY_HINT.map((p) => p.text).join("");
+  assert.equal(text, "Log gradients with tb_gradflow.watch(model, writer, optimizer=opt) and this tab fills in by itself while training writes.");
+  assert.doesNotMatch(text, /\b(\w+)\s+\1\b/i);
+  assert.deepEqual(EMPTY_HINT.map((p) => Boolean(p.code)), [false, true, false]);
+});
+
+test("the legend says where abs_max is cut off on a linear scale, and drops the hatch on a count axis", () => {
+  let s = state(listed, { type: "flowsLoaded", flows: [flow("healthy", 1)] }, { type: "setLog", log: false });
+  assert.equal(legendItems(s).find((i) => i.kind === "back").label, "abs_max (behind; \u25b2 above the axis)");
+  s = reduce(s, { type: "setStat", stat: "nonfinite" });
+  assert.deepEqual(legendItems(s).map((i) => i.kind), ["bar", "zero", "no_grad", "blocked"]);
+});
+
+test("the log checkbox is off and disabled for a count, and keeps the user's choice otherwise", () => {
+  let s = state(listed);
+  assert.deepEqual(logControl(s), { checked: true, disabled: false, title: "Log scale for the bar plot" });
+  s = reduce(s, { type: "setStat", stat: "nonfinite" });
+  assert.deepEqual(logControl(s), { checked: false, disabled: true, title: "nonfinite is a count: drawn on a count axis from 0" });
+  assert.equal(logControl(reduce(s, { type: "setStat", stat: "norm" })).checked, true);
+});
+
+test("the Speed menu offers the play speeds in steps per second", () => {
+  const m = speedMenu(state(listed));
+  assert.deepEqual(m.options.map((o) => o.label), ["1 steps/s", "4 steps/s", "10 steps/s", "25 steps/s", "100 steps/s", "500 steps/s"]);
+  assert.equal(m.value, "4");
+  assert.equal(speedMenu(state(listed, { type: "setSpeed", speed: 100 })).value, "100");
+  assert.equal(PNG_HEADING, "Gradient per layer");
 });

@@ -3,7 +3,7 @@ import { test } from "node:test";
 
 import {
   decadeDomain, finiteMax, formatPow10, formatValue, logTicks, logUnit, nearestIndex,
-  niceLinear, positiveExtent, pow10, ramp, scaleLinear, scaleLog, tickIncrement, ticks,
+  countTicks, niceLinear, positiveExtent, pow10, ramp, scaleLinear, scaleLog, tickIncrement, ticks,
 } from "../../frontend/scale.js";
 
 test("ticks(0, 1, 5) returns exact decimal steps", () => {
@@ -118,4 +118,12 @@ test("logUnit places values on a log colour scale and rejects non-positive ones"
   assert.equal(logUnit(1e-9, 1e-6, 1), 0);
   assert.ok(Number.isNaN(logUnit(0, 1e-6, 1)));
   assert.ok(Number.isNaN(logUnit(Infinity, 1e-6, 1)));
+});
+
+test("countTicks counts in whole numbers from 0 to at least the largest count", () => {
+  assert.deepEqual(countTicks(7, 6), [0, 1, 2, 3, 4, 5, 6, 7]);
+  assert.deepEqual(countTicks(9, 6), [0, 2, 4, 6, 8, 10]);
+  assert.deepEqual(countTicks(1234, 6), [0, 200, 400, 600, 800, 1000, 1200, 1400]);
+  assert.deepEqual(countTicks(3, 6), [0, 1, 2, 3]); // never 0.5
+  for (const none of [0, NaN, -Infinity]) assert.deepEqual(countTicks(none, 6), [0, 1]);
 });
