@@ -1,4 +1,4 @@
-"""Benchmark: trainkit's soft nearest neighbour loss vs the seed's loop and a floor.
+"""Benchmark: trainkit's soft nearest neighbour loss vs a blog post's loop and a floor.
 
 For n = 256 and 1024 samples, dim 128, 10 classes, x ~ N(0, 1) float32, T = 1, each
 variant runs forward + backward:
@@ -6,8 +6,9 @@ variant runs forward + backward:
 - floor: ``torch.cdist`` plus one ``logsumexp`` over the same batch (the least any
   batched version has to do; its exponents are -cdist, so exp() stays in its fast
   range),
-- seed loop: the seed's per-sample loop, with its slips mended (``idx`` defined, the
-  per-sample losses added instead of overwritten),
+- blog post loop: the per-sample loop of "Implementing Loss Functions", with its
+  slips mended (``idx`` defined, the per-sample losses added instead of
+  overwritten),
 - plain vectorised: masked log-sum-exps on the n x n matrix under autograd, no clamp
   (for context: the "straightforward vectorised version" of issue 5),
 - trainkit: ``trainkit.losses.soft_nearest_neighbor_loss``.
@@ -16,9 +17,9 @@ Method: ``_harness.py`` (one process, 2 threads; each rep times one block of eve
 variant, in a new shuffled order per rep, after one warm-up block each). Reported:
 median / min / max over reps of the time per call, the ratio of medians to the floor,
 the time added to it, the paired ratio (per rep, to the floor block of the same rep),
-how many times faster than the seed loop, and psi = the share of a block's wall time
-in which some runnable task waited for a CPU (/proc/pressure/cpu); a high psi means
-the figures are disturbed (a warning when a median psi is over 10 %).
+how many times faster than the blog post loop, and psi = the share of a block's
+wall time in which some runnable task waited for a CPU (/proc/pressure/cpu); a
+high psi means the figures are disturbed (a warning when a median psi is over 10 %).
 
 Run one at a time on a shared machine:
 ``flock /tmp/bench.lock .venv/bin/python benchmarks/bench_losses.py`` (``--quick`` for
@@ -44,10 +45,10 @@ TEMPERATURE = 1.0
 SIZES = (256, 1024)
 
 
-def seed_loop(
+def blog_post_loop(
     batch_x: torch.Tensor, batch_y: torch.Tensor, temp: float
 ) -> torch.Tensor:
-    """The seed's loop ("Implementing Loss Functions"), its two slips mended."""
+    """The loop of the "Implementing Loss Functions" post, its two slips mended."""
     n = batch_x.shape[0]
     idx = torch.arange(n)
     loss = 0.0
@@ -90,7 +91,7 @@ def check(n: int, x: torch.Tensor, y: torch.Tensor) -> None:
     rows = []
     for dtype in (torch.float64, torch.float32):
         xd = x.to(dtype).requires_grad_()
-        ref = seed_loop(xd, y, TEMPERATURE)
+        ref = blog_post_loop(xd, y, TEMPERATURE)
         (ref_g,) = torch.autograd.grad(ref, xd)
         got = soft_nearest_neighbor_loss(xd, y, TEMPERATURE)
         (got_g,) = torch.autograd.grad(got, xd)
@@ -98,7 +99,7 @@ def check(n: int, x: torch.Tensor, y: torch.Tensor) -> None:
             f"| {n} | {str(dtype)[6:]} | {ref.item():.7g} | {got.item():.7g} "
             f"| {(got_g - ref_g).abs().max().item():.2g} |"
         )
-    print("| n | dtype | seed loop | trainkit | max abs grad diff |")
+    print("| n | dtype | blog post loop | trainkit | max abs grad diff |")
     print("|---|---|---:|---:|---:|")
     print("\n".join(rows))
     print()
@@ -112,11 +113,13 @@ def bench(n: int, reps: int, scale_iters: float, seed: int) -> dict:
 
     fast_iters = max(1, round(scale_iters * 20480 / n))  # ~20 at n = 1024
     base = "floor: cdist + logsumexp"
-    loop = "seed loop (mended)"
+    loop = "blog post loop (mended)"
     ours = "trainkit soft_nearest_neighbor_loss"
     blocks = {
         base: _harness.timed(fwd_bwd(floor, x), fast_iters),
-        loop: _harness.timed(fwd_bwd(lambda x: seed_loop(x, y, TEMPERATURE), x), 1),
+        loop: _harness.timed(
+            fwd_bwd(lambda x: blog_post_loop(x, y, TEMPERATURE), x), 1
+        ),
         "plain vectorised (no clamp)": _harness.timed(
             fwd_bwd(lambda x: plain_vectorised(x, y, TEMPERATURE), x),
             max(1, fast_iters // 5),
@@ -170,7 +173,7 @@ def main() -> None:
     print("Summary (forward + backward, ratios of medians):")
     for r in results:
         print(
-            f"  n = {r['n']:4d}: trainkit / seed loop = {r['vs_loop']:.4f} "
+            f"  n = {r['n']:4d}: trainkit / blog post loop = {r['vs_loop']:.4f} "
             f"({1 / r['vs_loop']:.0f}x faster), trainkit / floor = "
             f"{r['vs_floor']:.2f}, psi {r['psi']:.0f} %"
         )

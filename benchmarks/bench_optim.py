@@ -1,4 +1,4 @@
-"""Benchmark: SMORMS3's step time against torch's Adam and the seed's SMORMS3.
+"""Benchmark: SMORMS3's step time against torch's Adam and a blog post's SMORMS3.
 
 Two parameter sets, float32, gradients N(0, 1) set once (step time only, no
 forward/backward): (a) 200 tensors of 256 x 256 (13.1M parameters, many small
@@ -8,7 +8,7 @@ Variants:
 - Adam default: ``torch.optim.Adam(params)``, which picks the per-tensor path on the
   CPU (foreach on CUDA),
 - Adam foreach=True and Adam fused=True,
-- seed SMORMS3: the seed's per-parameter loop ("Implementing The SMORMS3 Optimizer in
+- blog post SMORMS3: the per-parameter loop of "Implementing The SMORMS3 Optimizer in
   PyTorch"), rewritten with current torch calls but with its temporaries kept,
 - trainkit SMORMS3 default (per-tensor on the CPU), foreach=True and fused=True
   (``torch.compile``; "first step s" holds its one-time cost: the bucket kernel
@@ -52,8 +52,8 @@ from trainkit.optim import SMORMS3
 LR = 1e-3
 
 
-class SeedSMORMS3(torch.optim.Optimizer):
-    """The seed's SMORMS3, as the baseline: one loop over parameters, about ten
+class BlogPostSMORMS3(torch.optim.Optimizer):
+    """The blog post's SMORMS3, as the baseline: one loop over parameters, about ten
     full-size temporaries per tensor per step, ``eps`` outside the param groups.
     Rewritten without ``.data`` and the removed ``add_(scalar, tensor)`` form."""
 
@@ -90,14 +90,14 @@ VARIANTS: dict[str, Factory] = {
     "Adam default (per-tensor on CPU)": lambda ps: torch.optim.Adam(ps, lr=LR),
     "Adam foreach=True": lambda ps: torch.optim.Adam(ps, lr=LR, foreach=True),
     "Adam fused=True": lambda ps: torch.optim.Adam(ps, lr=LR, fused=True),
-    "seed SMORMS3 (per-param loop)": lambda ps: SeedSMORMS3(ps, lr=LR),
+    "blog post SMORMS3 (per-param loop)": lambda ps: BlogPostSMORMS3(ps, lr=LR),
     "SMORMS3 default": lambda ps: SMORMS3(ps, lr=LR),
     "SMORMS3 foreach=True": lambda ps: SMORMS3(ps, lr=LR, foreach=True),
     "SMORMS3 fused=True (compiled)": lambda ps: SMORMS3(ps, lr=LR, fused=True),
 }
 ADAM = "Adam default (per-tensor on CPU)"
 ADAM_FUSED = "Adam fused=True"
-SEED = "seed SMORMS3 (per-param loop)"
+BLOG_POST = "blog post SMORMS3 (per-param loop)"
 OURS = "SMORMS3 default"
 OURS_FUSED = "SMORMS3 fused=True (compiled)"
 
@@ -113,12 +113,12 @@ def make_params(
 
 
 def check(names: list[str]) -> None:
-    """Max |difference| to the seed's SMORMS3 after 5 steps on 3 x (300, 200)."""
+    """Max |difference| to the blog post's SMORMS3 after 5 steps on 3 x (300, 200)."""
     gen = torch.Generator().manual_seed(1)
     shapes = [(300, 200)] * 3
     grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(5)]
     finals = {}
-    for name in [SEED, *names]:
+    for name in [BLOG_POST, *names]:
         params = make_params(shapes, grads[0], seed=2)
         opt = VARIANTS[name](params)
         for step_grads in grads:
@@ -127,8 +127,8 @@ def check(names: list[str]) -> None:
             opt.step()
         finals[name] = torch.cat([p.detach().reshape(-1) for p in params])
     for name in names:
-        diff = (finals[name] - finals[SEED]).abs().max().item()
-        print(f"  {name}: max |param - seed's| after 5 steps = {diff:.2g}")
+        diff = (finals[name] - finals[BLOG_POST]).abs().max().item()
+        print(f"  {name}: max |param - blog post's| after 5 steps = {diff:.2g}")
     print()
 
 
@@ -154,7 +154,7 @@ def bench(
         t0 = time.perf_counter()
         opt.step()
         # at least block_s per block: a short block is at the mercy of one
-        # hiccup of the machine (a fused step takes 10 ms, the seed's 500 ms)
+        # hiccup of the machine (a fused step takes 10 ms, the blog post's 500 ms)
         steps[name] = max(iters, math.ceil(block_s / (time.perf_counter() - t0)))
         blocks[name] = _harness.timed(opt.step, steps[name])
     t0 = time.perf_counter()
@@ -177,7 +177,7 @@ def bench(
     print()
     result = {
         "default/adam": versus(results, OURS, ADAM),
-        "seed/default": f"{_harness.ratio(results, SEED, OURS):.1f}x",
+        "blog post/default": f"{_harness.ratio(results, BLOG_POST, OURS):.1f}x",
         "psi": f"{_harness.psi(results, OURS):.0f} %",
     }
     if OURS_FUSED in results:
@@ -227,10 +227,10 @@ def main() -> None:
         label: bench(label, shapes, names, reps, iters, args.seed + i, block_s)
         for i, (label, shapes, iters) in enumerate(sets)
     }
-    print("Agreement with the seed's SMORMS3:")
+    print("Agreement with the blog post's SMORMS3:")
     check([n for n in names if n.startswith("SMORMS3")])
     print("Summary (ratios of medians; targets: default <= 1.5, fused <= 1.5,")
-    print("seed / default >= 3 on (b)):")
+    print("blog post / default >= 3 on (b)):")
     for label, r in results.items():
         print(f"  {label}: SMORMS3 default / Adam default = {r['default/adam']}")
         if "fused/adam_fused" in r:
@@ -238,7 +238,8 @@ def main() -> None:
                 f"       SMORMS3 fused / Adam fused = {r['fused/adam_fused']}, "
                 f"first step incl. compile {r['compile_s']}"
             )
-        print(f"       seed / SMORMS3 default = {r['seed/default']}, psi {r['psi']}")
+        blog_post = r["blog post/default"]
+        print(f"       blog post / SMORMS3 default = {blog_post}, psi {r['psi']}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 (a) a 24-layer MLP of width 512, batch 64; (b) a 2-layer LSTM (hidden 256,
 sequence 50, batch 32). Variants: nothing (twice: the A/A noise), watch every
 step and every 10th, one plain read of the gradients watch reads (the floor for
-any statistic), the seed's per-layer loop, a per-parameter L2-norm loop, and a
+any statistic), the blog post's per-layer loop, a per-parameter L2-norm loop, and a
 per-parameter ``add_histogram`` loop. Method: ``_harness.py`` (interleaved,
 shuffled blocks). Each variant is set up once for all its blocks (its own SGD
 optimizer, writer and watcher: the steady state of a run), and its writer

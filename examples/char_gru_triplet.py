@@ -6,8 +6,8 @@ away. The words are generated: made-up stems with English prefixes and suffixes.
 stems come in families that share their first letters, and half the negatives come
 from the anchor's family or carry the anchor's own prefix and suffix, so neither the
 affixes nor the first letters suffice. The encoder reads each word right to left
-(``reverse=True``, the seed's trick) with dropout 0.1 on the character embeddings; a
-linear layer follows the GRU.
+(``reverse=True``, the blog post's trick) with dropout 0.1 on the character
+embeddings; a linear layer follows the GRU.
 
 Half of the families are held out of training. The script prints the held-out
 nearest-neighbour accuracy (is a word's nearest other word a form of the same stem?)
@@ -51,7 +51,7 @@ def make_stems(n_families: int, rng: random.Random) -> list[list[str]]:
     """Families of ``FAMILY_SIZE`` made-up stems that share their first 3 letters.
 
     Sharing a start makes the task hard for an untrained encoder: words with the same
-    prefix start out close (the seed's observation).
+    prefix start out close (the blog post's observation).
     """
     seen = set(REAL_STEMS)
     families = []
@@ -116,7 +116,7 @@ def train(
     vocab = CharVocab.from_text(string.ascii_lowercase)
     model = nn.Sequential(
         CharGRUEncoder(len(vocab), char_dim, hidden_size, reverse=True, dropout=0.1),
-        nn.Linear(hidden_size, hidden_size),  # unbounded outputs, as in the seed
+        nn.Linear(hidden_size, hidden_size),  # unbounded outputs, as in the blog post
     )
     test_words, test_labels = [], []
     for stem in test_stems:

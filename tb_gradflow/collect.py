@@ -834,7 +834,8 @@ def watch(
             ``LightningOptimizer``: the optimizer it wraps is hooked);
             statistics are taken by step hooks.
         every: log steps where ``step % every == 0``; nothing runs on others.
-        include_bias: also follow biases (left out by default, as in the seeds).
+        include_bias: also follow biases (left out by default, as in the classic
+            gradient-flow plot).
         name: a tag suffix, so several watchers can share one writer.
         include: glob patterns on layer names to keep (default: all).
         exclude: glob patterns on layer names to drop.

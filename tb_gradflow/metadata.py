@@ -47,10 +47,11 @@ TAG_PREFIX = "gradflow"
 STATS = ("abs_mean", "abs_max", "norm", "nonfinite", "rows")
 """Per-layer statistics, in the order written.
 
-``abs_mean``: mean of ``|g|`` over all elements (the seeds' bar). ``abs_max``:
-largest ``|g|``. ``norm``: L2 norm. ``nonfinite``: number of NaN/Inf elements.
-``rows``: fraction of rows (first dimension) that received a gradient; 1.0 for
-dense gradients, ``unique rows / rows`` for sparse ones.
+``abs_mean``: mean of ``|g|`` over all elements (the bar of the classic
+gradient-flow plot). ``abs_max``: largest ``|g|``. ``norm``: L2 norm.
+``nonfinite``: number of NaN/Inf elements. ``rows``: fraction of rows (first
+dimension) that received a gradient; 1.0 for dense gradients, ``unique rows /
+rows`` for sparse ones.
 """
 
 STEP_FIELDS = ("skipped", "loss_scale")

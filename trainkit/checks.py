@@ -1,4 +1,5 @@
-"""Training sanity checks: the seeds' hints as code.
+"""Training sanity checks: the hints of the "Flow Gradient, Please Flow, Darn
+It!" post, as code.
 
 Each check returns a :class:`CheckResult` and never changes what it is given: it
 works on copies, so the caller's parameters, buffers, ``.grad``, optimizer state,

@@ -21,14 +21,14 @@ from trainkit.losses import (
 
 
 def seed_snnl_loop(batch_x, batch_y, temp):
-    """The seed's per-sample loop ("Implementing Loss Functions"), slips mended.
+    """The per-sample loop of the "Implementing Loss Functions" post, slips mended.
 
     The seed never defined ``idx`` and overwrote ``loss`` on each iteration instead of
     adding to it; both are fixed here. Its ``assert float(prob.data) <= 1`` is left
     out: rounding gives 1 + 2e-16 where every close neighbour shares the label.
     """
     n = batch_x.shape[0]
-    idx = torch.arange(n)  # mended: the seed used idx without defining it
+    idx = torch.arange(n)  # mended: the post used idx without defining it
     loss = 0.0
     for i in range(n):
         label = batch_y[i]
@@ -37,7 +37,7 @@ def seed_snnl_loop(batch_x, batch_y, temp):
         dists_1 = ((batch_x[i] - batch_same) ** 2).sum(dim=1)
         dists_2 = ((batch_x[i] - batch_rest) ** 2).sum(dim=1)
         prob = torch.exp(-dists_1 / temp).sum() / torch.exp(-dists_2 / temp).sum()
-        loss = loss - torch.log(prob)  # mended: the seed wrote `loss = -log(prob)`
+        loss = loss - torch.log(prob)  # mended: the post wrote `loss = -log(prob)`
     loss /= batch_x.shape[0]
     return loss
 
@@ -506,7 +506,8 @@ def test_module_checks_its_inputs():
 
 
 def seed_clamped_skipgram(anchor, positive, negatives, eps=1e-4):
-    """The seed's kludge: clamp sigmoid to [eps, 1 - eps] before the log."""
+    """The kludge of "PyTorch: Kludges To Ensure Numerical Stability": clamp the
+    sigmoid to [eps, 1 - eps] before the log."""
 
     def clamped_sigmoid(s):
         return torch.clamp(torch.clamp(torch.sigmoid(s), min=eps), max=1 - eps)

@@ -456,7 +456,7 @@ def _single_tensor_smorms3(
     maximize: bool,
 ) -> None:
     # Scratch memory is one block per (device, dtype) for the whole call, sliced per
-    # tensor: fresh full-size temporaries (the seed's ten per tensor) cost page
+    # tensor: fresh full-size temporaries (the blog post's ten per tensor) cost page
     # faults and DRAM traffic. Tensors above _CHUNK_NUMEL go through it in slices.
     transform = maximize or weight_decay != 0
     blocks: dict[tuple[torch.device, torch.dtype], Tensor] = {}
