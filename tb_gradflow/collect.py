@@ -37,6 +37,7 @@ __all__ = [
     "GradFlowAlert",
     "GradFlowError",
     "LoggedStep",
+    "check_writer",
     "layer_name",
     "layer_stats",
     "module_types",
@@ -314,8 +315,9 @@ class GradFlow:
             or start_step < 0
         ):
             raise ValueError(f"Invalid start_step: {start_step!r} (an int >= 0)")
-        if name is not None and (not isinstance(name, str) or not name or "/" in name):
-            raise ValueError(f"Invalid name: {name!r} (a non-empty str without '/')")
+        problem = metadata.name_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
         if optimizer is not None:
             optimizer = hookable_optimizer(optimizer)
         if step_fn is not None and not callable(step_fn):
@@ -350,13 +352,7 @@ class GradFlow:
                 "on_alert='warn' or 'raise' too (the tab and tb-gradflow report "
                 "take their thresholds as options)"
             )
-        if writer is not None and not callable(
-            getattr(writer, "_get_file_writer", None)
-        ):
-            raise TypeError(
-                "writer must be a torch.utils.tensorboard.SummaryWriter or None, "
-                f"got {type(writer).__name__}"
-            )
+        library = None if writer is None else check_writer(writer)
         selected = select_layers(
             model,
             include_bias=include_bias,
@@ -391,6 +387,7 @@ class GradFlow:
         self._step_depth = 0
         self._steps_done = 0
         self._wrote_metadata = False
+        self._tensorboardx = library == "tensorboardX"  # its own proto classes
         self._scratch: dict[torch.device, Tensor] = {}
         self._handles: list[Any] = []
         self._removed = False
@@ -638,8 +635,10 @@ class GradFlow:
             np.array([float(logged.skipped), logged.loss_scale]),
             with_metadata=not self._wrote_metadata,
         )
-        # SummaryWriter has no public way to add a raw Summary; _get_file_writer
-        # is what all of its add_* methods use.
+        if self._tensorboardx:
+            proto = summary.as_tensorboardx(proto)
+        # Neither SummaryWriter has a public way to add a raw Summary;
+        # _get_file_writer is what all of their add_* methods use.
         self.writer._get_file_writer().add_summary(proto, global_step=logged.step)
         self._wrote_metadata = True
 
@@ -744,6 +743,30 @@ def _user_stacklevel() -> int:
     return level
 
 
+_WRITERS = "a torch.utils.tensorboard.SummaryWriter or a tensorboardX.SummaryWriter"
+
+
+def check_writer(writer: Any) -> str:
+    """The library whose ``SummaryWriter`` ``writer`` is (a subclass counts):
+    ``"torch"`` for ``torch.utils.tensorboard``'s, ``"tensorboardX"`` for
+    tensorboardX's.
+
+    tensorboardX stays optional: it is never imported here, since an instance
+    of its writer exists only once it is.
+
+    Raises:
+        TypeError: for any other object, naming the writers that are.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    if isinstance(writer, SummaryWriter):
+        return "torch"
+    tensorboardx = sys.modules.get("tensorboardX")
+    if tensorboardx is not None and isinstance(writer, tensorboardx.SummaryWriter):
+        return "tensorboardX"
+    raise TypeError(f"writer must be {_WRITERS} or None, got {type(writer).__name__}")
+
+
 # The live watcher of each (writer, name): a second one would write every step
 # twice under one tag (or merge two models' layers under one name).
 _WATCHERS: dict[tuple[int, str | None], weakref.ref] = {}
@@ -827,8 +850,9 @@ def watch(
     Args:
         model: the model; DDP/DataParallel/``torch.compile`` wrappers are
             looked through, so layer names match the plain model's.
-        writer: a ``torch.utils.tensorboard.SummaryWriter``, or None to write
-            nothing (for processes that do not log).
+        writer: a ``torch.utils.tensorboard.SummaryWriter`` or a
+            ``tensorboardX.SummaryWriter`` (the records are the same bytes), or
+            None to write nothing (for processes that do not log).
         optimizer: any ``torch.optim.Optimizer``, or a wrapper of one
             (Accelerate's ``AcceleratedOptimizer``, Lightning's
             ``LightningOptimizer``: the optimizer it wraps is hooked);

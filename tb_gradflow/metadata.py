@@ -138,6 +138,15 @@ class Layout:
         ).encode("utf-8")
 
 
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a watcher's name (the ``name`` of ``watch`` and of
+    a layout), or None: it must be None or a non-empty str without ``/``
+    (it ends a tag, and ``/`` separates a tag's parts)."""
+    if name is None or (isinstance(name, str) and name and "/" not in name):
+        return None
+    return f"Invalid name: {name!r} (a non-empty str without '/')"
+
+
 class FormatError(ValueError):
     """Raised for plugin metadata or data that does not follow the format."""
 
@@ -191,6 +200,9 @@ def parse_plugin_metadata(content: bytes) -> Layout:
             raise _invalid(f"{n} {field!r} entries for {len(layers)} layers")
     if layout.every < 1:
         raise _invalid(f"'every' is {layout.every}, not a positive integer")
+    problem = name_problem(layout.name)
+    if problem is not None:
+        raise _invalid(problem)
     missing = [s for s in STATS if s not in layout.stats]
     if missing and layout.version <= FORMAT_VERSION:  # a newer format may differ
         raise _invalid(f"'stats' lacks {', '.join(map(repr, missing))}")

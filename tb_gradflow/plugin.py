@@ -802,7 +802,38 @@ def _thresholds(args) -> Thresholds:
         raise errors.InvalidArgumentError(str(e)) from None
 
 
-@functools.lru_cache(maxsize=64)
+class _LayoutCache:
+    """Parsed layouts by metadata content, least recently used dropped first.
+    It holds at least twice as many as the most layer sets one run was read
+    with (and 64): a request parses each of a run's layouts twice (listing,
+    then reading), and a fixed size smaller than a run's count missed on every
+    one of them."""
+
+    def __init__(self, floor: int = 64) -> None:
+        self._floor = floor
+        self._size = floor
+        self._items: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def fit(self, count: int) -> None:
+        """Makes room for ``count`` layouts of one run."""
+        with self._lock:
+            self._size = max(self._size, 2 * count, self._floor)
+
+    def parse(self, content: bytes) -> metadata.Layout | str:
+        """The layout in ``content``, or why it cannot be read."""
+        with self._lock:
+            if content in self._items:
+                self._items.move_to_end(content)
+                return self._items[content]
+        parsed = _parse(content)
+        with self._lock:
+            self._items[content] = parsed
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return parsed
+
+
 def _parse(content: bytes) -> metadata.Layout | str:
     """The layout in ``content``, or why it cannot be read."""
     try:
@@ -817,6 +848,9 @@ def _parse(content: bytes) -> metadata.Layout | str:
     return layout
 
 
+_LAYOUTS = _LayoutCache()
+
+
 def _watchers(
     tags: dict[str, provider.TensorTimeSeries],
 ) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -825,8 +859,9 @@ def _watchers(
     tag's layout, never parsed from the tag), and ``{tag: why}`` for the rest."""
     watchers: dict[str, list[str]] = {}
     unreadable: dict[str, str] = {}
+    _LAYOUTS.fit(len(tags))
     for tag in sorted(tags):
-        layout = _parse(tags[tag].plugin_content)
+        layout = _LAYOUTS.parse(tags[tag].plugin_content)
         if isinstance(layout, metadata.Layout):
             watchers.setdefault(metadata.tag_for(layout.name), []).append(tag)
         else:
@@ -835,7 +870,7 @@ def _watchers(
 
 
 def _layout(content: bytes, run: str, tag: str) -> metadata.Layout:
-    layout = _parse(content)
+    layout = _LAYOUTS.parse(content)
     if isinstance(layout, str):
         raise errors.NotFoundError(f"Run {run!r}, tag {tag!r}: {layout}")
     return layout

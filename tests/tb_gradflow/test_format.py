@@ -468,3 +468,15 @@ def test_tied_and_wrapped_parameters_take_their_first_owners_type():
     owners = module_types(torch.compile(model))
     assert owners[id(model.emb.weight)] == "Embedding"
     assert owners[id(model.lstm.weight_hh_l0)] == "LSTM"
+
+
+@pytest.mark.parametrize("name", ["", "enc/dec"])
+def test_metadata_with_a_name_watch_refuses_is_refused_alike(name):
+    content = json.dumps(
+        {"version": 1, "layers": ["a"], "stats": list(metadata.STATS), "name": name}
+    ).encode()
+    message = f"Invalid name: {name!r} (a non-empty str without '/')"
+    with pytest.raises(metadata.FormatError, match=re.escape(message)):
+        metadata.parse_plugin_metadata(content)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tb_gradflow.watch(nn.Linear(2, 2), None, name=name)

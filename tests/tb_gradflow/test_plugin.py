@@ -1022,3 +1022,22 @@ def test_old_format_files_are_read_alongside_layout_tags(tmp_path):
         False,
         False,
     ]
+
+
+def test_the_layout_cache_holds_every_layer_set_of_a_run(monkeypatch):
+    """With more layer sets in a run than a fixed cache of 64 held, every one
+    was parsed again on each request (two passes per request)."""
+    parsed = []
+    real = metadata.parse_plugin_metadata
+    monkeypatch.setattr(
+        metadata,
+        "parse_plugin_metadata",
+        lambda content: parsed.append(content) or real(content),
+    )
+    cache = plugin._LayoutCache()
+    contents = [metadata.Layout(layers=(f"layer{i}",)).to_json() for i in range(100)]
+    cache.fit(len(contents))
+    for _ in range(3):  # three requests
+        for content in contents:
+            assert cache.parse(content).layers == (json.loads(content)["layers"][0],)
+    assert len(parsed) == 100  # each once

@@ -123,10 +123,11 @@ def test_split_rejects_a_non_module():
 def test_trains_a_sparse_plus_dense_model_and_only_touches_used_rows():
     model = _model()
     opt = sparse_dense_optimizer(model, lr=0.01)
-    assert [type(o) for o in opt.optimizers] == [
-        torch.optim.SparseAdam,
-        torch.optim.Adam,
-    ]
+    sparse_child, dense_child = opt.optimizers
+    # the SparseAdam child carries its dense-gradient guard through copies
+    assert isinstance(sparse_child, torch.optim.SparseAdam)
+    assert type(sparse_child).__name__ == "SparseAdam"
+    assert type(dense_child) is torch.optim.Adam
     assert opt.optimizers[0].param_groups[0]["params"] == [
         model.emb.weight,
         model.bag.weight,
@@ -195,6 +196,39 @@ def test_weight_used_outside_its_embedding_gets_a_named_error_at_step():
     model(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(RuntimeError, match=r"emb\.weight got a dense gradient"):
         opt.step()
+
+
+class SharedInForward(nn.Module):
+    """A sparse embedding whose weight is also used densely."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4, sparse=True)
+
+    def forward(self, idx):
+        return F.linear(self.emb(idx), self.emb.weight)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_the_dense_gradient_guard_survives_copies(how):
+    """An optimizer's hooks are not copied: the guard was lost by
+    copy.deepcopy and pickling, and SparseAdam's own error followed."""
+    import pickle
+
+    model = SharedInForward()
+    opt = sparse_dense_optimizer(model)
+    if how == "deepcopy":
+        model2, opt2 = copy.deepcopy((model, opt))
+    else:
+        model2, opt2 = pickle.loads(pickle.dumps((model, opt)))
+    assert opt2.optimizers[0]._dense_grad_names == {model2.emb.weight: "emb.weight"}
+    model2(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match=r"emb\.weight got a dense gradient"):
+        opt2.step()
+    # and a copy trains as the original does on sparse gradients
+    model3 = BagOfWords()
+    opt3 = copy.deepcopy(sparse_dense_optimizer(model3))
+    assert isinstance(opt3.optimizers[0], torch.optim.SparseAdam)
 
 
 # -- MultipleOptimizer ----------------------------------------------------------------

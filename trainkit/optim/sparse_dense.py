@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 
 from trainkit.optim.multiple import MultipleOptimizer
 
-__all__ = ["sparse_dense_optimizer", "split_sparse_dense"]
+__all__ = ["SparseAdam", "sparse_dense_optimizer", "split_sparse_dense"]
 
 _SPARSE_MODULES = (nn.Embedding, nn.EmbeddingBag)
 
@@ -133,6 +133,32 @@ def _dense_grad_guard(
     return hook
 
 
+class SparseAdam(torch.optim.SparseAdam):
+    """``torch.optim.SparseAdam`` whose dense-gradient guard (a step pre-hook
+    naming a sparse-embedding weight that got a dense gradient) survives
+    ``copy.deepcopy`` and pickling, which drop an optimizer's hooks: the names
+    are part of its state and the hook is registered again on loading.
+    :func:`sparse_dense_optimizer` makes its SparseAdam child one. Named as
+    torch's class, so that state dicts and messages name it as before."""
+
+    _dense_grad_names: dict[Tensor, str]
+
+    def guard(self, names: dict[Tensor, str]) -> None:
+        """Registers the guard for the weights in ``names`` (by parameter)."""
+        self._dense_grad_names = dict(names)
+        self.register_step_pre_hook(_dense_grad_guard(self._dense_grad_names))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_dense_grad_names"] = self._dense_grad_names
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        names = state.pop("_dense_grad_names", {})
+        super().__setstate__(state)
+        self.guard(names)
+
+
 def sparse_dense_optimizer(
     module: nn.Module,
     dense: Callable[..., Optimizer] = torch.optim.Adam,
@@ -153,7 +179,9 @@ def sparse_dense_optimizer(
     ``dense_kwargs``.
 
     With ``torch.optim.SparseAdam`` as ``sparse``, a sparse-embedding weight that
-    receives a dense gradient at step time raises an error that names it.
+    receives a dense gradient at step time raises an error that names it; the
+    child is then this module's :class:`SparseAdam`, which keeps that check through
+    ``copy.deepcopy`` and pickling.
 
     .. note::
         ``torch.nn.utils.clip_grad_norm_`` raises on sparse gradients (torch 2.13
@@ -212,5 +240,10 @@ def sparse_dense_optimizer(
     if sparse_params and isinstance(children[0], torch.optim.SparseAdam):
         sparse_set = set(sparse_params)
         names = {p: n for n, p in module.named_parameters() if p in sparse_set}
-        children[0].register_step_pre_hook(_dense_grad_guard(names))
+        if type(children[0]) is torch.optim.SparseAdam:
+            # adds only the guard's state; its step is SparseAdam's, already hooked
+            children[0].__class__ = SparseAdam
+            children[0].guard(names)
+        else:  # a subclass of the user's: the guard as a plain hook
+            children[0].register_step_pre_hook(_dense_grad_guard(names))
     return MultipleOptimizer(*children)
