@@ -16,9 +16,16 @@ and the heatmap's payload sizes and the event-file bytes per layer, statistic
 and step. Issue 3's targets (2-core machine): warm flow <= 50 ms, warm heatmap
 <= 300 ms, cold <= 1.5 s, <= 5 bytes per layer, statistic and step.
 
+With ``--triage-runs N``, instead: N such runs (``--steps`` each), and the
+``triage`` route (which run the tab opens on) against reading them: ``triage``
+on a fresh plugin (sampled reads), ``runs`` on a fresh plugin (which reads
+every run in full), ``triage`` after that (from the plugin's cache), and
+``flow`` of one run on a fresh plugin (one full read).
+
 Usage:
     python benchmarks/bench_plugin.py                 # both providers (~2-4 min)
     python benchmarks/bench_plugin.py --provider rust --steps 2000   # quicker
+    python benchmarks/bench_plugin.py --triage-runs 20 --steps 2000  # triage
 """
 
 from __future__ import annotations
@@ -54,13 +61,13 @@ RUN = "big"
 class Run:
     """The synthetic run: lognormal statistics, one layer blocked half-way."""
 
-    def __init__(self, logdir: str, layers: int) -> None:
+    def __init__(self, logdir: str, layers: int, name: str = RUN) -> None:
         self.layout = metadata.Layout(
             layers=tuple(f"block{i}.weight" for i in range(layers)),
             sparse=(False,) * layers,
         )
         self.tag = metadata.layout_tag(self.layout)
-        self.writer = EventFileWriter(os.path.join(logdir, RUN), max_queue_size=100)
+        self.writer = EventFileWriter(os.path.join(logdir, name), max_queue_size=100)
         self.rng = np.random.default_rng(0)
         self.steps = 0
 
@@ -129,15 +136,18 @@ class Python:
         pass
 
 
-def wait_for_step(provider, tag: str, step: int, timeout: float = 600.0) -> float:
-    """Seconds until the provider lists ``step`` as the last step of ``tag``."""
+def wait_for_step(
+    provider, tag: str, step: int, timeout: float = 600.0, runs: tuple = (RUN,)
+) -> float:
+    """Seconds until the provider lists ``step`` as the last step of ``tag``
+    in each of ``runs``."""
     start = time.perf_counter()
     while True:
         listing = provider.list_tensors(
             context.RequestContext(), experiment_id="", plugin_name=metadata.PLUGIN_NAME
         )
-        series = listing.get(RUN, {}).get(tag)
-        if series is not None and series.max_step >= step:
+        series = [listing.get(run, {}).get(tag) for run in runs]
+        if all(s is not None and s.max_step >= step for s in series):
             return time.perf_counter() - start
         if time.perf_counter() - start > timeout:
             raise TimeoutError(f"step {step} not ingested after {timeout} s")
@@ -217,6 +227,91 @@ def bench(backend, run: Run, repeats: int, cold_repeats: int) -> None:
     )
 
 
+def make_client(provider):
+    """A fresh plugin (empty cache) behind TensorBoard's WSGI app."""
+    plugin = GradFlowLoader().load(
+        base_plugin.TBContext(
+            data_provider=provider,
+            sampling_hints={metadata.PLUGIN_NAME: DEFAULT_SAMPLES_PER_RUN},
+        )
+    )
+    app = application.TensorBoardWSGI([plugin], data_provider=provider)
+    return werkzeug_test.Client(app, wrappers.Response)
+
+
+def bench_triage(backend, runs: list[Run], repeats: int) -> None:
+    names = tuple(f"run{k:03d}" for k in range(len(runs)))
+    if isinstance(backend, Python):
+        start = time.perf_counter()
+        backend.reload()
+        print(f"  ingestion (Reload): {time.perf_counter() - start:.1f} s")
+    else:
+        waited = wait_for_step(
+            backend.provider, runs[0].tag, runs[0].steps - 1, runs=names
+        )
+        print(f"  ingestion: {waited:.1f} s")
+    base = "/data/plugin/gradflow/"
+    cases = {
+        "triage, fresh plugin": [],
+        "runs, fresh plugin": [],
+        "triage after runs": [],
+        "flow of one run, fresh plugin": [],
+    }
+    order = None
+    for _ in range(repeats):
+        client = make_client(backend.provider)
+        elapsed, response = timed(lambda c=client: c.get(base + "triage"))
+        cases["triage, fresh plugin"].append(elapsed)
+        order = [r["run"] for r in response.json["runs"]]
+        client = make_client(backend.provider)
+        cases["runs, fresh plugin"].append(
+            timed(lambda c=client: c.get(base + "runs"))[0]
+        )
+        after = timed(lambda c=client: c.get(base + "triage"))[0]
+        cases["triage after runs"].append(after)
+        client = make_client(backend.provider)
+        flow = timed(
+            lambda c=client: c.get(base + "flow", query_string={"run": names[-1]})
+        )
+        cases["flow of one run, fresh plugin"].append(flow[0])
+    print(f"  | request | s (median of {repeats}) [min, max] |")
+    print("  |---|---:|")
+    for name, times in cases.items():
+        print(
+            f"  | {name} | {statistics.median(times):.3f} "
+            f"[{min(times):.3f}, {max(times):.3f}] |"
+        )
+    print(f"  triage's first three: {order[:3]}")
+
+
+def write_triage_runs(logdir: str, n: int, layers: int, steps: int) -> list[Run]:
+    """``n`` runs; run k's layer 7 goes non-finite from step 0 when k == n // 2,
+    so the triage has one run to put first."""
+    runs = []
+    for k in range(n):
+        run = Run(logdir, layers, name=f"run{k:03d}")
+        run.rng = np.random.default_rng(k)
+        run.write(steps)
+        runs.append(run)
+    bad = runs[n // 2]
+    bad_layout = bad.layout
+    stats = np.ones((len(bad_layout.stats), len(bad_layout.layers)))
+    stats[0, 7] = np.inf
+    stats[3, 7] = 3
+    for _ in range(3):  # three more steps with a non-finite layer
+        summary = gradflow_pb(bad_layout, stats, [0.0, np.nan], with_metadata=False)
+        bad.writer.add_event(
+            event_pb2.Event(step=bad.steps, wall_time=time.time(), summary=summary)
+        )
+        bad.steps += 1
+    bad.writer.flush()
+    # every run ends at the same step, so one wait covers them all
+    for run in runs:
+        if run.steps < bad.steps:
+            run.write(bad.steps - run.steps)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, default=500)
@@ -226,7 +321,32 @@ def main() -> None:
     parser.add_argument(
         "--provider", choices=("rust", "python", "both"), default="both"
     )
+    parser.add_argument(
+        "--triage-runs",
+        type=int,
+        default=0,
+        help="benchmark the triage route over this many runs instead",
+    )
     args = parser.parse_args()
+    kinds = {"rust": [Rust], "python": [Python], "both": [Rust, Python]}
+    if args.triage_runs:
+        with tempfile.TemporaryDirectory() as logdir:
+            start = time.perf_counter()
+            runs = write_triage_runs(logdir, args.triage_runs, args.layers, args.steps)
+            print(
+                f"{args.triage_runs} runs of {args.layers} layers x {runs[0].steps} "
+                f"steps: written in {time.perf_counter() - start:.1f} s"
+            )
+            for kind in kinds[args.provider]:
+                backend = kind(logdir)
+                print(f"\n{backend.name}:")
+                try:
+                    bench_triage(backend, runs, args.cold_repeats)
+                finally:
+                    backend.close()
+            for run in runs:
+                run.writer.close()
+        return
     with tempfile.TemporaryDirectory() as logdir:
         run = Run(logdir, args.layers)
         start = time.perf_counter()
@@ -241,7 +361,6 @@ def main() -> None:
             f"in {time.perf_counter() - start:.1f} s, {per_value:.3f} bytes per "
             f"layer, statistic and step ({len(run.layout.stats)} statistics)"
         )
-        kinds = {"rust": [Rust], "python": [Python], "both": [Rust, Python]}
         for kind in kinds[args.provider]:
             backend = kind(logdir)
             print(f"\n{backend.name}:")

@@ -1,4 +1,4 @@
-// Canvas charts of the Gradient Flow tab: the seeds' bar plot (one bar per layer)
+// Canvas charts of the Gradient Flow tab: the classic gradient-flow bar plot (one bar per layer)
 // and the layers-by-steps heatmap. The layout functions are pure (text widths come
 // from a `measure` callback), so `node --test` checks them; the draw functions take
 // (ctx, layout, data/palette) and only paint.

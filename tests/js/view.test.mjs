@@ -122,7 +122,7 @@ test("hashWithView writes the view after TensorBoard's keys, leaving defaults ou
 });
 
 test("viewFromHash reads back what hashWithView wrote, for any run name", () => {
-  for (const run of ["healthy", "exp/seed=1 & lr=1e-3", "déjà #1 %", "<img src=x onerror=alert(1)>"]) {
+  for (const run of ["healthy", "exp/run=1 & lr=1e-3", "déjà #1 %", "<img src=x onerror=alert(1)>"]) {
     const view = { run, tag: "gradflow/enc", compare: "b&c", compareTag: "gradflow", stat: "abs_max", log: false, step: 0 };
     const back = viewFromHash(hashWithView("#gradflow", view));
     assert.deepEqual(back, { ...view, compareTag: null }); // the default tag is left out
