@@ -211,18 +211,19 @@ def test_load_refuses_a_key_that_two_watchers_would_share(tmp_path):
     assert tb_gradflow.load_run(tmp_path / "a" / "b").steps.tolist() == [5, 6]
 
 
-def test_load_names_every_watcher_of_a_shared_key_when_there_are_three(tmp_path):
-    # watch() refuses a name with "/", but a Layout (and so gradflow_pb, and
-    # files from other writers) takes one: then three watchers can share a key.
+def test_a_name_with_a_slash_is_left_out_and_the_rest_still_clash(tmp_path):
+    # watch() refuses a name with "/"; a Layout (and so gradflow_pb, and files
+    # from other writers) takes one, and the reader now refuses it alike: before,
+    # three watchers could share a key.
     for run, name in [("a", "b/c"), ("a/b", "c"), ("a/b/c", None)]:
         write_steps(tmp_path / run, [0], layout=dataclasses.replace(LAYOUT, name=name))
-    with pytest.raises(ValueError) as caught:
-        tb_gradflow.load(tmp_path)
+    with pytest.warns(UserWarning, match=r"Invalid name: 'b/c'"):
+        with pytest.raises(ValueError) as caught:
+            tb_gradflow.load(tmp_path)
     assert str(caught.value) == (
-        f"3 watchers under {str(tmp_path)!r} have the key 'a/b/c': watcher 'b/c' in "
-        f"{str(tmp_path / 'a')!r}, watcher 'c' in {str(tmp_path / 'a' / 'b')!r} and "
-        f"the unnamed watcher in {str(tmp_path / 'a' / 'b' / 'c')!r}; read them "
-        "with load_run(path, name=...)"
+        f"Two watchers under {str(tmp_path)!r} have the key 'a/b/c': watcher 'c' in "
+        f"{str(tmp_path / 'a' / 'b')!r} and the unnamed watcher in "
+        f"{str(tmp_path / 'a' / 'b' / 'c')!r}; read them with load_run(path, name=...)"
     )
 
 
