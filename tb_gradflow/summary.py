@@ -1,6 +1,13 @@
-"""Writer side of the format: numpy arrays in, ``Summary`` protos out (no torch)."""
+"""Writer side of the format: numpy arrays in, ``Summary`` protos out (no torch).
+
+The protos are tensorboard's (``tensorboard.compat.proto``), which
+``torch.utils.tensorboard`` writes; :func:`as_tensorboardx` gives the same summary
+in tensorboardX's classes.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from tensorboard.compat.proto import (
@@ -60,3 +67,17 @@ def gradflow_pb(
     if with_metadata:
         value.metadata.CopyFrom(metadata.create_summary_metadata(layout))
     return summary_pb2.Summary(value=[value])
+
+
+def as_tensorboardx(proto: summary_pb2.Summary) -> Any:
+    """``proto`` as tensorboardX's own ``Summary`` class, which its writers take.
+
+    tensorboardX compiles the same ``summary.proto`` into classes of its own, and
+    its ``FileWriter`` refuses tensorboard's. The summary crosses as its
+    serialized bytes, so the event file holds the same bytes as one written by
+    ``torch.utils.tensorboard``. Imports tensorboardX, so call it only for a
+    tensorboardX writer (which means it is imported already).
+    """
+    from tensorboardX.proto import summary_pb2 as tensorboardx_summary_pb2
+
+    return tensorboardx_summary_pb2.Summary.FromString(proto.SerializeToString())

@@ -66,7 +66,7 @@ from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
-from tb_gradflow.collect import layer_stats, select_layers
+from tb_gradflow.collect import check_writer, layer_stats, select_layers
 from tb_gradflow.diagnosis import Finding
 from tb_gradflow.flow_check import diagnose_stats
 from trainkit._validate import (
@@ -706,7 +706,8 @@ def clip_grad_norm(
     Args:
         parameters: tensors whose ``.grad`` to clip.
         max_norm: the largest total norm allowed (a number or a 0-d tensor).
-        writer: a ``SummaryWriter``; if given, logs the scalars
+        writer: a ``torch.utils.tensorboard.SummaryWriter`` or a
+            ``tensorboardX.SummaryWriter``; if given, logs the scalars
             ``{tag}/total_norm`` (before clipping), ``{tag}/max_norm`` and
             ``{tag}/clipped`` (1.0 when it clipped) at ``step``.
         step: the step to log at.
@@ -719,7 +720,8 @@ def clip_grad_norm(
 
     Raises:
         TypeError: if ``max_norm`` is neither a real number nor a 0-d real tensor,
-            or ``norm_type`` neither a real number nor a str.
+            ``norm_type`` neither a real number nor a str, or ``writer`` none of
+            the above (before any gradient is touched).
         ValueError: on ``max_norm <= 0`` or NaN, or a ``norm_type`` that is NaN or
             a str that is not a number (``"inf"`` is).
         RuntimeError: on a non-finite total norm with ``error_if_nonfinite``.
@@ -748,6 +750,8 @@ def clip_grad_norm(
             f"Invalid norm_type: {norm_type!r} (a real number other than NaN, or 'inf')"
         )
     norm_type = order
+    if writer is not None:
+        check_writer(writer)
     params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
     with_grad = [p for p in params if p.grad is not None]
     dense = [p for p in with_grad if not p.grad.is_sparse]
