@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tb_gradflow import stats
+
 
 def is_dtensor(t: object) -> bool:
     """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (without importing it
@@ -48,24 +50,34 @@ def shard_group(t: Tensor) -> torch.distributed.ProcessGroup:
     return mesh.get_group(mesh_dim=dims[0]) if mesh.ndim > 1 else mesh.get_group()
 
 
-def reduce_totals(
-    totals: np.ndarray, sharded: Sequence[int], device: torch.device, group
+def reduce_partials(
+    partials: dict[str, np.ndarray],
+    sharded: Sequence[int],
+    device: torch.device,
+    group,
 ) -> None:
-    """Sums Σ|g| and Σg² and takes the max of max|g| over the shards, in place.
+    """Combines each partial over the shards, by its ``combine`` op (see
+    :mod:`tb_gradflow.stats`): one SUM and one MAX all-reduce for all of them.
 
     Args:
-        totals: ``(3, L)`` float64 local Σ|g|, max|g|, Σg² (modified).
+        partials: ``{name: (L,) float64}`` local partials, modified in place.
         sharded: the columns (layers) whose gradients are sharded.
         device: where the collective runs (CUDA for NCCL, CPU for gloo).
         group: the shards' process group.
     """
     cols = list(sharded)
-    sums = torch.tensor(totals[[0, 2]][:, cols], dtype=torch.float64, device=device)
-    peak = torch.tensor(totals[1, cols], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM, group=group)
-    torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX, group=group)
-    totals[0, cols], totals[2, cols] = sums.cpu().numpy()
-    totals[1, cols] = peak.cpu().numpy()
+    by_op: dict[str, list[str]] = {"sum": [], "max": []}
+    for name in partials:
+        by_op[stats.partial(name).combine].append(name)
+    ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}
+    for op, names in by_op.items():
+        if not names:
+            continue
+        block = np.stack([partials[n][cols] for n in names])  # (P, S)
+        t = torch.tensor(block, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t, op=ops[op], group=group)
+        for name, row in zip(names, t.cpu().numpy()):
+            partials[name][cols] = row
 
 
 def reduce_counts(counts: Tensor, group) -> Tensor:

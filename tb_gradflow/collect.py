@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tb_gradflow import _reduce, _sharded, metadata, summary
+from tb_gradflow import _reduce, _sharded, metadata, stats, summary
 from tb_gradflow.diagnosis import Finding, OnlineDiagnosis, Thresholds
 from tb_gradflow.optimizer_hooks import (
     ClosureCall,
@@ -82,20 +82,29 @@ class LoggedStep:
 
     Attributes:
         step: the step the record was written at.
-        stats: ``(K, L)`` float64 in ``metadata.STATS`` order; NaN columns for
-            layers without a gradient.
+        stats: ``(K, L)`` float64, one row per statistic of ``names``; NaN
+            columns for layers without a gradient.
         skipped: whether the AMP grad scaler skipped this optimizer step.
         loss_scale: the grad scaler's scale (NaN without a scaler).
+        names: the statistics' names, in row order (the watcher's layout's).
     """
 
     step: int
     stats: np.ndarray
     skipped: bool
     loss_scale: float
+    names: tuple[str, ...] = dataclasses.field(default_factory=stats.names)
 
     def stat(self, name: str) -> np.ndarray:
-        """One statistic for every layer: ``(L,)``."""
-        return self.stats[metadata.STATS.index(name)]
+        """One statistic for every layer: ``(L,)``.
+
+        Raises:
+            KeyError: for a statistic this step does not hold, naming those it
+                does.
+        """
+        if name not in self.names:
+            raise KeyError(f"Unknown statistic {name!r}; this step has {self.names}")
+        return self.stats[self.names.index(name)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,8 +372,10 @@ class GradFlow:
         self._layers = [_Layer(n, p, s) for n, p, s in selected]
         self.layers = [layer.name for layer in self._layers]
         owners = module_types(model)
+        self._statistics = stats.statistics()  # fixed for this watcher
         self.layout = metadata.Layout(
             layers=tuple(self.layers),
+            stats=tuple(s.name for s in self._statistics),
             every=every,
             name=name,
             sparse=tuple(layer.sparse for layer in self._layers),
@@ -581,6 +592,7 @@ class GradFlow:
             stats=record,
             skipped=bool(skipped or fields[0]),
             loss_scale=float(fields[1]),
+            names=self.layout.stats,
         )
         self.last = logged
         if self.writer is not None:
@@ -590,8 +602,8 @@ class GradFlow:
         return logged
 
     def _alert(self, logged: LoggedStep) -> None:
-        stats = {name: logged.stats[k] for k, name in enumerate(metadata.STATS)}
-        for finding in self._online.update(logged.step, stats, skipped=logged.skipped):
+        values = {name: logged.stats[k] for k, name in enumerate(logged.names)}
+        for finding in self._online.update(logged.step, values, skipped=logged.skipped):
             if self._on_alert == "raise":
                 raise GradFlowError(finding)
             warnings.warn(
@@ -603,12 +615,18 @@ class GradFlow:
     ) -> tuple[np.ndarray, tuple[float, float]]:
         extras = self._step_extras(grad_scale, found_inf)
         grads = [layer.param.grad for layer in self._layers]
-        record, host_extras = layer_stats(grads, scratch=self._scratch, extras=extras)
+        record, host_extras = layer_stats(
+            grads,
+            scratch=self._scratch,
+            extras=extras,
+            statistics=self._statistics,
+        )
         if host_extras is None:
             host_extras = np.array([math.nan, 0.0, math.nan])
         scale, inf_flag, loss_scale = host_extras
-        if math.isfinite(scale) and scale > 0:  # abs_mean, abs_max, norm are linear
-            record[0:3] /= scale
+        if math.isfinite(scale) and scale > 0:  # linear in the gradient: unscale
+            scaled = [k for k, s in enumerate(self._statistics) if s.loss_scaled]
+            record[scaled] /= scale
         return record, (inf_flag > 0, loss_scale)
 
     def _step_extras(
@@ -649,19 +667,26 @@ def layer_stats(
     *,
     scratch: dict[torch.device, Tensor] | None = None,
     extras: Tensor | None = None,
+    statistics: Sequence[stats.Statistic] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The statistics of a list of gradients, one host copy per device.
+
+    The built-in partials (Σ|g|, max|g|, Σg², non-finite count, rows) come from
+    the fused reduction; a partial a registered statistic brings is run per
+    layer (see :mod:`tb_gradflow.stats`).
 
     Args:
         grads: one gradient per layer (None: the layer had none); dense or
             sparse COO, any floating dtype, any devices.
         scratch: reusable CPU buffers (kept by the caller between calls).
         extras: ``(E,)`` device scalars to copy along with the statistics.
+        statistics: the statistics to make (default: the registry's).
 
     Returns:
-        ``(K, L)`` float64 in ``metadata.STATS`` order (NaN columns for None
+        ``(K, L)`` float64, one row per statistic (NaN columns for None
         gradients), and the host copy of ``extras`` (None without).
     """
+    statistics = stats.statistics() if statistics is None else tuple(statistics)
     scratch = {} if scratch is None else scratch
     n_layers = len(grads)
     sharded = _sharded.dtensor_indices(grads)
@@ -693,11 +718,14 @@ def layer_stats(
     if redo.size:  # rare: huge or tiny gradients
         exact = _reduce.sums_float64([local[i] for i in redo]).cpu().numpy()
         totals[0, redo], totals[2, redo] = exact
+    partials = {"abs_sum": totals[0], "abs_max": totals[1], "sq_sum": totals[2]}
+    partials.update(_own_partials(statistics, local, has_grad))
     group = None
     if sharded:  # one SUM and one MAX all-reduce for all sharded layers
         group = _sharded.shard_group(grads[sharded[0]])
         device = local[sharded[0]].device
-        _sharded.reduce_totals(totals, sharded, device, group)
+        _sharded.reduce_partials(partials, sharded, device, group)
+    totals = np.stack([partials["abs_sum"], partials["abs_max"], partials["sq_sum"]])
     nonfinite = np.zeros(n_layers)
     bad = np.flatnonzero(has_grad & ~np.isfinite(totals[0])).tolist()
     if bad:  # only here: a finite sum of |g| proves that no element is NaN/Inf
@@ -707,11 +735,43 @@ def layer_stats(
             counts = counts.to(torch.float64)
             counts[bad_sharded] = _sharded.reduce_counts(counts[bad_sharded], group)
         nonfinite[bad] = counts.cpu().numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        abs_mean = np.where(numel > 0, totals[0] / np.maximum(numel, 1), 0.0)
-    record = np.stack([abs_mean, totals[1], np.sqrt(totals[2]), nonfinite, rows])
+    partials.update(nonfinite=nonfinite, rows=rows)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        record = np.stack(
+            [np.asarray(s.finish(partials, numel), np.float64) for s in statistics]
+        )  # (K, L)
     record[:, ~has_grad] = math.nan
     return record, host_extras
+
+
+def _own_partials(
+    statistics: Sequence[stats.Statistic],
+    grads: Sequence[Tensor | None],
+    has_grad: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The partials registered statistics bring, per layer: ``local(grad)`` of
+    each dense gradient (a sparse one: of its stored values), NaN without one.
+    One host copy for all of them."""
+    names = [
+        n
+        for n in dict.fromkeys(p for s in statistics for p in s.partials)
+        if n not in stats.PARTIALS
+    ]
+    if not names:
+        return {}
+    out = {}
+    for name in names:
+        local = stats.partial(name).local
+        values = [
+            local(g.coalesce().values() if g.is_sparse else g).to(torch.float64)
+            for g in grads
+            if g is not None
+        ]
+        column = np.full(len(grads), math.nan)
+        if values:
+            column[has_grad] = torch.stack(values).cpu().numpy()
+        out[name] = column
+    return out
 
 
 # Code that calls the hooks on the user's behalf: an alert points past it, at

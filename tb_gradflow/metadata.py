@@ -13,7 +13,9 @@ base tag, ``gradflow`` or ``gradflow/<name>`` (:func:`tag_for`), for every
 layer set. Its tensor is a flat float32 vector:
 
 * ``K * L`` values, row-major ``[K, L]``: one row per statistic in
-  ``Layout.stats`` order, one column per layer in ``Layout.layers`` order;
+  ``Layout.stats`` order, one column per layer in ``Layout.layers`` order.
+  Statistics are read by name: a file lacking one reads it as NaN ("not
+  logged"), and one a reader does not know is carried through by name;
 * then one value per entry of ``Layout.step_fields`` (``skipped``: 1.0 when the
   AMP grad scaler skipped the optimizer step, else 0.0; ``loss_scale``: the
   scaler's scale, NaN without a scaler).
@@ -23,8 +25,8 @@ statistic, ``nonfinite`` included; a layer with a gradient always has a finite
 ``nonfinite`` count. The plugin metadata content is JSON (see ``Layout``), sent
 with the first record a watcher writes.
 
-This module imports only the standard library, numpy and TensorBoard's protos,
-so the TensorBoard plugin can use it without torch.
+This module imports only the standard library, numpy, TensorBoard's protos and
+:mod:`tb_gradflow.stats`, so the TensorBoard plugin can use it without torch.
 """
 
 from __future__ import annotations
@@ -40,19 +42,15 @@ from typing import Any
 import numpy as np
 from tensorboard.compat.proto import summary_pb2
 
+from tb_gradflow import stats as stats_module
+
 PLUGIN_NAME = "gradflow"
 FORMAT_VERSION = 1  # bump when the layout of the tensor changes
 TAG_PREFIX = "gradflow"
 
 STATS = ("abs_mean", "abs_max", "norm", "nonfinite", "rows")
-"""Per-layer statistics, in the order written.
-
-``abs_mean``: mean of ``|g|`` over all elements (the bar of the classic
-gradient-flow plot). ``abs_max``: largest ``|g|``. ``norm``: L2 norm.
-``nonfinite``: number of NaN/Inf elements. ``rows``: fraction of rows (first
-dimension) that received a gradient; 1.0 for dense gradients, ``unique rows /
-rows`` for sparse ones.
-"""
+"""The built-in statistics (:mod:`tb_gradflow.stats` holds their definitions and
+any registered ones; a layout lists those its watcher wrote, by name)."""
 
 STEP_FIELDS = ("skipped", "loss_scale")
 
@@ -108,7 +106,7 @@ class Layout:
     """
 
     layers: tuple[str, ...]
-    stats: tuple[str, ...] = STATS
+    stats: tuple[str, ...] = dataclasses.field(default_factory=stats_module.names)
     step_fields: tuple[str, ...] = STEP_FIELDS
     every: int = 1
     name: str | None = None
@@ -203,9 +201,8 @@ def parse_plugin_metadata(content: bytes) -> Layout:
     problem = name_problem(layout.name)
     if problem is not None:
         raise _invalid(problem)
-    missing = [s for s in STATS if s not in layout.stats]
-    if missing and layout.version <= FORMAT_VERSION:  # a newer format may differ
-        raise _invalid(f"'stats' lacks {', '.join(map(repr, missing))}")
+    if not layout.stats:
+        raise _invalid("'stats' is empty")
     return layout
 
 

@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing import io_wrapper
 from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 
-from tb_gradflow import metadata
+from tb_gradflow import metadata, stats
 from tb_gradflow.records import Damage, read_records, record_spans
 from tb_gradflow.validity import invalid_records
 
@@ -55,7 +55,9 @@ class GradFlowRun:
         name: the watcher's name (None for an unnamed watcher).
         steps: ``(T,)`` int64, ascending; a step logged twice keeps its later record.
         layers: layer names, in model order.
-        stats: statistic names (``metadata.STATS``).
+        stats: statistic names: those the file holds, then the registered ones
+            it lacks (:mod:`tb_gradflow.stats`; NaN, listed in ``not_logged``).
+            A statistic this version does not know is carried through by name.
         every: the logging interval the watcher was created with.
         skipped: ``(T,)`` bool, steps the AMP grad scaler skipped.
         loss_scale: ``(T,)`` float, the scaler's scale (NaN without a scaler).
@@ -66,6 +68,8 @@ class GradFlowRun:
             logged at that step (a run resumed with another layer set): its
             values are NaN there, and it counts as neither "no gradient" nor
             healthy. All False for a run with one layer set.
+        not_logged: registered statistics the file lacks (written by a version
+            without them): NaN at every step.
         left_out: the records left out, with why: damaged ones (their
             checksum fails; reading goes on after them) and ones whose values
             no statistic can have (see :mod:`tb_gradflow.validity`).
@@ -82,6 +86,7 @@ class GradFlowRun:
     sparse: list[bool]
     _values: np.ndarray = dataclasses.field(repr=False)  # (T, K, L) float32
     types: list[str] = dataclasses.field(default_factory=list)
+    not_logged: list[str] = dataclasses.field(default_factory=list)
     absent: np.ndarray | None = dataclasses.field(default=None, repr=False)
     left_out: list[LeftOut] = dataclasses.field(default_factory=list)
 
@@ -453,6 +458,12 @@ def from_records(
     in_order = len(keep) == len(block) and bool((np.diff(keep) > 0).all())
     flat = block if in_order else block[keep]  # (T, K * L + F)
     values, fields = metadata.split_values(flat, layout)  # (T, K, L), (T, F)
+    names = list(layout.stats)
+    not_logged = [n for n in stats.names() if n not in names]
+    if not_logged:  # read by name: a statistic the file lacks is NaN
+        filler = np.full((len(values), len(not_logged), values.shape[2]), np.nan)
+        values = np.concatenate([values, filler.astype(np.float32)], axis=1)
+        names += not_logged
     field = {f: fields[:, i] for i, f in enumerate(layout.step_fields)}
     n_steps = len(keep)
     absent = (
@@ -465,13 +476,14 @@ def from_records(
         name=layout.name,
         steps=steps[keep],
         layers=list(layout.layers),
-        stats=list(layout.stats),
+        stats=names,
         every=layout.every,
         skipped=field.get("skipped", np.zeros(n_steps)) > 0,
         loss_scale=field.get("loss_scale", np.full(n_steps, np.nan)).astype(np.float64),
         sparse=list(layout.sparse),
         _values=values,
         types=list(layout.types) or [""] * len(layout.layers),
+        not_logged=not_logged,
         absent=absent,
         left_out=left_out,
     )

@@ -9,9 +9,12 @@ for, and names what is wrong.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
+
+from tb_gradflow import stats as stats_module
 
 __all__ = ["invalid_records"]
 
@@ -28,12 +31,13 @@ def invalid_records(
     """Why each record's statistics cannot be real, or None where they can.
 
     The checks, for each layer that has a gradient (``nonfinite`` not NaN):
-    ``abs_mean``, ``abs_max`` and ``norm`` are not negative; ``rows`` is in
-    [0, 1]; ``nonfinite`` is a whole number, not negative and (with ``numel``)
-    at most the layer's number of elements; and where the gradient is finite,
+    each registered statistic within its valid range (whole numbers where it
+    counts, at most the layer's number of elements for a count, with
+    ``numel``; see :mod:`tb_gradflow.stats`), and where the gradient is finite
     ``abs_mean <= abs_max <= norm <= sqrt(numel) * abs_max`` (the last with
-    ``numel``). A statistic a layout lacks is not checked. NaN, the value of a
-    layer without gradient, is always allowed.
+    ``numel``). A statistic a layout lacks, or one this version does not know,
+    is not checked. NaN, the value of a layer without gradient, is always
+    allowed.
 
     Args:
         values: ``(N, K, L)``, statistics of N records in ``stats`` order.
@@ -49,7 +53,7 @@ def invalid_records(
     reasons: list[str | None] = [None] * n
     at = {s: values[:, k, :] for k, s in enumerate(stats)}  # (N, L) views
     size = np.asarray(numel, dtype=np.float32) if len(numel) else None
-    checks = [(m, c) for m, c in _CHECKS if c.needs <= at.keys()]
+    checks = [(m, c) for m, c in _checks(stats) if c.needs <= at.keys()]
     checks = [(m, c) for m, c in checks if size is not None or not c.with_numel]
     if n == 0 or not checks:
         return reasons
@@ -90,29 +94,42 @@ def _finite(at: dict[str, np.ndarray]) -> np.ndarray:
     return True if nonfinite is None else nonfinite == 0
 
 
-_CHECKS = [
-    (f"{stat} is negative", _Check(lambda at, _, s=stat: at[s] < 0, {stat}))
-    for stat in ("abs_mean", "abs_max", "norm")
-] + [
-    (
-        "rows is outside [0, 1]",
-        _Check(lambda at, _: (at["rows"] < 0) | (at["rows"] > 1), {"rows"}),
-    ),
-    (
-        "nonfinite is not a whole number >= 0",
-        _Check(
-            lambda at, _: (
-                (at["nonfinite"] < 0)
-                | (np.floor(at["nonfinite"]) < at["nonfinite"])
-                | np.isinf(at["nonfinite"])
-            ),
-            {"nonfinite"},
-        ),
-    ),
-    (
-        "nonfinite is more than the layer's elements",
-        _Check(lambda at, size: at["nonfinite"] > size, {"nonfinite"}, True),
-    ),
+def _range_checks(statistic: stats_module.Statistic) -> list[tuple[str, _Check]]:
+    """The rules of one statistic's valid range (see :mod:`tb_gradflow.stats`)."""
+    name, low, high = statistic.name, statistic.low, statistic.high
+    out = []
+    if high is not None and math.isfinite(high):  # a bounded range: one rule
+        out.append(
+            (
+                f"{name} is outside [{low:g}, {high:g}]",
+                _Check(lambda at, _: (at[name] < low) | (at[name] > high), {name}),
+            )
+        )
+    else:
+        said = "negative" if low == 0 else f"below {low:g}"
+        out.append((f"{name} is {said}", _Check(lambda at, _: at[name] < low, {name})))
+    if statistic.integer:
+        out.append(
+            (
+                f"{name} is not a whole number",
+                _Check(
+                    lambda at, _: (np.floor(at[name]) < at[name]) | np.isinf(at[name]),
+                    {name},
+                ),
+            )
+        )
+    if high is None:  # at most the layer's number of elements
+        out.append(
+            (
+                f"{name} is more than the layer's elements",
+                _Check(lambda at, size: at[name] > size, {name}, True),
+            )
+        )
+    return out
+
+
+# How the built-in statistics relate where the gradient is finite.
+_RELATIONS = [
     (
         "abs_mean is above abs_max",
         _Check(
@@ -138,3 +155,15 @@ _CHECKS = [
         ),
     ),
 ]
+
+
+def _checks(names: Sequence[str]) -> list[tuple[str, _Check]]:
+    """The range rules of the registered statistics among ``names``, then the
+    relations between them (a statistic this version does not know is not
+    checked)."""
+    out = []
+    for name in names:
+        statistic = stats_module.get(name)
+        if statistic is not None:
+            out += _range_checks(statistic)
+    return out + _RELATIONS

@@ -10,6 +10,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
 from tb_gradflow import cli, metadata, summary
+from tb_gradflow import stats as tb_stats
 from tb_gradflow.demo import DemoConfig, run_demo
 
 
@@ -27,7 +28,8 @@ def stats(mean, nonfinite=(0, 0, 0)):
     mean = np.asarray(mean, dtype=float)
     nonfinite = np.asarray(nonfinite, dtype=float)
     rows = np.where(np.isnan(nonfinite), np.nan, 1.0)
-    return np.stack([mean, mean * 3, mean * 10, nonfinite, rows])
+    values = {"abs_mean": mean, "abs_max": mean * 3, "norm": mean * 10}
+    return tb_stats.record({**values, "nonfinite": nonfinite, "rows": rows}, len(mean))
 
 
 def test_report_marks_no_gradient_zero_nonfinite_and_blocked(tmp_path, capsys):

@@ -323,13 +323,14 @@ def test_loaded_values_equal_logged_values(tmp_path):
     ):
         for _ in range(3):
             train_steps(model, opt, 1)
-            logged.append(flow.last.stats.astype(np.float32))
+            logged.append(flow.last)
     run = tb_gradflow.load_run(tmp_path)
     assert run.steps.tolist() == [0, 1, 2]
     assert run.layers == flow.layers
-    for stat_index, stat in enumerate(run.stats):
+    for stat in run.stats:  # by name
         np.testing.assert_array_equal(
-            run.values(stat), np.stack([s[stat_index] for s in logged])
+            run.values(stat),
+            np.stack([s.stat(stat).astype(np.float32) for s in logged]),
         )
 
 

@@ -9,6 +9,7 @@ import pytest
 
 import tb_gradflow
 from tb_gradflow import metadata
+from tb_gradflow import stats as tb_stats
 from tb_gradflow.reader import from_records
 
 matplotlib = pytest.importorskip("matplotlib")  # the optional `plot` extra
@@ -38,7 +39,21 @@ def make_run(mean, *, peak=None, nonfinite=None, skipped=None):
     if nonfinite is None:
         nonfinite = np.where(np.isnan(mean), NAN, 0.0)
     rows = np.where(np.isnan(mean), NAN, 1.0)
-    stats = np.stack([mean, peak, 2 * peak, nonfinite, rows], axis=1)  # (T, K, L)
+    stats = np.stack(
+        [
+            tb_stats.record(
+                {
+                    "abs_mean": mean[i],
+                    "abs_max": peak[i],
+                    "norm": 2 * peak[i],
+                    "nonfinite": nonfinite[i],
+                    "rows": rows[i],
+                },
+                n,
+            )
+            for i in range(t)
+        ]
+    )  # (T, K, L)
     fields = np.stack([np.zeros(t) if skipped is None else skipped, np.full(t, NAN)])
     flat = np.concatenate([stats.reshape(t, -1), fields.T], axis=1)  # (T, K*L + F)
     layers = tuple(chr(ord("a") + j) for j in range(n))

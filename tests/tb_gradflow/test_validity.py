@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from tb_gradflow import metadata
 from tb_gradflow.collect import layer_stats
+from tb_gradflow.stats import names, record
 from tb_gradflow.validity import invalid_records
 
-STATS = metadata.STATS
+STATS = names()
 LAYERS = ("a", "b")
 
 
@@ -53,9 +53,8 @@ def test_statistics_of_real_gradients_pass():
 
 def one(**values):
     """One record of two layers: a valid one, with ``values`` set on layer b."""
-    stats = np.array([[0.5, 0.5], [1.0, 1.0], [2.0, 2.0], [0.0, 0.0], [1.0, 1.0]])
-    for name, value in values.items():
-        stats[STATS.index(name), 1] = value
+    base = {"abs_mean": 0.5, "abs_max": 1.0, "norm": 2.0, "nonfinite": 0.0, "rows": 1.0}
+    stats = record({s: [v, values.get(s, v)] for s, v in base.items()}, 2)
     return stats[None].astype(np.float32)  # (1, K, L)
 
 
@@ -68,7 +67,7 @@ def one(**values):
         ({"rows": 1.5}, r"rows is outside \[0, 1\]"),
         ({"rows": -0.1}, r"rows is outside \[0, 1\]"),
         ({"nonfinite": 0.5}, "nonfinite is not a whole number"),
-        ({"nonfinite": -1.0}, "nonfinite is not a whole number"),
+        ({"nonfinite": -1.0}, "nonfinite is negative"),
         ({"nonfinite": 17.0}, "nonfinite is more than the layer's elements"),
         ({"abs_mean": 1.5}, "abs_mean is above abs_max"),
         ({"norm": 0.9}, "norm is below abs_max"),
