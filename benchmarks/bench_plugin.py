@@ -16,11 +16,12 @@ and the heatmap's payload sizes and the event-file bytes per layer, statistic
 and step. Issue 3's targets (2-core machine): warm flow <= 50 ms, warm heatmap
 <= 300 ms, cold <= 1.5 s, <= 5 bytes per layer, statistic and step.
 
-With ``--triage-runs N``, instead: N such runs (``--steps`` each), and the
-``triage`` route (which run the tab opens on) against reading them: ``triage``
-on a fresh plugin (sampled reads), ``runs`` on a fresh plugin (which reads
-every run in full), ``triage`` after that (from the plugin's cache), and
-``flow`` of one run on a fresh plugin (one full read).
+With ``--triage-runs N``, instead: N such runs (``--steps`` each), and what the
+tab asks first: ``runs`` on a fresh plugin (TensorBoard's listing alone; before
+it read every run in full), ``triage`` on a fresh plugin (sampled reads),
+``flow`` of one run on a fresh plugin (one full read), and, once every run has
+been read (``steps`` of each), ``runs`` and ``triage`` again (from the plugin's
+cache).
 
 Usage:
     python benchmarks/bench_plugin.py                 # both providers (~2-4 min)
@@ -252,28 +253,37 @@ def bench_triage(backend, runs: list[Run], repeats: int) -> None:
         print(f"  ingestion: {waited:.1f} s")
     base = "/data/plugin/gradflow/"
     cases = {
-        "triage, fresh plugin": [],
         "runs, fresh plugin": [],
-        "triage after runs": [],
+        "triage, fresh plugin": [],
         "flow of one run, fresh plugin": [],
+        "runs, every run read": [],
+        "triage, every run read": [],
     }
     order = None
     for _ in range(repeats):
+        client = make_client(backend.provider)
+        elapsed, response = timed(lambda c=client: c.get(base + "runs"))
+        cases["runs, fresh plugin"].append(elapsed)
+        listed = [r["run"] for r in response.json["runs"]]
+        assert listed == list(names), listed
         client = make_client(backend.provider)
         elapsed, response = timed(lambda c=client: c.get(base + "triage"))
         cases["triage, fresh plugin"].append(elapsed)
         order = [r["run"] for r in response.json["runs"]]
         client = make_client(backend.provider)
-        cases["runs, fresh plugin"].append(
-            timed(lambda c=client: c.get(base + "runs"))[0]
-        )
-        after = timed(lambda c=client: c.get(base + "triage"))[0]
-        cases["triage after runs"].append(after)
-        client = make_client(backend.provider)
         flow = timed(
             lambda c=client: c.get(base + "flow", query_string={"run": names[-1]})
         )
         cases["flow of one run, fresh plugin"].append(flow[0])
+        for name in names:  # as if the tab had shown each run
+            timed(
+                lambda c=client, n=name: c.get(base + "steps", query_string={"run": n})
+            )
+        elapsed, response = timed(lambda c=client: c.get(base + "runs"))
+        cases["runs, every run read"].append(elapsed)
+        assert all(r["steps"] == runs[0].steps for r in response.json["runs"])
+        after = timed(lambda c=client: c.get(base + "triage"))[0]
+        cases["triage, every run read"].append(after)
     print(f"  | request | s (median of {repeats}) [min, max] |")
     print("  |---|---:|")
     for name, times in cases.items():

@@ -3,18 +3,20 @@
 // `/experiment/<id>/` keep working), JSON and binary answers, a per-URL cache,
 // and errors as one line of text for the tab's status line. No DOM here.
 
-import { decodeHeatmap, reviveAlert, reviveFlow, runKey, toNumber, toNumbers } from "./model.js";
+import { decodeHeatmap, reviveAlert, reviveFlow, reviveSteps, runKey, toNumber } from "./model.js";
 
 /** An HTTP error with the server's one-line message. */
 export class HttpError extends Error {
   /**
    * @param {number} status
-   * @param {string} message
+   * @param {string} message the URL, the status and the server's text
+   * @param {string} [detail] the server's text alone
    */
-  constructor(status, message) {
+  constructor(status, message, detail = "") {
     super(message);
     this.name = "HttpError";
     this.status = status;
+    this.detail = detail;
   }
 }
 
@@ -62,7 +64,7 @@ export class Client {
       } catch {
         // keep the status line alone
       }
-      throw new HttpError(res.status, `${url}: ${res.status} ${text}`.trim());
+      throw new HttpError(res.status, `${url}: ${res.status} ${text}`.trim(), text);
     }
     return kind === "json" ? res.json() : res.arrayBuffer();
   }
@@ -114,11 +116,9 @@ export class Client {
       tag: String(r.tag),
       name: r.name === null || r.name === undefined ? null : String(r.name),
       layers: toNumber(r.layers),
-      steps: toNumber(r.steps),
-      first_step: toNumber(r.first_step),
       last_step: toNumber(r.last_step),
       every: toNumber(r.every),
-      expected_steps: toNumber(r.expected_steps),
+      last_wall_time: toNumber(r.last_wall_time),
     }));
   }
 
@@ -137,13 +137,14 @@ export class Client {
   }
 
   /**
-   * The kept steps of a run, ascending.
+   * The kept steps of a run, ascending, how many were logged, and the records
+   * left out.
    * @param {{run: string, tag: string}} r
-   * @returns {Promise<number[]>}
+   * @returns {Promise<StepsInfo>}
    */
   steps(r) {
     const url = Client.url("steps", { run: r.run, tag: r.tag });
-    return this._cached(url, runKey(r), async () => toNumbers((await this._get(url, "json")).steps));
+    return this._cached(url, runKey(r), async () => reviveSteps(await this._get(url, "json")));
   }
 
   /**
@@ -181,11 +182,21 @@ export class Client {
 }
 
 /**
- * The text the tab shows for a failed request: the server's message for an
- * HTTP error, else the error as a string.
+ * The text the tab shows for a failed request: the URL, status and server's
+ * message for an HTTP error, else the error as a string.
  * @param {unknown} err
  * @returns {string}
  */
 export function errorText(err) {
   return err instanceof HttpError ? err.message : String(err);
+}
+
+/**
+ * Why a run cannot be shown: the server's own message for an HTTP error (its
+ * 404 says why), else {@link errorText}.
+ * @param {unknown} err
+ * @returns {string}
+ */
+export function reasonText(err) {
+  return err instanceof HttpError && err.detail ? err.detail : errorText(err);
 }

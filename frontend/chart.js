@@ -7,7 +7,7 @@ import {
   countTicks, decadeDomain, finiteMax, formatPow10, formatValue, logTicks, logUnit, niceLinear,
   positiveExtent, ramp, scaleLinear, scaleLog, ticks,
 } from "./scale.js";
-import { matchLayers } from "./model.js";
+import { layerLabel, matchLayers } from "./model.js";
 
 /** Font of every chart text (CSS px). */
 export const FONT = "12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
@@ -22,7 +22,9 @@ export const LINE = 16;
  *   series: string[], back: string[], blockedBand: string, blocked: string,
  *   noGrad: string, nonfinite: string, zero: string, selected: string,
  *   heatNaN: [number, number, number], heatInf: [number, number, number],
- *   heatZero: [number, number, number]}} Palette
+ *   heatZero: [number, number, number], heatAbsent: [number, number, number]}} Palette
+ * `heatAbsent`: the hatching of heatmap cells of a layer not in the step's
+ * layer set (drawn over the background: nothing was logged there).
  */
 
 /** @type {{light: Palette, dark: Palette}} */
@@ -32,14 +34,14 @@ export const PALETTES = {
     series: ["#1a73e8", "#e8710a"], back: ["rgba(26,115,232,0.22)", "rgba(232,113,10,0.22)"],
     blockedBand: "rgba(217,48,37,0.10)", blocked: "#c5221f", noGrad: "#80868b",
     nonfinite: "#a142f4", zero: "#188038", selected: "#202124",
-    heatNaN: [218, 220, 224], heatInf: [255, 0, 160], heatZero: [0, 0, 0],
+    heatNaN: [218, 220, 224], heatInf: [255, 0, 160], heatZero: [0, 0, 0], heatAbsent: [154, 160, 166],
   },
   dark: {
     bg: "#1f1f1f", fg: "#e8eaed", muted: "#9aa0a6", grid: "#3c4043", axis: "#bdc1c6",
     series: ["#8ab4f8", "#fcad70"], back: ["rgba(138,180,248,0.28)", "rgba(252,173,112,0.28)"],
     blockedBand: "rgba(242,139,130,0.16)", blocked: "#f28b82", noGrad: "#9aa0a6",
     nonfinite: "#d7aefb", zero: "#81c995", selected: "#ffffff",
-    heatNaN: [72, 74, 78], heatInf: [255, 64, 190], heatZero: [0, 0, 0],
+    heatNaN: [72, 74, 78], heatInf: [255, 64, 190], heatZero: [0, 0, 0], heatAbsent: [128, 134, 139],
   },
 };
 
@@ -81,14 +83,16 @@ export function barStatus(value, flags = {}) {
 
 /**
  * What the bar plot shows for one or two runs at one step: layers matched by
- * name, each run's statistic (plus `abs_max` behind `abs_mean`), bar statuses
- * and blocked flags (from the flow's alerts, whose streaks contain the step).
- * On a count axis a count is a bar like any value (not the hatched non-finite
- * column: the count is what is shown).
+ * name (`layers`, the keys) and shown with their module types (`labels`: the
+ * first run's type, else the second's; both when they differ), each run's
+ * statistic (plus `abs_max` behind `abs_mean`), bar statuses and blocked
+ * flags (from the flow's alerts, which hold at the step). On a count axis a
+ * count is a bar like any value (not the hatched non-finite column: the count
+ * is what is shown).
  * @param {import("./model.js").Flow[]} flows one or two
  * @param {string} stat
  * @param {{log: boolean, selectedLayer?: (string|null)}} opts
- * @returns {{layers: string[], series: BarSeries[], log: boolean,
+ * @returns {{layers: string[], labels: string[], series: BarSeries[], log: boolean,
  *   axis: ("log"|"linear"|"count"), selected: number,
  *   title: {text: string, series: number}[]}}
  */
@@ -114,7 +118,14 @@ export function barData(flows, stat, opts) {
         nonfinite: j < 0 || axis === "count" ? 0 : nonfinite[j],
       })),
       blocked: idx.map((j) => j >= 0 && blocked.has(flow.layers[j])),
+      absent: idx.map((j) => j >= 0 && flow.absent[j]),
     };
+  });
+  const typeIn = (flow, j) => (flow && j >= 0 && flow.types ? flow.types[j] || "" : "");
+  const labels = match.names.map((name, i) => {
+    const ta = typeIn(first, match.a[i]);
+    const tb = second ? typeIn(second, match.b[i]) : "";
+    return layerLabel(name, ta && tb && ta !== tb ? `${ta} / ${tb}` : ta || tb);
   });
   const title = [];
   flows.forEach((flow, si) => {
@@ -124,7 +135,7 @@ export function barData(flows, stat, opts) {
   const note = { log: " (log scale)", linear: "", count: " (count)" }[axis];
   title.push({ text: `  \u00b7  ${stat}${note}`, series: -1 });
   const selected = opts.selectedLayer == null ? -1 : match.names.indexOf(opts.selectedLayer);
-  return { layers: match.names, series, log: axis === "log", axis, selected, title };
+  return { layers: match.names, labels, series, log: axis === "log", axis, selected, title };
 }
 
 /**
@@ -150,9 +161,10 @@ export function rotatedTextBox(w, h, angle) {
 }
 
 /**
- * One series of bars: a run's statistic for every (matched) layer.
+ * One series of bars: a run's statistic for every (matched) layer. `absent`:
+ * the run has the layer, but not in the layer set of this step.
  * @typedef {{label: string, values: number[], back: (number[]|null),
- *   status: string[], blocked: boolean[]}} BarSeries
+ *   status: string[], blocked: boolean[], absent?: boolean[]}} BarSeries
  */
 
 /**
@@ -168,9 +180,10 @@ export function rotatedTextBox(w, h, angle) {
  * chosen statistic fills the plot (an `abs_max` bar above it is cut at the top
  * and marked `clipped`); on a count axis, 0 to the largest count, whole numbers.
  *
- * @param {{layers: string[], series: BarSeries[], log: boolean,
+ * @param {{layers: string[], labels?: string[], series: BarSeries[], log: boolean,
  *   axis?: ("log"|"linear"|"count"), title?: {text: string, series: number}[],
- *   selected?: number}} data (without `axis`: `log` or `linear` from `log`)
+ *   selected?: number}} data (without `axis`: `log` or `linear` from `log`);
+ *   `labels`: the names drawn (default: `layers`)
  * @param {{width: number, plotHeight?: number, measure: (text: string, bold?: boolean) => number}} opts
  * @returns {object} the layout (see the fields set below)
  */
@@ -210,7 +223,8 @@ export function barLayout(data, opts) {
   const axisW = Math.ceil(Math.max(0, ...yTicks.map((t) => measure(t.text)))) + 14;
 
   // label geometry: choose the angle, then the left margin that keeps names inside
-  const widths = data.layers.map((name, i) => measure(name, anyBlocked(data.series, i)));
+  const texts = data.labels || data.layers;
+  const widths = texts.map((text, i) => measure(text, anyBlocked(data.series, i)));
   const bandFor = (left) => Math.max(0.5, (width - left - right) / Math.max(1, n));
   const needLeft = (left, angle, every) => {
     const band = bandFor(left);
@@ -247,7 +261,7 @@ export function barLayout(data, opts) {
     const shown = i % every === 0;
     if (shown) bottom = Math.max(bottom, ay + box.y1);
     labels.push({
-      index: i, text: data.layers[i], x: cx, y: ay, angle, shown,
+      index: i, text: texts[i], x: cx, y: ay, angle, shown,
       blocked: anyBlocked(data.series, i),
       box: { x0: cx + box.x0, y0: ay + box.y0, x1: cx + box.x1, y1: ay + box.y1 },
     });
@@ -322,30 +336,36 @@ export function barIndexAt(layout, x, y) {
 }
 
 /**
- * The tooltip lines of one layer of the bar plot: its name, then each run's
- * value (or what is special about it).
- * @param {{layers: string[], series: BarSeries[]}} layout
+ * The tooltip lines of one layer of the bar plot: its name and module type (as
+ * drawn under the axis), then each run's value (or what is special about it).
+ * @param {{layers: string[], labels: {text: string}[], series: BarSeries[]}} layout
  * @param {number} i layer index
  * @param {string} stat
  * @returns {string[]}
  */
 export function barTooltip(layout, i, stat) {
-  const lines = [layout.layers[i]];
+  const lines = [layout.labels[i].text];
   for (const s of layout.series) {
     const status = s.status[i];
-    const what = status === "ok" || status === "zero" ? formatValue(s.values[i]) : STATUS_TEXT[status];
+    let what = status === "ok" || status === "zero" ? formatValue(s.values[i]) : STATUS_TEXT[status];
+    if (status === "missing" && s.absent && s.absent[i]) what += ` (${ABSENT_TEXT})`;
     const back = s.back && status === "ok" ? ` (abs_max ${formatValue(s.back[i])})` : "";
     lines.push(`${s.label}: ${stat} ${what}${back}${s.blocked[i] ? " \u2014 blocked" : ""}`);
   }
   return lines;
 }
 
+/** How the tab says what a bar or heatmap cell that is not a value is. */
 const STATUS_TEXT = { no_grad: "no gradient", nonfinite: "non-finite", missing: "no such layer" };
+/** Why a layer the run has is missing at a step. */
+const ABSENT_TEXT = "not in this step's layer set";
 
 /**
- * The tooltip lines of one heatmap cell: layer, run and step (or the bin's
- * step range), value.
- * @param {{run: string, stat: string, layers: string[], steps: number[],
+ * The tooltip lines of one heatmap cell: layer (with its module type), run and
+ * step (or the bin's step range), value, said as the bar plot says it: "no
+ * gradient" (NaN), "non-finite" (+Infinity), "no such layer" (-Infinity: not
+ * in the step's layer set).
+ * @param {{run: string, stat: string, layers: string[], types?: string[], steps: number[],
  *   first_steps: number[], last_steps: number[], values: Float32Array}} heat
  * @param {{row: number, col: number}} cell
  * @returns {string[]}
@@ -355,8 +375,13 @@ export function heatTooltip(heat, cell) {
   const a = heat.first_steps[cell.col];
   const z = heat.last_steps[cell.col];
   const stepText = a === z ? `step ${a}` : `steps ${a}\u2013${z} (largest in the bin)`;
-  const valueText = Number.isNaN(v) ? "no gradient" : v === Infinity || v === -Infinity ? "non-finite" : formatValue(v);
-  return [heat.layers[cell.row], `${heat.run}, ${stepText}`, `${heat.stat} ${valueText}`];
+  let valueText;
+  if (Number.isNaN(v)) valueText = STATUS_TEXT.no_grad;
+  else if (v === Infinity) valueText = STATUS_TEXT.nonfinite;
+  else if (v === -Infinity) valueText = `${STATUS_TEXT.missing} (${a === z ? ABSENT_TEXT : "not in these steps' layer sets"})`;
+  else valueText = formatValue(v);
+  const name = heat.layers[cell.row];
+  return [layerLabel(name, heat.types ? heat.types[cell.row] : ""), `${heat.run}, ${stepText}`, `${heat.stat} ${valueText}`];
 }
 
 /**
@@ -380,10 +405,11 @@ export function ellipsize(text, maxW, measure) {
 
 /**
  * The layout of one heatmap (rows = layers, columns = kept steps or bins). Pure.
- * Row names longer than a third of the width are ellipsized (the bar plot and
- * the tooltip show them whole); the colour legend moves under the title when
- * both do not fit on one line.
- * @param {{layers: string[], steps: number[], title?: string,
+ * Row names (`labels`: names with module types; default `layers`) longer than
+ * a third of the width are ellipsized (the bar plot and the tooltip show them
+ * whole); the colour legend moves under the title when both do not fit on one
+ * line.
+ * @param {{layers: string[], labels?: string[], steps: number[], title?: string,
  *   domain?: ([number, number]|null)}} data
  * @param {{width: number, measure: (text: string, bold?: boolean) => number}} opts
  * @returns {object} the layout: plot rect, cell size, row labels, column ticks, legend
@@ -395,7 +421,7 @@ export function heatmapLayout(data, opts) {
   const measure = opts.measure;
   const maxLabelW = Math.max(40, Math.floor(width * 0.35));
   // measured bold: blocked layers' names are drawn bold
-  const texts = data.layers.map((name) => ellipsize(name, maxLabelW, (t) => measure(t, true)));
+  const texts = (data.labels || data.layers).map((name) => ellipsize(name, maxLabelW, (t) => measure(t, true)));
   const labelW = Math.ceil(Math.max(0, ...texts.map((t) => measure(t, true))));
   const right = 14;
   const x = labelW + 10;
@@ -433,8 +459,9 @@ export function heatmapLayout(data, opts) {
  */
 function legendItems(domain) {
   const items = [
-    { kind: "heatInf", text: "non-finite" },
-    { kind: "heatNaN", text: "no gradient" },
+    { kind: "heatInf", text: STATUS_TEXT.nonfinite },
+    { kind: "heatAbsent", text: STATUS_TEXT.missing },
+    { kind: "heatNaN", text: STATUS_TEXT.no_grad },
     { kind: "heatZero", text: "zero" },
   ];
   if (domain) items.push({ kind: "ramp", text: `${formatValue(domain[0])}  ${formatValue(domain[1])}` });
@@ -485,7 +512,9 @@ export function columnOfStep(heat, step) {
 
 /**
  * The colour of one heatmap cell: the log ramp over [lo, hi], with distinct
- * colours for no gradient (NaN), non-finite (Infinity) and exactly zero.
+ * colours for no gradient (NaN), non-finite (+Infinity), no such layer
+ * (-Infinity; {@link heatPixels} leaves those cells transparent over the
+ * hatching) and exactly zero.
  * @param {number} v
  * @param {[number, number] | null} domain positive [lo, hi]
  * @param {Palette} palette
@@ -493,7 +522,8 @@ export function columnOfStep(heat, step) {
  */
 export function heatColor(v, domain, palette) {
   if (Number.isNaN(v)) return palette.heatNaN;
-  if (v === Infinity || v === -Infinity) return palette.heatInf;
+  if (v === -Infinity) return palette.heatAbsent;
+  if (v === Infinity) return palette.heatInf;
   if (v <= 0 || !domain) return palette.heatZero;
   return ramp(logUnit(v, domain[0], domain[1]));
 }
@@ -801,6 +831,16 @@ function drawSwatch(ctx, it, palette) {
       ctx.lineWidth = 1;
       ctx.strokeRect(x + 0.5, y + 0.5, s - 1, s - 1);
       break;
+    case "missing": // a short dash at the floor, as the bar plot draws it
+      ctx.strokeStyle = it.color;
+      ctx.lineWidth = 1;
+      ctx.setLineDash([2, 2]);
+      ctx.beginPath();
+      ctx.moveTo(x, y + s - 3);
+      ctx.lineTo(x + s, y + s - 3);
+      ctx.stroke();
+      ctx.setLineDash([]);
+      break;
     case "blocked":
       ctx.fillStyle = palette.blockedBand;
       ctx.fillRect(x, y, s, s);
@@ -838,6 +878,7 @@ export function drawHeatmap(ctx, layout, data, palette) {
   drawLegend(ctx, layout, data.domain, palette);
 
   if (data.image && layout.rows && layout.cols) {
+    hatch(ctx, plot.x, plot.y, plot.w, plot.h, palette); // shows where a layer is absent
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(data.image, plot.x, plot.y, plot.w, plot.h);
   }
@@ -881,8 +922,11 @@ function drawLegend(ctx, layout, domain, palette) {
     ctx.fillStyle = palette.muted;
     ctx.fillText(it.text, x, y);
     x -= 14;
-    ctx.fillStyle = `rgb(${rgb.join(",")})`;
-    ctx.fillRect(x, y - 5, 10, 10);
+    if (it.kind === "heatAbsent") hatch(ctx, x, y - 5, 10, 10, palette);
+    else {
+      ctx.fillStyle = `rgb(${rgb.join(",")})`;
+      ctx.fillRect(x, y - 5, 10, 10);
+    }
     ctx.strokeStyle = palette.grid;
     ctx.strokeRect(x + 0.5, y - 4.5, 9, 9);
     x -= 14;
@@ -905,10 +949,39 @@ function drawLegend(ctx, layout, domain, palette) {
 }
 
 /**
+ * Fills a rectangle with the background and thin diagonal lines in
+ * `palette.heatAbsent`: the heatmap's mark for "no such layer".
+ * @param {CanvasRenderingContext2D} ctx
+ * @param {number} x
+ * @param {number} y
+ * @param {number} w
+ * @param {number} h
+ * @param {Palette} palette
+ */
+function hatch(ctx, x, y, w, h, palette) {
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(x, y, w, h);
+  ctx.clip();
+  ctx.fillStyle = palette.bg;
+  ctx.fillRect(x, y, w, h);
+  ctx.strokeStyle = `rgb(${palette.heatAbsent.join(",")})`;
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  for (let k = -h; k < w; k += 4) {
+    ctx.moveTo(x + k, y + h);
+    ctx.lineTo(x + k + h, y);
+  }
+  ctx.stroke();
+  ctx.restore();
+}
+
+/**
  * Narrows a `[row][col]` matrix to `outCols` columns by the server's rule, so
  * that drawing it into fewer pixels than columns keeps spikes: a pixel column's
- * value is the largest finite value of its columns, +Infinity if any is
- * infinite, NaN if all are NaN (no gradient).
+ * value is +Infinity if any of its columns is (non-finite), else the largest
+ * finite value, else NaN if any is NaN (no gradient), else -Infinity (no such
+ * layer in any of them).
  * @param {Float32Array} values `[row][col]`
  * @param {number} rows
  * @param {number} cols
@@ -926,22 +999,26 @@ export function poolColumns(values, rows, cols, outCols) {
       let best = -Infinity;
       let inf = false;
       let any = false;
+      let noGrad = false;
       for (let c = c0; c < c1; c++) {
         const v = values[r * cols + c];
-        if (v === Infinity || v === -Infinity) inf = true;
-        else if (!Number.isNaN(v)) {
+        if (v === Infinity) inf = true;
+        else if (Number.isNaN(v)) noGrad = true;
+        else if (v !== -Infinity) {
           any = true;
           if (v > best) best = v;
         }
       }
-      out[r * outCols + o] = inf ? Infinity : any ? best : NaN;
+      out[r * outCols + o] = inf ? Infinity : any ? best : noGrad ? NaN : -Infinity;
     }
   }
   return { values: out, cols: outCols };
 }
 
 /**
- * RGBA pixels of a heatmap, one per cell (`cols` wide, `rows` high).
+ * RGBA pixels of a heatmap, one per cell (`cols` wide, `rows` high); cells of
+ * a layer not in the step's layer set (-Infinity) are transparent, so the
+ * hatching {@link drawHeatmap} puts under the image shows there.
  * @param {Float32Array} values `[row][col]`
  * @param {number} rows
  * @param {number} cols
@@ -960,7 +1037,7 @@ export function heatPixels(values, rows, cols, domain, palette) {
     out[4 * i] = rgb[0];
     out[4 * i + 1] = rgb[1];
     out[4 * i + 2] = rgb[2];
-    out[4 * i + 3] = 255;
+    out[4 * i + 3] = v === -Infinity ? 0 : 255;
   }
   return out;
 }

@@ -1,11 +1,24 @@
 // Fetches what the state asks for and hands the answers back as actions: the
 // `runs` listing (polled; with the `triage` ranking while no run is shown), the
-// shown runs' steps and alerts, their heatmaps and the shown step. Only the answer to the latest request of each kind is used;
-// a failure comes back as an action carrying the text the tab shows. Which
-// requests a transition needs is decided in state.js; no DOM here.
+// shown runs' steps and alerts, their heatmaps and the shown step. Only the
+// answer to the latest request of each kind is used; a failure comes back as an
+// action carrying the text the tab shows (a shown run whose routes answer 404
+// cannot be shown: `runFailed`, `compareFailed`). Which requests a transition
+// needs is decided in state.js; no DOM here.
 
-import { errorText } from "./api.js";
+import { HttpError, errorText, reasonText } from "./api.js";
+import { runKey } from "./model.js";
 import { currentStep, needsRanking, nextStep, shownRuns } from "./state.js";
+
+/**
+ * Whether a failed request says the run cannot be shown (404: unknown, or
+ * data the plugin cannot read), rather than that the server is unreachable.
+ * @param {unknown} err
+ * @returns {boolean}
+ */
+function isMissing(err) {
+  return err instanceof HttpError && err.status === 404;
+}
 
 /** Step columns asked of the `heatmap` route (its `max_steps`). */
 export const HEAT_COLUMNS = 1000;
@@ -60,25 +73,39 @@ export function createLoader(client, getState, dispatch) {
   const failed = (err) => dispatch({ type: "failed", message: errorText(err) });
 
   const loads = {
-    /** The steps of the selected run and the alerts of both shown runs. */
+    /**
+     * The steps and alerts of both shown runs. A run whose routes answer 404
+     * cannot be shown: the selected one is shown as such, with the server's
+     * reason; a compared one is dropped, with the reason in the status line.
+     */
     async runs() {
       const t = guard.next("runs");
       const { a, b } = getState();
-      try {
-        const [steps, alertsA, alertsB] = await Promise.all([
-          client.steps(a), client.alerts(a), b ? client.alerts(b) : Promise.resolve([]),
-        ]);
-        if (!guard.isCurrent("runs", t)) return;
-        await dispatch({ type: "stepsLoaded", steps, alerts: [alertsA, alertsB] });
-      } catch (err) {
-        if (guard.isCurrent("runs", t)) failed(err);
+      const both = (r) => Promise.all([client.steps(r), client.alerts(r)]);
+      const [ra, rb] = await Promise.allSettled([both(a), b ? both(b) : Promise.resolve(null)]);
+      if (!guard.isCurrent("runs", t)) return;
+      if (ra.status === "rejected") {
+        if (isMissing(ra.reason)) await dispatch({ type: "runFailed", key: runKey(a), message: reasonText(ra.reason) });
+        else failed(ra.reason);
+        return;
       }
+      if (rb.status === "rejected") {
+        if (!isMissing(rb.reason)) {
+          failed(rb.reason);
+          return;
+        }
+        await dispatch({ type: "compareFailed", key: runKey(b), message: errorText(rb.reason) });
+      }
+      const [stepsA, alertsA] = ra.value;
+      const [stepsB, alertsB] = rb.status === "fulfilled" && rb.value ? rb.value : [null, []];
+      await dispatch({ type: "stepsLoaded", steps: stepsA.steps, alerts: [alertsA, alertsB], kept: [stepsA, stepsB] });
     },
 
     /** The heatmaps of the shown runs for the chosen statistic. */
     async heat() {
       const t = guard.next("heat");
       const state = getState();
+      if (!state.steps.length) return; // nothing shown (a run that cannot be)
       try {
         const heats = await Promise.all(shownRuns(state).map((r) => client.heatmap(r, state.stat, HEAT_COLUMNS)));
         if (guard.isCurrent("heat", t)) dispatch({ type: "heatsLoaded", heats });
@@ -119,8 +146,7 @@ export function createLoader(client, getState, dispatch) {
         failed(err);
         return;
       }
-      // Asked after `runs`, which has read the runs it lists: triage then
-      // judges them from the plugin's cache. Any failure: the first run.
+      // Any failure of the ranking: the first run is shown.
       const ranking = needsRanking(getState(), runs)
         ? await Promise.resolve().then(() => client.triage()).catch(() => null)
         : undefined;

@@ -4,32 +4,51 @@
 // fetching here (api.js fetches): `node --test` imports this module.
 
 /**
- * One watcher of one run, as listed by the `runs` route.
+ * One watcher of one run, as listed by the `runs` route (from TensorBoard's
+ * listing alone: how many steps were kept is in {@link StepsInfo}).
  * @typedef {{run: string, tag: string, name: (string|null), layers: number,
- *   steps: number, first_step: number, last_step: number, every: number,
- *   expected_steps: number}} RunInfo
+ *   last_step: number, every: number, last_wall_time: number}} RunInfo
  */
 
 /**
- * A finding of the diagnosis rule.
+ * A record left out of a run: its step (null when TensorBoard stopped reading
+ * a file and the steps are not known one by one) and why.
+ * @typedef {{step: (number|null), reason: string}} LeftOut
+ */
+
+/**
+ * The `steps` answer: the kept steps of a run (what the slider walks), how many
+ * steps the watcher logged, and the records left out.
+ * @typedef {{run: string, tag: string, steps: number[], first_step: number,
+ *   last_step: number, every: number, expected_steps: number,
+ *   left_out: LeftOut[]}} StepsInfo
+ */
+
+/**
+ * A finding of the diagnosis rule. `ongoing`: the streak had not ended when
+ * the data ended, so it holds at every later step too.
  * @typedef {{kind: string, layer: (string|null), first_step: number,
- *   last_step: number, steps: number, message: string}} Alert
+ *   last_step: number, steps: number, message: string, ongoing: boolean}} Alert
  */
 
 /**
  * One logged step (`flow` route), with every statistic as an array of numbers.
+ * `types`: each layer's module class ("" when unknown).
  * @typedef {{run: string, tag: string, step: number, layers: string[],
- *   sparse: boolean[], stats: Object<string, number[]>, no_grad: boolean[],
- *   absent: boolean[], skipped: boolean, loss_scale: number, alerts: Alert[]}} Flow
+ *   types: string[], sparse: boolean[], stats: Object<string, number[]>,
+ *   no_grad: boolean[], absent: boolean[], skipped: boolean, loss_scale: number,
+ *   alerts: Alert[], left_out: LeftOut[]}} Flow
  *   (`absent`: the layer is not in the layer set of that step's session)
  */
 
 /**
  * The layers-by-steps matrix of one statistic (`heatmap` route, binary form).
  * @typedef {{run: string, tag: string, stat: string, layers: string[],
- *   steps: number[], first_steps: number[], last_steps: number[],
+ *   types: string[], steps: number[], first_steps: number[], last_steps: number[],
  *   downsampled: boolean, values: Float32Array}} Heatmap
- * `values[row * steps.length + col]` is layer `row` in column `col`.
+ * `values[row * steps.length + col]` is layer `row` in column `col`: NaN
+ * where it had no gradient, +Infinity where a value was non-finite, -Infinity
+ * where the layer was in none of the column's layer sets.
  */
 
 /**
@@ -74,6 +93,7 @@ export function reviveFlow(json) {
     tag: String(json.tag),
     step: toNumber(json.step),
     layers,
+    types: layerTypes(json.types, layers.length),
     sparse: fill(json.sparse, false),
     stats,
     no_grad: fill(json.no_grad, false),
@@ -81,7 +101,62 @@ export function reviveFlow(json) {
     skipped: Boolean(json.skipped),
     loss_scale: toNumber(json.loss_scale),
     alerts: (json.alerts || []).map(reviveAlert),
+    left_out: reviveLeftOut(json.left_out),
   };
+}
+
+/**
+ * Converts a `steps` JSON answer.
+ * @param {any} json
+ * @returns {StepsInfo}
+ */
+export function reviveSteps(json) {
+  return {
+    run: String(json.run),
+    tag: String(json.tag),
+    steps: toNumbers(json.steps),
+    first_step: toNumber(json.first_step),
+    last_step: toNumber(json.last_step),
+    every: toNumber(json.every),
+    expected_steps: toNumber(json.expected_steps),
+    left_out: reviveLeftOut(json.left_out),
+  };
+}
+
+/**
+ * Converts a `left_out` list (steps as numbers or null, reasons as text).
+ * @param {unknown} xs
+ * @returns {LeftOut[]}
+ */
+export function reviveLeftOut(xs) {
+  if (!Array.isArray(xs)) return [];
+  return xs.map((x) => ({
+    step: x.step === null || x.step === undefined ? null : toNumber(x.step),
+    reason: String(x.reason ?? ""),
+  }));
+}
+
+/**
+ * Each layer's module type as text, `count` of them ("" where unknown).
+ * @param {unknown} xs
+ * @param {number} count
+ * @returns {string[]}
+ */
+function layerTypes(xs, count) {
+  const types = Array.isArray(xs) ? xs : [];
+  return Array.from({ length: count }, (_, i) => (typeof types[i] === "string" ? types[i] : ""));
+}
+
+/**
+ * A layer's name with its module type, as the tab shows it wherever it shows
+ * a layer (`0 · Conv2d`, as `GradFlowRun.label` writes it); the name alone
+ * when the type is not known. The name stays the key.
+ * @param {string} name
+ * @param {string} [type]
+ * @returns {string}
+ */
+export function layerLabel(name, type) {
+  return type ? `${name} \u00b7 ${type}` : name;
 }
 
 /**
@@ -97,7 +172,32 @@ export function reviveAlert(a) {
     last_step: toNumber(a.last_step),
     steps: toNumber(a.steps),
     message: a.message === undefined ? "" : String(a.message),
+    ongoing: a.ongoing === true,
   };
+}
+
+/**
+ * Whether a finding's condition holds at `step`, as the server's
+ * `Finding.holds_at` says: from its first step to its last, and for an ongoing
+ * streak at every later step too.
+ * @param {Alert} alert
+ * @param {number} step
+ * @returns {boolean}
+ */
+export function alertHolds(alert, step) {
+  return step >= alert.first_step && (alert.ongoing || step <= alert.last_step);
+}
+
+/**
+ * Where a finding held, as the alerts list says it: `step 5`, `steps 80–299`,
+ * and `, ongoing` when its streak had not ended when the data ended.
+ * @param {Alert} alert
+ * @returns {string}
+ */
+export function alertSpan(alert) {
+  const span =
+    alert.first_step === alert.last_step ? `step ${alert.first_step}` : `steps ${alert.first_step}\u2013${alert.last_step}`;
+  return alert.ongoing ? `${span}, ongoing` : span;
 }
 
 /**
@@ -127,6 +227,7 @@ export function decodeHeatmap(buffer) {
     tag: String(head.tag),
     stat: String(head.stat),
     layers,
+    types: layerTypes(head.types, layers.length),
     steps,
     first_steps: head.first_steps ? toNumbers(head.first_steps) : steps.slice(),
     last_steps: head.last_steps ? toNumbers(head.last_steps) : steps.slice(),
@@ -162,14 +263,15 @@ export function runKey(r) {
 }
 
 /**
- * What changes when a run receives new data: the kept step count and the last
- * step. Two equal signatures mean there is nothing to redraw.
+ * What changes when a run receives new data: its last step, the wall time of
+ * its newest record (a step written again changes it too) and its layer count.
+ * Two equal signatures mean there is nothing to redraw.
  * @param {RunInfo[]} runs
  * @returns {Map<string, string>} runKey -> signature
  */
 export function runSignatures(runs) {
   const out = new Map();
-  for (const r of runs) out.set(runKey(r), `${r.steps}/${r.first_step}/${r.last_step}/${r.layers}`);
+  for (const r of runs) out.set(runKey(r), `${r.last_step}/${r.last_wall_time}/${r.layers}`);
   return out;
 }
 
@@ -187,18 +289,62 @@ export function changedRuns(before, after) {
 }
 
 /**
- * The line that says how many of the logged steps TensorBoard kept.
- * @param {RunInfo} r
+ * The line that says how many of the logged steps are shown: all of them, or
+ * how many TensorBoard kept (it samples runs longer than its limit), or how
+ * many are shown when records were left out (named on the line under it).
+ * @param {{steps: number[], expected_steps: number, left_out?: LeftOut[]}} info
+ *   a `steps` answer
  * @returns {string}
  */
-export function keptStepsText(r) {
-  const kept = r.steps;
-  const expected = Math.max(r.expected_steps || 0, kept);
-  if (kept >= expected) return `all ${kept.toLocaleString("en-US")} logged steps shown`;
-  return (
-    `TensorBoard kept ${kept.toLocaleString("en-US")} of ${expected.toLocaleString("en-US")} ` +
-    `logged steps (raise --samples_per_plugin=gradflow=N to keep more)`
-  );
+export function keptStepsText(info) {
+  const kept = info.steps.length;
+  const leftOut = info.left_out || [];
+  const shown = new Set(info.steps);
+  const dropped = new Set(leftOut.filter((lo) => lo.step !== null && !shown.has(lo.step)).map((lo) => lo.step)).size;
+  const expected = Math.max(info.expected_steps || 0, kept);
+  const n = (x) => x.toLocaleString("en-US");
+  if (kept + dropped < expected) {
+    return `TensorBoard kept ${n(kept)} of ${n(expected)} logged steps (raise --samples_per_plugin=gradflow=N to keep more)`;
+  }
+  if (dropped) return `${n(kept)} of ${n(expected)} logged steps shown`;
+  // TensorBoard stopped reading a file: later steps are not counted here
+  if (leftOut.some((lo) => lo.step === null)) return `${n(kept)} logged steps shown`;
+  return `all ${n(kept)} logged steps shown`;
+}
+
+/**
+ * Whether the kept-steps line is a warning: fewer steps shown than logged, or
+ * records left out.
+ * @param {{steps: number[], expected_steps: number, left_out?: LeftOut[]}} info
+ * @returns {boolean}
+ */
+export function keptStepsWarn(info) {
+  return info.steps.length < info.expected_steps || (info.left_out || []).length > 0;
+}
+
+/** Damaged steps named in the left-out line; the rest are counted. */
+export const LEFT_OUT_NAMED = 10;
+
+/**
+ * What the tab says about a run's records left out: one line counting and
+ * naming the steps left out (`1 step left out (damaged record): 135`), the
+ * reason of each (`step 135: ...`, for a tooltip or details), and the reasons
+ * of entries without a step (TensorBoard stopped reading a file), as they are.
+ * @param {LeftOut[]} leftOut
+ * @returns {{summary: string, reasons: string[], notes: string[]}} `summary`
+ *   is "" when no step was left out
+ */
+export function leftOutText(leftOut) {
+  const damaged = leftOut.filter((lo) => lo.step !== null);
+  const notes = leftOut.filter((lo) => lo.step === null).map((lo) => lo.reason);
+  const reasons = damaged.map((lo) => `step ${lo.step}: ${lo.reason}`);
+  if (!damaged.length) return { summary: "", reasons, notes };
+  const steps = [...new Set(damaged.map((lo) => lo.step))].sort((x, y) => x - y);
+  const n = steps.length;
+  const named = steps.slice(0, LEFT_OUT_NAMED).join(", ");
+  const more = steps.length > LEFT_OUT_NAMED ? `, \u2026 (${steps.length - LEFT_OUT_NAMED} more)` : "";
+  const s = n === 1 ? "" : "s";
+  return { summary: `${n.toLocaleString("en-US")} step${s} left out (damaged record${s}): ${named}${more}`, reasons, notes };
 }
 
 /**

@@ -4,6 +4,7 @@
 // clicking goes out as an action. It never changes the state itself.
 
 import * as chart from "./chart.js";
+import { layerLabel } from "./model.js";
 import * as present from "./present.js";
 import { currentStep } from "./state.js";
 import * as views from "./views.js";
@@ -27,7 +28,7 @@ import * as views from "./views.js";
 export function createPainter(win, shell, getState, dispatch) {
   const doc = win.document;
   let barLayout = null;
-  let empty = null; // the empty view's message now shown
+  let empty = null; // the empty view's message and hint now shown
   /** @type {HeatView[]} one per heatmap canvas, in order */
   const heatViews = [];
   const images = new Map(); // heat -> {key, canvas}
@@ -56,10 +57,14 @@ export function createPainter(win, shell, getState, dispatch) {
   /** @param {State} state */
   function drawDom(state) {
     doc.documentElement.classList.toggle("gf-dark", state.dark);
-    const message = present.emptyMessage(state);
-    if (message !== empty) {
-      empty = message;
-      views.showEmpty(shell, message, present.EMPTY_HINT);
+    // a selected run that cannot be shown says why in place of the charts
+    const problem = present.runProblem(state);
+    const message = problem ? problem.title : present.emptyMessage(state);
+    const hint = problem ? problem.hint : present.EMPTY_HINT;
+    const shown = message === null ? null : [message, ...hint.map((h) => h.text)].join("\n");
+    if (shown !== empty) {
+      empty = shown;
+      views.showEmpty(shell, message, hint);
     }
     if (shell.status.textContent !== state.error) views.setStatus(shell, state.error, state.error !== "");
 
@@ -76,6 +81,7 @@ export function createPainter(win, shell, getState, dispatch) {
     const kept = present.keptLine(state);
     shell.kept.textContent = kept.text;
     shell.kept.classList.toggle("gf-warn", kept.warn);
+    views.renderLeftOut(shell.leftOut, present.leftOutGroups(state));
 
     const c = present.stepControls(state);
     shell.slider.max = c.max;
@@ -178,7 +184,8 @@ export function createPainter(win, shell, getState, dispatch) {
       const view = heatViews[i];
       const { canvas } = view;
       const title = `${heat.run} \u00b7 ${heat.stat}${heat.downsampled ? " (max per bin)" : ""}`;
-      view.layout = chart.heatmapLayout({ layers: heat.layers, steps: heat.steps, title, domain }, { width, measure });
+      const labels = heat.layers.map((name, j) => layerLabel(name, heat.types ? heat.types[j] : ""));
+      view.layout = chart.heatmapLayout({ layers: heat.layers, labels, steps: heat.steps, title, domain }, { width, measure });
       view.heat = heat;
       const flow = state.flows[i];
       const blocked = new Set();

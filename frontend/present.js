@@ -2,8 +2,8 @@
 // line, the step controls' text, legend entries, alert groups and labels.
 // paint.js puts them on the page; no DOM here, so `node --test` covers it.
 
-import { PALETTES, axisKind } from "./chart.js";
-import { keptStepsText, runKey } from "./model.js";
+import { PALETTES, axisKind, barData } from "./chart.js";
+import { keptStepsText, keptStepsWarn, leftOutText, runKey } from "./model.js";
 import { PLAY_SPEEDS, currentStep, shownRuns, statNames } from "./state.js";
 import { safeFileName } from "./views.js";
 
@@ -61,17 +61,72 @@ export function statOptions(state) {
 }
 
 /**
- * The line saying how many logged steps TensorBoard kept of each shown run;
- * `warn` when it kept fewer than were logged.
+ * The `steps` answers of the shown runs, each with its run and series, once
+ * loaded (an answer of a run no longer shown is left out).
+ * @param {State} state
+ * @returns {{run: import("./model.js").RunInfo, series: number,
+ *   info: import("./model.js").StepsInfo}[]}
+ */
+function shownKept(state) {
+  const out = [];
+  shownRuns(state).forEach((r, i) => {
+    const info = state.kept[i];
+    if (info && runKey(info) === runKey(r)) out.push({ run: r, series: i, info });
+  });
+  return out;
+}
+
+/**
+ * The line saying how many logged steps TensorBoard kept of each shown run
+ * (from its `steps` answer); `warn` when it kept fewer than were logged or
+ * records were left out.
  * @param {State} state
  * @returns {{text: string, warn: boolean}}
  */
 export function keptLine(state) {
-  const runs = shownRuns(state);
+  const kept = shownKept(state);
   return {
-    text: runs.map((r) => `${r.run}: ${keptStepsText(r)}`).join(" \u00b7 "),
-    warn: runs.some((r) => r.steps < r.expected_steps),
+    text: kept.map(({ run, info }) => `${run.run}: ${keptStepsText(info)}`).join(" \u00b7 "),
+    warn: kept.some(({ info }) => keptStepsWarn(info)),
   };
+}
+
+/**
+ * What the tab says under the kept-steps line about the records left out of
+ * each shown run: a summary naming the steps left out, their reasons (shown
+ * when the summary is opened, and as its tooltip), and the reasons of entries
+ * without a step (TensorBoard stopped reading a file) as they are.
+ * @param {State} state
+ * @returns {{run: string, series: number, summary: string, reasons: string[],
+ *   notes: string[]}[]} one per shown run with records left out
+ */
+export function leftOutGroups(state) {
+  const out = [];
+  for (const { run, series, info } of shownKept(state)) {
+    if (!info.left_out.length) continue;
+    const text = leftOutText(info.left_out);
+    out.push({
+      run: run.run,
+      series,
+      summary: text.summary && `${run.run}: ${text.summary}`,
+      reasons: text.reasons,
+      notes: text.notes.map((n) => `${run.run}: ${n}`),
+    });
+  }
+  return out;
+}
+
+/**
+ * Why the selected run cannot be shown (its routes answered 404: e.g. files
+ * of an older format whose layer set changed), as the empty view shows it;
+ * null when it can.
+ * @param {State} state
+ * @returns {{title: string, hint: {text: string}[]}|null}
+ */
+export function runProblem(state) {
+  const p = state.problem;
+  if (!p || !state.a || runKey(state.a) !== p.key) return null;
+  return { title: `${runLabel(state.a)} cannot be shown`, hint: [{ text: p.message }] };
 }
 
 /**
@@ -121,6 +176,10 @@ export function legendItems(state) {
     items.push({ kind: "back", label, color: p.back[0] });
   }
   items.push({ kind: "zero", label: "exactly zero", color: p.zero }, { kind: "no_grad", label: "no gradient", color: p.noGrad });
+  // a layer the (compared) run lacks, or lacks at this step: said as the heatmap says it
+  if (state.flows.length && barData(state.flows, state.stat, { log: state.log }).series.some((se) => se.status.includes("missing"))) {
+    items.push({ kind: "missing", label: "no such layer", color: p.muted });
+  }
   // a count axis draws the non-finite count itself, not the hatched column
   if (axis !== "count") items.push({ kind: "nonfinite", label: "non-finite", color: p.nonfinite });
   items.push({ kind: "blocked", label: "blocked", color: p.blocked });
@@ -154,12 +213,22 @@ export function speedMenu(state) {
 }
 
 /**
- * The alerts list: one group per shown run, in series order.
+ * The alerts list: one group per shown run, in series order, with the module
+ * type of each layer the shown step (or heatmap) of that run names.
  * @param {State} state
  * @returns {import("./views.js").AlertGroup[]}
  */
 export function alertGroups(state) {
-  return shownRuns(state).map((r, i) => ({ run: r.run, series: i, alerts: state.alerts[i] || [] }));
+  return shownRuns(state).map((r, i) => {
+    const types = new Map();
+    for (const source of [state.heats[i], state.flows[i]]) {
+      if (!source || runKey(source) !== runKey(r) || !source.types) continue;
+      source.layers.forEach((name, j) => {
+        if (source.types[j]) types.set(name, source.types[j]);
+      });
+    }
+    return { run: r.run, series: i, alerts: state.alerts[i] || [], types };
+  });
 }
 
 /**

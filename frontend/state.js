@@ -28,6 +28,7 @@ const TAB_KEY = "__tab__";
 
 /**
  * @typedef {import("./model.js").RunInfo} RunInfo
+ * @typedef {import("./model.js").StepsInfo} StepsInfo
  * @typedef {import("./model.js").Flow} Flow
  * @typedef {import("./model.js").Heatmap} Heatmap
  * @typedef {import("./model.js").Alert} Alert
@@ -40,11 +41,14 @@ const TAB_KEY = "__tab__";
  * `ranking`: run keys, most severe finding first (the `triage` route), for the
  * run shown when none is chosen. `want`: what the URL asked for and is not
  * shown yet; the user's own choice replaces it. `speed`: play speed in logged
- * steps per second.
+ * steps per second. `kept`: the `steps` answers of `a` and `b` (how many
+ * steps were kept and logged, the records left out). `problem`: why the
+ * selected run cannot be shown (its routes answered 404), null otherwise.
  * @typedef {{runs: RunInfo[], sigs: Map<string, string>, loaded: boolean,
  *   a: (RunInfo|null), b: (RunInfo|null), stat: string, log: boolean,
  *   steps: number[], index: number, follow: boolean, playing: boolean,
  *   flows: Flow[], flowPending: boolean, heats: Heatmap[], alerts: Alert[][],
+ *   kept: (StepsInfo|null)[], problem: ({key: string, message: string}|null),
  *   layer: (string|null), dark: boolean, error: string, ranking: string[],
  *   want: Want, speed: number}} State
  */
@@ -67,13 +71,17 @@ const TAB_KEY = "__tab__";
 
 /**
  * What can happen to the state: answers of the server (`listed`, with the
- * `triage` ranking when one was asked for; `stepsLoaded`, `heatsLoaded`,
- * `flowRequested`, `flowsLoaded`, `flowFailed`, `failed`), the user
+ * `triage` ranking when one was asked for; `stepsLoaded`, with the `steps`
+ * answers of the shown runs in `kept`; `heatsLoaded`, `flowRequested`,
+ * `flowsLoaded`, `flowFailed`, `failed`; `runFailed` and `compareFailed`: the
+ * selected or compared run cannot be shown, and why), the user
  * (`selectRun`, `compareRun`, `setStat`, `setLog`, `toggleLayer`, `focus`,
  * `slide`, `togglePlay`, `setSpeed`), the play timer (`tick`) and the page
  * (`setDark`).
  * @typedef {{type: "listed", runs: RunInfo[], ranking?: ({run: string, tag: string}[]|null)}
- *   | {type: "stepsLoaded", steps: number[], alerts: Alert[][]}
+ *   | {type: "stepsLoaded", steps: number[], alerts: Alert[][], kept?: (StepsInfo|null)[]}
+ *   | {type: "runFailed", key: string, message: string}
+ *   | {type: "compareFailed", key: string, message: string}
  *   | {type: "heatsLoaded", heats: Heatmap[]}
  *   | {type: "flowRequested"}
  *   | {type: "flowsLoaded", flows: Flow[]}
@@ -112,8 +120,8 @@ export function initialState(view = {}) {
   return {
     runs: [], sigs: new Map(), loaded: false, a: null, b: null, stat: view.stat || "abs_mean",
     log: view.log !== false, steps: [], index: -1, follow: true, playing: false, flows: [],
-    flowPending: false, heats: [], alerts: [[], []], layer: null, dark: false, error: "",
-    ranking: [],
+    flowPending: false, heats: [], alerts: [[], []], kept: [null, null], problem: null, layer: null,
+    dark: false, error: "", ranking: [],
     want: { a: key(view.run, view.tag), b: key(view.compare, view.compareTag), step: view.step ?? null },
     speed: DEFAULT_SPEED,
   };
@@ -134,17 +142,24 @@ export function reduce(state, action) {
       const step = state.steps[state.index];
       const { steps } = action;
       const want = state.want;
+      const loaded = { ...state, steps, alerts: action.alerts, kept: action.kept || [null, null], problem: null };
       if (want.step !== null && want.a === null && steps.length) {
         // the asked run's steps: show the asked step (follow only at the last one)
         const index = nearestIndex(steps, want.step);
-        return {
-          ...state, steps, alerts: action.alerts, index, follow: index === steps.length - 1,
-          want: { ...want, step: null },
-        };
+        return { ...loaded, index, follow: index === steps.length - 1, want: { ...want, step: null } };
       }
       const index = state.follow || step === undefined ? steps.length - 1 : nearestIndex(steps, step);
-      return { ...state, steps, alerts: action.alerts, index };
+      return { ...loaded, index };
     }
+    case "runFailed":
+      if (!state.a || runKey(state.a) !== action.key) return state; // another run is shown now
+      return {
+        ...state, problem: { key: action.key, message: action.message }, steps: [], index: -1, playing: false,
+        flows: [], flowPending: false, heats: [], alerts: [[], []], kept: [null, null],
+      };
+    case "compareFailed":
+      if (!state.b || runKey(state.b) !== action.key) return state;
+      return { ...state, b: null, error: action.message, want: { ...state.want, b: null } };
     case "heatsLoaded":
       return { ...state, heats: action.heats };
     case "flowRequested":
@@ -164,7 +179,7 @@ export function reduce(state, action) {
       const b = state.b && a && runKey(state.b) === runKey(a) ? null : state.b;
       // the user's choice replaces what the URL asked for
       const want = chosen ? { ...state.want, a: null, step: null } : state.want;
-      return { ...state, a, b, layer: null, want };
+      return { ...state, a, b, layer: null, want, problem: null };
     }
     case "compareRun":
       return { ...state, b: findRun(state.runs, action.key), want: { ...state.want, b: null } };
@@ -218,6 +233,10 @@ export function effects(before, action, after) {
     }
     case "stepsLoaded":
       return fx(["dom"], ["heat", "flows"]);
+    case "runFailed":
+      return fx(after === before ? [] : ["dom", "bars", "heat"]);
+    case "compareFailed":
+      return fx(after === before ? [] : ["dom"]);
     case "heatsLoaded":
       return fx(["heat"]);
     case "flowRequested":
@@ -434,7 +453,8 @@ function listed(state, runs, ranking) {
   let b = wantB || (state.b && findRun(runs, runKey(state.b)));
   if (b && runKey(b) === runKey(a)) b = null;
   const want = { ...state.want, a: wantA ? null : state.want.a, b: wantB ? null : state.want.b };
-  return { ...state, runs, sigs, loaded: true, a, b, error: a ? "" : state.error, ranking: order, want };
+  const problem = state.problem && a && runKey(a) === state.problem.key ? state.problem : null;
+  return { ...state, runs, sigs, loaded: true, a, b, error: a ? "" : state.error, ranking: order, want, problem };
 }
 
 /**

@@ -1,6 +1,7 @@
 // DOM of the Gradient Flow tab. Every name (runs, layers, messages) goes in with
 // `textContent` or as an attribute value, never as HTML.
 
+import { alertHolds, alertSpan, layerLabel } from "./model.js";
 import { formatValue } from "./scale.js";
 
 /**
@@ -37,7 +38,7 @@ export function loadStylesheet(doc, href) {
  * The elements the tab updates, as built by {@link buildShell}.
  * @typedef {{root: HTMLElement, run: HTMLSelectElement, compare: HTMLSelectElement,
  *   stat: HTMLSelectElement, log: HTMLInputElement, png: HTMLButtonElement,
- *   status: HTMLElement, kept: HTMLElement, play: HTMLButtonElement,
+ *   status: HTMLElement, kept: HTMLElement, leftOut: HTMLElement, play: HTMLButtonElement,
  *   speed: HTMLSelectElement, slider: HTMLInputElement, stepLabel: HTMLOutputElement, legend: HTMLElement,
  *   barWrap: HTMLElement, bars: HTMLCanvasElement, barTable: HTMLTableElement,
  *   heatWrap: HTMLElement, alerts: HTMLElement, empty: HTMLElement,
@@ -86,6 +87,7 @@ export function buildShell(doc, parent) {
   root.appendChild(bar);
 
   const empty = el(doc, "div", "gf-empty");
+  empty.dataset.testid = "empty";
   empty.hidden = true;
   root.appendChild(empty);
 
@@ -93,6 +95,9 @@ export function buildShell(doc, parent) {
   const kept = el(doc, "div", "gf-kept");
   kept.dataset.testid = "kept";
   main.appendChild(kept);
+  const leftOut = el(doc, "div", "gf-left-out");
+  leftOut.dataset.testid = "left-out";
+  main.appendChild(leftOut);
 
   const stepRow = el(doc, "div", "gf-steps");
   const play = /** @type {HTMLButtonElement} */ (el(doc, "button", "gf-button gf-play", "\u25b6 Play"));
@@ -155,7 +160,7 @@ export function buildShell(doc, parent) {
   root.appendChild(tooltip);
   parent.appendChild(root);
   return {
-    root, run, compare, stat, log, png, status, kept, play, speed, slider, stepLabel, legend,
+    root, run, compare, stat, log, png, status, kept, leftOut, play, speed, slider, stepLabel, legend,
     barWrap, bars, barTable, heatWrap, alerts, empty, main, tooltip,
   };
 }
@@ -215,8 +220,45 @@ export function setStatus(shell, text, isError = false) {
 }
 
 /**
+ * Fills the lines about records left out under the kept-steps line: per run, a
+ * `<details>` whose summary counts and names the steps left out (its reasons
+ * in the summary's tooltip and in the opened details), then the reasons of
+ * entries without a step, each a line of its own.
+ * @param {HTMLElement} node
+ * @param {{run: string, series: number, summary: string, reasons: string[],
+ *   notes: string[]}[]} groups
+ */
+export function renderLeftOut(node, groups) {
+  const doc = node.ownerDocument;
+  const children = [];
+  for (const g of groups) {
+    if (g.summary) {
+      const details = /** @type {HTMLDetailsElement} */ (el(doc, "details", "gf-warn"));
+      details.dataset.run = g.run;
+      const summary = el(doc, "summary", "", g.summary);
+      summary.title = g.reasons.join("\n");
+      const ul = el(doc, "ul");
+      for (const r of g.reasons) ul.appendChild(el(doc, "li", "", r));
+      details.append(summary, ul);
+      children.push(details);
+    }
+    for (const n of g.notes) {
+      const p = el(doc, "p", "gf-warn gf-left-out-note", n);
+      p.dataset.run = g.run;
+      children.push(p);
+    }
+  }
+  // keep an opened <details> open while the same lines are shown
+  const same =
+    node.children.length === children.length &&
+    children.every((c, i) => node.children[i].textContent === c.textContent);
+  if (!same) node.replaceChildren(...children);
+  node.hidden = children.length === 0;
+}
+
+/**
  * One legend entry.
- * @typedef {{kind: "bar"|"back"|"zero"|"no_grad"|"nonfinite"|"blocked", label: string,
+ * @typedef {{kind: "bar"|"back"|"zero"|"no_grad"|"missing"|"nonfinite"|"blocked", label: string,
  *   color: string}} LegendItem
  */
 
@@ -240,10 +282,10 @@ export function renderLegend(node, items) {
 
 /**
  * Fills the (visually hidden) table that lists what the bar plot draws: one
- * row per layer with its name, value(s), status and blocked flag. Screen readers
- * read it; tests read it.
+ * row per layer with its name and module type (`data-layer`: the name), its
+ * value(s), status and blocked flag. Screen readers read it; tests read it.
  * @param {HTMLTableElement} table
- * @param {{layers: string[], series: {label: string, values: number[],
+ * @param {{layers: string[], labels?: string[], series: {label: string, values: number[],
  *   status: string[], blocked: boolean[]}[]}} data
  * @param {{step: number, run: string}} info
  */
@@ -259,11 +301,12 @@ export function renderBarTable(table, data, info) {
   const rows = data.layers.map((name, i) => {
     const tr = el(doc, "tr");
     tr.dataset.layerIndex = String(i);
+    tr.dataset.layer = name;
     const statuses = data.series.map((s) => s.status[i]);
     const blocked = data.series.some((s) => s.blocked[i]);
     tr.dataset.status = statuses.join(" ");
     tr.dataset.blocked = String(blocked);
-    const th = el(doc, "th", "gf-layer-name", name);
+    const th = el(doc, "th", "gf-layer-name", data.labels ? data.labels[i] : name);
     th.scope = "row";
     tr.appendChild(th);
     for (const s of data.series) tr.appendChild(el(doc, "td", "", formatValue(s.values[i])));
@@ -277,14 +320,17 @@ export function renderBarTable(table, data, info) {
 export const KIND_LABELS = {
   blocked: "blocked",
   no_gradient: "no gradient",
+  all_zero: "all zero",
   nonfinite: "non-finite",
   exploding: "exploding",
   skipped: "skipped step",
 };
 
 /**
- * A group of alerts of one run.
- * @typedef {{run: string, series: number, alerts: import("./model.js").Alert[]}} AlertGroup
+ * A group of alerts of one run; `types`: module types by layer name, for the
+ * labels (names not in it are shown alone).
+ * @typedef {{run: string, series: number, alerts: import("./model.js").Alert[],
+ *   types?: Map<string, string>}} AlertGroup
  */
 
 /**
@@ -292,7 +338,8 @@ export const KIND_LABELS = {
  * @param {HTMLElement} node
  * @param {AlertGroup[]} groups
  * @param {(alert: import("./model.js").Alert, group: AlertGroup) => void} onSelect
- * @param {{layer: (string|null), step: number}} current to mark the active alert
+ * @param {{layer: (string|null), step: number}} current to mark the active
+ *   alert: its layer's, holding at the step (an ongoing one at every later step)
  */
 export function renderAlerts(node, groups, onSelect, current) {
   const doc = node.ownerDocument;
@@ -311,12 +358,13 @@ export function renderAlerts(node, groups, onSelect, current) {
       btn.dataset.kind = a.kind;
       btn.dataset.layer = a.layer === null ? "" : a.layer;
       btn.dataset.firstStep = String(a.first_step);
-      const active = current.layer === a.layer && current.step >= a.first_step && current.step <= a.last_step;
+      btn.dataset.ongoing = String(a.ongoing);
+      const active = current.layer === a.layer && alertHolds(a, current.step);
       btn.classList.toggle("gf-active", active);
       btn.append(el(doc, "span", "gf-kind", KIND_LABELS[a.kind] || a.kind));
-      btn.append(el(doc, "span", "gf-alert-layer", a.layer === null ? "(whole model)" : a.layer));
-      const span = a.first_step === a.last_step ? `step ${a.first_step}` : `steps ${a.first_step}\u2013${a.last_step}`;
-      btn.append(el(doc, "span", "gf-alert-steps", `${span} (${a.steps} logged)`));
+      const layer = a.layer === null ? "(whole model)" : layerLabel(a.layer, g.types && g.types.get(a.layer));
+      btn.append(el(doc, "span", "gf-alert-layer", layer));
+      btn.append(el(doc, "span", "gf-alert-steps", `${alertSpan(a)} (${a.steps} logged)`));
       if (a.message) btn.append(el(doc, "span", "gf-alert-msg", a.message));
       btn.addEventListener("click", () => onSelect(a, g));
       li.appendChild(btn);

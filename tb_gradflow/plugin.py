@@ -190,7 +190,16 @@ class GradFlowPlugin(base_plugin.TBPlugin):
     # Implementations: builtins in, builtins out, tensorboard.errors raised.
 
     def runs_impl(self, ctx, experiment: str) -> dict[str, Any]:
-        """The ``runs`` answer: every run and tag with readable gradflow data."""
+        """The ``runs`` answer: every run and watcher with readable gradflow
+        layouts, from ``list_tensors`` alone (no run is read here).
+
+        ``steps``, ``first_step`` and ``expected_steps`` come from the plugin's
+        decoded copy of the run when it has read this version of it, else they
+        are None. A watcher whose steps cannot be matched to layers (old-format
+        files whose layer set changed) is found only when it is read: it is
+        listed, its other routes answer 404 saying why, and the warning is
+        logged once while it lasts.
+        """
         now = time.monotonic()
         listing = self._data_provider.list_tensors(
             ctx, experiment_id=experiment, plugin_name=PLUGIN_NAME
@@ -206,32 +215,51 @@ class GradFlowPlugin(base_plugin.TBPlugin):
                     f"gradflow: left out run {run!r}, tag {tag!r}: {why}"
                 )
             for tag, members in sorted(watchers.items()):
-                entry = self._entry(ctx, experiment, run, tag, tags, members)
-                if entry.problem is not None:
-                    problems[(experiment, run, tag, "problem")] = (
-                        f"gradflow: left out run {run!r}, tag {tag!r}: {entry.problem}"
+                key = (experiment, run, tag)
+                found = self._cache.peek(key)
+                if found is not None and found[1].problem is not None:
+                    # any version: the damage stays in the files as steps are added
+                    problems[(*key, "problem")] = _problem_warning(
+                        run, tag, found[1].problem
                     )
-                    continue
-                data = entry.run
-                steps = data.steps
-                if not len(steps):
-                    continue
-                first, last = int(steps[0]), int(steps[-1])
-                out.append(
-                    {
-                        "run": run,
-                        "tag": tag,
-                        "name": data.name,
-                        "layers": len(data.layers),
-                        "steps": len(steps),
-                        "first_step": first,
-                        "last_step": last,
-                        "every": data.every,
-                        "expected_steps": (last - first) // data.every + 1,
-                    }
-                )
+                out.append(self._listed(run, tag, tags, members, found))
         self._warn_new(experiment, problems)
         return {"runs": out}
+
+    def _listed(
+        self,
+        run: str,
+        tag: str,
+        tags: dict[str, provider.TensorTimeSeries],
+        members: list[str],
+        found: tuple[tuple, _Entry] | None,
+    ) -> dict[str, Any]:
+        """One watcher's ``runs`` entry: layouts, last step and wall time from
+        the listing; the kept steps from ``found`` (the cached ``(version,
+        entry)``) when it is this version and readable."""
+        layouts = [_LAYOUTS.parse(tags[t].plugin_content) for t in members]
+        layers = dict.fromkeys(n for lo in layouts for n in lo.layers)
+        entry = {
+            "run": run,
+            "tag": tag,
+            "name": layouts[0].name,
+            "layers": len(layers),
+            "last_step": max(int(tags[t].max_step) for t in members),
+            # as reader.merge_records merges layer sets: the largest interval
+            "every": max(lo.every for lo in layouts),
+            "last_wall_time": max(float(tags[t].max_wall_time) for t in members),
+            "steps": None,
+            "first_step": None,
+            "expected_steps": None,
+        }
+        if (
+            found is not None
+            and found[0] == _version(tags, members)
+            and found[1].problem is None
+            and len(found[1].run.steps)
+        ):
+            entry.update(steps=len(found[1].run.steps), **_kept(found[1].run))
+        return entry
 
     def flow_impl(
         self, ctx, experiment: str, run: str, tag: str | None, step: int | None
@@ -264,12 +292,17 @@ class GradFlowPlugin(base_plugin.TBPlugin):
     def steps_impl(
         self, ctx, experiment: str, run: str, tag: str | None
     ) -> dict[str, Any]:
-        """The ``steps`` answer: the logged steps TensorBoard kept, ascending."""
+        """The ``steps`` answer: the logged steps TensorBoard kept, ascending,
+        how many were logged, and the records left out."""
         entry = self._load(ctx, experiment, run, tag)
         return {
             "run": run,
             "tag": entry.tag,
             "steps": entry.run.steps.tolist(),
+            "first_step": int(entry.run.steps[0]),
+            "last_step": int(entry.run.steps[-1]),
+            "every": entry.run.every,
+            "expected_steps": _kept(entry.run)["expected_steps"],
             "left_out": _left_out(entry.run),
         }
 
@@ -361,6 +394,17 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         for key in new:
             logger.warning("%s", problems[key])
 
+    def _warn_once(self, key: tuple, message: str) -> None:
+        """Logs ``message`` unless the warning of ``key`` (see :meth:`_warn_new`)
+        was logged and not forgotten since: a run read by another route than
+        ``runs`` is warned about at once, and not again at the next listing."""
+        with self._listings_lock:
+            if key in self._warned:
+                self._warned.move_to_end(key)
+                return
+            self._warned[key] = None
+        logger.warning("%s", message)
+
     # Data access.
 
     def _load(self, ctx, experiment: str, run: str, tag: str | None) -> _Entry:
@@ -396,6 +440,10 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             tag = metadata.tag_for(_layout(tags[tag].plugin_content, run, tag).name)
         entry = self._entry(ctx, experiment, run, tag, tags, watchers[tag])
         if entry.problem is not None:
+            self._warn_once(
+                (experiment, run, tag, "problem"),
+                _problem_warning(run, tag, entry.problem),
+            )
             raise errors.NotFoundError(f"Run {run!r}, tag {tag!r}: {entry.problem}")
         if not len(entry.run.steps):
             raise errors.NotFoundError(
@@ -439,14 +487,10 @@ class GradFlowPlugin(base_plugin.TBPlugin):
     ) -> _Entry:
         """The decoded watcher of base tag ``tag``, whose layout tags are
         ``members`` (series in ``tags``)."""
-        version = tuple(
-            (t, tags[t].max_step, tags[t].max_wall_time, tags[t].plugin_content)
-            for t in members
-        )
         contents = {t: tags[t].plugin_content for t in members}
         return self._cache.get(
             (experiment, run, tag),
-            version,
+            _version(tags, members),
             lambda: self._read(ctx, experiment, run, tag, contents),
         )
 
@@ -557,6 +601,26 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         )
 
 
+def _version(tags: dict[str, provider.TensorTimeSeries], members) -> tuple:
+    """What identifies the data of a watcher's layout tags ``members``: a
+    cached decoded copy is used only while this is unchanged."""
+    return tuple(
+        (t, tags[t].max_step, tags[t].max_wall_time, tags[t].plugin_content)
+        for t in members
+    )
+
+
+def _kept(run: reader.GradFlowRun) -> dict[str, int]:
+    """The first kept step, and how many steps the watcher logged, estimated
+    from the first and last kept steps (TensorBoard always keeps the last)."""
+    first, last = int(run.steps[0]), int(run.steps[-1])
+    return {"first_step": first, "expected_steps": (last - first) // run.every + 1}
+
+
+def _problem_warning(run: str, tag: str, problem: str) -> str:
+    return f"gradflow: cannot show run {run!r}, tag {tag!r}: {problem}"
+
+
 def _left_out(run: reader.GradFlowRun) -> list[dict[str, Any]]:
     """The records left out of ``run``, for an answer: step (null when unknown)
     and reason."""
@@ -653,6 +717,12 @@ class _RunCache:
                 self._evict()
             return entry
 
+    def peek(self, key: tuple) -> tuple[tuple, _Entry] | None:
+        """The cached ``(version, entry)`` of ``key``, whatever its version,
+        without reading and without counting as a use."""
+        with self._lock:
+            return self._entries.get(key)
+
     def _lookup(self, key: tuple, version: tuple) -> _Entry | None:
         cached = self._entries.get(key)
         if cached is None or cached[0] != version:
@@ -688,13 +758,17 @@ def _heatmap(
     )  # (N, L)
     bad = np.logical_or.reduceat(has_grad & ~finite, starts, axis=0)
     seen = np.logical_or.reduceat(has_grad, starts, axis=0)
-    # no gradient and absent layers alike: NaN (``flow``'s ``absent`` tells them apart)
-    out = np.where(bad, np.inf, np.where(seen, best, np.nan)).astype(np.float32)
+    present = np.logical_or.reduceat(~run.absent, starts, axis=0)
+    # NaN: no gradient in the bin; -inf: the layer is in none of its steps'
+    # layer sets (no statistic is negative, so -inf is never a value)
+    empty = np.where(present, np.nan, -np.inf)
+    out = np.where(bad, np.inf, np.where(seen, best, empty)).astype(np.float32)
     header = {
         "run": run.path,
         "tag": tag,
         "stat": stat,
         "layers": list(run.layers),
+        "types": list(run.types),
         "steps": steps[starts].tolist(),
         "first_steps": steps[starts].tolist(),
         "last_steps": steps[ends].tolist(),

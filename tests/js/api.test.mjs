@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Client, HttpError, errorText } from "../../frontend/api.js";
+import { Client, HttpError, errorText, reasonText } from "../../frontend/api.js";
 import { encodeHeatmap, runKey } from "../../frontend/model.js";
 import { FLOW, HEAD, fakeFetch } from "./fixtures.mjs";
 
@@ -110,14 +110,35 @@ test("Client.heatmap asks for the binary format and decodes it", async () => {
 });
 
 test("Client.runs converts the listing and is never cached", async () => {
-  const fetch = fakeFetch({ runs: { runs: [{ run: "a", tag: "gradflow", name: null, layers: 5, steps: 100, first_step: 0, last_step: 9999, every: 1, expected_steps: 10000 }] } });
+  const entry = {
+    run: "a", tag: "gradflow", name: null, layers: 5, last_step: 9999, every: 1, last_wall_time: 1796527594.35,
+    steps: null, first_step: null, expected_steps: null, // not read yet
+  };
+  const fetch = fakeFetch({ runs: { runs: [entry] } });
   const c = new Client({ fetch });
   const runs = await c.runs();
-  assert.equal(runs[0].expected_steps, 10000);
-  assert.equal(runs[0].name, null);
+  assert.deepEqual(runs, [{ run: "a", tag: "gradflow", name: null, layers: 5, last_step: 9999, every: 1, last_wall_time: 1796527594.35 }]);
   assert.equal(runKey(runs[0]), "a\u0000gradflow");
   await c.runs();
   assert.deepEqual(fetch.calls, ["./runs", "./runs"]);
+});
+
+test("Client.steps gives the kept steps, how many were logged and the records left out", async () => {
+  const answer = {
+    run: "big", tag: "gradflow", steps: [0, 5000, 9999], first_step: 0, last_step: 9999, every: 1, expected_steps: 10000,
+    left_out: [{ step: 135, reason: "abs_mean is negative (layer 'head')" }, { step: null, reason: "TensorBoard stopped reading" }],
+  };
+  const info = await new Client({ fetch: fakeFetch({ steps: answer }) }).steps({ run: "big", tag: "gradflow" });
+  assert.deepEqual(info, answer);
+});
+
+test("an HTTP error keeps the server's own text apart for the reason a run cannot be shown", async () => {
+  const fetch = async () => ({ ok: false, status: 404, text: async () => "Run 'r', tag 'gradflow': the layer set changed\n" });
+  const err = await new Client({ fetch }).steps({ run: "r", tag: "gradflow" }).catch((e) => e);
+  assert.equal(err.detail, "Run 'r', tag 'gradflow': the layer set changed");
+  assert.equal(reasonText(err), "Run 'r', tag 'gradflow': the layer set changed");
+  assert.equal(errorText(err), "./steps?run=r&tag=gradflow: 404 Run 'r', tag 'gradflow': the layer set changed");
+  assert.equal(reasonText(new TypeError("Failed to fetch")), "TypeError: Failed to fetch");
 });
 
 test("errorText shows the server's line for HTTP errors and the error otherwise", () => {

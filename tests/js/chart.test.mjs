@@ -321,3 +321,74 @@ test("exportLayout puts a heading above the plot and wraps the legend under it",
   });
   assert.equal(new Set(wide.legend.map((it) => it.y)).size, 1);
 });
+
+const typed = (run, layers, types, absent) =>
+  reviveFlow({ run, tag: "gradflow", step: 5, layers, types, absent, stats: { abs_mean: layers.map(() => 1e-3) } });
+
+test("barData labels each layer with its module type and keeps the names as keys", () => {
+  const seq = typed("seq", ["0", "1", "features.3"], ["Conv2d", "", "BatchNorm2d"]);
+  const d = barData([seq], "abs_mean", { log: true, selectedLayer: "features.3" });
+  assert.deepEqual(d.layers, ["0", "1", "features.3"]);
+  assert.deepEqual(d.labels, ["0 \u00b7 Conv2d", "1", "features.3 \u00b7 BatchNorm2d"]);
+  assert.equal(d.selected, 2); // selected by name
+  const layout = barLayout(d, { width: 600, measure });
+  assert.deepEqual(layout.labels.map((l) => l.text), d.labels);
+  assert.deepEqual(layout.layers, d.layers); // what a click selects
+  assert.equal(barTooltip(layout, 0, "abs_mean")[0], "0 \u00b7 Conv2d");
+});
+
+test("barData in the compare view takes a layer's type from either run, both when they differ", () => {
+  const a = typed("a", ["0", "1"], ["Conv2d", ""]);
+  const b = typed("b", ["1", "0", "2"], ["Linear", "Linear", "ReLU"]);
+  assert.deepEqual(barData([a, b], "abs_mean", { log: true }).labels, [
+    "0 \u00b7 Conv2d / Linear", "1 \u00b7 Linear", "2 \u00b7 ReLU",
+  ]);
+});
+
+test("barTooltip says no such layer, and why when the run lacks it at this step only", () => {
+  const a = typed("a", ["x", "y"], ["", ""], [false, true]);
+  const b = typed("b", ["x"], [""], [false]);
+  const layout = barLayout(barData([a, b], "abs_mean", { log: true }), { width: 400, measure });
+  assert.deepEqual(barTooltip(layout, 1, "abs_mean").slice(1), [
+    "a: abs_mean no such layer (not in this step's layer set)",
+    "b: abs_mean no such layer",
+  ]);
+});
+
+test("heatTooltip says no such layer for a cell absent from its layer set, as the bar plot does", () => {
+  const heat = {
+    run: "r", stat: "abs_mean", layers: ["0", "1"], types: ["Conv2d", ""], steps: [0, 10],
+    first_steps: [0, 10], last_steps: [0, 19], values: new Float32Array([-Infinity, -Infinity, NaN, 2]),
+  };
+  assert.deepEqual(heatTooltip(heat, { row: 0, col: 0 }), ["0 \u00b7 Conv2d", "r, step 0", "abs_mean no such layer (not in this step's layer set)"]);
+  assert.equal(heatTooltip(heat, { row: 0, col: 1 })[2], "abs_mean no such layer (not in these steps' layer sets)");
+  assert.deepEqual(heatTooltip(heat, { row: 1, col: 0 }), ["1", "r, step 0", "abs_mean no gradient"]);
+});
+
+test("heat cells of a layer not in the layer set are drawn apart from no-gradient ones: transparent over the hatching", () => {
+  const p = PALETTES.light;
+  assert.deepEqual(heatColor(-Infinity, [1e-6, 1], p), p.heatAbsent);
+  assert.notDeepEqual(p.heatAbsent, p.heatNaN);
+  const px = heatPixels(new Float32Array([-Infinity, NaN]), 1, 2, [1e-6, 1], p);
+  assert.equal(px[3], 0); // transparent
+  assert.deepEqual(Array.from(px.slice(4, 8)), [...p.heatNaN, 255]);
+  const layout = heatmapLayout({ layers: ["a"], steps: [0], domain: [1e-6, 1] }, { width: 900, measure });
+  assert.deepEqual(layout.legend.map((i) => i.text).slice(0, 4), ["non-finite", "no such layer", "no gradient", "zero"]);
+});
+
+test("poolColumns keeps absent (-Infinity) only where every pooled column is absent", () => {
+  const v = new Float32Array([
+    -Infinity, -Infinity, -Infinity, 2, -Infinity, NaN,
+  ]);
+  const p = poolColumns(v, 1, 6, 3);
+  assert.equal(p.values[0], -Infinity);
+  assert.equal(p.values[1], 2);
+  assert.ok(Number.isNaN(p.values[2])); // no gradient where the layer was there
+});
+
+test("heatmapLayout draws the row labels it is given, sized for them", () => {
+  const labels = ["0 \u00b7 Conv2d", "features.3 \u00b7 BatchNorm2d"];
+  const layout = heatmapLayout({ layers: ["0", "features.3"], labels, steps: [0, 1] }, { width: 900, measure });
+  assert.deepEqual(layout.rowLabels.map((l) => l.text), labels);
+  assert.ok(layout.plot.x >= measure(labels[1], true));
+});

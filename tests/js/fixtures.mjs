@@ -7,8 +7,10 @@ export const FLOW = {
   layers: ["lstm1.weight_ih_l0", "lstm1.weight_hh_l0", "head"],
   sparse: [false, false, false],
   stats: { abs_mean: [3.1e-10, "NaN", 0.00038], abs_max: [1e-9, "NaN", "Infinity"], nonfinite: [0, "NaN", 2] },
+  types: ["LSTM", "LSTM", "Linear"],
   no_grad: [false, true, false], skipped: false, loss_scale: "NaN",
-  alerts: [{ kind: "blocked", layer: "lstm1.weight_ih_l0", first_step: 80, last_step: 299, steps: 213, message: "m" }],
+  alerts: [{ kind: "blocked", layer: "lstm1.weight_ih_l0", first_step: 80, last_step: 299, steps: 213, message: "m", ongoing: true }],
+  left_out: [{ step: 135, reason: "abs_mean is negative (layer 'head')" }],
 };
 
 /** A `heatmap` header (the binary form's JSON part). */
@@ -40,14 +42,28 @@ export function fakeFetch(routes) {
 }
 
 /**
- * One `runs` entry (as Client.runs returns it) of an unnamed watcher.
+ * One `runs` entry (as Client.runs returns it) of an unnamed watcher whose
+ * kept steps are 0..steps-1 (its last step and wall time grow with `steps`).
  * @param {string} run
- * @param {number} [steps] kept steps 0..steps-1
+ * @param {number} [steps]
  * @param {Object} [extra]
  */
 export function runInfo(run, steps = 100, extra = {}) {
   return {
-    run, tag: "gradflow", name: null, layers: 5, steps, first_step: 0, last_step: steps - 1, every: 1,
-    expected_steps: steps, ...extra,
+    run, tag: "gradflow", name: null, layers: 5, last_step: steps - 1, every: 1, last_wall_time: 1000 + steps,
+    ...extra,
+  };
+}
+
+/**
+ * A `steps` answer (as Client.steps returns it): kept steps 0..steps-1.
+ * @param {string} run
+ * @param {number} [steps]
+ * @param {Object} [extra]
+ */
+export function stepsInfo(run, steps = 100, extra = {}) {
+  return {
+    run, tag: "gradflow", steps: Array.from({ length: steps }, (_, i) => i), first_step: 0, last_step: steps - 1,
+    every: 1, expected_steps: steps, left_out: [], ...extra,
   };
 }

@@ -5,7 +5,7 @@ import { Client, HttpError } from "../../frontend/api.js";
 import { HEAT_COLUMNS, StaleGuard, createLoader } from "../../frontend/loader.js";
 import { encodeHeatmap, runKey } from "../../frontend/model.js";
 import { currentStep, effects, initialState, reduce } from "../../frontend/state.js";
-import { FLOW, HEAD, fakeFetch, runInfo } from "./fixtures.mjs";
+import { FLOW, HEAD, fakeFetch, runInfo, stepsInfo } from "./fixtures.mjs";
 
 /** The tab without a page: a state, index.js's dispatch, and a loader. */
 function tab(client) {
@@ -25,12 +25,12 @@ function tab(client) {
 /** Until every pending promise callback has run. */
 const settle = () => new Promise((resolve) => setTimeout(resolve, 0));
 
-/** The plugin's routes over `runs` (each with `steps` kept steps 0..n-1). */
+/** The plugin's routes over `runs` (each with kept steps 0..last_step). */
 function server(runs) {
   const q = (url) => Object.fromEntries(new URL(url, "http://tb/").searchParams);
   const fetch = fakeFetch({
     runs: () => ({ runs: runs() }),
-    steps: (url) => ({ steps: [...Array(runs().find((r) => r.run === q(url).run).steps).keys()] }),
+    steps: (url) => stepsInfo(q(url).run, runs().find((r) => r.run === q(url).run).last_step + 1),
     alerts: (url) => ({ alerts: [{ kind: "blocked", layer: "head", first_step: 1, last_step: 2, steps: 2, message: q(url).run }] }),
     flow: (url) => ({ ...FLOW, run: q(url).run, step: Number(q(url).step) }),
     heatmap: encodeHeatmap(HEAD, [1, 2, 3, 4, 5, 6]),
@@ -97,7 +97,8 @@ test("polling: an unchanged listing asks for nothing more, new steps reload with
   assert.ok(again.includes("flow run=a&tag=gradflow&step=20"), again);
   assert.ok(!again.includes("alerts run=b&tag=gradflow"), again); // b's answers are still cached
   const s = t.state;
-  assert.equal(s.a.steps, 80);
+  assert.equal(s.a.last_step, 79);
+  assert.deepEqual(s.kept.map((k) => [k.run, k.steps.length]), [["a", 80], ["b", 50]]);
   assert.equal(s.b.run, "b");
   assert.equal(currentStep(s), 20);
   assert.equal(s.layer, "head");
@@ -108,7 +109,7 @@ test("only the answer to the latest request of a kind is used", async () => {
   const waiting = [];
   const client = {
     runs: async () => [runInfo("r", 10)],
-    steps: async () => [...Array(10).keys()],
+    steps: async () => stepsInfo("r", 10),
     alerts: async () => [],
     heatmap: async () => ({ run: "r" }),
     flow: (r, step) => new Promise((resolve) => waiting.push({ step, resolve })),
@@ -145,7 +146,7 @@ test("failures show as text: the server's line, and stale failures not at all", 
   let fail;
   const client = {
     runs: async () => [runInfo("r", 10), runInfo("s", 10)],
-    steps: (r) => (r.run === "r" ? new Promise((_, reject) => { fail = reject; }) : Promise.resolve([1, 2])),
+    steps: (r) => (r.run === "r" ? new Promise((_, reject) => { fail = reject; }) : Promise.resolve(stepsInfo("s", 2, { steps: [1, 2] }))),
     alerts: async () => [],
     heatmap: async () => ({ run: "s" }),
     flow: async (r, step) => ({ run: r.run, step, stats: {}, alerts: [] }),
@@ -188,4 +189,64 @@ test("the first poll opens on the run the triage ranks first; later polls ask fo
   await t.loader.poll();
   await settle();
   assert.equal(t.state.a.run, "broken");
+});
+
+test("the first poll shows the kept-steps note from the selected run's steps answer", async () => {
+  const { fetch } = server(() => [runInfo("r", 10)]);
+  const t = tab(new Client({ fetch }));
+  await t.loader.poll();
+  await settle();
+  assert.deepEqual(t.state.kept, [stepsInfo("r", 10), null]);
+});
+
+test("a selected run whose routes answer 404 is shown as such with the server's reason; the others stay listed", async () => {
+  const reason = "Run 'old', tag 'gradflow': the layer set changed between writer sessions";
+  const { fetch: base, routes } = server(() => [runInfo("good", 5), runInfo("old", 5)]);
+  const fetch = async (url) => (url.includes("run=old") ? { ok: false, status: 404, text: async () => reason } : base(url));
+  const t = tab(new Client({ fetch }));
+  await t.loader.poll();
+  await settle();
+  await t.dispatch({ type: "selectRun", key: runKey({ run: "old", tag: "gradflow" }) });
+  await settle();
+  const s = t.state;
+  assert.deepEqual(s.problem, { key: runKey({ run: "old", tag: "gradflow" }), message: reason });
+  assert.deepEqual([s.steps, s.flows, s.heats, s.kept], [[], [], [], [null, null]]); // nothing of "good" stays on screen
+  assert.deepEqual(s.runs.map((r) => r.run), ["good", "old"]);
+  assert.equal(s.error, "");
+  assert.ok(!routes().some((r) => r.startsWith("heatmap run=old") || r.startsWith("flow run=old")), routes());
+  // back to a good run: shown again
+  await t.dispatch({ type: "selectRun", key: runKey({ run: "good", tag: "gradflow" }) });
+  await settle();
+  assert.equal(t.state.problem, null);
+  assert.equal(t.state.flows[0].run, "good");
+});
+
+test("a compared run whose routes answer 404 is dropped with the reason in the status line; the selected run stays", async () => {
+  const { fetch: base } = server(() => [runInfo("good", 5), runInfo("old", 5)]);
+  const fetch = async (url) => (url.includes("run=old") ? { ok: false, status: 404, text: async () => "gone" } : base(url));
+  const t = tab(new Client({ fetch }));
+  await t.loader.poll();
+  await settle();
+  await t.dispatch({ type: "compareRun", key: runKey({ run: "old", tag: "gradflow" }) });
+  await settle();
+  const s = t.state;
+  assert.equal(s.b, null);
+  assert.equal(s.error, "./steps?run=old&tag=gradflow: 404 gone");
+  assert.equal(s.a.run, "good");
+  assert.deepEqual(s.flows.map((f) => f.run), ["good"]);
+  assert.equal(s.problem, null);
+});
+
+test("a server that cannot be reached is a status line, not a run that cannot be shown", async () => {
+  const client = {
+    runs: async () => [runInfo("r", 10)],
+    steps: async () => { throw new TypeError("Failed to fetch"); },
+    alerts: async () => [],
+    invalidate() {},
+  };
+  const t = tab(client);
+  await t.loader.poll();
+  await settle();
+  assert.equal(t.state.problem, null);
+  assert.equal(t.state.error, "TypeError: Failed to fetch");
 });

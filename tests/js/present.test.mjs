@@ -4,17 +4,19 @@ import { test } from "node:test";
 import { PALETTES } from "../../frontend/chart.js";
 import { reviveFlow, runKey } from "../../frontend/model.js";
 import {
-  EMPTY_HINT, EMPTY_MESSAGE, PNG_HEADING, alertGroups, barLabel, emptyMessage, keptLine, legendItems, logControl, palette,
-  pngName, runLabel, runMenus, speedMenu, statOptions, stepControls,
+  EMPTY_HINT, EMPTY_MESSAGE, PNG_HEADING, alertGroups, barLabel, emptyMessage, keptLine, leftOutGroups, legendItems,
+  logControl, palette, pngName, runLabel, runMenus, runProblem, speedMenu, statOptions, stepControls,
 } from "../../frontend/present.js";
 import { initialState, reduce } from "../../frontend/state.js";
-import { runInfo } from "./fixtures.mjs";
+import { runInfo, stepsInfo } from "./fixtures.mjs";
 
 const RUNS = [
   runInfo("healthy"),
-  runInfo("big", 100, { expected_steps: 10000 }),
+  runInfo("big", 10000),
   runInfo("named", 10, { tag: "gradflow/encoder", name: "encoder" }),
 ];
+/** The `steps` answers of healthy (all kept) and big (100 of 10,000 kept). */
+const KEPT = { healthy: stepsInfo("healthy"), big: stepsInfo("big", 100, { expected_steps: 10000, last_step: 9999 }) };
 const flow = (run, step) => reviveFlow({ run, tag: "gradflow", step, layers: ["l0"], stats: { abs_mean: [1], norm: [2], abs_max: [3] } });
 const state = (...actions) => actions.reduce(reduce, initialState());
 const listed = { type: "listed", runs: RUNS };
@@ -37,12 +39,36 @@ test("the Compare menu offers 'none' and every run but the selected one", () => 
   assert.deepEqual(runMenus(initialState()), { run: [], runValue: "", compare: [{ value: "", label: "\u2014 none \u2014" }], compareValue: "" });
 });
 
-test("the kept-steps line warns when TensorBoard sampled a shown run", () => {
-  assert.deepEqual(keptLine(state(listed)), { text: "healthy: all 100 logged steps shown", warn: false });
-  const k = keptLine(state(listed, { type: "compareRun", key: runKey(RUNS[1]) }));
+test("the kept-steps line comes from the shown runs' steps answers and warns when TensorBoard sampled one", () => {
+  const loaded = (kept) => ({ ...steps(3), kept });
+  assert.deepEqual(keptLine(state(listed, loaded([KEPT.healthy, null]))), { text: "healthy: all 100 logged steps shown", warn: false });
+  const k = keptLine(state(listed, { type: "compareRun", key: runKey(RUNS[1]) }, loaded([KEPT.healthy, KEPT.big])));
   assert.match(k.text, /^healthy: all 100 logged steps shown \u00b7 big: TensorBoard kept 100 of 10,000 /);
   assert.equal(k.warn, true);
   assert.deepEqual(keptLine(initialState()), { text: "", warn: false });
+  // before its steps answer, or with another run's, a run has no line
+  assert.deepEqual(keptLine(state(listed)), { text: "", warn: false });
+  const other = state(listed, loaded([KEPT.big, null]));
+  assert.deepEqual(keptLine(other), { text: "", warn: false });
+});
+
+test("records left out are summed up per shown run, with their reasons and the loader's note as it is", () => {
+  const stopped = "TensorBoard stopped reading events.x before its end (at a damaged record): steps after 24 up to 39 are in the file but not shown";
+  const damaged = stepsInfo("big", 100, { left_out: [{ step: 135, reason: "abs_mean is negative (layer 'head')" }, { step: null, reason: stopped }] });
+  const s = state(listed, { type: "compareRun", key: runKey(RUNS[1]) }, { ...steps(3), kept: [KEPT.healthy, damaged] });
+  assert.deepEqual(leftOutGroups(s), [{
+    run: "big", series: 1, summary: "big: 1 step left out (damaged record): 135",
+    reasons: ["step 135: abs_mean is negative (layer 'head')"], notes: [`big: ${stopped}`],
+  }]);
+  assert.deepEqual(leftOutGroups(state(listed, { ...steps(3), kept: [KEPT.healthy, null] })), []);
+});
+
+test("a selected run that cannot be shown says why, as the server said it", () => {
+  const message = "Run 'healthy', tag 'gradflow': the layer set changed between writer sessions";
+  const s = state(listed, { type: "runFailed", key: runKey(RUNS[0]), message });
+  assert.deepEqual(runProblem(s), { title: "healthy cannot be shown", hint: [{ text: message }] });
+  assert.equal(runProblem(reduce(s, { type: "selectRun", key: runKey(RUNS[2]) })), null);
+  assert.equal(runProblem(state(listed)), null);
 });
 
 test("the step controls show the selected step and disable themselves below two steps", () => {
@@ -74,12 +100,15 @@ test("the legend has one entry per shown run and abs_max behind abs_mean only", 
   assert.equal(legendItems(s)[0].color, PALETTES.dark.series[0]);
 });
 
-test("alerts are grouped per shown run in series order", () => {
-  const s = state(listed, { type: "compareRun", key: runKey(RUNS[1]) }, steps(2));
+test("alerts are grouped per shown run in series order, with the module types of that run's layers", () => {
+  let s = state(listed, { type: "compareRun", key: runKey(RUNS[1]) }, steps(2));
   assert.deepEqual(alertGroups(s), [
-    { run: "healthy", series: 0, alerts: [{ kind: "blocked" }] },
-    { run: "big", series: 1, alerts: [{ kind: "x" }] },
+    { run: "healthy", series: 0, alerts: [{ kind: "blocked" }], types: new Map() },
+    { run: "big", series: 1, alerts: [{ kind: "x" }], types: new Map() },
   ]);
+  const typed = (run, types) => reviveFlow({ run, tag: "gradflow", step: 1, layers: ["0", "1"], types, stats: { abs_mean: [1, 1] } });
+  s = reduce(s, { type: "flowsLoaded", flows: [typed("healthy", ["Conv2d", ""]), typed("big", ["Linear", "ReLU"])] });
+  assert.deepEqual(alertGroups(s).map((g) => [...g.types]), [[["0", "Conv2d"]], [["0", "Linear"], ["1", "ReLU"]]]);
   assert.deepEqual(alertGroups(initialState()), []);
 });
 
@@ -101,6 +130,16 @@ test("the empty view's hint reads as one sentence naming tb_gradflow.watch, no w
   assert.equal(text, "Log gradients with tb_gradflow.watch(model, writer, optimizer=opt) and this tab fills in by itself while training writes.");
   assert.doesNotMatch(text, /\b(\w+)\s+\1\b/i);
   assert.deepEqual(EMPTY_HINT.map((p) => Boolean(p.code)), [false, true, false]);
+});
+
+test("the legend names the mark of a layer a shown run lacks at this step, only when one is drawn", () => {
+  const f = (run, layers, absent) => reviveFlow({ run, tag: "gradflow", step: 1, layers, absent, stats: { abs_mean: layers.map(() => 1) } });
+  let s = state(listed, { type: "flowsLoaded", flows: [f("healthy", ["a", "b"], [false, false])] });
+  assert.ok(!legendItems(s).some((i) => i.kind === "missing"));
+  s = state(listed, { type: "flowsLoaded", flows: [f("healthy", ["a", "b"], [false, true])] });
+  assert.deepEqual(legendItems(s).filter((i) => i.kind === "missing").map((i) => i.label), ["no such layer"]);
+  s = state(listed, { type: "flowsLoaded", flows: [f("healthy", ["a"], [false]), f("big", ["a", "b"], [false, false])] });
+  assert.ok(legendItems(s).some((i) => i.kind === "missing")); // the first run has no b
 });
 
 test("the legend says where abs_max is cut off on a linear scale, and drops the hatch on a count axis", () => {

@@ -344,6 +344,44 @@ test("failures keep their text for the status line and end a pending step", () =
   assert.deepEqual(f, fx(["dom"]));
 });
 
+test("a run that cannot be shown clears what was shown; an answer for another run is ignored", () => {
+  let s = loaded("unnormalised_inputs");
+  s = apply(s, { type: "flowsLoaded", flows: [flow("unnormalised_inputs", 99)] }, { type: "heatsLoaded", heats: [{ run: "x" }] }).state;
+  s = apply(s, { type: "togglePlay" }).state;
+  // a late answer about a run no longer selected changes nothing
+  const stale = apply(s, { type: "runFailed", key: key("healthy"), message: "gone" });
+  assert.equal(stale.state, s);
+  assert.deepEqual(stale.fx, fx([]));
+  const { state, fx: f } = apply(s, { type: "runFailed", key: key("unnormalised_inputs"), message: "the layer set changed" });
+  assert.deepEqual(state.problem, { key: key("unnormalised_inputs"), message: "the layer set changed" });
+  assert.deepEqual([state.steps, state.index, state.flows, state.heats, state.playing], [[], -1, [], [], false]);
+  assert.deepEqual(f, fx(["dom", "bars", "heat"]));
+  // its steps load later (new data that can be read): the problem is gone
+  const again = apply(state, { type: "stepsLoaded", steps: range(5), alerts: [[], []] }).state;
+  assert.equal(again.problem, null);
+  // a listing that no longer has it shows another run, without the problem
+  const other = apply(state, { type: "listed", runs: [RUNS[0], RUNS[2]] }).state;
+  assert.equal(other.a.run, "healthy");
+  assert.equal(other.problem, null);
+});
+
+test("a compared run that cannot be shown is dropped with the reason on the status line", () => {
+  const s = apply(loaded(), { type: "compareRun", key: key("unnormalised_inputs") }).state;
+  assert.equal(apply(s, { type: "compareFailed", key: key("edge_<b>cases"), message: "x" }).state, s);
+  const { state, fx: f } = apply(s, { type: "compareFailed", key: key("unnormalised_inputs"), message: "./steps?...: 404 gone" });
+  assert.equal(state.b, null);
+  assert.equal(state.error, "./steps?...: 404 gone");
+  assert.equal(state.a.run, "healthy");
+  assert.deepEqual(f, fx(["dom"]));
+});
+
+test("loaded steps keep the shown runs' steps answers for the kept-steps note", () => {
+  const kept = [{ run: "healthy", tag: "gradflow", steps: range(3) }, null];
+  const { state } = apply(loaded(), { type: "stepsLoaded", steps: range(3), alerts: [[], []], kept });
+  assert.equal(state.kept, kept);
+  assert.deepEqual(apply(loaded(), { type: "stepsLoaded", steps: range(3), alerts: [[], []] }).state.kept, [null, null]);
+});
+
 test("heatmaps and the colour scheme redraw what they touch", () => {
   const heats = [{ run: "healthy" }];
   let { state, fx: f } = apply(loaded(), { type: "heatsLoaded", heats });

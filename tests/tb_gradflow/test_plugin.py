@@ -197,7 +197,21 @@ def test_plugins_listing_enables_the_tab(client):
     assert b'import("./index.js")' in entry.get_data()
 
 
-def test_runs_lists_readable_runs_and_watchers(client):
+def test_runs_lists_readable_runs_and_watchers_without_reading_them(
+    logdir, monkeypatch
+):
+    client, _ = make_client(logdir)  # a fresh plugin: nothing read yet
+    reads = []
+    original = tb_data_provider.MultiplexerDataProvider.read_tensors
+
+    def counting(self, *args, **kwargs):
+        reads.append(kwargs["run_tag_filter"].runs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(
+        tb_data_provider.MultiplexerDataProvider, "read_tensors", counting
+    )
+    not_read = {"steps": None, "first_step": None, "expected_steps": None}
     assert get_json(client, "runs") == {
         "runs": [
             {
@@ -205,11 +219,10 @@ def test_runs_lists_readable_runs_and_watchers(client):
                 "tag": "gradflow",
                 "name": None,
                 "layers": 3,
-                "steps": 6,
-                "first_step": 0,
                 "last_step": 50,
                 "every": 10,
-                "expected_steps": 6,
+                "last_wall_time": 1005.0,  # write_run: 1000 + the record's index
+                **not_read,
             },
             *(
                 {
@@ -217,16 +230,25 @@ def test_runs_lists_readable_runs_and_watchers(client):
                     "tag": f"gradflow/{name}",
                     "name": name,
                     "layers": 1,
-                    "steps": 2,
-                    "first_step": 0,
                     "last_step": 1,
                     "every": 1,
-                    "expected_steps": 2,
+                    "last_wall_time": 1001.0,
+                    **not_read,
                 }
                 for name in ("dec", "enc")
             ),
         ]
     }
+    assert reads == []  # from list_tensors alone
+    # once the tab has read a run, the listing says how many steps were kept
+    get_json(client, "steps", run="healthy")
+    (healthy, *_) = get_json(client, "runs")["runs"]
+    assert (healthy["steps"], healthy["first_step"], healthy["expected_steps"]) == (
+        6,
+        0,
+        6,
+    )
+    assert reads == [{"healthy"}]
 
 
 def test_flow_without_step_is_the_latest_with_nan_as_strings(client):
@@ -268,11 +290,15 @@ def test_flow_marks_layers_without_gradient(client):
     assert flow["alerts"] == []  # the blocked streak starts at 20
 
 
-def test_steps_lists_the_kept_steps(client):
+def test_steps_lists_the_kept_steps_and_how_many_were_logged(client):
     assert get_json(client, "steps", run="healthy") == {
         "run": "healthy",
         "tag": "gradflow",
         "steps": list(STEPS),
+        "first_step": 0,
+        "last_step": 50,
+        "every": 10,
+        "expected_steps": 6,
         "left_out": [],
     }
 
@@ -285,6 +311,7 @@ def test_heatmap_downsamples_with_the_max_and_marks_nonfinite(client):
         "tag": "gradflow",
         "stat": "abs_mean",
         "layers": list(LAYERS),
+        "types": ["", "", ""],
         "steps": [0, 30],
         "first_steps": [0, 30],
         "last_steps": [20, 50],
@@ -580,13 +607,10 @@ def test_an_old_format_run_whose_layer_set_changed_is_refused_not_shown_in_part(
     four = lambda i: possible(0.5, 4)  # noqa: E731
     write_run(tmp_path, "resumed", wider, [2, 3], four, legacy=True)
     client, _ = make_client(tmp_path)
-    for _ in range(2):  # the tab asks every 5 s; logged once
-        assert [r["run"] for r in get_json(client, "runs")["runs"]] == ["fine"]
+    # listed from TensorBoard's listing: what is wrong shows when it is read
+    runs = get_json(client, "runs")["runs"]
+    assert [(r["run"], r["steps"]) for r in runs] == [("fine", None), ("resumed", None)]
     problem = "the layer set changed between writer sessions: 2 of 4 steps"
-    (logged,) = [r.getMessage() for r in caplog.records if r.name == plugin.__name__]
-    assert logged.startswith(
-        f"gradflow: left out run 'resumed', tag 'gradflow': {problem}"
-    )
     for route, params in [
         ("flow", {}),
         ("flow", {"step": "0"}),
@@ -600,6 +624,16 @@ def test_an_old_format_run_whose_layer_set_changed_is_refused_not_shown_in_part(
         text = response.get_data(as_text=True)
         assert f"Run 'resumed', tag 'gradflow': {problem}" in text
         assert "tb_gradflow.load_run()" in text
+    for _ in range(2):  # the tab asks every 5 s: still listed, logged once
+        runs = get_json(client, "runs")["runs"]
+        assert [(r["run"], r["steps"]) for r in runs] == [
+            ("fine", None),
+            ("resumed", None),
+        ]
+    (logged,) = [r.getMessage() for r in caplog.records if r.name == plugin.__name__]
+    assert logged.startswith(
+        f"gradflow: cannot show run 'resumed', tag 'gradflow': {problem}"
+    )
     run = reader.load_run(tmp_path / "resumed")  # what the message points to
     assert run.layers == [*LAYERS, "head"] and run.steps.tolist() == [0, 1, 2, 3]
 
@@ -617,7 +651,12 @@ def test_an_old_format_changed_layer_set_is_logged_once_while_the_run_keeps_trai
     for k in range(4):  # training goes on: new steps at every poll of `runs`
         write_run(tmp_path, "resumed", wider, [4 + k], four, start=1, legacy=True)
         mux.Reload()
-        assert get_json(client, "runs")["runs"] == []
+        (listed,) = get_json(client, "runs")["runs"]
+        assert (listed["run"], listed["last_step"], listed["steps"]) == (
+            "resumed",
+            4 + k,
+            None,
+        )
         response = get(client, "steps", run="resumed")
         assert response.status_code == 404
         problems.append(response.get_data(as_text=True))
@@ -639,8 +678,10 @@ def test_more_problem_runs_than_remembered_keys_are_each_logged_once(
         write_run(tmp_path, run, layout, [0, 1], healthy_stats, legacy=True)
         write_run(tmp_path, run, wider, [2, 3], four, legacy=True)
     client, _ = make_client(tmp_path)
-    for _ in range(3):  # the tab asks every 5 s
-        assert get_json(client, "runs")["runs"] == []
+    for _ in range(3):  # the tab asks every 5 s, and shows each run in turn
+        assert [r["run"] for r in get_json(client, "runs")["runs"]] == list("abcd")
+        for run in "abcd":
+            assert get(client, "steps", run=run).status_code == 404
     logged = [r.getMessage() for r in caplog.records if r.name == plugin.__name__]
     assert [m.split("'")[1] for m in logged] == ["a", "b", "c", "d"]
 
@@ -737,6 +778,9 @@ def test_sampling_hint_limits_the_steps_read(logdir):
     assert run["steps"] == 3
     assert run["first_step"] == steps[0]  # the first kept step: an estimate
     assert run["expected_steps"] == (50 - steps[0]) // 10 + 1
+    answer = get_json(few, "steps", run="healthy")  # what the tab's note reads
+    assert (answer["first_step"], answer["last_step"]) == (steps[0], 50)
+    assert answer["expected_steps"] == run["expected_steps"]
     everything, _ = make_client(logdir, {"gradflow": 0})
     assert get_json(everything, "steps", run="healthy")["steps"] == list(STEPS)
 
@@ -917,9 +961,10 @@ def test_a_resumed_run_with_other_layer_sets_is_merged_by_layer_name(tmp_path):
     write_sessions(tmp_path, name="enc")
     client, _ = make_client(tmp_path)
     runs = get_json(client, "runs")["runs"]
-    assert [(r["tag"], r["name"], r["layers"], r["steps"]) for r in runs] == [
-        ("gradflow", None, 5, 8),
-        ("gradflow/enc", "enc", 5, 8),
+    # the union of the layer sets, from their layouts alone
+    assert [(r["tag"], r["name"], r["layers"], r["last_step"]) for r in runs] == [
+        ("gradflow", None, 5, 7),
+        ("gradflow/enc", "enc", 5, 7),
     ]
     layers = ["a", "b", "c", "d", "x"]  # in order of first appearance
     expected_absent = {
@@ -947,6 +992,10 @@ def test_a_resumed_run_with_other_layer_sets_is_merged_by_layer_name(tmp_path):
         "run": "resumed",
         "tag": "gradflow",
         "steps": list(range(8)),
+        "first_step": 0,
+        "last_step": 7,
+        "every": 1,
+        "expected_steps": 8,
         "left_out": [],
     }
     head, values = heatmap_binary(
@@ -958,10 +1007,10 @@ def test_a_resumed_run_with_other_layer_sets_is_merged_by_layer_name(tmp_path):
         np.array(
             [
                 [1.01, 1.03, 1.05, 1.07],
-                [2.01, 2.02, NAN, NAN],  # b: no gradient at 3, absent from 4
-                [3.01, 3.03, 3.05, NAN],
-                [NAN, 4.03, 4.05, 4.07],
-                [NAN, NAN, NAN, 5.07],
+                [2.01, 2.02, -INF, -INF],  # b: no gradient at 3, absent from 4
+                [3.01, 3.03, 3.05, -INF],  # -inf: in none of the bin's layer sets
+                [-INF, 4.03, 4.05, 4.07],
+                [-INF, -INF, -INF, 5.07],
             ],
             dtype=np.float32,
         ),
@@ -1009,7 +1058,9 @@ def test_old_format_files_are_read_alongside_layout_tags(tmp_path):
     write_run(tmp_path, "up", new, [2, 3], lambda i: possible(1.0, 3))
     client, _ = make_client(tmp_path)
     (entry,) = get_json(client, "runs")["runs"]
-    assert (entry["tag"], entry["layers"], entry["steps"]) == ("gradflow/enc", 3, 4)
+    assert (entry["tag"], entry["layers"], entry["last_step"]) == ("gradflow/enc", 3, 3)
+    steps = get_json(client, "steps", run="up", tag="gradflow/enc")
+    assert (steps["steps"], steps["expected_steps"]) == ([0, 1, 2, 3], 4)
     flow = get_json(client, "flow", run="up", tag="gradflow/enc", step="0")
     assert flow["absent"] == [False, False, True]
     run = reader.load_run(tmp_path / "up", name="enc")
@@ -1038,3 +1089,38 @@ def test_the_layout_cache_holds_every_layer_set_of_a_run(monkeypatch):
         for content in contents:
             assert cache.parse(content).layers == (json.loads(content)["layers"][0],)
     assert len(parsed) == 100  # each once
+
+
+def test_heatmap_tells_absent_layers_from_layers_without_gradient(tmp_path):
+    """b has no gradient at step 2 and is absent from the second session's
+    layer set (steps 3-5): a bin of only absent steps is -Infinity, one with a
+    step without gradient NaN, in JSON and binary alike. Before, both were NaN
+    and the tab called an absent layer "no gradient"."""
+    first = metadata.Layout(layers=("a", "b"), types=("Linear", "Conv2d"))
+
+    def two(i):
+        stats = possible(0.5, 2)
+        if i == 2:
+            stats[:, 1] = NAN
+        return stats
+
+    write_run(tmp_path, "resumed", first, [0, 1, 2], two)
+    second = metadata.Layout(layers=("a",), types=("Linear",))
+    write_run(tmp_path, "resumed", second, [3, 4, 5], lambda i: possible(0.25, 1))
+    client, _ = make_client(tmp_path)
+    answer = get_json(client, "heatmap", run="resumed", stat="abs_mean", max_steps="3")
+    assert (answer["layers"], answer["types"]) == (["a", "b"], ["Linear", "Conv2d"])
+    assert answer["first_steps"] == [0, 2, 4]
+    assert answer["values"] == [[0.5, 0.5, 0.25], [0.5, "NaN", "-Infinity"]]
+    every = get_json(client, "heatmap", run="resumed", stat="abs_mean")
+    assert every["values"][1] == [
+        0.5,
+        0.5,
+        "NaN",
+        "-Infinity",
+        "-Infinity",
+        "-Infinity",
+    ]
+    head, values = heatmap_binary(client, run="resumed", stat="abs_mean", max_steps="3")
+    assert head == {k: v for k, v in answer.items() if k != "values"}
+    assert values[1, 0] == 0.5 and np.isnan(values[1, 1]) and values[1, 2] == -INF
