@@ -254,16 +254,16 @@ class OnlineDiagnosis:
         self.sparse = list(sparse)
         n = len(self.layers)
         self._peak = np.full(n, np.nan)
-        columns = {kind: n for kind in _PATIENT} | {"all_zero": 1}
-        # per streak column: hits in the open streak (0: none), healthy steps
-        # since its last hit, and its first step
-        self._hits = {k: np.zeros(c, dtype=np.int64) for k, c in columns.items()}
-        self._healthy = {k: np.zeros(c, dtype=np.int64) for k, c in columns.items()}
-        self._first = {k: np.zeros(c, dtype=np.int64) for k, c in columns.items()}
-        self._alerted = {
-            kind: np.zeros(columns.get(kind, n), dtype=bool)
-            for kind in self.ALERT_KINDS
-        }
+        # One column per streak: no_gradient and blocked per layer, then
+        # all_zero for the model; per column the hits in its open streak (0:
+        # none), the healthy steps since its last hit, and its first step.
+        self._slices = {"no_gradient": slice(0, n), "blocked": slice(n, 2 * n)}
+        self._slices["all_zero"] = slice(2 * n, 2 * n + 1)
+        self._hits = np.zeros(2 * n + 1, dtype=np.int64)
+        self._healthy = np.zeros(2 * n + 1, dtype=np.int64)
+        self._first = np.zeros(2 * n + 1, dtype=np.int64)
+        self._alerted = np.zeros(2 * n + 1, dtype=bool)
+        self._alerted_nonfinite = np.zeros(n, dtype=bool)
 
     def update(
         self, step: int, stats: dict[str, np.ndarray], *, skipped: bool = False
@@ -281,56 +281,57 @@ class OnlineDiagnosis:
         all_zero = _all_zero_steps(judged, valid)  # (1,)
         blocked = valid & _blocked(judged, others, self._peak[None], self.th)
         blocked[all_zero] = False  # one finding for the model instead
-        masks = {
-            "no_gradient": no_gradient[0],
-            "blocked": blocked[0],
-            "all_zero": all_zero,
-            "nonfinite": bad[0],
-        }
         self._peak = np.fmax(self._peak, np.where(valid, judged, np.nan)[0])
         if skipped:  # neither blocked nor healthy: streaks stay as they are
             return []
+        step = int(step)
+        hit = np.concatenate([no_gradient[0], blocked[0], all_zero])  # (2L + 1,)
+        self._extend(hit, step)
+        fire = (self._hits >= self.th.patience) & ~self._alerted
+        self._alerted |= fire
+        fire_nonfinite = bad[0] & ~self._alerted_nonfinite
+        self._alerted_nonfinite |= fire_nonfinite
+        if not (fire.any() or fire_nonfinite.any()):
+            return []
         new: list[Finding] = []
         for kind in self.ALERT_KINDS:
-            hit = masks[kind]
-            length = np.ones(len(hit), dtype=np.int64)
-            first = np.full(len(hit), int(step), dtype=np.int64)
-            if kind in _PATIENT:
-                length, first = self._extend(kind, hit, int(step))
-                hit = length >= self.th.patience
-            fire = hit & ~self._alerted[kind]
-            self._alerted[kind] |= fire
+            if kind == "nonfinite":
+                columns = np.flatnonzero(fire_nonfinite)
+                length, first = np.ones(len(columns), int), [step] * len(columns)
+            else:
+                at = self._slices[kind]
+                columns = np.flatnonzero(fire[at])
+                length = self._hits[at][columns]
+                first = self._first[at][columns]
             names = [None] if kind == "all_zero" else self.layers
             new += [
                 Finding(
                     kind=kind,
                     layer=names[j],
-                    first_step=int(first[j]),
-                    last_step=int(step),
-                    steps=int(length[j]),
+                    first_step=int(f),
+                    last_step=step,
+                    steps=int(k),
                     message=(
-                        _all_zero_message(int(first[j]))
+                        _all_zero_message(int(f))
                         if kind == "all_zero"
                         else _MESSAGES[kind]
                     ),
                     ongoing=True,
                 )
-                for j in np.flatnonzero(fire)
+                for j, k, f in zip(columns.tolist(), length, first)
             ]
         return new
 
-    def _extend(
-        self, kind: str, hit: np.ndarray, step: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Advances ``kind``'s streaks by one counted step; returns each column's
-        hits in its open streak and that streak's first step."""
-        hits, healthy, first = self._hits[kind], self._healthy[kind], self._first[kind]
+    def _extend(self, hit: np.ndarray, step: int) -> None:
+        """Advances every streak column by one counted step."""
+        hits, healthy = self._hits, self._healthy
         fresh = hit & ((hits == 0) | (healthy >= self.th.patience))
-        first[fresh] = step
-        hits[:] = np.where(fresh, 1, np.where(hit, hits + 1, hits))
-        healthy[:] = np.where(hit, 0, healthy + 1)
+        self._first[fresh] = step
+        hits[hit] += 1
+        hits[fresh] = 1
+        healthy += 1
+        healthy[hit] = 0
         hits[healthy >= self.th.patience] = 0  # the streak ended
-        return hits.copy(), first.copy()
 
 
 def _judged_mean(

@@ -150,8 +150,8 @@ class Statistic:
 
 
 def _mean(p: Mapping[str, np.ndarray], numel: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(numel > 0, p["abs_sum"] / np.maximum(numel, 1), 0.0)
+    """Σ|g| / numel, 0 for an empty layer."""
+    return np.divide(p["abs_sum"], np.maximum(numel, 1)) * (numel > 0)
 
 
 _BUILT_IN = (
