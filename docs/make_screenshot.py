@@ -90,12 +90,12 @@ class TensorBoard:
             lines.put(line)
 
     def wait_for_runs(self, expected: dict[str, int]) -> None:
-        """Until the tab's ``runs`` route lists every step of each run."""
+        """Until the tab's ``runs`` route lists the last step of each run."""
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
             with urllib.request.urlopen(self.url + "data/plugin/gradflow/runs") as r:
-                runs = {x["run"]: x["steps"] for x in json.load(r)["runs"]}
-            if all(runs.get(run) == n for run, n in expected.items()):
+                runs = {x["run"]: x["last_step"] for x in json.load(r)["runs"]}
+            if all(runs.get(run) == n - 1 for run, n in expected.items()):
                 return
             time.sleep(0.5)
         raise RuntimeError(f"TensorBoard did not list {expected} in time: {runs}")
