@@ -8,22 +8,20 @@ runs them eagerly instead of tracing them.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-import inspect
 import math
 import sys
-import threading
 import warnings
-import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tb_gradflow import _reduce, _sharded, metadata, stats, summary
+from tb_gradflow import _sharded, metadata, stats, summary
 from tb_gradflow.diagnosis import Finding, OnlineDiagnosis, Thresholds
+from tb_gradflow.gradient_stats import layer_stats
+from tb_gradflow.layers import module_types, select_layers
 from tb_gradflow.optimizer_hooks import (
     ClosureCall,
     closure_position,
@@ -31,23 +29,10 @@ from tb_gradflow.optimizer_hooks import (
     nested_step,
     with_closure,
 )
+from tb_gradflow.scaler_patch import ScalerStepPatch, check_scaler
+from tb_gradflow.writers import check_writer, claim_writer, release_writer
 
-__all__ = [
-    "GradFlow",
-    "GradFlowAlert",
-    "GradFlowError",
-    "LoggedStep",
-    "check_writer",
-    "layer_name",
-    "layer_stats",
-    "module_types",
-    "select_layers",
-    "watch",
-]
-
-_SPARSE_MODULES = (nn.Embedding, nn.EmbeddingBag)
-_WRAPPER_PREFIX = "module."  # DistributedDataParallel, DataParallel, DeepSpeed
-_COMPILE_COMPONENT = "_orig_mod"  # torch.compile's OptimizedModule
+__all__ = ["GradFlow", "GradFlowAlert", "GradFlowError", "LoggedStep", "watch"]
 
 
 _ALERT_MODES = (None, "warn", "raise")
@@ -112,173 +97,6 @@ class _Layer:
     name: str
     param: nn.Parameter
     sparse: bool
-
-
-def layer_name(param_name: str) -> str:
-    """The layer name of a parameter: its name without a trailing ``.weight``.
-
-    ``torch.compile``'s ``_orig_mod`` components are dropped as well.
-
-    Examples:
-        >>> layer_name("encoder._orig_mod.fc1.weight")
-        'encoder.fc1'
-        >>> layer_name("lstm.weight_ih_l0")
-        'lstm.weight_ih_l0'
-    """
-    parts = [p for p in param_name.split(".") if p != _COMPILE_COMPONENT]
-    if len(parts) > 1 and parts[-1] == "weight":
-        parts = parts[:-1]
-    return ".".join(parts)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """Strips DDP/DataParallel and torch.compile wrappers."""
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, _COMPILE_COMPONENT, None), nn.Module):
-            model = getattr(model, _COMPILE_COMPONENT)
-        else:
-            return model
-
-
-def _is_bias(param_name: str) -> bool:
-    return param_name.rsplit(".", 1)[-1].startswith("bias")
-
-
-def _patterns(arg: str, patterns: str | Iterable[str]) -> list[str]:
-    """``patterns`` as a list of glob strings (a generator is read once)."""
-    if isinstance(patterns, str):
-        return [patterns]
-    if not isinstance(patterns, Iterable):
-        raise TypeError(
-            f"{arg} must be a str or an iterable of str, got {type(patterns).__name__}"
-        )
-    patterns = list(patterns)
-    for pat in patterns:
-        if not isinstance(pat, str):
-            raise TypeError(
-                f"{arg} patterns must be str, got {type(pat).__name__}: {pat!r}"
-            )
-    return patterns
-
-
-def select_layers(
-    model: nn.Module,
-    *,
-    include_bias: bool = False,
-    include: str | Iterable[str] | None = None,
-    exclude: str | Iterable[str] | None = None,
-    parameters: Iterable[Tensor] | None = None,
-) -> list[tuple[str, nn.Parameter, bool]]:
-    """The layers ``watch`` follows: ``(name, parameter, is_sparse)`` in model order.
-
-    One per parameter that requires grad (tied parameters once), named by
-    :func:`layer_name`; biases (last name component starting with ``bias``) only
-    with ``include_bias``; ``include``/``exclude`` are glob patterns on layer
-    names; ``parameters``, if given, keeps only the layers whose parameter is
-    one of them (e.g. one optimizer's, when each of several optimizers gets a
-    watcher).
-
-    Raises:
-        ValueError: if no layer is left, two layers end up with one name, an
-            ``include`` pattern matches no layer (the message lists the
-            layers), or ``parameters`` holds a tensor that is not a parameter
-            of ``model``.
-        TypeError: if a pattern is not a str, or ``parameters`` is not an
-            iterable of tensors.
-    """
-    model = _unwrap(model)
-    include = None if include is None else _patterns("include", include)
-    exclude = [] if exclude is None else _patterns("exclude", exclude)
-    kept = None if parameters is None else _parameter_ids(model, parameters)
-    sparse_params = {
-        id(m.weight)
-        for m in model.modules()
-        if isinstance(m, _SPARSE_MODULES) and m.sparse
-    }
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if named and all(n.startswith(_WRAPPER_PREFIX) for n, _ in named):
-        named = [(n[len(_WRAPPER_PREFIX) :], p) for n, p in named]
-    if include is not None:
-        names = [layer_name(n) for n, _ in named if include_bias or not _is_bias(n)]
-        for pat in include:
-            if not any(fnmatch.fnmatchcase(name, pat) for name in names):
-                shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-                raise ValueError(
-                    f"include pattern {pat!r} matches no layer; the model's "
-                    f"layers ({len(names)}): {shown}"
-                )
-    layers, seen = [], {}
-    for pname, param in named:
-        if kept is not None and id(param) not in kept:
-            continue
-        if not include_bias and _is_bias(pname):
-            continue
-        name = layer_name(pname)
-        if include is not None and not any(
-            fnmatch.fnmatchcase(name, pat) for pat in include
-        ):
-            continue
-        if any(fnmatch.fnmatchcase(name, pat) for pat in exclude):
-            continue
-        if name in seen:
-            raise ValueError(
-                f"Parameters {seen[name]!r} and {pname!r} both map to layer "
-                f"name {name!r}"
-            )
-        seen[name] = pname
-        layers.append((name, param, id(param) in sparse_params))
-    if not layers:
-        raise ValueError(
-            "No layer to watch: the model has no parameter that requires grad and "
-            f"passes the filters (include_bias={include_bias}, include={include}, "
-            f"exclude={list(exclude)}"
-            + ("" if kept is None else f", {len(kept)} parameters given")
-            + ")"
-        )
-    return layers
-
-
-def module_types(model: nn.Module) -> dict[int, str]:
-    """The class name of the module that owns each parameter, by ``id`` of the
-    parameter (the first owner of a tied one, in module order). A class that
-    FSDP2's ``fully_shard`` made (``FSDPLinear``) is named by the class it
-    wraps (``Linear``)."""
-    owners: dict[int, str] = {}
-    for module in _unwrap(model).modules():
-        kind = type(module)
-        name = kind.__name__
-        if name.startswith("FSDP") and any(
-            base.__name__ == name[4:] for base in kind.__mro__[1:]
-        ):
-            name = name[4:]
-        for p in module.parameters(recurse=False):
-            owners.setdefault(id(p), name)
-    return owners
-
-
-def _parameter_ids(model: nn.Module, parameters: Iterable[Tensor]) -> set[int]:
-    """The ids of ``parameters``, each checked to be a parameter of ``model``."""
-    if isinstance(parameters, Tensor) or not isinstance(parameters, Iterable):
-        raise TypeError(
-            "parameters must be an iterable of the model's parameters, got "
-            f"{type(parameters).__name__}"
-        )
-    own = {id(p) for p in model.parameters()}
-    ids = set()
-    for p in parameters:
-        if not isinstance(p, Tensor):
-            raise TypeError(
-                f"parameters must hold tensors, got {type(p).__name__}: {p!r}"
-            )
-        if id(p) not in own:
-            raise ValueError(
-                f"parameters holds a tensor of shape {tuple(p.shape)} that is not a "
-                "parameter of the model"
-            )
-        ids.add(id(p))
-    return ids
 
 
 class GradFlow:
@@ -349,7 +167,7 @@ class GradFlow:
         if scaler is not None and optimizer is None:
             raise ValueError("scaler needs the optimizer it steps: pass optimizer= too")
         if scaler is not None:
-            _check_scaler(scaler)
+            check_scaler(scaler)
         if thresholds is not None and not isinstance(thresholds, Thresholds):
             raise TypeError(
                 "thresholds must be a tb_gradflow.diagnosis.Thresholds or None, "
@@ -385,7 +203,7 @@ class GradFlow:
         # In a process group, only `rank` writes (None: every rank does).
         self.writer = writer if rank is None or _process_rank() == rank else None
         if self.writer is not None:
-            _claim_writer(self.writer, name, self)
+            claim_writer(self.writer, name, self)
         self.every = every
         self.start_step = start_step
         self.last: LoggedStep | None = None
@@ -423,7 +241,7 @@ class GradFlow:
                     optimizer.register_step_post_hook(self._after_optimizer_step)
                 )
             if scaler is not None:
-                self._handles.append(_ScalerStepPatch(self, scaler))
+                self._handles.append(ScalerStepPatch(self, scaler))
         except BaseException:  # no half-built watcher: undo what is registered
             self.remove()
             raise
@@ -560,7 +378,7 @@ class GradFlow:
             handle.remove()
         self._handles.clear()
         if self.writer is not None:
-            _release_writer(self.writer, self.layout.name, self)
+            release_writer(self.writer, self.layout.name, self)
 
     def __enter__(self) -> GradFlow:
         return self
@@ -661,119 +479,6 @@ class GradFlow:
         self._wrote_metadata = True
 
 
-@torch.no_grad()
-def layer_stats(
-    grads: Sequence[Tensor | None],
-    *,
-    scratch: dict[torch.device, Tensor] | None = None,
-    extras: Tensor | None = None,
-    statistics: Sequence[stats.Statistic] | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The statistics of a list of gradients, one host copy per device.
-
-    The built-in partials (Σ|g|, max|g|, Σg², non-finite count, rows) come from
-    the fused reduction; a partial a registered statistic brings is run per
-    layer (see :mod:`tb_gradflow.stats`).
-
-    Args:
-        grads: one gradient per layer (None: the layer had none); dense or
-            sparse COO, any floating dtype, any devices.
-        scratch: reusable CPU buffers (kept by the caller between calls).
-        extras: ``(E,)`` device scalars to copy along with the statistics.
-        statistics: the statistics to make (default: the registry's).
-
-    Returns:
-        ``(K, L)`` float64, one row per statistic (NaN columns for None
-        gradients), and the host copy of ``extras`` (None without).
-    """
-    statistics = stats.statistics() if statistics is None else tuple(statistics)
-    scratch = {} if scratch is None else scratch
-    n_layers = len(grads)
-    sharded = _sharded.dtensor_indices(grads)
-    local = list(grads)
-    for i in sharded:  # FSDP2: each rank reduces its own shard first
-        local[i] = grads[i].to_local()
-    dense: dict[torch.device, tuple[list[Tensor], list[int]]] = {}
-    parts: list[_reduce.Partials] = []
-    rows = np.ones(n_layers)
-    has_grad = np.array([g is not None for g in grads], dtype=bool)
-    for i, g in enumerate(local):
-        if g is None:
-            continue
-        if g.is_sparse:
-            part, touched = _reduce.reduce_sparse(g, i)
-            parts.append(part)
-            rows[i] = touched / g.shape[0] if g.shape[0] else 0.0
-        else:
-            batch, owners = dense.setdefault(g.device, ([], []))
-            batch.append(g)  # read under no_grad: no detach() needed
-            owners.append(i)
-    parts += [_reduce.reduce_dense(g, o, scratch) for g, o in dense.values()]
-    totals, host_extras = _reduce.combine(parts, n_layers, extras)  # (3, L)
-    numel = np.array([0 if g is None else g.numel() for g in grads])
-    local_numel = numel.copy()
-    for i in sharded:
-        local_numel[i] = local[i].numel()
-    redo = np.flatnonzero(has_grad & _reduce.float32_unsafe(totals, local_numel))
-    if redo.size:  # rare: huge or tiny gradients
-        exact = _reduce.sums_float64([local[i] for i in redo]).cpu().numpy()
-        totals[0, redo], totals[2, redo] = exact
-    partials = {"abs_sum": totals[0], "abs_max": totals[1], "sq_sum": totals[2]}
-    partials.update(_own_partials(statistics, local, has_grad))
-    group = None
-    if sharded:  # one SUM and one MAX all-reduce for all sharded layers
-        group = _sharded.shard_group(grads[sharded[0]])
-        device = local[sharded[0]].device
-        _sharded.reduce_partials(partials, sharded, device, group)
-    totals = np.stack([partials["abs_sum"], partials["abs_max"], partials["sq_sum"]])
-    nonfinite = np.zeros(n_layers)
-    bad = np.flatnonzero(has_grad & ~np.isfinite(totals[0])).tolist()
-    if bad:  # only here: a finite sum of |g| proves that no element is NaN/Inf
-        counts = _reduce.count_nonfinite([local[i] for i in bad])
-        bad_sharded = [k for k, i in enumerate(bad) if i in sharded]
-        if bad_sharded:  # every rank sees the same reduced sums: all join in
-            counts = counts.to(torch.float64)
-            counts[bad_sharded] = _sharded.reduce_counts(counts[bad_sharded], group)
-        nonfinite[bad] = counts.cpu().numpy()
-    partials.update(nonfinite=nonfinite, rows=rows)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        record = np.stack(
-            [np.asarray(s.finish(partials, numel), np.float64) for s in statistics]
-        )  # (K, L)
-    record[:, ~has_grad] = math.nan
-    return record, host_extras
-
-
-def _own_partials(
-    statistics: Sequence[stats.Statistic],
-    grads: Sequence[Tensor | None],
-    has_grad: np.ndarray,
-) -> dict[str, np.ndarray]:
-    """The partials registered statistics bring, per layer: ``local(grad)`` of
-    each dense gradient (a sparse one: of its stored values), NaN without one.
-    One host copy for all of them."""
-    names = [
-        n
-        for n in dict.fromkeys(p for s in statistics for p in s.partials)
-        if n not in stats.PARTIALS
-    ]
-    if not names:
-        return {}
-    out = {}
-    for name in names:
-        local = stats.partial(name).local
-        values = [
-            local(g.coalesce().values() if g.is_sparse else g).to(torch.float64)
-            for g in grads
-            if g is not None
-        ]
-        column = np.full(len(grads), math.nan)
-        if values:
-            column[has_grad] = torch.stack(values).cpu().numpy()
-        out[name] = column
-    return out
-
-
 # Code that calls the hooks on the user's behalf: an alert points past it, at
 # the user's line (a fixed stacklevel breaks when the depth of the calls changes).
 _NOT_USER_CODE = (
@@ -801,64 +506,6 @@ def _user_stacklevel() -> int:
         frame = frame.f_back
         level += 1
     return level
-
-
-_WRITERS = "a torch.utils.tensorboard.SummaryWriter or a tensorboardX.SummaryWriter"
-
-
-def check_writer(writer: Any) -> str:
-    """The library whose ``SummaryWriter`` ``writer`` is (a subclass counts):
-    ``"torch"`` for ``torch.utils.tensorboard``'s, ``"tensorboardX"`` for
-    tensorboardX's.
-
-    tensorboardX stays optional: it is never imported here, since an instance
-    of its writer exists only once it is.
-
-    Raises:
-        TypeError: for any other object, naming the writers that are.
-    """
-    from torch.utils.tensorboard import SummaryWriter
-
-    if isinstance(writer, SummaryWriter):
-        return "torch"
-    tensorboardx = sys.modules.get("tensorboardX")
-    if tensorboardx is not None and isinstance(writer, tensorboardx.SummaryWriter):
-        return "tensorboardX"
-    raise TypeError(f"writer must be {_WRITERS} or None, got {type(writer).__name__}")
-
-
-# The live watcher of each (writer, name): a second one would write every step
-# twice under one tag (or merge two models' layers under one name).
-_WATCHERS: dict[tuple[int, str | None], weakref.ref] = {}
-_WATCHERS_LOCK = threading.Lock()
-
-
-def _claim_writer(writer: Any, name: str | None, flow: GradFlow) -> None:
-    """Records ``flow`` as the watcher writing to ``writer`` under ``name``.
-
-    Raises:
-        ValueError: if a watcher not yet removed already does, naming it.
-    """
-    key = (id(writer), name)
-    with _WATCHERS_LOCK:
-        ref = _WATCHERS.get(key)
-        other = ref() if ref is not None else None
-        if other is not None and not other._removed and other.writer is writer:
-            what = "unnamed" if name is None else f"named {name!r}"
-            raise ValueError(
-                f"This writer already has a watcher {what}: {other!r}. A second "
-                "one would log every step twice under one tag: call .remove() on "
-                "the first (or leave its with-block), or pass another name="
-            )
-        _WATCHERS[key] = weakref.ref(flow)
-
-
-def _release_writer(writer: Any, name: str | None, flow: GradFlow) -> None:
-    key = (id(writer), name)
-    with _WATCHERS_LOCK:
-        ref = _WATCHERS.get(key)
-        if ref is not None and ref() in (flow, None):
-            del _WATCHERS[key]
 
 
 def _process_rank() -> int:
@@ -1003,108 +650,3 @@ def watch(
         parameters=parameters,
         step_fn=step_fn,
     )
-
-
-_MISSING = object()
-
-
-def _check_scaler(scaler: Any) -> None:
-    """Raises unless an instance attribute can wrap ``scaler.step``, a callable."""
-    kind = (
-        f"the class {scaler.__qualname__}"
-        if isinstance(scaler, type)
-        else type(scaler).__name__
-    )
-    if not callable(getattr(scaler, "step", None)):
-        raise TypeError(f"scaler must be a torch.amp.GradScaler, got {kind}")
-    # The class's own __dict__ is a mappingproxy: a class is refused here too.
-    if not isinstance(getattr(scaler, "__dict__", None), dict):
-        raise TypeError(
-            f"scaler must be a torch.amp.GradScaler, got {kind}, which has no "
-            "instance __dict__ to wrap its step in"
-        )
-    class_step = inspect.getattr_static(type(scaler), "step", None)
-    if hasattr(type(class_step), "__set__"):
-        raise TypeError(
-            f"scaler must be a torch.amp.GradScaler, got {kind}, whose step is "
-            "a data descriptor that an instance attribute cannot cover"
-        )
-
-
-def _unwatched_step(
-    scaler: Any, step: Callable[..., Any] | None = None
-) -> Callable[..., Any]:
-    """A copied scaler's step: ``step``, or its class's ``step`` bound to it."""
-    if step is not None:
-        return step
-    return inspect.getattr_static(type(scaler), "step").__get__(scaler, type(scaler))
-
-
-class _ScalerStepPatch:
-    """``scaler.step`` while a watcher follows the scaler, and its removable handle.
-
-    Set as an instance attribute over whatever ``scaler.step`` was. Patches of
-    several watchers stack; removing one in any order leaves the others
-    working, and once the last is removed the scaler holds exactly what was
-    there before (no instance attribute if there was none). A patch removed
-    while someone else's patch covers it stays in that chain, calling straight
-    through and holding no reference to its watcher. Once the cover is undone,
-    the next removal of a patch on this scaler drops it as well; if no watcher
-    is left to remove by then, it stays as ``scaler.step``, inert.
-
-    A copy of the scaler (``copy.deepcopy``, pickle) is not watched: the copy
-    gets the step below every watcher's patch, bound to the copy.
-    """
-
-    def __init__(self, flow: GradFlow, scaler: Any) -> None:
-        self._flow: GradFlow | None = flow  # None once removed
-        self._scaler = scaler
-        self._previous = vars(scaler).get("step", _MISSING)
-        self._inner = scaler.step
-        scaler.step = self
-
-    def __call__(
-        self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any
-    ) -> Any:
-        flow = self._flow
-        if flow is None or optimizer is not flow._optimizer:
-            return self._inner(optimizer, *args, **kwargs)
-        return flow._on_scaler_step(self._inner, optimizer, args, kwargs)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Copying the watcher would copy its writer (not copyable) and leave the
-        # copy logging to the original's run; a copy of the scaler is unwatched.
-        base = self._previous
-        while isinstance(base, _ScalerStepPatch):
-            base = base._previous
-        if base is _MISSING:
-            return _unwatched_step, (self._scaler,)
-        return _unwatched_step, (self._scaler, base)
-
-    def _below(self) -> tuple[Any, Callable[..., Any]]:
-        """``(previous, inner)`` of this patch, past patches already removed."""
-        previous, inner = self._previous, self._inner
-        while isinstance(previous, _ScalerStepPatch) and previous._flow is None:
-            previous, inner = previous._previous, previous._inner
-        return previous, inner
-
-    def remove(self) -> None:
-        if self._flow is None:
-            return
-        self._flow = None  # left in someone's chain, it must not keep the watcher
-        scaler = self._scaler
-        above = vars(scaler).get("step")
-        while isinstance(above, _ScalerStepPatch) and above is not self:
-            if above._previous is self:  # unlink self from the stack
-                above._previous, above._inner = self._below()
-                break
-            above = above._previous
-        # Pop removed patches that nothing covers: this one, or one uncovered
-        # since by someone else undoing their patch.
-        top = vars(scaler).get("step", _MISSING)
-        if isinstance(top, _ScalerStepPatch) and top._flow is None:
-            previous, _ = top._below()
-            if previous is _MISSING:
-                del scaler.step
-            else:
-                scaler.step = previous

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from tb_gradflow import metadata
-from tb_gradflow.collect import layer_stats, select_layers
 from tb_gradflow.diagnosis import Finding, Thresholds, diagnose
+from tb_gradflow.gradient_stats import layer_stats
+from tb_gradflow.layers import select_layers
 from tb_gradflow.reader import from_records
 
 __all__ = ["check_flow", "diagnose_stats"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import tb_gradflow
+from tb_gradflow.layers import layer_name
 
 
 class RecordingSGD(torch.optim.Optimizer):
@@ -46,7 +46,7 @@ def assert_logged_applied(run, model, applied, steps, *, layers=None, rtol=1e-6)
     ``applied`` (one ``{parameter: grad}`` per step, in order), for the run's
     layers (the model's non-bias parameters, or ``layers``)."""
     by_name = {
-        tb_gradflow.collect.layer_name(n): p
+        layer_name(n): p
         for n, p in model.named_parameters()
         if not n.rsplit(".", 1)[-1].startswith("bias")
     }

@@ -16,7 +16,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
 from tb_gradflow import _reduce
-from tb_gradflow.collect import layer_name, layer_stats, select_layers
+from tb_gradflow.gradient_stats import layer_stats
+from tb_gradflow.layers import layer_name, select_layers
 
 
 def reference_stats(grad: torch.Tensor) -> dict[str, float]:

@@ -452,7 +452,7 @@ def test_files_without_module_types_read_with_names_alone(tmp_path):
 
 
 def test_tied_and_wrapped_parameters_take_their_first_owners_type():
-    from tb_gradflow.collect import module_types
+    from tb_gradflow.layers import module_types
 
     class Tied(nn.Module):
         def __init__(self):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tb_gradflow.collect import layer_stats
+from tb_gradflow.gradient_stats import layer_stats
 from tb_gradflow.stats import names, record
 from tb_gradflow.validity import invalid_records
 
