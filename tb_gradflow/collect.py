@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tb_gradflow import _sharded, metadata, stats, summary
+from tb_gradflow import _sharded, metadata, summary
+from tb_gradflow import stats as stats_registry
 from tb_gradflow.diagnosis import Finding, OnlineDiagnosis, Thresholds
 from tb_gradflow.gradient_stats import layer_stats
 from tb_gradflow.layers import module_types, select_layers
@@ -30,6 +31,7 @@ from tb_gradflow.optimizer_hooks import (
     with_closure,
 )
 from tb_gradflow.scaler_patch import ScalerStepPatch, check_scaler
+from tb_gradflow.update_stats import UpdateMeter
 from tb_gradflow.writers import check_writer, claim_writer, release_writer
 
 __all__ = ["GradFlow", "GradFlowAlert", "GradFlowError", "LoggedStep", "watch"]
@@ -78,7 +80,9 @@ class LoggedStep:
     stats: np.ndarray
     skipped: bool
     loss_scale: float
-    names: tuple[str, ...] = dataclasses.field(default_factory=stats.names)
+    names: tuple[str, ...] = dataclasses.field(
+        default_factory=lambda: stats_registry.names("gradient")
+    )
 
     def stat(self, name: str) -> np.ndarray:
         """One statistic for every layer: ``(L,)``.
@@ -129,6 +133,7 @@ class GradFlow:
         rank: int | None = 0,
         parameters: Iterable[Tensor] | None = None,
         step_fn: Callable[[], int | None] | None = None,
+        stats: Iterable[str] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -190,7 +195,17 @@ class GradFlow:
         self._layers = [_Layer(n, p, s) for n, p, s in selected]
         self.layers = [layer.name for layer in self._layers]
         owners = module_types(model)
-        self._statistics = stats.statistics()  # fixed for this watcher
+        # fixed for this watcher: the gradient's, then the chosen others
+        self._statistics = stats_registry.statistics("gradient") + tuple(
+            _optional_statistics(stats, optimizer)
+        )
+        self._updates = (
+            UpdateMeter([layer.param for layer in self._layers])
+            if any(s.reads != "gradient" for s in self._statistics)
+            else None
+        )
+        # a logged step's gradient record, waiting for the step's end
+        self._pending: tuple | None = None
         self.layout = metadata.Layout(
             layers=tuple(self.layers),
             stats=tuple(s.name for s in self._statistics),
@@ -285,6 +300,7 @@ class GradFlow:
             return None  # the step that called this one counts and logs
         self._step_depth = 1
         self._closure_call = None
+        self._pending = None  # of a step that raised: never finished
         step = self._due_step()
         if step is None:
             return None
@@ -310,6 +326,9 @@ class GradFlow:
         call, self._closure_call = self._closure_call, None
         if call is not None:  # taken already, unless the closure was never called
             call.take()
+        pending, self._pending = self._pending, None
+        if pending is not None:  # the update statistics of the step just applied
+            self._emit(*pending, update_sq=self._updates.after())
 
     def _collect_for(self, optimizer: torch.optim.Optimizer, step: int) -> None:
         # Fused optimizers get GradScaler's scale and inf flag as attributes
@@ -318,6 +337,7 @@ class GradFlow:
             step,
             grad_scale=getattr(optimizer, "grad_scale", None),
             found_inf=getattr(optimizer, "found_inf", None),
+            before_step=True,
         )
 
     def _on_scaler_step(
@@ -377,6 +397,8 @@ class GradFlow:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._updates is not None:
+            self._updates.release()
         if self.writer is not None:
             release_writer(self.writer, self.layout.name, self)
 
@@ -403,8 +425,41 @@ class GradFlow:
         grad_scale: Tensor | float | None = None,
         found_inf: Tensor | None = None,
         skipped: bool = False,
-    ) -> LoggedStep:
+        before_step: bool = False,
+    ) -> LoggedStep | None:
+        """Takes the gradient statistics of ``step``; with update statistics
+        and ``before_step``, measures the parameters and leaves the record to
+        finish when the step ends (None now), else finishes it at once (a
+        skipped step: no update; a step logged by hand: not measured)."""
         record, fields = self._compute(grad_scale, found_inf)
+        if self._updates is None:
+            return self._emit(step, record, fields, skipped)
+        param_sq = self._updates.before()
+        if before_step:
+            self._pending = (step, record, fields, skipped, param_sq)
+            return None
+        nothing = np.zeros_like(param_sq) if skipped else np.full_like(param_sq, np.nan)
+        return self._emit(step, record, fields, skipped, param_sq, update_sq=nothing)
+
+    def _emit(
+        self,
+        step: int,
+        record: np.ndarray,
+        fields: tuple[bool, float],
+        skipped: bool,
+        param_sq: np.ndarray | None = None,
+        *,
+        update_sq: np.ndarray | None = None,
+    ) -> LoggedStep:
+        """Finishes a step's record (the update statistics from the partials,
+        when measured), then writes it and feeds the alerts."""
+        if param_sq is not None:
+            partials = {"param_sq": param_sq, "update_sq": update_sq}
+            numel = np.array([layer.param.numel() for layer in self._layers])
+            others = [s for s in self._statistics if s.reads != "gradient"]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rows = [np.asarray(s.finish(partials, numel), float) for s in others]
+            record = np.concatenate([record, np.stack(rows)])  # (K, L)
         logged = LoggedStep(
             step=step,
             stats=record,
@@ -433,17 +488,15 @@ class GradFlow:
     ) -> tuple[np.ndarray, tuple[float, float]]:
         extras = self._step_extras(grad_scale, found_inf)
         grads = [layer.param.grad for layer in self._layers]
+        gradient = [s for s in self._statistics if s.reads == "gradient"]
         record, host_extras = layer_stats(
-            grads,
-            scratch=self._scratch,
-            extras=extras,
-            statistics=self._statistics,
+            grads, scratch=self._scratch, extras=extras, statistics=gradient
         )
         if host_extras is None:
             host_extras = np.array([math.nan, 0.0, math.nan])
         scale, inf_flag, loss_scale = host_extras
         if math.isfinite(scale) and scale > 0:  # linear in the gradient: unscale
-            scaled = [k for k, s in enumerate(self._statistics) if s.loss_scaled]
+            scaled = [k for k, s in enumerate(gradient) if s.loss_scaled]
             record[scaled] /= scale
         return record, (inf_flag > 0, loss_scale)
 
@@ -508,6 +561,44 @@ def _user_stacklevel() -> int:
     return level
 
 
+def _optional_statistics(
+    names: Iterable[str] | None, optimizer: torch.optim.Optimizer | None
+) -> list[stats_registry.Statistic]:
+    """The registered statistics among ``names`` that are not the gradient's
+    (those are always logged), in registry order.
+
+    Raises:
+        TypeError: if ``names`` is a str or holds a non-str.
+        ValueError: for a name the registry does not have, or a statistic of
+            the update or the parameters without an optimizer.
+    """
+    if names is None:
+        return []
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise TypeError(
+            "stats must be an iterable of statistic names, e.g. "
+            f"stats=['update_ratio'], got {type(names).__name__}"
+        )
+    names = list(names)
+    known = stats_registry.names()
+    for name in names:
+        if not isinstance(name, str) or name not in known:
+            raise ValueError(
+                f"Unknown statistic {name!r}; registered: {', '.join(known)}"
+            )
+    chosen = [
+        s
+        for s in stats_registry.statistics()
+        if s.name in names and s.reads != "gradient"
+    ]
+    if chosen and optimizer is None:
+        raise ValueError(
+            f"{chosen[0].name} is measured around the optimizer step: pass "
+            "optimizer= too"
+        )
+    return chosen
+
+
 def _process_rank() -> int:
     """This process's rank in the default process group (0 outside one)."""
     dist = torch.distributed
@@ -541,6 +632,7 @@ def watch(
     rank: int | None = 0,
     parameters: Iterable[Tensor] | None = None,
     step_fn: Callable[[], int | None] | None = None,
+    stats: Iterable[str] | None = None,
 ) -> GradFlow:
     """Logs per-layer gradient statistics of ``model`` to TensorBoard.
 
@@ -590,6 +682,17 @@ def watch(
             (``every`` is then only recorded, as the interval readers expect
             between logged steps). Needs ``optimizer``. The shipped
             integrations (:mod:`tb_gradflow.integrations`) use it.
+        stats: statistics to log besides the gradient's, which are always
+            logged (names from :mod:`tb_gradflow.stats`): ``"update_ratio"``
+            (``||θ_after − θ_before|| / ||θ_before||`` of the step the
+            optimizer applied) and ``"weight_norm"`` (``||θ||`` before it).
+            They need ``optimizer``; measuring them copies the watched
+            parameters on a logged step (buffers the size of the parameters,
+            kept for the next logged step, freed by :meth:`GradFlow.remove`)
+            and reads them twice more; nothing on other steps. With them a
+            logged step's record is finished, written and alerted on after the
+            step, so ``on_alert="raise"`` stops training after that step was
+            applied. A step the AMP scaler skipped has an update of 0.
         on_alert: ``"warn"`` emits a :class:`GradFlowAlert` warning the first time
             a layer turns non-finite, loses its gradient or is blocked (the
             rule of :mod:`tb_gradflow.diagnosis`, as in the tab); ``"raise"``
@@ -649,4 +752,5 @@ def watch(
         rank=rank,
         parameters=parameters,
         step_fn=step_fn,
+        stats=stats,
     )

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from tb_gradflow import _reduce, _sharded, stats
 
-__all__ = ["layer_stats"]
+__all__ = ["dense_sums", "layer_stats"]
 
 
 @torch.no_grad()
@@ -38,13 +38,16 @@ def layer_stats(
             sparse COO, any floating dtype, any devices.
         scratch: reusable CPU buffers (kept by the caller between calls).
         extras: ``(E,)`` device scalars to copy along with the statistics.
-        statistics: the statistics to make (default: the registry's).
+        statistics: the statistics to make, all computed from the gradient
+            (default: the registry's).
 
     Returns:
         ``(K, L)`` float64, one row per statistic (NaN columns for None
         gradients), and the host copy of ``extras`` (None without).
     """
-    statistics = stats.statistics() if statistics is None else tuple(statistics)
+    statistics = (
+        stats.statistics("gradient") if statistics is None else tuple(statistics)
+    )
     scratch = {} if scratch is None else scratch
     n_layers = len(grads)
     sharded = _sharded.dtensor_indices(grads)
@@ -100,6 +103,31 @@ def layer_stats(
         )  # (K, L)
     record[:, ~has_grad] = math.nan
     return record, host_extras
+
+
+def dense_sums(
+    tensors: Sequence[Tensor], scratch: dict[torch.device, Tensor]
+) -> np.ndarray:
+    """Σ|x|, max|x| and Σx² of each dense tensor, combined in float64 (the
+    fused reduction, with the float64 rescue of sums float32 cannot hold): the
+    gradient's partials, used for the parameters and the applied update too.
+
+    Shape:
+        - returns: ``(3, N)`` float64.
+    """
+    dense: dict[torch.device, tuple[list[Tensor], list[int]]] = {}
+    for i, t in enumerate(tensors):
+        batch, owners = dense.setdefault(t.device, ([], []))
+        batch.append(t)
+        owners.append(i)
+    parts = [_reduce.reduce_dense(t, o, scratch) for t, o in dense.values()]
+    totals, _ = _reduce.combine(parts, len(tensors))  # (3, N)
+    numel = np.array([t.numel() for t in tensors])
+    redo = np.flatnonzero(_reduce.float32_unsafe(totals, numel))
+    if redo.size:
+        exact = _reduce.sums_float64([tensors[i] for i in redo]).cpu().numpy()
+        totals[0, redo], totals[2, redo] = exact
+    return totals
 
 
 def _own_partials(

@@ -106,7 +106,9 @@ class Layout:
     """
 
     layers: tuple[str, ...]
-    stats: tuple[str, ...] = dataclasses.field(default_factory=stats_module.names)
+    stats: tuple[str, ...] = dataclasses.field(
+        default_factory=lambda: stats_module.names("gradient")
+    )
     step_fields: tuple[str, ...] = STEP_FIELDS
     every: int = 1
     name: str | None = None

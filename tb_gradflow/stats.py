@@ -54,7 +54,8 @@ __all__ = [
 ]
 
 _COMBINE = ("sum", "max")
-_GROUPS = ("mean", "max", "norm", "sum")
+_GROUPS = ("mean", "max", "norm", "sum", "partials")
+_READS = ("gradient", "parameter", "update")
 _UNITS = ("value", "count", "fraction")
 _BAD = ("low", "high", "none")
 
@@ -89,9 +90,13 @@ PARTIALS: dict[str, Partial] = {
         Partial("sq_sum", "sum"),  # Σg²
         Partial("nonfinite", "sum"),  # NaN/Inf elements
         Partial("rows", "max"),  # fraction of rows with a gradient (sparse)
+        Partial("param_sq", "sum"),  # Σθ² before the step
+        Partial("update_sq", "sum"),  # Σ(θ_after - θ_before)²
     )
 }
-"""The built-in partials, made together by the fused reduction."""
+"""The built-in partials: the gradient's, made together by the fused reduction,
+and the parameter's and the applied update's, made around the optimizer step
+(:mod:`tb_gradflow.update_stats`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +112,9 @@ class Statistic:
             partial's name to ``(L,)`` float64 whole-layer values, ``numel`` is
             ``(L,)``; returns ``(L,)``.
         group: how layers combine into a group of layers: ``"mean"`` (weighted
-            by size), ``"max"``, ``"norm"`` (root of the sum of squares) or
-            ``"sum"``.
+            by size), ``"max"``, ``"norm"`` (root of the sum of squares),
+            ``"sum"``, or ``"partials"`` (finished from the group's combined
+            partials, as a ratio of norms is).
         unit: ``"value"`` (of the gradient), ``"count"`` or ``"fraction"``.
         bad: which direction is bad, for binning and alerts: ``"low"``,
             ``"high"`` or ``"none"``.
@@ -117,7 +123,9 @@ class Statistic:
         low, high: its valid range; ``high=None`` is the layer's number of
             elements (a count).
         integer: whether valid values are whole numbers.
-        reads: what it is computed from: ``"gradient"``.
+        reads: what it is computed from: ``"gradient"`` (always logged),
+            ``"parameter"`` or ``"update"`` (the step the optimizer applied;
+            measured around the optimizer step, chosen with ``watch(stats=)``).
     """
 
     name: str
@@ -145,8 +153,8 @@ class Statistic:
                 raise ValueError(
                     f"Invalid {field}: {getattr(self, field)!r} (one of {allowed})"
                 )
-        if self.reads != "gradient":
-            raise ValueError(f"Invalid reads: {self.reads!r} (gradient)")
+        if self.reads not in _READS:
+            raise ValueError(f"Invalid reads: {self.reads!r} (one of {_READS})")
 
 
 def _mean(p: Mapping[str, np.ndarray], numel: np.ndarray) -> np.ndarray:
@@ -204,6 +212,36 @@ _BUILT_IN = (
     ),
 )
 
+
+def _update_ratio(p: Mapping[str, np.ndarray], numel: np.ndarray) -> np.ndarray:
+    """‖Δθ‖ / ‖θ‖: inf for an update of a zero parameter, NaN for none."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt(p["update_sq"]) / np.sqrt(p["param_sq"])
+
+
+_BUILT_IN += (
+    Statistic(
+        "update_ratio",
+        "size of the step the optimizer applied, relative to the weights: "
+        "||theta_after - theta_before|| / ||theta_before|| (about 1e-3 is healthy)",
+        ("update_sq", "param_sq"),
+        _update_ratio,
+        group="partials",
+        bad="high",
+        loss_scaled=False,
+        reads="update",
+    ),
+    Statistic(
+        "weight_norm",
+        "L2 norm of the weights before the step",
+        ("param_sq",),
+        lambda p, numel: np.sqrt(p["param_sq"]),
+        group="norm",
+        loss_scaled=False,
+        reads="parameter",
+    ),
+)
+
 _LOCK = threading.Lock()
 _REGISTRY: dict[str, Statistic] = {s.name: s for s in _BUILT_IN}
 _EXTRA_PARTIALS: dict[str, Partial] = {}
@@ -248,16 +286,18 @@ def unregister(name: str) -> None:
                 del _EXTRA_PARTIALS[p]
 
 
-def names() -> tuple[str, ...]:
-    """The registered statistics' names, in the order they are written."""
-    with _LOCK:
-        return tuple(_REGISTRY)
+def names(reads: str | None = None) -> tuple[str, ...]:
+    """The registered statistics' names, in the order they are written (only
+    those computed from ``reads``, if given: ``"gradient"`` for the ones every
+    watcher logs)."""
+    return tuple(s.name for s in statistics(reads))
 
 
-def statistics() -> tuple[Statistic, ...]:
-    """The registered statistics, in the order they are written."""
+def statistics(reads: str | None = None) -> tuple[Statistic, ...]:
+    """The registered statistics, in the order they are written (only those
+    computed from ``reads``, if given)."""
     with _LOCK:
-        return tuple(_REGISTRY.values())
+        return tuple(s for s in _REGISTRY.values() if reads is None or s.reads == reads)
 
 
 def get(name: str) -> Statistic | None:
@@ -275,14 +315,14 @@ def partial(name: str) -> Partial:
 
 def record(values: Mapping[str, Any], layers: int, order=None) -> np.ndarray:
     """A ``(K, L)`` float64 record built by name: ``values`` maps each
-    statistic of ``order`` (default: :func:`names`) to a number or ``(L,)``
-    values.
+    statistic of ``order`` (default: the gradient's, ``names("gradient")``, as
+    a layout holds by default) to a number or ``(L,)`` values.
 
     Raises:
         KeyError: naming a statistic ``values`` lacks or one it has beyond
             ``order``.
     """
-    order = tuple(order or names())
+    order = tuple(order or names("gradient"))
     extra = sorted(set(values) - set(order))
     missing = [n for n in order if n not in values]
     if extra or missing:

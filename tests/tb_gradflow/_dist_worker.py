@@ -19,6 +19,9 @@ import tb_gradflow
 STEPS = 3
 
 
+UPDATE = ["update_ratio", "weight_norm"]  # measured around the step
+
+
 def make_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
@@ -58,7 +61,7 @@ def main(mode: str, rank: int, world: int, init_file: str, outdir: str) -> None:
     x, y = make_batch()
     half = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
     with SummaryWriter(f"{outdir}/{mode}-rank{rank}") as writer:
-        with tb_gradflow.watch(model, writer, optimizer=opt):
+        with tb_gradflow.watch(model, writer, optimizer=opt, stats=UPDATE):
             train(model, opt, x[half], y[half])
     # both ranks done before the group goes: a rank tearing gloo down while the
     # other still talks to it can abort ("terminate called without an active

@@ -14,7 +14,7 @@ from torch.utils.tensorboard import SummaryWriter
 import tb_gradflow
 
 WORKER = Path(__file__).with_name("_dist_worker.py")
-STATS = ("abs_mean", "abs_max", "norm", "nonfinite")
+STATS = ("abs_mean", "abs_max", "norm", "nonfinite", "update_ratio", "weight_norm")
 
 
 def load_worker():
@@ -32,7 +32,7 @@ def single_process_reference(logdir):
     x, y = w.make_batch()
     with (
         SummaryWriter(logdir) as writer,
-        tb_gradflow.watch(model, writer, optimizer=opt),
+        tb_gradflow.watch(model, writer, optimizer=opt, stats=w.UPDATE),
     ):
         w.train(model, opt, x, y)
     return tb_gradflow.load_run(logdir)
@@ -98,7 +98,7 @@ def test_compiled_model_logs_eager_names_and_values(tmp_path):
         net = torch.compile(model) if kind == "compiled" else model
         with (
             SummaryWriter(tmp_path / kind) as writer,
-            tb_gradflow.watch(net, writer, optimizer=opt),
+            tb_gradflow.watch(net, writer, optimizer=opt, stats=w.UPDATE),
         ):
             w.train(net, opt, x, y)
         runs[kind] = tb_gradflow.load_run(tmp_path / kind)

@@ -68,7 +68,8 @@ def test_a_registered_statistic_flows_end_to_end(
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
     grads = train(model, tmp_path / "run")
     run = tb_gradflow.load_run(tmp_path / "run")
-    assert run.stats[-2:] == ["signed_sum", "mean_square"]
+    assert run.stats[5:7] == ["signed_sum", "mean_square"]  # after the gradient's
+    assert "signed_sum" not in run.not_logged
     want_sum = [g.sum().item() for g in grads]
     want_ms = [g.pow(2).mean().item() for g in grads]
     np.testing.assert_allclose(run.values("signed_sum")[:, 0], want_sum, rtol=1e-5)
@@ -116,7 +117,7 @@ def test_a_file_lacking_a_statistic_reads_it_as_not_logged(tmp_path, plugin_clie
             )
             w._get_file_writer().add_summary(proto, global_step=step)
     run = tb_gradflow.load_run(tmp_path / "old")
-    assert run.not_logged == ["rows"]
+    assert run.not_logged == ["rows", "update_ratio", "weight_norm"]
     assert np.isnan(run.values("rows")).all()
     assert (run.values("abs_mean") == 0.5).all()
     assert tb_gradflow.diagnose(run) == []
@@ -128,8 +129,8 @@ def test_record_builds_by_name_and_names_what_is_missing():
     got = stats.record(
         {"abs_mean": [1, 2], "abs_max": 3, "norm": 4, "nonfinite": 0, "rows": 1}, 2
     )
-    assert got.shape == (len(stats.names()), 2)
-    assert got[stats.names().index("abs_mean")].tolist() == [1.0, 2.0]
+    assert got.shape == (len(stats.names("gradient")), 2)
+    assert got[stats.names("gradient").index("abs_mean")].tolist() == [1.0, 2.0]
     with pytest.raises(KeyError, match=r"missing \['rows'\], unknown \['x'\]"):
         stats.record(
             {"abs_mean": 1, "abs_max": 1, "norm": 1, "nonfinite": 0, "x": 1}, 1

@@ -116,10 +116,11 @@ def test_a_tensorboardx_writer_writes_the_bytes_a_torch_writer_writes(tmp_path):
     np.testing.assert_array_equal(run.skipped, ref.skipped)
     np.testing.assert_array_equal(run.loss_scale, ref.loss_scale)
     np.testing.assert_array_equal(run.absent, ref.absent)
-    for k, stat in enumerate(run.stats):
+    for stat in run.stats:
         np.testing.assert_array_equal(run.values(stat), ref.values(stat))
+    for stat in flows["tensorboardX"].last.names:  # by name
         np.testing.assert_array_equal(  # what the watcher computed, as float32
-            run.values(stat)[-1], flows["tensorboardX"].last.stats[k].astype("f4")
+            run.values(stat)[-1], flows["tensorboardX"].last.stat(stat).astype("f4")
         )
     unused = [run.layers.index("unused"), run.layers.index("unused.bias")]
     assert run.no_grad[:, unused].all() and not run.no_grad[:, :-2].any()

@@ -13,7 +13,7 @@ from tb_gradflow.gradient_stats import layer_stats
 from tb_gradflow.stats import names, record
 from tb_gradflow.validity import invalid_records
 
-STATS = names()
+STATS = names("gradient")
 LAYERS = ("a", "b")
 
 
