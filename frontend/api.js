@@ -3,7 +3,7 @@
 // `/experiment/<id>/` keep working), JSON and binary answers, a per-URL cache,
 // and errors as one line of text for the tab's status line. No DOM here.
 
-import { decodeHeatmap, reviveAlert, reviveFlow, reviveSteps, runKey, toNumber } from "./model.js";
+import { decodeHeatmap, reviveAlert, reviveFlow, reviveStats, reviveSteps, runKey, toNumber } from "./model.js";
 
 /** An HTTP error with the server's one-line message. */
 export class HttpError extends Error {
@@ -119,6 +119,7 @@ export class Client {
       last_step: toNumber(r.last_step),
       every: toNumber(r.every),
       last_wall_time: toNumber(r.last_wall_time),
+      stats: reviveStats(r.stats),
     }));
   }
 

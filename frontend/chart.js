@@ -45,35 +45,36 @@ export const PALETTES = {
   },
 };
 
-/** Statistics that count elements: a count axis, never a log one. */
-export const COUNT_STATS = ["nonfinite"];
-
 /**
- * The bar plot's y axis for a statistic: `count` (from 0, whole-number ticks)
- * for counts whatever the log toggle says, else `log` or `linear`.
- * @param {string} stat
+ * The bar plot's y axis for a statistic of `unit` (the registry's, as the
+ * `runs` route lists it): a count on a `count` axis (from 0, whole-number
+ * ticks) and a fraction on a `fraction` axis (0 to 1), whatever the log toggle
+ * says; a value (or a statistic of unknown unit) on a `log` or `linear` one.
+ * @param {string|null} unit "value", "count" or "fraction"
  * @param {boolean} log the log-scale toggle
- * @returns {"log"|"linear"|"count"}
+ * @returns {"log"|"linear"|"count"|"fraction"}
  */
-export function axisKind(stat, log) {
-  if (COUNT_STATS.includes(stat)) return "count";
+export function axisKind(unit, log) {
+  if (unit === "count" || unit === "fraction") return unit;
   return log ? "log" : "linear";
 }
 
 /** The statuses a bar can have, in legend order. */
-export const STATUSES = ["ok", "zero", "no_grad", "nonfinite", "missing"];
+export const STATUSES = ["ok", "zero", "no_grad", "nonfinite", "missing", "not_logged"];
 
 /**
  * The status of one layer's bar.
  * @param {number} value the statistic (NaN without a gradient)
- * @param {{noGrad?: boolean, nonfinite?: number, missing?: boolean}} flags
+ * @param {{noGrad?: boolean, nonfinite?: number, missing?: boolean, notLogged?: boolean}} flags
  *   `nonfinite`: count of non-finite gradient elements; `missing`: the run has no
  *   such layer (runs compared by name), or not at this step (absent from the
- *   layer set its session logged).
- * @returns {"ok"|"zero"|"no_grad"|"nonfinite"|"missing"}
+ *   layer set its session logged); `notLogged`: the run's files lack the
+ *   statistic (its NaN says nothing about the gradient).
+ * @returns {"ok"|"zero"|"no_grad"|"nonfinite"|"missing"|"not_logged"}
  */
 export function barStatus(value, flags = {}) {
   if (flags.missing) return "missing";
+  if (flags.notLogged) return "not_logged";
   if (flags.noGrad) return "no_grad";
   if (flags.nonfinite > 0 || value === Infinity || value === -Infinity) return "nonfinite";
   if (Number.isNaN(value)) return "no_grad";
@@ -88,16 +89,19 @@ export function barStatus(value, flags = {}) {
  * statistic (plus `abs_max` behind `abs_mean`), bar statuses and blocked
  * flags (from the flow's alerts, which hold at the step). On a count axis a
  * count is a bar like any value (not the hatched non-finite column: the count
- * is what is shown).
+ * is what is shown). A run whose files lack the statistic (or that does not
+ * have it) has only `not_logged` bars, the title says so, and `message` says
+ * it in the plot when no shown run logged it.
  * @param {import("./model.js").Flow[]} flows one or two
  * @param {string} stat
- * @param {{log: boolean, selectedLayer?: (string|null)}} opts
+ * @param {{log: boolean, unit?: (string|null), selectedLayer?: (string|null)}} opts
+ *   `unit`: the statistic's (see {@link axisKind}; default "value")
  * @returns {{layers: string[], labels: string[], series: BarSeries[], log: boolean,
- *   axis: ("log"|"linear"|"count"), selected: number,
- *   title: {text: string, series: number}[]}}
+ *   axis: ("log"|"linear"|"count"|"fraction"), selected: number,
+ *   title: {text: string, series: number}[], message: string}}
  */
 export function barData(flows, stat, opts) {
-  const axis = axisKind(stat, opts.log);
+  const axis = axisKind(opts.unit ?? "value", opts.log);
   const first = flows[0];
   const second = flows[1] || null;
   const match = second ? matchLayers(first.layers, second.layers) : {
@@ -105,8 +109,9 @@ export function barData(flows, stat, opts) {
   };
   const series = flows.map((flow, si) => {
     const idx = si === 0 ? match.a : match.b;
-    const values = flow.stats[stat] || [];
-    const back = stat === "abs_mean" && flow.stats.abs_max ? flow.stats.abs_max : null;
+    const notLogged = !(stat in flow.stats) || (flow.not_logged || []).includes(stat);
+    const values = notLogged ? [] : flow.stats[stat];
+    const back = stat === "abs_mean" && flow.stats.abs_max && !notLogged ? flow.stats.abs_max : null;
     const nonfinite = flow.stats.nonfinite || [];
     const blocked = new Set(flow.alerts.filter((a) => a.kind === "blocked").map((a) => a.layer));
     return {
@@ -114,11 +119,12 @@ export function barData(flows, stat, opts) {
       values: idx.map((j) => (j < 0 ? NaN : values[j] ?? NaN)),
       back: back ? idx.map((j) => (j < 0 ? NaN : back[j] ?? NaN)) : null,
       status: idx.map((j) => barStatus(j < 0 ? NaN : values[j] ?? NaN, {
-        missing: j < 0 || flow.absent[j], noGrad: j >= 0 && flow.no_grad[j],
+        missing: j < 0 || flow.absent[j], notLogged, noGrad: j >= 0 && flow.no_grad[j],
         nonfinite: j < 0 || axis === "count" ? 0 : nonfinite[j],
       })),
       blocked: idx.map((j) => j >= 0 && blocked.has(flow.layers[j])),
       absent: idx.map((j) => j >= 0 && flow.absent[j]),
+      notLogged,
     };
   });
   const typeIn = (flow, j) => (flow && j >= 0 && flow.types ? flow.types[j] || "" : "");
@@ -132,10 +138,14 @@ export function barData(flows, stat, opts) {
     if (si > 0) title.push({ text: "  vs  ", series: -1 });
     title.push({ text: `${flow.run} @ step ${flow.step}`, series: flows.length > 1 ? si : -1 });
   });
-  const note = { log: " (log scale)", linear: "", count: " (count)" }[axis];
-  title.push({ text: `  \u00b7  ${stat}${note}`, series: -1 });
+  const unlogged = flows.filter((_, si) => series[si].notLogged).map((f) => f.run);
+  const none = unlogged.length === flows.length;
+  const note = none ? "" : { log: " (log scale)", linear: "", count: " (count)", fraction: " (fraction)" }[axis];
+  const where = unlogged.length && flows.length > 1 && !none ? ` in ${unlogged.join(", ")}` : "";
+  title.push({ text: `  \u00b7  ${stat}${note}${unlogged.length ? ` (not logged${where})` : ""}`, series: -1 });
+  const message = none ? `${stat} is not logged in ${unlogged.join(" or ")}` : "";
   const selected = opts.selectedLayer == null ? -1 : match.names.indexOf(opts.selectedLayer);
-  return { layers: match.names, labels, series, log: axis === "log", axis, selected, title };
+  return { layers: match.names, labels, series, log: axis === "log", axis, selected, title, message };
 }
 
 /**
@@ -162,9 +172,11 @@ export function rotatedTextBox(w, h, angle) {
 
 /**
  * One series of bars: a run's statistic for every (matched) layer. `absent`:
- * the run has the layer, but not in the layer set of this step.
+ * the run has the layer, but not in the layer set of this step. `notLogged`:
+ * the run's files lack the statistic.
  * @typedef {{label: string, values: number[], back: (number[]|null),
- *   status: string[], blocked: boolean[], absent?: boolean[]}} BarSeries
+ *   status: string[], blocked: boolean[], absent?: boolean[],
+ *   notLogged?: boolean}} BarSeries
  */
 
 /**
@@ -178,12 +190,13 @@ export function rotatedTextBox(w, h, angle) {
  * The y range: on a log axis, whole decades around the statistic and `abs_max`
  * behind it; on a linear axis, 0 to the statistic's largest value, so that the
  * chosen statistic fills the plot (an `abs_max` bar above it is cut at the top
- * and marked `clipped`); on a count axis, 0 to the largest count, whole numbers.
+ * and marked `clipped`); on a count axis, 0 to the largest count, whole numbers;
+ * on a fraction axis, 0 to 1. `message`, when given, is written in the plot.
  *
  * @param {{layers: string[], labels?: string[], series: BarSeries[], log: boolean,
- *   axis?: ("log"|"linear"|"count"), title?: {text: string, series: number}[],
- *   selected?: number}} data (without `axis`: `log` or `linear` from `log`);
- *   `labels`: the names drawn (default: `layers`)
+ *   axis?: ("log"|"linear"|"count"|"fraction"), title?: {text: string, series: number}[],
+ *   selected?: number, message?: string}} data (without `axis`: `log` or
+ *   `linear` from `log`); `labels`: the names drawn (default: `layers`)
  * @param {{width: number, plotHeight?: number, measure: (text: string, bold?: boolean) => number}} opts
  * @returns {object} the layout (see the fields set below)
  */
@@ -213,6 +226,11 @@ export function barLayout(data, opts) {
     const steps = countTicks(finiteMax(values), Math.max(2, Math.floor(plotHeight / 40)));
     scale = scaleLinear([0, steps[steps.length - 1]], [y1, y0]);
     yTicks = steps.map((v) => ({ value: v, text: String(v), y: scale.map(v) }));
+  } else if (axis === "fraction") {
+    scale = scaleLinear([0, 1], [y1, y0]);
+    yTicks = ticks(0, 1, Math.max(2, Math.floor(plotHeight / 40))).map((v) => ({
+      value: v, text: formatValue(v), y: scale.map(v),
+    }));
   } else {
     const max = finiteMax(values); // the statistic's own range: abs_max is cut at the top
     const count = Math.max(2, Math.floor(plotHeight / 40));
@@ -306,7 +324,7 @@ export function barLayout(data, opts) {
   return {
     width, height, plot, band, floorY, scale, yTicks, labels, every, angle, bars,
     log: axis === "log", axis, title: data.title || [], selected: data.selected ?? -1, series: data.series,
-    layers: data.layers,
+    layers: data.layers, message: data.message || "",
   };
 }
 
@@ -356,7 +374,9 @@ export function barTooltip(layout, i, stat) {
 }
 
 /** How the tab says what a bar or heatmap cell that is not a value is. */
-const STATUS_TEXT = { no_grad: "no gradient", nonfinite: "non-finite", missing: "no such layer" };
+const STATUS_TEXT = {
+  no_grad: "no gradient", nonfinite: "non-finite", missing: "no such layer", not_logged: "not logged",
+};
 /** Why a layer the run has is missing at a step. */
 const ABSENT_TEXT = "not in this step's layer set";
 
@@ -364,9 +384,11 @@ const ABSENT_TEXT = "not in this step's layer set";
  * The tooltip lines of one heatmap cell: layer (with its module type), run and
  * step (or the bin's step range), value, said as the bar plot says it: "no
  * gradient" (NaN), "non-finite" (+Infinity), "no such layer" (-Infinity: not
- * in the step's layer set).
+ * in the step's layer set); "not logged" for every cell of a statistic the
+ * run's files lack.
  * @param {{run: string, stat: string, layers: string[], types?: string[], steps: number[],
- *   first_steps: number[], last_steps: number[], values: Float32Array}} heat
+ *   first_steps: number[], last_steps: number[], values: Float32Array,
+ *   logged?: boolean}} heat
  * @param {{row: number, col: number}} cell
  * @returns {string[]}
  */
@@ -376,7 +398,8 @@ export function heatTooltip(heat, cell) {
   const z = heat.last_steps[cell.col];
   const stepText = a === z ? `step ${a}` : `steps ${a}\u2013${z} (largest in the bin)`;
   let valueText;
-  if (Number.isNaN(v)) valueText = STATUS_TEXT.no_grad;
+  if (heat.logged === false) valueText = STATUS_TEXT.not_logged;
+  else if (Number.isNaN(v)) valueText = STATUS_TEXT.no_grad;
   else if (v === Infinity) valueText = STATUS_TEXT.nonfinite;
   else if (v === -Infinity) valueText = `${STATUS_TEXT.missing} (${a === z ? ABSENT_TEXT : "not in these steps' layer sets"})`;
   else valueText = formatValue(v);
@@ -434,7 +457,7 @@ export function heatmapLayout(data, opts) {
   const plot = { x, y: legendY + LINE / 2 + 12, w: Math.max(10, width - x - right), h: 0 };
   const total = Math.min(480, Math.max(48, rows * 18));
   const cellH = rows ? total / rows : 0;
-  plot.h = rows * cellH;
+  plot.h = rows ? rows * cellH : total; // no rows (a statistic not logged): room for the message
   const cellW = cols ? plot.w / cols : 0;
   const every = cellH >= LINE - 2 ? 1 : Math.ceil((LINE - 2) / Math.max(cellH, 1e-9));
   const rowLabels = [];
@@ -630,6 +653,7 @@ export function drawBars(ctx, layout, palette) {
     }
   }
   for (const b of layout.bars) drawBar(ctx, b, layout, palette);
+  if (layout.message) drawMessage(ctx, layout.message, plot, palette);
 
   // zero line (the axis floor in log scale) and the y axis
   ctx.strokeStyle = palette.axis;
@@ -654,6 +678,23 @@ export function drawBars(ctx, layout, palette) {
     ctx.fillText(lab.text, 0, 0);
     ctx.restore();
   }
+  ctx.restore();
+}
+
+/**
+ * A line of text in the middle of a plot (a statistic not logged).
+ * @param {CanvasRenderingContext2D} ctx
+ * @param {string} text
+ * @param {{x: number, y: number, w: number, h: number}} plot
+ * @param {Palette} palette
+ */
+function drawMessage(ctx, text, plot, palette) {
+  ctx.save();
+  ctx.font = FONT;
+  ctx.fillStyle = palette.muted;
+  ctx.textAlign = "center";
+  ctx.textBaseline = "middle";
+  ctx.fillText(text, plot.x + plot.w / 2, plot.y + plot.h / 2, plot.w - 8);
   ctx.restore();
 }
 
@@ -714,6 +755,8 @@ function drawBar(ctx, b, layout, palette) {
       ctx.moveTo(cx + r, floorY - 2 - 2 * r);
       ctx.lineTo(cx - r, floorY - 2);
       ctx.stroke();
+      break;
+    case "not_logged": // nothing to draw: the title and the tooltip say why
       break;
     default: // missing in this run: a short dash
       ctx.strokeStyle = palette.muted;
@@ -860,8 +903,9 @@ function drawSwatch(ctx, it, palette) {
  * @param {CanvasRenderingContext2D} ctx scaled to CSS px
  * @param {ReturnType<typeof heatmapLayout>} layout
  * @param {{domain: ([number, number]|null), selectedCol: number, selectedRow: number,
- *   blockedRows: Set<number>, image: (CanvasImageSource|null)}} data
- *   `image`: the `cols x rows` pixels of {@link heatPixels} on a canvas.
+ *   blockedRows: Set<number>, image: (CanvasImageSource|null), message?: string}} data
+ *   `image`: the `cols x rows` pixels of {@link heatPixels} on a canvas;
+ *   `message`: written over the plot instead (a statistic not logged).
  * @param {Palette} palette
  */
 export function drawHeatmap(ctx, layout, data, palette) {
@@ -877,7 +921,11 @@ export function drawHeatmap(ctx, layout, data, palette) {
   ctx.fillText(layout.title, plot.x, layout.titleY);
   drawLegend(ctx, layout, data.domain, palette);
 
-  if (data.image && layout.rows && layout.cols) {
+  if (data.message) {
+    ctx.strokeStyle = palette.grid;
+    ctx.strokeRect(plot.x + 0.5, plot.y + 0.5, plot.w - 1, plot.h - 1);
+    drawMessage(ctx, data.message, plot, palette);
+  } else if (data.image && layout.rows && layout.cols) {
     hatch(ctx, plot.x, plot.y, plot.w, plot.h, palette); // shows where a layer is absent
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(data.image, plot.x, plot.y, plot.w, plot.h);

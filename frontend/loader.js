@@ -7,7 +7,7 @@
 // needs is decided in state.js; no DOM here.
 
 import { HttpError, errorText, reasonText } from "./api.js";
-import { runKey } from "./model.js";
+import { notLoggedHeatmap, runKey } from "./model.js";
 import { currentStep, needsRanking, nextStep, shownRuns } from "./state.js";
 
 /**
@@ -101,13 +101,19 @@ export function createLoader(client, getState, dispatch) {
       await dispatch({ type: "stepsLoaded", steps: stepsA.steps, alerts: [alertsA, alertsB], kept: [stepsA, stepsB] });
     },
 
-    /** The heatmaps of the shown runs for the chosen statistic. */
+    /**
+     * The heatmaps of the shown runs for the chosen statistic; a run the
+     * `runs` answer does not list it for gets one that says "not logged"
+     * without a request (the route would refuse a name the run lacks).
+     */
     async heat() {
       const t = guard.next("heat");
       const state = getState();
       if (!state.steps.length) return; // nothing shown (a run that cannot be)
+      const lacks = (r) => r.stats && r.stats.length > 0 && !r.stats.some((s) => s.name === state.stat);
+      const heatOf = (r) => (lacks(r) ? notLoggedHeatmap(r, state.stat) : client.heatmap(r, state.stat, HEAT_COLUMNS));
       try {
-        const heats = await Promise.all(shownRuns(state).map((r) => client.heatmap(r, state.stat, HEAT_COLUMNS)));
+        const heats = await Promise.all(shownRuns(state).map(heatOf));
         if (guard.isCurrent("heat", t)) dispatch({ type: "heatsLoaded", heats });
       } catch (err) {
         if (guard.isCurrent("heat", t)) failed(err);

@@ -5,9 +5,21 @@
 
 /**
  * One watcher of one run, as listed by the `runs` route (from TensorBoard's
- * listing alone: how many steps were kept is in {@link StepsInfo}).
+ * listing alone: how many steps were kept is in {@link StepsInfo}). `stats`:
+ * the statistics its files hold, then the ones the server knows that they lack.
  * @typedef {{run: string, tag: string, name: (string|null), layers: number,
- *   last_step: number, every: number, last_wall_time: number}} RunInfo
+ *   last_step: number, every: number, last_wall_time: number,
+ *   stats: StatInfo[]}} RunInfo
+ */
+
+/**
+ * A statistic of a watcher, as the `runs` route lists it: what the server's
+ * registry says of it (`meaning`; `unit`: "value", "count" or "fraction";
+ * `bad`: "low", "high" or "none"), null in all three for one the server does
+ * not know (read from the files by name), and whether the watcher's files hold
+ * it (`logged` false: they were written without it, and it reads as NaN).
+ * @typedef {{name: string, meaning: (string|null), unit: (string|null),
+ *   bad: (string|null), logged: boolean}} StatInfo
  */
 
 /**
@@ -33,11 +45,12 @@
 
 /**
  * One logged step (`flow` route), with every statistic as an array of numbers.
- * `types`: each layer's module class ("" when unknown).
+ * `types`: each layer's module class ("" when unknown). `not_logged`: the
+ * statistics in `stats` that the run's files lack (all NaN).
  * @typedef {{run: string, tag: string, step: number, layers: string[],
  *   types: string[], sparse: boolean[], stats: Object<string, number[]>,
  *   no_grad: boolean[], absent: boolean[], skipped: boolean, loss_scale: number,
- *   alerts: Alert[], left_out: LeftOut[]}} Flow
+ *   alerts: Alert[], left_out: LeftOut[], not_logged: string[]}} Flow
  *   (`absent`: the layer is not in the layer set of that step's session)
  */
 
@@ -45,10 +58,11 @@
  * The layers-by-steps matrix of one statistic (`heatmap` route, binary form).
  * @typedef {{run: string, tag: string, stat: string, layers: string[],
  *   types: string[], steps: number[], first_steps: number[], last_steps: number[],
- *   downsampled: boolean, values: Float32Array}} Heatmap
+ *   downsampled: boolean, logged: boolean, values: Float32Array}} Heatmap
  * `values[row * steps.length + col]` is layer `row` in column `col`: NaN
  * where it had no gradient, +Infinity where a value was non-finite, -Infinity
- * where the layer was in none of the column's layer sets.
+ * where the layer was in none of the column's layer sets. `logged` false: the
+ * run's files lack the statistic (every value NaN).
  */
 
 /**
@@ -78,6 +92,20 @@ export function toNumbers(xs) {
 }
 
 /**
+ * Converts the `stats` list of a `runs` entry (see {@link StatInfo}); entries
+ * without a name are dropped.
+ * @param {unknown} xs
+ * @returns {StatInfo[]}
+ */
+export function reviveStats(xs) {
+  if (!Array.isArray(xs)) return [];
+  const text = (v) => (typeof v === "string" ? v : null);
+  return xs
+    .filter((x) => x && typeof x.name === "string" && x.name !== "")
+    .map((x) => ({ name: x.name, meaning: text(x.meaning), unit: text(x.unit), bad: text(x.bad), logged: x.logged !== false }));
+}
+
+/**
  * Converts a `flow` JSON answer: statistics and the loss scale become numbers,
  * missing lists become lists of the layer count.
  * @param {any} json
@@ -102,6 +130,7 @@ export function reviveFlow(json) {
     loss_scale: toNumber(json.loss_scale),
     alerts: (json.alerts || []).map(reviveAlert),
     left_out: reviveLeftOut(json.left_out),
+    not_logged: Array.isArray(json.not_logged) ? json.not_logged.map(String) : [],
   };
 }
 
@@ -232,7 +261,23 @@ export function decodeHeatmap(buffer) {
     first_steps: head.first_steps ? toNumbers(head.first_steps) : steps.slice(),
     last_steps: head.last_steps ? toNumbers(head.last_steps) : steps.slice(),
     downsampled: Boolean(head.downsampled),
+    logged: head.logged !== false,
     values,
+  };
+}
+
+/**
+ * What the tab shows in place of the heatmap of a statistic a run does not
+ * have at all (the `runs` route does not list it for that run: the `heatmap`
+ * route would refuse the name): no layers, no steps, not logged.
+ * @param {{run: string, tag: string}} r
+ * @param {string} stat
+ * @returns {Heatmap}
+ */
+export function notLoggedHeatmap(r, stat) {
+  return {
+    run: r.run, tag: r.tag, stat, layers: [], types: [], steps: [], first_steps: [], last_steps: [],
+    downsampled: false, logged: false, values: new Float32Array(0),
   };
 }
 

@@ -72,6 +72,7 @@ export function createPainter(win, shell, getState, dispatch) {
     if (state.a) views.setOptions(shell.run, menus.run, menus.runValue);
     views.setOptions(shell.compare, menus.compare, menus.compareValue);
     views.setOptions(shell.stat, present.statOptions(state), state.stat);
+    shell.stat.title = present.statTitle(state);
     const log = present.logControl(state);
     shell.log.checked = log.checked;
     shell.log.disabled = log.disabled;
@@ -111,12 +112,14 @@ export function createPainter(win, shell, getState, dispatch) {
     // the legend goes with the plot: it names what the axis and scale show
     views.renderLegend(shell.legend, present.legendItems(state));
     if (!state.flows.length) return;
-    const data = chart.barData(state.flows, state.stat, { log: state.log, selectedLayer: state.layer });
+    const data = chart.barData(state.flows, state.stat, present.barOptions(state));
     barLayout = chart.barLayout(data, { width, measure });
     const ctx = chart.sizeCanvas(shell.bars, barLayout.width, barLayout.height, dpr());
     chart.drawBars(ctx, barLayout, present.palette(state));
     views.renderBarTable(shell.barTable, data, { step: state.flows[0].step, run: state.flows[0].run });
     // what was drawn: the axis and its tick labels
+    shell.barTable.dataset.stat = state.stat;
+    shell.barTable.dataset.message = barLayout.message;
     shell.barTable.dataset.scale = barLayout.axis;
     shell.barTable.dataset.ticks = barLayout.yTicks.map((t) => t.text).join(" ");
     shell.bars.setAttribute("aria-label", present.barLabel(state));
@@ -183,7 +186,7 @@ export function createPainter(win, shell, getState, dispatch) {
     heats.forEach((heat, i) => {
       const view = heatViews[i];
       const { canvas } = view;
-      const title = `${heat.run} \u00b7 ${heat.stat}${heat.downsampled ? " (max per bin)" : ""}`;
+      const { title, message } = present.heatText(heat);
       const labels = heat.layers.map((name, j) => layerLabel(name, heat.types ? heat.types[j] : ""));
       view.layout = chart.heatmapLayout({ layers: heat.layers, labels, steps: heat.steps, title, domain }, { width, measure });
       view.heat = heat;
@@ -195,7 +198,8 @@ export function createPainter(win, shell, getState, dispatch) {
       const ctx = chart.sizeCanvas(canvas, view.layout.width, view.layout.height, dpr());
       chart.drawHeatmap(ctx, view.layout, {
         domain,
-        image: heatImage(state, heat, domain, Math.round(view.layout.plot.w * dpr())),
+        message,
+        image: message ? null : heatImage(state, heat, domain, Math.round(view.layout.plot.w * dpr())),
         selectedCol: step === undefined ? -1 : chart.columnOfStep(heat, flow ? flow.step : step),
         selectedRow: state.layer === null ? -1 : heat.layers.indexOf(state.layer),
         blockedRows: blocked,
@@ -205,7 +209,9 @@ export function createPainter(win, shell, getState, dispatch) {
       canvas.dataset.rows = String(view.layout.rows);
       canvas.dataset.cols = String(view.layout.cols);
       canvas.dataset.plot = [plot.x, plot.y, plot.w, plot.h].map((v) => v.toFixed(1)).join(",");
-      canvas.setAttribute("aria-label", `Heatmap of ${heat.stat} for ${heat.run}: ${view.layout.rows} layers by ${view.layout.cols} steps`);
+      canvas.dataset.logged = String(heat.logged !== false);
+      const size = message ? ` (${message})` : `: ${view.layout.rows} layers by ${view.layout.cols} steps`;
+      canvas.setAttribute("aria-label", `Heatmap of ${heat.stat} for ${heat.run}${size}`);
     });
   }
 
@@ -217,7 +223,7 @@ export function createPainter(win, shell, getState, dispatch) {
    */
   function exportCanvas(state) {
     if (!state.flows.length) return null;
-    const data = chart.barData(state.flows, state.stat, { log: state.log, selectedLayer: state.layer });
+    const data = chart.barData(state.flows, state.stat, present.barOptions(state));
     const bars = chart.barLayout(data, { width: Math.max(320, Math.floor(shell.barWrap.clientWidth)), measure });
     const layout = chart.exportLayout(bars, present.legendItems(state), { heading: present.PNG_HEADING, measure });
     const canvas = doc.createElement("canvas");

@@ -4,7 +4,7 @@
 
 import { PALETTES, axisKind, barData } from "./chart.js";
 import { keptStepsText, keptStepsWarn, leftOutText, runKey } from "./model.js";
-import { PLAY_SPEEDS, currentStep, shownRuns, statNames } from "./state.js";
+import { PLAY_SPEEDS, currentStep, shownRuns, statList, statUnit } from "./state.js";
 import { safeFileName } from "./views.js";
 
 /** The empty view's title, shown once the logdir is read and holds no run. */
@@ -23,9 +23,14 @@ export const EMPTY_HINT = [
 /** The heading of the bar plot's PNG (the tab's own heading of the plot). */
 export const PNG_HEADING = "Gradient per layer";
 
+/** What the Statistic menu says of a statistic the server does not know. */
+export const UNKNOWN_MEANING =
+  "read from the files by name: this TensorBoard's tb-gradflow does not know it (drawn as a value)";
+
 /**
+ * A menu entry; `title` is its tooltip, `disabled` greys it out.
  * @typedef {import("./state.js").State} State
- * @typedef {{value: string, label: string}} Option
+ * @typedef {{value: string, label: string, title?: string, disabled?: boolean}} Option
  */
 
 /**
@@ -52,12 +57,34 @@ export function runMenus(state) {
 }
 
 /**
- * The Statistic menu: the statistics of the shown step.
+ * The Statistic menu: the statistics the `runs` answer lists for the shown
+ * runs, each with its meaning as the tooltip. One a shown run did not log is
+ * marked "not logged" (naming the run when another did), and disabled when no
+ * shown run logged it (the URL can still ask for it: the plot then says so).
  * @param {State} state
  * @returns {Option[]}
  */
 export function statOptions(state) {
-  return statNames(state.flows).map((s) => ({ value: s, label: s }));
+  const shown = shownRuns(state);
+  return statList(state).map((s) => {
+    const missing = shown.filter((_, i) => !s.logged[i]);
+    const none = missing.length === shown.length;
+    const where = none ? "" : ` in ${missing.map(runLabel).join(", ")}`;
+    const label = missing.length ? `${s.name} (not logged${where})` : s.name;
+    let title = s.meaning ?? UNKNOWN_MEANING;
+    if (missing.length) title += `\nNot logged${where}: its files were written without it.`;
+    return { value: s.name, label, title, disabled: none };
+  });
+}
+
+/**
+ * The Statistic menu's own tooltip: the chosen statistic's.
+ * @param {State} state
+ * @returns {string}
+ */
+export function statTitle(state) {
+  const chosen = statOptions(state).find((o) => o.value === state.stat);
+  return chosen ? `${chosen.value}: ${chosen.title}` : "";
 }
 
 /**
@@ -167,7 +194,8 @@ export function palette(state) {
  */
 export function legendItems(state) {
   const p = palette(state);
-  const axis = axisKind(state.stat, state.log);
+  const unit = statUnit(state);
+  const axis = axisKind(unit, state.log);
   /** @type {import("./views.js").LegendItem[]} */
   const items = state.flows.map((f, i) => ({ kind: "bar", label: f.run, color: p.series[i] }));
   if (state.stat === "abs_mean") {
@@ -177,7 +205,7 @@ export function legendItems(state) {
   }
   items.push({ kind: "zero", label: "exactly zero", color: p.zero }, { kind: "no_grad", label: "no gradient", color: p.noGrad });
   // a layer the (compared) run lacks, or lacks at this step: said as the heatmap says it
-  if (state.flows.length && barData(state.flows, state.stat, { log: state.log }).series.some((se) => se.status.includes("missing"))) {
+  if (state.flows.length && barData(state.flows, state.stat, { log: state.log, unit }).series.some((se) => se.status.includes("missing"))) {
     items.push({ kind: "missing", label: "no such layer", color: p.muted });
   }
   // a count axis draws the non-finite count itself, not the hatched column
@@ -187,17 +215,43 @@ export function legendItems(state) {
 }
 
 /**
- * The log-scale checkbox: off and disabled for a count (a count axis).
+ * The log-scale checkbox: off and disabled for a count (a count axis from 0)
+ * and for a fraction (an axis from 0 to 1).
  * @param {State} state
  * @returns {{checked: boolean, disabled: boolean, title: string}}
  */
 export function logControl(state) {
-  const count = axisKind(state.stat, state.log) === "count";
+  const axis = axisKind(statUnit(state), state.log);
+  const fixed = axis === "count" || axis === "fraction";
+  const why = { count: "a count: drawn on a count axis from 0", fraction: "a fraction: drawn from 0 to 1" }[axis];
   return {
-    checked: state.log && !count,
-    disabled: count,
-    title: count ? `${state.stat} is a count: drawn on a count axis from 0` : "Log scale for the bar plot",
+    checked: state.log && !fixed,
+    disabled: fixed,
+    title: fixed ? `${state.stat} is ${why}` : "Log scale for the bar plot",
   };
+}
+
+/**
+ * What the bar plot needs besides the flows: the scale toggle, the chosen
+ * statistic's unit and the selected layer.
+ * @param {State} state
+ * @returns {{log: boolean, unit: string, selectedLayer: (string|null)}}
+ */
+export function barOptions(state) {
+  return { log: state.log, unit: statUnit(state), selectedLayer: state.layer };
+}
+
+/**
+ * A heatmap's title, and the message drawn in place of its cells for a
+ * statistic the run's files lack ("" otherwise).
+ * @param {import("./model.js").Heatmap} heat
+ * @returns {{title: string, message: string}}
+ */
+export function heatText(heat) {
+  if (heat.logged === false) {
+    return { title: `${heat.run} \u00b7 ${heat.stat} (not logged)`, message: `${heat.stat} is not logged in ${heat.run}` };
+  }
+  return { title: `${heat.run} \u00b7 ${heat.stat}${heat.downsampled ? " (max per bin)" : ""}`, message: "" };
 }
 
 /**

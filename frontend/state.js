@@ -8,9 +8,6 @@
 import { changedRuns, runKey, runSignatures } from "./model.js";
 import { nearestIndex } from "./scale.js";
 
-/** The Statistic menu's order; other statistics follow in the server's order. */
-export const STAT_ORDER = ["abs_mean", "abs_max", "norm", "nonfinite", "rows"];
-
 /** Play speeds offered, in logged steps per second. */
 export const PLAY_SPEEDS = [1, 4, 10, 25, 100, 500];
 /** The play speed a tab starts with (logged steps per second). */
@@ -32,6 +29,15 @@ const TAB_KEY = "__tab__";
  * @typedef {import("./model.js").Flow} Flow
  * @typedef {import("./model.js").Heatmap} Heatmap
  * @typedef {import("./model.js").Alert} Alert
+ */
+
+/**
+ * A statistic the Statistic menu offers: what the `runs` answer says of it
+ * (`meaning`, `unit`, `bad`; null where the server does not know it: read
+ * from the files by name), and for each shown run whether that run logged it
+ * (false where its files lack it, or where the run does not have it at all).
+ * @typedef {{name: string, meaning: (string|null), unit: (string|null),
+ *   bad: (string|null), logged: boolean[]}} StatEntry
  */
 
 /**
@@ -165,9 +171,10 @@ export function reduce(state, action) {
     case "flowRequested":
       return { ...state, flowPending: true };
     case "flowsLoaded": {
-      const stats = statNames(action.flows);
-      const stat = stats.length && !stats.includes(state.stat) ? stats[0] : state.stat;
-      return { ...state, flows: action.flows, flowPending: false, stat };
+      const loaded = { ...state, flows: action.flows, flowPending: false };
+      // a statistic the shown runs do not have: the first one they have
+      const names = statList(loaded).map((s) => s.name);
+      return names.length && !names.includes(state.stat) ? { ...loaded, stat: names[0] } : loaded;
     }
     case "flowFailed":
       return { ...state, flowPending: false, error: action.message };
@@ -335,17 +342,40 @@ export function needsRanking(state, runs) {
 }
 
 /**
- * The statistics of the shown step, in the Statistic menu's order.
- * @param {Flow[]} flows
- * @returns {string[]}
+ * The statistics the Statistic menu offers, from the `runs` answer of the
+ * shown runs: those the selected run lists, in its order, then those only the
+ * compared run lists; each with whether each shown run logged it.
+ * @param {State} state
+ * @returns {StatEntry[]}
  */
-export function statNames(flows) {
-  if (!flows.length) return [];
-  const rank = (s) => {
-    const i = STAT_ORDER.indexOf(s);
-    return i < 0 ? STAT_ORDER.length : i;
-  };
-  return Object.keys(flows[0].stats).sort((x, y) => rank(x) - rank(y));
+export function statList(state) {
+  const shown = shownRuns(state);
+  /** @type {Map<string, StatEntry>} */
+  const byName = new Map();
+  shown.forEach((r, i) => {
+    for (const s of r.stats || []) {
+      let entry = byName.get(s.name);
+      if (!entry) {
+        entry = { name: s.name, meaning: null, unit: null, bad: null, logged: shown.map(() => false) };
+        byName.set(s.name, entry);
+      }
+      if (entry.meaning === null && s.meaning !== null) Object.assign(entry, { meaning: s.meaning, unit: s.unit, bad: s.bad });
+      entry.logged[i] = s.logged;
+    }
+  });
+  return [...byName.values()];
+}
+
+/**
+ * The unit of the chosen statistic, which sets the bar plot's axis: "count",
+ * "fraction", or "value" (also for a statistic the server does not know).
+ * @param {State} state
+ * @returns {"value"|"count"|"fraction"}
+ */
+export function statUnit(state) {
+  const entry = statList(state).find((s) => s.name === state.stat);
+  const unit = entry ? entry.unit : null;
+  return unit === "count" || unit === "fraction" ? unit : "value";
 }
 
 /**

@@ -166,22 +166,30 @@ export function buildShell(doc, parent) {
 }
 
 /**
- * Replaces a select's options (text only), keeping `selected` when present.
+ * Replaces a select's options (text only; `title`: an option's tooltip,
+ * `disabled`: not selectable by the user), keeping `selected` when present
+ * (a disabled option too: the URL may ask for it).
  * @param {HTMLSelectElement} select
- * @param {{value: string, label: string}[]} options
+ * @param {{value: string, label: string, title?: string, disabled?: boolean}[]} options
  * @param {string} selected
  */
 export function setOptions(select, options, selected) {
   const doc = select.ownerDocument;
   const same =
     select.options.length === options.length &&
-    options.every((o, i) => select.options[i].value === o.value && select.options[i].textContent === o.label);
+    options.every((o, i) => {
+      const opt = select.options[i];
+      return opt.value === o.value && opt.textContent === o.label && opt.title === (o.title || "") &&
+        opt.disabled === Boolean(o.disabled);
+    });
   if (!same) {
     select.replaceChildren(
       ...options.map((o) => {
         const opt = doc.createElement("option");
         opt.value = o.value;
         opt.textContent = o.label;
+        if (o.title) opt.title = o.title;
+        opt.disabled = Boolean(o.disabled);
         return opt;
       }),
     );
@@ -309,7 +317,9 @@ export function renderBarTable(table, data, info) {
     const th = el(doc, "th", "gf-layer-name", data.labels ? data.labels[i] : name);
     th.scope = "row";
     tr.appendChild(th);
-    for (const s of data.series) tr.appendChild(el(doc, "td", "", formatValue(s.values[i])));
+    for (const s of data.series) {
+      tr.appendChild(el(doc, "td", "", s.status[i] === "not_logged" ? "not logged" : formatValue(s.values[i])));
+    }
     tr.appendChild(el(doc, "td", "", statuses.join(", ") + (blocked ? ", blocked" : "")));
     return tr;
   });

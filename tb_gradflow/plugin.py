@@ -38,7 +38,7 @@ from tensorboard.data import provider
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from tb_gradflow import metadata, reader, triage
+from tb_gradflow import metadata, reader, stats, triage
 from tb_gradflow.diagnosis import Finding, Thresholds, diagnose
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN
 
@@ -251,6 +251,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "steps": None,
             "first_step": None,
             "expected_steps": None,
+            "stats": _listed_stats(layouts),
         }
         if (
             found is not None
@@ -287,6 +288,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "loss_scale": float(data.loss_scale[i]),
             "alerts": [f.to_dict() for f in findings if f.holds_at(at)],
             "left_out": _left_out(data),
+            "not_logged": list(data.not_logged),
         }
 
     def steps_impl(
@@ -610,6 +612,28 @@ def _version(tags: dict[str, provider.TensorTimeSeries], members) -> tuple:
     )
 
 
+def _listed_stats(layouts: list[metadata.Layout]) -> list[dict[str, Any]]:
+    """The statistics of a watcher's ``runs`` entry: those its layouts hold
+    (union by name, in order of first appearance), then the registered ones
+    they lack (``logged`` false: they read as NaN). Each with the registry's
+    ``meaning``, ``unit`` and ``bad``; None for a statistic this version does
+    not know (written by a process that registered it: carried through by
+    name)."""
+    logged = dict.fromkeys(name for lo in layouts for name in lo.stats)
+    known = {s.name: s for s in stats.statistics()}
+    lacking = [name for name in known if name not in logged]
+    return [
+        {
+            "name": name,
+            "meaning": known[name].meaning if name in known else None,
+            "unit": known[name].unit if name in known else None,
+            "bad": known[name].bad if name in known else None,
+            "logged": name in logged,
+        }
+        for name in [*logged, *lacking]
+    ]
+
+
 def _kept(run: reader.GradFlowRun) -> dict[str, int]:
     """The first kept step, and how many steps the watcher logged, estimated
     from the first and last kept steps (TensorBoard always keeps the last)."""
@@ -773,6 +797,7 @@ def _heatmap(
         "first_steps": steps[starts].tolist(),
         "last_steps": steps[ends].tolist(),
         "downsampled": bool(n < n_steps),
+        "logged": stat not in run.not_logged,
     }
     return header, np.ascontiguousarray(out.T)  # (L, N)
 

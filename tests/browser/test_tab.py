@@ -9,7 +9,10 @@ only finding is steps the AMP scaler skipped, ``sequential``, an
 damaged, ``ongoing``, whose blocked streak has not ended at its newest step,
 ``resumed``, whose second writer session logged one layer fewer, and
 ``old_format``, written before each layer set had its own tag, with a layer
-set that changed (the tab cannot show it and says why). Screenshots go to
+set that changed (the tab cannot show it and says why), ``custom_stat``,
+watched while a test-only statistic was registered in this process (the
+tab's TensorBoard does not know it: it reads it from the files by name), and
+``lacking_rows``, written without the ``rows`` statistic. Screenshots go to
 ``test-output/browser/``.
 
 Needs Debian's ``chromium`` and ``pip install playwright`` (never
@@ -37,6 +40,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
 from tb_gradflow import metadata
+from tb_gradflow import stats as tb_stats
 from tb_gradflow.demo import DemoConfig, run_demo
 from tb_gradflow.summary import gradflow_pb
 
@@ -74,6 +78,10 @@ SEQ_LABELS = ["0 \u00b7 Conv2d", "1 \u00b7 BatchNorm2d", "4 \u00b7 Linear"]
 ONGOING_RUN = "ongoing"
 RESUMED_RUN = "resumed"
 OLD_RUN = "old_format"
+CUSTOM_RUN = "custom_stat"
+CUSTOM_STAT = "mean_square"  # registered in this process only, while training
+CUSTOM_STEPS = 6
+LACKING_RUN = "lacking_rows"
 _LOAD_TIMEOUT = 60.0  # s until every run is listed
 _UI_TIMEOUT = 20_000  # ms for one UI expectation
 _REFRESH_TIMEOUT = 25_000  # ms: reload interval 1 s + the tab's 5 s poll
@@ -96,14 +104,25 @@ def _require_browser():
         )
 
 
+def _stats(mean, *, scale=(3, 10), nonfinite=0.0, order=None) -> np.ndarray:
+    """(K, L) statistics built by name (``tb_gradflow.stats.record``): abs_mean
+    ``mean``, abs_max and norm ``scale`` times it, rows 1; ``order``: the
+    statistics a layout holds (default: the registered ones)."""
+    mean = np.asarray(mean, dtype=np.float64)
+    values = {"abs_mean": mean, "abs_max": scale[0] * mean, "norm": scale[1] * mean}
+    values |= {"nonfinite": nonfinite, "rows": 1.0}
+    if order is not None:
+        values = {name: values[name] for name in order}
+    return tb_stats.record(values, len(mean), order=order)
+
+
 def _edge_stats(i: int, n_layers: int) -> np.ndarray:
     """(K, L) statistics: embed healthy, frozen exactly zero, the HTML-named layer
-    without gradient at even steps, exploded non-finite."""
+    without gradient at even steps, exploded non-finite (7 elements)."""
     mean = np.array([1e-3, 0.0, 2e-4, math.inf])
-    stats = np.stack([mean, 10 * mean, 30 * mean, np.zeros(4), np.ones(4)])
-    stats[3, 3] = 7  # non-finite elements
+    stats = _stats(mean, scale=(10, 30), nonfinite=np.array([0, 0, 0, 7.0]))
     if i % 2 == 0:
-        stats[:, 2] = math.nan  # no gradient
+        stats[:, 2] = math.nan  # no gradient: NaN in every statistic
     return stats[:, :n_layers]
 
 
@@ -126,8 +145,7 @@ def _write_skipped_run(logdir: Path) -> None:
     """Healthy layers; the AMP scaler skipped steps 3-5 (step field 1.0)."""
     layout = metadata.Layout(layers=("enc", "dec"))
     writer = EventFileWriter(str(logdir / SKIPPED_RUN))
-    mean = np.array([1e-3, 2e-3])
-    stats = np.stack([mean, 10 * mean, 30 * mean, np.zeros(2), np.ones(2)])
+    stats = _stats([1e-3, 2e-3], scale=(10, 30))
     for step in range(10):
         fields = np.array([float(3 <= step <= 5), 1024.0])
         summary = gradflow_pb(layout, stats, fields, with_metadata=step == 0)
@@ -192,11 +210,6 @@ def _write_layout_run(logdir: Path, run: str, layout, steps, stats_at, legacy=Fa
     time.sleep(1.1)  # the next session's file name sorts after this one's
 
 
-def _stats(means) -> np.ndarray:
-    mean = np.asarray(means, dtype=np.float64)
-    return np.stack([mean, 3 * mean, 10 * mean, 0 * mean, 0 * mean + 1])  # (K, L)
-
-
 def _write_ongoing_run(logdir: Path) -> None:
     """enc blocked at steps 3-7, then one healthy step, the newest: fewer than
     `patience` healthy steps, so the streak is ongoing at step 8 too."""
@@ -240,6 +253,45 @@ def _write_old_format_run(logdir: Path) -> None:
     )
 
 
+def _write_custom_stat_run(logdir: Path) -> None:
+    """A model watched by ``tb_gradflow.watch`` while CUSTOM_STAT, a test-only
+    statistic, is registered in this process: the files hold it by name."""
+    statistic = tb_stats.Statistic(
+        name=CUSTOM_STAT,
+        meaning="mean of g^2 over all elements",
+        partials=("sq_sum",),
+        finish=lambda p, numel: p["sq_sum"] / np.maximum(numel, 1),
+        bad="high",
+    )
+    tb_stats.register(statistic)
+    try:
+        model = torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+        )
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with SummaryWriter(logdir / CUSTOM_RUN) as writer:
+            with tb_gradflow.watch(model, writer, optimizer=opt):
+                for _ in range(CUSTOM_STEPS):
+                    opt.zero_grad()
+                    model(torch.randn(16, 4)).pow(2).mean().backward()
+                    opt.step()
+    finally:
+        tb_stats.unregister(CUSTOM_STAT)  # the other runs are written without it
+
+
+def _write_lacking_run(logdir: Path) -> None:
+    """Healthy layers, written by a version that did not log ``rows``."""
+    older = ("abs_mean", "abs_max", "norm", "nonfinite")  # no rows
+    layout = metadata.Layout(layers=("enc", "dec"), stats=older)
+    _write_layout_run(
+        logdir,
+        LACKING_RUN,
+        layout,
+        range(6),
+        lambda i: _stats([1e-3, 2e-3], order=layout.stats),
+    )
+
+
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
     _require_browser()
@@ -249,6 +301,7 @@ def logdir(tmp_path_factory):
     try:
         run_demo(str(d), DemoConfig(steps=DEMO_STEPS), progress=False)
         _write_sequential_run(d)
+        _write_custom_stat_run(d)
     finally:
         torch.set_num_threads(threads)
     _write_edge_run(d, range(10))
@@ -256,6 +309,7 @@ def logdir(tmp_path_factory):
     _write_ongoing_run(d)
     _write_resumed_run(d)
     _write_old_format_run(d)
+    _write_lacking_run(d)
     return d
 
 
@@ -291,6 +345,8 @@ def tensorboard(logdir, tensorboard_process):
                 ONGOING_RUN: 8,
                 RESUMED_RUN: 9,
                 OLD_RUN: 5,
+                CUSTOM_RUN: CUSTOM_STEPS - 1,
+                LACKING_RUN: 5,
             },
         )
         yield tb
@@ -987,3 +1043,83 @@ def test_a_run_that_cannot_be_shown_says_why_and_the_others_stay(
     page.screenshot(path=str(OUT / "light_cannot_be_shown.png"))
     select_run(frame, "healthy")
     assert empty.is_hidden()
+
+
+def bar_values(frame) -> list[float]:
+    """The values the bar plot draws (its table's value column), per layer."""
+    cells = frame.locator("[data-testid=bar-table] tr[data-layer-index] td")
+    return [float(c.text_content()) for c in cells.all()[::2]]  # value, status
+
+
+def test_a_statistic_registered_in_the_training_process_is_listed_and_drawn(
+    page, tensorboard, logdir
+):
+    # the tab's TensorBoard has only the built-in registry: the statistic
+    # reaches it through the files, by name
+    listed = served_runs(tensorboard)[CUSTOM_RUN]["stats"]
+    unknown = {"name": CUSTOM_STAT, "meaning": None, "unit": None, "bad": None}
+    assert {**unknown, "logged": True} in listed
+    frame = open_tab(page, tensorboard)
+    select_run(frame, CUSTOM_RUN)
+    menu = frame.locator("[data-testid=stat]")
+    option = menu.locator(f'option[value="{CUSTOM_STAT}"]')
+    assert option.text_content() == CUSTOM_STAT and option.is_enabled()
+    assert "does not know it" in option.get_attribute("title")
+    known = menu.locator('option[value="abs_mean"]').get_attribute("title")
+    assert known == tb_stats.get("abs_mean").meaning
+    menu.select_option(CUSTOM_STAT)
+    table = frame.locator(f"[data-testid=bar-table][data-stat={CUSTOM_STAT}]")
+    table.wait_for(state="attached")
+    assert table.get_attribute("data-scale") == "log"  # drawn as a value
+    assert table.get_attribute("data-message") == ""
+    run = tb_gradflow.load_run(logdir / CUSTOM_RUN)  # carried through by name
+    want = run.values(CUSTOM_STAT)[-1]
+    assert [r["status"] for r in layer_rows(frame)] == ["ok"] * len(want)
+    np.testing.assert_allclose(bar_values(frame), want, rtol=2e-3)
+    heat = frame.locator(f'[data-testid=heatmap][aria-label*="{CUSTOM_STAT}"]')
+    heat.wait_for(state="attached")
+    assert heat.get_attribute("data-logged") == "true"
+    assert heat.get_attribute("data-cols") == str(CUSTOM_STEPS)
+    tip = hover_cell(frame, 0, CUSTOM_STEPS - 1).locator("div").nth(2).text_content()
+    assert tip.startswith(f"{CUSTOM_STAT} ") and "no gradient" not in tip
+    assert menu.get_attribute("title").startswith(f"{CUSTOM_STAT}: ")
+    assert wait_until(lambda: ("p.gradflow.stat", CUSTOM_STAT) in hash_view(page))
+    page.screenshot(path=str(OUT / "light_test_only_statistic.png"))
+    # compared with a run without it: named as not logged there, asked of no route
+    frame.locator("[data-testid=compare]").select_option(label="healthy")
+    frame.locator("[data-testid=heatmap][data-logged=false]").wait_for(state="attached")
+    assert option.text_content() == f"{CUSTOM_STAT} (not logged in healthy)"
+    # layers matched by name: healthy's own ones are not logged, not "no gradient"
+    healthy = [r["status"].split()[1] for r in layer_rows(frame)]
+    assert healthy == ["missing"] * 2 + ["not_logged"] * len(LSTM), healthy
+    page.screenshot(path=str(OUT / "light_test_only_statistic_compare.png"))
+
+
+def test_a_statistic_a_runs_files_lack_is_said_to_be_not_logged(page, tensorboard):
+    listed = {s["name"]: s for s in served_runs(tensorboard)[LACKING_RUN]["stats"]}
+    assert listed["rows"]["logged"] is False and listed["norm"]["logged"] is True
+    # chosen through the URL: the menu cannot offer it, the charts say why
+    view = f"#gradflow&p.gradflow.run={LACKING_RUN}&p.gradflow.stat=rows"
+    page.goto(tensorboard.url + view)
+    frame = page.frame_locator("iframe")
+    table = frame.locator(
+        f'[data-testid=bar-table][data-run="{LACKING_RUN}"][data-stat=rows]'
+    )
+    table.wait_for(state="attached")
+    assert table.get_attribute("data-message") == f"rows is not logged in {LACKING_RUN}"
+    assert [r["status"] for r in layer_rows(frame)] == ["not_logged"] * 2
+    menu = frame.locator("[data-testid=stat]")
+    assert menu.input_value() == "rows"
+    option = menu.locator('option[value="rows"]')
+    assert option.text_content() == "rows (not logged)" and option.is_disabled()
+    heat = frame.locator("[data-testid=heatmap][data-logged=false]")
+    heat.wait_for(state="attached")
+    assert "rows is not logged" in heat.get_attribute("aria-label")
+    tip = hover_cell(frame, 1, 3).locator("div").nth(2).text_content()
+    assert tip == "rows not logged"  # not "no gradient"
+    assert "no gradient" not in frame.locator(".gf-tooltip").text_content()
+    page.screenshot(path=str(OUT / "light_not_logged.png"))
+    # the statistics it logged draw as before
+    menu.select_option("norm")
+    frame.locator("[data-testid=bar-table][data-stat=norm]").wait_for(state="attached")
+    assert [r["status"] for r in layer_rows(frame)] == ["ok", "ok"]

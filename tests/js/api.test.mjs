@@ -117,10 +117,22 @@ test("Client.runs converts the listing and is never cached", async () => {
   const fetch = fakeFetch({ runs: { runs: [entry] } });
   const c = new Client({ fetch });
   const runs = await c.runs();
-  assert.deepEqual(runs, [{ run: "a", tag: "gradflow", name: null, layers: 5, last_step: 9999, every: 1, last_wall_time: 1796527594.35 }]);
+  assert.deepEqual(runs, [{ run: "a", tag: "gradflow", name: null, layers: 5, last_step: 9999, every: 1, last_wall_time: 1796527594.35, stats: [] }]);
   assert.equal(runKey(runs[0]), "a\u0000gradflow");
   await c.runs();
   assert.deepEqual(fetch.calls, ["./runs", "./runs"]);
+});
+
+test("Client.runs keeps each watcher's statistics: the registry's word on them, null for an unknown one, and logged", async () => {
+  const stats = [
+    { name: "abs_mean", meaning: "mean of |g|", unit: "value", bad: "low", logged: true },
+    { name: "zeta", meaning: null, unit: null, bad: null, logged: true },
+    { name: "rows", meaning: "fraction of rows", unit: "fraction", bad: "none", logged: false },
+    { meaning: "no name: dropped" },
+  ];
+  const entry = { run: "a", tag: "gradflow", name: null, layers: 5, last_step: 9, every: 1, last_wall_time: 1, stats };
+  const [run] = await new Client({ fetch: fakeFetch({ runs: { runs: [entry] } }) }).runs();
+  assert.deepEqual(run.stats, stats.slice(0, 3));
 });
 
 test("Client.steps gives the kept steps, how many were logged and the records left out", async () => {

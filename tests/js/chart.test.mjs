@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  COUNT_STATS, LINE, PALETTES, axisKind, barData, barIndexAt, barLayout, barStatus, barTooltip, heatTooltip, columnOfStep,
+  LINE, PALETTES, axisKind, barData, barIndexAt, barLayout, barStatus, barTooltip, heatTooltip, columnOfStep,
   ellipsize, exportLayout, heatColor, poolColumns, heatDomain, heatPixels, heatmapCellAt, heatmapLayout, rotatedTextBox,
 } from "../../frontend/chart.js";
 import { reviveFlow } from "../../frontend/model.js";
@@ -250,21 +250,69 @@ test("heatTooltip gives the layer, the step or the bin's range, and the value", 
   assert.deepEqual(heatTooltip(heat, { row: 0, col: 0 }), ["x", "r, step 0", "abs_mean 0.5"]);
   assert.deepEqual(heatTooltip(heat, { row: 0, col: 1 }), ["x", "r, steps 10\u201319 (largest in the bin)", "abs_mean no gradient"]);
   assert.deepEqual(heatTooltip(heat, { row: 1, col: 0 })[2], "abs_mean non-finite");
+  // every cell of a statistic the run's files lack: not logged, not "no gradient"
+  assert.equal(heatTooltip({ ...heat, logged: false }, { row: 0, col: 1 })[2], "abs_mean not logged");
 });
 
-test("axisKind puts counts on a count axis whatever the log toggle says", () => {
-  assert.deepEqual(COUNT_STATS, ["nonfinite"]);
-  assert.equal(axisKind("nonfinite", true), "count");
-  assert.equal(axisKind("nonfinite", false), "count");
-  assert.equal(axisKind("abs_mean", true), "log");
-  assert.equal(axisKind("norm", false), "linear");
+test("axisKind puts counts on a count axis and fractions on 0..1 whatever the log toggle says", () => {
+  assert.equal(axisKind("count", true), "count");
+  assert.equal(axisKind("count", false), "count");
+  assert.equal(axisKind("fraction", true), "fraction");
+  assert.equal(axisKind("fraction", false), "fraction");
+  assert.equal(axisKind("value", true), "log");
+  assert.equal(axisKind("value", false), "linear");
+  // a statistic the server does not know (unit null) is drawn as a value
+  assert.equal(axisKind(null, true), "log");
+});
+
+test("barLayout draws a fraction on a linear axis from 0 to 1, whatever its values", () => {
+  const f = flow("r", ["dense", "sparse", "none"], [1e-3, 2e-3, "NaN"], {
+    stats: { rows: [1, 0.25, "NaN"] }, no_grad: [false, false, true],
+  });
+  const d = barData([f], "rows", { log: true, unit: "fraction" });
+  assert.equal(d.axis, "fraction");
+  assert.equal(d.title.at(-1).text, "  \u00b7  rows (fraction)");
+  const layout = barLayout(d, { width: 500, measure });
+  assert.deepEqual(layout.scale.domain, [0, 1]);
+  assert.deepEqual(layout.yTicks.map((t) => t.text), ["0", "0.2", "0.4", "0.6", "0.8", "1"]);
+  assert.equal(layout.bars[0].y, layout.plot.y); // 1: the full height
+  assert.ok(Math.abs(layout.bars[1].h - layout.plot.h / 4) < 1);
+  assert.deepEqual(d.series[0].status, ["ok", "ok", "no_grad"]);
+});
+
+test("a statistic a run's files lack is drawn as not logged, never as no gradient", () => {
+  const old = reviveFlow({
+    run: "old", tag: "gradflow", step: 3, layers: ["a", "b"], not_logged: ["rows"],
+    stats: { abs_mean: [1, 2], nonfinite: [0, 0], rows: ["NaN", "NaN"] },
+  });
+  const d = barData([old], "rows", { log: true, unit: "fraction" });
+  assert.deepEqual(d.series[0].status, ["not_logged", "not_logged"]);
+  assert.equal(d.title.at(-1).text, "  \u00b7  rows (not logged)");
+  assert.equal(d.message, "rows is not logged in old");
+  const layout = barLayout(d, { width: 400, measure });
+  assert.equal(layout.message, "rows is not logged in old");
+  assert.ok(layout.bars.every((b) => b.h === 0));
+  assert.deepEqual(barTooltip(layout, 1, "rows"), ["b", "old: rows not logged"]);
+  // compared with a run that logged it: that run's bars, and the title names the other
+  const fresh = reviveFlow({ run: "new", tag: "gradflow", step: 3, layers: ["a", "b"], stats: { rows: [1, 0.5], nonfinite: [0, 0] } });
+  const both = barData([fresh, old], "rows", { log: true, unit: "fraction" });
+  assert.deepEqual(both.series.map((s) => s.status), [["ok", "ok"], ["not_logged", "not_logged"]]);
+  assert.equal(both.title.at(-1).text, "  \u00b7  rows (fraction) (not logged in old)");
+  assert.equal(both.message, "");
+  // a run that does not have the statistic at all (a name only the other run's files hold)
+  const mine = reviveFlow({ run: "mine", tag: "gradflow", step: 3, layers: ["a"], stats: { mean_square: [4e-6], nonfinite: [0] } });
+  const plain = reviveFlow({ run: "plain", tag: "gradflow", step: 3, layers: ["a"], stats: { abs_mean: [1], nonfinite: [0] } });
+  const mixed = barData([mine, plain], "mean_square", { log: true, unit: null });
+  assert.deepEqual(mixed.series.map((s) => s.status), [["ok"], ["not_logged"]]);
+  assert.equal(mixed.axis, "log");
+  assert.equal(mixed.title.at(-1).text, "  \u00b7  mean_square (log scale) (not logged in plain)");
 });
 
 test("barLayout draws non-finite counts as bars on a 0-based whole-number axis, not on a log axis", () => {
   const f = flow("r", ["ok", "bad", "none"], [1e-3, "Infinity", "NaN"], {
     stats: { nonfinite: [0, 7, "NaN"] }, no_grad: [false, false, true],
   });
-  const d = barData([f], "nonfinite", { log: true });
+  const d = barData([f], "nonfinite", { log: true, unit: "count" });
   assert.equal(d.axis, "count");
   assert.equal(d.log, false);
   assert.deepEqual(d.series[0].status, ["zero", "ok", "no_grad"]); // the count, not the hatched column
@@ -277,7 +325,7 @@ test("barLayout draws non-finite counts as bars on a 0-based whole-number axis, 
   assert.equal(bad.y, layout.plot.y); // 7 of 7: the full height
   assert.equal(bad.back, undefined);
   // no counts at all: 0..1, never 1e-8..1
-  const none = barLayout(barData([flow("r", ["a"], [1], { stats: { nonfinite: [0] } })], "nonfinite", { log: true }), { width: 300, measure });
+  const none = barLayout(barData([flow("r", ["a"], [1], { stats: { nonfinite: [0] } })], "nonfinite", { log: true, unit: "count" }), { width: 300, measure });
   assert.deepEqual(none.scale.domain, [0, 1]);
 });
 

@@ -41,9 +41,19 @@ export function fakeFetch(routes) {
   return fn;
 }
 
+/** The `stats` of a `runs` entry for files of this version (every built-in statistic logged). */
+export const STATS = [
+  { name: "abs_mean", meaning: "mean of |g| over all elements", unit: "value", bad: "low", logged: true },
+  { name: "abs_max", meaning: "largest |g|", unit: "value", bad: "high", logged: true },
+  { name: "norm", meaning: "L2 norm of the gradient", unit: "value", bad: "high", logged: true },
+  { name: "nonfinite", meaning: "number of NaN/Inf elements", unit: "count", bad: "high", logged: true },
+  { name: "rows", meaning: "fraction of rows that received a gradient", unit: "fraction", bad: "none", logged: true },
+];
+
 /**
  * One `runs` entry (as Client.runs returns it) of an unnamed watcher whose
- * kept steps are 0..steps-1 (its last step and wall time grow with `steps`).
+ * kept steps are 0..steps-1 (its last step and wall time grow with `steps`),
+ * with the built-in statistics ({@link STATS}).
  * @param {string} run
  * @param {number} [steps]
  * @param {Object} [extra]
@@ -51,7 +61,7 @@ export function fakeFetch(routes) {
 export function runInfo(run, steps = 100, extra = {}) {
   return {
     run, tag: "gradflow", name: null, layers: 5, last_step: steps - 1, every: 1, last_wall_time: 1000 + steps,
-    ...extra,
+    stats: STATS, ...extra,
   };
 }
 

@@ -75,6 +75,24 @@ test("the first poll loads the first run's steps, alerts, heatmap and newest ste
   assert.deepEqual(new Set(t.redraws), new Set(["dom", "heat", "bars"]));
 });
 
+test("a compared run without the chosen statistic gets a not-logged heatmap, asked of no route", async () => {
+  const zeta = { name: "zeta", meaning: null, unit: null, bad: null, logged: true };
+  const mine = runInfo("mine", 5, { stats: [...runInfo("x").stats, zeta] });
+  const { fetch, routes } = server(() => [mine, runInfo("plain", 5)]);
+  const t = tab(new Client({ fetch }));
+  await t.dispatch({ type: "setStat", stat: "zeta" });
+  await t.loader.poll();
+  await settle();
+  await t.dispatch({ type: "compareRun", key: runKey({ run: "plain", tag: "gradflow" }) });
+  await settle();
+  const heats = routes().filter((r) => r.startsWith("heatmap"));
+  assert.ok(heats.every((r) => r.includes("run=mine")), heats); // never a 400 for plain
+  assert.equal(t.state.heats.length, 2);
+  assert.equal(t.state.heats[0].logged, true); // the route's answer (the fake's)
+  assert.deepEqual([t.state.heats[1].run, t.state.heats[1].stat, t.state.heats[1].logged], ["plain", "zeta", false]);
+  assert.equal(t.state.error, "");
+});
+
 test("polling: an unchanged listing asks for nothing more, new steps reload without losing the selection", async () => {
   let runs = [runInfo("a", 50), runInfo("b", 50)];
   const { fetch, routes } = server(() => runs);

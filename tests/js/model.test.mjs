@@ -3,7 +3,7 @@ import { test } from "node:test";
 
 import {
   LEFT_OUT_NAMED, alertHolds, alertSpan, changedRuns, decodeHeatmap, encodeHeatmap, keptStepsText, keptStepsWarn, layerLabel,
-  leftOutText, matchLayers, reviveAlert, reviveFlow, reviveSteps, runSignatures, toNumber, toNumbers,
+  leftOutText, matchLayers, notLoggedHeatmap, reviveAlert, reviveFlow, reviveSteps, runSignatures, toNumber, toNumbers,
 } from "../../frontend/model.js";
 import { FLOW, HEAD } from "./fixtures.mjs";
 
@@ -27,6 +27,18 @@ test("reviveFlow converts every statistic and keeps the layer order", () => {
   assert.deepEqual(f.no_grad, [false, true, false]);
   assert.equal(f.alerts[0].layer, "lstm1.weight_ih_l0");
   assert.equal(f.alerts[0].first_step, 80);
+});
+
+test("reviveFlow and decodeHeatmap keep which statistics the run's files lack", () => {
+  assert.deepEqual(reviveFlow(FLOW).not_logged, []);
+  assert.deepEqual(reviveFlow({ ...FLOW, not_logged: ["rows"] }).not_logged, ["rows"]);
+  assert.equal(decodeHeatmap(encodeHeatmap(HEAD, [1, 2, 3, 4, 5, 6])).logged, true);
+  assert.equal(decodeHeatmap(encodeHeatmap({ ...HEAD, logged: false }, [1, 2, 3, 4, 5, 6])).logged, false);
+  const stub = notLoggedHeatmap({ run: "plain", tag: "gradflow" }, "mean_square");
+  assert.deepEqual({ ...stub, values: [...stub.values] }, {
+    run: "plain", tag: "gradflow", stat: "mean_square", layers: [], types: [], steps: [], first_steps: [], last_steps: [],
+    downsampled: false, logged: false, values: [],
+  });
 });
 
 test("reviveFlow fills missing no_grad and sparse lists with false", () => {

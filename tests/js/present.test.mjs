@@ -5,10 +5,11 @@ import { PALETTES } from "../../frontend/chart.js";
 import { reviveFlow, runKey } from "../../frontend/model.js";
 import {
   EMPTY_HINT, EMPTY_MESSAGE, PNG_HEADING, alertGroups, barLabel, emptyMessage, keptLine, leftOutGroups, legendItems,
-  logControl, palette, pngName, runLabel, runMenus, runProblem, speedMenu, statOptions, stepControls,
+  UNKNOWN_MEANING, barOptions, heatText, logControl, palette, pngName, runLabel, runMenus, runProblem, speedMenu,
+  statOptions, statTitle, stepControls,
 } from "../../frontend/present.js";
 import { initialState, reduce } from "../../frontend/state.js";
-import { runInfo, stepsInfo } from "./fixtures.mjs";
+import { STATS, runInfo, stepsInfo } from "./fixtures.mjs";
 
 const RUNS = [
   runInfo("healthy"),
@@ -83,10 +84,45 @@ test("the step controls show the selected step and disable themselves below two 
   assert.equal(stepControls(state(listed, steps(1))).disabled, true);
 });
 
-test("the Statistic menu lists the shown step's statistics in order", () => {
+test("the Statistic menu lists the shown run's statistics from the runs answer, each with its meaning", () => {
   assert.deepEqual(statOptions(initialState()), []);
   const s = state(listed, steps(3), { type: "flowsLoaded", flows: [flow("healthy", 20)] });
-  assert.deepEqual(statOptions(s).map((o) => o.value), ["abs_mean", "abs_max", "norm"]);
+  assert.deepEqual(statOptions(s), STATS.map((st) => ({ value: st.name, label: st.name, title: st.meaning, disabled: false })));
+  assert.equal(statTitle(s), `abs_mean: ${STATS[0].meaning}`);
+});
+
+test("the Statistic menu marks a statistic a shown run did not log, and disables it when none did", () => {
+  const zeta = { name: "zeta", meaning: null, unit: null, bad: null, logged: true };
+  const old = runInfo("old", 10, { stats: [STATS[0], { ...STATS[4], logged: false }] });
+  const mine = runInfo("mine", 10, { stats: [STATS[0], zeta, STATS[4]] });
+  let s = state({ type: "listed", runs: [old, mine] }, { type: "selectRun", key: runKey(old) });
+  const rows = statOptions(s).find((o) => o.value === "rows");
+  assert.deepEqual(rows, {
+    value: "rows", label: "rows (not logged)", disabled: true,
+    title: `${STATS[4].meaning}\nNot logged: its files were written without it.`,
+  });
+  // asked for anyway (by the URL): the menu's tooltip says so too
+  assert.equal(statTitle(reduce(s, { type: "setStat", stat: "rows" })), `rows: ${rows.title}`);
+  // compared with a run that logged it: enabled, naming the run that did not
+  s = reduce(s, { type: "compareRun", key: runKey(mine) });
+  const options = new Map(statOptions(s).map((o) => [o.value, o]));
+  assert.deepEqual([options.get("rows").label, options.get("rows").disabled], ["rows (not logged in old)", false]);
+  // a statistic the server does not know, read from mine's files by name
+  assert.deepEqual(options.get("zeta"), {
+    value: "zeta", label: "zeta (not logged in old)", disabled: false,
+    title: `${UNKNOWN_MEANING}\nNot logged in old: its files were written without it.`,
+  });
+  assert.match(UNKNOWN_MEANING, /does not know it/);
+});
+
+test("the bar plot's axis follows the chosen statistic's unit; a heatmap of one not logged says so", () => {
+  let s = state(listed);
+  assert.deepEqual(barOptions(s), { log: true, unit: "value", selectedLayer: null });
+  s = reduce(s, { type: "setStat", stat: "rows" });
+  assert.equal(barOptions(s).unit, "fraction");
+  const heat = { run: "old", stat: "rows", downsampled: true, logged: true };
+  assert.deepEqual(heatText(heat), { title: "old \u00b7 rows (max per bin)", message: "" });
+  assert.deepEqual(heatText({ ...heat, logged: false }), { title: "old \u00b7 rows (not logged)", message: "rows is not logged in old" });
 });
 
 test("the legend has one entry per shown run and abs_max behind abs_mean only", () => {
@@ -155,6 +191,10 @@ test("the log checkbox is off and disabled for a count, and keeps the user's cho
   s = reduce(s, { type: "setStat", stat: "nonfinite" });
   assert.deepEqual(logControl(s), { checked: false, disabled: true, title: "nonfinite is a count: drawn on a count axis from 0" });
   assert.equal(logControl(reduce(s, { type: "setStat", stat: "norm" })).checked, true);
+  // a fraction: 0 to 1, whatever the toggle says
+  assert.deepEqual(logControl(reduce(s, { type: "setStat", stat: "rows" })), {
+    checked: false, disabled: true, title: "rows is a fraction: drawn from 0 to 1",
+  });
 });
 
 test("the Speed menu offers the play speeds in steps per second", () => {

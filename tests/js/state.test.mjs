@@ -4,9 +4,9 @@ import { test } from "node:test";
 import { reviveFlow, runKey } from "../../frontend/model.js";
 import { stepControls } from "../../frontend/present.js";
 import {
-  STAT_ORDER, currentStep, effects, initialState, nextStep, reduce, shownRuns, statNames,
+  currentStep, effects, initialState, nextStep, reduce, shownRuns, statList, statUnit,
 } from "../../frontend/state.js";
-import { runInfo } from "./fixtures.mjs";
+import { STATS, runInfo } from "./fixtures.mjs";
 
 /** Applies actions in turn; returns the last state and the last transition's effects. */
 function apply(state, ...actions) {
@@ -328,9 +328,17 @@ test("loaded flows keep the chosen statistic, or fall back to the first one list
   assert.equal(state.flowPending, false);
   assert.equal(state.stat, "abs_mean");
   assert.deepEqual(f, fx(["bars", "heat", "dom"]));
-  ({ state, fx: f } = apply(state, { type: "flowsLoaded", flows: [flow("healthy", 99, { rows: [1], norm: [2] })] }));
-  assert.equal(state.stat, "norm");
+  // a run whose listing lacks the chosen statistic: the first one it lists
+  const only = runInfo("only", 10, { stats: [STATS[4], STATS[2]] }); // rows, norm
+  ({ state } = apply(state, { type: "listed", runs: [...RUNS, only] }, { type: "selectRun", key: key("only") }));
+  ({ state, fx: f } = apply(state, { type: "flowsLoaded", flows: [flow("only", 9, { rows: [1], norm: [2] })] }));
+  assert.equal(state.stat, "rows");
   assert.deepEqual(f, fx(["bars", "heat", "dom"], ["heat"]));
+  // one it lists as not logged stays chosen (the URL asked for it; the plot says so)
+  const old = runInfo("old", 10, { stats: [STATS[0], { ...STATS[4], logged: false }] });
+  ({ state } = apply(state, { type: "listed", runs: [...RUNS, only, old] }, { type: "selectRun", key: key("old") }));
+  ({ state } = apply(state, { type: "flowsLoaded", flows: [flow("old", 9, { abs_mean: [1], rows: [NaN] })] }));
+  assert.equal(state.stat, "rows");
 });
 
 test("failures keep their text for the status line and end a pending step", () => {
@@ -397,9 +405,25 @@ test("an unknown action is an error", () => {
   assert.throws(() => effects(initialState(), { type: "nope" }, initialState()), /unknown action: nope/);
 });
 
-test("statNames lists the known statistics first, then the others in the server's order", () => {
-  const f = flow("r", 1, { zeta: [1], rows: [1], alpha: [1], abs_max: [1], abs_mean: [1] });
-  assert.deepEqual(statNames([f]), ["abs_mean", "abs_max", "rows", "zeta", "alpha"]);
-  assert.deepEqual(statNames([]), []);
-  assert.deepEqual(STAT_ORDER, ["abs_mean", "abs_max", "norm", "nonfinite", "rows"]);
+test("statList takes the shown runs' statistics from the runs answer, by name, with whether each run logged them", () => {
+  assert.deepEqual(statList(initialState()), []);
+  const zeta = { name: "zeta", meaning: null, unit: null, bad: null, logged: true }; // the server does not know it
+  const a = runInfo("a", 10, { stats: [STATS[0], zeta, { ...STATS[4], logged: false }] });
+  const b = runInfo("b", 10, { stats: [STATS[3], STATS[0], STATS[4]] });
+  let s = apply(initialState(), { type: "listed", runs: [a, b] }).state;
+  assert.deepEqual(statList(s), [
+    { name: "abs_mean", meaning: STATS[0].meaning, unit: "value", bad: "low", logged: [true] },
+    { name: "zeta", meaning: null, unit: null, bad: null, logged: [true] },
+    { name: "rows", meaning: STATS[4].meaning, unit: "fraction", bad: "none", logged: [false] },
+  ]);
+  // compared with b: the selected run's order, then b's others; logged per shown run
+  s = apply(s, { type: "compareRun", key: key("b") }).state;
+  assert.deepEqual(statList(s).map((e) => [e.name, e.logged]), [
+    ["abs_mean", [true, true]], ["zeta", [true, false]], ["rows", [false, true]], ["nonfinite", [false, true]],
+  ]);
+  // the unit sets the bar plot's axis; a statistic of unknown unit is a value
+  assert.equal(statUnit(apply(s, { type: "setStat", stat: "nonfinite" }).state), "count");
+  assert.equal(statUnit(apply(s, { type: "setStat", stat: "rows" }).state), "fraction");
+  assert.equal(statUnit(apply(s, { type: "setStat", stat: "zeta" }).state), "value");
+  assert.equal(statUnit(apply(s, { type: "setStat", stat: "nope" }).state), "value");
 });

@@ -27,6 +27,7 @@ from werkzeug import test as werkzeug_test
 from werkzeug import wrappers
 
 from tb_gradflow import metadata, plugin, reader
+from tb_gradflow import stats as tb_stats
 from tb_gradflow.diagnosis import Thresholds, diagnose
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN, GradFlowLoader
 from tb_gradflow.summary import gradflow_pb
@@ -72,25 +73,40 @@ def write_run(
     new_file.rename(run_dir / f"events.out.tfevents.{len(earlier):010d}.test")
 
 
+GRADIENT = ("abs_mean", "abs_max", "norm")  # the statistics of |g|'s size
+
+
+def record(abs_mean, **values):
+    """A ``(K, L)`` record built by name (``tb_gradflow.stats.record``), L the
+    length of ``abs_mean``; ``nonfinite`` 0 and ``rows`` 1 unless given."""
+    values = {"abs_mean": abs_mean, "nonfinite": 0.0, "rows": 1.0, **values}
+    return tb_stats.record(values, len(abs_mean))
+
+
 def possible(value, layers):
     """Statistics of a gradient every element of which has magnitude ``value``
     (abs_mean = abs_max = value, norm = value for 1 element; nonfinite 0, rows 1):
     ``(K, layers)``."""
-    return np.tile(np.array([[value], [value], [value], [0.0], [1.0]]), layers)
+    return record(np.full(layers, value), abs_max=value, norm=value)
 
 
 def healthy_stats(i):
     """abs_mean 0.5 / 0.25 / 0.125. conv.bias is zero from step 20 on (blocked);
     the third layer has no gradient at step 10; conv.weight goes non-finite at 50."""
     mean = np.array([0.5, 0.25, 0.125])
-    stats = np.stack([mean, 2 * mean, 4 * mean, np.zeros(3), np.ones(3)])  # (K, L)
+    values = {"abs_mean": mean, "abs_max": 2 * mean, "norm": 4 * mean}
+    values = {name: v.copy() for name, v in values.items()}
+    nonfinite = np.zeros(3)
     if i >= 2:
-        stats[:3, 1] = 0.0
-    if i == 1:
-        stats[:, 2] = NAN
+        for name in GRADIENT:
+            values[name][1] = 0.0
     if i == 5:
-        stats[:3, 0] = INF
-        stats[3, 0] = 3
+        for name in GRADIENT:
+            values[name][0] = INF
+        nonfinite[0] = 3
+    stats = record(**values, nonfinite=nonfinite)  # (K, L)
+    if i == 1:
+        stats[:, 2] = NAN  # no gradient: NaN in every statistic
     return stats
 
 
@@ -170,7 +186,7 @@ def test_flow_at_the_newest_step_keeps_an_ongoing_streaks_alert(tmp_path):
 
     def stats_at(i):
         mean = np.array(means[i])
-        return np.stack([mean, 3 * mean, 10 * mean, [0, 0], [1, 1]])
+        return record(mean, abs_max=3 * mean, norm=10 * mean)
 
     write_run(tmp_path, "live", layout, range(len(means)), stats_at)
     flow = get_json(make_client(tmp_path)[0], "flow", run="live")
@@ -212,6 +228,7 @@ def test_runs_lists_readable_runs_and_watchers_without_reading_them(
         tb_data_provider.MultiplexerDataProvider, "read_tensors", counting
     )
     not_read = {"steps": None, "first_step": None, "expected_steps": None}
+    not_read["stats"] = [*BUILT_IN_STATS, *lacking(BUILT_IN_STATS)]
     assert get_json(client, "runs") == {
         "runs": [
             {
@@ -251,7 +268,134 @@ def test_runs_lists_readable_runs_and_watchers_without_reading_them(
     assert reads == [{"healthy"}]
 
 
+def listed_stat(name, unit, bad, logged=True):
+    """A ``runs`` entry's statistic: the registry's meaning, its unit and bad
+    direction (as http_api.md gives them), and whether the watcher logged it."""
+    meaning = tb_stats.get(name).meaning
+    return {
+        "name": name,
+        "meaning": meaning,
+        "unit": unit,
+        "bad": bad,
+        "logged": logged,
+    }
+
+
+BUILT_IN_STATS = [
+    listed_stat("abs_mean", "value", "low"),
+    listed_stat("abs_max", "value", "high"),
+    listed_stat("norm", "value", "high"),
+    listed_stat("nonfinite", "count", "high"),
+    listed_stat("rows", "fraction", "none"),
+]
+
+
+def lacking(listed):
+    """The entries of the registered statistics ``listed`` lacks, not logged,
+    in registration order (as the reader reads them: NaN)."""
+    have = {entry["name"] for entry in listed}
+    return [
+        listed_stat(s.name, s.unit, s.bad, logged=False)
+        for s in tb_stats.statistics()
+        if s.name not in have
+    ]
+
+
+@pytest.fixture
+def mean_square():
+    """A test-only statistic, registered in this process only."""
+    statistic = tb_stats.Statistic(
+        name="mean_square",
+        meaning="mean of g^2 over all elements",
+        partials=("sq_sum",),
+        finish=lambda p, numel: p["sq_sum"] / numel,
+        bad="high",
+    )
+    tb_stats.register(statistic)
+    yield statistic
+    tb_stats.unregister("mean_square")
+
+
+def write_by_name(logdir, run, layout, steps, values):
+    """``write_run`` of records built by name in ``layout.stats`` order."""
+    n = len(layout.layers)
+    write_run(
+        logdir,
+        run,
+        layout,
+        steps,
+        lambda i: tb_stats.record(values, n, order=layout.stats),
+    )
+
+
+def test_runs_lists_each_watchers_statistics_by_name_from_the_listing_alone(
+    tmp_path, monkeypatch, mean_square
+):
+    """What the tab's Statistic menu offers: the statistics a watcher's layouts
+    hold, in order of first appearance, with what the registry says of them
+    (null for one this version does not know), then the registered ones its
+    files lack, not logged."""
+    gradient = {"abs_mean": 0.5, "abs_max": 1.0, "norm": 2.0, "nonfinite": 0.0}
+    older = metadata.Layout(layers=("a", "b"), stats=tuple(gradient))  # no rows
+    write_by_name(tmp_path, "old", older, [0, 1], gradient)
+    unknown = metadata.Layout(layers=("a",), stats=(*gradient, "zeta", "rows"))
+    write_by_name(tmp_path, "newer", unknown, [0], gradient | {"zeta": -3.0, "rows": 1})
+    # a watcher resumed by a version that logs rows: two layer sets, one union
+    write_by_name(tmp_path, "upgraded", older, [0, 1], gradient)
+    newer = dataclasses.replace(older, stats=(*gradient, "rows"))
+    write_by_name(tmp_path, "upgraded", newer, [2, 3], gradient | {"rows": 1})
+    client, _ = make_client(tmp_path)
+    reads = []
+    monkeypatch.setattr(
+        tb_data_provider.MultiplexerDataProvider,
+        "read_tensors",
+        lambda self, *a, **k: reads.append(k) or {},
+    )
+    found = {r["run"]: r["stats"] for r in get_json(client, "runs")["runs"]}
+    assert reads == []
+    ms = listed_stat("mean_square", "value", "high", logged=False)
+    rows = listed_stat("rows", "fraction", "none", logged=False)
+    assert found["old"] == [*BUILT_IN_STATS[:4], *lacking(BUILT_IN_STATS[:4])]
+    assert rows in found["old"] and found["old"][-1] == ms
+    zeta = {"name": "zeta", "meaning": None, "unit": None, "bad": None}
+    newer = [*BUILT_IN_STATS[:4], {**zeta, "logged": True}, BUILT_IN_STATS[4]]
+    assert found["newer"] == [*newer, *lacking(newer)]  # zeta carried by name
+    assert found["upgraded"] == [*BUILT_IN_STATS, *lacking(BUILT_IN_STATS)]
+    assert rows not in found["upgraded"] and found["upgraded"][-1] == ms
+
+
+def test_flow_and_heatmap_say_which_statistics_the_files_lack(tmp_path):
+    gradient = {"abs_mean": 0.5, "abs_max": 1.0, "norm": 2.0, "nonfinite": 0.0}
+    older = metadata.Layout(layers=("a", "b"), stats=tuple(gradient))  # no rows
+    write_by_name(tmp_path, "old", older, [0, 1], gradient)
+    current = metadata.Layout(layers=LAYERS)
+    write_run(tmp_path, "new", current, [0], healthy_stats)
+    client, _ = make_client(tmp_path)
+
+    def registered_but_not_in(layout):
+        return [name for name in tb_stats.names() if name not in layout.stats]
+
+    flow = get_json(client, "flow", run="old")
+    assert "rows" in flow["not_logged"]
+    assert flow["not_logged"] == registered_but_not_in(older)
+    assert flow["stats"]["rows"] == ["NaN", "NaN"]  # read as NaN, by name
+    assert flow["no_grad"] == [False, False]
+    new = get_json(client, "flow", run="new")
+    assert new["not_logged"] == registered_but_not_in(current)
+    assert "rows" not in new["not_logged"]
+    for fmt in ("json", "binary"):
+        for stat, logged in (("rows", False), ("abs_mean", True)):
+            if fmt == "json":
+                head = get_json(client, "heatmap", run="old", stat=stat)
+            else:
+                head = heatmap_binary(client, run="old", stat=stat)[0]
+            assert head["logged"] is logged, (fmt, stat)
+
+
 def test_flow_without_step_is_the_latest_with_nan_as_strings(client):
+    # registered statistics beyond the built-in ones (none unless registered
+    # elsewhere): NaN, and named as not logged
+    lacks = [entry["name"] for entry in lacking(BUILT_IN_STATS)]
     assert get_json(client, "flow", run="healthy") == {
         "run": "healthy",
         "tag": "gradflow",
@@ -265,6 +409,7 @@ def test_flow_without_step_is_the_latest_with_nan_as_strings(client):
             "norm": ["Infinity", 0.0, 0.5],
             "nonfinite": [3.0, 0.0, 0.0],
             "rows": [1.0, 1.0, 1.0],
+            **{name: ["NaN"] * 3 for name in lacks},
         },
         "no_grad": [False, False, False],
         "absent": [False, False, False],
@@ -272,6 +417,7 @@ def test_flow_without_step_is_the_latest_with_nan_as_strings(client):
         "loss_scale": "NaN",
         "alerts": [BLOCKED, NONFINITE],
         "left_out": [],
+        "not_logged": lacks,
     }
 
 
@@ -316,6 +462,7 @@ def test_heatmap_downsamples_with_the_max_and_marks_nonfinite(client):
         "first_steps": [0, 30],
         "last_steps": [20, 50],
         "downsampled": True,
+        "logged": True,
         "values": [[0.5, "Infinity"], [0.25, 0.0], [0.125, 0.125]],
     }
 
@@ -411,7 +558,7 @@ def test_the_capped_explode_window_on_a_long_run_costs_log_steps_a_median(
 
     def stats(i):
         mean, big = norm[i] / 10, norm[i] / 2
-        return np.stack([mean, big, norm[i], np.zeros(n), np.ones(n)])  # (K, L)
+        return record(mean, abs_max=big, norm=norm[i])  # (K, L)
 
     layout = metadata.Layout(layers=("a", "b", "c"))
     write_run(tmp_path, "long", layout, range(t), stats)
@@ -913,7 +1060,7 @@ def write_sessions(logdir, run="resumed", name=None):
         def stats_at(i, layers=layers, steps=steps):
             step = steps[i]
             mean = np.array([CODE[n] + step / 100 for n in layers])
-            stats = np.stack([mean, mean, mean, np.zeros(len(layers)), mean * 0 + 1])
+            stats = record(mean, abs_max=mean, norm=mean)
             if step == 3:
                 stats[:, layers.index("b")] = NAN
             return stats

@@ -19,6 +19,7 @@ from werkzeug import test as werkzeug_test
 from werkzeug import wrappers
 
 from tb_gradflow import metadata, plugin, triage
+from tb_gradflow import stats as tb_stats
 from tb_gradflow.summary import gradflow_pb
 
 LAYERS = ("a", "b", "c")
@@ -31,7 +32,8 @@ def stats(mean, norm=None):
     norm = 10 * mean if norm is None else np.asarray(norm, dtype=np.float64)
     bad = np.where(np.isfinite(mean), 0.0, 5.0)
     bad[np.isnan(mean)] = NAN
-    return np.stack([mean, 2 * mean, norm, bad, np.ones(len(mean))])
+    values = {"abs_mean": mean, "abs_max": 2 * mean, "norm": norm, "nonfinite": bad}
+    return tb_stats.record({**values, "rows": 1.0}, len(mean))
 
 
 HEALTHY = [1e-3, 2e-3, 3e-3]
@@ -160,7 +162,8 @@ def test_triage_ranks_every_kind_of_finding_then_the_newest(tmp_path, reads):
         )
     future = metadata.Layout(layers=("a",), version=metadata.FORMAT_VERSION + 1)
     writer = EventFileWriter(str(tmp_path / "future"))
-    pb = gradflow_pb(future, np.full((5, 1), 0.5), [0.0, NAN], with_metadata=True)
+    values = tb_stats.record(dict.fromkeys(future.stats, 0.5), 1, order=future.stats)
+    pb = gradflow_pb(future, values, [0.0, NAN], with_metadata=True)
     writer.add_event(event_pb2.Event(step=0, wall_time=99999.0, summary=pb))
     writer.close()
     client, _ = make(tmp_path)
