@@ -11,6 +11,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from tb_gradflow import stats
 from tb_gradflow.diagnosis import KINDS, Thresholds, diagnose
 from tb_gradflow.reader import GradFlowRun, _clash_message, _load_all
 
@@ -19,8 +20,9 @@ def format_report(
     name: str, run: GradFlowRun, thresholds: Thresholds, findings=None
 ) -> str:
     """The `` ++ name=value`` view of a run's last step (as the classic
-    gradient-flow printout has it), then its findings (``diagnose(run,
-    thresholds)`` unless given)."""
+    gradient-flow printout has it), the statistics its files lack (``--
+    not logged``) and those this version does not know, then its findings
+    (``diagnose(run, thresholds)`` unless given)."""
     i = len(run.steps) - 1
     mean = run.values("abs_mean")[i]
     nonfinite = run.values("nonfinite")[i]
@@ -62,6 +64,16 @@ def format_report(
             f"    {lo.step if lo.step is not None else '?'}: {lo.reason}"
             for lo in run.left_out[:5]
         ]
+    if run.not_logged:
+        lines.append(
+            " -- not logged (the files lack them; they read as NaN): "
+            + ", ".join(run.not_logged)
+        )
+    unknown = [name for name in run.stats if stats.get(name) is None]
+    if unknown:
+        lines.append(
+            " -- read by name, not known to this tb-gradflow: " + ", ".join(unknown)
+        )
     if run.skipped[i]:
         lines.append(
             f" !! step skipped by the AMP grad scaler (scale {run.loss_scale[i]:g})"

@@ -76,6 +76,49 @@ def test_report_leaves_out_a_layer_the_last_session_did_not_log(tmp_path, capsys
     assert "mid" not in out and " ++ head=0.003" in out
 
 
+def test_report_lists_the_statistics_a_runs_files_lack(tmp_path, capsys):
+    older = ("abs_mean", "abs_max", "norm", "nonfinite")  # written without rows
+    layout = metadata.Layout(layers=("enc", "mid", "head"), stats=older)
+    with SummaryWriter(tmp_path / "old") as w:
+        for step in range(2):
+            values = {n: [1e-3, 2e-3, 3e-3] for n in older} | {"nonfinite": 0}
+            record = tb_stats.record(values, 3, order=older)
+            proto = summary.gradflow_pb(
+                layout, record, np.array([0.0, np.nan]), with_metadata=step == 0
+            )
+            w._get_file_writer().add_summary(proto, global_step=step)
+    write_run(tmp_path / "new", [stats([1e-3, 2e-3, 3e-3])] * 2)
+    assert cli.main(["report", str(tmp_path)]) == 0
+    new, old = capsys.readouterr().out.split("\n\n")  # sorted by run
+    lacking = [n for n in tb_stats.names() if n not in older]
+    assert "rows" in lacking
+    line = " -- not logged (the files lack them; they read as NaN): "
+    assert f"{line}{', '.join(lacking)}" in old.splitlines()
+    assert " ++ enc=0.001" in old  # the statistics it has read as ever
+    now = [n for n in tb_stats.names() if n not in tb_stats.names("gradient")]
+    assert [ln for ln in new.splitlines() if ln.startswith(line)] == (
+        [f"{line}{', '.join(now)}"] if now else []
+    )
+    assert "rows" not in new
+
+
+def test_report_names_a_statistic_it_does_not_know(tmp_path, capsys):
+    statistic = tb_stats.Statistic(
+        "mean_square", "mean of g^2", ("sq_sum",), lambda p, numel: p["sq_sum"]
+    )
+    tb_stats.register(statistic)  # as the training process had it
+    try:
+        mean = np.array([1e-3, 2e-3, 3e-3])
+        values = {"abs_mean": mean, "abs_max": mean, "norm": mean, "nonfinite": 0}
+        values |= {"rows": 1.0, "mean_square": mean**2}
+        write_run(tmp_path / "run", [tb_stats.record(values, 3)] * 2)
+    finally:
+        tb_stats.unregister("mean_square")
+    assert cli.main(["report", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert " -- read by name, not known to this tb-gradflow: mean_square" in out
+
+
 def test_report_names_a_run_directory_given_directly_by_its_folder(tmp_path, capsys):
     write_run(tmp_path / "lstm run", [stats([1e-3, 1e-3, 1e-3])])
     assert cli.main(["report", str(tmp_path / "lstm run")]) == 0
