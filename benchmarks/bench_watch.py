@@ -33,6 +33,9 @@ from torch.utils.tensorboard import SummaryWriter
 import tb_gradflow
 
 BASELINE = "baseline (nothing)"
+UPDATE = ("update_ratio", "weight_norm")
+WITH_UPDATE_1 = "watch(every=1, stats=update_ratio+weight_norm)"
+WITH_UPDATE_10 = "watch(every=10, stats=update_ratio+weight_norm)"
 SINGLE_READ = "single read: g.abs().sum() per tensor, 1 copy"
 
 
@@ -91,19 +94,23 @@ class Variant(NamedTuple):
 
 
 class Clock:
-    """Accumulates the seconds between a ``start`` and a ``stop`` pre-hook."""
+    """Accumulates the seconds between a ``start`` and a ``stop`` hook, around
+    the step pre-hooks and around the step post-hooks registered in between
+    (the optimizer's own step is not counted)."""
 
     def __init__(self, opt: torch.optim.Optimizer) -> None:
         self.total = 0.0
         self._t0 = 0.0
         opt.register_step_pre_hook(self._start)
+        opt.register_step_post_hook(self._start)
 
     def _start(self, *args) -> None:
         self._t0 = time.perf_counter()
 
     def stop_after(self, opt: torch.optim.Optimizer) -> None:
-        """Registers the stop hook: call after the hooks to be timed."""
+        """Registers the stop hooks: call after the hooks to be timed."""
         opt.register_step_pre_hook(self._stop)
+        opt.register_step_post_hook(self._stop)
 
     def _stop(self, *args) -> None:
         self.total += time.perf_counter() - self._t0
@@ -128,12 +135,13 @@ def make_variants(model: nn.Module, logdir: str, stack: ExitStack) -> dict:
     def plain(hook=None) -> Variant:
         return Variant(sgd(), hook, lambda: None, None)
 
-    def watch(every: int) -> Variant:
+    def watch(every: int, stats: tuple[str, ...] = ()) -> Variant:
         opt = sgd()
-        writer = stack.enter_context(SummaryWriter(f"{logdir}/watch{every}"))
+        folder = f"{logdir}/watch{every}{'-'.join(('', *stats))}"
+        writer = stack.enter_context(SummaryWriter(folder))
         clock = Clock(opt)
         stack.enter_context(
-            tb_gradflow.watch(model, writer, optimizer=opt, every=every)
+            tb_gradflow.watch(model, writer, optimizer=opt, every=every, stats=stats)
         )
         clock.stop_after(opt)
         return Variant(opt, None, writer.flush, clock)
@@ -141,8 +149,8 @@ def make_variants(model: nn.Module, logdir: str, stack: ExitStack) -> dict:
     def single_read():
         torch.stack([p.grad.abs().sum() for p in weights]).tolist()
 
-    def seed_loop():
-        for p in weights:  # the seed: one float() (a host sync) per layer
+    def blog_post_loop():
+        for p in weights:  # the blog post's: one float() (a host sync) per layer
             float(p.grad.abs().mean())
 
     def l2_loop():  # Lightning-style grad_norm
@@ -165,8 +173,10 @@ def make_variants(model: nn.Module, logdir: str, stack: ExitStack) -> dict:
         "baseline again (A/A noise)": plain(),
         "watch(every=1)": watch(1),
         "watch(every=10)": watch(10),
+        WITH_UPDATE_1: watch(1, UPDATE),
+        WITH_UPDATE_10: watch(10, UPDATE),
         SINGLE_READ: plain(single_read),
-        "seed loop: float(g.abs().mean()) per layer": plain(seed_loop),
+        "blog post loop: float(g.abs().mean()) per layer": plain(blog_post_loop),
         "per-parameter L2 norm loop, 1 copy": plain(l2_loop),
         "add_histogram per parameter": histograms(),
     }
@@ -235,6 +245,12 @@ def bench(case: str, reps: int, quick: bool) -> None:
         f"\n{case}, direct: watch(every=1) {w1:.3f} ms = "
         f"{w1 / own[SINGLE_READ]:.2f}x the plain read; "
         f"add_histogram {hist1 / w1:.1f}x watch."
+    )
+    u1, u10 = own[WITH_UPDATE_1], own[WITH_UPDATE_10]
+    print(
+        f"{case}, update statistics: every=1 {u1:.3f} ms = {u1 / w1:.2f}x the "
+        f"gradient statistics alone (target <= 2); every=10 {u10:.3f} ms = "
+        f"{u10 / own['watch(every=10)']:.2f}x."
     )
 
 

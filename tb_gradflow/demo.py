@@ -1,20 +1,23 @@
-"""The demo: two small sequence classifiers, one healthy and one where the gradient
-stops at the first LSTM, both logged with :func:`tb_gradflow.watch`.
+"""The demo: three small sequence classifiers logged with
+:func:`tb_gradflow.watch`: one healthy, one where the gradient stops at the first
+LSTM, one whose head takes steps far too large for its weights.
 
 The task: sequences of ``T`` steps of ``F`` sensor readings; the label says whether
 channel 0 was higher over the first 5 steps than over the last 5 (the network has
-to carry information through time). Both models are the one of the "Flow
+to carry information through time). The models are the one of the "Flow
 Gradient, Please Flow, Darn It!" post: two stacked LSTMs and a linear head,
-trained with Adam.
+trained with Adam; each logs the update-to-weight ratio of the steps too.
 
-The cause of the broken run is one of the most common ones: the readings go in
+The cause of the blocked run is one of the most common ones: the readings go in
 raw (values around 70, like heart rates) instead of standardised. The first
 LSTM's input weights then get gradients 70x larger than its other weights, Adam
 moves them by ``lr`` per element regardless, and within a few steps the gate
 pre-activations are in the tens: every sigmoid and tanh of the first LSTM is
 saturated, its derivative is ~1e-9, and no gradient flows into or through it. The
 loss stays at ln 2 (chance). The healthy run standardises the readings with the
-training set's mean and standard deviation: the one-line fix.
+training set's mean and standard deviation: the one-line fix. The third run
+standardises too, but its head's parameter group has a learning rate 100x the
+others': each step moves the head's weights by far more than 10% of their size.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from tb_gradflow.diagnosis import diagnose
 from tb_gradflow.reader import load_run
 
 __all__ = ["DemoConfig", "SequenceClassifier", "make_data", "run_demo", "train"]
+
+
+# the statistics of the applied update, logged with the gradient's
+UPDATE_STATS = ("update_ratio", "weight_norm")
 
 
 @dataclasses.dataclass
@@ -84,19 +91,26 @@ def train(
     cfg: DemoConfig,
     *,
     progress: bool = True,
+    head_lr_scale: float = 1.0,
 ) -> float:
     """Trains one model, logging with ``watch``; returns the final loss.
 
     Before training, the sanity checks run on copies of the model; after
     it, their results and the diagnosis of the logged run go into the run as a
     text summary, so the text and the tab name the same blocked layers.
+    ``head_lr_scale`` multiplies the learning rate of the head's parameter
+    group.
     """
     torch.manual_seed(cfg.seed)
     model = SequenceClassifier(cfg.features, cfg.hidden)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    head = list(model.head.parameters())
+    body = [p for p in model.parameters() if all(p is not h for h in head)]
+    opt = torch.optim.Adam(
+        [{"params": body}, {"params": head, "lr": cfg.lr * head_lr_scale}], lr=cfg.lr
+    )
     with SummaryWriter(os.path.join(logdir, name)) as writer:
         checks = _sanity_checks(model, inputs[:16], labels[:16], opt, cfg)
-        with watch(model, writer, optimizer=opt):
+        with watch(model, writer, optimizer=opt, stats=UPDATE_STATS):
             loss = _train_loop(name, model, opt, inputs, labels, writer, cfg, progress)
         writer.flush()
         findings = diagnose(load_run(writer.log_dir))
@@ -175,7 +189,7 @@ def run_demo(
         torch.set_num_threads(threads)
 
 
-RUNS = ("healthy", "unnormalised_inputs")
+RUNS = ("healthy", "unnormalised_inputs", "head_lr_too_high")
 
 
 def replace_runs(logdir: str) -> list[str]:
@@ -213,9 +227,20 @@ def replace_runs(logdir: str) -> list[str]:
 def _run_both(logdir: str, cfg: DemoConfig, progress: bool) -> dict:
     raw, labels = make_data(cfg)
     mean, std = raw.mean(dim=(0, 1)), raw.std(dim=(0, 1))  # (F,), (F,)
-    inputs = {"healthy": (raw - mean) / std, "unnormalised_inputs": raw}
+    normalised = (raw - mean) / std
+    inputs = {"unnormalised_inputs": raw}
+    # the third run: healthy inputs, the head's learning rate 100x too high
+    scale = {"head_lr_too_high": 100.0}
     return {
-        name: train(name, inputs[name], labels, logdir, cfg, progress=progress)
+        name: train(
+            name,
+            inputs.get(name, normalised),
+            labels,
+            logdir,
+            cfg,
+            progress=progress,
+            head_lr_scale=scale.get(name, 1.0),
+        )
         for name in RUNS
     }
 

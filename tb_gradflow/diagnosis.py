@@ -24,6 +24,17 @@ model) and a streak of logged steps ``first_step..last_step``:
   window longer than the run takes all earlier steps.
 * ``skipped``: steps the AMP grad scaler skipped (inf/NaN in the scaled
   gradient). They count as neither blocked nor healthy.
+* ``update_too_large`` (runs that log ``update_ratio``): the step the optimizer
+  applied is above ``max_update_ratio`` of the layer's weights for ``patience``
+  steps: the learning rate is too high for this layer.
+* ``not_updating`` (same): a layer with a gradient whose ``update_ratio`` stays
+  below ``min_update_ratio`` for ``patience`` steps while the other layers
+  update (a frozen group, a learning rate of 0, weight decay cancelling the
+  step); when most layers are that low at once (warm-up from 0, a scheduler at
+  0), one finding for the model instead. A blocked layer does not count (its
+  weights stand still for want of a gradient). A layer whose weights were zero
+  (ratio inf, e.g. LoRA's B at its start) does not count; a sparse layer is
+  judged by the rows that got a gradient (``update_ratio / sqrt(rows)``).
 
 With fewer logged steps than ``patience``, a streak over all of them counts.
 
@@ -49,7 +60,16 @@ import numpy as np
 
 __all__ = ["KINDS", "Finding", "OnlineDiagnosis", "Thresholds", "diagnose"]
 
-KINDS = ("no_gradient", "blocked", "all_zero", "nonfinite", "exploding", "skipped")
+KINDS = (
+    "no_gradient",
+    "blocked",
+    "all_zero",
+    "nonfinite",
+    "exploding",
+    "skipped",
+    "update_too_large",
+    "not_updating",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +83,11 @@ class Thresholds:
     floor_ratio_to_others: float = 1e-6  # this far below the others: blocked outright
     explode_ratio: float = 100.0  # norm over the median of its recent norms
     explode_window: int = 20  # earlier logged steps in that median
+    # update_ratio: about 1e-3 is healthy (CS231n's rule of thumb; Karpathy's
+    # makemore plots of log10 update/data ratios around -3): 100x above it the
+    # step is too large; 1e4x below it the layer does not move
+    max_update_ratio: float = 1e-1
+    min_update_ratio: float = 1e-7
 
     def __post_init__(self) -> None:
         if self.patience < 1:
@@ -79,6 +104,12 @@ class Thresholds:
             raise ValueError(f"Invalid explode_ratio: {self.explode_ratio} (> 1)")
         if self.explode_window < 3:
             raise ValueError(f"Invalid explode_window: {self.explode_window} (>= 3)")
+        if not 0.0 < self.min_update_ratio < self.max_update_ratio:
+            raise ValueError(
+                f"Invalid min_update_ratio and max_update_ratio: "
+                f"{self.min_update_ratio} and {self.max_update_ratio} "
+                "(0 < min_update_ratio < max_update_ratio)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +138,9 @@ class Finding:
 
 class RunLike(Protocol):
     """What :func:`diagnose` reads; :class:`tb_gradflow.GradFlowRun` is one. An
-    ``absent`` attribute, ``(T, L)`` bool, is read when there is one."""
+    ``absent`` attribute, ``(T, L)`` bool, is read when there is one, and the
+    update findings need ``stats`` (and ``not_logged``) naming
+    ``update_ratio``."""
 
     steps: np.ndarray
     layers: list[str]
@@ -124,7 +157,8 @@ _MESSAGES = {
     "skipped": "optimizer step skipped by the AMP grad scaler (inf/NaN in it)",
 }
 _EXACTLY_ZERO = "gradient exactly zero: it does not flow into this layer"
-_PATIENT = ("no_gradient", "blocked", "all_zero")  # need `patience` steps in a row
+# kinds that need `patience` steps in a row
+_PATIENT = ("no_gradient", "blocked", "all_zero", "update_too_large", "not_updating")
 _BLOCK_CELLS = 200_000  # steps x layers per block of _exploding_mask's work
 _SORT_WINDOW = 32  # longer explode_windows: a _RangeSelect, not a sort per cell
 
@@ -196,6 +230,12 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
             "all_zero", (all_zero & live)[:, None], live, steps, [None], patience, ""
         )
     ]
+    logged = set(getattr(run, "stats", ())) - set(getattr(run, "not_logged", ()))
+    if "update_ratio" in logged:
+        explained = masks["blocked"] | no_gradient  # a gradient that does not flow
+        findings += _update_findings(
+            run, valid & ~explained, live, steps, layers, patience, th
+        )
     findings += _streaks(
         "skipped",
         skipped[:, None],
@@ -210,6 +250,78 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
         key=lambda f: (f.first_step, -1 if f.layer is None else order[f.layer])
     )
     return findings
+
+
+def _update_findings(
+    run: RunLike,
+    valid: np.ndarray,
+    live: np.ndarray,
+    steps: np.ndarray,
+    layers: list[str],
+    patience: int,
+    th: Thresholds,
+) -> list[Finding]:
+    """``update_too_large`` and ``not_updating`` (see the module docstring).
+
+    A layer that is blocked or has no gradient at a step does not count there
+    (its weights do not move because the gradient does not reach them; that
+    finding says so).
+
+    Shape:
+        - valid: ``(T, L)``, layers with a usable, flowing gradient; live: ``(T,)``.
+    """
+    ratio = np.array(run.values("update_ratio"), dtype=np.float64)  # (T, L)
+    sparse = np.asarray(run.sparse, dtype=bool)
+    if sparse.any():  # judged by the rows that got a gradient
+        rows = np.asarray(run.values("rows"), dtype=np.float64)[:, sparse]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio[:, sparse] = np.where(rows > 0, ratio[:, sparse] / np.sqrt(rows), 0)
+    usable = valid & np.isfinite(ratio)  # inf: the weights were zero
+    moving = np.where(usable, ratio, np.nan)
+    with np.errstate(invalid="ignore"):
+        too_large = usable & (ratio > th.max_update_ratio)
+        low = usable & (ratio < th.min_update_ratio)
+        others = _median_of_others(moving)  # (T, L)
+        model_low = usable.any(axis=1) & (
+            np.nanmedian(np.where(usable.any(axis=1)[:, None], moving, 0), axis=1)
+            < th.min_update_ratio
+        )  # (T,)
+        not_updating = low & ~model_low[:, None] & (others >= th.min_update_ratio)
+    low_message = (
+        f"update_ratio below {th.min_update_ratio:g} while the other layers "
+        "update: its learning rate is zero or tiny (a frozen group, weight decay "
+        "cancelling the step)"
+    )
+    found = _streaks(
+        "update_too_large",
+        too_large & live[:, None],
+        live,
+        steps,
+        layers,
+        patience,
+        f"update_ratio above {th.max_update_ratio:g}: the step is too large for "
+        "these weights (the learning rate is too high for this layer)",
+    )
+    found += _streaks(
+        "not_updating",
+        not_updating & live[:, None],
+        live,
+        steps,
+        layers,
+        patience,
+        low_message,
+    )
+    found += _streaks(
+        "not_updating",
+        (model_low & live)[:, None],
+        live,
+        steps,
+        [None],
+        patience,
+        f"most layers' update_ratio is below {th.min_update_ratio:g}: the weights "
+        "do not move (a learning rate of 0: warm-up, a scheduler at 0)",
+    )
+    return found
 
 
 def _say_exactly_zero(

@@ -224,7 +224,7 @@ def test_demo_writes_a_healthy_and_a_blocked_run(tmp_path):
     losses = run_demo(str(tmp_path), DemoConfig(steps=120), progress=False)
     assert losses["healthy"] < 0.5 < losses["unnormalised_inputs"]
     runs = tb_gradflow.load(tmp_path)
-    assert sorted(runs) == ["healthy", "unnormalised_inputs"]
+    assert sorted(runs) == ["head_lr_too_high", "healthy", "unnormalised_inputs"]
     from tb_gradflow.diagnosis import diagnose
 
     assert diagnose(runs["healthy"]) == []
@@ -240,6 +240,12 @@ def test_demo_writes_a_healthy_and_a_blocked_run(tmp_path):
     assert "none: the gradient reaches every layer" in read_text(
         tmp_path / "healthy", "gradflow/checks/text_summary"
     )
+    # the update: the head's learning rate 100x too high is flagged, and the
+    # healthy run's steps stay within 1e-3..1e-1 of its weights
+    (too_large,) = diagnose(runs["head_lr_too_high"])
+    assert (too_large.kind, too_large.layer) == ("update_too_large", "head")
+    ratio = runs["healthy"].values("update_ratio")[10:]
+    assert 1e-3 < np.median(ratio) < 1e-1 and np.all(ratio < 0.1)
 
 
 def read_text(run_dir, tag):
@@ -273,7 +279,7 @@ def test_running_the_demo_again_replaces_its_runs_only(tmp_path, capsys):
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert f"Replacing the earlier demo run in {tmp_path / 'healthy'}" in out
-    for run in ("healthy", "unnormalised_inputs"):
+    for run in ("healthy", "unnormalised_inputs", "head_lr_too_high"):
         assert len(list((tmp_path / run).iterdir())) == 1
     assert len(list(mine.iterdir())) == 1  # not the demo's: left alone
     (tmp_path / "healthy" / "notes.txt").write_text("mine")

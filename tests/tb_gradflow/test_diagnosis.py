@@ -543,3 +543,83 @@ def test_a_layer_without_gradient_does_not_prevent_all_zero():
     mean[2:, :2] = 0.0
     kinds = {(f.kind, f.layer) for f in diagnose(FakeRun(mean, nonfinite=nonfinite))}
     assert kinds == {("no_gradient", "l2"), ("all_zero", None)}
+
+
+# -- the update findings: update_too_large, not_updating ------------------------
+
+
+class UpdateRun(FakeRun):
+    """A FakeRun that also logged update_ratio, ``(T, L)``."""
+
+    def __init__(self, update_ratio, **kwargs):
+        t, n = update_ratio.shape
+        super().__init__(kwargs.pop("abs_mean", healthy(t, n)), **kwargs)
+        self.update_ratio = update_ratio
+        self.stats = [*metadata.STATS, "update_ratio"]
+        self.not_logged = []
+
+    def values(self, stat):
+        return self.update_ratio if stat == "update_ratio" else super().values(stat)
+
+
+def update_findings(run, **thresholds):
+    kinds = ("update_too_large", "not_updating")
+    return summary(
+        [f for f in diagnose(run, Thresholds(**thresholds)) if f.kind in kinds]
+    )
+
+
+def test_a_step_too_large_for_its_weights_is_flagged():
+    ratio = np.full((8, 4), 1e-3)
+    ratio[3:7, 1] = 0.5  # lr 100x+ too high for layer 1
+    assert update_findings(UpdateRun(ratio)) == [("update_too_large", "l1", 30, 60, 4)]
+    assert update_findings(UpdateRun(ratio), max_update_ratio=0.9) == []
+
+
+def test_a_layer_that_does_not_move_while_the_others_do_is_flagged():
+    ratio = np.full((8, 4), 1e-3)
+    ratio[:, 2] = 0.0  # a frozen group
+    ratio[:, 3] = 1e-9  # weight decay cancelling the step
+    assert update_findings(UpdateRun(ratio)) == [
+        ("not_updating", "l2", 0, 70, 8),
+        ("not_updating", "l3", 0, 70, 8),
+    ]
+
+
+def test_a_model_wide_low_ratio_is_one_model_finding():
+    ratio = np.full((10, 5), 1e-3)
+    ratio[:4] = 0.0  # warm-up from lr 0: nothing moves
+    ratio[:4, 0] = 1e-3  # (one layer with its own schedule: still "most layers")
+    assert update_findings(UpdateRun(ratio)) == [("not_updating", None, 0, 30, 4)]
+
+
+def test_no_false_alarm_from_zero_weights_sparse_rows_skips_or_no_gradient():
+    ratio = np.full((8, 5), 1e-3)
+    ratio[:, 0] = np.inf  # LoRA's B starts at zero: ratio inf, it does not count
+    ratio[:, 1] = 5e-9  # a sparse embedding: only 1e-6 of its rows got a gradient
+    rows = np.ones((8, 5))
+    rows[:, 1] = 1e-6
+    ratio[2:6, 2] = 0.0  # on skipped steps only
+    skipped = np.zeros(8, bool)
+    skipped[2:6] = True
+    ratio[:, 3] = 0.0  # a layer without gradient: no_gradient says it
+    mean = healthy(8, 5)
+    nonfinite = np.zeros((8, 5))
+    mean[:, 3] = nonfinite[:, 3] = np.nan
+    run = UpdateRun(
+        ratio,
+        abs_mean=mean,
+        nonfinite=nonfinite,
+        rows=rows,
+        skipped=skipped,
+        sparse=[False, True, False, False, False],
+    )
+    assert update_findings(run) == []
+    ratio[2:6, 2] = 1e-3
+    dense = UpdateRun(ratio, abs_mean=mean, nonfinite=nonfinite, rows=rows)
+    assert update_findings(dense) == [("not_updating", "l1", 0, 70, 8)]
+
+
+def test_update_thresholds_are_checked():
+    with pytest.raises(ValueError, match="0 < min_update_ratio < max_update_ratio"):
+        Thresholds(min_update_ratio=0.5, max_update_ratio=0.1)
