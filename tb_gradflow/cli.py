@@ -34,6 +34,11 @@ def format_report(
         if f.kind == "blocked" and f.holds_at(int(run.steps[i]))
     }
     absent = run.absent[i]  # (L,): not in the layer set of this step's session
+    update = (
+        run.values("update_ratio")[i]
+        if "update_ratio" in run.stats and "update_ratio" not in run.not_logged
+        else None
+    )
     lines = [
         f"== {name}  (step {run.steps[i]}, {len(run.steps)} logged steps, "
         f"{int((~absent).sum())} layers)"
@@ -53,6 +58,8 @@ def format_report(
             lines.append(f" !! {label}={mean[j]:.6g}  blocked since step {since}")
         else:
             lines.append(f" ++ {label}={mean[j]:.6g}")
+        if update is not None:
+            lines[-1] += f"  update {update[j]:.2g}"
     if run.left_out:
         named = [str(lo.step) for lo in run.left_out if lo.step is not None]
         unnamed = len(run.left_out) - len(named)
@@ -64,10 +71,11 @@ def format_report(
             f"    {lo.step if lo.step is not None else '?'}: {lo.reason}"
             for lo in run.left_out[:5]
         ]
-    if run.not_logged:
+    missing = [n for n in run.not_logged if stats.get(n).reads == "gradient"]
+    if missing:  # (a statistic a watcher may choose is not missed)
         lines.append(
             " -- not logged (the files lack them; they read as NaN): "
-            + ", ".join(run.not_logged)
+            + ", ".join(missing)
         )
     unknown = [name for name in run.stats if stats.get(name) is None]
     if unknown:

@@ -49,9 +49,13 @@ def plot_flow(
     *,
     ax: Axes | None = None,
     log: bool = True,
+    stat: str = "abs_mean",
 ) -> Axes:
-    """Draws one step's bar plot: ``abs_mean`` per layer in model order, with
-    ``abs_max`` lighter behind it.
+    """Draws one step's bar plot: ``stat`` (default ``abs_mean``) per layer in
+    model order, with ``abs_max`` lighter behind ``abs_mean``. For
+    ``update_ratio`` a green band marks the healthy 3e-4..3e-3 around the 1e-3
+    rule of thumb, and the layers the diagnosis finds ``update_too_large`` or
+    ``not_updating`` get a light red column.
 
     As in the Gradient Flow tab, an exactly-zero gradient is a hollow stub at the
     floor (visible on a log axis too), a layer whose ``.grad`` was None an ``x``,
@@ -70,6 +74,7 @@ def plot_flow(
             constrained layout that leaves room for the legend; with your own
             ``ax``, leave room right of it).
         log: use a log-scale y axis (else linear from 0).
+        stat: the statistic the bars show (any of ``run.stats``).
 
     Returns:
         The ``Axes``.
@@ -89,14 +94,19 @@ def plot_flow(
         raise ValueError(f"Nothing to plot: {run.path!r} has no logged step")
     i = run.index_of(step)
     at = int(run.steps[i])
-    mean = run.values("abs_mean")[i]
+    mean = run.values(stat)[i]  # raises KeyError naming the run's statistics
     peak = run.values("abs_max")[i]
     status = _statuses(mean, run.values("nonfinite")[i], run.no_grad[i], run.absent[i])
     findings = [f for f in diagnose(run) if f.holds_at(at)]
+    flagged = ("update_too_large", "not_updating") if stat == "update_ratio" else ()
     blocked = _flagged(findings, "blocked", run.layers)
+    for kind in flagged:
+        blocked |= _flagged(findings, kind, run.layers)
     no_gradient = _flagged(findings, "no_gradient", run.layers)
     ok = status == "ok"
     back = ok & np.isfinite(peak) & (peak > 0)  # abs_max, where a bar stands
+    if stat != "abs_mean":
+        back[:] = False
 
     if ax is None:
         width = max(
@@ -104,14 +114,21 @@ def plot_flow(
         )  # inches: bars, names and the legend
         ax = plt.figure(figsize=(width, 4.5), layout="constrained").add_subplot()
     ax.set_yscale("log" if log else "linear")
-    ax.set_ylim(*_y_limits(np.concatenate([mean[ok], peak[back]]), log))
+    reference = np.array([3e-4, 3e-3]) if stat == "update_ratio" else np.array([])
+    ax.set_ylim(*_y_limits(np.concatenate([mean[ok], peak[back], reference]), log))
     ax.set_xlim(-0.6, len(run.layers) - 0.4)
-    handles = _draw_layers(ax, mean, peak, status, back, blocked, no_gradient)
+    flag_label = " / ".join(flagged) if flagged else "blocked"
+    handles = _draw_layers(
+        ax, mean, peak, status, back, blocked, no_gradient, (stat, flag_label)
+    )
     labels = [run.label(layer) for layer in run.layers]
     ax.set_xticks(np.arange(len(run.layers)), labels, rotation=90)
     for j in np.flatnonzero(blocked | no_gradient).tolist():
         ax.get_xticklabels()[j].set(color=_BLOCKED, fontweight="bold")
-    ax.set_ylabel("abs_mean (log scale)" if log else "abs_mean")
+    if stat == "update_ratio":  # the rule of thumb: about 1e-3
+        ax.axhspan(3e-4, 3e-3, color="#2ca02c", alpha=0.15, zorder=0.3, lw=0)
+        ax.axhline(1e-3, color="#2ca02c", lw=1, zorder=0.35, label="1e-3")
+    ax.set_ylabel(f"{stat} (log scale)" if log else stat)
     ax.set_title(_title(run, i, findings))
     ax.grid(True, axis="y", alpha=0.3)
     ax.set_axisbelow(True)
@@ -133,8 +150,10 @@ def _draw_layers(
     back: np.ndarray,
     blocked: np.ndarray,
     no_gradient: np.ndarray,
+    labels: tuple[str, str] = ("abs_mean", "blocked"),
 ) -> list:
-    """Draws every layer's bar or mark, and the diagnosis' columns behind them.
+    """Draws every layer's bar or mark, and the diagnosis' columns behind them;
+    ``labels`` name the bars and the flagged columns in the legend.
 
     Marks and columns are placed in axes heights, so that they sit on the floor
     or fill the height on either y scale.
@@ -173,7 +192,7 @@ def _draw_layers(
         (
             ok,
             lambda: ax.bar(
-                x[ok], mean[ok], _BAR_WIDTH, color=_MEAN, label="abs_mean", zorder=2
+                x[ok], mean[ok], _BAR_WIDTH, color=_MEAN, label=labels[0], zorder=2
             ),
         ),
         (
@@ -211,7 +230,7 @@ def _draw_layers(
         (
             blocked,
             lambda: column(
-                blocked, "blocked", 1.0, 1.0, color=_BLOCKED_BAND, zorder=0.4
+                blocked, labels[1], 1.0, 1.0, color=_BLOCKED_BAND, zorder=0.4
             ),
         ),
         (

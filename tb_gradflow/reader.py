@@ -124,7 +124,14 @@ class GradFlowRun:
             return len(self.steps) - 1
         return int(np.argmin(np.abs(self.steps - int(step))))
 
-    def plot(self, step: int | None = None, *, ax=None, log: bool = True):
+    def plot(
+        self,
+        step: int | None = None,
+        *,
+        ax=None,
+        log: bool = True,
+        stat: str = "abs_mean",
+    ):
         """Draws the classic gradient-flow bar plot of one step with matplotlib,
         marking what the Gradient Flow tab marks: exactly-zero stubs, layers
         without a gradient, non-finite and absent ones, and the layers the
@@ -135,13 +142,15 @@ class GradFlowRun:
             step: the step to draw (the nearest logged one; None: the last).
             ax: a matplotlib ``Axes`` to draw on (default: a new figure).
             log: use a log-scale y axis.
+            stat: the statistic the bars show (``update_ratio`` with its
+                reference band around 1e-3).
 
         Returns:
             The ``Axes``.
         """
         from tb_gradflow.plotting import plot_flow
 
-        return plot_flow(self, step, ax=ax, log=log)
+        return plot_flow(self, step, ax=ax, log=log, stat=stat)
 
 
 @dataclasses.dataclass

@@ -215,3 +215,43 @@ def test_importing_the_reader_and_the_plotting_module_does_not_import_matplotlib
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_update_ratio_bars_with_the_reference_band_and_the_flagged_layer(tmp_path):
+    """A real run: the head's learning rate 100x too high."""
+    import torch
+    from torch import nn
+    from torch.utils.tensorboard import SummaryWriter
+
+    import tb_gradflow
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = torch.optim.Adam(
+        [
+            {"params": model[0].parameters()},
+            {"params": model[2].parameters(), "lr": 1.0},
+        ],
+        lr=1e-3,
+    )
+    with SummaryWriter(tmp_path) as writer:
+        with tb_gradflow.watch(model, writer, optimizer=opt, stats=["update_ratio"]):
+            for _ in range(4):
+                opt.zero_grad()
+                model(torch.randn(16, 4)).pow(2).mean().backward()
+                opt.step()
+    run = tb_gradflow.load_run(tmp_path)
+    ax = run.plot(stat="update_ratio")
+    ratio = run.values("update_ratio")[-1]
+    heights = sorted(r.get_height() for r in containers(ax)["update_ratio"])
+    np.testing.assert_allclose(heights, sorted(ratio), rtol=1e-6)
+    bands = [p for p in ax.patches if p not in containers(ax)["update_ratio"]]
+    low, high = ax.get_ylim()
+    assert low <= 3e-4 and high >= ratio.max()  # the band and every bar shown
+    assert "update_too_large / not_updating" in containers(ax)
+    flagged = containers(ax)["update_too_large / not_updating"]
+    assert [round(r.get_x() + r.get_width() / 2) for r in flagged] == [1]  # "2"
+    assert any(
+        getattr(p, "get_xy", None) and p not in flagged for p in bands
+    )  # the 3e-4..3e-3 band
+    assert ax.get_ylabel() == "update_ratio (log scale)"
