@@ -334,6 +334,8 @@ export const KIND_LABELS = {
   nonfinite: "non-finite",
   exploding: "exploding",
   skipped: "skipped step",
+  update_too_large: "update too large",
+  not_updating: "not updating",
 };
 
 /**

@@ -191,7 +191,9 @@ class GradFlowPlugin(base_plugin.TBPlugin):
 
     def runs_impl(self, ctx, experiment: str) -> dict[str, Any]:
         """The ``runs`` answer: every run and watcher with readable gradflow
-        layouts, from ``list_tensors`` alone (no run is read here).
+        layouts, from ``list_tensors`` alone (no run is read here), with the
+        statistics each watcher logged and the registered ones it lacks
+        (:func:`_listed_stats`: the tab's Statistic menu).
 
         ``steps``, ``first_step`` and ``expected_steps`` come from the plugin's
         decoded copy of the run when it has read this version of it, else they
@@ -614,14 +616,20 @@ def _version(tags: dict[str, provider.TensorTimeSeries], members) -> tuple:
 
 def _listed_stats(layouts: list[metadata.Layout]) -> list[dict[str, Any]]:
     """The statistics of a watcher's ``runs`` entry: those its layouts hold
-    (union by name, in order of first appearance), then the registered ones
-    they lack (``logged`` false: they read as NaN). Each with the registry's
-    ``meaning``, ``unit`` and ``bad``; None for a statistic this version does
-    not know (written by a process that registered it: carried through by
-    name)."""
+    (union by name, in order of first appearance), then the registered
+    statistics of the gradient (those every watcher logs) they lack
+    (``logged`` false: written by a version without them, they read as NaN);
+    a statistic a watcher may choose (``watch(stats=...)``) and did not is
+    not missed, as in the report. Each with the registry's ``meaning``,
+    ``unit`` and ``bad``; None for a statistic this version does not know
+    (written by a process that registered it: carried through by name)."""
     logged = dict.fromkeys(name for lo in layouts for name in lo.stats)
     known = {s.name: s for s in stats.statistics()}
-    lacking = [name for name in known if name not in logged]
+    lacking = [
+        name
+        for name, s in known.items()
+        if s.reads == "gradient" and name not in logged
+    ]
     return [
         {
             "name": name,

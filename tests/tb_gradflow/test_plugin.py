@@ -291,12 +291,13 @@ BUILT_IN_STATS = [
 
 
 def lacking(listed):
-    """The entries of the registered statistics ``listed`` lacks, not logged,
-    in registration order (as the reader reads them: NaN)."""
+    """The entries of the registered statistics of the gradient (those every
+    watcher logs) ``listed`` lacks, not logged, in registration order; a
+    statistic a watcher may choose (``watch(stats=...)``) is not missed."""
     have = {entry["name"] for entry in listed}
     return [
         listed_stat(s.name, s.unit, s.bad, logged=False)
-        for s in tb_stats.statistics()
+        for s in tb_stats.statistics("gradient")
         if s.name not in have
     ]
 
@@ -344,6 +345,10 @@ def test_runs_lists_each_watchers_statistics_by_name_from_the_listing_alone(
     write_by_name(tmp_path, "upgraded", older, [0, 1], gradient)
     newer = dataclasses.replace(older, stats=(*gradient, "rows"))
     write_by_name(tmp_path, "upgraded", newer, [2, 3], gradient | {"rows": 1})
+    # a watcher that chose a statistic of the update (watch(stats=[...]))
+    chose = dataclasses.replace(older, stats=(*newer.stats, "update_ratio"))
+    ratio = {"rows": 1, "update_ratio": 1e-3}
+    write_by_name(tmp_path, "chose", chose, [0], gradient | ratio)
     client, _ = make_client(tmp_path)
     reads = []
     monkeypatch.setattr(
@@ -362,6 +367,13 @@ def test_runs_lists_each_watchers_statistics_by_name_from_the_listing_alone(
     assert found["newer"] == [*newer, *lacking(newer)]  # zeta carried by name
     assert found["upgraded"] == [*BUILT_IN_STATS, *lacking(BUILT_IN_STATS)]
     assert rows not in found["upgraded"] and found["upgraded"][-1] == ms
+    # one a watcher may choose is listed where chosen, and not missed elsewhere
+    update = tb_stats.get("update_ratio")
+    chosen = [*BUILT_IN_STATS, listed_stat("update_ratio", "value", "high")]
+    assert found["chose"] == [*chosen, ms]
+    assert (update.reads, update.unit, update.bad) == ("update", "value", "high")
+    for run in ("old", "newer", "upgraded"):
+        assert "update_ratio" not in [entry["name"] for entry in found[run]]
 
 
 def test_flow_and_heatmap_say_which_statistics_the_files_lack(tmp_path):
@@ -393,9 +405,10 @@ def test_flow_and_heatmap_say_which_statistics_the_files_lack(tmp_path):
 
 
 def test_flow_without_step_is_the_latest_with_nan_as_strings(client):
-    # registered statistics beyond the built-in ones (none unless registered
-    # elsewhere): NaN, and named as not logged
-    lacks = [entry["name"] for entry in lacking(BUILT_IN_STATS)]
+    # registered statistics the file lacks (those a watcher may choose, or
+    # one registered elsewhere): read as NaN, and named as not logged
+    built_in = [entry["name"] for entry in BUILT_IN_STATS]
+    lacks = [name for name in tb_stats.names() if name not in built_in]
     assert get_json(client, "flow", run="healthy") == {
         "run": "healthy",
         "tag": "gradflow",
@@ -529,6 +542,8 @@ def test_alerts_with_default_and_given_thresholds(client):
             "floor_ratio_to_others": 1e-06,
             "explode_ratio": 100.0,
             "explode_window": 20,
+            "max_update_ratio": 0.1,
+            "min_update_ratio": 1e-07,
         },
         "alerts": [BLOCKED, NONFINITE],
     }
