@@ -2,7 +2,11 @@
 
 Importing this package is cheap and never imports torch: TensorBoard imports it
 to load the plugin. ``watch`` and ``GradFlow`` (torch) and the reader load on
-first use (PEP 562).
+first use (PEP 562). Besides watching and reading, the building blocks other
+code (``trainkit.checks``) builds on are public here: ``select_layers`` (which
+layers a watcher follows), ``layer_stats`` (their statistics, one row per
+statistic of :mod:`tb_gradflow.stats`), ``from_records`` (a run from records
+in memory), ``diagnose_stats`` and ``check_writer``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ _LAZY = {
     "GradFlowError": "tb_gradflow.collect",
     "LoggedStep": "tb_gradflow.collect",
     "check_flow": "tb_gradflow.flow_check",
+    "diagnose_stats": "tb_gradflow.flow_check",
+    "check_writer": "tb_gradflow.writers",
+    "layer_stats": "tb_gradflow.gradient_stats",
+    "select_layers": "tb_gradflow.layers",
+    "from_records": "tb_gradflow.reader",
     "Finding": "tb_gradflow.diagnosis",
     "Thresholds": "tb_gradflow.diagnosis",
     "diagnose": "tb_gradflow.diagnosis",
@@ -36,9 +45,14 @@ __all__ = [
     "LoggedStep",
     "Thresholds",
     "check_flow",
+    "check_writer",
     "diagnose",
+    "diagnose_stats",
+    "from_records",
+    "layer_stats",
     "load",
     "load_run",
+    "select_layers",
     "watch",
 ]
 

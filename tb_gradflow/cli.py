@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from tb_gradflow import stats
 from tb_gradflow.diagnosis import KINDS, Thresholds, diagnose
-from tb_gradflow.reader import GradFlowRun, _clash_message, _load_all
+from tb_gradflow.reader import GradFlowRun, clash_message, load_all
 
 
 def format_report(
@@ -115,7 +115,7 @@ def _report(args: argparse.Namespace) -> int:
     thresholds = Thresholds(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(Thresholds)}
     )
-    found = _load_all(args.logdir)
+    found = load_all(args.logdir)
     if args.run:
         if args.run not in found:
             raise ValueError(
@@ -134,7 +134,7 @@ def _report(args: argparse.Namespace) -> int:
     clashes = [(key, runs) for key, runs in found.items() if len(runs) > 1]
     for key, runs in clashes:
         print(
-            f"tb-gradflow report: error: {_clash_message(args.logdir, key, runs)}; "
+            f"tb-gradflow report: error: {clash_message(args.logdir, key, runs)}; "
             f"report each from its own directory: {_own_commands(runs)}",
             file=sys.stderr,
         )

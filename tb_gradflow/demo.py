@@ -26,6 +26,7 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -40,6 +41,9 @@ __all__ = ["DemoConfig", "SequenceClassifier", "make_data", "run_demo", "train"]
 
 # the statistics of the applied update, logged with the gradient's
 UPDATE_STATS = ("update_ratio", "weight_norm")
+
+# before_training(model, inputs, labels, optimizer, cfg) -> markdown lines
+BeforeTraining = Callable[..., list[str]]
 
 
 @dataclasses.dataclass
@@ -92,14 +96,16 @@ def train(
     *,
     progress: bool = True,
     head_lr_scale: float = 1.0,
+    before_training: BeforeTraining | None = None,
 ) -> float:
     """Trains one model, logging with ``watch``; returns the final loss.
 
-    Before training, the sanity checks run on copies of the model; after
-    it, their results and the diagnosis of the logged run go into the run as a
-    text summary, so the text and the tab name the same blocked layers.
-    ``head_lr_scale`` multiplies the learning rate of the head's parameter
-    group.
+    After training, the diagnosis of the logged run goes into the run as a text
+    summary, so the text and the tab name the same blocked layers; before it,
+    ``before_training(model, inputs, labels, optimizer, cfg)`` may add lines of
+    its own to that text (the repository's ``examples/demo.py`` adds
+    ``trainkit``'s sanity checks). ``head_lr_scale`` multiplies the learning
+    rate of the head's parameter group.
     """
     torch.manual_seed(cfg.seed)
     model = SequenceClassifier(cfg.features, cfg.hidden)
@@ -109,7 +115,9 @@ def train(
         [{"params": body}, {"params": head, "lr": cfg.lr * head_lr_scale}], lr=cfg.lr
     )
     with SummaryWriter(os.path.join(logdir, name)) as writer:
-        checks = _sanity_checks(model, inputs[:16], labels[:16], opt, cfg)
+        checks = (
+            before_training(model, inputs, labels, opt, cfg) if before_training else []
+        )
         with watch(model, writer, optimizer=opt, stats=UPDATE_STATS):
             loss = _train_loop(name, model, opt, inputs, labels, writer, cfg, progress)
         writer.flush()
@@ -145,27 +153,10 @@ def _train_loop(
     return loss.item()
 
 
-def _sanity_checks(model, inputs, labels, opt, cfg: DemoConfig) -> list:
-    """The sanity checks, run on copies before training (the model is unchanged)."""
-    from trainkit.checks import check_initial_loss, overfit_batch
-
-    return [
-        check_initial_loss(model, inputs, labels, num_classes=2),
-        overfit_batch(
-            model,
-            inputs,
-            labels,
-            nn.functional.cross_entropy,
-            optimizer=opt,
-            steps=cfg.overfit_steps,
-        ),
-    ]
-
-
-def _checks_markdown(checks: list, findings: list) -> str:
-    lines = ["### Sanity checks (trainkit.checks)", ""]
-    lines += [f"- {c.to_markdown()}" for c in checks]
-    lines += ["", "### Gradient-flow findings (the Gradient Flow tab's alerts)", ""]
+def _checks_markdown(checks: list[str], findings: list) -> str:
+    lines = [*checks, "" if checks else None]
+    lines = [line for line in lines if line is not None]
+    lines += ["### Gradient-flow findings (the Gradient Flow tab's alerts)", ""]
     lines += [
         f"- `{f.kind}` **{f.layer or '(model)'}**, steps {f.first_step}-"
         f"{f.last_step}{' (ongoing)' if f.ongoing else ''}: {f.message}"
@@ -175,16 +166,21 @@ def _checks_markdown(checks: list, findings: list) -> str:
 
 
 def run_demo(
-    logdir: str, cfg: DemoConfig | None = None, *, progress: bool = True
+    logdir: str,
+    cfg: DemoConfig | None = None,
+    *,
+    progress: bool = True,
+    before_training: BeforeTraining | None = None,
 ) -> dict:
-    """Writes the two demo runs under ``logdir``; returns their final losses."""
+    """Writes the demo runs under ``logdir``; returns their final losses.
+    ``before_training``: see :func:`train`."""
     cfg = cfg or DemoConfig()
     # Intra-op threads only cost time on models this small: 2 threads made the
     # demo 8x slower on a 2-core machine with anything else running.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run_both(logdir, cfg, progress)
+        return _run_all(logdir, cfg, progress, before_training)
     finally:
         torch.set_num_threads(threads)
 
@@ -224,7 +220,12 @@ def replace_runs(logdir: str) -> list[str]:
     return emptied
 
 
-def _run_both(logdir: str, cfg: DemoConfig, progress: bool) -> dict:
+def _run_all(
+    logdir: str,
+    cfg: DemoConfig,
+    progress: bool,
+    before_training: BeforeTraining | None,
+) -> dict:
     raw, labels = make_data(cfg)
     mean, std = raw.mean(dim=(0, 1)), raw.std(dim=(0, 1))  # (F,), (F,)
     normalised = (raw - mean) / std
@@ -240,6 +241,7 @@ def _run_both(logdir: str, cfg: DemoConfig, progress: bool) -> dict:
             cfg,
             progress=progress,
             head_lr_scale=scale.get(name, 1.0),
+            before_training=before_training,
         )
         for name in RUNS
     }

@@ -28,9 +28,11 @@ from tb_gradflow.validity import invalid_records
 __all__ = [
     "GradFlowRun",
     "LeftOut",
+    "clash_message",
     "from_records",
     "last_written_step",
     "load",
+    "load_all",
     "load_run",
     "merge_records",
 ]
@@ -547,17 +549,17 @@ def load(logdir: str | os.PathLike) -> dict[str, GradFlowRun]:
             get the same key.
     """
     logdir = os.fspath(logdir)
-    found = _load_all(logdir)
+    found = load_all(logdir)
     for key, runs in found.items():
         if len(runs) > 1:
             raise ValueError(
-                _clash_message(logdir, key, runs) + "; read them with "
+                clash_message(logdir, key, runs) + "; read them with "
                 "load_run(path, name=...)"
             )
     return {key: runs[0] for key, runs in found.items()}
 
 
-def _load_all(logdir: str | os.PathLike) -> dict[str, list[GradFlowRun]]:
+def load_all(logdir: str | os.PathLike) -> dict[str, list[GradFlowRun]]:
     """Every watcher under ``logdir`` by its :func:`load` key, sorted by key; a
     key that several watchers get lists each of them, in directory order.
 
@@ -580,7 +582,7 @@ def _load_all(logdir: str | os.PathLike) -> dict[str, list[GradFlowRun]]:
     return dict(sorted(found.items()))
 
 
-def _clash_message(logdir: str, key: str, runs: Sequence[GradFlowRun]) -> str:
+def clash_message(logdir: str, key: str, runs: Sequence[GradFlowRun]) -> str:
     """Names the watchers under ``logdir`` that get the same ``key``."""
     who = [
         ("the unnamed watcher" if not r.name else f"watcher {r.name!r}")

@@ -66,11 +66,13 @@ from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
-from tb_gradflow.diagnosis import Finding
-from tb_gradflow.flow_check import diagnose_stats
-from tb_gradflow.gradient_stats import layer_stats
-from tb_gradflow.layers import select_layers
-from tb_gradflow.writers import check_writer
+from tb_gradflow import (
+    Finding,
+    check_writer,
+    diagnose_stats,
+    layer_stats,
+    select_layers,
+)
 from trainkit._validate import (
     check_choice,
     check_int,
