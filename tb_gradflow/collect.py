@@ -104,15 +104,115 @@ class _Layer:
 
 
 class GradFlow:
-    """Watches a model's gradients and writes per-layer statistics.
+    """Watches a model's gradients and logs per-layer statistics to TensorBoard.
 
-    Created by :func:`watch`; see there. A context manager: leaving the block
-    calls :meth:`remove`.
+    With ``optimizer``, the statistics are taken just before each optimizer step
+    (after gradient accumulation, ``GradScaler.unscale_`` and clipping: the
+    gradient the optimizer uses). A step called with a closure
+    (``optimizer.step(closure)``, as Lightning always does) runs the backward
+    pass inside the step: its statistics are taken when the closure's first
+    evaluation returns (for LBFGS, which evaluates it several times, the
+    gradient the step starts from), or after the step if the optimizer never
+    calls it. Without ``optimizer``, call :meth:`GradFlow.log` after
+    ``backward()``.
+
+    Args:
+        model: the model; DDP/DataParallel/``torch.compile`` wrappers are
+            looked through, so layer names match the plain model's.
+        writer: a ``torch.utils.tensorboard.SummaryWriter`` or a
+            ``tensorboardX.SummaryWriter`` (the records are the same bytes), or
+            None to write nothing (for processes that do not log).
+        optimizer: any ``torch.optim.Optimizer``, or a wrapper of one
+            (Accelerate's ``AcceleratedOptimizer``, Lightning's
+            ``LightningOptimizer``: the optimizer it wraps is hooked);
+            statistics are taken by step hooks.
+        every: log steps where ``step % every == 0``; nothing runs on others.
+        include_bias: also follow biases (left out by default, as in the classic
+            gradient-flow plot).
+        name: a tag suffix, so several watchers can share one writer.
+        include: glob patterns on layer names to keep (default: all).
+        exclude: glob patterns on layer names to drop.
+        scaler: the ``torch.amp.GradScaler`` that steps ``optimizer``; steps it
+            skips for inf/NaN are logged too, marked skipped. Its ``step`` is
+            wrapped by an instance attribute until :meth:`GradFlow.remove`; a
+            copy of the scaler (``copy.deepcopy``, pickle) is not watched: its
+            ``step`` is the unwrapped one, bound to the copy (a shallow
+            ``copy.copy`` shares the original's ``step``, as for any instance
+            attribute that holds a bound method).
+        start_step: the step of the first optimizer step (for resumed runs).
+        parameters: follow only the layers whose parameter is one of these
+            (e.g. ``[p for g in opt.param_groups for p in g["params"]]``, for one
+            watcher per optimizer of a GAN); each must be a parameter of
+            ``model``.
+        step_fn: numbers the steps from a framework's own counter instead of
+            counting optimizer steps (a step skipped by a scaler the watcher was
+            not given would shift every later one): called at each optimizer
+            step, before it runs, it returns the step to log it as, or None to
+            leave it out. It replaces ``start_step`` and the ``every`` schedule
+            (``every`` is then only recorded, as the interval readers expect
+            between logged steps). Needs ``optimizer``. The shipped
+            integrations (:mod:`tb_gradflow.integrations`) use it.
+        stats: statistics to log besides the gradient's, which are always
+            logged (names from :mod:`tb_gradflow.stats`): ``"update_ratio"``
+            (``||θ_after − θ_before|| / ||θ_before||`` of the step the
+            optimizer applied) and ``"weight_norm"`` (``||θ||`` before it).
+            They need ``optimizer``; measuring them copies the watched
+            parameters on a logged step (buffers the size of the parameters,
+            kept for the next logged step, freed by :meth:`GradFlow.remove`)
+            and reads them twice more; nothing on other steps. With them a
+            logged step's record is finished, written and alerted on after the
+            step, so ``on_alert="raise"`` stops training after that step was
+            applied. A step the AMP scaler skipped has an update of 0.
+        on_alert: ``"warn"`` emits a :class:`GradFlowAlert` warning the first time
+            a layer turns non-finite, loses its gradient or is blocked (the
+            rule of :mod:`tb_gradflow.diagnosis`, as in the tab); ``"raise"``
+            raises :class:`GradFlowError` instead; None (default) is silent.
+        thresholds: the diagnosis thresholds for ``on_alert`` (only with it).
+        rank: in a ``torch.distributed`` process group, the rank that writes
+            (default 0; None: every rank writes to its own writer). Other ranks
+            compute nothing and add no collective under DDP (pass them
+            ``writer=None``); with FSDP2 (sharded DTensor parameters) every rank
+            computes its shards' partial sums and one SUM and one MAX
+            all-reduce per logged step give whole-layer statistics, so every
+            rank must take part in every logged step.
+
+    Steps count optimizer steps, skipped ones included:
+    ``step = start_step + steps completed so far`` (without ``step_fn``).
+
+    The hooks and the statistics never run inside ``torch.compile``: a compiled
+    optimizer step (``torch.compile(lambda: opt.step())``) or a compiled model
+    runs them eagerly.
+
+    Raises:
+        TypeError: if ``model``, ``writer`` or ``optimizer`` is not of its
+            type (nor, for ``optimizer``, a wrapper of one), ``scaler`` has no
+            ``step`` an instance attribute can wrap, ``thresholds`` is not a
+            ``Thresholds``, ``include``/``exclude`` are not strings,
+            ``parameters`` not tensors, or ``step_fn`` not callable.
+        ValueError: for an invalid ``every``, ``start_step``, ``name``, ``rank``
+            or ``on_alert``, ``scaler`` or ``step_fn`` without ``optimizer``,
+            ``thresholds`` without ``on_alert``, two parameters mapping to one
+            layer name, a tensor in ``parameters`` that is not the model's, or
+            no layer left to watch; from a later step, if ``step_fn`` returns
+            something else than an int >= 0 or None. Nothing stays registered
+            when ``watch`` raises.
+
+    A context manager: leaving the block calls :meth:`remove`. ``watch`` is
+    this class.
 
     Attributes:
         layers: the layer names, fixed at creation, in model order.
         layout: the format description written with the first record.
         last: the last logged step, or None.
+
+    Examples:
+        >>> import torch
+        >>> from tb_gradflow import watch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> with watch(model, None, optimizer=opt) as flow:
+        ...     flow.layers
+        ['0', '1']
     """
 
     def __init__(
@@ -615,142 +715,5 @@ def _as_scalar(
     return torch.tensor(default if value is None else float(value), device=device)
 
 
-def watch(
-    model: nn.Module,
-    writer: Any,
-    *,
-    optimizer: torch.optim.Optimizer | None = None,
-    every: int = 1,
-    include_bias: bool = False,
-    name: str | None = None,
-    include: str | Iterable[str] | None = None,
-    exclude: str | Iterable[str] | None = None,
-    scaler: Any = None,
-    start_step: int = 0,
-    on_alert: str | None = None,
-    thresholds: Thresholds | None = None,
-    rank: int | None = 0,
-    parameters: Iterable[Tensor] | None = None,
-    step_fn: Callable[[], int | None] | None = None,
-    stats: Iterable[str] | None = None,
-) -> GradFlow:
-    """Logs per-layer gradient statistics of ``model`` to TensorBoard.
-
-    With ``optimizer``, the statistics are taken just before each optimizer step
-    (after gradient accumulation, ``GradScaler.unscale_`` and clipping: the
-    gradient the optimizer uses). A step called with a closure
-    (``optimizer.step(closure)``, as Lightning always does) runs the backward
-    pass inside the step: its statistics are taken when the closure's first
-    evaluation returns (for LBFGS, which evaluates it several times, the
-    gradient the step starts from), or after the step if the optimizer never
-    calls it. Without ``optimizer``, call :meth:`GradFlow.log` after
-    ``backward()``.
-
-    Args:
-        model: the model; DDP/DataParallel/``torch.compile`` wrappers are
-            looked through, so layer names match the plain model's.
-        writer: a ``torch.utils.tensorboard.SummaryWriter`` or a
-            ``tensorboardX.SummaryWriter`` (the records are the same bytes), or
-            None to write nothing (for processes that do not log).
-        optimizer: any ``torch.optim.Optimizer``, or a wrapper of one
-            (Accelerate's ``AcceleratedOptimizer``, Lightning's
-            ``LightningOptimizer``: the optimizer it wraps is hooked);
-            statistics are taken by step hooks.
-        every: log steps where ``step % every == 0``; nothing runs on others.
-        include_bias: also follow biases (left out by default, as in the classic
-            gradient-flow plot).
-        name: a tag suffix, so several watchers can share one writer.
-        include: glob patterns on layer names to keep (default: all).
-        exclude: glob patterns on layer names to drop.
-        scaler: the ``torch.amp.GradScaler`` that steps ``optimizer``; steps it
-            skips for inf/NaN are logged too, marked skipped. Its ``step`` is
-            wrapped by an instance attribute until :meth:`GradFlow.remove`; a
-            copy of the scaler (``copy.deepcopy``, pickle) is not watched: its
-            ``step`` is the unwrapped one, bound to the copy (a shallow
-            ``copy.copy`` shares the original's ``step``, as for any instance
-            attribute that holds a bound method).
-        start_step: the step of the first optimizer step (for resumed runs).
-        parameters: follow only the layers whose parameter is one of these
-            (e.g. ``[p for g in opt.param_groups for p in g["params"]]``, for one
-            watcher per optimizer of a GAN); each must be a parameter of
-            ``model``.
-        step_fn: numbers the steps from a framework's own counter instead of
-            counting optimizer steps (a step skipped by a scaler the watcher was
-            not given would shift every later one): called at each optimizer
-            step, before it runs, it returns the step to log it as, or None to
-            leave it out. It replaces ``start_step`` and the ``every`` schedule
-            (``every`` is then only recorded, as the interval readers expect
-            between logged steps). Needs ``optimizer``. The shipped
-            integrations (:mod:`tb_gradflow.integrations`) use it.
-        stats: statistics to log besides the gradient's, which are always
-            logged (names from :mod:`tb_gradflow.stats`): ``"update_ratio"``
-            (``||θ_after − θ_before|| / ||θ_before||`` of the step the
-            optimizer applied) and ``"weight_norm"`` (``||θ||`` before it).
-            They need ``optimizer``; measuring them copies the watched
-            parameters on a logged step (buffers the size of the parameters,
-            kept for the next logged step, freed by :meth:`GradFlow.remove`)
-            and reads them twice more; nothing on other steps. With them a
-            logged step's record is finished, written and alerted on after the
-            step, so ``on_alert="raise"`` stops training after that step was
-            applied. A step the AMP scaler skipped has an update of 0.
-        on_alert: ``"warn"`` emits a :class:`GradFlowAlert` warning the first time
-            a layer turns non-finite, loses its gradient or is blocked (the
-            rule of :mod:`tb_gradflow.diagnosis`, as in the tab); ``"raise"``
-            raises :class:`GradFlowError` instead; None (default) is silent.
-        thresholds: the diagnosis thresholds for ``on_alert`` (only with it).
-        rank: in a ``torch.distributed`` process group, the rank that writes
-            (default 0; None: every rank writes to its own writer). Other ranks
-            compute nothing and add no collective under DDP (pass them
-            ``writer=None``); with FSDP2 (sharded DTensor parameters) every rank
-            computes its shards' partial sums and one SUM and one MAX
-            all-reduce per logged step give whole-layer statistics, so every
-            rank must take part in every logged step.
-
-    Steps count optimizer steps, skipped ones included:
-    ``step = start_step + steps completed so far`` (without ``step_fn``).
-
-    The hooks and the statistics never run inside ``torch.compile``: a compiled
-    optimizer step (``torch.compile(lambda: opt.step())``) or a compiled model
-    runs them eagerly.
-
-    Raises:
-        TypeError: if ``model``, ``writer`` or ``optimizer`` is not of its
-            type (nor, for ``optimizer``, a wrapper of one), ``scaler`` has no
-            ``step`` an instance attribute can wrap, ``thresholds`` is not a
-            ``Thresholds``, ``include``/``exclude`` are not strings,
-            ``parameters`` not tensors, or ``step_fn`` not callable.
-        ValueError: for an invalid ``every``, ``start_step``, ``name``, ``rank``
-            or ``on_alert``, ``scaler`` or ``step_fn`` without ``optimizer``,
-            ``thresholds`` without ``on_alert``, two parameters mapping to one
-            layer name, a tensor in ``parameters`` that is not the model's, or
-            no layer left to watch; from a later step, if ``step_fn`` returns
-            something else than an int >= 0 or None. Nothing stays registered
-            when ``watch`` raises.
-
-    Examples:
-        >>> import torch
-        >>> from tb_gradflow import watch
-        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
-        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        >>> with watch(model, None, optimizer=opt) as flow:
-        ...     flow.layers
-        ['0', '1']
-    """
-    return GradFlow(
-        model,
-        writer,
-        optimizer=optimizer,
-        every=every,
-        include_bias=include_bias,
-        name=name,
-        include=include,
-        exclude=exclude,
-        scaler=scaler,
-        start_step=start_step,
-        on_alert=on_alert,
-        thresholds=thresholds,
-        rank=rank,
-        parameters=parameters,
-        step_fn=step_fn,
-        stats=stats,
-    )
+# ``tb_gradflow.watch(model, writer, ...)``: the name the docs and users call.
+watch = GradFlow
