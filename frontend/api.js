@@ -106,7 +106,8 @@ export class Client {
   }
 
   /**
-   * The runs with gradflow data; never cached (polling reads it).
+   * The runs with gradflow data, each with its statistics as
+   * {@link import("./model.js").StatInfo}; never cached (polling reads it).
    * @returns {Promise<RunInfo[]>}
    */
   async runs() {
@@ -119,7 +120,7 @@ export class Client {
       last_step: toNumber(r.last_step),
       every: toNumber(r.every),
       last_wall_time: toNumber(r.last_wall_time),
-      stats: reviveStats(r.stats),
+      stats: reviveStats(r.stats, r.not_logged, json.stats),
     }));
   }
 

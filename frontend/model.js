@@ -92,17 +92,26 @@ export function toNumbers(xs) {
 }
 
 /**
- * Converts the `stats` list of a `runs` entry (see {@link StatInfo}); entries
- * without a name are dropped.
- * @param {unknown} xs
+ * A watcher's statistics from the `runs` answer: its `stats` (names) and
+ * `not_logged` (the names among them its files lack), with what the answer's
+ * top-level `stats` says of each (the server's registry; null for a statistic
+ * it does not know). Names that are not non-empty strings are dropped.
+ * @param {unknown} names the entry's `stats`
+ * @param {unknown} notLogged the entry's `not_logged`
+ * @param {unknown} described the answer's `stats`: name -> {meaning, unit, bad} or null
  * @returns {StatInfo[]}
  */
-export function reviveStats(xs) {
-  if (!Array.isArray(xs)) return [];
+export function reviveStats(names, notLogged, described) {
+  if (!Array.isArray(names)) return [];
+  const missing = new Set(Array.isArray(notLogged) ? notLogged : []);
+  const about = described && typeof described === "object" ? described : {};
   const text = (v) => (typeof v === "string" ? v : null);
-  return xs
-    .filter((x) => x && typeof x.name === "string" && x.name !== "")
-    .map((x) => ({ name: x.name, meaning: text(x.meaning), unit: text(x.unit), bad: text(x.bad), logged: x.logged !== false }));
+  return names
+    .filter((name) => typeof name === "string" && name !== "")
+    .map((name) => {
+      const d = Object.prototype.hasOwnProperty.call(about, name) && about[name] ? about[name] : {};
+      return { name, meaning: text(d.meaning), unit: text(d.unit), bad: text(d.bad), logged: !missing.has(name) };
+    });
 }
 
 /**

@@ -193,7 +193,9 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         """The ``runs`` answer: every run and watcher with readable gradflow
         layouts, from ``list_tensors`` alone (no run is read here), with the
         statistics each watcher logged and the registered ones it lacks
-        (:func:`_listed_stats`: the tab's Statistic menu).
+        (:func:`_listed_stats`: the tab's Statistic menu), and what the
+        registry says of each statistic named (``stats``: described once, not
+        per watcher, as the answer is polled for every run every 5 s).
 
         ``steps``, ``first_step`` and ``expected_steps`` come from the plugin's
         decoded copy of the run when it has read this version of it, else they
@@ -209,6 +211,8 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         self._remember(experiment, listing, now)
         problems = {}  # (experiment, run, tag, kind) -> message
         out = []
+        known = {s.name: s for s in stats.statistics()}  # one registry snapshot
+        always = [name for name, s in known.items() if s.reads == "gradient"]
         for run in sorted(listing):
             tags = listing[run]
             watchers, unreadable = _watchers(tags)
@@ -224,9 +228,10 @@ class GradFlowPlugin(base_plugin.TBPlugin):
                     problems[(*key, "problem")] = _problem_warning(
                         run, tag, found[1].problem
                     )
-                out.append(self._listed(run, tag, tags, members, found))
+                out.append(self._listed(run, tag, tags, members, found, always))
         self._warn_new(experiment, problems)
-        return {"runs": out}
+        named = dict.fromkeys(name for entry in out for name in entry["stats"])
+        return {"runs": out, "stats": {n: _described(known.get(n)) for n in named}}
 
     def _listed(
         self,
@@ -235,10 +240,12 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         tags: dict[str, provider.TensorTimeSeries],
         members: list[str],
         found: tuple[tuple, _Entry] | None,
+        always: list[str],
     ) -> dict[str, Any]:
         """One watcher's ``runs`` entry: layouts, last step and wall time from
         the listing; the kept steps from ``found`` (the cached ``(version,
-        entry)``) when it is this version and readable."""
+        entry)``) when it is this version and readable; its statistics from
+        its layouts and ``always`` (see :func:`_listed_stats`)."""
         layouts = [_LAYOUTS.parse(tags[t].plugin_content) for t in members]
         layers = dict.fromkeys(n for lo in layouts for n in lo.layers)
         entry = {
@@ -253,7 +260,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "steps": None,
             "first_step": None,
             "expected_steps": None,
-            "stats": _listed_stats(layouts),
+            **_listed_stats(layouts, always),
         }
         if (
             found is not None
@@ -614,32 +621,31 @@ def _version(tags: dict[str, provider.TensorTimeSeries], members) -> tuple:
     )
 
 
-def _listed_stats(layouts: list[metadata.Layout]) -> list[dict[str, Any]]:
-    """The statistics of a watcher's ``runs`` entry: those its layouts hold
-    (union by name, in order of first appearance), then the registered
-    statistics of the gradient (those every watcher logs) they lack
-    (``logged`` false: written by a version without them, they read as NaN);
-    a statistic a watcher may choose (``watch(stats=...)``) and did not is
-    not missed, as in the report. Each with the registry's ``meaning``,
-    ``unit`` and ``bad``; None for a statistic this version does not know
-    (written by a process that registered it: carried through by name)."""
+def _listed_stats(
+    layouts: list[metadata.Layout], always: list[str]
+) -> dict[str, list[str]]:
+    """A watcher's statistics for its ``runs`` entry: ``stats``, those its
+    layouts hold (union by name, in order of first appearance), then those of
+    ``always`` (the registered statistics of the gradient, which every watcher
+    logs) that they lack; ``not_logged``, the latter (written by a version
+    without them, they read as NaN). A statistic a watcher may choose
+    (``watch(stats=...)``) and did not is not missed, as in the report."""
     logged = dict.fromkeys(name for lo in layouts for name in lo.stats)
-    known = {s.name: s for s in stats.statistics()}
-    lacking = [
-        name
-        for name, s in known.items()
-        if s.reads == "gradient" and name not in logged
-    ]
-    return [
-        {
-            "name": name,
-            "meaning": known[name].meaning if name in known else None,
-            "unit": known[name].unit if name in known else None,
-            "bad": known[name].bad if name in known else None,
-            "logged": name in logged,
-        }
-        for name in [*logged, *lacking]
-    ]
+    lacking = [name for name in always if name not in logged]
+    return {"stats": [*logged, *lacking], "not_logged": lacking}
+
+
+def _described(statistic: stats.Statistic | None) -> dict[str, str] | None:
+    """What the ``runs`` answer says of a statistic: the registry's
+    ``meaning``, ``unit`` and ``bad``; None for one this version does not know
+    (written by a process that registered it: carried through by name)."""
+    if statistic is None:
+        return None
+    return {
+        "meaning": statistic.meaning,
+        "unit": statistic.unit,
+        "bad": statistic.bad,
+    }
 
 
 def _kept(run: reader.GradFlowRun) -> dict[str, int]:

@@ -77,3 +77,18 @@ export function stepsInfo(run, steps = 100, extra = {}) {
     every: 1, expected_steps: steps, left_out: [], ...extra,
   };
 }
+
+/**
+ * The `runs` answer as the server sends it for `runs` (Client.runs entries):
+ * each watcher's statistic names and `not_logged`, described once at the top.
+ * @param {Object[]} runs
+ */
+export function runsAnswer(runs) {
+  const stats = {};
+  const entries = runs.map((r) => {
+    for (const s of r.stats || []) stats[s.name] = s.meaning === null ? null : { meaning: s.meaning, unit: s.unit, bad: s.bad };
+    const names = (r.stats || []).map((s) => s.name);
+    return { ...r, stats: names, not_logged: (r.stats || []).filter((s) => !s.logged).map((s) => s.name) };
+  });
+  return { runs: entries, stats };
+}

@@ -5,7 +5,7 @@ import { Client, HttpError } from "../../frontend/api.js";
 import { HEAT_COLUMNS, StaleGuard, createLoader } from "../../frontend/loader.js";
 import { encodeHeatmap, runKey } from "../../frontend/model.js";
 import { currentStep, effects, initialState, reduce } from "../../frontend/state.js";
-import { FLOW, HEAD, fakeFetch, runInfo, stepsInfo } from "./fixtures.mjs";
+import { FLOW, HEAD, fakeFetch, runInfo, runsAnswer, stepsInfo } from "./fixtures.mjs";
 
 /** The tab without a page: a state, index.js's dispatch, and a loader. */
 function tab(client) {
@@ -29,7 +29,7 @@ const settle = () => new Promise((resolve) => setTimeout(resolve, 0));
 function server(runs) {
   const q = (url) => Object.fromEntries(new URL(url, "http://tb/").searchParams);
   const fetch = fakeFetch({
-    runs: () => ({ runs: runs() }),
+    runs: () => runsAnswer(runs()),
     steps: (url) => stepsInfo(q(url).run, runs().find((r) => r.run === q(url).run).last_step + 1),
     alerts: (url) => ({ alerts: [{ kind: "blocked", layer: "head", first_step: 1, last_step: 2, steps: 2, message: q(url).run }] }),
     flow: (url) => ({ ...FLOW, run: q(url).run, step: Number(q(url).step) }),

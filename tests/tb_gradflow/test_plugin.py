@@ -228,7 +228,8 @@ def test_runs_lists_readable_runs_and_watchers_without_reading_them(
         tb_data_provider.MultiplexerDataProvider, "read_tensors", counting
     )
     not_read = {"steps": None, "first_step": None, "expected_steps": None}
-    not_read["stats"] = [*BUILT_IN_STATS, *lacking(BUILT_IN_STATS)]
+    lacks = lacking(BUILT_IN)  # none but registered ones of the gradient
+    not_read |= {"stats": [*BUILT_IN, *lacks], "not_logged": lacks}
     assert get_json(client, "runs") == {
         "runs": [
             {
@@ -254,7 +255,8 @@ def test_runs_lists_readable_runs_and_watchers_without_reading_them(
                 }
                 for name in ("dec", "enc")
             ),
-        ]
+        ],
+        "stats": {name: described(name) for name in [*BUILT_IN, *lacks]},
     }
     assert reads == []  # from list_tensors alone
     # once the tab has read a run, the listing says how many steps were kept
@@ -268,38 +270,28 @@ def test_runs_lists_readable_runs_and_watchers_without_reading_them(
     assert reads == [{"healthy"}]
 
 
-def listed_stat(name, unit, bad, logged=True):
-    """A ``runs`` entry's statistic: the registry's meaning, its unit and bad
-    direction (as http_api.md gives them), and whether the watcher logged it."""
-    meaning = tb_stats.get(name).meaning
-    return {
-        "name": name,
-        "meaning": meaning,
-        "unit": unit,
-        "bad": bad,
-        "logged": logged,
-    }
+BUILT_IN = ["abs_mean", "abs_max", "norm", "nonfinite", "rows"]
+UNITS_AND_BAD = {  # as http_api.md gives them
+    "abs_mean": ("value", "low"),
+    "abs_max": ("value", "high"),
+    "norm": ("value", "high"),
+    "nonfinite": ("count", "high"),
+    "rows": ("fraction", "none"),
+    "update_ratio": ("value", "high"),
+}
 
 
-BUILT_IN_STATS = [
-    listed_stat("abs_mean", "value", "low"),
-    listed_stat("abs_max", "value", "high"),
-    listed_stat("norm", "value", "high"),
-    listed_stat("nonfinite", "count", "high"),
-    listed_stat("rows", "fraction", "none"),
-]
+def described(name):
+    """What the ``runs`` answer says of a registered statistic."""
+    s = tb_stats.get(name)
+    return {"meaning": s.meaning, "unit": s.unit, "bad": s.bad}
 
 
-def lacking(listed):
-    """The entries of the registered statistics of the gradient (those every
-    watcher logs) ``listed`` lacks, not logged, in registration order; a
-    statistic a watcher may choose (``watch(stats=...)``) is not missed."""
-    have = {entry["name"] for entry in listed}
-    return [
-        listed_stat(s.name, s.unit, s.bad, logged=False)
-        for s in tb_stats.statistics("gradient")
-        if s.name not in have
-    ]
+def lacking(names):
+    """The registered statistics of the gradient (those every watcher logs)
+    ``names`` lacks, in registration order; a statistic a watcher may choose
+    (``watch(stats=...)``) is not missed."""
+    return [s.name for s in tb_stats.statistics("gradient") if s.name not in names]
 
 
 @pytest.fixture
@@ -356,24 +348,38 @@ def test_runs_lists_each_watchers_statistics_by_name_from_the_listing_alone(
         "read_tensors",
         lambda self, *a, **k: reads.append(k) or {},
     )
-    found = {r["run"]: r["stats"] for r in get_json(client, "runs")["runs"]}
+    answer = get_json(client, "runs")
     assert reads == []
-    ms = listed_stat("mean_square", "value", "high", logged=False)
-    rows = listed_stat("rows", "fraction", "none", logged=False)
-    assert found["old"] == [*BUILT_IN_STATS[:4], *lacking(BUILT_IN_STATS[:4])]
-    assert rows in found["old"] and found["old"][-1] == ms
-    zeta = {"name": "zeta", "meaning": None, "unit": None, "bad": None}
-    newer = [*BUILT_IN_STATS[:4], {**zeta, "logged": True}, BUILT_IN_STATS[4]]
-    assert found["newer"] == [*newer, *lacking(newer)]  # zeta carried by name
-    assert found["upgraded"] == [*BUILT_IN_STATS, *lacking(BUILT_IN_STATS)]
-    assert rows not in found["upgraded"] and found["upgraded"][-1] == ms
+    found = {r["run"]: (r["stats"], r["not_logged"]) for r in answer["runs"]}
+    four = BUILT_IN[:4]
+    assert found["old"] == ([*four, *lacking(four)], lacking(four))
+    assert "rows" in lacking(four) and lacking(four)[-1] == "mean_square"
+    newer = [*four, "zeta", "rows"]  # zeta: carried through by name
+    assert found["newer"] == ([*newer, *lacking(newer)], lacking(newer))
+    assert found["upgraded"] == ([*BUILT_IN, *lacking(BUILT_IN)], lacking(BUILT_IN))
+    assert lacking(BUILT_IN)[-1] == "mean_square"
     # one a watcher may choose is listed where chosen, and not missed elsewhere
-    update = tb_stats.get("update_ratio")
-    chosen = [*BUILT_IN_STATS, listed_stat("update_ratio", "value", "high")]
-    assert found["chose"] == [*chosen, ms]
-    assert (update.reads, update.unit, update.bad) == ("update", "value", "high")
+    assert tb_stats.get("update_ratio").reads == "update"
+    chosen = [*BUILT_IN, "update_ratio"]
+    assert found["chose"] == ([*chosen, *lacking(chosen)], lacking(chosen))
     for run in ("old", "newer", "upgraded"):
-        assert "update_ratio" not in [entry["name"] for entry in found[run]]
+        assert "update_ratio" not in found[run][0]
+    # each statistic named is described once: the registry's words, its unit
+    # and bad direction; null for one this version does not know
+    names = dict.fromkeys(n for r in answer["runs"] for n in r["stats"])
+    assert list(answer["stats"]) == list(names)
+    for name, about in answer["stats"].items():
+        assert about == (None if name == "zeta" else described(name)), name
+    for name, (unit, bad) in UNITS_AND_BAD.items():
+        assert (answer["stats"][name]["unit"], answer["stats"][name]["bad"]) == (
+            unit,
+            bad,
+        )
+    assert answer["stats"]["mean_square"] == {
+        "meaning": "mean of g^2 over all elements",
+        "unit": "value",
+        "bad": "high",
+    }
 
 
 def test_flow_and_heatmap_say_which_statistics_the_files_lack(tmp_path):
@@ -407,8 +413,7 @@ def test_flow_and_heatmap_say_which_statistics_the_files_lack(tmp_path):
 def test_flow_without_step_is_the_latest_with_nan_as_strings(client):
     # registered statistics the file lacks (those a watcher may choose, or
     # one registered elsewhere): read as NaN, and named as not logged
-    built_in = [entry["name"] for entry in BUILT_IN_STATS]
-    lacks = [name for name in tb_stats.names() if name not in built_in]
+    lacks = [name for name in tb_stats.names() if name not in BUILT_IN]
     assert get_json(client, "flow", run="healthy") == {
         "run": "healthy",
         "tag": "gradflow",
