@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import trainkit.optim._compiled as compiled_module
-import trainkit.optim.smorms3 as smorms3_module
+import trainkit.optim.smorms3_fused as fused_module
 
 
 @pytest.fixture
@@ -14,7 +14,7 @@ def fresh_fused_kernels(monkeypatch):
     """No fused kernel made yet and torch.compile's caches empty, so that which
     graphs compile, and when, does not depend on the tests that ran before."""
     torch._dynamo.reset()
-    monkeypatch.setattr(smorms3_module, "_fused_kernels", [])
+    monkeypatch.setattr(fused_module, "_fused_kernels", [])
     yield
     torch._dynamo.reset()
 

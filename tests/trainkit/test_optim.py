@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 import trainkit.optim.smorms3 as smorms3_module
+import trainkit.optim.smorms3_fused as fused_module
+import trainkit.optim.smorms3_kernels as kernels_module
 from trainkit.optim import SMORMS3, MultipleOptimizer
 
 # -- an independent reference: Funk's rule on Python floats --------------------
@@ -55,7 +57,7 @@ def path_kwargs(request, monkeypatch):
     """
     path = request.param
     if path == "chunked":
-        monkeypatch.setattr(smorms3_module, "_CHUNK_NUMEL", 5)
+        monkeypatch.setattr(kernels_module, "_CHUNK_NUMEL", 5)
     if path == "fused":
         request.getfixturevalue("fresh_fused_kernels")
         request.getfixturevalue("checked_direct_calls")
@@ -284,7 +286,7 @@ def test_foreach_none_uses_the_per_tensor_path_on_cpu(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the multi-tensor path ran on the CPU")
 
-    monkeypatch.setattr(smorms3_module, "_multi_tensor_smorms3", fail)
+    monkeypatch.setattr(smorms3_module, "multi_tensor_smorms3", fail)
     p = nn.Parameter(torch.ones(3))
     p.grad = torch.ones(3)
     SMORMS3([p]).step()
@@ -653,7 +655,7 @@ def test_fused_compiled_matches_per_tensor_without_recompiling(
         if step == 0:
             opt.step()  # compiles
             # from here on the compiled graphs run without torch.compile's guards
-            for kernel in smorms3_module._compiled_kernels():
+            for kernel in fused_module._compiled_kernels():
                 assert kernel.direct, "the first call recorded no direct call"
                 monkeypatch.setattr(kernel, "_compiled", _no_call)
         else:
