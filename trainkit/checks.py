@@ -46,29 +46,17 @@ loss with k negatives (zero-initialised output vectors) at ``(k + 1) ln 2``.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
-import functools
 import math
-import numbers
-import threading
-import types
-import warnings
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.nn.utils.prune import BasePruningMethod
-from torch.nn.utils.spectral_norm import SpectralNorm
-from torch.nn.utils.weight_norm import WeightNorm
 
 from tb_gradflow import (
     Finding,
-    check_writer,
     diagnose_stats,
     layer_stats,
     select_layers,
@@ -79,6 +67,8 @@ from trainkit._validate import (
     check_model_and_loss,
     check_real,
 )
+from trainkit.clipping import clip_grad_norm
+from trainkit.model_copy import copy_model, fork_rng, forward, global_hooks, hooks_note
 
 __all__ = [
     "CheckResult",
@@ -89,38 +79,6 @@ __all__ = [
 ]
 
 _KINDS = ("cross_entropy", "binary_cross_entropy", "skipgram")
-_HOOK_DICTS = {
-    "_forward_pre_hooks": "forward pre-hook",
-    "_forward_hooks": "forward hook",
-    "_backward_pre_hooks": "backward pre-hook",
-    "_backward_hooks": "backward hook",
-}
-# A tensor's hook dicts: their kind, and the method that registers one.
-_TENSOR_HOOK_DICTS = {
-    "_backward_hooks": ("tensor hook", "register_hook"),
-    "_post_accumulate_grad_hooks": (
-        "post-accumulate-grad hook",
-        "register_post_accumulate_grad_hook",
-    ),
-}
-# The global module hooks that run in a forward or backward pass, and the dicts
-# that hold options of the forward ones (keyed by the same handle ids).
-_GLOBAL_HOOK_DICTS = {
-    "_global_forward_pre_hooks": "forward pre-hook",
-    "_global_forward_hooks": "forward hook",
-    "_global_backward_pre_hooks": "backward pre-hook",
-    "_global_backward_hooks": "backward hook",
-}
-_GLOBAL_HOOK_OPTIONS = (
-    "_global_forward_hooks_with_kwargs",
-    "_global_forward_hooks_always_called",
-)
-_ROOT = "<root>"  # the model itself in hooks_left_out ("model" may be a submodule)
-# Hooks that compute a module's weights from its parameters, user subclasses of
-# torch's pruning method included: the copy keeps them.
-_WEIGHT_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
-# The message torch's batch_norm raises for one value per channel in training.
-_BATCH_NORM_ONE_VALUE = "Expected more than 1 value per channel when training"
 
 
 @dataclasses.dataclass
@@ -244,12 +202,12 @@ def check_initial_loss(
     if not rtol > 0:
         raise ValueError(f"Invalid rtol: {rtol} (> 0)")
     with (
-        _fork_rng(model),
-        _global_hooks(keep_hooks) as global_left_out,
+        fork_rng(model),
+        global_hooks(keep_hooks) as global_left_out,
         torch.no_grad(),
     ):
-        probe, left_out = _copy_model(model, keep_hooks)
-        output = _forward(probe.train(), inputs)
+        probe, left_out = copy_model(model, keep_hooks)
+        output = forward(probe.train(), inputs)
         measured = float(loss_fn(output, targets))
     left_out += global_left_out
     if kind == "cross_entropy" and num_classes is None:
@@ -301,7 +259,7 @@ def check_initial_loss(
         passed=passed,
         measured=measured,
         expected=expected,
-        message=message + _hooks_note(left_out),
+        message=message + hooks_note(left_out),
         details={
             "kind": kind,
             "num_classes": num_classes,
@@ -321,209 +279,6 @@ def _num_classes(output: Tensor, loss_fn: Callable[..., Tensor]) -> int:
         "Cannot tell the class dimension of an output of shape "
         f"{tuple(output.shape)} for this loss_fn (F.cross_entropy reads dim 1; a "
         "loss that flattens (B, T, C) reads the last): pass num_classes"
-    )
-
-
-def _model_devices(model: nn.Module) -> dict[str, set[torch.device]]:
-    """The devices, by type, of the model's parameters and buffers, CPU and meta
-    left out."""
-    devices: dict[str, set[torch.device]] = {}
-    for t in (*model.parameters(), *model.buffers()):
-        if t.device.type not in ("cpu", "meta"):
-            devices.setdefault(t.device.type, set()).add(t.device)
-    return devices
-
-
-def _has_rng_state(device_type: str) -> bool:
-    """Whether torch can save and restore the RNG state of ``device_type``'s
-    devices, as ``torch.random.fork_rng`` does; warns if not."""
-    try:
-        module = torch.get_device_module(device_type)
-    except RuntimeError:  # no torch.<device_type> registered, e.g. torch_xla's
-        module = None
-    if all(
-        callable(getattr(module, name, None))
-        for name in ("get_rng_state", "set_rng_state")
-    ):
-        return True
-    warnings.warn(
-        f"Cannot save the random number generator state of the model's "
-        f"{device_type!r} devices (torch has no {device_type} module with "
-        "get_rng_state and set_rng_state): the check's random draws there (e.g. "
-        "dropout) advance it",
-        stacklevel=5,  # the check's caller
-    )
-    return False
-
-
-@contextlib.contextmanager
-def _fork_rng(model: nn.Module) -> Iterator[None]:
-    """Restores, on exit, the CPU's random number generator and those of the
-    devices that hold the model's parameters and buffers (dropout on CUDA draws
-    from the CUDA generator of its device); a device type whose generator torch
-    cannot save is skipped with a warning."""
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.random.fork_rng(devices=[]))
-        for device_type, on in _model_devices(model).items():
-            if _has_rng_state(device_type):
-                stack.enter_context(
-                    torch.random.fork_rng(
-                        devices=sorted(on, key=str), device_type=device_type
-                    )
-                )
-        yield
-
-
-@dataclasses.dataclass
-class _GlobalHooksOff:
-    """Process-wide: the global hooks saved while at least one check runs."""
-
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    depth: int = 0  # checks running, in any thread
-    saved: dict[str, OrderedDict] = dataclasses.field(default_factory=dict)
-
-
-_GLOBAL_HOOKS_OFF = _GlobalHooksOff()
-
-
-@contextlib.contextmanager
-def _global_hooks(keep: bool) -> Iterator[list[str]]:
-    """Turns the global module hooks off (unless ``keep``) while a check runs.
-
-    Process-wide, as the hooks are: the first check in (in any thread) saves and
-    clears them, the last one out puts them back with their options, followed by
-    those registered meanwhile (their handles still work). A saved hook whose
-    handle is removed during a check comes back (the handle cannot be told from
-    outside). Yields the hooks turned off, as ``"<global> <kind> <hook>"``.
-    """
-    if keep:
-        yield []
-        return
-    state = vars(nn.modules.module)
-    off = _GLOBAL_HOOKS_OFF
-    with off.lock:
-        if off.depth == 0:
-            off.saved = {
-                name: OrderedDict(state[name])
-                for name in (*_GLOBAL_HOOK_DICTS, *_GLOBAL_HOOK_OPTIONS)
-            }
-            for name in _GLOBAL_HOOK_DICTS:
-                state[name].clear()  # in place: the handles hold these dicts
-        off.depth += 1
-        left_out = [
-            f"<global> {kind} {_hook_name(hook)}"
-            for name, kind in _GLOBAL_HOOK_DICTS.items()
-            for hook in off.saved[name].values()
-        ]
-    try:
-        yield left_out
-    finally:
-        with off.lock:
-            off.depth -= 1
-            if off.depth == 0:
-                for name, hooks in off.saved.items():
-                    # handle ids grow with each registration: id order is the
-                    # order of registration
-                    merged = sorted({**hooks, **state[name]}.items())
-                    state[name].clear()
-                    state[name].update(merged)
-                off.saved = {}
-
-
-def _forward(model: nn.Module, inputs: Any) -> Any:
-    """``model(inputs)``; names the batch size when BatchNorm refuses it."""
-    try:
-        return model(inputs)
-    except ValueError as e:
-        if _BATCH_NORM_ONE_VALUE not in str(e):
-            raise
-        raise ValueError(
-            f"{e}. The checks run the model in training mode, as the first "
-            "training step, and BatchNorm then normalises by the batch: pass a "
-            "batch of 2 or more examples"
-        ) from e
-
-
-def _is_model_hook(hook: Any, module_ids: set[int]) -> bool:
-    """Whether ``hook`` is part of the model's computation: defined by torch, or a
-    method of one of the model's modules (``module_ids``)."""
-    if isinstance(hook, _WEIGHT_HOOKS):
-        return True
-    func = hook
-    while isinstance(func, functools.partial):
-        func = func.func
-    if isinstance(func, types.MethodType) and id(func.__self__) in module_ids:
-        return True
-    if isinstance(func, (types.FunctionType, types.MethodType)):
-        where = getattr(func, "__module__", None) or ""
-    else:
-        where = type(func).__module__
-    return where == "torch" or where.startswith("torch.")
-
-
-def _hook_name(hook: Any) -> str:
-    func = hook.func if isinstance(hook, functools.partial) else hook
-    return getattr(func, "__qualname__", type(func).__qualname__)
-
-
-def _copy_model(model: nn.Module, keep_hooks: bool) -> tuple[nn.Module, list[str]]:
-    """A deep copy of ``model`` with the hooks of the model's computation, and the
-    hooks it left behind, as ``"<module> <kind> <hook>"``.
-
-    The module hook dicts are swapped in deepcopy's memo, so a hook left behind is
-    never copied (a hook bound to an object that holds a ``SummaryWriter`` would
-    copy the writer), and one from outside kept by ``keep_hooks`` is shared, not
-    copied. All swaps are in the memo before any hook is copied: a kept method
-    copies its module, which must then find its hook dicts swapped too. Deep copies
-    of parameters and buffers drop their tensor hooks, so the kept ones are
-    registered again on the copy's tensors.
-    """
-    module_ids = {id(m) for m in model.modules()}
-    memo: dict[int, Any] = {}
-    kept: list[tuple[OrderedDict[int, Any], int, Any]] = []
-    left_out = []
-    for name, module in model.named_modules():
-        for attr, kind in _HOOK_DICTS.items():
-            hooks = getattr(module, attr)
-            twin: OrderedDict[int, Any] = OrderedDict()
-            memo[id(hooks)] = twin
-            for key, hook in hooks.items():
-                if _is_model_hook(hook, module_ids):
-                    kept.append((twin, key, hook))
-                elif keep_hooks:
-                    memo[id(hook)] = hook
-                    kept.append((twin, key, hook))
-                else:
-                    left_out.append(f"{name or _ROOT} {kind} {_hook_name(hook)}")
-    for twin, key, hook in kept:
-        twin[key] = copy.deepcopy(hook, memo)
-    clone = copy.deepcopy(model, memo)
-    tensors = dict(model.named_parameters())
-    tensors.update(model.named_buffers())
-    for name, tensor in tensors.items():
-        twin = memo.get(id(tensor))
-        if twin is None or not twin.requires_grad:  # no gradient: hooks never run
-            continue
-        for attr, (kind, register) in _TENSOR_HOOK_DICTS.items():
-            if getattr(twin, attr, None):  # the tensor's own deepcopy kept them
-                continue
-            for hook in (getattr(tensor, attr, None) or {}).values():
-                if _is_model_hook(hook, module_ids):
-                    getattr(twin, register)(copy.deepcopy(hook, memo))
-                elif keep_hooks:
-                    getattr(twin, register)(hook)
-                else:
-                    left_out.append(f"{name} {kind} {_hook_name(hook)}")
-    return clone, left_out
-
-
-def _hooks_note(left_out: list[str]) -> str:
-    if not left_out:
-        return ""
-    return (
-        f" The check ran without the hooks from outside the model "
-        f"({', '.join(left_out)}): if one of them changes the output or the "
-        "gradients, pass keep_hooks=True."
     )
 
 
@@ -582,8 +337,8 @@ def overfit_batch(
         if not math.isfinite(target):
             raise ValueError(f"Invalid target: {target} (a finite loss)")
         target = float(target)
-    with _fork_rng(model), _global_hooks(keep_hooks) as global_left_out:
-        trainee, left_out = _copy_model(model, keep_hooks)
+    with fork_rng(model), global_hooks(keep_hooks) as global_left_out:
+        trainee, left_out = copy_model(model, keep_hooks)
         left_out += global_left_out
         trainee.train().zero_grad(set_to_none=True)
         opt = _fresh_optimizer(optimizer, model, trainee)
@@ -592,7 +347,7 @@ def overfit_batch(
         losses, records, goal = [], [], target
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(_forward(trainee, inputs), targets)
+            loss = loss_fn(forward(trainee, inputs), targets)
             loss.backward()
             stats, _ = layer_stats([p.grad for p in params])  # (K, L)
             records.append(stats)
@@ -620,7 +375,7 @@ def overfit_batch(
         passed=passed,
         measured=losses[-1],
         expected=goal,
-        message=message + _hooks_note(left_out),
+        message=message + hooks_note(left_out),
         details={
             "losses": losses,
             "steps": len(losses),
@@ -688,111 +443,3 @@ def _fresh_optimizer(
             f"Cannot rebuild {type(optimizer).__name__} from its param_groups ({e}); "
             "pass optimizer=lambda params: ... instead"
         ) from e
-
-
-def clip_grad_norm(
-    parameters: Tensor | Iterable[Tensor],
-    max_norm: float | Tensor,
-    *,
-    writer: Any = None,
-    step: int | None = None,
-    norm_type: float = 2.0,
-    error_if_nonfinite: bool = False,
-    tag: str = "grad_clip",
-) -> Tensor:
-    """Clips gradients like ``torch.nn.utils.clip_grad_norm_``, sparse ones too, and
-    logs what it did.
-
-    The total norm is that of all gradients together (a sparse gradient counts as
-    its dense equivalent, where torch's foreach path raises); when it exceeds
-    ``max_norm`` every gradient is scaled by ``max_norm / (total + 1e-6)``.
-
-    Args:
-        parameters: tensors whose ``.grad`` to clip.
-        max_norm: the largest total norm allowed (a number or a 0-d tensor).
-        writer: a ``torch.utils.tensorboard.SummaryWriter`` or a
-            ``tensorboardX.SummaryWriter``; if given, logs the scalars
-            ``{tag}/total_norm`` (before clipping), ``{tag}/max_norm`` and
-            ``{tag}/clipped`` (1.0 when it clipped) at ``step``.
-        step: the step to log at.
-        norm_type: the p of the p-norm (``inf`` or ``"inf"`` for the max norm).
-        error_if_nonfinite: raise if the total norm is NaN or infinite.
-        tag: the scalar tags' prefix.
-
-    Returns:
-        The total norm before clipping (a 0-d tensor), as torch's.
-
-    Raises:
-        TypeError: if ``max_norm`` is neither a real number nor a 0-d real tensor,
-            ``norm_type`` neither a real number nor a str, or ``writer`` none of
-            the above (before any gradient is touched).
-        ValueError: on ``max_norm <= 0`` or NaN, or a ``norm_type`` that is NaN or
-            a str that is not a number (``"inf"`` is).
-        RuntimeError: on a non-finite total norm with ``error_if_nonfinite``.
-    """
-    if isinstance(max_norm, Tensor):
-        if max_norm.dim() != 0 or max_norm.dtype == torch.bool or max_norm.is_complex():
-            raise TypeError(
-                f"Invalid max_norm: a tensor of shape {tuple(max_norm.shape)} and "
-                f"dtype {max_norm.dtype} (a real number or a 0-d real tensor)"
-            )
-    elif isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real):
-        raise TypeError(
-            f"Invalid max_norm: {max_norm!r} (a real number or a 0-d real tensor)"
-        )
-    limit = float(max_norm)
-    if not limit > 0:
-        raise ValueError(f"Invalid max_norm: {limit} (> 0)")
-    if isinstance(norm_type, bool) or not isinstance(norm_type, (numbers.Real, str)):
-        raise TypeError(f"Invalid norm_type: {norm_type!r} (a real number or 'inf')")
-    try:
-        order = float(norm_type)
-    except ValueError:
-        order = math.nan
-    if math.isnan(order):  # "nan" would make every gradient NaN
-        raise ValueError(
-            f"Invalid norm_type: {norm_type!r} (a real number other than NaN, or 'inf')"
-        )
-    norm_type = order
-    if writer is not None:
-        check_writer(writer)
-    params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
-    with_grad = [p for p in params if p.grad is not None]
-    dense = [p for p in with_grad if not p.grad.is_sparse]
-    sparse = [p for p in with_grad if p.grad.is_sparse]
-    norms = []
-    if dense:
-        norms.append(
-            torch.nn.utils.get_total_norm(
-                [p.grad for p in dense], norm_type, error_if_nonfinite
-            )
-        )
-    for p in sparse:
-        p.grad = p.grad.coalesce()  # duplicates add up, as in the dense gradient
-        norms.append(torch.linalg.vector_norm(p.grad.values(), norm_type))
-    if not norms:
-        total = torch.tensor(0.0)
-    elif len(norms) == 1:
-        total = norms[0]
-    else:
-        device = norms[0].device
-        total = torch.linalg.vector_norm(
-            torch.stack([n.to(device) for n in norms]), norm_type
-        )
-    if error_if_nonfinite and not torch.isfinite(total):
-        raise RuntimeError(
-            f"The total norm of order {norm_type} for gradients is non-finite, so it "
-            "cannot be clipped."
-        )
-    if dense:
-        torch.nn.utils.clip_grads_with_norm_(dense, max_norm, total)
-    if sparse:
-        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-        for p in sparse:
-            p.grad = p.grad * coef.to(p.grad.device)
-    if writer is not None:
-        value = float(total)
-        writer.add_scalar(f"{tag}/total_norm", value, step)
-        writer.add_scalar(f"{tag}/max_norm", limit, step)
-        writer.add_scalar(f"{tag}/clipped", float(value > limit), step)
-    return total

@@ -16,6 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
 import trainkit.checks
+import trainkit.model_copy
 from trainkit.checks import (
     check_initial_loss,
     clip_grad_norm,
@@ -717,8 +718,8 @@ def test_overlapping_checks_restore_global_hooks_and_keep_those_added_meanwhile(
     # handle that still removes it.
     calls = []
     handle = nn_module.register_module_forward_hook(lambda *a: calls.append("old"))
-    first = trainkit.checks._global_hooks(keep=False)
-    second = trainkit.checks._global_hooks(keep=False)
+    first = trainkit.model_copy.global_hooks(keep=False)
+    second = trainkit.model_copy.global_hooks(keep=False)
     try:
         assert len(first.__enter__()) == 1
         assert len(second.__enter__()) == 1  # names the hook the first turned off
@@ -781,7 +782,7 @@ def test_a_device_type_whose_rng_torch_cannot_save_is_skipped_with_a_warning(
     x, y = torch.randn(8, 10), torch.randint(0, 5, (8,))
     model = well_initialised()
     monkeypatch.setattr(
-        trainkit.checks,
+        trainkit.model_copy,
         "_model_devices",
         lambda model: {"xla": {torch.device("xla:0")}},
     )
