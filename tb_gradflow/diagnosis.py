@@ -58,6 +58,13 @@ from typing import Protocol
 
 import numpy as np
 
+from tb_gradflow.blocked_rule import (
+    blocked_mask,
+    is_blocked,
+    median_of_others,
+)
+from tb_gradflow.exploding_rule import exploding_mask
+
 __all__ = ["KINDS", "Finding", "OnlineDiagnosis", "Thresholds", "diagnose"]
 
 KINDS = (
@@ -159,8 +166,6 @@ _MESSAGES = {
 _EXACTLY_ZERO = "gradient exactly zero: it does not flow into this layer"
 # kinds that need `patience` steps in a row
 _PATIENT = ("no_gradient", "blocked", "all_zero", "update_too_large", "not_updating")
-_BLOCK_CELLS = 200_000  # steps x layers per block of _exploding_mask's work
-_SORT_WINDOW = 32  # longer explode_windows: a _RangeSelect, not a sort per cell
 
 
 def _exploding_message(th: Thresholds) -> str:
@@ -204,13 +209,13 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
     if absent is not None:
         valid &= ~np.asarray(absent, dtype=bool)
     all_zero = _all_zero_steps(judged, valid)  # (T,)
-    blocked = _blocked_mask(judged, valid, th)
+    blocked = blocked_mask(judged, valid, th)
     blocked[all_zero] = False  # one finding for the model instead
     masks = {  # in this order for findings of the same step and layer
         "no_gradient": no_gradient,
         "blocked": blocked,
         "nonfinite": bad,
-        "exploding": _exploding_mask(run.values("norm"), th),
+        "exploding": exploding_mask(run.values("norm"), th),
     }
     live = ~skipped
     patience = min(th.patience, max(int(live.sum()), 1))
@@ -281,7 +286,7 @@ def _update_findings(
     with np.errstate(invalid="ignore"):
         too_large = usable & (ratio > th.max_update_ratio)
         low = usable & (ratio < th.min_update_ratio)
-        others = _median_of_others(moving)  # (T, L)
+        others = median_of_others(moving)  # (T, L)
         model_low = usable.any(axis=1) & (
             np.nanmedian(np.where(usable.any(axis=1)[:, None], moving, 0), axis=1)
             < th.min_update_ratio
@@ -388,10 +393,10 @@ class OnlineDiagnosis:
             self.sparse,
             nonfinite,
         )
-        others = _median_of_others(np.where(valid, judged, np.nan))  # (1, L)
+        others = median_of_others(np.where(valid, judged, np.nan))  # (1, L)
         no_gradient, bad = _event_masks(nonfinite)
         all_zero = _all_zero_steps(judged, valid)  # (1,)
-        blocked = valid & _blocked(judged, others, self._peak[None], self.th)
+        blocked = valid & is_blocked(judged, others, self._peak[None], self.th)
         blocked[all_zero] = False  # one finding for the model instead
         self._peak = np.fmax(self._peak, np.where(valid, judged, np.nan)[0])
         if skipped:  # neither blocked nor healthy: streaks stay as they are
@@ -470,325 +475,6 @@ def _judged_mean(
 def _event_masks(nonfinite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``no_gradient`` and ``nonfinite`` per step and layer, ``(T, L)`` bool each."""
     return np.isnan(nonfinite), nonfinite > 0
-
-
-def _blocked(
-    judged: np.ndarray, others: np.ndarray, peak: np.ndarray, th: Thresholds
-) -> np.ndarray:
-    """The ``blocked`` condition where a layer has a usable value (any shapes that
-    broadcast).
-
-    ``others``: the median of the other layers' values (NaN: none); ``peak``: the
-    layer's largest earlier value (NaN: none).
-    """
-    with np.errstate(invalid="ignore"):
-        tiny_vs_others = judged < th.min_ratio_to_others * others
-        fell = judged < th.min_ratio_to_own_peak * peak
-        far_below = judged < th.floor_ratio_to_others * others
-    return (judged == 0) | (tiny_vs_others & fell) | far_below
-
-
-def _blocked_mask(judged: np.ndarray, valid: np.ndarray, th: Thresholds) -> np.ndarray:
-    """:func:`_blocked` at every step and layer with a usable value.
-
-    Exact; the others' medians and the earlier peaks are computed only at the
-    few cells that :func:`_small_vs_others` cannot rule out (elsewhere only a
-    zero is blocked).
-
-    Shape:
-        - judged, valid: ``(T, L)``
-        - returns: ``(T, L)`` bool
-    """
-    mask = valid & (judged == 0)
-    ratios = (th.min_ratio_to_others, th.floor_ratio_to_others)
-    t, j, others = _small_vs_others(judged, valid, ratios)  # (N,) each
-    cols, col = np.unique(j, return_inverse=True)  # (C,), (N,)
-    peak = _earlier_peak(np.where(valid[:, cols], judged[:, cols], np.nan))  # (T, C)
-    mask[t, j] = _blocked(judged[t, j], others, peak[t, col], th)
-    return mask
-
-
-def _small_vs_others(
-    judged: np.ndarray, valid: np.ndarray, ratios: tuple[float, ...]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The usable cells whose value may be below ``ratio`` x the median of the
-    other layers' usable values, for some ``ratio >= 0``, with that median.
-
-    Rows with the same number ``n`` of usable values are partitioned at the
-    middle ranks :func:`_median_without` reads. No median of ``n - 1`` of the
-    values exceeds the one at rank ``(n + 1) // 2`` (0-based), so the cells at
-    or above ``ratio`` x that value are left out (rounding keeps the order).
-
-    Shape:
-        - judged, valid: ``(T, L)``
-        - returns: step and layer indices ``(N,)``, and the medians ``(N,)``
-    """
-    filled = np.where(valid, judged, np.inf)  # (T, L): unusable values sort last
-    empty = np.zeros(0, dtype=np.intp)
-    found = [(empty, empty, np.zeros(0))]
-    for n, rows, pick in _row_groups(valid.sum(axis=1)):
-        if n < 2:
-            continue  # a layer with a value has no others
-        s = _middle_ranks(filled[pick], n)  # rank -> (R, 1)
-        limit = np.maximum.reduce([ratio * s[(n + 1) // 2] for ratio in ratios])
-        i, j = np.nonzero(valid[pick] & (judged[pick] < limit))  # (N_n,) each
-        at = {p: v[i, 0] for p, v in s.items()}  # rank -> (N_n,)
-        found.append((rows[i], j, _median_without(at, judged[rows[i], j], n)))
-    t, j, others = (np.concatenate(parts) for parts in zip(*found))
-    return t, j, others
-
-
-def _median_of_others(mean: np.ndarray) -> np.ndarray:
-    """Per step and layer, the median of the *other* layers' finite values.
-
-    Exact, O(L) per step: rows with the same number ``n`` of finite values are
-    partitioned at the few middle ranks needed (:func:`_median_without`); a
-    layer without a value removes nothing.
-
-    Shape:
-        - mean: ``(T, L)``, NaN where a layer has no usable value
-        - returns: ``(T, L)``, NaN where no other layer has a value
-    """
-    valid = np.isfinite(mean)
-    filled = np.where(valid, mean, np.inf)  # (T, L): NaN sorts last
-    out = np.full(mean.shape, np.nan)
-    for n, _, pick in _row_groups(valid.sum(axis=1)):
-        if n == 0:
-            continue
-        s = _middle_ranks(filled[pick], n)  # rank -> (R, 1)
-        with np.errstate(invalid="ignore"):
-            with_value = _median_without(s, mean[pick], n)  # (R, L)
-            without = (s[(n - 1) // 2] + s[n // 2]) / 2  # (R, 1)
-        out[pick] = np.where(valid[pick], with_value, without)
-    return out
-
-
-def _row_groups(
-    counts: np.ndarray,
-) -> list[tuple[int, np.ndarray, slice | np.ndarray]]:
-    """``(n, rows, pick)`` for each distinct ``n`` in ``counts`` ``(T,)``: the
-    indices of the rows with ``n`` usable values, and an index that selects them
-    (a slice when they are all the rows: views, not copies)."""
-    groups = []
-    for n in np.unique(counts):
-        rows = np.flatnonzero(counts == n)
-        groups.append((int(n), rows, slice(None) if len(rows) == len(counts) else rows))
-    return groups
-
-
-def _middle_ranks(filled: np.ndarray, n: int) -> dict[int, np.ndarray]:
-    """The values at the ranks that the medians of ``n`` values, and of ``n - 1``
-    of them, read: ``{rank: (R, 1)}``. Partitions ``filled`` in place.
-
-    Shape:
-        - filled: ``(R, L)``, ``n`` usable values per row, ``inf`` elsewhere
-    """
-    need = {(n - 2) // 2, (n - 1) // 2, n // 2, (n + 1) // 2}
-    need = sorted(p for p in need if 0 <= p < filled.shape[1])
-    filled.partition(need, axis=1)
-    return {p: filled[:, p : p + 1] for p in need}
-
-
-def _median_without(s: dict[int, np.ndarray], x: np.ndarray, n: int) -> np.ndarray:
-    """The median of ``n`` values less ``x``, one of them (NaN if ``n == 1``).
-
-    With ``s[i]`` the ``i``-th smallest of the ``n`` values, the ``i``-th smallest
-    of the others is ``s[i]`` if ``s[i + 1] <= x`` else ``s[i + 1]`` (leaving out
-    any copy of ``x`` leaves the same values). ``s``'s arrays broadcast with ``x``.
-    """
-    k = n - 1  # how many others
-    if k == 0:
-        return np.full(np.shape(x), np.nan)
-
-    def other(i: int) -> np.ndarray:
-        return np.where(s[i + 1] <= x, s[i], s[i + 1])
-
-    return (other((k - 1) // 2) + other(k // 2)) / 2
-
-
-def _earlier_peak(mean: np.ndarray) -> np.ndarray:
-    """Per step and layer, the largest value at an earlier step (NaN at the first)."""
-    filled = np.where(np.isfinite(mean), mean, -np.inf)
-    running = np.maximum.accumulate(filled, axis=0)  # (T, L), includes step t
-    peak = np.full_like(mean, np.nan)
-    peak[1:] = running[:-1]
-    peak[np.isinf(peak)] = np.nan
-    return peak
-
-
-def _exploding_mask(norm: np.ndarray, th: Thresholds) -> np.ndarray:
-    """``exploding`` per step and layer: a finite norm above ``explode_ratio`` x
-    the median of the layer's previous ``explode_window`` finite norms (which
-    needs 3 of them).
-
-    Exact; the window medians are computed only where the norm is above
-    ``explode_ratio`` x the smallest norm of its window (no median is smaller),
-    and each costs O(log(steps)) whatever the window (:func:`_too_big_at`), so
-    that a window as long as the run costs no more time than a short one. A
-    window longer than the run is the whole run (no step has more earlier
-    norms). Works through blocks of layers, whose temporaries take a few tens
-    of bytes per cell of the block for short windows; a long window's lookup
-    structure takes ~4 log2(rows) bytes per row of its ``window + steps``.
-
-    Shape:
-        - norm: ``(T, L)``
-        - returns: ``(T, L)`` bool
-    """
-    n_steps, n_layers = norm.shape
-    window = min(th.explode_window, max(n_steps, 3))
-    cols = max(1, _BLOCK_CELLS // max(n_steps, 1))  # layers per block
-    mask = np.zeros(norm.shape, dtype=bool)
-    for j0 in range(0, n_layers, cols):
-        block = norm[:, j0 : j0 + cols]  # (T, C)
-        # (window + T, C): steps -window .. T - 1, NaN before step 0
-        recent = _padded_finite(block, window)
-        low = _rolling_fmin(recent[:-1], window)  # (T, C)
-        above = block > np.multiply(low, th.explode_ratio, dtype=np.float64)
-        t, j = np.nonzero(above)  # (N,) each
-        # sorted windows: _SORT_WINDOW x as many floats as cells, so in chunks
-        chunk = _BLOCK_CELLS if window <= _SORT_WINDOW else max(len(t), 1)
-        for c in range(0, len(t), chunk):
-            tc, jc = t[c : c + chunk], j[c : c + chunk]
-            mask[tc, j0 + jc] = _too_big_at(block, recent, tc, jc, window, th)
-    return mask
-
-
-def _too_big_at(
-    norm: np.ndarray,
-    recent: np.ndarray,
-    t: np.ndarray,
-    j: np.ndarray,
-    window: int,
-    th: Thresholds,
-) -> np.ndarray:
-    """The ``exploding`` condition at the cells ``(t, j)``, with ``window`` (the
-    clamped ``explode_window``) previous norms.
-
-    The median of a window's ``n`` finite norms is its ``(n - 1) // 2``-th
-    smallest, or with ``n`` even the mean of that one and the next (in float32,
-    as ``np.median`` of float32 norms). Short windows are sorted; longer ones
-    are looked up in a :class:`_RangeSelect`, at O(log(steps)) a cell whatever
-    the window, and there the upper one only where the lower one (no median is
-    smaller) does not settle the condition.
-
-    Shape:
-        - norm: ``(T, C)``; recent: ``(window + T, C)``, each step's ``window``
-          previous norms (:func:`_padded_finite`) in the rows from its index
-        - t, j, returns: ``(N,)``
-    """
-    at = np.asarray(norm[t, j], dtype=np.float64)  # (N,)
-    if window <= _SORT_WINDOW:
-        windows = recent[t[:, None] + np.arange(window), j[:, None]]  # (N, window)
-        n = np.isfinite(windows).sum(axis=1)  # (N,)
-        srt = np.sort(windows, axis=1)  # NaN last
-        lo = np.take_along_axis(srt, np.maximum((n - 1) // 2, 0)[:, None], 1)[:, 0]
-        hi = np.take_along_axis(srt, np.minimum(n // 2, window - 1)[:, None], 1)[:, 0]
-        upper = n % 2 == 0
-    else:
-        # rows r0 .. r1 - 1 of recent hold every window; one range per cell
-        r0, r1 = int(t.min()), int(t.max()) + window
-        column = recent[r0:r1].T.ravel()  # (C * (r1 - r0),): layer by layer
-        start = j * (r1 - r0) + t - r0  # (N,)
-        counted = np.concatenate([[0], np.cumsum(np.isfinite(column))])
-        n = counted[start + window] - counted[start]  # (N,)
-        lo = np.full(len(t), np.nan, dtype=np.float32)
-        hi = lo.copy()
-        ok = np.flatnonzero(n >= 3)
-        if len(ok):
-            select = _RangeSelect(column)
-            lo[ok] = select.kth(start[ok], start[ok] + window, (n[ok] - 1) // 2)
-        # the lower one settles it where even the smallest median is not
-        # exceeded; compared in float64, as the final condition is
-        with np.errstate(invalid="ignore", over="ignore"):
-            settled = at <= th.explode_ratio * lo.astype(np.float64)
-            upper = (n >= 3) & (n % 2 == 0) & ~settled
-        up = np.flatnonzero(upper)
-        if len(up):
-            hi[up] = select.kth(start[up], start[up] + window, n[up] // 2)
-    with np.errstate(invalid="ignore", over="ignore"):
-        median = np.where(upper, (lo + hi) / 2, lo).astype(np.float64)  # (N,)
-        big = at > th.explode_ratio * median
-    return np.isfinite(at) & (n >= 3) & (median > 0) & big
-
-
-class _RangeSelect:
-    """The ``k``-th smallest of ``values[start:stop]``, for many ranges at once:
-    a wavelet matrix over the values' ranks (NaN ranks last).
-
-    Building it costs O(n log n) time and ``log2(n)`` arrays of ``n + 1`` ints;
-    a query walks the ``log2(n)`` levels, whatever the length of its range.
-
-    Shape:
-        - values: ``(n,)``
-    """
-
-    def __init__(self, values: np.ndarray) -> None:
-        n = len(values)
-        dtype = np.int32 if n < 2**31 else np.int64
-        order = np.argsort(values).astype(dtype)  # NaN last
-        self.sorted = values[order]  # rank -> value
-        rank = np.empty(n, dtype=dtype)
-        rank[order] = np.arange(n, dtype=dtype)
-        # per level, from the top bit: zeros[i] = how many of the first i ranks
-        # (in this level's order) have a 0 bit; the 0s then go first, stably
-        self.zeros = []
-        for level in reversed(range(max(1, (n - 1).bit_length()))):
-            one = (rank >> level) & 1 == 1
-            zeros = np.zeros(n + 1, dtype=dtype)
-            np.cumsum(~one, out=zeros[1:])
-            self.zeros.append(zeros)
-            rank = np.concatenate([np.compress(~one, rank), np.compress(one, rank)])
-        self.rank = rank  # ranks in the last level's order
-
-    def kth(self, start: np.ndarray, stop: np.ndarray, k: np.ndarray) -> np.ndarray:
-        """Each range's ``k``-th smallest value (``0 <= k < stop - start``).
-
-        Shape:
-            - start, stop, k, returns: ``(Q,)``
-        """
-        dtype = self.rank.dtype
-        start, stop, k = (np.array(a, dtype=dtype) for a in (start, stop, k))
-        for zeros in self.zeros:
-            z0, z1 = zeros[start], zeros[stop]
-            left = z1 - z0  # how many in the range have a 0 bit here
-            one = k >= left
-            np.subtract(k, left, out=k, where=one)
-            # a 0 goes to its 0s' place, a 1 after all the 0s
-            start += zeros[-1] - z0
-            np.copyto(start, z0, where=~one)
-            stop += zeros[-1] - z1
-            np.copyto(stop, z1, where=~one)
-        return self.sorted[self.rank[start]]  # one value is left in each range
-
-
-def _padded_finite(norm: np.ndarray, pad: int) -> np.ndarray:
-    """``pad`` rows of NaN, then ``norm`` with NaN for its non-finite values.
-
-    float32 halves the sorting work; a 100x threshold needs no more precision.
-
-    Shape:
-        - norm: ``(T, L)``
-        - returns: ``(pad + T, L)`` float32
-    """
-    padded = np.full((pad + len(norm), norm.shape[1]), np.nan, dtype=np.float32)
-    np.copyto(padded[pad:], norm, casting="same_kind", where=np.isfinite(norm))
-    return padded
-
-
-def _rolling_fmin(values: np.ndarray, window: int) -> np.ndarray:
-    """The smallest non-NaN value of each ``window`` consecutive rows (NaN: none).
-
-    Shape:
-        - values: ``(R, L)``, ``R >= window``
-        - returns: ``(R - window + 1, L)``, row ``i`` over rows ``i .. i + window - 1``
-    """
-    low, width = values, 1
-    while 2 * width <= window:
-        # row i: over rows i .. i + 2 width - 1
-        low = np.fmin(low[:-width], low[width:])
-        width *= 2
-    n = len(values) - window + 1
-    return np.fmin(low[:n], low[window - width : window - width + n])
 
 
 def _streaks(

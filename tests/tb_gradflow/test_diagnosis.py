@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tb_gradflow import metadata
-from tb_gradflow.diagnosis import Thresholds, _median_of_others, diagnose
+from tb_gradflow.blocked_rule import median_of_others
+from tb_gradflow.diagnosis import Thresholds, diagnose
 
 
 @dataclasses.dataclass
@@ -139,7 +140,7 @@ def test_median_of_others_equals_a_loop():
     rng = np.random.default_rng(1)
     x = rng.random((40, 7))
     x[rng.random((40, 7)) < 0.3] = np.nan
-    got = _median_of_others(x)
+    got = median_of_others(x)
     for t in range(40):
         for j in range(7):
             rest = np.delete(x[t], j)
@@ -220,7 +221,7 @@ def test_median_of_others_with_ties_and_gaps_equals_a_loop():
         t, n = rng.integers(1, 30), rng.integers(1, 10)
         x = np.round(rng.random((t, n)) * 4) / 4  # many ties
         x[rng.random((t, n)) < 0.3] = np.nan
-        got = _median_of_others(x)
+        got = median_of_others(x)
         for i in range(t):
             for j in range(n):
                 rest = np.delete(x[i], j)
@@ -267,7 +268,7 @@ def blocked_by_a_loop(judged, th):
 
 @pytest.mark.parametrize("seed", range(40))
 def test_blocked_mask_equals_a_loop(seed):
-    from tb_gradflow.diagnosis import _blocked_mask
+    from tb_gradflow.blocked_rule import blocked_mask
 
     rng = np.random.default_rng(seed)
     t, n = rng.integers(1, 25), rng.integers(1, 12)
@@ -277,7 +278,7 @@ def test_blocked_mask_equals_a_loop(seed):
         min_ratio_to_own_peak=float(rng.choice([0.0, 1e-2, 0.5, 1.0])),
         floor_ratio_to_others=float(rng.choice([0.0, 1e-6, 0.3, 1.0])),
     )
-    got = _blocked_mask(judged, np.isfinite(judged), th)
+    got = blocked_mask(judged, np.isfinite(judged), th)
     np.testing.assert_array_equal(got, blocked_by_a_loop(judged, th))
 
 
@@ -301,10 +302,10 @@ def exploding_by_a_loop(norm, th):
 @pytest.mark.parametrize("sort_window", [32, 2], ids=["sorted", "selected"])
 @pytest.mark.parametrize("seed", range(40))
 def test_exploding_mask_equals_a_loop(seed, sort_window, monkeypatch):
-    from tb_gradflow.diagnosis import _exploding_mask
+    from tb_gradflow.exploding_rule import exploding_mask
 
     rng = np.random.default_rng(seed)
-    module = importlib.import_module("tb_gradflow.diagnosis")
+    module = importlib.import_module("tb_gradflow.exploding_rule")
     monkeypatch.setattr(module, "_SORT_WINDOW", sort_window)  # 2: no sorting
     if seed % 4 == 0:  # one layer per block, and chunks of one cell
         monkeypatch.setattr(module, "_BLOCK_CELLS", 1)
@@ -318,19 +319,19 @@ def test_exploding_mask_equals_a_loop(seed, sort_window, monkeypatch):
         explode_window=int(rng.integers(3, 25)),
     )
     np.testing.assert_array_equal(
-        _exploding_mask(norm, th), exploding_by_a_loop(norm, th)
+        exploding_mask(norm, th), exploding_by_a_loop(norm, th)
     )
 
 
 def test_exploding_mask_at_the_threshold():
-    from tb_gradflow.diagnosis import _exploding_mask
+    from tb_gradflow.exploding_rule import exploding_mask
 
     norm = np.full((12, 3), 1e-3)
     at = 100.0 * float(np.float32(1e-3))  # the window median is a float32
     norm[10] = [at, np.nextafter(at, np.inf), np.nextafter(at, 0)]
     want = np.zeros((12, 3), dtype=bool)
     want[10, 1] = True
-    np.testing.assert_array_equal(_exploding_mask(norm, Thresholds()), want)
+    np.testing.assert_array_equal(exploding_mask(norm, Thresholds()), want)
     np.testing.assert_array_equal(exploding_by_a_loop(norm, Thresholds()), want)
 
 
@@ -339,17 +340,17 @@ def test_exploding_at_a_ratio_that_rounds_differently_in_float32(window):
     # 40 earlier norms alternating 1 and 2: the median is 1.5, the mean of the
     # two middle ones. A norm between the float64 and the float32 products of
     # the ratio and the lower middle one must not be judged by that one alone.
-    from tb_gradflow.diagnosis import _exploding_mask
+    from tb_gradflow.exploding_rule import exploding_mask
 
     norm = np.tile(np.array([[1.0], [2.0]], dtype=np.float32), (20, 1))  # (40, 1)
     norm = np.concatenate([norm, [[np.float32(1.1)]]]).astype(np.float32)
     th = Thresholds(explode_ratio=1.1, explode_window=window)
     assert not exploding_by_a_loop(norm, th)[40, 0]
-    assert not _exploding_mask(norm, th)[40, 0]
+    assert not exploding_mask(norm, th)[40, 0]
 
 
 def test_exploding_near_the_float32_maximum_gives_no_overflow_warning():
-    from tb_gradflow.diagnosis import _exploding_mask
+    from tb_gradflow.exploding_rule import exploding_mask
 
     # a tiny first norm lets every later cell past the cheap pre-check; the
     # window medians are then ~3e38, whose product with the ratio overflows
@@ -360,7 +361,7 @@ def test_exploding_near_the_float32_maximum_gives_no_overflow_warning():
     th = Thresholds(explode_ratio=1000.0, explode_window=50)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        got = _exploding_mask(norm, th)
+        got = exploding_mask(norm, th)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the loop's own casts
         want = exploding_by_a_loop(norm, th)
@@ -369,7 +370,7 @@ def test_exploding_near_the_float32_maximum_gives_no_overflow_warning():
 
 @pytest.mark.parametrize("seed", range(8))
 def test_an_explode_window_longer_than_the_run_is_the_whole_run(seed):
-    from tb_gradflow.diagnosis import _exploding_mask
+    from tb_gradflow.exploding_rule import exploding_mask
 
     rng = np.random.default_rng(seed)
     t, n = rng.integers(1, 40), rng.integers(1, 5)
@@ -380,14 +381,14 @@ def test_an_explode_window_longer_than_the_run_is_the_whole_run(seed):
     for window in (t, t + 1, 10**6):
         th = Thresholds(explode_ratio=10.0, explode_window=max(window, 3))
         want = exploding_by_a_loop(norm, th)
-        np.testing.assert_array_equal(_exploding_mask(norm, th), want)
+        np.testing.assert_array_equal(exploding_mask(norm, th), want)
         masks.append(want)
     np.testing.assert_array_equal(masks[0], masks[-1])
 
 
 @pytest.mark.parametrize("seed", range(20))
 def test_range_select_equals_a_sort(seed):
-    from tb_gradflow.diagnosis import _RangeSelect
+    from tb_gradflow.exploding_rule import RangeSelect
 
     rng = np.random.default_rng(seed)
     size = int(rng.integers(1, 70))
@@ -400,7 +401,7 @@ def test_range_select_equals_a_sort(seed):
     stop = start + 1 + (rng.random(50) * (size - start)).astype(int)  # <= size
     k = (rng.random(50) * (stop - start)).astype(int)
     want = [np.sort(values[a:b])[i] for a, b, i in zip(start, stop, k)]  # NaN last
-    got = _RangeSelect(values).kth(start, stop, k)
+    got = RangeSelect(values).kth(start, stop, k)
     np.testing.assert_array_equal(got, np.array(want, dtype=np.float32))
 
 
@@ -409,9 +410,9 @@ def test_the_work_for_a_whole_run_explode_window_grows_as_the_run_not_its_square
 ):
     # An early zero norm lets every later cell past the window-minimum prefilter,
     # so each one needs its median over all earlier steps: the work is that of
-    # one _RangeSelect per block of layers and at most 2 queries per cell, each
+    # one RangeSelect per block of layers and at most 2 queries per cell, each
     # through log2(its size) levels, whatever the window.
-    module = importlib.import_module("tb_gradflow.diagnosis")
+    module = importlib.import_module("tb_gradflow.exploding_rule")
 
     rng = np.random.default_rng(0)
     t, n = 3000, 4
@@ -419,7 +420,7 @@ def test_the_work_for_a_whole_run_explode_window_grows_as_the_run_not_its_square
     norm[0] = 0.0
     norm[2500, 2] *= 1e3
     built, queried = [], []
-    select = module._RangeSelect
+    select = module.RangeSelect
 
     class Counting(select):
         def __init__(self, values):
@@ -430,11 +431,11 @@ def test_the_work_for_a_whole_run_explode_window_grows_as_the_run_not_its_square
             queried.append(len(k))
             return super().kth(start, stop, k)
 
-    monkeypatch.setattr(module, "_RangeSelect", Counting)
+    monkeypatch.setattr(module, "RangeSelect", Counting)
     th = Thresholds(explode_ratio=10.0, explode_window=10**6)
     want = np.zeros((t, n), dtype=bool)
     want[2500, 2] = True
-    np.testing.assert_array_equal(module._exploding_mask(norm, th), want)
+    np.testing.assert_array_equal(module.exploding_mask(norm, th), want)
     assert sum(size for size, _ in built) <= 2 * t * n  # window + run rows
     assert all(levels == (size - 1).bit_length() for size, levels in built)
     assert (t - 3) * n <= sum(queried) <= 2 * t * n

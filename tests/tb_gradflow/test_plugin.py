@@ -568,8 +568,8 @@ def test_the_capped_explode_window_on_a_long_run_costs_log_steps_a_median(
 ):
     # A zero norm at step 0 lets every cell past the window-minimum prefilter;
     # each then needed a median over all earlier steps (steps^2 x layers work).
-    # Now: one _RangeSelect per block of layers, at most 2 queries per cell.
-    diagnose = importlib.import_module("tb_gradflow.diagnosis")
+    # Now: one RangeSelect per block of layers, at most 2 queries per cell.
+    rule = importlib.import_module("tb_gradflow.exploding_rule")
     t, n = 2000, 3
     rng = np.random.default_rng(0)
     norm = rng.lognormal(-3, 0.3, (t, n))
@@ -585,7 +585,7 @@ def test_the_capped_explode_window_on_a_long_run_costs_log_steps_a_median(
     client, _ = make_client(tmp_path, sampling_hints={"gradflow": "0"})
     built, queried = [], []
 
-    class Counting(diagnose._RangeSelect):
+    class Counting(rule.RangeSelect):
         def __init__(self, values):
             super().__init__(values)
             built.append(len(values))
@@ -594,7 +594,7 @@ def test_the_capped_explode_window_on_a_long_run_costs_log_steps_a_median(
             queried.append(len(k))
             return super().kth(start, stop, k)
 
-    monkeypatch.setattr(diagnose, "_RangeSelect", Counting)
+    monkeypatch.setattr(rule, "RangeSelect", Counting)
     alerts = get_json(client, "alerts", run="long", explode_window="1000000")
     assert [(a["kind"], a["layer"], a["first_step"]) for a in alerts["alerts"]] == [
         ("exploding", "b", 1500)
