@@ -52,7 +52,7 @@ from tensorboard.util import grpc_util
 from werkzeug import test as werkzeug_test
 from werkzeug import wrappers
 
-from tb_gradflow import metadata
+from tb_gradflow import metadata, stats
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN, GradFlowLoader
 from tb_gradflow.summary import gradflow_pb
 
@@ -78,11 +78,11 @@ class Run:
             mean = np.exp(self.rng.normal(np.log(1e-3), 1.0, n_layers))  # (L,)
             if self.steps > 5000:
                 mean[7] = 0.0
-            stats = np.stack(
-                [mean, 5 * mean, 30 * mean, np.zeros(n_layers), np.ones(n_layers)]
-            )  # (K, L)
+            values = {"abs_mean": mean, "abs_max": 5 * mean, "norm": 30 * mean}
+            values |= {"nonfinite": 0.0, "rows": 1.0}
+            record = stats.record(values, n_layers, order=self.layout.stats)  # (K, L)
             summary = gradflow_pb(
-                self.layout, stats, [0.0, np.nan], with_metadata=self.steps == 0
+                self.layout, record, [0.0, np.nan], with_metadata=self.steps == 0
             )
             event = event_pb2.Event(
                 step=self.steps, wall_time=time.time(), summary=summary
@@ -305,11 +305,13 @@ def write_triage_runs(logdir: str, n: int, layers: int, steps: int) -> list[Run]
         runs.append(run)
     bad = runs[n // 2]
     bad_layout = bad.layout
-    stats = np.ones((len(bad_layout.stats), len(bad_layout.layers)))
-    stats[0, 7] = np.inf
-    stats[3, 7] = 3
+    n_layers = len(bad_layout.layers)
+    values = {name: np.ones(n_layers) for name in bad_layout.stats}  # all 1
+    values["abs_mean"][7] = np.inf
+    values["nonfinite"][7] = 3
+    record = stats.record(values, n_layers, order=bad_layout.stats)  # (K, L)
     for _ in range(3):  # three more steps with a non-finite layer
-        summary = gradflow_pb(bad_layout, stats, [0.0, np.nan], with_metadata=False)
+        summary = gradflow_pb(bad_layout, record, [0.0, np.nan], with_metadata=False)
         bad.writer.add_event(
             event_pb2.Event(step=bad.steps, wall_time=time.time(), summary=summary)
         )
