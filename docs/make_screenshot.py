@@ -1,6 +1,6 @@
 """Regenerates docs/gradient_flow_tab.png, the README's picture of the tab.
 
-Runs ``tb-gradflow demo`` into a temporary log directory (its two runs, 300
+Runs ``tb-gradflow demo`` into a temporary log directory (its three runs, 300
 logged steps each), serves it with ``tensorboard``, opens the Gradient Flow tab
 in headless Chromium (Debian's ``/usr/bin/chromium`` through Playwright; never
 ``playwright install``) on the view the README describes, ``unnormalised_inputs``

@@ -1,6 +1,6 @@
-"""The README's "What is logged" table is the statistics registry's: one row
-per registered statistic, in registration order, with its meaning, unit and
-bad direction as ``tb_gradflow.stats`` gives them."""
+"""The "What is logged" table of docs/logging.md is the statistics registry's:
+one row per registered statistic, in registration order, with its meaning, unit
+and bad direction as ``tb_gradflow.stats`` gives them."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 
 from tb_gradflow import stats
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-HEADING = "### What is logged, per layer and logged step"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "logging.md"
+HEADING = "## What is logged, per layer and logged step"
 
 
 def table_rows() -> list[list[str]]:
     """The cells of each body row of the first table under HEADING, with
     Markdown's ``\\|`` read as ``|``."""
-    text = README.read_text(encoding="utf-8")
+    text = DOC.read_text(encoding="utf-8")
     lines = text[text.index(HEADING) :].splitlines()[1:]
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     rows = []
@@ -36,8 +36,8 @@ def test_the_what_is_logged_table_lists_every_registered_statistic_in_its_words(
         for row in want
     )
     assert [row[:4] for row in rows] == want, (
-        f"README.md's table under {HEADING!r} should read (first four columns):\n"
-        + table
+        f"docs/logging.md's table under {HEADING!r} should read (first four "
+        "columns):\n" + table
     )
     for s, row in zip(stats.statistics(), rows):
         # the last column says when it is logged: always, or when chosen
