@@ -20,10 +20,10 @@ from trainkit.losses import (
 # References
 
 
-def seed_snnl_loop(batch_x, batch_y, temp):
+def post_snnl_loop(batch_x, batch_y, temp):
     """The per-sample loop of the "Implementing Loss Functions" post, slips mended.
 
-    The seed never defined ``idx`` and overwrote ``loss`` on each iteration instead of
+    The post never defined ``idx`` and overwrote ``loss`` on each iteration instead of
     adding to it; both are fixed here. Its ``assert float(prob.data) <= 1`` is left
     out: rounding gives 1 + 2e-16 where every close neighbour shares the label.
     """
@@ -99,10 +99,10 @@ def grad_of(loss_fn, x, *args, **kwargs):
 @pytest.mark.parametrize(
     ("scale", "temperature"), [(1.0, 1.0), (0.1, 1.0), (1.0, 30.0), (0.5, 0.2)]
 )
-def test_snnl_equals_seed_loop_where_the_loop_is_finite(dtype, scale, temperature):
+def test_snnl_equals_the_posts_loop_where_it_is_finite(dtype, scale, temperature):
     x, y = clustered_batch(dtype=dtype)
     x = x * scale
-    want, want_grad = grad_of(seed_snnl_loop, x, y, temperature)
+    want, want_grad = grad_of(post_snnl_loop, x, y, temperature)
     assert torch.isfinite(want) and torch.isfinite(want_grad).all()
     got, got_grad = grad_of(soft_nearest_neighbor_loss, x, y, temperature)
     assert got.dtype == dtype
@@ -208,7 +208,7 @@ def test_snnl_float32_is_as_accurate_with_a_large_common_offset(offset):
     x = (x.clamp(-15.0, 15.0) * 256).round() / 256
     shifted = (x + offset).float()
     assert torch.equal(shifted.double() - offset, x)
-    want, want_grad = grad_of(seed_snnl_loop, x, y, 1.0)
+    want, want_grad = grad_of(post_snnl_loop, x, y, 1.0)
     assert want > 0.1  # a loss of order 1, not a sum of rounding errors
     got, got_grad = grad_of(soft_nearest_neighbor_loss, shifted, y, 1.0)
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0.0)
@@ -276,7 +276,7 @@ def test_snnl_is_finite_at_extreme_scales_where_the_loop_is_not():
     x_far = x * 250.0  # squared distances of about 1e6
     assert ((x_far[0] - x_far[1:]) ** 2).sum(1).median() > 1e5
     for xs, temperature in [(x_far, 1.0), (x, 1e-4), (x_far, 1e-4)]:
-        assert not torch.isfinite(seed_snnl_loop(xs, y, temperature))
+        assert not torch.isfinite(post_snnl_loop(xs, y, temperature))
         loss, grad = grad_of(soft_nearest_neighbor_loss, xs, y, temperature)
         assert torch.isfinite(loss) and torch.isfinite(grad).all()
         assert grad.abs().sum() > 0
@@ -294,7 +294,7 @@ def test_snnl_half_precision_input_is_computed_in_float32(dtype, scale, distance
     x = (torch.randn(32, 32) * scale).to(dtype)
     y = torch.arange(32) % 4
     if distance == "euclidean":
-        assert not torch.isfinite(seed_snnl_loop(x, y, 1.0))  # exp underflows: 0/0
+        assert not torch.isfinite(post_snnl_loop(x, y, 1.0))  # exp underflows: 0/0
     loss, grad = grad_of(soft_nearest_neighbor_loss, x, y, distance=distance)
     assert loss.dtype == torch.float32
     assert grad.dtype == dtype and torch.isfinite(grad).all() and grad.abs().sum() > 0
@@ -505,7 +505,7 @@ def test_module_checks_its_inputs():
 # skipgram_loss
 
 
-def seed_clamped_skipgram(anchor, positive, negatives, eps=1e-4):
+def kludge_clamped_skipgram(anchor, positive, negatives, eps=1e-4):
     """The kludge of "PyTorch: Kludges To Ensure Numerical Stability": clamp the
     sigmoid to [eps, 1 - eps] before the log."""
 
@@ -587,15 +587,15 @@ def test_skipgram_is_finite_for_scores_of_1e4(dtype):
     assert torch.isinf(-torch.log(torch.sigmoid(torch.tensor(-1e4, dtype=dtype))))
 
 
-def test_seed_clamp_kludge_loses_the_gradient_where_skipgram_keeps_it():
+def test_the_kludge_posts_clamp_loses_the_gradient_where_skipgram_keeps_it():
     # A positive pair scored -50 and a negative pair scored +50: the most wrong cases.
     a = torch.tensor([[5.0, 0.0]], requires_grad=True)
     p = torch.tensor([[-10.0, 0.0]])
     n = torch.tensor([[[10.0, 0.0]]])
 
-    (g_seed,) = torch.autograd.grad(seed_clamped_skipgram(a, p, n), a)
+    (g_clamped,) = torch.autograd.grad(kludge_clamped_skipgram(a, p, n), a)
     (g_ours,) = torch.autograd.grad(skipgram_loss(a, p, n), a)
-    assert (g_seed == 0).all()  # clamp has zero gradient outside [eps, 1 - eps]
+    assert (g_clamped == 0).all()  # clamp has zero gradient outside [eps, 1 - eps]
     # d/da [softplus(-a.p) + softplus(a.n)] = -p sigmoid(-a.p) + n sigmoid(a.n)
     torch.testing.assert_close(g_ours, torch.tensor([[20.0, 0.0]]))
 

@@ -73,8 +73,9 @@ class SMORMS3(Optimizer):
         proposed in keras-team/keras#9593 starts from ``mem = 0``, so its first step
         is ``lr * sign(grad)`` rather than ``sqrt(2) * lr * sign(grad)``; PuzzleLib's
         documentation swaps ``r`` and ``1 - r`` and prints ``sqrt(g2**2 + eps)``;
-        stork's SMORMS4 is a different rule. The seed sketch this project started
-        from defaults to ``lr=0.0025`` and keeps ``eps`` outside the param groups.
+        stork's SMORMS4 is a different rule. The "Implementing The SMORMS3 Optimizer
+        in PyTorch" post's version defaults to ``lr=0.0025`` and keeps ``eps``
+        outside the param groups.
 
     Weight decay is coupled, as in :class:`torch.optim.Adam`: ``grad += wd * p``
     before the rule. The state per parameter is ``mem``, ``exp_avg`` (g),
