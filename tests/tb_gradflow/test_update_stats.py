@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import tb_gradflow
+from tb_gradflow.update_stats import UpdateMeter
 from trainkit.optim import SMORMS3, sparse_dense_optimizer
 
 UPDATE = ["update_ratio", "weight_norm"]
@@ -210,3 +211,79 @@ def test_stats_are_checked_before_any_hook():
     assert not opt._optimizer_step_pre_hooks
     flow = tb_gradflow.watch(model, None, optimizer=opt, stats=["norm"])  # always
     assert flow.layout.stats == tb_gradflow.stats.names("gradient")
+
+
+def float64_sums(before, after):
+    """Σθ² before and Σ(Δθ)² per tensor, in float64."""
+    b64 = [b.double() for b in before]
+    return (
+        np.array([b.square().sum().item() for b in b64]),
+        np.array([(a.double() - b).square().sum().item() for a, b in zip(after, b64)]),
+    )
+
+
+def meter_sums(params, step):
+    """UpdateMeter's Σθ² and Σ(Δθ)² around ``step()`` (which moves ``params``)."""
+    meter = UpdateMeter(params)
+    before = [p.detach().clone() for p in params]
+    param_sq = meter.before()
+    step()
+    return param_sq, meter.after(), before
+
+
+def test_meter_matches_float64_over_chunks_dtypes_and_odd_shapes():
+    """Tensors that span several chunks of the flat buffer, odd sizes padded to
+    rows, bfloat16/float16 (copied to float32), float64 (the other path), an
+    empty and a non-contiguous tensor; updates of 1e-7 of the weights."""
+    torch.manual_seed(3)
+    params = [
+        torch.randn(1000, 700),  # 700,000 elements: three chunks
+        torch.randn(3, 5),
+        torch.randn(1),
+        torch.randn(0, 4),
+        torch.randn(300, 300).to(torch.bfloat16),
+        torch.randn(77).to(torch.float16),
+        torch.randn(40, 50, dtype=torch.float64),
+        torch.randn(50, 40).t(),  # non-contiguous
+        torch.randn(2000, 300),
+    ]
+
+    def step():
+        for p in params:
+            p.add_(torch.randn_like(p.float()).to(p.dtype), alpha=1e-7)
+
+    for _ in range(2):  # the second time reuses the plan
+        param_sq, update_sq, before = meter_sums(params, step)
+        want_param, want_update = float64_sums(before, params)
+        np.testing.assert_allclose(param_sq, want_param, rtol=1e-6)
+        np.testing.assert_allclose(update_sq, want_update, rtol=1e-6)
+    assert update_sq[3] == 0 and update_sq[0] > 0
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-21, 1e-17, 1e20])
+def test_meter_sums_again_in_float64_what_float32_cannot_hold(scale):
+    """Squares below float32's smallest numbers, or above its largest, and an
+    all-zero layer: summed again in float64."""
+    torch.manual_seed(4)
+    params = [torch.randn(600, 500) * scale, torch.randn(10, 10)]
+
+    def step():
+        params[0].mul_(1 + 1e-3)
+
+    param_sq, update_sq, before = meter_sums(params, step)
+    want_param, want_update = float64_sums(before, params)
+    np.testing.assert_allclose(param_sq, want_param, rtol=1e-6)
+    np.testing.assert_allclose(update_sq, want_update, rtol=1e-5)
+
+
+def test_meter_follows_a_parameter_whose_shape_changes():
+    param = nn.Parameter(torch.randn(8, 8))
+    meter = UpdateMeter([param])
+    meter.before()
+    meter.after()
+    param.data = torch.randn(300, 1000)  # resized (e.g. a grown embedding)
+    want = param.detach().double().square().sum().item()
+    np.testing.assert_allclose(meter.before(), [want], rtol=1e-6)
+    with torch.no_grad():
+        param.add_(1.0)
+    np.testing.assert_allclose(meter.after(), [300_000.0], rtol=1e-6)
