@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,9 +18,18 @@ from torch import Tensor, nn
 
 from tb_gradflow import _sharded, metadata, summary
 from tb_gradflow import stats as stats_registry
-from tb_gradflow.diagnosis import Finding, OnlineDiagnosis, Thresholds
+from tb_gradflow.alerts import (
+    ALERT_MODES,
+    GradFlowAlert,
+    GradFlowError,
+    OnlineAlerts,
+    origin_finding,
+)
+from tb_gradflow.diagnosis import Thresholds
 from tb_gradflow.gradient_stats import layer_stats
-from tb_gradflow.layers import module_types, select_layers
+from tb_gradflow.layers import module_types, select_layers, unwrap_model
+from tb_gradflow.metadata import NonfiniteOrigin
+from tb_gradflow.nonfinite_trace import NonfiniteTrace
 from tb_gradflow.optimizer_hooks import (
     ClosureCall,
     closure_position,
@@ -35,32 +42,6 @@ from tb_gradflow.update_stats import UpdateMeter
 from tb_gradflow.writers import check_writer, claim_writer, release_writer
 
 __all__ = ["GradFlow", "GradFlowAlert", "GradFlowError", "LoggedStep", "watch"]
-
-
-_ALERT_MODES = (None, "warn", "raise")
-
-
-class GradFlowAlert(UserWarning):
-    """Warned by ``watch(..., on_alert="warn")`` when a layer's gradient goes bad."""
-
-
-class GradFlowError(RuntimeError):
-    """Raised by ``watch(..., on_alert="raise")`` when a layer's gradient goes bad.
-
-    Attributes:
-        finding: the :class:`~tb_gradflow.diagnosis.Finding` that stopped the run.
-    """
-
-    def __init__(self, finding: Finding) -> None:
-        super().__init__(_alert_text(finding))
-        self.finding = finding
-
-
-def _alert_text(f: Finding) -> str:
-    """The alert's text, at the step that raised it (``last_step``; the streak
-    began at ``first_step``)."""
-    where = "the model" if f.layer is None else f"layer {f.layer!r}"
-    return f"gradflow: {where} at step {f.last_step}: {f.kind}: {f.message}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +144,22 @@ class GradFlow:
             logged step's record is finished, written and alerted on after the
             step, so ``on_alert="raise"`` stops training after that step was
             applied. A step the AMP scaler skipped has an update of 0.
+        trace_nonfinite: after a logged step whose gradient holds NaN/Inf,
+            hook every module of the model until a step's backward pass turns
+            non-finite again, and report the first module, in execution order,
+            whose output or whose gradient (with respect to its input, output
+            or a parameter) held NaN/Inf: a
+            :class:`~tb_gradflow.metadata.NonfiniteOrigin`, appended to
+            :attr:`nonfinite_origins`, written to the event file and alerted
+            on (kind ``nonfinite_origin``). With a ``scaler``, only after
+            8 skipped logged steps in a row or a loss scale below 1 (earlier
+            skips calibrate the scale). Without a scaler the non-finite step
+            was applied: the next step reports which parameters hold NaN/Inf
+            instead, unless the step took a closure, which is then run a
+            second time with the hooks armed, on the same batch and random
+            state (its gradients and the model's buffers put back), before the
+            optimizer applies the step. Nothing runs while not armed. See
+            ``docs/logging.md`` for the cost while armed.
         on_alert: ``"warn"`` emits a :class:`GradFlowAlert` warning the first time
             a layer turns non-finite, loses its gradient or is blocked (the
             rule of :mod:`tb_gradflow.diagnosis`, as in the tab); ``"raise"``
@@ -202,6 +199,7 @@ class GradFlow:
 
     Attributes:
         layers: the layer names, fixed at creation, in model order.
+        nonfinite_origins: what ``trace_nonfinite`` found, oldest first.
         layout: the format description written with the first record.
         last: the last logged step, or None.
 
@@ -234,6 +232,7 @@ class GradFlow:
         parameters: Iterable[Tensor] | None = None,
         step_fn: Callable[[], int | None] | None = None,
         stats: Iterable[str] | None = None,
+        trace_nonfinite: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -265,9 +264,14 @@ class GradFlow:
             isinstance(rank, bool) or not isinstance(rank, int) or rank < 0
         ):
             raise ValueError(f"Invalid rank: {rank!r} (an int >= 0, or None)")
-        if on_alert not in _ALERT_MODES:
+        if on_alert not in ALERT_MODES:
             raise ValueError(
                 f"Invalid on_alert: {on_alert!r} (None, 'warn' or 'raise')"
+            )
+        if not isinstance(trace_nonfinite, bool):
+            raise TypeError(
+                "trace_nonfinite must be True or False, got "
+                f"{type(trace_nonfinite).__name__}"
             )
         if scaler is not None and optimizer is None:
             raise ValueError("scaler needs the optimizer it steps: pass optimizer= too")
@@ -336,12 +340,21 @@ class GradFlow:
         self._handles: list[Any] = []
         self._removed = False
         self._stepped_in_scaler = False
-        self._on_alert = on_alert
-        self._online = (
-            OnlineDiagnosis(self.layers, self.layout.sparse, thresholds)
+        self._alerts = (
+            OnlineAlerts(on_alert, self.layers, self.layout.sparse, thresholds)
             if on_alert
             else None
         )
+        self.nonfinite_origins: list[NonfiniteOrigin] = []
+        self._trace = (
+            NonfiniteTrace(
+                unwrap_model(model), {id(lay.param): lay.name for lay in self._layers}
+            )
+            if trace_nonfinite
+            else None
+        )
+        self._wrote_events_metadata = False
+        self._current_step = start_step  # of the step under way, logged or not
         # Statistics are computed only for someone: the writer or the alerts,
         # and on every rank when gradients are sharded (the reduction is a
         # collective that all ranks must join).
@@ -388,6 +401,8 @@ class GradFlow:
                     "(or None to leave the step out)"
                 )
             due = step is not None
+        if step is not None:
+            self._current_step = int(step)
         return int(step) if due and self._active else None
 
     @torch.compiler.disable
@@ -411,7 +426,11 @@ class GradFlow:
         # The closure runs the backward pass inside step(): take the statistics
         # when it returns (or after the step, if the optimizer never calls it).
         closure = args[position] if isinstance(position, int) else kwargs[position]
-        call = ClosureCall(closure, lambda: self._collect_for(optimizer, step))
+        if self._trace is not None:  # a non-finite gradient replays the closure
+            self._trace.remember_random_state()
+        call = ClosureCall(
+            closure, lambda: self._collect_for(optimizer, step, replay=closure)
+        )
         self._closure_call = call
         return with_closure(args, kwargs, position, call)
 
@@ -429,8 +448,14 @@ class GradFlow:
         pending, self._pending = self._pending, None
         if pending is not None:  # the update statistics of the step just applied
             self._emit(*pending, update_sq=self._updates.after())
+        self._end_traced_step()
 
-    def _collect_for(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+    def _collect_for(
+        self,
+        optimizer: torch.optim.Optimizer,
+        step: int,
+        replay: Callable[[], Any] | None = None,
+    ) -> None:
         # Fused optimizers get GradScaler's scale and inf flag as attributes
         # and unscale inside their kernel: their .grad is still scaled.
         self._collect(
@@ -438,6 +463,7 @@ class GradFlow:
             grad_scale=getattr(optimizer, "grad_scale", None),
             found_inf=getattr(optimizer, "found_inf", None),
             before_step=True,
+            replay=replay,
         )
 
     def _on_scaler_step(
@@ -454,6 +480,7 @@ class GradFlow:
             skipped = self._due_step()
             if skipped is not None:
                 self._collect(skipped, skipped=True)
+            self._end_traced_step()
         return result
 
     # -- public API -----------------------------------------------------------
@@ -482,6 +509,9 @@ class GradFlow:
             or step < 0
         ):
             raise ValueError(f"Invalid step: {step!r} (an int >= 0)")
+        if self._optimizer is None:  # log() follows each step's backward pass
+            self._current_step = int(step)
+            self._end_traced_step()
         if step % self.every != 0 or not self._active:
             return None
         return self._collect(int(step))
@@ -499,6 +529,8 @@ class GradFlow:
         self._handles.clear()
         if self._updates is not None:
             self._updates.release()
+        if self._trace is not None:
+            self._trace.close()
         if self.writer is not None:
             release_writer(self.writer, self.layout.name, self)
 
@@ -526,12 +558,36 @@ class GradFlow:
         found_inf: Tensor | None = None,
         skipped: bool = False,
         before_step: bool = False,
+        replay: Callable[[], Any] | None = None,
     ) -> LoggedStep | None:
         """Takes the gradient statistics of ``step``; with update statistics
         and ``before_step``, measures the parameters and leaves the record to
         finish when the step ends (None now), else finishes it at once (a
-        skipped step: no update; a step logged by hand: not measured)."""
+        skipped step: no update; a step logged by hand: not measured). Then
+        tells the non-finite trace, which may ``replay`` a closure step."""
         record, fields = self._compute(grad_scale, found_inf)
+        logged = self._record(step, record, fields, skipped, before_step)
+        if self._trace is not None:
+            nonfinite = np.nansum(record[self.layout.stats.index("nonfinite")]) > 0
+            origin = self._trace.after_gradient(
+                step,
+                nonfinite=bool(nonfinite),
+                skipped=bool(skipped or fields[0]),
+                loss_scale=fields[1],
+                replay=replay,
+            )
+            if origin is not None:
+                self._report_origin(origin)
+        return logged
+
+    def _record(
+        self,
+        step: int,
+        record: np.ndarray,
+        fields: tuple[bool, float],
+        skipped: bool,
+        before_step: bool,
+    ) -> LoggedStep | None:
         if self._updates is None:
             return self._emit(step, record, fields, skipped)
         param_sq = self._updates.before()
@@ -540,6 +596,31 @@ class GradFlow:
             return None
         nothing = np.zeros_like(param_sq) if skipped else np.full_like(param_sq, np.nan)
         return self._emit(step, record, fields, skipped, param_sq, update_sq=nothing)
+
+    @torch.compiler.disable
+    def _end_traced_step(self) -> None:
+        """A step ended: the origin its traced forward and backward passes show."""
+        if self._trace is None:
+            return
+        origin = self._trace.step_ended(self._current_step)
+        if origin is not None:
+            self._report_origin(origin)
+
+    def _report_origin(self, origin: NonfiniteOrigin) -> None:
+        """Keeps a traced origin, writes it, and alerts on it."""
+        self.nonfinite_origins.append(origin)
+        if self.writer is not None:
+            proto = summary.origin_pb(
+                origin,
+                self.layout.name,
+                with_metadata=not self._wrote_events_metadata,
+            )
+            if self._tensorboardx:
+                proto = summary.as_tensorboardx(proto)
+            self.writer._get_file_writer().add_summary(proto, global_step=origin.step)
+            self._wrote_events_metadata = True
+        if self._alerts is not None:
+            self._alerts.fire(origin_finding(origin))
 
     def _emit(
         self,
@@ -570,18 +651,10 @@ class GradFlow:
         self.last = logged
         if self.writer is not None:
             self._write(logged)
-        if self._online is not None:
-            self._alert(logged)
+        if self._alerts is not None:
+            values = {name: logged.stats[k] for k, name in enumerate(logged.names)}
+            self._alerts.update(logged.step, values, skipped=logged.skipped)
         return logged
-
-    def _alert(self, logged: LoggedStep) -> None:
-        values = {name: logged.stats[k] for k, name in enumerate(logged.names)}
-        for finding in self._online.update(logged.step, values, skipped=logged.skipped):
-            if self._on_alert == "raise":
-                raise GradFlowError(finding)
-            warnings.warn(
-                _alert_text(finding), GradFlowAlert, stacklevel=_user_stacklevel()
-            )
 
     def _compute(
         self, grad_scale: Tensor | float | None, found_inf: Tensor | None
@@ -630,35 +703,6 @@ class GradFlow:
         # _get_file_writer is what all of their add_* methods use.
         self.writer._get_file_writer().add_summary(proto, global_step=logged.step)
         self._wrote_metadata = True
-
-
-# Code that calls the hooks on the user's behalf: an alert points past it, at
-# the user's line (a fixed stacklevel breaks when the depth of the calls changes).
-_NOT_USER_CODE = (
-    "tb_gradflow",
-    "torch",
-    "lightning",
-    "pytorch_lightning",
-    "lightning_fabric",
-    "transformers",
-    "accelerate",
-    "contextlib",
-    "functools",
-)
-
-
-def _user_stacklevel() -> int:
-    """The ``stacklevel`` that makes ``warnings.warn``, called right here,
-    name the innermost frame of the user's code (or the outermost frame)."""
-    frame = sys._getframe(1)  # the caller of this function: it calls warn
-    level = 1
-    while frame.f_back is not None:
-        module = frame.f_globals.get("__name__", "")
-        if module.split(".", 1)[0] not in _NOT_USER_CODE:
-            return level
-        frame = frame.f_back
-        level += 1
-    return level
 
 
 def _optional_statistics(

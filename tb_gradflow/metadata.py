@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import json
 import reprlib
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -212,42 +214,242 @@ def _invalid(problem: str) -> FormatError:
     return FormatError(f"Invalid gradflow plugin metadata: {problem}")
 
 
-_KIND_NAMES = {int: "an integer", str: "a string", bool: "a boolean"}
+_KIND_NAMES = {
+    int: "an integer",
+    str: "a string",
+    bool: "a boolean",
+    float: "a number",
+}
 _REQUIRED = object()  # the default of a field that must be there
 
 
 def _is(value: object, kind: type) -> bool:
-    # JSON true/false are bools, and bool is a subclass of int: not an integer here.
+    # JSON true/false are bools, and bool is a subclass of int: not an integer
+    # (nor a number) here; a JSON number without a fraction is a Python int.
+    if kind is float:
+        kind = (int, float)
     return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
 
 
 def _value(
-    raw: dict, key: str, kind: type, default: Any = _REQUIRED, *, nullable: bool = False
+    raw: dict,
+    key: str,
+    kind: type,
+    default: Any = _REQUIRED,
+    *,
+    nullable: bool = False,
+    invalid: Callable[[str], FormatError] = _invalid,
 ) -> Any:
     """``raw[key]``, of type ``kind`` (or null if ``nullable``); ``default`` when
     absent."""
     if key not in raw:
         if default is _REQUIRED:
-            raise _invalid(f"missing {key!r}")
+            raise invalid(f"missing {key!r}")
         return default
     value = raw[key]
     if not (_is(value, kind) or (nullable and value is None)):
-        raise _invalid(f"{key!r} is {reprlib.repr(value)}, not {_KIND_NAMES[kind]}")
+        raise invalid(f"{key!r} is {reprlib.repr(value)}, not {_KIND_NAMES[kind]}")
     return value
 
 
-def _list(raw: dict, key: str, kind: type, *, required: bool = False) -> tuple:
+def _list(
+    raw: dict,
+    key: str,
+    kind: type,
+    *,
+    required: bool = False,
+    invalid: Callable[[str], FormatError] = _invalid,
+) -> tuple:
     """``raw[key]``, a list of ``kind``, as a tuple; ``()`` when absent."""
     if key not in raw:
         if required:
-            raise _invalid(f"missing {key!r}")
+            raise invalid(f"missing {key!r}")
         return ()
     value = raw[key]
     if not isinstance(value, list) or not all(_is(x, kind) for x in value):
-        raise _invalid(
+        raise invalid(
             f"{key!r} is {reprlib.repr(value)}, not a list of {kind.__name__}"
         )
     return tuple(value)
+
+
+# -- findings that are not per-layer statistics ---------------------------------
+# A watcher's non-finite origins (``watch(..., trace_nonfinite=True)``) go to a
+# tag of their own, ``gradflow_events`` or ``gradflow_events/<name>``, with
+# ``plugin_name == EVENTS_PLUGIN_NAME``: readers that predate them skip a plugin
+# name they do not know. Each record is a scalar string tensor holding the JSON
+# of one :class:`NonfiniteOrigin`; the metadata content is
+# ``{"version": EVENTS_VERSION, "name": <watcher name or null>}``.
+
+EVENTS_PLUGIN_NAME = "gradflow_events"
+# The largest finite value of the floating-point dtypes, and how close to it
+# inputs must come for an Inf to read as an overflow.
+_DTYPE_MAX = {
+    "float16": 65504.0,
+    "bfloat16": 3.3895313892515355e38,
+    "float32": 3.4028234663852886e38,
+    "float64": 1.7976931348623157e308,
+}
+_NEAR_MAX = 1e3
+EVENTS_VERSION = 1
+PHASES = ("forward", "backward", "weights")
+
+
+def events_tag(name: str | None) -> str:
+    """The tag of the non-finite origins of the watcher called ``name``."""
+    base = f"{TAG_PREFIX}_events"
+    return base if not name else f"{base}/{name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class NonfiniteOrigin:
+    """Where a non-finite value first appeared, traced after a logged step
+    whose gradient held NaN/Inf.
+
+    Attributes:
+        step: the optimizer step at which it was traced.
+        since_step: the logged step whose non-finite gradient started the trace.
+        phase: ``"forward"`` (a module's output, or what its code passed to
+            a submodule or the data passed to the model), ``"backward"`` (a
+            gradient with respect to a module's input, output or parameter) or
+            ``"weights"`` (no origin could be traced: the optimizer step had
+            put NaN/Inf into the parameters named by ``layers``).
+        module: the module's dotted name in the model (``""``: the model
+            itself; ``""`` for ``"weights"``).
+        module_type: its class name (``""`` for ``"weights"``).
+        where: what held the values: ``"output"``, ``"input"`` (of the
+            model), ``"input of submodule '<name>'"``, ``"gradient of the
+            output"``, ``"gradient of the input"`` or ``"gradient of
+            <parameter>"`` (``""`` for ``"weights"``).
+        nan, posinf, neginf: how many elements were NaN, +Inf, -Inf.
+        largest_input: the largest finite magnitude among what the module
+            received (forward: its inputs; backward: the gradient of its
+            output), None if unknown: an overflow shows as Inf after inputs near
+            the dtype's largest value, an invalid operation (0/0, inf - inf) as
+            NaN after modest ones.
+        dtype: the dtype of the non-finite tensor (``"float16"``; ``""``).
+        layers: the watched layers of ``module`` (for ``"weights"``: the
+            parameters holding NaN/Inf, by layer name when watched).
+    """
+
+    step: int
+    since_step: int
+    phase: str
+    module: str = ""
+    module_type: str = ""
+    where: str = ""
+    nan: int = 0
+    posinf: int = 0
+    neginf: int = 0
+    largest_input: float | None = None
+    dtype: str = ""
+    layers: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        """One line for people: what, where, and what it looks like."""
+        if self.phase == "weights":
+            return (
+                f"the parameters hold NaN/Inf at step {self.step} "
+                f"({', '.join(self.layers)}), after the non-finite gradient "
+                f"logged at step {self.since_step} was applied: later steps cannot "
+                "show where it came from (a GradScaler skips such steps; a step "
+                "taken with a closure is traced on its own batch)"
+            )
+        counts = ", ".join(
+            f"{n} {label}"
+            for n, label in (
+                (self.nan, "NaN"),
+                (self.posinf, "+Inf"),
+                (self.neginf, "-Inf"),
+            )
+            if n
+        )
+        name = repr(self.module) if self.module else "the model"
+        text = f"first NaN/Inf in the {self.phase} pass: {self.where} of {name}"
+        if self.module_type:
+            text += f" ({self.module_type})"
+        text += f", {counts}"
+        if self.dtype:
+            text += f" in {self.dtype}"
+        if self.largest_input is not None:
+            text += f"; largest finite input {self.largest_input:.3g}"
+            text += f" ({self._likely_cause()})"
+        return text
+
+    def _likely_cause(self) -> str:
+        """What the counts and ``largest_input`` suggest: inputs within a
+        factor ``_NEAR_MAX`` of the dtype's largest value overflow; Inf from
+        smaller inputs is a division by zero, a log of 0, or a product or
+        exponential beyond the dtype's range; NaN alone, an invalid
+        operation."""
+        largest = _DTYPE_MAX.get(self.dtype)
+        if largest is not None and self.largest_input * _NEAR_MAX >= largest:
+            return f"an overflow: inputs near the {self.dtype} maximum {largest:.4g}"
+        if self.posinf or self.neginf:
+            beyond = f" (beyond {largest:.4g})" if largest is not None else ""
+            return f"a division by zero, a log of 0, or a result too large{beyond}?"
+        return "an invalid operation such as 0/0, inf - inf or sqrt(-1)?"
+
+    def to_json(self) -> bytes:
+        fields = dataclasses.asdict(self)
+        fields["layers"] = list(self.layers)
+        return json.dumps({"version": EVENTS_VERSION, **fields}).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, content: bytes) -> NonfiniteOrigin:
+        """Parses :meth:`to_json`'s bytes.
+
+        Raises:
+            FormatError: naming the field that is wrong.
+        """
+        try:
+            raw = json.loads(content.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise _invalid_event(f"not UTF-8 JSON ({e})") from e
+        if not isinstance(raw, dict):
+            raise _invalid_event(f"not a JSON object: {reprlib.repr(raw)}")
+        field = functools.partial(_value, raw, invalid=_invalid_event)
+        version = field("version", int)
+        if version > EVENTS_VERSION:
+            raise _invalid_event(
+                f"written with version {version}, newer than this tb-gradflow "
+                f"understands ({EVENTS_VERSION}): upgrade tb-gradflow"
+            )
+        largest = field("largest_input", float, None, nullable=True)
+        origin = cls(
+            step=field("step", int),
+            since_step=field("since_step", int),
+            phase=field("phase", str),
+            module=field("module", str, ""),
+            module_type=field("module_type", str, ""),
+            where=field("where", str, ""),
+            nan=field("nan", int, 0),
+            posinf=field("posinf", int, 0),
+            neginf=field("neginf", int, 0),
+            largest_input=None if largest is None else float(largest),
+            dtype=field("dtype", str, ""),
+            layers=_list(raw, "layers", str, invalid=_invalid_event),
+        )
+        if origin.phase not in PHASES:
+            raise _invalid_event(f"'phase' is {origin.phase!r}, not one of {PHASES}")
+        return origin
+
+
+def create_events_metadata(name: str | None) -> summary_pb2.SummaryMetadata:
+    """The ``SummaryMetadata`` of a watcher's non-finite origins."""
+    content = json.dumps({"version": EVENTS_VERSION, "name": name}).encode("utf-8")
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(
+            plugin_name=EVENTS_PLUGIN_NAME, content=content
+        ),
+        summary_description="Where NaN/Inf first appeared (tb-gradflow).",
+        data_class=summary_pb2.DATA_CLASS_TENSOR,
+    )
+
+
+def _invalid_event(problem: str) -> FormatError:
+    return FormatError(f"Invalid gradflow non-finite origin: {problem}")
 
 
 class VersionChecker:

@@ -69,6 +69,22 @@ def gradflow_pb(
     return summary_pb2.Summary(value=[value])
 
 
+def origin_pb(
+    origin: metadata.NonfiniteOrigin, name: str | None, *, with_metadata: bool
+) -> summary_pb2.Summary:
+    """Builds the summary of one non-finite origin of the watcher ``name``: a
+    scalar string tensor holding its JSON (see :mod:`tb_gradflow.metadata`)."""
+    tensor = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+        string_val=[origin.to_json()],
+    )
+    value = summary_pb2.Summary.Value(tag=metadata.events_tag(name), tensor=tensor)
+    if with_metadata:
+        value.metadata.CopyFrom(metadata.create_events_metadata(name))
+    return summary_pb2.Summary(value=[value])
+
+
 def as_tensorboardx(proto: summary_pb2.Summary) -> Any:
     """``proto`` as tensorboardX's own ``Summary`` class, which its writers take.
 
