@@ -4,7 +4,8 @@
 sequence 50, batch 32). Variants: nothing (twice: the A/A noise), watch every
 step and every 10th, one plain read of the gradients watch reads (the floor for
 any statistic), the blog post's per-layer loop, a per-parameter L2-norm loop, and a
-per-parameter ``add_histogram`` loop. Method: ``_harness.py`` (interleaved,
+per-parameter ``add_histogram`` loop; ``trace_nonfinite`` not armed, and its
+hooks armed. Method: ``_harness.py`` (interleaved,
 shuffled blocks). Each variant is set up once for all its blocks (its own SGD
 optimizer, writer and watcher: the steady state of a run), and its writer
 flushes inside every timed block.
@@ -31,12 +32,15 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
+from tb_gradflow.nonfinite_trace import ModuleTracer
 
 BASELINE = "baseline (nothing)"
 UPDATE = ("update_ratio", "weight_norm")
 WITH_UPDATE_1 = "watch(every=1, stats=update_ratio+weight_norm)"
 WITH_UPDATE_10 = "watch(every=10, stats=update_ratio+weight_norm)"
 SINGLE_READ = "single read: g.abs().sum() per tensor, 1 copy"
+TRACE_IDLE = "watch(every=1, trace_nonfinite=True), not armed"
+TRACE_ARMED = "non-finite trace armed (hooks on every module)"
 
 
 class MLP(nn.Module):
@@ -91,6 +95,9 @@ class Variant(NamedTuple):
     hook: Callable[[], None] | None
     flush: Callable[[], None]
     clock: Clock | None
+    # around each block, outside the timed region
+    enter: Callable[[], None] | None = None
+    leave: Callable[[], None] | None = None
 
 
 class Clock:
@@ -135,13 +142,20 @@ def make_variants(model: nn.Module, logdir: str, stack: ExitStack) -> dict:
     def plain(hook=None) -> Variant:
         return Variant(sgd(), hook, lambda: None, None)
 
-    def watch(every: int, stats: tuple[str, ...] = ()) -> Variant:
+    def watch(every: int, stats: tuple[str, ...] = (), trace=False) -> Variant:
         opt = sgd()
-        folder = f"{logdir}/watch{every}{'-'.join(('', *stats))}"
+        folder = f"{logdir}/watch{every}{'-'.join(('', *stats))}{trace}"
         writer = stack.enter_context(SummaryWriter(folder))
         clock = Clock(opt)
         stack.enter_context(
-            tb_gradflow.watch(model, writer, optimizer=opt, every=every, stats=stats)
+            tb_gradflow.watch(
+                model,
+                writer,
+                optimizer=opt,
+                every=every,
+                stats=stats,
+                trace_nonfinite=trace,
+            )
         )
         clock.stop_after(opt)
         return Variant(opt, None, writer.flush, clock)
@@ -168,6 +182,15 @@ def make_variants(model: nn.Module, logdir: str, stack: ExitStack) -> dict:
 
         return Variant(sgd(), hook, writer.flush, None)
 
+    def armed_trace() -> Variant:
+        """The hooks trace_nonfinite arms after a non-finite step, armed for
+        the whole block; each step's events taken to the host."""
+        names = {id(p): n for n, p in model.named_parameters()}
+        tracer = ModuleTracer(model, names)
+        return Variant(
+            sgd(), tracer.take, lambda: None, None, tracer.arm, tracer.disarm
+        )
+
     return {
         BASELINE: plain(),
         "baseline again (A/A noise)": plain(),
@@ -179,6 +202,8 @@ def make_variants(model: nn.Module, logdir: str, stack: ExitStack) -> dict:
         "blog post loop: float(g.abs().mean()) per layer": plain(blog_post_loop),
         "per-parameter L2 norm loop, 1 copy": plain(l2_loop),
         "add_histogram per parameter": histograms(),
+        TRACE_IDLE: watch(1, trace=True),
+        TRACE_ARMED: armed_trace(),
     }
 
 
@@ -187,9 +212,11 @@ def block(model, x, y, steps, variant: Variant, spent: list[float]) -> _harness.
     appends to ``spent`` the seconds per step spent in the variant's own work:
     its hook, its flush and its time inside the optimizer's pre-hooks."""
     loss_fn = nn.CrossEntropyLoss()
-    opt, hook, flush, clock = variant
+    opt, hook, flush, clock, enter, leave = variant
 
     def run() -> float:
+        if enter is not None:
+            enter()
         own = 0.0
         in_hooks = clock.total if clock else 0.0
         start = time.perf_counter()
@@ -206,6 +233,8 @@ def block(model, x, y, steps, variant: Variant, spent: list[float]) -> _harness.
         end = time.perf_counter()
         own += end - t0 + ((clock.total - in_hooks) if clock else 0.0)
         spent.append(own / steps)
+        if leave is not None:
+            leave()
         return (end - start) / steps
 
     return run
@@ -251,6 +280,16 @@ def bench(case: str, reps: int, quick: bool) -> None:
         f"{case}, update statistics: every=1 {u1:.3f} ms = {u1 / w1:.2f}x the "
         f"gradient statistics alone (target <= 2); every=10 {u10:.3f} ms = "
         f"{u10 / own['watch(every=10)']:.2f}x."
+    )
+    idle = own[TRACE_IDLE]
+    base, armed = (
+        statistics.median(_harness.seconds(results, k)) * 1e3
+        for k in (BASELINE, TRACE_ARMED)
+    )
+    print(
+        f"{case}, non-finite trace: not armed, watch(every=1) {idle:.3f} ms "
+        f"= {idle / w1:.2f}x without it; armed, a step takes {armed:.2f} ms = "
+        f"{armed / base:.2f}x the baseline's {base:.2f} ms."
     )
 
 
