@@ -3,7 +3,7 @@
 // `/experiment/<id>/` keep working), JSON and binary answers, a per-URL cache,
 // and errors as one line of text for the tab's status line. No DOM here.
 
-import { decodeHeatmap, reviveAlert, reviveFlow, reviveStats, reviveSteps, runKey, toNumber } from "./model.js";
+import { decodeHeatmap, decodeLines, reviveAlert, reviveFlow, reviveStats, reviveSteps, runKey, toNumber } from "./model.js";
 
 /** An HTTP error with the server's one-line message. */
 export class HttpError extends Error {
@@ -170,6 +170,19 @@ export class Client {
   heatmap(r, stat, maxSteps) {
     const url = Client.url("heatmap", { run: r.run, tag: r.tag, stat, max_steps: maxSteps, format: "binary" });
     return this._cached(url, runKey(r), async () => decodeHeatmap(await this._get(url, "arrayBuffer")));
+  }
+
+  /**
+   * Each layer's smallest and largest value of one statistic per bin of steps
+   * (binary body), for the lines view.
+   * @param {{run: string, tag: string}} r
+   * @param {string} stat
+   * @param {number} maxSteps
+   * @returns {Promise<import("./model.js").Lines>}
+   */
+  lines(r, stat, maxSteps) {
+    const url = Client.url("lines", { run: r.run, tag: r.tag, stat, max_steps: maxSteps, format: "binary" });
+    return this._cached(url, runKey(r), async () => decodeLines(await this._get(url, "arrayBuffer")));
   }
 
   /**

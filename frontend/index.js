@@ -114,7 +114,7 @@ async function start(win, shell, client) {
     const w = shell.barWrap.clientWidth;
     if (w !== lastWidth) {
       lastWidth = w;
-      mark(["bars", "heat"]);
+      mark(["bars", "heat", "lines"]);
     }
   }).observe(shell.root);
   const tick = () => {

@@ -1,13 +1,13 @@
 // Fetches what the state asks for and hands the answers back as actions: the
 // `runs` listing (polled; with the `triage` ranking while no run is shown), the
-// shown runs' steps and alerts, their heatmaps and the shown step. Only the
+// shown runs' steps and alerts, their heatmaps and lines, and the shown step. Only the
 // answer to the latest request of each kind is used; a failure comes back as an
 // action carrying the text the tab shows (a shown run whose routes answer 404
 // cannot be shown: `runFailed`, `compareFailed`). Which requests a transition
 // needs is decided in state.js; no DOM here.
 
 import { HttpError, errorText, reasonText } from "./api.js";
-import { notLoggedHeatmap, runKey } from "./model.js";
+import { notLoggedHeatmap, notLoggedLines, runKey } from "./model.js";
 import { currentStep, needsRanking, nextStep, shownRuns } from "./state.js";
 
 /**
@@ -20,7 +20,7 @@ function isMissing(err) {
   return err instanceof HttpError && err.status === 404;
 }
 
-/** Step columns asked of the `heatmap` route (its `max_steps`). */
+/** Step columns asked of the `heatmap` and `lines` routes (their `max_steps`). */
 export const HEAT_COLUMNS = 1000;
 
 /**
@@ -72,6 +72,30 @@ export function createLoader(client, getState, dispatch) {
   const guard = new StaleGuard();
   const failed = (err) => dispatch({ type: "failed", message: errorText(err) });
 
+  /**
+   * Loads one binned answer per shown run for the chosen statistic and hands
+   * them back as `action(answers)`; a run the `runs` answer does not list the
+   * statistic for gets `notLogged(run, stat)` without a request.
+   * @param {string} slot the stale guard's slot
+   * @param {(r: import("./model.js").RunInfo, stat: string) => Promise<any>} fetchOne
+   * @param {(r: import("./model.js").RunInfo, stat: string) => any} notLogged
+   * @param {(answers: any[]) => import("./state.js").Action} action
+   */
+  async function binned(slot, fetchOne, notLogged, action) {
+    const t = guard.next(slot);
+    const state = getState();
+    if (!state.steps.length) return; // nothing shown (a run that cannot be)
+    const lacks = (r) => r.stats && r.stats.length > 0 && !r.stats.some((s) => s.name === state.stat);
+    try {
+      const answers = await Promise.all(
+        shownRuns(state).map((r) => (lacks(r) ? notLogged(r, state.stat) : fetchOne(r, state.stat))),
+      );
+      if (guard.isCurrent(slot, t)) dispatch(action(answers));
+    } catch (err) {
+      if (guard.isCurrent(slot, t)) failed(err);
+    }
+  }
+
   const loads = {
     /**
      * The steps and alerts of both shown runs. A run whose routes answer 404
@@ -107,17 +131,16 @@ export function createLoader(client, getState, dispatch) {
      * without a request (the route would refuse a name the run lacks).
      */
     async heat() {
-      const t = guard.next("heat");
-      const state = getState();
-      if (!state.steps.length) return; // nothing shown (a run that cannot be)
-      const lacks = (r) => r.stats && r.stats.length > 0 && !r.stats.some((s) => s.name === state.stat);
-      const heatOf = (r) => (lacks(r) ? notLoggedHeatmap(r, state.stat) : client.heatmap(r, state.stat, HEAT_COLUMNS));
-      try {
-        const heats = await Promise.all(shownRuns(state).map(heatOf));
-        if (guard.isCurrent("heat", t)) dispatch({ type: "heatsLoaded", heats });
-      } catch (err) {
-        if (guard.isCurrent("heat", t)) failed(err);
-      }
+      await binned("heat", (r, stat) => client.heatmap(r, stat, HEAT_COLUMNS), notLoggedHeatmap, (heats) => ({
+        type: "heatsLoaded", heats,
+      }));
+    },
+
+    /** The lines of the shown runs for the chosen statistic, as {@link heat}. */
+    async lines() {
+      await binned("lines", (r, stat) => client.lines(r, stat, HEAT_COLUMNS), notLoggedLines, (lines) => ({
+        type: "linesLoaded", lines,
+      }));
     },
 
     /** The selected step of the shown runs. */

@@ -66,6 +66,16 @@
  */
 
 /**
+ * Each layer's smallest and largest value of one statistic per bin of steps
+ * (`lines` route, binary form): the heatmap's columns, with `max` the
+ * heatmap's values and `min` the smallest finite value of the bin (NaN where
+ * it has none).
+ * @typedef {{run: string, tag: string, stat: string, layers: string[],
+ *   types: string[], steps: number[], first_steps: number[], last_steps: number[],
+ *   downsampled: boolean, logged: boolean, max: Float32Array, min: Float32Array}} Lines
+ */
+
+/**
  * A JSON number that TensorBoard may have sent as "NaN", "Infinity" or
  * "-Infinity"; null and other strings become NaN.
  * @param {unknown} x
@@ -239,13 +249,15 @@ export function alertSpan(alert) {
 }
 
 /**
- * Decodes the binary heatmap body: uint32 LE header length, the JSON header,
- * zero padding to a multiple of 4, then float32 LE `[layer][column]`.
+ * Decodes a binary body of the `heatmap` or `lines` route: uint32 LE header
+ * length, the JSON header, zero padding to a multiple of 4, then one float32
+ * LE `[layer][column]` matrix per name of `names`, in that order.
  * @param {ArrayBuffer} buffer
- * @returns {Heatmap}
+ * @param {string[]} names
+ * @returns {Object<string, any>} the header's fields, and each matrix by name
  * @throws {Error} when the body is truncated or inconsistent.
  */
-export function decodeHeatmap(buffer) {
+function decodeBinned(buffer, names) {
   if (buffer.byteLength < 4) throw new Error("heatmap body shorter than its header length");
   const view = new DataView(buffer);
   const n = view.getUint32(0, true);
@@ -255,12 +267,11 @@ export function decodeHeatmap(buffer) {
   const layers = (head.layers || []).map(String);
   const steps = toNumbers(head.steps);
   const count = layers.length * steps.length;
-  if (start + 4 * count > buffer.byteLength) {
-    throw new Error(`heatmap body holds fewer than ${layers.length} x ${steps.length} values`);
+  if (start + 4 * count * names.length > buffer.byteLength) {
+    const shape = [...(names.length > 1 ? [names.length] : []), layers.length, steps.length];
+    throw new Error(`heatmap body holds fewer than ${shape.join(" x ")} values`);
   }
-  const values = new Float32Array(count);
-  for (let i = 0; i < count; i++) values[i] = view.getFloat32(start + 4 * i, true);
-  return {
+  const out = {
     run: String(head.run),
     tag: String(head.tag),
     stat: String(head.stat),
@@ -271,32 +282,82 @@ export function decodeHeatmap(buffer) {
     last_steps: head.last_steps ? toNumbers(head.last_steps) : steps.slice(),
     downsampled: Boolean(head.downsampled),
     logged: head.logged !== false,
-    values,
+  };
+  names.forEach((name, k) => {
+    const values = new Float32Array(count);
+    const at = start + 4 * count * k;
+    for (let i = 0; i < count; i++) values[i] = view.getFloat32(at + 4 * i, true);
+    out[name] = values;
+  });
+  return out;
+}
+
+/**
+ * Decodes the binary heatmap body (see {@link decodeBinned}: one matrix).
+ * @param {ArrayBuffer} buffer
+ * @returns {Heatmap}
+ * @throws {Error} when the body is truncated or inconsistent.
+ */
+export function decodeHeatmap(buffer) {
+  return /** @type {Heatmap} */ (decodeBinned(buffer, ["values"]));
+}
+
+/**
+ * Decodes the binary body of the `lines` route (see {@link decodeBinned}: the
+ * `max` matrix, then the `min` one).
+ * @param {ArrayBuffer} buffer
+ * @returns {Lines}
+ * @throws {Error} when the body is truncated or inconsistent.
+ */
+export function decodeLines(buffer) {
+  return /** @type {Lines} */ (decodeBinned(buffer, ["max", "min"]));
+}
+
+/**
+ * The header of a heatmap or lines answer for a statistic a run does not have
+ * at all (the `runs` route does not list it for that run: the routes would
+ * refuse the name): no layers, no steps, not logged.
+ * @param {{run: string, tag: string}} r
+ * @param {string} stat
+ */
+function notLoggedHead(r, stat) {
+  return {
+    run: r.run, tag: r.tag, stat, layers: [], types: [], steps: [], first_steps: [], last_steps: [],
+    downsampled: false, logged: false,
   };
 }
 
 /**
  * What the tab shows in place of the heatmap of a statistic a run does not
- * have at all (the `runs` route does not list it for that run: the `heatmap`
- * route would refuse the name): no layers, no steps, not logged.
+ * have at all: no layers, no steps, not logged.
  * @param {{run: string, tag: string}} r
  * @param {string} stat
  * @returns {Heatmap}
  */
 export function notLoggedHeatmap(r, stat) {
-  return {
-    run: r.run, tag: r.tag, stat, layers: [], types: [], steps: [], first_steps: [], last_steps: [],
-    downsampled: false, logged: false, values: new Float32Array(0),
-  };
+  return { ...notLoggedHead(r, stat), values: new Float32Array(0) };
 }
 
 /**
- * Encodes a heatmap the way the server does (for tests and fixtures).
+ * What the tab shows in place of the lines of a statistic a run does not have
+ * at all: no layers, no steps, not logged.
+ * @param {{run: string, tag: string}} r
+ * @param {string} stat
+ * @returns {Lines}
+ */
+export function notLoggedLines(r, stat) {
+  return { ...notLoggedHead(r, stat), max: new Float32Array(0), min: new Float32Array(0) };
+}
+
+/**
+ * Encodes a heatmap the way the server does (for tests and fixtures); lines
+ * with their `max`, then their `min` matrix.
  * @param {Omit<Heatmap, "values">} head
- * @param {ArrayLike<number>} values `[layer][column]`
+ * @param {...ArrayLike<number>} matrices each `[layer][column]`
  * @returns {ArrayBuffer}
  */
-export function encodeHeatmap(head, values) {
+export function encodeHeatmap(head, ...matrices) {
+  const values = matrices.flatMap((m) => Array.from(m));
   const json = new TextEncoder().encode(JSON.stringify(head));
   const start = Math.ceil((4 + json.length) / 4) * 4;
   const buffer = new ArrayBuffer(start + 4 * values.length);

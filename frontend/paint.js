@@ -1,19 +1,26 @@
 // Paints a state into the tab's shell: menus, labels, legend and alerts (text
-// only), the bar plot and the heatmaps (canvases sized by devicePixelRatio). It
-// keeps the layouts it drew to answer the pointer: hovering shows a tooltip,
-// clicking goes out as an action. It never changes the state itself.
+// only), the bar plot, the lines views and the heatmaps (canvases sized by
+// devicePixelRatio). It keeps the layouts it drew to answer the pointer:
+// hovering shows a tooltip (and, over a line, highlights its layer), clicking
+// goes out as an action. It never changes the state itself.
 
-import * as chart from "./chart.js";
+import * as barChart from "./bars.js";
+import { drawExport, exportLayout } from "./export.js";
+import { FONT, FONT_BOLD, referenceOf, sizeCanvas } from "./canvas.js";
+import * as heatChart from "./heatmap.js";
+import * as linesChart from "./lines.js";
 import { layerLabel } from "./model.js";
 import * as present from "./present.js";
-import { currentStep } from "./state.js";
+import { currentStep, statUnit } from "./state.js";
 import * as views from "./views.js";
 
 /**
  * @typedef {import("./state.js").State} State
  * @typedef {(action: import("./state.js").Action) => unknown} Dispatch
- * @typedef {{canvas: HTMLCanvasElement, layout: (ReturnType<typeof chart.heatmapLayout>|null),
+ * @typedef {{canvas: HTMLCanvasElement, layout: (ReturnType<typeof heatChart.heatmapLayout>|null),
  *   heat: (import("./model.js").Heatmap|null)}} HeatView
+ * @typedef {{canvas: HTMLCanvasElement, layout: (ReturnType<typeof linesChart.linesLayout>|null),
+ *   lines: (import("./model.js").Lines|null)}} LinesView
  */
 
 /**
@@ -22,7 +29,7 @@ import * as views from "./views.js";
  * @param {views.Shell} shell
  * @param {() => State} getState the state now (the tooltip's statistic)
  * @param {Dispatch} dispatch
- * @returns {{draw: (state: State, dirty: Set<"dom"|"bars"|"heat">) => void,
+ * @returns {{draw: (state: State, dirty: Set<"dom"|"bars"|"heat"|"lines">) => void,
  *   exportCanvas: (state: State) => (HTMLCanvasElement|null)}}
  */
 export function createPainter(win, shell, getState, dispatch) {
@@ -32,9 +39,12 @@ export function createPainter(win, shell, getState, dispatch) {
   /** @type {HeatView[]} one per heatmap canvas, in order */
   const heatViews = [];
   const images = new Map(); // heat -> {key, canvas}
+  /** @type {LinesView[]} one per lines canvas, in order */
+  const lineViews = [];
+  const bases = new Map(); // lines -> {key, canvas}: every line, drawn once per size and scheme
   const measureCtx = doc.createElement("canvas").getContext("2d");
   const measure = (text, bold) => {
-    measureCtx.font = bold ? chart.FONT_BOLD : chart.FONT;
+    measureCtx.font = bold ? FONT_BOLD : FONT;
     return measureCtx.measureText(text).width;
   };
   const dpr = () => win.devicePixelRatio || 1;
@@ -43,14 +53,14 @@ export function createPainter(win, shell, getState, dispatch) {
   // bar plot: hover shows the layer's values, click selects the layer
   shell.bars.addEventListener("mousemove", (ev) => {
     if (!barLayout) return;
-    const i = chart.barIndexAt(barLayout, ev.offsetX, ev.offsetY);
+    const i = barChart.barIndexAt(barLayout, ev.offsetX, ev.offsetY);
     if (i < 0) hideTooltip();
-    else views.showTooltip(shell.tooltip, chart.barTooltip(barLayout, i, getState().stat), ev.pageX, ev.pageY);
+    else views.showTooltip(shell.tooltip, barChart.barTooltip(barLayout, i, getState().stat), ev.pageX, ev.pageY);
   });
   shell.bars.addEventListener("mouseleave", hideTooltip);
   shell.bars.addEventListener("click", (ev) => {
     if (!barLayout) return;
-    const i = chart.barIndexAt(barLayout, ev.offsetX, ev.offsetY);
+    const i = barChart.barIndexAt(barLayout, ev.offsetX, ev.offsetY);
     dispatch({ type: "toggleLayer", layer: i < 0 ? null : barLayout.layers[i] });
   });
 
@@ -112,16 +122,17 @@ export function createPainter(win, shell, getState, dispatch) {
     // the legend goes with the plot: it names what the axis and scale show
     views.renderLegend(shell.legend, present.legendItems(state));
     if (!state.flows.length) return;
-    const data = chart.barData(state.flows, state.stat, present.barOptions(state));
-    barLayout = chart.barLayout(data, { width, measure });
-    const ctx = chart.sizeCanvas(shell.bars, barLayout.width, barLayout.height, dpr());
-    chart.drawBars(ctx, barLayout, present.palette(state));
+    const data = barChart.barData(state.flows, state.stat, present.barOptions(state));
+    barLayout = barChart.barLayout(data, { width, measure });
+    const ctx = sizeCanvas(shell.bars, barLayout.width, barLayout.height, dpr());
+    barChart.drawBars(ctx, barLayout, present.palette(state));
     views.renderBarTable(shell.barTable, data, { step: state.flows[0].step, run: state.flows[0].run });
     // what was drawn: the axis and its tick labels
     shell.barTable.dataset.stat = state.stat;
     shell.barTable.dataset.message = barLayout.message;
     shell.barTable.dataset.scale = barLayout.axis;
     shell.barTable.dataset.ticks = barLayout.yTicks.map((t) => t.text).join(" ");
+    shell.barTable.dataset.reference = data.reference ? String(data.reference.value) : "";
     shell.bars.setAttribute("aria-label", present.barLabel(state));
   }
 
@@ -135,7 +146,7 @@ export function createPainter(win, shell, getState, dispatch) {
    */
   function heatImage(state, heat, domain, pixelCols) {
     const rows = heat.layers.length;
-    const pooled = chart.poolColumns(heat.values, rows, heat.steps.length, pixelCols);
+    const pooled = heatChart.poolColumns(heat.values, rows, heat.steps.length, pixelCols);
     const key = `${domain}|${state.dark}|${pooled.cols}`;
     const hit = images.get(heat);
     if (hit && hit.key === key) return hit.canvas;
@@ -143,7 +154,7 @@ export function createPainter(win, shell, getState, dispatch) {
     canvas.width = Math.max(1, pooled.cols);
     canvas.height = Math.max(1, rows);
     if (rows && pooled.cols) {
-      const pixels = chart.heatPixels(pooled.values, rows, pooled.cols, domain, present.palette(state));
+      const pixels = heatChart.heatPixels(pooled.values, rows, pooled.cols, domain, present.palette(state));
       canvas.getContext("2d").putImageData(new ImageData(pixels, pooled.cols, rows), 0, 0);
     }
     images.set(heat, { key, canvas });
@@ -157,12 +168,12 @@ export function createPainter(win, shell, getState, dispatch) {
     canvas.dataset.testid = "heatmap";
     canvas.setAttribute("role", "img");
     const view = { canvas, layout: null, heat: null };
-    const cellAt = (ev) => (view.layout ? chart.heatmapCellAt(view.layout, ev.offsetX, ev.offsetY) : null);
+    const cellAt = (ev) => (view.layout ? heatChart.heatmapCellAt(view.layout, ev.offsetX, ev.offsetY) : null);
     canvas.addEventListener("mousemove", (ev) => {
       if (!view.layout) return;
       const cell = cellAt(ev);
       if (!cell) hideTooltip();
-      else views.showTooltip(shell.tooltip, chart.heatTooltip(view.heat, cell), ev.pageX, ev.pageY);
+      else views.showTooltip(shell.tooltip, heatChart.heatTooltip(view.heat, cell), ev.pageX, ev.pageY);
     });
     canvas.addEventListener("mouseleave", hideTooltip);
     canvas.addEventListener("click", (ev) => {
@@ -181,26 +192,26 @@ export function createPainter(win, shell, getState, dispatch) {
     for (const k of images.keys()) if (!heats.includes(k)) images.delete(k);
     const width = Math.floor(shell.heatWrap.clientWidth);
     if (width <= 0) return;
-    const domain = chart.heatDomain(heats);
+    const domain = heatChart.heatDomain(heats);
     const step = currentStep(state);
     heats.forEach((heat, i) => {
       const view = heatViews[i];
       const { canvas } = view;
       const { title, message } = present.heatText(heat);
       const labels = heat.layers.map((name, j) => layerLabel(name, heat.types ? heat.types[j] : ""));
-      view.layout = chart.heatmapLayout({ layers: heat.layers, labels, steps: heat.steps, title, domain }, { width, measure });
+      view.layout = heatChart.heatmapLayout({ layers: heat.layers, labels, steps: heat.steps, title, domain }, { width, measure });
       view.heat = heat;
       const flow = state.flows[i];
       const blocked = new Set();
       if (flow) {
         for (const al of flow.alerts) if (al.kind === "blocked") blocked.add(heat.layers.indexOf(al.layer));
       }
-      const ctx = chart.sizeCanvas(canvas, view.layout.width, view.layout.height, dpr());
-      chart.drawHeatmap(ctx, view.layout, {
+      const ctx = sizeCanvas(canvas, view.layout.width, view.layout.height, dpr());
+      heatChart.drawHeatmap(ctx, view.layout, {
         domain,
         message,
         image: message ? null : heatImage(state, heat, domain, Math.round(view.layout.plot.w * dpr())),
-        selectedCol: step === undefined ? -1 : chart.columnOfStep(heat, flow ? flow.step : step),
+        selectedCol: step === undefined ? -1 : heatChart.columnOfStep(heat, flow ? flow.step : step),
         selectedRow: state.layer === null ? -1 : heat.layers.indexOf(state.layer),
         blockedRows: blocked,
       }, present.palette(state));
@@ -215,6 +226,101 @@ export function createPainter(win, shell, getState, dispatch) {
     });
   }
 
+  /** @returns {LinesView} a new lines canvas, wired to the pointer */
+  function addLinesCanvas() {
+    const canvas = doc.createElement("canvas");
+    canvas.className = "gf-canvas gf-lines-chart";
+    canvas.dataset.testid = "lines";
+    canvas.setAttribute("role", "img");
+    const view = { canvas, layout: null, lines: null };
+    const hit = (ev) => (view.layout ? linesChart.lineAt(view.layout, view.lines, ev.offsetX, ev.offsetY) : null);
+    const hover = (layer) => {
+      if (getState().hover !== layer) dispatch({ type: "hoverLayer", layer });
+    };
+    canvas.addEventListener("mousemove", (ev) => {
+      if (!view.layout) return;
+      const cell = hit(ev);
+      hover(cell ? view.lines.layers[cell.row] : null);
+      if (!cell) hideTooltip();
+      else views.showTooltip(shell.tooltip, linesChart.linesTooltip(view.lines, cell), ev.pageX, ev.pageY);
+    });
+    canvas.addEventListener("mouseleave", () => {
+      hideTooltip();
+      hover(null);
+    });
+    canvas.addEventListener("click", (ev) => {
+      const step = view.layout ? linesChart.stepAt(view.layout, view.lines, ev.offsetX) : null;
+      if (step === null) return;
+      const cell = hit(ev);
+      dispatch({ type: "focus", layer: cell ? view.lines.layers[cell.row] : getState().layer, step });
+    });
+    shell.linesWrap.appendChild(canvas);
+    return view;
+  }
+
+  /**
+   * What stays of a lines view while the pointer moves (every line), drawn
+   * once per size, scale and scheme on a canvas of its own.
+   * @param {LinesView} view
+   * @param {import("./palette.js").Palette} palette
+   * @param {string} message
+   * @param {string} key what the drawing depends on besides the data
+   * @returns {HTMLCanvasElement}
+   */
+  function linesBase(view, palette, message, key) {
+    const hit = bases.get(view.lines);
+    if (hit && hit.key === key) return hit.canvas;
+    const canvas = doc.createElement("canvas");
+    const ctx = sizeCanvas(canvas, view.layout.width, view.layout.height, dpr());
+    linesChart.drawLinesBase(ctx, view.layout, view.lines, palette, { message });
+    bases.set(view.lines, { key, canvas });
+    return canvas;
+  }
+
+  /** @param {State} state */
+  function drawLines(state) {
+    const all = state.lines;
+    while (lineViews.length > all.length) lineViews.pop().canvas.remove();
+    while (lineViews.length < all.length) lineViews.push(addLinesCanvas());
+    for (const k of bases.keys()) if (!all.includes(k)) bases.delete(k);
+    const width = Math.floor(shell.linesWrap.clientWidth);
+    if (width <= 0) return;
+    const axis = barChart.axisKind(statUnit(state), state.log);
+    const values = all.flatMap((l) => [l.max, l.min]); // one y axis for the runs side by side
+    const palette = present.palette(state);
+    const layer = state.hover ?? state.layer;
+    const step = currentStep(state);
+    all.forEach((lines, i) => {
+      const view = lineViews[i];
+      const { canvas } = view;
+      const { title, message } = present.linesText(lines, axis);
+      const reference = axis === "log" || axis === "linear" ? referenceOf(lines.stat) : null;
+      view.layout = linesChart.linesLayout({ lines, axis, title, values, reference }, { width, measure });
+      view.lines = lines;
+      const { layout } = view;
+      const key = [layout.width, layout.height, dpr(), state.dark, axis, layout.y.domain, title].join("|");
+      const base = linesBase(view, palette, message, key);
+      const flow = state.flows[i];
+      const row = layer === null ? -1 : lines.layers.indexOf(layer);
+      const ctx = sizeCanvas(canvas, layout.width, layout.height, dpr());
+      linesChart.drawLines(ctx, layout, lines, palette, {
+        base, row, measure, selectedStep: flow ? flow.step : step ?? null,
+      });
+      const { plot } = layout;
+      canvas.dataset.run = lines.run;
+      canvas.dataset.stat = lines.stat;
+      canvas.dataset.rows = String(layout.rows);
+      canvas.dataset.cols = String(layout.cols);
+      canvas.dataset.scale = axis;
+      canvas.dataset.plot = [plot.x, plot.y, plot.w, plot.h].map((v) => v.toFixed(1)).join(",");
+      canvas.dataset.reference = layout.reference ? layout.reference.y.toFixed(1) : "";
+      canvas.dataset.highlight = row >= 0 ? lines.layers[row] : "";
+      canvas.dataset.logged = String(lines.logged !== false);
+      const size = message ? ` (${message})` : `: ${layout.rows} layers over ${layout.cols} step columns`;
+      canvas.setAttribute("aria-label", `Lines of ${lines.stat} per layer for ${lines.run}${size}`);
+    });
+  }
+
   /**
    * The bar plot as a PNG of its own (heading, plot, legend), drawn at the
    * plot's width on screen and the device pixel ratio; null without a step.
@@ -223,12 +329,12 @@ export function createPainter(win, shell, getState, dispatch) {
    */
   function exportCanvas(state) {
     if (!state.flows.length) return null;
-    const data = chart.barData(state.flows, state.stat, present.barOptions(state));
-    const bars = chart.barLayout(data, { width: Math.max(320, Math.floor(shell.barWrap.clientWidth)), measure });
-    const layout = chart.exportLayout(bars, present.legendItems(state), { heading: present.PNG_HEADING, measure });
+    const data = barChart.barData(state.flows, state.stat, present.barOptions(state));
+    const bars = barChart.barLayout(data, { width: Math.max(320, Math.floor(shell.barWrap.clientWidth)), measure });
+    const layout = exportLayout(bars, present.legendItems(state), { heading: present.PNG_HEADING, measure });
     const canvas = doc.createElement("canvas");
-    const ctx = chart.sizeCanvas(canvas, layout.width, layout.height, dpr());
-    chart.drawExport(ctx, layout, bars, present.palette(state));
+    const ctx = sizeCanvas(canvas, layout.width, layout.height, dpr());
+    drawExport(ctx, layout, bars, present.palette(state));
     return canvas;
   }
 
@@ -238,6 +344,7 @@ export function createPainter(win, shell, getState, dispatch) {
       if (dirty.has("dom")) drawDom(state);
       const width = Math.floor(shell.barWrap.clientWidth); // after the DOM: the empty view may have gone
       if (dirty.has("bars") && width > 0) drawBarPlot(state, width);
+      if (dirty.has("lines")) drawLines(state);
       if (dirty.has("heat")) drawHeatmaps(state);
     },
   };

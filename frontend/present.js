@@ -2,8 +2,10 @@
 // line, the step controls' text, legend entries, alert groups and labels.
 // paint.js puts them on the page; no DOM here, so `node --test` covers it.
 
-import { PALETTES, axisKind, barData } from "./chart.js";
+import { axisKind, barData } from "./bars.js";
+import { referenceOf } from "./canvas.js";
 import { keptStepsText, keptStepsWarn, leftOutText, runKey } from "./model.js";
+import { PALETTES } from "./palette.js";
 import { PLAY_SPEEDS, currentStep, shownRuns, statList, statUnit } from "./state.js";
 import { safeFileName } from "./views.js";
 
@@ -180,7 +182,7 @@ export function stepControls(state) {
 /**
  * The colours of the state's scheme.
  * @param {State} state
- * @returns {import("./chart.js").Palette}
+ * @returns {import("./palette.js").Palette}
  */
 export function palette(state) {
   return state.dark ? PALETTES.dark : PALETTES.light;
@@ -210,6 +212,8 @@ export function legendItems(state) {
   }
   // a count axis draws the non-finite count itself, not the hatched column
   if (axis !== "count") items.push({ kind: "nonfinite", label: "non-finite", color: p.nonfinite });
+  const reference = axis === "log" || axis === "linear" ? referenceOf(state.stat) : null;
+  if (reference) items.push({ kind: "reference", label: reference.label, color: p.reference });
   items.push({ kind: "blocked", label: "blocked", color: p.blocked });
   return items;
 }
@@ -252,6 +256,22 @@ export function heatText(heat) {
     return { title: `${heat.run} \u00b7 ${heat.stat} (not logged)`, message: `${heat.stat} is not logged in ${heat.run}` };
   }
   return { title: `${heat.run} \u00b7 ${heat.stat}${heat.downsampled ? " (max per bin)" : ""}`, message: "" };
+}
+
+/**
+ * A lines view's title, and the message drawn in place of its lines for a
+ * statistic the run's files lack ("" otherwise).
+ * @param {import("./model.js").Lines} lines
+ * @param {"log"|"linear"|"count"|"fraction"} axis
+ * @returns {{title: string, message: string}}
+ */
+export function linesText(lines, axis) {
+  if (lines.logged === false) {
+    return { title: `${lines.run} · ${lines.stat} (not logged)`, message: `${lines.stat} is not logged in ${lines.run}` };
+  }
+  const scale = { log: " (log scale)", linear: "", count: " (count)", fraction: " (fraction)" }[axis];
+  const binned = lines.downsampled ? ", smallest to largest per bin" : "";
+  return { title: `${lines.run} · ${lines.stat}${scale}${binned}`, message: "" };
 }
 
 /**

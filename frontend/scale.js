@@ -247,6 +247,38 @@ export function formatValue(v) {
 }
 
 /**
+ * A chart's value axis (y) of one kind, over the pixel range `[bottom, top]`:
+ * `log`, whole decades around the positive finite values (a tick per decade,
+ * thinned to one every 28 px); `count`, 0 to the largest value in whole
+ * numbers; `fraction`, 0 to 1; `linear`, 0 to the largest finite value, nice
+ * (1 when there is none). Ticks of the others one every 40 px or so.
+ * @param {"log"|"linear"|"count"|"fraction"} kind
+ * @param {Iterable<ArrayLike<number>>} values what the axis must hold
+ * @param {[number, number]} range pixels of the axis' bottom and top
+ * @returns {{scale: Scale, ticks: {value: number, text: string, y: number}[]}}
+ */
+export function valueAxis(kind, values, range) {
+  const arrays = [...values];
+  const height = Math.abs(range[0] - range[1]);
+  const count = Math.max(2, Math.floor(height / 40));
+  const at = (scale, vs, text) => ({ scale, ticks: vs.map((v) => ({ value: v, text: text(v), y: scale.map(v) })) });
+  if (kind === "log") {
+    const [lo, hi] = decadeDomain(positiveExtent(arrays));
+    const scale = scaleLog([lo, hi], range);
+    const marks = logTicks(lo, hi, Math.max(2, Math.floor(height / 28)));
+    return { scale, ticks: marks.map((t) => ({ value: t.value, text: formatPow10(t.exponent), y: scale.map(t.value) })) };
+  }
+  if (kind === "count") {
+    const steps = countTicks(finiteMax(arrays), count);
+    return at(scaleLinear([0, steps[steps.length - 1]], range), steps, String);
+  }
+  if (kind === "fraction") return at(scaleLinear([0, 1], range), ticks(0, 1, count), formatValue);
+  const max = finiteMax(arrays);
+  const hi = max > 0 ? niceLinear(0, max, count)[1] : 1;
+  return at(scaleLinear([0, hi], range), ticks(0, hi, count), formatValue);
+}
+
+/**
  * Index of the element of a sorted array nearest to `value` (ties go to the
  * lower one); -1 for an empty array.
  * @param {ArrayLike<number>} sorted ascending

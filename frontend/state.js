@@ -28,6 +28,7 @@ const TAB_KEY = "__tab__";
  * @typedef {import("./model.js").StepsInfo} StepsInfo
  * @typedef {import("./model.js").Flow} Flow
  * @typedef {import("./model.js").Heatmap} Heatmap
+ * @typedef {import("./model.js").Lines} Lines
  * @typedef {import("./model.js").Alert} Alert
  */
 
@@ -50,10 +51,13 @@ const TAB_KEY = "__tab__";
  * steps per second. `kept`: the `steps` answers of `a` and `b` (how many
  * steps were kept and logged, the records left out). `problem`: why the
  * selected run cannot be shown (its routes answered 404), null otherwise.
+ * `lines`: the lines view's data of the shown runs; `hover`: the layer the
+ * pointer is on in the lines view (highlighted there), null elsewhere.
  * @typedef {{runs: RunInfo[], sigs: Map<string, string>, loaded: boolean,
  *   a: (RunInfo|null), b: (RunInfo|null), stat: string, log: boolean,
  *   steps: number[], index: number, follow: boolean, playing: boolean,
- *   flows: Flow[], flowPending: boolean, heats: Heatmap[], alerts: Alert[][],
+ *   flows: Flow[], flowPending: boolean, heats: Heatmap[], lines: Lines[],
+ *   hover: (string|null), alerts: Alert[][],
  *   kept: (StepsInfo|null)[], problem: ({key: string, message: string}|null),
  *   layer: (string|null), dark: boolean, error: string, ranking: string[],
  *   want: Want, speed: number}} State
@@ -78,17 +82,18 @@ const TAB_KEY = "__tab__";
 /**
  * What can happen to the state: answers of the server (`listed`, with the
  * `triage` ranking when one was asked for; `stepsLoaded`, with the `steps`
- * answers of the shown runs in `kept`; `heatsLoaded`, `flowRequested`,
+ * answers of the shown runs in `kept`; `heatsLoaded`, `linesLoaded`, `flowRequested`,
  * `flowsLoaded`, `flowFailed`, `failed`; `runFailed` and `compareFailed`: the
  * selected or compared run cannot be shown, and why), the user
  * (`selectRun`, `compareRun`, `setStat`, `setLog`, `toggleLayer`, `focus`,
- * `slide`, `togglePlay`, `setSpeed`), the play timer (`tick`) and the page
+ * `hoverLayer`, `slide`, `togglePlay`, `setSpeed`), the play timer (`tick`) and the page
  * (`setDark`).
  * @typedef {{type: "listed", runs: RunInfo[], ranking?: ({run: string, tag: string}[]|null)}
  *   | {type: "stepsLoaded", steps: number[], alerts: Alert[][], kept?: (StepsInfo|null)[]}
  *   | {type: "runFailed", key: string, message: string}
  *   | {type: "compareFailed", key: string, message: string}
  *   | {type: "heatsLoaded", heats: Heatmap[]}
+ *   | {type: "linesLoaded", lines: Lines[]}
  *   | {type: "flowRequested"}
  *   | {type: "flowsLoaded", flows: Flow[]}
  *   | {type: "flowFailed", message: string}
@@ -100,6 +105,7 @@ const TAB_KEY = "__tab__";
  *   | {type: "setDark", dark: boolean}
  *   | {type: "toggleLayer", layer: (string|null)}
  *   | {type: "focus", layer: (string|null), step: number}
+ *   | {type: "hoverLayer", layer: (string|null)}
  *   | {type: "slide", index: number}
  *   | {type: "togglePlay"}
  *   | {type: "setSpeed", speed: number}
@@ -108,10 +114,10 @@ const TAB_KEY = "__tab__";
 
 /**
  * What a transition asks for: the parts to redraw in the next frame, the loads
- * to start (`runs`: steps and alerts of the shown runs; `heat`; `flows`: the
- * shown step; `next`: warm the cache with the step playing shows next) and the
- * cached answers of `[run, tag]` pairs to drop first.
- * @typedef {{redraw: ("dom"|"bars"|"heat")[], load: ("runs"|"heat"|"flows"|"next")[],
+ * to start (`runs`: steps and alerts of the shown runs; `heat`; `lines`;
+ * `flows`: the shown step; `next`: warm the cache with the step playing shows
+ * next) and the cached answers of `[run, tag]` pairs to drop first.
+ * @typedef {{redraw: ("dom"|"bars"|"heat"|"lines")[], load: ("runs"|"heat"|"lines"|"flows"|"next")[],
  *   invalidate: [string, string][]}} Effects
  */
 
@@ -126,8 +132,8 @@ export function initialState(view = {}) {
   return {
     runs: [], sigs: new Map(), loaded: false, a: null, b: null, stat: view.stat || "abs_mean",
     log: view.log !== false, steps: [], index: -1, follow: true, playing: false, flows: [],
-    flowPending: false, heats: [], alerts: [[], []], kept: [null, null], problem: null, layer: null,
-    dark: false, error: "", ranking: [],
+    flowPending: false, heats: [], lines: [], hover: null, alerts: [[], []], kept: [null, null], problem: null,
+    layer: null, dark: false, error: "", ranking: [],
     want: { a: key(view.run, view.tag), b: key(view.compare, view.compareTag), step: view.step ?? null },
     speed: DEFAULT_SPEED,
   };
@@ -161,13 +167,15 @@ export function reduce(state, action) {
       if (!state.a || runKey(state.a) !== action.key) return state; // another run is shown now
       return {
         ...state, problem: { key: action.key, message: action.message }, steps: [], index: -1, playing: false,
-        flows: [], flowPending: false, heats: [], alerts: [[], []], kept: [null, null],
+        flows: [], flowPending: false, heats: [], lines: [], hover: null, alerts: [[], []], kept: [null, null],
       };
     case "compareFailed":
       if (!state.b || runKey(state.b) !== action.key) return state;
       return { ...state, b: null, error: action.message, want: { ...state.want, b: null } };
     case "heatsLoaded":
       return { ...state, heats: action.heats };
+    case "linesLoaded":
+      return { ...state, lines: action.lines, hover: null };
     case "flowRequested":
       return { ...state, flowPending: true };
     case "flowsLoaded": {
@@ -202,6 +210,8 @@ export function reduce(state, action) {
     }
     case "focus":
       return selectIndex({ ...state, layer: action.layer }, nearestIndex(state.steps, action.step));
+    case "hoverLayer":
+      return action.layer === state.hover ? state : { ...state, hover: action.layer };
     case "slide":
       return selectIndex(state.playing ? { ...state, playing: false } : state, action.index);
     case "togglePlay":
@@ -239,20 +249,22 @@ export function effects(before, action, after) {
       return fx(["dom"], !before.loaded || touched || switched ? ["runs"] : [], invalidate);
     }
     case "stepsLoaded":
-      return fx(["dom"], ["heat", "flows"]);
+      return fx(["dom"], ["heat", "lines", "flows"]);
     case "runFailed":
-      return fx(after === before ? [] : ["dom", "bars", "heat"]);
+      return fx(after === before ? [] : ["dom", "bars", "heat", "lines"]);
     case "compareFailed":
       return fx(after === before ? [] : ["dom"]);
     case "heatsLoaded":
       return fx(["heat"]);
+    case "linesLoaded":
+      return fx(["lines"]);
     case "flowRequested":
       return fx([]);
     case "flowsLoaded": {
       const load = [];
-      if (after.stat !== before.stat) load.push("heat");
+      if (after.stat !== before.stat) load.push("heat", "lines");
       if (nextStep(after) !== undefined) load.push("next");
-      return fx(["bars", "heat", "dom"], load);
+      return fx(["bars", "heat", "lines", "dom"], load);
     }
     case "flowFailed":
     case "failed":
@@ -261,15 +273,17 @@ export function effects(before, action, after) {
     case "compareRun":
       return fx(["dom"], ["runs"]);
     case "setStat":
-      return fx(["bars", "dom"], ["heat"]);
+      return fx(["bars", "dom"], ["heat", "lines"]);
     case "setLog":
-      return fx(["bars"]);
+      return fx(["bars", "lines"]);
     case "setDark":
-      return fx(["bars", "heat", "dom"]);
+      return fx(["bars", "heat", "lines", "dom"]);
     case "toggleLayer":
-      return fx(["bars", "heat"]);
+      return fx(["bars", "heat", "lines"]);
     case "focus":
-      return moved ? fx(["bars", "heat", "dom"], ["flows"]) : fx(["bars", "heat"]);
+      return moved ? fx(["bars", "heat", "lines", "dom"], ["flows"]) : fx(["bars", "heat", "lines"]);
+    case "hoverLayer":
+      return fx(after === before ? [] : ["lines"]);
     case "slide":
       return moved ? fx(["dom"], ["flows"]) : fx(before.playing ? ["dom"] : []);
     case "togglePlay": {

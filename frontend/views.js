@@ -41,7 +41,7 @@ export function loadStylesheet(doc, href) {
  *   status: HTMLElement, kept: HTMLElement, leftOut: HTMLElement, play: HTMLButtonElement,
  *   speed: HTMLSelectElement, slider: HTMLInputElement, stepLabel: HTMLOutputElement, legend: HTMLElement,
  *   barWrap: HTMLElement, bars: HTMLCanvasElement, barTable: HTMLTableElement,
- *   heatWrap: HTMLElement, alerts: HTMLElement, empty: HTMLElement,
+ *   linesWrap: HTMLElement, heatWrap: HTMLElement, alerts: HTMLElement, empty: HTMLElement,
  *   main: HTMLElement, tooltip: HTMLElement}} Shell
  */
 
@@ -136,6 +136,20 @@ export function buildShell(doc, parent) {
   barSection.appendChild(barTable);
   main.appendChild(barSection);
 
+  const linesSection = el(doc, "section", "gf-card gf-lines");
+  linesSection.appendChild(el(doc, "h2", "", "Each layer over the logged steps"));
+  linesSection.appendChild(
+    el(
+      doc,
+      "p",
+      "gf-hint",
+      "One line per layer. Hover a line to highlight and name its layer; click to show that step above.",
+    ),
+  );
+  const linesWrap = el(doc, "div", "gf-lines-wrap");
+  linesSection.appendChild(linesWrap);
+  main.appendChild(linesSection);
+
   const lower = el(doc, "div", "gf-lower");
   const heatSection = el(doc, "section", "gf-card gf-heat");
   heatSection.appendChild(el(doc, "h2", "", "Layers \u00d7 steps"));
@@ -161,7 +175,7 @@ export function buildShell(doc, parent) {
   parent.appendChild(root);
   return {
     root, run, compare, stat, log, png, status, kept, leftOut, play, speed, slider, stepLabel, legend,
-    barWrap, bars, barTable, heatWrap, alerts, empty, main, tooltip,
+    barWrap, bars, barTable, linesWrap, heatWrap, alerts, empty, main, tooltip,
   };
 }
 
@@ -266,7 +280,7 @@ export function renderLeftOut(node, groups) {
 
 /**
  * One legend entry.
- * @typedef {{kind: "bar"|"back"|"zero"|"no_grad"|"missing"|"nonfinite"|"blocked", label: string,
+ * @typedef {{kind: "bar"|"back"|"zero"|"no_grad"|"missing"|"nonfinite"|"reference"|"blocked", label: string,
  *   color: string}} LegendItem
  */
 

@@ -115,6 +115,12 @@ class GradFlowRun:
         return self._values[:, self.stats.index(stat), :]
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded statistics, ``(T, K, L)`` float32: what holding
+        this run in memory costs, mostly."""
+        return self._values.nbytes
+
+    @property
     def no_grad(self) -> np.ndarray:
         """``(T, L)`` bool: the layer's ``.grad`` was None at that step (not
         where it was :attr:`absent`)."""

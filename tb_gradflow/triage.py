@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 from tensorboard.data import provider
 
-from tb_gradflow import metadata, reader
+from tb_gradflow import metadata, reader, watchers
 from tb_gradflow.diagnosis import Finding, Thresholds, diagnose
+from tb_gradflow.run_cache import CachedRun, RunCache
 
 __all__ = ["SAMPLE_STEPS", "SEVERITY", "RunTriage", "rank", "severity", "triage"]
 
@@ -84,36 +85,43 @@ def rank(items: Iterable[RunTriage]) -> list[RunTriage]:
 
 
 def triage(
-    plugin, ctx, experiment: str, *, sample_steps: int = SAMPLE_STEPS
+    data_provider,
+    cache: RunCache,
+    ctx,
+    experiment: str,
+    *,
+    sample_steps: int = SAMPLE_STEPS,
 ) -> list[RunTriage]:
     """Every readable watcher of every run, ranked (see :func:`rank`).
 
     Args:
-        plugin: the :class:`tb_gradflow.plugin.GradFlowPlugin` whose data
-            provider is read and whose cache of decoded runs is looked at
-            (never filled: a run judged here is not kept).
+        data_provider: TensorBoard's data provider, read for the watchers
+            ``cache`` does not hold.
+        cache: the plugin's decoded runs, looked at (never filled: a run
+            judged here is not kept).
         ctx, experiment: the request's context and experiment id.
         sample_steps: kept steps judged per watcher without a cached diagnosis.
     """
-    listing = plugin._data_provider.list_tensors(
+    listing = data_provider.list_tensors(
         ctx, experiment_id=experiment, plugin_name=metadata.PLUGIN_NAME
     )
     out: list[RunTriage] = []
     to_read: list[tuple[str, str, dict[str, metadata.Layout], float]] = []
     for run in sorted(listing):
         tags = listing[run]
-        for tag, layouts in _watchers(tags).items():
+        for tag, layouts in watchers.group(tags)[0].items():
             wall = max(tags[t].max_wall_time for t in layouts)
-            judged = _from_cache(
-                plugin, (experiment, run, tag), tags, layouts, sample_steps
+            entry = cache.current(
+                (experiment, run, tag), watchers.version(tags, layouts)
             )
+            judged = None if entry is None else _from_cache(entry, sample_steps)
             if judged is None:
                 to_read.append((run, tag, layouts, wall))
                 continue
             findings, steps, basis = judged
             out.append(_triage(run, tag, findings, wall, steps, basis))
     for batch in _batches(to_read, sample_steps):
-        data = plugin._data_provider.read_tensors(
+        data = data_provider.read_tensors(
             ctx,
             experiment_id=experiment,
             plugin_name=metadata.PLUGIN_NAME,
@@ -124,7 +132,10 @@ def triage(
             downsample=sample_steps,
         )
         for run, tag, layouts, wall in batch:
-            sample = _merge(run, layouts, data.get(run, {}))
+            try:
+                sample = watchers.merge_series(run, layouts, data.get(run, {}))
+            except watchers.LayoutMismatch:
+                continue  # the plugin refuses such a run (files before layout tags)
             if sample is None or not len(sample.steps):
                 continue  # as the runs route: nothing readable to show
             findings = diagnose(sample, Thresholds())
@@ -147,46 +158,15 @@ def _triage(
     )
 
 
-def _watchers(tags: dict) -> dict[str, dict[str, metadata.Layout]]:
-    """A run's readable layout tags by watcher base tag (as the plugin groups
-    them: by the watcher name in each layout); unreadable or newer-format tags
-    are left out, as the ``runs`` route leaves them out."""
-    out: dict[str, dict[str, metadata.Layout]] = {}
-    for tag in sorted(tags):
-        try:
-            layout = metadata.parse_plugin_metadata(tags[tag].plugin_content)
-        except metadata.FormatError:
-            continue
-        if layout.version > metadata.FORMAT_VERSION:
-            continue
-        out.setdefault(metadata.tag_for(layout.name), {})[tag] = layout
-    return out
-
-
 def _from_cache(
-    plugin, key: tuple, tags: dict, layouts: dict, sample_steps: int
+    entry: CachedRun, sample_steps: int
 ) -> tuple[list[Finding], int, str] | None:
     """``(findings, steps judged, basis)`` from the plugin's cached decoded run
-    of this version (``key``: experiment, run, base tag; ``layouts``: its layout
-    tags), if it has one; None otherwise.
-
-    Reads GradFlowPlugin's private cache, its key and version built as
-    ``GradFlowPlugin._entry`` builds them (tests/tb_gradflow/test_triage.py
-    checks that a run the tab has read is judged from the cache).
-    """
-    version = tuple(
-        (t, tags[t].max_step, tags[t].max_wall_time, tags[t].plugin_content)
-        for t in layouts
-    )
-    cache = plugin._cache
-    with cache._lock:
-        entry = cache._lookup(key, version)
-    if entry is None or entry.problem is not None or not len(entry.run.steps):
+    of this version; None when it cannot be shown."""
+    if entry.problem is not None or not len(entry.run.steps):
         return None
     data = entry.run
-    with entry._lock:
-        diagnosed = Thresholds() in entry._findings
-    if diagnosed or len(data.steps) <= sample_steps:
+    if entry.diagnosed(Thresholds()) or len(data.steps) <= sample_steps:
         return entry.findings(Thresholds()), len(data.steps), "all"
     rows = np.unique(np.linspace(0, len(data.steps) - 1, sample_steps).round())
     sample = _Rows(data, rows.astype(np.int64))
@@ -224,38 +204,3 @@ def _batches(
             batches.append([item])
             size = need
     return batches
-
-
-def _merge(
-    run: str, layouts: dict[str, metadata.Layout], series: dict[str, list]
-) -> reader.GradFlowRun | None:
-    """One watcher's sampled records merged by layer name, as the plugin merges
-    a full read; None when a record does not fit its tag's layout (the plugin
-    refuses such a run: files written before layout tags)."""
-    found = {t: series[t] for t in layouts if series.get(t)}
-    if not found:
-        return None
-    order = sorted(
-        found,
-        key=lambda t: (
-            min(d.wall_time for d in found[t]),
-            min(d.step for d in found[t]),
-            t,
-        ),
-    )
-    records = []
-    for p, t in enumerate(order):
-        size = layouts[t].size
-        for k, datum in enumerate(found[t]):
-            flat = datum.numpy.reshape(-1)
-            if flat.size != size:
-                return None
-            records.append((datum.wall_time, p, k, datum.step, flat))
-    records.sort(key=lambda r: r[:3])  # wall time, layer set, order in tag
-    return reader.merge_records(
-        run,
-        [layouts[t] for t in order],
-        [r[3] for r in records],
-        [r[4] for r in records],
-        [r[1] for r in records],
-    )

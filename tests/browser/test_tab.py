@@ -966,7 +966,7 @@ def test_an_ongoing_alert_stays_active_after_its_last_step(page, tensorboard):
     assert layer_rows(frame)[0]["blocked"] is True
 
 
-# Colours of the light palette's heatmap marks (chart.js PALETTES.light).
+# Colours of the light palette's heatmap marks (palette.js PALETTES.light).
 HEAT_NAN = (218, 220, 224)  # no gradient
 HEAT_ABSENT = (154, 160, 166)  # the hatching of "no such layer"
 BACKGROUND = (255, 255, 255)

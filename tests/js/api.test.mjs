@@ -109,6 +109,18 @@ test("Client.heatmap asks for the binary format and decodes it", async () => {
   assert.deepEqual(Array.from(h.values), [1, 2, 3, 4, 5, 6]);
 });
 
+test("Client.lines asks the lines route for the binary format and decodes max then min", async () => {
+  const fetch = fakeFetch({ lines: encodeHeatmap(HEAD, [1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1]) });
+  const c = new Client({ fetch });
+  const l = await c.lines({ run: "healthy", tag: "gradflow" }, "update_ratio", 1000);
+  assert.deepEqual(query(fetch.calls[0]), { run: "healthy", tag: "gradflow", stat: "update_ratio", max_steps: "1000", format: "binary" });
+  assert.ok(fetch.calls[0].startsWith("./lines?"));
+  assert.deepEqual(Array.from(l.max), [1, 2, 3, 4, 5, 6]);
+  assert.deepEqual(Array.from(l.min), [6, 5, 4, 3, 2, 1]);
+  await c.lines({ run: "healthy", tag: "gradflow" }, "update_ratio", 1000);
+  assert.equal(fetch.calls.length, 1); // cached per URL, as every route but runs and triage
+});
+
 test("Client.runs converts the listing and is never cached", async () => {
   const entry = {
     run: "a", tag: "gradflow", name: null, layers: 5, last_step: 9999, every: 1, last_wall_time: 1796527594.35,

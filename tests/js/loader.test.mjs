@@ -34,6 +34,7 @@ function server(runs) {
     alerts: (url) => ({ alerts: [{ kind: "blocked", layer: "head", first_step: 1, last_step: 2, steps: 2, message: q(url).run }] }),
     flow: (url) => ({ ...FLOW, run: q(url).run, step: Number(q(url).step) }),
     heatmap: encodeHeatmap(HEAD, [1, 2, 3, 4, 5, 6]),
+    lines: encodeHeatmap(HEAD, [1, 2, 3, 4, 5, 6], [0.5, 1, 1.5, 2, 2.5, 3]),
   });
   const routes = () => fetch.calls.map((u) => `${u.slice(2).split("?")[0]} ${new URLSearchParams(u.split("?")[1]).toString()}`.trim());
   return { fetch, routes };
@@ -49,7 +50,7 @@ test("StaleGuard keeps only the latest token of each slot", () => {
   assert.equal(g.isCurrent("heat", h), true);
 });
 
-test("the first poll loads the first run's steps, alerts, heatmap and newest step", async () => {
+test("the first poll loads the first run's steps, alerts, heatmap, lines and newest step", async () => {
   const { fetch, routes } = server(() => [runInfo("my run", 5), runInfo("other")]);
   const t = tab(new Client({ fetch }));
   await t.loader.poll();
@@ -60,6 +61,7 @@ test("the first poll loads the first run's steps, alerts, heatmap and newest ste
     "steps run=my+run&tag=gradflow",
     "alerts run=my+run&tag=gradflow",
     `heatmap run=my+run&tag=gradflow&stat=abs_mean&max_steps=${HEAT_COLUMNS}&format=binary`,
+    `lines run=my+run&tag=gradflow&stat=abs_mean&max_steps=${HEAT_COLUMNS}&format=binary`,
     "flow run=my+run&tag=gradflow&step=4",
   ]);
   const s = t.state;
@@ -68,14 +70,17 @@ test("the first poll loads the first run's steps, alerts, heatmap and newest ste
   assert.equal(currentStep(s), 4);
   assert.equal(s.alerts[0][0].message, "my run");
   assert.equal(s.heats.length, 1);
+  assert.equal(s.lines.length, 1);
+  assert.deepEqual(Array.from(s.lines[0].max), [1, 2, 3, 4, 5, 6]);
+  assert.deepEqual(Array.from(s.lines[0].min), [0.5, 1, 1.5, 2, 2.5, 3]);
   assert.equal(s.flows[0].run, "my run");
   assert.equal(s.flows[0].step, 4);
   assert.equal(s.flowPending, false);
   assert.equal(s.error, "");
-  assert.deepEqual(new Set(t.redraws), new Set(["dom", "heat", "bars"]));
+  assert.deepEqual(new Set(t.redraws), new Set(["dom", "heat", "lines", "bars"]));
 });
 
-test("a compared run without the chosen statistic gets a not-logged heatmap, asked of no route", async () => {
+test("a compared run without the chosen statistic gets not-logged heatmap and lines, asked of no route", async () => {
   const zeta = { name: "zeta", meaning: null, unit: null, bad: null, logged: true };
   const mine = runInfo("mine", 5, { stats: [...runInfo("x").stats, zeta] });
   const { fetch, routes } = server(() => [mine, runInfo("plain", 5)]);
@@ -90,6 +95,12 @@ test("a compared run without the chosen statistic gets a not-logged heatmap, ask
   assert.equal(t.state.heats.length, 2);
   assert.equal(t.state.heats[0].logged, true); // the route's answer (the fake's)
   assert.deepEqual([t.state.heats[1].run, t.state.heats[1].stat, t.state.heats[1].logged], ["plain", "zeta", false]);
+  const lines = routes().filter((r) => r.startsWith("lines"));
+  assert.ok(lines.length > 0 && lines.every((r) => r.includes("run=mine")), lines);
+  assert.equal(t.state.lines.length, 2);
+  assert.equal(t.state.lines[0].logged, true);
+  assert.deepEqual([t.state.lines[1].run, t.state.lines[1].stat, t.state.lines[1].logged], ["plain", "zeta", false]);
+  assert.deepEqual([t.state.lines[1].max.length, t.state.lines[1].min.length], [0, 0]);
   assert.equal(t.state.error, "");
 });
 
@@ -130,6 +141,7 @@ test("only the answer to the latest request of a kind is used", async () => {
     steps: async () => stepsInfo("r", 10),
     alerts: async () => [],
     heatmap: async () => ({ run: "r" }),
+    lines: async () => ({ run: "r" }),
     flow: (r, step) => new Promise((resolve) => waiting.push({ step, resolve })),
     invalidate() {},
   };
@@ -167,6 +179,7 @@ test("failures show as text: the server's line, and stale failures not at all", 
     steps: (r) => (r.run === "r" ? new Promise((_, reject) => { fail = reject; }) : Promise.resolve(stepsInfo("s", 2, { steps: [1, 2] }))),
     alerts: async () => [],
     heatmap: async () => ({ run: "s" }),
+    lines: async () => ({ run: "s" }),
     flow: async (r, step) => ({ run: r.run, step, stats: {}, alerts: [] }),
     invalidate() {},
   };
@@ -228,10 +241,10 @@ test("a selected run whose routes answer 404 is shown as such with the server's 
   await settle();
   const s = t.state;
   assert.deepEqual(s.problem, { key: runKey({ run: "old", tag: "gradflow" }), message: reason });
-  assert.deepEqual([s.steps, s.flows, s.heats, s.kept], [[], [], [], [null, null]]); // nothing of "good" stays on screen
+  assert.deepEqual([s.steps, s.flows, s.heats, s.lines, s.kept], [[], [], [], [], [null, null]]); // nothing of "good" stays on screen
   assert.deepEqual(s.runs.map((r) => r.run), ["good", "old"]);
   assert.equal(s.error, "");
-  assert.ok(!routes().some((r) => r.startsWith("heatmap run=old") || r.startsWith("flow run=old")), routes());
+  assert.ok(!routes().some((r) => /^(heatmap|lines|flow) run=old/.test(r)), routes());
   // back to a good run: shown again
   await t.dispatch({ type: "selectRun", key: runKey({ run: "good", tag: "gradflow" }) });
   await settle();

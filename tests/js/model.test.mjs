@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  LEFT_OUT_NAMED, alertHolds, alertSpan, changedRuns, decodeHeatmap, encodeHeatmap, keptStepsText, keptStepsWarn, layerLabel,
-  leftOutText, matchLayers, notLoggedHeatmap, reviveAlert, reviveFlow, reviveSteps, runSignatures, toNumber, toNumbers,
+  LEFT_OUT_NAMED, alertHolds, alertSpan, changedRuns, decodeHeatmap, decodeLines, encodeHeatmap, keptStepsText, keptStepsWarn, layerLabel,
+  leftOutText, matchLayers, notLoggedHeatmap, notLoggedLines, reviveAlert, reviveFlow, reviveSteps, runSignatures, toNumber, toNumbers,
 } from "../../frontend/model.js";
 import { FLOW, HEAD } from "./fixtures.mjs";
 
@@ -76,6 +76,31 @@ test("decodeHeatmap rejects a truncated body", () => {
   assert.throws(() => decodeHeatmap(buf.slice(0, buf.byteLength - 4)), /fewer than 2 x 3/);
   assert.throws(() => decodeHeatmap(buf.slice(0, 10)), /truncated/);
   assert.throws(() => decodeHeatmap(new ArrayBuffer(2)), /shorter/);
+});
+
+test("decodeLines reads the header, then the max matrix, then the min one", () => {
+  const l = decodeLines(encodeHeatmap(HEAD, [1, 2, 3, 4, Infinity, -Infinity], [0.5, 1, NaN, 4, 3, NaN]));
+  assert.deepEqual([l.run, l.stat, l.layers, l.steps, l.last_steps], ["healthy", "abs_mean", ["a", "bb"], [0, 150, 299], [149, 298, 299]]);
+  assert.equal(l.downsampled, true);
+  assert.ok(l.max instanceof Float32Array && l.min instanceof Float32Array);
+  assert.deepEqual(Array.from(l.max), [1, 2, 3, 4, Infinity, -Infinity]);
+  assert.deepEqual(Array.from(l.min), [0.5, 1, NaN, 4, 3, NaN]);
+  assert.equal("values" in l, false);
+});
+
+test("decodeLines rejects a body holding one matrix only", () => {
+  const one = encodeHeatmap(HEAD, [1, 2, 3, 4, 5, 6]); // a heatmap's body
+  assert.throws(() => decodeLines(one), /fewer than 2 x 2 x 3/);
+});
+
+test("notLoggedLines is empty and says so, as notLoggedHeatmap", () => {
+  const l = notLoggedLines({ run: "old", tag: "gradflow" }, "rows");
+  const h = notLoggedHeatmap({ run: "old", tag: "gradflow" }, "rows");
+  assert.deepEqual([l.run, l.stat, l.logged, l.layers, l.steps], ["old", "rows", false, [], []]);
+  assert.deepEqual([l.max.length, l.min.length], [0, 0]);
+  const { max, min, ...head } = l;
+  const { values, ...heatHead } = h;
+  assert.deepEqual(head, heatHead);
 });
 
 test("matchLayers keeps the first run's order and appends the second run's extras", () => {

@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { PALETTES } from "../../frontend/chart.js";
 import { reviveFlow, runKey } from "../../frontend/model.js";
+import { PALETTES } from "../../frontend/palette.js";
 import {
   EMPTY_HINT, EMPTY_MESSAGE, PNG_HEADING, alertGroups, barLabel, emptyMessage, keptLine, leftOutGroups, legendItems,
-  UNKNOWN_MEANING, barOptions, heatText, logControl, palette, pngName, runLabel, runMenus, runProblem, speedMenu,
+  UNKNOWN_MEANING, barOptions, heatText, linesText, logControl, palette, pngName, runLabel, runMenus, runProblem, speedMenu,
   statOptions, statTitle, stepControls,
 } from "../../frontend/present.js";
 import { initialState, reduce } from "../../frontend/state.js";
@@ -203,4 +203,13 @@ test("the Speed menu offers the play speeds in steps per second", () => {
   assert.equal(m.value, "4");
   assert.equal(speedMenu(state(listed, { type: "setSpeed", speed: 100 })).value, "100");
   assert.equal(PNG_HEADING, "Gradient per layer");
+});
+
+test("linesText names the run, the statistic and the scale, says when bins are drawn, and says not logged", () => {
+  const lines = { run: "r", stat: "update_ratio", downsampled: false, logged: true };
+  assert.deepEqual(linesText(lines, "log"), { title: "r \u00b7 update_ratio (log scale)", message: "" });
+  assert.equal(linesText({ ...lines, downsampled: true }, "linear").title, "r \u00b7 update_ratio, smallest to largest per bin");
+  assert.deepEqual(linesText({ ...lines, logged: false }, "log"), {
+    title: "r \u00b7 update_ratio (not logged)", message: "update_ratio is not logged in r",
+  });
 });

@@ -113,7 +113,7 @@ test("polling: new steps of a shown run reload it without losing the selected st
   assert.equal(state.a, runs[1]); // the new entry, with the new step count
   assert.equal(state.b.run, "healthy");
   ({ state, fx: f } = apply(state, { type: "stepsLoaded", steps: range(150), alerts: [[], []] }));
-  assert.deepEqual(f, fx(["dom"], ["heat", "flows"]));
+  assert.deepEqual(f, fx(["dom"], ["heat", "lines", "flows"]));
   assert.equal(currentStep(state), 42);
   assert.equal(state.follow, false);
   assert.equal(state.layer, "head");
@@ -227,7 +227,7 @@ test("play ticks advance one step once the shown step has loaded, and stop at th
   assert.equal(waiting.state, state);
   assert.deepEqual(waiting.fx, fx([]));
   ({ state, fx: f } = apply(state, { type: "flowsLoaded", flows: [flow("healthy", 97)] }));
-  assert.deepEqual(f, fx(["bars", "heat", "dom"], ["next"])); // warms the cache with step 98
+  assert.deepEqual(f, fx(["bars", "heat", "lines", "dom"], ["next"])); // warms the cache with step 98
   assert.equal(nextStep(state), 98);
   ({ state, fx: f } = apply(state, { type: "tick" }));
   assert.equal(currentStep(state), 98);
@@ -266,7 +266,7 @@ test("pause stops playing at once: a late step answer and later ticks neither re
   ({ state, fx: f } = apply(state, { type: "flowsLoaded", flows: [flow("healthy", 43)] }));
   assert.equal(state.playing, false);
   assert.equal(state.index, paused.index);
-  assert.deepEqual(f, fx(["bars", "heat", "dom"]));
+  assert.deepEqual(f, fx(["bars", "heat", "lines", "dom"]));
   // the play timer keeps firing: each tick leaves the state as it is and asks for nothing
   for (let i = 0; i < 4; i++) {
     const t = apply(state, { type: "tick" });
@@ -288,13 +288,13 @@ test("play and pause within one frame: the frame draws the last state, paused", 
   assert.equal(apply(pause.state, { type: "tick" }).state, pause.state);
 });
 
-test("the statistic reloads the heatmaps; the log scale redraws the bars only", () => {
+test("the statistic reloads the heatmaps and lines; the log scale redraws the bars and lines only", () => {
   let { state, fx: f } = apply(loaded(), { type: "setStat", stat: "norm" });
   assert.equal(state.stat, "norm");
-  assert.deepEqual(f, fx(["bars", "dom"], ["heat"]));
+  assert.deepEqual(f, fx(["bars", "dom"], ["heat", "lines"]));
   ({ state, fx: f } = apply(state, { type: "setLog", log: false }));
   assert.equal(state.log, false);
-  assert.deepEqual(f, fx(["bars"]));
+  assert.deepEqual(f, fx(["bars", "lines"]));
   ({ state, fx: f } = apply(state, { type: "setLog", log: true }));
   assert.equal(state.log, true);
 });
@@ -303,22 +303,22 @@ test("clicking a bar selects its layer; clicking it again or beside the bars cle
   const s = loaded();
   let { state, fx: f } = apply(s, { type: "toggleLayer", layer: "head" });
   assert.equal(state.layer, "head");
-  assert.deepEqual(f, fx(["bars", "heat"]));
+  assert.deepEqual(f, fx(["bars", "heat", "lines"]));
   assert.equal(apply(state, { type: "toggleLayer", layer: "head" }).state.layer, null);
   assert.equal(apply(state, { type: "toggleLayer", layer: "lstm1" }).state.layer, "lstm1");
   assert.equal(apply(state, { type: "toggleLayer", layer: null }).state.layer, null);
 });
 
-test("an alert or heatmap cell selects its layer and the nearest kept step", () => {
+test("an alert, heatmap cell or lines-view step selects its layer and the nearest kept step", () => {
   const s = apply(initialState(), { type: "listed", runs: RUNS }, { type: "stepsLoaded", steps: [0, 10, 20, 30], alerts: [[], []] }).state;
   const { state, fx: f } = apply(s, { type: "focus", layer: "lstm1.weight_ih_l0", step: 14 });
   assert.equal(state.layer, "lstm1.weight_ih_l0");
   assert.equal(currentStep(state), 10);
   assert.equal(state.follow, false);
-  assert.deepEqual(f, fx(["bars", "heat", "dom"], ["flows"]));
+  assert.deepEqual(f, fx(["bars", "heat", "lines", "dom"], ["flows"]));
   const none = apply(apply(initialState(), { type: "listed", runs: RUNS }).state, { type: "focus", layer: "x", step: 3 });
   assert.equal(none.state.layer, "x");
-  assert.deepEqual(none.fx, fx(["bars", "heat"]));
+  assert.deepEqual(none.fx, fx(["bars", "heat", "lines"]));
 });
 
 test("loaded flows keep the chosen statistic, or fall back to the first one listed", () => {
@@ -327,13 +327,13 @@ test("loaded flows keep the chosen statistic, or fall back to the first one list
   let { state, fx: f } = apply(s, { type: "flowsLoaded", flows: [flow("healthy", 99)] });
   assert.equal(state.flowPending, false);
   assert.equal(state.stat, "abs_mean");
-  assert.deepEqual(f, fx(["bars", "heat", "dom"]));
+  assert.deepEqual(f, fx(["bars", "heat", "lines", "dom"]));
   // a run whose listing lacks the chosen statistic: the first one it lists
   const only = runInfo("only", 10, { stats: [STATS[4], STATS[2]] }); // rows, norm
   ({ state } = apply(state, { type: "listed", runs: [...RUNS, only] }, { type: "selectRun", key: key("only") }));
   ({ state, fx: f } = apply(state, { type: "flowsLoaded", flows: [flow("only", 9, { rows: [1], norm: [2] })] }));
   assert.equal(state.stat, "rows");
-  assert.deepEqual(f, fx(["bars", "heat", "dom"], ["heat"]));
+  assert.deepEqual(f, fx(["bars", "heat", "lines", "dom"], ["heat", "lines"]));
   // one it lists as not logged stays chosen (the URL asked for it; the plot says so)
   const old = runInfo("old", 10, { stats: [STATS[0], { ...STATS[4], logged: false }] });
   ({ state } = apply(state, { type: "listed", runs: [...RUNS, only, old] }, { type: "selectRun", key: key("old") }));
@@ -355,6 +355,7 @@ test("failures keep their text for the status line and end a pending step", () =
 test("a run that cannot be shown clears what was shown; an answer for another run is ignored", () => {
   let s = loaded("unnormalised_inputs");
   s = apply(s, { type: "flowsLoaded", flows: [flow("unnormalised_inputs", 99)] }, { type: "heatsLoaded", heats: [{ run: "x" }] }).state;
+  s = apply(s, { type: "linesLoaded", lines: [{ run: "x" }] }, { type: "hoverLayer", layer: "head" }).state;
   s = apply(s, { type: "togglePlay" }).state;
   // a late answer about a run no longer selected changes nothing
   const stale = apply(s, { type: "runFailed", key: key("healthy"), message: "gone" });
@@ -363,7 +364,8 @@ test("a run that cannot be shown clears what was shown; an answer for another ru
   const { state, fx: f } = apply(s, { type: "runFailed", key: key("unnormalised_inputs"), message: "the layer set changed" });
   assert.deepEqual(state.problem, { key: key("unnormalised_inputs"), message: "the layer set changed" });
   assert.deepEqual([state.steps, state.index, state.flows, state.heats, state.playing], [[], -1, [], [], false]);
-  assert.deepEqual(f, fx(["dom", "bars", "heat"]));
+  assert.deepEqual([state.lines, state.hover], [[], null]);
+  assert.deepEqual(f, fx(["dom", "bars", "heat", "lines"]));
   // its steps load later (new data that can be read): the problem is gone
   const again = apply(state, { type: "stepsLoaded", steps: range(5), alerts: [[], []] }).state;
   assert.equal(again.problem, null);
@@ -397,7 +399,31 @@ test("heatmaps and the colour scheme redraw what they touch", () => {
   assert.deepEqual(f, fx(["heat"]));
   ({ state, fx: f } = apply(state, { type: "setDark", dark: true }));
   assert.equal(state.dark, true);
-  assert.deepEqual(f, fx(["bars", "heat", "dom"]));
+  assert.deepEqual(f, fx(["bars", "heat", "lines", "dom"]));
+});
+
+test("loaded lines redraw the lines view only and forget the hovered layer", () => {
+  let { state } = apply(loaded(), { type: "hoverLayer", layer: "head" });
+  const lines = [{ run: "healthy" }];
+  let f;
+  ({ state, fx: f } = apply(state, { type: "linesLoaded", lines }));
+  assert.equal(state.lines, lines);
+  assert.equal(state.hover, null); // the old answer's layers may not be the new one's
+  assert.deepEqual(f, fx(["lines"]));
+});
+
+test("hovering a line highlights its layer in the lines view only; the same layer again changes nothing", () => {
+  const s = loaded();
+  let { state, fx: f } = apply(s, { type: "hoverLayer", layer: "head" });
+  assert.equal(state.hover, "head");
+  assert.equal(state.layer, s.layer); // hovering selects nothing
+  assert.deepEqual(f, fx(["lines"]));
+  const same = apply(state, { type: "hoverLayer", layer: "head" });
+  assert.equal(same.state, state);
+  assert.deepEqual(same.fx, fx([]));
+  ({ state, fx: f } = apply(state, { type: "hoverLayer", layer: null }));
+  assert.equal(state.hover, null);
+  assert.deepEqual(f, fx(["lines"]));
 });
 
 test("an unknown action is an error", () => {

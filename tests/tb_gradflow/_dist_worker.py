@@ -3,7 +3,9 @@
 Usage: python _dist_worker.py MODE RANK WORLD INIT_FILE OUTDIR
 MODE is "ddp" or "fsdp". Rank r trains on its half of a fixed batch; rank 0
 writes with tb_gradflow.watch, rank 1 is given a writer of its own and must not
-write gradflow data into it (watch's default rank=0).
+write gradflow data into it (watch's default rank=0). MODE "ddp-trace" divides
+by zero in the forward pass from step 1 on under DDP, with an optimizer that
+skips non-finite steps, and writes each rank's traced origins as JSON lines.
 """
 
 import sys
@@ -41,10 +43,56 @@ def train(model, opt, x, y) -> None:
         opt.step()
 
 
+class DivideBy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("divisor", torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.divisor
+
+
+class SkipNonfiniteSGD(torch.optim.SGD):
+    @torch.no_grad()
+    def step(self, closure=None):
+        grads = [p.grad for g in self.param_groups for p in g["params"]]
+        if all(torch.isfinite(g).all() for g in grads if g is not None):
+            return super().step(closure)
+        return None
+
+
+def trace(rank: int, world: int, outdir: str) -> None:
+    """DDP with trace_nonfinite: only the logging rank arms its hooks."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), DivideBy(), nn.Linear(16, 3))
+    model = nn.parallel.DistributedDataParallel(plain)
+    opt = SkipNonfiniteSGD(model.parameters(), lr=0.1)
+    x, y = make_batch()
+    half = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+    writer = SummaryWriter(f"{outdir}/ddp-trace-rank0") if rank == 0 else None
+    flow = tb_gradflow.watch(model, writer, optimizer=opt, trace_nonfinite=True)
+    for step in range(STEPS):
+        if step == 1:
+            plain[2].divisor.fill_(0.0)
+        opt.zero_grad()
+        F.mse_loss(model(x[half]), y[half]).backward()
+        opt.step()
+    if writer is not None:
+        writer.close()
+    with open(f"{outdir}/ddp-trace-rank{rank}.jsonl", "w") as f:
+        for origin in flow.nonfinite_origins:
+            f.write(origin.to_json().decode() + "\n")
+
+
 def main(mode: str, rank: int, world: int, init_file: str, outdir: str) -> None:
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world
     )
+    if mode == "ddp-trace":
+        trace(rank, world, outdir)
+        dist.barrier()
+        dist.destroy_process_group()
+        return
     model = make_model()
     if mode == "ddp":
         model = nn.parallel.DistributedDataParallel(model)

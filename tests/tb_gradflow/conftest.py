@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from plugin_client import make_plugin_client
 
 from tb_gradflow.layers import layer_name
 
@@ -103,34 +104,6 @@ def assert_served_beside_scalars(tensorboard_process, logdir, run, scalar_tag, r
 @pytest.fixture
 def served_beside_scalars(tensorboard_process):
     return lambda *args: assert_served_beside_scalars(tensorboard_process, *args)
-
-
-def make_plugin_client(logdir, sampling_hints=None, listing_ttl=0.0):
-    """A werkzeug client of TensorBoard's WSGI app with the gradflow plugin over
-    ``logdir`` (the Python loader, loaded once), and its multiplexer."""
-    from tensorboard.backend import application
-    from tensorboard.backend.event_processing import (
-        data_provider,
-        plugin_event_multiplexer,
-    )
-    from tensorboard.plugins import base_plugin
-    from werkzeug import test, wrappers
-
-    from tb_gradflow import metadata, plugin
-
-    mux = plugin_event_multiplexer.EventMultiplexer(
-        tensor_size_guidance={metadata.PLUGIN_NAME: 0}
-    )
-    mux.AddRunsFromDirectory(str(logdir))
-    mux.Reload()
-    provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
-    context = base_plugin.TBContext(
-        logdir=str(logdir), data_provider=provider, sampling_hints=sampling_hints
-    )
-    gradflow = plugin.GradFlowPlugin(context)
-    gradflow.listing_ttl = listing_ttl  # 0: see new data at once
-    app = application.TensorBoardWSGI([gradflow], data_provider=provider)
-    return test.Client(app, wrappers.Response), mux
 
 
 @pytest.fixture

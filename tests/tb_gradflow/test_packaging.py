@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tb_gradflow import plugin
+from tb_gradflow import static
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 def servable_files(folder: Path) -> dict[str, bytes]:
     """The frontend files the plugin would serve from ``folder``, by name."""
-    names = [n for n in plugin._static_names(folder) if (folder / n).is_file()]
+    names = [n for n in static.static_names(folder) if (folder / n).is_file()]
     return {n: (folder / n).read_bytes() for n in names}
 
 
@@ -43,7 +43,7 @@ def test_the_package_list_names_every_package():
 
 
 def test_the_editable_install_serves_the_checkout_frontend():
-    assert Path(str(plugin._frontend_dir())) == ROOT / "frontend"
+    assert Path(str(static.frontend_dir())) == ROOT / "frontend"
 
 
 _CHECK = """
@@ -53,16 +53,17 @@ from tensorboard.plugins import base_plugin
 from werkzeug import test, wrappers
 from tensorboard.backend import application
 import tb_gradflow.plugin as p
+import tb_gradflow.static as s
 
 (loader,) = [x for x in default.get_dynamic_plugins() if x.__name__ == "GradFlowLoader"]
 plugin = loader().load(base_plugin.TBContext())
 client = test.Client(application.TensorBoardWSGI([plugin]), wrappers.Response)
 served = {}
-for name in p._static_names():
+for name in s.static_names():
     r = client.get("/data/plugin/gradflow/" + name)
     if r.status_code == 200:
         served[name] = [r.headers["Content-Type"], r.get_data().hex()]
-print(json.dumps({"plugin": p.__file__, "frontend": str(p._frontend_dir()),
+print(json.dumps({"plugin": p.__file__, "frontend": str(s.frontend_dir()),
                   "served": served, "torch": "torch" in sys.modules}))
 """
 

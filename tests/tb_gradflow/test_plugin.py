@@ -11,22 +11,30 @@ import dataclasses
 import gzip
 import importlib
 import json
+import logging
 import math
 import struct
 
 import numpy as np
 import pytest
+from plugin_client import make_plugin_client
 from tensorboard import context, default, errors, program
-from tensorboard.backend import application
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
 from tensorboard.backend.event_processing import plugin_event_multiplexer
 from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins import base_plugin
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
-from werkzeug import test as werkzeug_test
-from werkzeug import wrappers
 
-from tb_gradflow import metadata, plugin, reader
+from tb_gradflow import (
+    metadata,
+    plugin,
+    problem_log,
+    query,
+    reader,
+    run_loader,
+    static,
+    watchers,
+)
 from tb_gradflow import stats as tb_stats
 from tb_gradflow.diagnosis import Thresholds, diagnose
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN, GradFlowLoader
@@ -123,25 +131,9 @@ def logdir(tmp_path_factory):
     return d
 
 
-def make_client(logdir, sampling_hints=None, listing_ttl=0.0):
-    mux = plugin_event_multiplexer.EventMultiplexer(
-        tensor_size_guidance={metadata.PLUGIN_NAME: 0}
-    )
-    mux.AddRunsFromDirectory(str(logdir))
-    mux.Reload()
-    provider = tb_data_provider.MultiplexerDataProvider(mux, str(logdir))
-    context = base_plugin.TBContext(
-        logdir=str(logdir), data_provider=provider, sampling_hints=sampling_hints
-    )
-    gradflow = plugin.GradFlowPlugin(context)
-    gradflow.listing_ttl = listing_ttl  # 0: see new data at once
-    app = application.TensorBoardWSGI([gradflow], data_provider=provider)
-    return werkzeug_test.Client(app, wrappers.Response), mux
-
-
 @pytest.fixture(scope="module")
 def client(logdir):
-    return make_client(logdir)[0]
+    return make_plugin_client(logdir)[0]
 
 
 def get(client, route, **params):
@@ -189,7 +181,7 @@ def test_flow_at_the_newest_step_keeps_an_ongoing_streaks_alert(tmp_path):
         return record(mean, abs_max=3 * mean, norm=10 * mean)
 
     write_run(tmp_path, "live", layout, range(len(means)), stats_at)
-    flow = get_json(make_client(tmp_path)[0], "flow", run="live")
+    flow = get_json(make_plugin_client(tmp_path)[0], "flow", run="live")
     assert flow["step"] == 8
     (alert,) = flow["alerts"]
     assert (alert["kind"], alert["layer"], alert["first_step"]) == ("blocked", "enc", 3)
@@ -216,7 +208,7 @@ def test_plugins_listing_enables_the_tab(client):
 def test_runs_lists_readable_runs_and_watchers_without_reading_them(
     logdir, monkeypatch
 ):
-    client, _ = make_client(logdir)  # a fresh plugin: nothing read yet
+    client, _ = make_plugin_client(logdir)  # a fresh plugin: nothing read yet
     reads = []
     original = tb_data_provider.MultiplexerDataProvider.read_tensors
 
@@ -341,7 +333,7 @@ def test_runs_lists_each_watchers_statistics_by_name_from_the_listing_alone(
     chose = dataclasses.replace(older, stats=(*newer.stats, "update_ratio"))
     ratio = {"rows": 1, "update_ratio": 1e-3}
     write_by_name(tmp_path, "chose", chose, [0], gradient | ratio)
-    client, _ = make_client(tmp_path)
+    client, _ = make_plugin_client(tmp_path)
     reads = []
     monkeypatch.setattr(
         tb_data_provider.MultiplexerDataProvider,
@@ -388,7 +380,7 @@ def test_flow_and_heatmap_say_which_statistics_the_files_lack(tmp_path):
     write_by_name(tmp_path, "old", older, [0, 1], gradient)
     current = metadata.Layout(layers=LAYERS)
     write_run(tmp_path, "new", current, [0], healthy_stats)
-    client, _ = make_client(tmp_path)
+    client, _ = make_plugin_client(tmp_path)
 
     def registered_but_not_in(layout):
         return [name for name in tb_stats.names() if name not in layout.stats]
@@ -536,6 +528,140 @@ def test_heatmap_json_is_the_same_with_gzip(client):
     )
 
 
+LINE_LAYERS = ("embed", "block.0", "block.1", "head")
+LINE_STEPS = 250  # logged steps, one every 2
+SPIKE = (123, 0, 1e3)  # (step index, layer, value): far above every other value
+DIP = (77, 1, 1e-9)  # far below every other value
+NO_GRAD = (2, range(10, 41))  # (layer, step indices): no gradient
+NONFINITE_AT = (3, 200)  # (layer, step index)
+
+
+def line_values(i):
+    """abs_mean of every layer at step index ``i`` (before NO_GRAD and
+    NONFINITE_AT): log-normal around 1e-3, seeded per step."""
+    values = np.random.default_rng(i).lognormal(np.log(1e-3), 0.5, len(LINE_LAYERS))
+    for at, layer, value in (SPIKE, DIP):
+        if i == at:
+            values[layer] = value
+    return values
+
+
+def line_stats(i):
+    """A record of :func:`line_values`; ``NO_GRAD`` and ``NONFINITE_AT`` applied."""
+    mean = line_values(i)
+    nonfinite = np.zeros(len(LINE_LAYERS))
+    layer, at = NONFINITE_AT
+    if i == at:
+        mean[layer] = INF
+        nonfinite[layer] = 5
+    stats = record(mean, abs_max=2 * mean, norm=4 * mean, nonfinite=nonfinite)
+    layer, steps = NO_GRAD
+    if i in steps:
+        stats[:, layer] = NAN  # no gradient: NaN in every statistic
+    return stats
+
+
+def reference_lines(columns):
+    """Each layer's largest and smallest abs_mean per bin, in plain loops over
+    the written values (float32, as stored): bins of (nearly) equal count;
+    largest: "Infinity" when a value was non-finite, "NaN" with no value;
+    smallest: the smallest finite value, "NaN" with none."""
+    rows = [
+        line_stats(i)[tb_stats.names().index("abs_mean")] for i in range(LINE_STEPS)
+    ]
+    n = min(columns, LINE_STEPS)
+    largest = [[None] * n for _ in LINE_LAYERS]
+    smallest = [[None] * n for _ in LINE_LAYERS]
+    for c in range(n):
+        for layer in range(len(LINE_LAYERS)):
+            seen = [
+                float(np.float32(rows[i][layer]))
+                for i in range(c * LINE_STEPS // n, (c + 1) * LINE_STEPS // n)
+                if not math.isnan(rows[i][layer])
+            ]
+            finite = [v for v in seen if math.isfinite(v)]
+            if len(finite) < len(seen):
+                largest[layer][c] = "Infinity"
+            else:
+                largest[layer][c] = max(finite) if finite else "NaN"
+            smallest[layer][c] = min(finite) if finite else "NaN"
+    return largest, smallest
+
+
+@pytest.fixture(scope="module")
+def lines_client(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lines")
+    layout = metadata.Layout(layers=LINE_LAYERS, every=2)
+    write_run(d, "run", layout, range(0, 2 * LINE_STEPS, 2), line_stats)
+    return make_plugin_client(d)[0]
+
+
+@pytest.mark.parametrize("columns", [7, 50, 1000])
+def test_lines_keep_each_bins_largest_and_smallest_value(lines_client, columns):
+    answer = get_json(
+        lines_client, "lines", run="run", stat="abs_mean", max_steps=str(columns)
+    )
+    largest, smallest = reference_lines(columns)
+    assert answer["max"] == largest
+    assert answer["min"] == smallest
+    n = min(columns, LINE_STEPS)
+    assert answer["first_steps"] == [2 * (c * LINE_STEPS // n) for c in range(n)]
+    assert answer["last_steps"] == [
+        2 * ((c + 1) * LINE_STEPS // n - 1) for c in range(n)
+    ]
+    assert answer["downsampled"] is (n < LINE_STEPS)
+    heat = get_json(
+        lines_client, "heatmap", run="run", stat="abs_mean", max_steps=str(columns)
+    )
+    assert {k: v for k, v in answer.items() if k not in ("max", "min")} == {
+        k: v for k, v in heat.items() if k != "values"
+    }
+    assert answer["max"] == heat["values"]  # the heatmap's values are the max
+
+
+def test_a_spike_survives_in_max_and_a_dip_in_min_however_few_the_columns(
+    lines_client,
+):
+    for columns in ("1", "7", "50"):
+        answer = get_json(
+            lines_client, "lines", run="run", stat="abs_mean", max_steps=columns
+        )
+        spike_at, layer, spike = SPIKE
+        column = _column_of(answer, 2 * spike_at)
+        assert answer["max"][layer][column] == float(np.float32(spike))
+        dip_at, layer, dip = DIP
+        column = _column_of(answer, 2 * dip_at)
+        assert answer["min"][layer][column] == float(np.float32(dip))
+
+
+def _column_of(answer, step):
+    (column,) = [
+        c
+        for c, (a, z) in enumerate(zip(answer["first_steps"], answer["last_steps"]))
+        if a <= step <= z
+    ]
+    return column
+
+
+def test_lines_binary_is_the_header_then_max_then_min(lines_client):
+    params = dict(run="run", stat="abs_mean", max_steps="7")
+    expected = get_json(lines_client, "lines", **params)
+    response = get(lines_client, "lines", format="binary", **params)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/octet-stream"
+    body = response.get_data()
+    (n,) = struct.unpack("<I", body[:4])
+    header = json.loads(body[4 : 4 + n].decode("utf-8"))
+    assert header == {k: v for k, v in expected.items() if k not in ("max", "min")}
+    offset = 4 + n + (-(4 + n) % 4)
+    shape = (2, len(header["layers"]), len(header["steps"]))
+    matrices = np.frombuffer(body[offset:], dtype="<f4")
+    assert matrices.size == shape[0] * shape[1] * shape[2]
+    for name, matrix in zip(("max", "min"), matrices.reshape(shape)):
+        as_json = json.loads(json.dumps(matrix.tolist()))
+        assert [[_clean(x) for x in row] for row in as_json] == expected[name]
+
+
 def test_alerts_with_default_and_given_thresholds(client):
     assert get_json(client, "alerts", run="healthy") == {
         "run": "healthy",
@@ -582,7 +708,7 @@ def test_the_capped_explode_window_on_a_long_run_costs_log_steps_a_median(
 
     layout = metadata.Layout(layers=("a", "b", "c"))
     write_run(tmp_path, "long", layout, range(t), stats)
-    client, _ = make_client(tmp_path, sampling_hints={"gradflow": "0"})
+    client, _ = make_plugin_client(tmp_path, sampling_hints={"gradflow": "0"})
     built, queried = [], []
 
     class Counting(rule.RangeSelect):
@@ -626,7 +752,7 @@ def test_alerts_take_an_explode_window_longer_than_the_run(client):
 def test_int_arg_names_only_the_bounds_it_has(lo, hi, message):
     value = "2.5" if lo is None and hi is None else "2"
     with pytest.raises(errors.InvalidArgumentError) as caught:
-        plugin._int_arg({"n": value}, "n", lo, hi)
+        query.int_arg({"n": value}, "n", lo, hi)
     assert str(caught.value) == f"Invalid argument: {message}"
 
 
@@ -647,7 +773,6 @@ def test_named_watchers_need_a_tag(client):
         ("flow", {"run": ""}, 400, "Missing parameter: run"),
         ("steps", {}, 400, "Missing parameter: run"),
         ("alerts", {}, 400, "Missing parameter: run"),
-        ("heatmap", {"stat": "norm"}, 400, "Missing parameter: run"),
         ("flow", {"run": "nope"}, 404, "No gradflow data for run 'nope'"),
         ("steps", {"run": "nope"}, 404, "No gradflow data for run 'nope'"),
         ("flow", {"run": "healthy", "tag": "gradflow/x"}, 404, "tag 'gradflow/x'"),
@@ -655,26 +780,6 @@ def test_named_watchers_need_a_tag(client):
         ("flow", {"run": "healthy", "step": "abc"}, 400, "Invalid step: 'abc'"),
         ("flow", {"run": "healthy", "step": "1.5"}, 400, "Invalid step"),
         ("flow", {"run": "healthy", "step": "9" * 30}, 400, "Invalid step"),
-        ("heatmap", {"run": "healthy"}, 400, "Missing parameter: stat"),
-        ("heatmap", {"run": "healthy", "stat": "x"}, 400, "Invalid stat: 'x'"),
-        (
-            "heatmap",
-            {"run": "healthy", "stat": "norm", "max_steps": "0"},
-            400,
-            "Invalid max_steps: '0' (an integer from 1 to 100000)",
-        ),
-        (
-            "heatmap",
-            {"run": "healthy", "stat": "norm", "max_steps": "100001"},
-            400,
-            "Invalid max_steps",
-        ),
-        (
-            "heatmap",
-            {"run": "healthy", "stat": "norm", "format": "xml"},
-            400,
-            "Invalid format: 'xml'",
-        ),
         ("alerts", {"run": "healthy", "patience": "0"}, 400, "Invalid patience: 0"),
         ("alerts", {"run": "healthy", "patience": "x"}, 400, "Invalid patience: 'x'"),
         (
@@ -724,6 +829,44 @@ def test_bad_requests_answer_400_or_404_in_plain_text(
     assert message in response.get_data(as_text=True)
 
 
+@pytest.mark.parametrize("route", ["heatmap", "lines"])
+@pytest.mark.parametrize(
+    ("params", "code", "message"),
+    [
+        ({"stat": "norm"}, 400, "Missing parameter: run"),
+        ({"run": "healthy"}, 400, "Missing parameter: stat"),
+        ({"run": "healthy", "stat": "x"}, 400, "Invalid stat: 'x'"),
+        (
+            {"run": "healthy", "stat": "norm", "max_steps": "0"},
+            400,
+            "Invalid max_steps: '0' (an integer from 1 to 100000)",
+        ),
+        (
+            {"run": "healthy", "stat": "norm", "max_steps": "100001"},
+            400,
+            "Invalid max_steps: '100001' (an integer from 1 to 100000)",
+        ),
+        (
+            {"run": "healthy", "stat": "norm", "max_steps": "many"},
+            400,
+            "Invalid max_steps: 'many'",
+        ),
+        (
+            {"run": "healthy", "stat": "norm", "format": "xml"},
+            400,
+            "Invalid format: 'xml' (json or binary)",
+        ),
+        ({"run": "nope", "stat": "norm"}, 404, "No gradflow data for run 'nope'"),
+    ],
+)
+def test_heatmap_and_lines_answer_bad_binning_requests_in_plain_text(
+    client, route, params, code, message
+):
+    test_bad_requests_answer_400_or_404_in_plain_text(
+        client, route, params, code, message
+    )
+
+
 @pytest.mark.parametrize(
     ("changes", "problem"),
     [
@@ -742,7 +885,7 @@ def test_malformed_metadata_is_left_out_of_runs_and_answers_404(
     writer = EventFileWriter(str(tmp_path / "bad"))
     writer.add_event(event_pb2.Event(step=0, wall_time=1000.0, summary=summary))
     writer.close()
-    client, _ = make_client(tmp_path)
+    client, _ = make_plugin_client(tmp_path)
     tag = metadata.layout_tag(layout)  # no watcher name can be read from it
     for _ in range(2):  # the tab asks every 5 s; logged once
         assert [r["run"] for r in get_json(client, "runs")["runs"]] == ["fine"]
@@ -773,7 +916,7 @@ def test_an_old_format_run_whose_layer_set_changed_is_refused_not_shown_in_part(
     wider = metadata.Layout(layers=(*LAYERS, "head"), sparse=(False,) * 4)
     four = lambda i: possible(0.5, 4)  # noqa: E731
     write_run(tmp_path, "resumed", wider, [2, 3], four, legacy=True)
-    client, _ = make_client(tmp_path)
+    client, _ = make_plugin_client(tmp_path)
     # listed from TensorBoard's listing: what is wrong shows when it is read
     runs = get_json(client, "runs")["runs"]
     assert [(r["run"], r["steps"]) for r in runs] == [("fine", None), ("resumed", None)]
@@ -813,7 +956,7 @@ def test_an_old_format_changed_layer_set_is_logged_once_while_the_run_keeps_trai
     four = lambda i: possible(0.5, 4)  # noqa: E731
     write_run(tmp_path, "resumed", layout, [0, 1], healthy_stats, legacy=True)
     write_run(tmp_path, "resumed", wider, [2, 3], four, legacy=True)
-    client, mux = make_client(tmp_path)
+    client, mux = make_plugin_client(tmp_path)
     problems = []
     for k in range(4):  # training goes on: new steps at every poll of `runs`
         write_run(tmp_path, "resumed", wider, [4 + k], four, start=1, legacy=True)
@@ -835,16 +978,16 @@ def test_an_old_format_changed_layer_set_is_logged_once_while_the_run_keeps_trai
 def test_more_problem_runs_than_remembered_keys_are_each_logged_once(
     tmp_path, monkeypatch, caplog
 ):
-    # With more problems than _MAX_WARNED, a least-recently-used bound forgot
+    # With more problems than MAX_REMEMBERED, a least-recently-used bound forgot
     # each key before the next poll came round to it: every poll logged them all.
-    monkeypatch.setattr(plugin, "_MAX_WARNED", 3)
+    monkeypatch.setattr(problem_log, "MAX_REMEMBERED", 3)
     layout = metadata.Layout(layers=LAYERS, sparse=(False,) * 3)
     wider = metadata.Layout(layers=(*LAYERS, "head"), sparse=(False,) * 4)
     four = lambda i: possible(0.5, 4)  # noqa: E731
     for run in "abcd":  # 4 old-format runs whose layer set changed > 3 keys
         write_run(tmp_path, run, layout, [0, 1], healthy_stats, legacy=True)
         write_run(tmp_path, run, wider, [2, 3], four, legacy=True)
-    client, _ = make_client(tmp_path)
+    client, _ = make_plugin_client(tmp_path)
     for _ in range(3):  # the tab asks every 5 s, and shows each run in turn
         assert [r["run"] for r in get_json(client, "runs")["runs"]] == list("abcd")
         for run in "abcd":
@@ -853,15 +996,15 @@ def test_more_problem_runs_than_remembered_keys_are_each_logged_once(
     assert [m.split("'")[1] for m in logged] == ["a", "b", "c", "d"]
 
 
-def test_warn_new_forgets_what_the_listing_lacks_and_bounds_other_experiments(
+def test_the_problem_log_forgets_what_the_listing_lacks_and_bounds_other_experiments(
     monkeypatch, caplog
 ):
-    monkeypatch.setattr(plugin, "_MAX_WARNED", 2)
-    gradflow = plugin.GradFlowPlugin(base_plugin.TBContext(data_provider=None))
+    monkeypatch.setattr(problem_log, "MAX_REMEMBERED", 2)
+    log = problem_log.ProblemLog(logging.getLogger(plugin.__name__))
 
     def listing(experiment, runs):
         keys = [(experiment, run, "gradflow", "problem") for run in runs]
-        gradflow._warn_new(experiment, {k: f"{experiment}/{k[1]}" for k in keys})
+        log.listed(experiment, {k: f"{experiment}/{k[1]}" for k in keys})
 
     for runs in ["abc", "abc", "ac", "abc"]:  # b is fixed, then broken again
         listing("x", runs)
@@ -875,21 +1018,21 @@ def test_warn_new_forgets_what_the_listing_lacks_and_bounds_other_experiments(
         "y/d",
         "x/a",
     ]
-    assert [key[:2] for key in gradflow._warned] == [("y", "d"), ("x", "a"), ("x", "b")]
+    assert [key[:2] for key in log._warned] == [("y", "d"), ("x", "a"), ("x", "b")]
 
 
 def test_static_files_name_every_frontend_module():
     # A module the tab imports must be routed even in an install where
     # listing the frontend folder fails.
-    folder = plugin._frontend_dir()
+    folder = static.frontend_dir()
     shipped = {f.name for f in folder.iterdir() if f.suffix in (".js", ".css")}
-    assert set(plugin.STATIC_FILES) == shipped
+    assert set(static.STATIC_FILES) == shipped
 
 
 def test_static_files_are_served_with_explicit_types(client):
-    names = plugin._static_names()
-    assert set(plugin.STATIC_FILES) <= set(names)
-    folder = plugin._frontend_dir()
+    names = static.static_names()
+    assert set(static.STATIC_FILES) <= set(names)
+    folder = static.frontend_dir()
     present = [n for n in names if folder.joinpath(n).is_file()]
     for name in names:
         response = client.get(f"/data/plugin/gradflow/{name}")
@@ -938,7 +1081,7 @@ def test_routes_work_under_an_experiment_prefix(client):
 
 
 def test_sampling_hint_limits_the_steps_read(logdir):
-    few, _ = make_client(logdir, {"gradflow": 3})
+    few, _ = make_plugin_client(logdir, {"gradflow": 3})
     steps = get_json(few, "steps", run="healthy")["steps"]
     assert len(steps) == 3 and steps[-1] == 50  # TensorBoard keeps the latest
     (run,) = (r for r in get_json(few, "runs")["runs"] if r["run"] == "healthy")
@@ -948,14 +1091,14 @@ def test_sampling_hint_limits_the_steps_read(logdir):
     answer = get_json(few, "steps", run="healthy")  # what the tab's note reads
     assert (answer["first_step"], answer["last_step"]) == (steps[0], 50)
     assert answer["expected_steps"] == run["expected_steps"]
-    everything, _ = make_client(logdir, {"gradflow": 0})
+    everything, _ = make_plugin_client(logdir, {"gradflow": 0})
     assert get_json(everything, "steps", run="healthy")["steps"] == list(STEPS)
 
 
 def test_new_steps_invalidate_the_cache_and_reads_are_reused(tmp_path, monkeypatch):
     layout = metadata.Layout(layers=LAYERS, sparse=(False,) * 3)
     write_run(tmp_path, "live", layout, [0, 1, 2], healthy_stats)
-    client, mux = make_client(tmp_path)
+    client, mux = make_plugin_client(tmp_path)
     reads = []
     original = tb_data_provider.MultiplexerDataProvider.read_tensors
 
@@ -1005,7 +1148,7 @@ def test_entry_point_is_the_loader():
 def test_listings_are_trusted_for_listing_ttl_seconds(tmp_path):
     layout = metadata.Layout(layers=LAYERS, sparse=(False,) * 3)
     write_run(tmp_path, "live", layout, [0, 1], healthy_stats)
-    client, mux = make_client(tmp_path, listing_ttl=3600)
+    client, mux = make_plugin_client(tmp_path, listing_ttl=3600)
     assert get_json(client, "steps", run="live")["steps"] == [0, 1]
     write_run(tmp_path, "live", layout, [2], healthy_stats, start=2)
     mux.Reload()
@@ -1039,8 +1182,8 @@ def test_a_run_too_large_for_one_grpc_reply_is_read_sampled(
     monkeypatch.setattr(
         tb_data_provider.MultiplexerDataProvider, "read_tensors", limited
     )
-    monkeypatch.setattr(plugin, "_READ_BYTES", 4 * (4 * (5 * 3 + 2) + 64))
-    fresh, _ = make_client(logdir)
+    monkeypatch.setattr(run_loader, "READ_BYTES", 4 * (4 * (5 * 3 + 2) + 64))
+    fresh, _ = make_plugin_client(logdir)
     steps = get_json(fresh, "steps", run="healthy")["steps"]
     assert asked == [DEFAULT_SAMPLES_PER_RUN, 4]
     assert len(steps) == 4 and steps[-1] == 50
@@ -1048,16 +1191,22 @@ def test_a_run_too_large_for_one_grpc_reply_is_read_sampled(
 
 
 def test_impls_return_builtins_for_direct_callers(logdir):
-    provider = make_client(logdir)[0].application._data_provider
+    provider = make_plugin_client(logdir)[0].application._data_provider
     gradflow = plugin.GradFlowPlugin(base_plugin.TBContext(data_provider=provider))
     ctx = context.RequestContext()
-    heatmap = gradflow.heatmap_impl(ctx, "", "healthy", None, "abs_mean", 2)
+    heatmap = gradflow.binned_impl(ctx, "", "healthy", None, "abs_mean", 2)
     assert heatmap["values"] == [[0.5, INF], [0.25, 0.0], [0.125, 0.125]]
     assert type(heatmap["values"][0][0]) is float
     flow = gradflow.flow_impl(ctx, "", "healthy", "gradflow", 20)
     assert flow["step"] == 20 and flow["alerts"] == [BLOCKED]
     with pytest.raises(errors.InvalidArgumentError, match="max_steps"):
-        gradflow.heatmap_impl(ctx, "", "healthy", None, "abs_mean", 0)
+        gradflow.binned_impl(ctx, "", "healthy", None, "abs_mean", 0)
+    lines = gradflow.binned_impl(
+        ctx, "", "healthy", None, "abs_mean", 2, answer="lines"
+    )
+    assert lines["max"] == heatmap["values"]
+    assert lines["min"] == [[0.5, 0.5], [0.0, 0.0], [0.125, 0.125]]
+    assert type(lines["min"][0][0]) is float
 
 
 # A watcher resumed with other layer sets: a layer added, one removed, one
@@ -1126,7 +1275,7 @@ def test_each_layer_set_has_its_own_tag_and_a_resumed_one_continues_it(tmp_path)
 def test_a_resumed_run_with_other_layer_sets_is_merged_by_layer_name(tmp_path):
     write_sessions(tmp_path)
     write_sessions(tmp_path, name="enc")
-    client, _ = make_client(tmp_path)
+    client, _ = make_plugin_client(tmp_path)
     runs = get_json(client, "runs")["runs"]
     # the union of the layer sets, from their layouts alone
     assert [(r["tag"], r["name"], r["layers"], r["last_step"]) for r in runs] == [
@@ -1223,7 +1372,7 @@ def test_old_format_files_are_read_alongside_layout_tags(tmp_path):
     write_run(tmp_path, "up", old, [0, 1], lambda i: possible(1.0, 2), legacy=True)
     new = metadata.Layout(layers=("a", "b", "c"), name="enc")
     write_run(tmp_path, "up", new, [2, 3], lambda i: possible(1.0, 3))
-    client, _ = make_client(tmp_path)
+    client, _ = make_plugin_client(tmp_path)
     (entry,) = get_json(client, "runs")["runs"]
     assert (entry["tag"], entry["layers"], entry["last_step"]) == ("gradflow/enc", 3, 3)
     steps = get_json(client, "steps", run="up", tag="gradflow/enc")
@@ -1249,7 +1398,7 @@ def test_the_layout_cache_holds_every_layer_set_of_a_run(monkeypatch):
         "parse_plugin_metadata",
         lambda content: parsed.append(content) or real(content),
     )
-    cache = plugin._LayoutCache()
+    cache = watchers.LayoutCache()
     contents = [metadata.Layout(layers=(f"layer{i}",)).to_json() for i in range(100)]
     cache.fit(len(contents))
     for _ in range(3):  # three requests
@@ -1274,7 +1423,7 @@ def test_heatmap_tells_absent_layers_from_layers_without_gradient(tmp_path):
     write_run(tmp_path, "resumed", first, [0, 1, 2], two)
     second = metadata.Layout(layers=("a",), types=("Linear",))
     write_run(tmp_path, "resumed", second, [3, 4, 5], lambda i: possible(0.25, 1))
-    client, _ = make_client(tmp_path)
+    client, _ = make_plugin_client(tmp_path)
     answer = get_json(client, "heatmap", run="resumed", stat="abs_mean", max_steps="3")
     assert (answer["layers"], answer["types"]) == (["a", "b"], ["Linear", "Conv2d"])
     assert answer["first_steps"] == [0, 2, 4]

@@ -85,6 +85,23 @@ def test_two_ranks_log_what_one_process_logs_and_only_rank_0_writes(mode, tmp_pa
         tb_gradflow.load_run(tmp_path / f"{mode}-rank1")  # it had a writer; unused
 
 
+def test_under_ddp_only_the_logging_rank_traces_the_nonfinite_origin(tmp_path):
+    """Step 1 divides by zero on both ranks; the optimizer skips it; rank 0
+    traces step 2 and names the module, rank 1 (no writer) traces nothing."""
+    run_two_ranks("ddp-trace", tmp_path)
+    rank0 = (tmp_path / "ddp-trace-rank0.jsonl").read_bytes().splitlines()
+    rank1 = (tmp_path / "ddp-trace-rank1.jsonl").read_bytes().splitlines()
+    assert rank1 == []
+    [origin] = [tb_gradflow.NonfiniteOrigin.from_json(line) for line in rank0]
+    assert (origin.step, origin.since_step) == (2, 1)
+    assert (origin.phase, origin.module, origin.module_type, origin.where) == (
+        "forward",
+        "2",
+        "DivideBy",
+        "output",
+    )
+
+
 def test_compiled_model_logs_eager_names_and_values(tmp_path):
     from torch._dynamo.utils import counters
 

@@ -9,16 +9,12 @@ import math
 
 import numpy as np
 import pytest
-from tensorboard.backend import application
+from plugin_client import make_plugin_client
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
-from tensorboard.backend.event_processing import plugin_event_multiplexer
 from tensorboard.compat.proto import event_pb2
-from tensorboard.plugins import base_plugin
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
-from werkzeug import test as werkzeug_test
-from werkzeug import wrappers
 
-from tb_gradflow import metadata, plugin, triage
+from tb_gradflow import metadata, triage
 from tb_gradflow import stats as tb_stats
 from tb_gradflow.summary import gradflow_pb
 
@@ -48,18 +44,6 @@ def write(logdir, run, n, stats_at, wall, fields_at=None, name=None):
         event = event_pb2.Event(step=i, wall_time=wall + i / 1000, summary=summary)
         writer.add_event(event)
     writer.close()
-
-
-def make(logdir):
-    mux = plugin_event_multiplexer.EventMultiplexer(
-        tensor_size_guidance={metadata.PLUGIN_NAME: 0}
-    )
-    mux.AddRunsFromDirectory(str(logdir))
-    mux.Reload()
-    provider = tb_data_provider.MultiplexerDataProvider(mux, str(logdir))
-    gradflow = plugin.GradFlowPlugin(base_plugin.TBContext(data_provider=provider))
-    app = application.TensorBoardWSGI([gradflow], data_provider=provider)
-    return werkzeug_test.Client(app, wrappers.Response), gradflow
 
 
 def get_json(client, route, **params):
@@ -166,7 +150,7 @@ def test_triage_ranks_every_kind_of_finding_then_the_newest(tmp_path, reads):
     pb = gradflow_pb(future, values, [0.0, NAN], with_metadata=True)
     writer.add_event(event_pb2.Event(step=0, wall_time=99999.0, summary=pb))
     writer.close()
-    client, _ = make(tmp_path)
+    client, _ = make_plugin_client(tmp_path)
 
     answer = get_json(client, "triage")["runs"]
     assert [(r["run"], r["worst"]) for r in answer] == [
@@ -199,7 +183,7 @@ def test_a_long_run_is_judged_from_a_sample_in_one_read(tmp_path, reads):
     blocked = lambda i: [1e-3, 0.0 if i >= 500 else 2e-3, 3e-3]  # noqa: E731
     write(tmp_path, "long", 1000, lambda i: stats(blocked(i)), 5000)
     write(tmp_path, "short", 10, lambda i: stats(HEALTHY), 6000)
-    client, _ = make(tmp_path)
+    client, _ = make_plugin_client(tmp_path)
     answer = get_json(client, "triage")["runs"]
     assert [(r["run"], r["worst"], r["steps"]) for r in answer] == [
         ("long", "blocked", triage.SAMPLE_STEPS),
@@ -214,7 +198,7 @@ def test_runs_the_plugin_has_read_are_judged_from_its_cache(tmp_path, reads):
     spike = lambda i: [1e-3, math.inf if i == 377 else 2e-3, 3e-3]  # noqa: E731
     write(tmp_path, "spike", 1000, lambda i: stats(spike(i)), 5000)
     write(tmp_path, "other", 1000, lambda i: stats(HEALTHY), 6000)
-    client, _ = make(tmp_path)
+    client, _ = make_plugin_client(tmp_path)
     first = get_json(client, "triage")["runs"]
     assert [(r["run"], r["worst"], r["basis"]) for r in first] == [
         ("other", None, "sample"),
@@ -236,7 +220,7 @@ def test_runs_the_plugin_has_read_are_judged_from_its_cache(tmp_path, reads):
 
 def test_new_data_is_not_judged_from_a_stale_cache_entry(tmp_path, reads):
     write(tmp_path, "live", 5, lambda i: stats(HEALTHY), 5000)
-    client, gradflow = make(tmp_path)
+    client, _ = make_plugin_client(tmp_path)
     get_json(client, "alerts", run="live")
     reads.clear()
     assert get_json(client, "triage")["runs"][0]["basis"] == "all"
@@ -252,7 +236,7 @@ def test_new_data_is_not_judged_from_a_stale_cache_entry(tmp_path, reads):
 def test_several_watchers_of_a_run_are_ranked_apart(tmp_path):
     write(tmp_path, "gan", 10, lambda i: stats(HEALTHY), 5000, name="gen")
     write(tmp_path, "gan", 10, lambda i: stats([0.0, 1e-3, 1e-3]), 4000, name="disc")
-    client, _ = make(tmp_path)
+    client, _ = make_plugin_client(tmp_path)
     answer = get_json(client, "triage")["runs"]
     assert [(r["run"], r["tag"], r["worst"]) for r in answer] == [
         ("gan", "gradflow/disc", "blocked"),
@@ -263,7 +247,7 @@ def test_several_watchers_of_a_run_are_ranked_apart(tmp_path):
 def test_many_runs_are_read_in_batches_that_fit_one_reply(tmp_path, reads, monkeypatch):
     for k in range(5):
         write(tmp_path, f"r{k}", 20, lambda i: stats(HEALTHY), 1000 + k)
-    client, _ = make(tmp_path)
+    client, _ = make_plugin_client(tmp_path)
     whole = get_json(client, "triage")["runs"]
     assert len(reads) == 1
     reads.clear()
@@ -277,5 +261,5 @@ def test_many_runs_are_read_in_batches_that_fit_one_reply(tmp_path, reads, monke
 
 
 def test_an_empty_logdir_ranks_nothing(tmp_path):
-    client, _ = make(tmp_path)
+    client, _ = make_plugin_client(tmp_path)
     assert get_json(client, "triage") == {"runs": []}

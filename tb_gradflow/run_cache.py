@@ -1,0 +1,157 @@
+"""The plugin's decoded runs, by (experiment, run, base tag), with what is
+derived from each version of a run: its diagnoses, its binned matrices and
+their encoded answers.
+
+A cached run is used only while the data provider's ``(max_step,
+max_wall_time, plugin_content)`` of its layout tags is unchanged (its
+*version*); the least recently used runs go first when the decoded
+statistics of all runs together exceed a byte budget.
+
+Import-light: numpy and the standard library, never torch.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from tb_gradflow import heatmap
+from tb_gradflow.diagnosis import Finding, Thresholds, diagnose
+from tb_gradflow.reader import GradFlowRun
+
+__all__ = ["CachedRun", "RunCache"]
+
+_CACHED_BODIES = 16  # encoded answers per run version
+_CACHED_DIAGNOSES = 8  # threshold sets per run version
+
+
+class CachedRun:
+    """One decoded run version with its derived answers (diagnoses, binned
+    matrices, encoded bodies), each computed once, one at a time.
+
+    Attributes:
+        tag: the watcher's base tag.
+        run: the decoded run.
+        problem: why the run cannot be shown; None: it can.
+        nbytes: what it costs in memory (its decoded statistics).
+    """
+
+    def __init__(self, tag: str, run: GradFlowRun, problem: str | None = None) -> None:
+        self.tag = tag
+        self.run = run
+        self.problem = problem
+        self.nbytes = run.nbytes
+        self._lock = threading.RLock()  # one diagnosis or binning at a time
+        self._findings: collections.OrderedDict = collections.OrderedDict()
+        self._bodies: collections.OrderedDict = collections.OrderedDict()
+        self._binned: tuple[tuple, tuple[dict, np.ndarray, np.ndarray]] | None = None
+
+    def findings(self, thresholds: Thresholds) -> list[Finding]:
+        """The diagnosis of every kept step with ``thresholds``."""
+        with self._lock:
+            return _memo(
+                self._findings,
+                thresholds,
+                lambda: diagnose(self.run, thresholds),
+                _CACHED_DIAGNOSES,
+            )
+
+    def diagnosed(self, thresholds: Thresholds) -> bool:
+        """Whether :meth:`findings` with ``thresholds`` is already known."""
+        with self._lock:
+            return thresholds in self._findings
+
+    def binned(
+        self, stat: str, columns: int
+    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        """:func:`tb_gradflow.heatmap.bin_extremes` of this run: ``(header,
+        largest, smallest)``, shared by the ``heatmap`` and ``lines`` answers
+        (the latest one asked for is kept: the encoded bodies are reused)."""
+        with self._lock:
+            if self._binned is None or self._binned[0] != (stat, columns):
+                binned = heatmap.bin_extremes(self.run, self.tag, stat, columns)
+                self._binned = ((stat, columns), binned)
+            return self._binned[1]
+
+    def body(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """``make()``, computed once per ``key`` (the last ``_CACHED_BODIES``
+        kept): an encoded answer costs no JSON cleaning, dumps or gzip again."""
+        with self._lock:
+            return _memo(self._bodies, key, make, _CACHED_BODIES)
+
+
+def _memo(cache: collections.OrderedDict, key, make: Callable[[], Any], size: int):
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = cache[key] = make()
+    while len(cache) > size:
+        cache.popitem(last=False)
+    return value
+
+
+class RunCache:
+    """Decoded runs by key, least recently used out first.
+
+    An entry is replaced when its version changes. Concurrent requests for the
+    same stale key wait for one read instead of reading in parallel.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: collections.OrderedDict[tuple, tuple[tuple, CachedRun]] = (
+            collections.OrderedDict()
+        )
+        self._reading: dict[tuple, threading.Lock] = {}
+
+    def get(
+        self, key: tuple, version: tuple, read: Callable[[], CachedRun]
+    ) -> CachedRun:
+        """The entry of ``key`` at ``version``, from ``read()`` when the cache
+        has another version or none."""
+        with self._lock:
+            hit = self._lookup(key, version)
+            if hit is not None:
+                return hit
+            key_lock = self._reading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                hit = self._lookup(key, version)
+            if hit is not None:
+                return hit
+            entry = read()
+            with self._lock:
+                self._entries[key] = (version, entry)
+                self._entries.move_to_end(key)
+                self._evict()
+            return entry
+
+    def current(self, key: tuple, version: tuple) -> CachedRun | None:
+        """The entry of ``key`` if it is at ``version`` (a use), else None;
+        never reads."""
+        with self._lock:
+            return self._lookup(key, version)
+
+    def peek(self, key: tuple) -> tuple[tuple, CachedRun] | None:
+        """The cached ``(version, entry)`` of ``key``, whatever its version,
+        without reading and without counting as a use."""
+        with self._lock:
+            return self._entries.get(key)
+
+    def _lookup(self, key: tuple, version: tuple) -> CachedRun | None:
+        cached = self._entries.get(key)
+        if cached is None or cached[0] != version:
+            return None
+        self._entries.move_to_end(key)
+        return cached[1]
+
+    def _evict(self) -> None:
+        total = sum(entry.nbytes for _, entry in self._entries.values())
+        while total > self._max_bytes and len(self._entries) > 1:
+            _, (_, entry) = self._entries.popitem(last=False)
+            total -= entry.nbytes

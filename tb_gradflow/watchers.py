@@ -1,0 +1,196 @@
+"""A run's gradflow tags as TensorBoard's data provider lists and serves them,
+grouped by watcher and merged into one run per watcher: what the plugin's
+routes and the triage share.
+
+Each layer set of a watcher has a layout tag of its own (``metadata.layout_tag``);
+tags are grouped by the watcher name in their layout (never parsed from the
+tag), and a watcher's records are merged by layer name with
+``reader.merge_records``. A layout of a newer format version is unreadable
+here (the one version check of the plugin's side).
+
+Import-light: numpy and TensorBoard only, never torch.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Mapping, Sequence
+
+from tensorboard import errors
+from tensorboard.data import provider
+
+from tb_gradflow import metadata, reader
+
+__all__ = [
+    "LayoutCache",
+    "LayoutMismatch",
+    "group",
+    "layout_of",
+    "merge_series",
+    "version",
+]
+
+
+class LayoutCache:
+    """Parsed layouts by metadata content, least recently used dropped first.
+    It holds at least twice as many as the most layer sets one run was read
+    with (and 64): a request parses each of a run's layouts twice (listing,
+    then reading), and a fixed size smaller than a run's count missed on every
+    one of them."""
+
+    def __init__(self, floor: int = 64) -> None:
+        self._floor = floor
+        self._size = floor
+        self._items: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def fit(self, count: int) -> None:
+        """Makes room for ``count`` layouts of one run."""
+        with self._lock:
+            self._size = max(self._size, 2 * count, self._floor)
+
+    def parse(self, content: bytes) -> metadata.Layout | str:
+        """The layout in ``content``, or why it cannot be read."""
+        with self._lock:
+            if content in self._items:
+                self._items.move_to_end(content)
+                return self._items[content]
+        parsed = _parse(content)
+        with self._lock:
+            self._items[content] = parsed
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return parsed
+
+
+def _parse(content: bytes) -> metadata.Layout | str:
+    """The layout in ``content``, or why it cannot be read (malformed, or of a
+    newer format version)."""
+    try:
+        layout = metadata.parse_plugin_metadata(content)
+    except metadata.FormatError as e:
+        return str(e)
+    if layout.version > metadata.FORMAT_VERSION:
+        return (
+            f"written with gradflow format version {layout.version}, newer than "
+            f"this tb-gradflow understands ({metadata.FORMAT_VERSION}); upgrade it"
+        )
+    return layout
+
+
+_LAYOUTS = LayoutCache()
+
+
+def group(
+    tags: Mapping[str, provider.TensorTimeSeries],
+) -> tuple[dict[str, dict[str, metadata.Layout]], dict[str, str]]:
+    """The tags of one run, each layout parsed once: the readable ones by
+    watcher, ``{base tag: {tag: layout}}`` (the base tag from the watcher name
+    in each tag's layout, never parsed from the tag; tags sorted), and
+    ``{tag: why}`` for the rest."""
+    watchers: dict[str, dict[str, metadata.Layout]] = {}
+    unreadable: dict[str, str] = {}
+    _LAYOUTS.fit(len(tags))
+    for tag in sorted(tags):
+        layout = _LAYOUTS.parse(tags[tag].plugin_content)
+        if isinstance(layout, metadata.Layout):
+            watchers.setdefault(metadata.tag_for(layout.name), {})[tag] = layout
+        else:
+            unreadable[tag] = layout
+    return watchers, unreadable
+
+
+def layout_of(content: bytes, run: str, tag: str) -> metadata.Layout:
+    """The layout in a tag's metadata ``content``.
+
+    Raises:
+        NotFoundError: saying why it cannot be read.
+    """
+    layout = _LAYOUTS.parse(content)
+    if isinstance(layout, str):
+        raise errors.NotFoundError(f"Run {run!r}, tag {tag!r}: {layout}")
+    return layout
+
+
+def version(tags: Mapping[str, provider.TensorTimeSeries], members) -> tuple:
+    """What identifies the data of a watcher's layout tags ``members``: a
+    cached decoded copy is used only while this is unchanged."""
+    return tuple(
+        (t, tags[t].max_step, tags[t].max_wall_time, tags[t].plugin_content)
+        for t in members
+    )
+
+
+class LayoutMismatch(Exception):
+    """Records of a tag that do not have the values of the tag's layout.
+
+    TensorBoard keeps only the first plugin metadata of a tag, and files
+    written before layout tags put every layer set of a watcher under its base
+    tag: such records cannot be matched to layers.
+    """
+
+    def __init__(self, mismatched: int, records: int) -> None:
+        super().__init__(
+            "the layer set changed between writer sessions: "
+            f"{mismatched} of {records} steps do not have the values of their "
+            "tag's first layout, and TensorBoard keeps only a tag's first layout, "
+            "so their values cannot be matched to layers (files written "
+            "before each layer set got its own tag). Read the run with "
+            "tb_gradflow.load_run() (it matches layers by name)."
+        )
+
+
+def merge_series(
+    run: str,
+    layouts: Mapping[str, metadata.Layout],
+    series: Mapping[str, Sequence[provider.TensorDatum]],
+) -> reader.GradFlowRun | None:
+    """One watcher's records, as the data provider served them, merged by layer
+    name (``reader.merge_records``): layer sets in order of their first
+    record's wall time (then first step, then tag), records in order of wall
+    time, a step logged twice keeping the later record, a layer absent from a
+    step's layer set ``absent`` there.
+
+    Args:
+        run: the run's name.
+        layouts: the watcher's layout tags and their layouts.
+        series: ``read_tensors``' answer for the run: tag -> data.
+
+    Returns:
+        The run; None when no tag of ``layouts`` has data.
+
+    Raises:
+        LayoutMismatch: when a record does not fit its tag's layout.
+    """
+    found = {t: series[t] for t in layouts if series.get(t)}
+    if not found:
+        return None
+    order = sorted(
+        found,
+        key=lambda t: (
+            min(d.wall_time for d in found[t]),
+            min(d.step for d in found[t]),
+            t,
+        ),
+    )
+    records, mismatched, total = [], 0, 0
+    for p, t in enumerate(order):
+        size = layouts[t].size
+        for k, datum in enumerate(found[t]):
+            total += 1
+            flat = datum.numpy.reshape(-1)
+            if flat.size != size:
+                mismatched += 1
+                continue
+            records.append((datum.wall_time, p, k, datum.step, flat))
+    if mismatched:
+        raise LayoutMismatch(mismatched, total)
+    records.sort(key=lambda r: r[:3])  # wall time, layer set, order in tag
+    return reader.merge_records(
+        run,
+        [layouts[t] for t in order],
+        [r[3] for r in records],
+        [r[4] for r in records],
+        [r[1] for r in records],
+    )

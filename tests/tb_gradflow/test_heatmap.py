@@ -1,0 +1,176 @@
+"""The ``heatmap`` answer's binning and encodings (tb_gradflow/heatmap.py), on
+runs built in memory: no TensorBoard app, no data provider."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import struct
+
+import numpy as np
+import pytest
+from tensorboard import errors
+
+from tb_gradflow import heatmap, metadata, reader
+from tb_gradflow import stats as tb_stats
+
+INF = math.inf
+NAN = math.nan
+
+
+def make_run(means, absent=None, layers=("a", "b")):
+    """A run of one record per step (steps 0, 10, 20, ...): abs_mean ``means[t]``
+    (NaN: no gradient, in every statistic), abs_max and norm twice it;
+    ``absent``: ``(T, L)`` layers not in that step's layer set."""
+    layout = metadata.Layout(layers=layers, types=("Linear",) * len(layers))
+    rows = []
+    for mean in np.asarray(means, dtype=np.float64):
+        values = {"abs_mean": mean, "abs_max": 2 * mean, "norm": 2 * mean}
+        nonfinite = np.where(np.isnan(mean), NAN, np.where(np.isinf(mean), 1.0, 0.0))
+        record = tb_stats.record(
+            {**values, "nonfinite": nonfinite, "rows": 1.0}, len(layers)
+        )
+        rows.append(np.concatenate([record.reshape(-1), [0.0, NAN]]))
+    steps = [10 * t for t in range(len(means))]
+    return reader.from_records("run", layout, steps, rows, absent=absent)
+
+
+def test_bins_keep_the_largest_finite_value_and_mark_nonfinite_and_no_gradient():
+    run = make_run(
+        [[1.0, 3.0], [2.0, NAN], [INF, NAN], [0.5, NAN], [0.25, 4.0]],
+    )
+    header, values = heatmap.bin_steps(run, "gradflow", "abs_mean", 2)
+    # 5 steps in 2 bins of (nearly) equal count: indices 0-1 and 2-4
+    assert header == {
+        "run": "run",
+        "tag": "gradflow",
+        "stat": "abs_mean",
+        "layers": ["a", "b"],
+        "types": ["Linear", "Linear"],
+        "steps": [0, 20],
+        "first_steps": [0, 20],
+        "last_steps": [10, 40],
+        "downsampled": True,
+        "logged": True,
+    }
+    assert values.dtype == np.float32 and values.shape == (2, 2)  # (L, N)
+    np.testing.assert_array_equal(values, [[2.0, INF], [3.0, 4.0]])
+    _, bins = heatmap.bin_steps(run, "gradflow", "abs_mean", 3)
+    # b: no gradient at any step of the middle bin
+    assert np.isnan(bins[1, 1]) and bins[1, 0] == 3.0 and bins[0, 1] == INF
+
+
+def test_a_bin_where_the_layer_was_in_no_layer_set_is_minus_infinity():
+    absent = np.array([[False, False], [False, True], [False, True]])
+    run = make_run([[1.0, 2.0], [1.0, NAN], [1.0, NAN]], absent=absent)
+    _, values = heatmap.bin_steps(run, "gradflow", "abs_mean", 3)
+    np.testing.assert_array_equal(values[1], [2.0, -INF, -INF])
+    _, pooled = heatmap.bin_steps(run, "gradflow", "abs_mean", 1)
+    assert pooled[1, 0] == 2.0
+
+
+def test_without_downsampling_every_step_is_a_column():
+    run = make_run([[1.0, 2.0], [3.0, 4.0]])
+    header, values = heatmap.bin_steps(run, "gradflow", "norm", 1000)
+    assert header["steps"] == header["first_steps"] == header["last_steps"] == [0, 10]
+    assert header["downsampled"] is False
+    np.testing.assert_array_equal(values, [[2.0, 6.0], [4.0, 8.0]])
+
+
+def test_extremes_keep_each_bins_smallest_finite_value_beside_the_heatmaps_largest():
+    run = make_run(
+        [[1.0, 3.0], [2.0, NAN], [INF, NAN], [0.5, NAN], [0.25, 4.0]],
+    )
+    header, largest, smallest = heatmap.bin_extremes(run, "gradflow", "abs_mean", 2)
+    assert header == heatmap.bin_steps(run, "gradflow", "abs_mean", 2)[0]
+    np.testing.assert_array_equal(largest, [[2.0, INF], [3.0, 4.0]])
+    # a non-finite value is not the smallest; NaN (no gradient) is no value
+    np.testing.assert_array_equal(smallest, [[1.0, 0.25], [3.0, 4.0]])
+    assert smallest.dtype == np.float32 and smallest.shape == (2, 2)  # (L, N)
+    _, _, middle = heatmap.bin_extremes(run, "gradflow", "abs_mean", 3)
+    assert np.isnan(middle[1, 1])  # b: no gradient in the middle bin
+    assert middle[0, 1] == 2.0  # a: 2.0 and INF
+
+
+def test_the_smallest_value_of_a_bin_without_the_layer_is_nan():
+    absent = np.array([[False, False], [False, True], [False, True]])
+    run = make_run([[1.0, 2.0], [1.0, NAN], [1.0, NAN]], absent=absent)
+    _, largest, smallest = heatmap.bin_extremes(run, "gradflow", "abs_mean", 3)
+    np.testing.assert_array_equal(largest[1], [2.0, -INF, -INF])
+    np.testing.assert_array_equal(smallest[1], [2.0, NAN, NAN])
+
+
+@pytest.mark.parametrize(
+    ("stat", "columns", "message"),
+    [
+        ("nope", 10, "Invalid stat: 'nope'"),
+        ("norm", 0, r"Invalid max_steps: 0 \(from 1 to 100000\)"),
+        ("norm", heatmap.MAX_COLUMNS + 1, "Invalid max_steps"),
+    ],
+)
+def test_bad_arguments_raise_invalid_argument(stat, columns, message):
+    run = make_run([[1.0, 2.0]])
+    with pytest.raises(errors.InvalidArgumentError, match=message):
+        heatmap.bin_steps(run, "gradflow", stat, columns)
+
+
+def test_the_binary_body_is_a_length_a_json_header_padding_and_float32_values():
+    header = {"layers": ["a", "\u00e9"], "steps": [0, 5, 9]}
+    values = np.array([[1.0, NAN, INF], [-INF, 0.5, 2.0]], dtype=np.float32)
+    body, content_type, encoding = heatmap.encode(header, {"values": values}, "binary")
+    assert (content_type, encoding) == ("application/octet-stream", None)
+    (n,) = struct.unpack("<I", body[:4])
+    assert json.loads(body[4 : 4 + n].decode("utf-8")) == header
+    start = 4 + n + (-(4 + n) % 4)
+    assert start % 4 == 0 and set(body[4 + n : start]) <= {0}
+    decoded = np.frombuffer(body[start:], dtype="<f4").reshape(2, 3)
+    np.testing.assert_array_equal(decoded, values)
+
+
+def test_the_json_body_is_gzipped_with_non_finite_values_as_strings():
+    values = np.array([[1.0, NAN], [INF, -INF]], dtype=np.float32)
+    body, content_type, encoding = heatmap.encode(
+        {"stat": "norm"}, {"values": values}, "json"
+    )
+    assert (content_type, encoding) == ("application/json", "gzip")
+    assert json.loads(gzip.decompress(body)) == {
+        "stat": "norm",
+        "values": [[1.0, "NaN"], ["Infinity", "-Infinity"]],
+    }
+
+
+def test_the_binary_body_holds_each_matrix_in_order_and_json_names_them():
+    largest = np.array([[1.0, INF], [2.0, NAN]], dtype=np.float32)
+    smallest = np.array([[0.5, 3.0], [2.0, NAN]], dtype=np.float32)
+    matrices = {"max": largest, "min": smallest}
+    body, _, _ = heatmap.encode({"stat": "norm"}, matrices, "binary")
+    (n,) = struct.unpack("<I", body[:4])
+    start = 4 + n + (-(4 + n) % 4)
+    decoded = np.frombuffer(body[start:], dtype="<f4").reshape(2, 2, 2)
+    np.testing.assert_array_equal(decoded[0], largest)
+    np.testing.assert_array_equal(decoded[1], smallest)
+    body, _, _ = heatmap.encode({"stat": "norm"}, matrices, "json")
+    assert json.loads(gzip.decompress(body)) == {
+        "stat": "norm",
+        "max": [[1.0, "Infinity"], [2.0, "NaN"]],
+        "min": [[0.5, 3.0], [2.0, "NaN"]],
+    }
+
+
+def test_only_json_and_binary_are_formats():
+    heatmap.check_format("json")
+    heatmap.check_format("binary")
+    with pytest.raises(errors.InvalidArgumentError, match="Invalid format: 'xml'"):
+        heatmap.check_format("xml")
+
+
+def test_each_answer_names_its_matrices_in_the_order_of_its_body():
+    largest = np.ones((2, 3), dtype=np.float32)
+    smallest = np.zeros((2, 3), dtype=np.float32)
+    assert list(heatmap.matrices("heatmap", largest, smallest)) == ["values"]
+    lines = heatmap.matrices("lines", largest, smallest)
+    assert list(lines) == ["max", "min"]
+    assert lines["max"] is largest and lines["min"] is smallest
+    with pytest.raises(ValueError, match="Invalid answer: 'pie'"):
+        heatmap.matrices("pie", largest, smallest)
