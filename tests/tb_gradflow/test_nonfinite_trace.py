@@ -252,8 +252,9 @@ def test_detect_anomaly_blames_the_loss_for_the_forward_division():
     break_forward(broken)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # detect_anomaly warns of its cost
-        with torch.autograd.detect_anomaly(), pytest.raises(
-            RuntimeError, match="'PowBackward0' returned nan"
+        with (
+            torch.autograd.detect_anomaly(),
+            pytest.raises(RuntimeError, match="'PowBackward0' returned nan"),
         ):
             broken(torch.randn(6, 4)).pow(2).mean().backward()
 
