@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
-from tb_gradflow.nonfinite_trace import ModuleTracer
+from tb_gradflow.module_tracer import ModuleTracer
 
 BASELINE = "baseline (nothing)"
 UPDATE = ("update_ratio", "weight_norm")

@@ -9,6 +9,7 @@ skips non-finite steps, and writes each rank's traced origins as JSON lines.
 """
 
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -17,6 +18,9 @@ from torch.nn import functional as F
 from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: shared helpers
+from broken_modules import DivideBy, SkipNonfiniteSGD
 
 STEPS = 3
 
@@ -41,24 +45,6 @@ def train(model, opt, x, y) -> None:
         opt.zero_grad()
         F.mse_loss(model(x), y).backward()
         opt.step()
-
-
-class DivideBy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("divisor", torch.tensor(1.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x / self.divisor
-
-
-class SkipNonfiniteSGD(torch.optim.SGD):
-    @torch.no_grad()
-    def step(self, closure=None):
-        grads = [p.grad for g in self.param_groups for p in g["params"]]
-        if all(torch.isfinite(g).all() for g in grads if g is not None):
-            return super().step(closure)
-        return None
 
 
 def trace(rank: int, world: int, outdir: str) -> None:

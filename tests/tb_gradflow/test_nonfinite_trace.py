@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from broken_modules import DivideBy, SkipNonfiniteSGD
 from tensorboard.backend.event_processing.event_file_loader import (
     RawEventFileLoader,
 )
@@ -25,20 +26,10 @@ from torch.utils.tensorboard import SummaryWriter
 import tb_gradflow
 from tb_gradflow import metadata
 from tb_gradflow.metadata import FormatError, NonfiniteOrigin
-from tb_gradflow.nonfinite_trace import TraceEvent, first_origin
+from tb_gradflow.module_tracer import TraceEvent
+from tb_gradflow.nonfinite_trace import first_origin
 
 BROKEN_AT = 3  # the step whose forward or backward pass turns non-finite
-
-
-class DivideBy(nn.Module):
-    """``x / divisor``, the divisor a buffer a test sets to 0."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("divisor", torch.tensor(1.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x / self.divisor
 
 
 class _DivideGradByZero(torch.autograd.Function):
@@ -149,18 +140,6 @@ def train(
             str(w.message) for w in caught if "nonfinite_origin" in str(w.message)
         ]
     return flow, alerts, applied
-
-
-class SkipNonfiniteSGD(torch.optim.SGD):
-    """SGD that leaves the weights alone when a gradient holds NaN/Inf, as
-    trainers that skip such steps do."""
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        grads = [p.grad for g in self.param_groups for p in g["params"]]
-        if all(torch.isfinite(g).all() for g in grads if g is not None):
-            return super().step(closure)
-        return None
 
 
 def hooks_registered(model: nn.Module) -> int:
