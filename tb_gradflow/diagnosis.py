@@ -22,6 +22,17 @@ model) and a streak of logged steps ``first_step..last_step``:
 * ``exploding``: the L2 norm is more than ``explode_ratio`` x the median of the
   layer's previous ``explode_window`` finite norms (needs 3 earlier values). A
   window longer than the run takes all earlier steps.
+* ``spike``: ``log10`` of the L2 norm is above the median of the layer's
+  previous ``spike_window`` logged steps' values by more than ``spike_k``
+  robust standard deviations (the MAD x 1.4826) and by ``spike_min_ratio`` x
+  at least (needs ``spike_window // 2`` earlier values; a Hampel identifier,
+  :mod:`tb_gradflow.spike_rule`). Only steps that count and layers with a
+  finite, positive norm and no NaN/Inf element are judged or enter a window.
+  A layer's ``exploding`` step has no ``spike`` finding besides. One finding
+  for the model per spike event of two or more layers (spiking within a few
+  logged steps of each other, exploding ones included) names them in the
+  order their spike began, those of the same step by how far above their
+  threshold they were: the first one is where it started.
 * ``skipped``: steps the AMP grad scaler skipped (inf/NaN in the scaled
   gradient). They count as neither blocked nor healthy.
 * ``update_too_large`` (runs that log ``update_ratio``): the step the optimizer
@@ -64,6 +75,9 @@ from tb_gradflow.blocked_rule import (
     median_of_others,
 )
 from tb_gradflow.exploding_rule import exploding_mask
+from tb_gradflow.spike_rule import SpikeWindow, spike_findings, spike_message
+from tb_gradflow.streaks import Finding, find_streaks
+from tb_gradflow.update_rule import update_findings
 
 __all__ = ["KINDS", "Finding", "OnlineDiagnosis", "Thresholds", "diagnose"]
 
@@ -73,6 +87,7 @@ KINDS = (
     "all_zero",
     "nonfinite",
     "exploding",
+    "spike",
     "skipped",
     "update_too_large",
     "not_updating",
@@ -90,6 +105,11 @@ class Thresholds:
     floor_ratio_to_others: float = 1e-6  # this far below the others: blocked outright
     explode_ratio: float = 100.0  # norm over the median of its recent norms
     explode_window: int = 20  # earlier logged steps in that median
+    # spike: Hampel identifier on log10(norm); 7 SDs as OLMo 2's spike score
+    # (arXiv:2501.00656); the window and the floor: see docs/logging.md
+    spike_k: float = 7.0  # robust SDs (MAD x 1.4826) above the window's median
+    spike_window: int = 50  # earlier logged steps in the median and the MAD
+    spike_min_ratio: float = 2.0  # and at least this multiple of the median
     # update_ratio: about 1e-3 is healthy (CS231n's rule of thumb; Karpathy's
     # makemore plots of log10 update/data ratios around -3): 100x above it the
     # step is too large; 1e4x below it the layer does not move
@@ -111,36 +131,20 @@ class Thresholds:
             raise ValueError(f"Invalid explode_ratio: {self.explode_ratio} (> 1)")
         if self.explode_window < 3:
             raise ValueError(f"Invalid explode_window: {self.explode_window} (>= 3)")
+        if not self.spike_k > 0.0:
+            raise ValueError(f"Invalid spike_k: {self.spike_k} (> 0)")
+        if self.spike_window < 6:
+            raise ValueError(f"Invalid spike_window: {self.spike_window} (>= 6)")
+        if not 1.0 <= self.spike_min_ratio < float("inf"):
+            raise ValueError(
+                f"Invalid spike_min_ratio: {self.spike_min_ratio} (>= 1, finite)"
+            )
         if not 0.0 < self.min_update_ratio < self.max_update_ratio:
             raise ValueError(
                 f"Invalid min_update_ratio and max_update_ratio: "
                 f"{self.min_update_ratio} and {self.max_update_ratio} "
                 "(0 < min_update_ratio < max_update_ratio)"
             )
-
-
-@dataclasses.dataclass(frozen=True)
-class Finding:
-    """One finding: a kind, a layer (None for the whole model) and a streak of
-    steps. ``ongoing``: the streak has not ended by the newest logged step (see
-    the module docstring); ``last_step`` is the last step where the condition
-    held."""
-
-    kind: str
-    layer: str | None
-    first_step: int
-    last_step: int
-    steps: int  # logged steps in the streak
-    message: str
-    ongoing: bool = False
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def holds_at(self, step: int) -> bool:
-        """Whether the streak covers ``step``: ``first_step..last_step``, and for
-        an ongoing streak every later step."""
-        return self.first_step <= step and (self.ongoing or step <= self.last_step)
 
 
 class RunLike(Protocol):
@@ -204,10 +208,9 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
     )
     no_gradient, bad = _event_masks(nonfinite)
     absent = getattr(run, "absent", None)  # (T, L) bool, optional
-    if absent is not None:
-        no_gradient &= ~np.asarray(absent, dtype=bool)
-    if absent is not None:
-        valid &= ~np.asarray(absent, dtype=bool)
+    present = True if absent is None else ~np.asarray(absent, dtype=bool)
+    no_gradient &= present
+    valid &= present
     all_zero = _all_zero_steps(judged, valid)  # (T,)
     blocked = blocked_mask(judged, valid, th)
     blocked[all_zero] = False  # one finding for the model instead
@@ -223,25 +226,35 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
     for kind, mask in masks.items():
         message = _exploding_message(th) if kind == "exploding" else _MESSAGES[kind]
         min_length = patience if kind in _PATIENT else 1
-        found = _streaks(
+        found = find_streaks(
             kind, mask & live[:, None], live, steps, layers, min_length, message
         )
         if kind == "blocked":
             found = [_say_exactly_zero(f, judged, steps, layers) for f in found]
         findings += found
+    counts = live[:, None] & present & (nonfinite == 0)  # a norm that counts
+    findings += spike_findings(
+        run.values("norm"),
+        counts,
+        live,
+        steps,
+        layers,
+        th,
+        superseded=masks["exploding"],
+    )
     findings += [
         dataclasses.replace(f, message=_all_zero_message(f.first_step))
-        for f in _streaks(
+        for f in find_streaks(
             "all_zero", (all_zero & live)[:, None], live, steps, [None], patience, ""
         )
     ]
     logged = set(getattr(run, "stats", ())) - set(getattr(run, "not_logged", ()))
     if "update_ratio" in logged:
         explained = masks["blocked"] | no_gradient  # a gradient that does not flow
-        findings += _update_findings(
+        findings += update_findings(
             run, valid & ~explained, live, steps, layers, patience, th
         )
-    findings += _streaks(
+    findings += find_streaks(
         "skipped",
         skipped[:, None],
         np.ones_like(skipped),
@@ -255,78 +268,6 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
         key=lambda f: (f.first_step, -1 if f.layer is None else order[f.layer])
     )
     return findings
-
-
-def _update_findings(
-    run: RunLike,
-    valid: np.ndarray,
-    live: np.ndarray,
-    steps: np.ndarray,
-    layers: list[str],
-    patience: int,
-    th: Thresholds,
-) -> list[Finding]:
-    """``update_too_large`` and ``not_updating`` (see the module docstring).
-
-    A layer that is blocked or has no gradient at a step does not count there
-    (its weights do not move because the gradient does not reach them; that
-    finding says so).
-
-    Shape:
-        - valid: ``(T, L)``, layers with a usable, flowing gradient; live: ``(T,)``.
-    """
-    ratio = np.array(run.values("update_ratio"), dtype=np.float64)  # (T, L)
-    sparse = np.asarray(run.sparse, dtype=bool)
-    if sparse.any():  # judged by the rows that got a gradient
-        rows = np.asarray(run.values("rows"), dtype=np.float64)[:, sparse]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio[:, sparse] = np.where(rows > 0, ratio[:, sparse] / np.sqrt(rows), 0)
-    usable = valid & np.isfinite(ratio)  # inf: the weights were zero
-    moving = np.where(usable, ratio, np.nan)
-    with np.errstate(invalid="ignore"):
-        too_large = usable & (ratio > th.max_update_ratio)
-        low = usable & (ratio < th.min_update_ratio)
-        others = median_of_others(moving)  # (T, L)
-        model_low = usable.any(axis=1) & (
-            np.nanmedian(np.where(usable.any(axis=1)[:, None], moving, 0), axis=1)
-            < th.min_update_ratio
-        )  # (T,)
-        not_updating = low & ~model_low[:, None] & (others >= th.min_update_ratio)
-    low_message = (
-        f"update_ratio below {th.min_update_ratio:g} while the other layers "
-        "update: its learning rate is zero or tiny (a frozen group, weight decay "
-        "cancelling the step)"
-    )
-    found = _streaks(
-        "update_too_large",
-        too_large & live[:, None],
-        live,
-        steps,
-        layers,
-        patience,
-        f"update_ratio above {th.max_update_ratio:g}: the step is too large for "
-        "these weights (the learning rate is too high for this layer)",
-    )
-    found += _streaks(
-        "not_updating",
-        not_updating & live[:, None],
-        live,
-        steps,
-        layers,
-        patience,
-        low_message,
-    )
-    found += _streaks(
-        "not_updating",
-        (model_low & live)[:, None],
-        live,
-        steps,
-        [None],
-        patience,
-        f"most layers' update_ratio is below {th.min_update_ratio:g}: the weights "
-        "do not move (a learning rate of 0: warm-up, a scheduler at 0)",
-    )
-    return found
 
 
 def _say_exactly_zero(
@@ -346,19 +287,25 @@ def _say_exactly_zero(
 class OnlineDiagnosis:
     """The same rule, one logged step at a time, for alerts during training.
 
-    Keeps O(layers) state: each layer's earlier peak and its current streaks,
-    which end as :func:`diagnose`'s do (``patience`` healthy steps in a row for
-    ``no_gradient``, ``blocked`` and ``all_zero``), so a value hovering at a
-    threshold does not flicker. :meth:`update` returns the findings that become
-    true at this step for the first time for their layer (or, ``all_zero``, for
-    the model): a ``no_gradient``, ``blocked`` or ``all_zero`` streak that
-    reaches ``patience`` steps, or a ``nonfinite`` step; each is ongoing, from
-    its streak's first step. (``exploding`` and ``skipped`` are shown by the tab
-    and the report; they raise no alert.) Unlike :func:`diagnose`, which sees
-    the whole run, a run shorter than ``patience`` never alerts.
+    Keeps O(layers x spike_window) state: each layer's earlier peak, its
+    current streaks, which end as :func:`diagnose`'s do (``patience`` healthy
+    steps in a row for ``no_gradient``, ``blocked`` and ``all_zero``), so a
+    value hovering at a threshold does not flicker, and its last
+    ``spike_window`` log10 norms (:class:`~tb_gradflow.spike_rule.SpikeWindow`).
+    :meth:`update` returns the findings that become true at this step for the
+    first time for their layer (or, ``all_zero``, for the model): a
+    ``no_gradient``, ``blocked`` or ``all_zero`` streak that reaches
+    ``patience`` steps, or a ``nonfinite`` step; each is ongoing, from its
+    streak's first step. A ``spike`` is returned at the first step of each
+    streak of spiking steps, the layers of one step by how far above their
+    threshold they are; the model finding that ranks a spike event's layers
+    needs the event's end, and is :func:`diagnose`'s only. (``exploding`` and
+    ``skipped`` are shown by the tab and the report; they raise no alert.)
+    Unlike :func:`diagnose`, which sees the whole run, a run shorter than
+    ``patience`` never alerts.
     """
 
-    ALERT_KINDS = ("no_gradient", "blocked", "all_zero", "nonfinite")
+    ALERT_KINDS = ("no_gradient", "blocked", "all_zero", "nonfinite", "spike")
 
     def __init__(
         self,
@@ -381,6 +328,8 @@ class OnlineDiagnosis:
         self._first = np.zeros(2 * n + 1, dtype=np.int64)
         self._alerted = np.zeros(2 * n + 1, dtype=bool)
         self._alerted_nonfinite = np.zeros(n, dtype=bool)
+        self._spikes = SpikeWindow(n, self.th)
+        self._spiking = np.zeros(n, dtype=bool)  # at the last counted step
 
     def update(
         self, step: int, stats: dict[str, np.ndarray], *, skipped: bool = False
@@ -399,21 +348,28 @@ class OnlineDiagnosis:
         blocked = valid & is_blocked(judged, others, self._peak[None], self.th)
         blocked[all_zero] = False  # one finding for the model instead
         self._peak = np.fmax(self._peak, np.where(valid, judged, np.nan)[0])
+        counts = (nonfinite[0] == 0) & (not skipped)  # a norm that counts
+        spike, excess = self._spikes.update(np.asarray(stats["norm"]), counts)
         if skipped:  # neither blocked nor healthy: streaks stay as they are
             return []
         step = int(step)
+        new_spikes = np.flatnonzero(spike & ~self._spiking)
+        new_spikes = new_spikes[np.argsort(-excess[new_spikes], kind="stable")]
+        self._spiking = spike
         hit = np.concatenate([no_gradient[0], blocked[0], all_zero])  # (2L + 1,)
         self._extend(hit, step)
         fire = (self._hits >= self.th.patience) & ~self._alerted
         self._alerted |= fire
         fire_nonfinite = bad[0] & ~self._alerted_nonfinite
         self._alerted_nonfinite |= fire_nonfinite
-        if not (fire.any() or fire_nonfinite.any()):
+        if not (fire.any() or fire_nonfinite.any() or len(new_spikes)):
             return []
         new: list[Finding] = []
         for kind in self.ALERT_KINDS:
-            if kind == "nonfinite":
-                columns = np.flatnonzero(fire_nonfinite)
+            if kind in ("nonfinite", "spike"):
+                columns = (
+                    new_spikes if kind == "spike" else np.flatnonzero(fire_nonfinite)
+                )
                 length, first = np.ones(len(columns), int), [step] * len(columns)
             else:
                 at = self._slices[kind]
@@ -431,6 +387,8 @@ class OnlineDiagnosis:
                     message=(
                         _all_zero_message(int(f))
                         if kind == "all_zero"
+                        else spike_message(self.th)
+                        if kind == "spike"
                         else _MESSAGES[kind]
                     ),
                     ongoing=True,
@@ -475,52 +433,3 @@ def _judged_mean(
 def _event_masks(nonfinite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``no_gradient`` and ``nonfinite`` per step and layer, ``(T, L)`` bool each."""
     return np.isnan(nonfinite), nonfinite > 0
-
-
-def _streaks(
-    kind: str,
-    mask: np.ndarray,
-    counted: np.ndarray,
-    steps: np.ndarray,
-    layers: Sequence[str | None],
-    min_length: int,
-    message: str,
-) -> list[Finding]:
-    """Runs of consecutive counted steps where ``mask`` holds, per layer column.
-
-    Steps not ``counted`` (skipped ones) neither extend nor break a streak. With
-    ``min_length > 1`` a streak also bridges gaps shorter than ``min_length``
-    (hysteresis: a blocked layer must look healthy for ``min_length`` steps in a
-    row to end its streak), so a value hovering at a threshold gives one finding.
-    A streak followed by fewer than ``min_length`` counted steps is ongoing.
-    """
-    idx = np.flatnonzero(counted)
-    found = []
-    for j in np.flatnonzero(mask.any(axis=0)).tolist():  # the columns with a hit
-        column = mask[idx, j]
-        if not column.any():
-            continue
-        layer = layers[j]
-        edges = np.diff(np.concatenate([[0], column.astype(np.int8), [0]]))
-        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        runs: list[list[int]] = []
-        for start, stop in zip(starts.tolist(), stops.tolist()):
-            if runs and min_length > 1 and start - runs[-1][1] < min_length:
-                runs[-1][1] = stop  # bridge a short healthy gap
-            else:
-                runs.append([start, stop])
-        for start, stop in runs:
-            hits = int(column[start:stop].sum())
-            if hits >= min_length:
-                found.append(
-                    Finding(
-                        kind=kind,
-                        layer=layer,
-                        first_step=int(steps[idx[start]]),
-                        last_step=int(steps[idx[stop - 1]]),
-                        steps=hits,
-                        message=message,
-                        ongoing=len(column) - stop < min_length,
-                    )
-                )
-    return found

@@ -159,6 +159,32 @@ def test_report_takes_every_threshold_as_an_option(tmp_path, capsys):
     assert "Invalid explode_window: 2" in capsys.readouterr().err
 
 
+def test_report_names_a_spike_and_where_it_began(tmp_path, capsys):
+    # enc's norm x10 at step 40, mid's x5 one step later: two layer findings
+    # and one for the model, enc first; --spike-min-ratio 6 leaves enc alone.
+    rng = np.random.default_rng(0)
+    mean = 1e-3 * (1 + 0.01 * rng.standard_normal((50, 3)))
+    mean[40, 0] *= 10
+    mean[41, 1] *= 5
+    write_run(tmp_path / "spiky", [stats(m) for m in mean])
+    assert cli.main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "   spike        (model)  steps 40-41 (2 logged): gradient spike in 2 "
+        "layers, began in enc (step 40), then mid (step 41)\n"
+    ) in out
+    assert "   spike        enc  steps 40-40 (1 logged): gradient norm spike" in out
+    assert "   spike        mid  steps 41-41 (1 logged): gradient norm spike" in out
+    assert cli.main(["report", str(tmp_path), "--spike-min-ratio", "6"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[:2] for line in out.splitlines() if "spike " in line] == [
+        ["spike", "enc"]
+    ]
+    assert "and 6x above its median" in out
+    assert cli.main(["report", str(tmp_path), "--spike-window", "5"]) == 2
+    assert "Invalid spike_window: 5" in capsys.readouterr().err
+
+
 def test_report_errors_are_one_line_with_the_path(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err

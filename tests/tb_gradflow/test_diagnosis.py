@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from online_feed import feed_online
 
 from tb_gradflow import metadata
 from tb_gradflow.blocked_rule import median_of_others
@@ -167,17 +168,6 @@ def test_fewer_steps_than_patience_count_as_a_streak():
 def test_bad_thresholds(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Thresholds(**kwargs)
-
-
-def feed_online(run, thresholds=None):
-    from tb_gradflow.diagnosis import OnlineDiagnosis
-
-    online = OnlineDiagnosis(run.layers, run.sparse, thresholds)
-    found = []
-    for t, step in enumerate(run.steps):
-        stats = {s: run.values(s)[t] for s in ("abs_mean", "norm", "nonfinite", "rows")}
-        found += online.update(int(step), stats, skipped=bool(run.skipped[t]))
-    return found
 
 
 @pytest.mark.parametrize("seed", range(6))

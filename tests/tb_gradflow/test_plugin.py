@@ -673,6 +673,9 @@ def test_alerts_with_default_and_given_thresholds(client):
             "floor_ratio_to_others": 1e-06,
             "explode_ratio": 100.0,
             "explode_window": 20,
+            "spike_k": 7.0,
+            "spike_window": 50,
+            "spike_min_ratio": 2.0,
             "max_update_ratio": 0.1,
             "min_update_ratio": 1e-07,
         },
@@ -681,6 +684,33 @@ def test_alerts_with_default_and_given_thresholds(client):
     patient = get_json(client, "alerts", run="healthy", patience="5")
     assert patient["thresholds"]["patience"] == 5
     assert patient["alerts"] == [NONFINITE]  # 4 blocked steps < patience 5
+
+
+def test_alerts_name_a_spike_and_take_its_thresholds(tmp_path):
+    # enc's norm x10 at step 40, head's x5 one step later
+    layout = metadata.Layout(layers=("enc", "head"), sparse=(False, False))
+    mean = 1e-3 * (1 + 0.01 * np.random.default_rng(0).standard_normal((50, 2)))
+    mean[40, 0] *= 10
+    mean[41, 1] *= 5
+    write_run(tmp_path, "spiky", layout, range(50), lambda i: possible(mean[i], 2))
+    client = make_plugin_client(tmp_path)[0]
+    alerts = get_json(client, "alerts", run="spiky")["alerts"]
+    assert [(a["kind"], a["layer"], a["first_step"]) for a in alerts] == [
+        ("spike", None, 40),
+        ("spike", "enc", 40),
+        ("spike", "head", 41),
+    ]
+    assert alerts[0]["message"] == (
+        "gradient spike in 2 layers, began in enc (step 40), then head (step 41)"
+    )
+    given = get_json(client, "alerts", run="spiky", spike_min_ratio="6")
+    assert given["thresholds"]["spike_min_ratio"] == 6.0
+    assert [a["layer"] for a in given["alerts"]] == ["enc"]
+    response = get(client, "alerts", run="spiky", spike_window="1001")
+    assert response.status_code == 400
+    assert b"Invalid spike_window: '1001' (an integer from 6 to 1000)" in (
+        response.get_data()
+    )
 
 
 def test_alerts_take_explode_window_up_to_its_cap(client):
