@@ -2,8 +2,8 @@
 
 Writes one synthetic run (default 500 layers x 10,000 logged steps) with
 tb_gradflow.summary, loads it with TensorBoard's Rust data server and/or its
-Python multiplexer (the two ``--load_fast`` modes), and reports for ``flow`` and
-``heatmap`` (binary and JSON):
+Python multiplexer (the two ``--load_fast`` modes), and reports for ``flow``,
+``heatmap`` (binary and JSON) and ``lines`` (binary, as the tab asks it):
 
 * cold: the first request after new data (one more step appended and ingested),
   i.e. a re-read through the data provider, plus the diagnosis for ``flow``;
@@ -12,9 +12,10 @@ Python multiplexer (the two ``--load_fast`` modes), and reports for ``flow`` and
 * warm, re-checked: the same after ``listing_ttl`` (a ``list_tensors`` call that
   finds no new data), as when the tab polls;
 
-and the heatmap's payload sizes and the event-file bytes per layer, statistic
-and step. Issue 3's targets (2-core machine): warm flow <= 50 ms, warm heatmap
-<= 300 ms, cold <= 1.5 s, <= 5 bytes per layer, statistic and step.
+and the heatmap's and lines' payload sizes and the event-file bytes per layer,
+statistic and step. Issue 3's targets (2-core machine): warm flow <= 50 ms, warm
+heatmap <= 300 ms, cold <= 1.5 s, <= 5 bytes per layer, statistic and step;
+issue 19's: warm lines <= 100 ms.
 
 With ``--triage-runs N``, instead: N such runs (``--steps`` each), and what the
 tab asks first: ``runs`` on a fresh plugin (TensorBoard's listing alone; before
@@ -192,6 +193,10 @@ def bench(backend, run: Run, repeats: int, cold_repeats: int) -> None:
             query_string={"run": RUN, "stat": "abs_mean"},
             headers={"Accept-Encoding": "gzip"},
         ),
+        "lines binary": lambda: client.get(
+            base + "lines",
+            query_string={"run": RUN, "stat": "abs_mean", "format": "binary"},
+        ),
     }
     print(
         f"  | route | cold s (median of {cold_repeats}) [min, max] "
@@ -224,7 +229,8 @@ def bench(backend, run: Run, repeats: int, cold_repeats: int) -> None:
     print(
         f"  heatmap payload ({len(run.layout.layers)} layers x 1000 columns): "
         f"binary {len(binary) / 1e6:.2f} MB, JSON {json_mb:.2f} MB "
-        f"({len(zipped) / 1e6:.2f} MB gzipped)"
+        f"({len(zipped) / 1e6:.2f} MB gzipped); lines binary "
+        f"{len(routes['lines binary']().get_data()) / 1e6:.2f} MB"
     )
 
 

@@ -156,6 +156,8 @@ def parse_plugin(text: str) -> list[Row]:
                 first_number(warm["heatmap binary"]),
                 cold["heatmap json"],
                 first_number(warm["heatmap json"]),
+                cold.get("lines binary", NOT_RECORDED),
+                first_number(warm.get("lines binary", NOT_RECORDED)),
             ]
         )
     return rows
@@ -320,6 +322,8 @@ BENCHMARKS = [
             "binary warm ms",
             "heatmap JSON cold s",
             "JSON warm ms",
+            "lines binary cold s",
+            "lines warm ms",
         ],
         parse_plugin,
     ),

@@ -231,6 +231,23 @@ export function drawLinesBase(ctx, layout, lines, palette, opts = {}) {
   if (layout.reference) {
     const r = layout.reference;
     drawReference(ctx, plot, r, palette, "line");
+    // the band's edges over the lines: many lines hide the band itself
+    ctx.save();
+    ctx.strokeStyle = palette.reference;
+    ctx.globalAlpha = 0.6;
+    ctx.lineWidth = 1;
+    ctx.setLineDash([2, 3]);
+    ctx.beginPath();
+    for (const y of r.band) {
+      ctx.moveTo(plot.x, Math.round(y) + 0.5);
+      ctx.lineTo(plot.x + plot.w, Math.round(y) + 0.5);
+    }
+    ctx.stroke();
+    ctx.restore();
+    // the value on a background of its own, readable over the lines
+    const w = ctx.measureText(r.text).width;
+    ctx.fillStyle = palette.bg;
+    ctx.fillRect(plot.x + plot.w - 8 - w, r.y - 2 - LINE, w + 6, LINE);
     ctx.fillStyle = palette.reference;
     ctx.textAlign = "right";
     ctx.textBaseline = "bottom";

@@ -313,6 +313,7 @@ export function createPainter(win, shell, getState, dispatch) {
       canvas.dataset.cols = String(layout.cols);
       canvas.dataset.scale = axis;
       canvas.dataset.plot = [plot.x, plot.y, plot.w, plot.h].map((v) => v.toFixed(1)).join(",");
+      canvas.dataset.domain = layout.y.domain.join(","); // the y axis, bottom to top
       canvas.dataset.reference = layout.reference ? layout.reference.y.toFixed(1) : "";
       canvas.dataset.highlight = row >= 0 ? lines.layers[row] : "";
       canvas.dataset.logged = String(lines.logged !== false);

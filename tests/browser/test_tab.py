@@ -12,8 +12,9 @@ damaged, ``ongoing``, whose blocked streak has not ended at its newest step,
 set that changed (the tab cannot show it and says why), ``custom_stat``,
 watched while a test-only statistic was registered in this process (the
 tab's TensorBoard does not know it: it reads it from the files by name), and
-``lacking_rows``, written without the ``rows`` statistic. Screenshots go to
-``test-output/browser/``.
+``lacking_rows``, written without the ``rows`` statistic, and ``lines_50`` and
+``lines_500``, healthy runs of 50 and 500 layers with ``update_ratio`` (the
+lines view). Screenshots go to ``test-output/browser/``.
 
 Needs Debian's ``chromium`` and ``pip install playwright`` (never
 ``playwright install``); without them these tests fail and say so.
@@ -82,6 +83,10 @@ CUSTOM_RUN = "custom_stat"
 CUSTOM_STAT = "mean_square"  # registered in this process only, while training
 CUSTOM_STEPS = 6
 LACKING_RUN = "lacking_rows"
+LINES_RUN = "lines_50"  # 50 layers, update_ratio
+LINES_STEPS = 200
+WIDE_RUN = "lines_500"  # 500 layers, update_ratio
+WIDE_STEPS = 60
 _LOAD_TIMEOUT = 60.0  # s until every run is listed
 _UI_TIMEOUT = 20_000  # ms for one UI expectation
 _REFRESH_TIMEOUT = 25_000  # ms: reload interval 1 s + the tab's 5 s poll
@@ -292,6 +297,27 @@ def _write_lacking_run(logdir: Path) -> None:
     )
 
 
+def _write_lines_run(logdir: Path, run: str, n_layers: int, steps: int) -> None:
+    """Healthy layers with ``update_ratio`` and ``weight_norm``: layer i's
+    update ratio about 10^(-4 + 2 i / (L - 1)), waving slowly over the steps
+    (deeper layers higher: the lines view spreads them across its log axis
+    and across update_ratio's band around 1e-3)."""
+    order = (*tb_stats.names("gradient"), "update_ratio", "weight_norm")
+    names = tuple(f"blocks.{i}.weight" for i in range(n_layers))
+    layout = metadata.Layout(layers=names, stats=order)
+    depth = np.arange(n_layers) / (n_layers - 1)
+    grad = 1e-3 * (1 + depth)  # (L,)
+
+    def stats_at(i: int) -> np.ndarray:
+        wave = 1 + 0.2 * np.sin(i / 10 + 3 * depth)  # (L,)
+        values = {"abs_mean": grad, "abs_max": 3 * grad, "norm": 10 * grad}
+        values |= {"nonfinite": 0.0, "rows": 1.0, "weight_norm": 5.0}
+        values["update_ratio"] = 10 ** (-4 + 2 * depth) * wave
+        return tb_stats.record(values, n_layers, order=order)
+
+    _write_layout_run(logdir, run, layout, range(steps), stats_at)
+
+
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
     _require_browser()
@@ -310,6 +336,8 @@ def logdir(tmp_path_factory):
     _write_resumed_run(d)
     _write_old_format_run(d)
     _write_lacking_run(d)
+    _write_lines_run(d, LINES_RUN, 50, LINES_STEPS)
+    _write_lines_run(d, WIDE_RUN, 500, WIDE_STEPS)
     return d
 
 
@@ -347,6 +375,8 @@ def tensorboard(logdir, tensorboard_process):
                 OLD_RUN: 5,
                 CUSTOM_RUN: CUSTOM_STEPS - 1,
                 LACKING_RUN: 5,
+                LINES_RUN: LINES_STEPS - 1,
+                WIDE_RUN: WIDE_STEPS - 1,
             },
         )
         yield tb
@@ -1124,3 +1154,77 @@ def test_a_statistic_a_runs_files_lack_is_said_to_be_not_logged(page, tensorboar
     menu.select_option("norm")
     frame.locator("[data-testid=bar-table][data-stat=norm]").wait_for(state="attached")
     assert [r["status"] for r in layer_rows(frame)] == ["ok", "ok"]
+
+
+def lines_view(frame, run: str, rows: int, cols: int):
+    """The lines canvas once it draws ``update_ratio`` of ``run``."""
+    canvas = frame.locator(
+        f'[data-testid=lines][data-run="{run}"][data-stat="update_ratio"]'
+        f'[data-rows="{rows}"][data-cols="{cols}"]'
+    )
+    canvas.wait_for(state="attached")
+    return canvas
+
+
+def line_point(canvas, step: float, value: float, steps: int) -> dict[str, float]:
+    """Where the lines view draws ``value`` at ``step`` (one step per column,
+    steps 0 .. steps - 1; log axis), in the canvas's CSS px."""
+    x, y, w, h = (float(v) for v in canvas.get_attribute("data-plot").split(","))
+    lo, hi = (float(v) for v in canvas.get_attribute("data-domain").split(","))
+    t = (math.log10(hi) - math.log10(value)) / (math.log10(hi) - math.log10(lo))
+    return {"x": x + w * step / (steps - 1), "y": y + h * t}
+
+
+def wave_ratio(layer: int, layers: int, step: int) -> float:
+    """update_ratio of ``layer`` at ``step`` as _write_lines_run writes it."""
+    depth = layer / (layers - 1)
+    return 10 ** (-4 + 2 * depth) * (1 + 0.2 * math.sin(step / 10 + 3 * depth))
+
+
+def test_the_lines_view_names_the_hovered_layer_and_a_click_selects_its_step(
+    page, tensorboard
+):
+    frame = open_tab(page, tensorboard)
+    select_run(frame, LINES_RUN)
+    frame.locator("[data-testid=stat]").select_option("update_ratio")
+    canvas = lines_view(frame, LINES_RUN, 50, LINES_STEPS)
+    assert canvas.get_attribute("data-scale") == "log"
+    assert canvas.get_attribute("data-reference")  # the 1e-3 rule of thumb
+    lo, hi = (float(v) for v in canvas.get_attribute("data-domain").split(","))
+    assert lo <= 1e-4 and hi >= 1e-2  # every layer's line is on the axis
+    assert "update_ratio" in canvas.get_attribute("aria-label")
+    # the bar plot draws the same rule of thumb, and its legend names it
+    table = frame.locator("[data-testid=bar-table]")
+    assert table.get_attribute("data-reference") == "0.001"
+    legend = frame.locator(".gf-legend").first.text_content()
+    assert "about 1e-3 is healthy" in legend, legend
+
+    layer, step = 30, 120
+    canvas.hover(position=line_point(canvas, step, wave_ratio(layer, 50, step), 200))
+    tooltip = frame.locator(".gf-tooltip")
+    assert tooltip.is_visible()
+    text = tooltip.text_content()
+    assert f"blocks.{layer}.weight" in text and f"step {step}" in text, text
+    next_frame(frame)
+    assert canvas.get_attribute("data-highlight") == f"blocks.{layer}.weight"
+    canvas.screenshot(path=str(OUT / "light_lines_50_layers.png"))
+
+    # a click selects that step in the bar plot (and the layer under it)
+    canvas.click(position=line_point(canvas, 57, wave_ratio(10, 50, 57), 200))
+    expect_step(frame, 57)
+    page.mouse.move(0, 0)  # off the canvas: what stays highlighted is the selection
+    next_frame(frame)
+    assert canvas.get_attribute("data-highlight") == "blocks.10.weight"
+
+    # 500 layers: still one line per layer, and hover still names one
+    select_run(frame, WIDE_RUN)
+    wide = lines_view(frame, WIDE_RUN, 500, WIDE_STEPS)
+    layer, step = 250, 30
+    wide.hover(position=line_point(wide, step, wave_ratio(layer, 500, step), 60))
+    text = frame.locator(".gf-tooltip").text_content()
+    named = int(text.split("blocks.", 1)[1].split(".", 1)[0])
+    assert abs(named - layer) <= 3, text  # lines a fraction of a pixel apart
+    assert f"step {step}" in text
+    next_frame(frame)
+    assert wide.get_attribute("data-highlight") == f"blocks.{named}.weight"
+    wide.screenshot(path=str(OUT / "light_lines_500_layers.png"))
