@@ -14,7 +14,9 @@ results.
 
 from __future__ import annotations
 
+import argparse
 import math
+import platform
 import random
 import statistics
 import time
@@ -24,6 +26,44 @@ Block = Callable[[], float]  # runs one block, returns seconds per iteration
 Results = dict[str, list[tuple[float, float]]]  # {name: [(s per iter, psi %)]}
 
 BUSY_PSI = 10.0  # % of a block's wall time with tasks waiting for a CPU: too busy
+
+
+def arguments(doc: str, *, reps: int, quick_reps: int = 2) -> argparse.ArgumentParser:
+    """The options of every timing benchmark (``--quick``, ``--reps``,
+    ``--threads``, ``--seed``); a script adds its own, then calls
+    :func:`parse`. ``doc``: the script's docstring (its first line describes
+    it)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="a short smoke run: figures not meaningful"
+    )
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help=f"interleaved reps (default {reps}; --quick: {quick_reps})",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--seed", type=int, default=0, help="shuffle seed")
+    parser.set_defaults(default_reps=(reps, quick_reps))
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None):
+    """Parses the options, sets torch's threads, and prints the versions and
+    the machine the figures are for."""
+    import torch
+
+    args = parser.parse_args(argv)
+    if args.reps is None:
+        args.reps = args.default_reps[1] if args.quick else args.default_reps[0]
+    torch.set_num_threads(args.threads)
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, {platform.machine()}"
+        + (" [--quick: smoke run, figures not meaningful]" if args.quick else "")
+    )
+    return args
 
 
 def read_psi_us() -> int | None:

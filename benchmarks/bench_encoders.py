@@ -25,7 +25,6 @@ Run: ``python benchmarks/bench_encoders.py`` (about a minute) or ``--quick``.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -244,11 +243,7 @@ def _fmt(ratios: tuple[float, float, float], digits: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 reps, short blocks")
-    parser.add_argument("--reps", type=int, default=None, help="default 7 (quick: 3)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = _harness.arguments(__doc__, reps=7, quick_reps=3)
     parser.add_argument(
         "--clock",
         choices=("wall", "cpu"),
@@ -256,18 +251,11 @@ def main(argv: list[str] | None = None) -> None:
         help="cpu: this process's CPU time (time.process_time), which time spent "
         "waiting for a busy CPU does not inflate; meaningful with --threads 1",
     )
-    args = parser.parse_args(argv)
-    if args.reps is None:
-        args.reps = 3 if args.quick else 7
+    args = _harness.parse(parser, argv)
     args.clock = time.perf_counter if args.clock == "wall" else time.process_time
-    torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
-    print(
-        f"python {platform.python_version()} | torch {torch.__version__} | numpy "
-        f"{np.__version__} | threads {torch.get_num_threads()} | {platform.machine()} "
-        f"| clock {args.clock.__name__}"
-    )
+    print(f"numpy {np.__version__}, clock {args.clock.__name__}")
     packing = bench_packing(args, gen)
     dedup = bench_dedup(args, gen)
     print(

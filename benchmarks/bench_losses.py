@@ -28,39 +28,24 @@ a smoke run).
 
 from __future__ import annotations
 
-import argparse
 import math
-import platform
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import _harness
 import torch
 
 from trainkit.losses import soft_nearest_neighbor_loss
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the shared references
+from references import post_snnl_loop
+
 DIM = 128
 CLASSES = 10
 TEMPERATURE = 1.0
 SIZES = (256, 1024)
-
-
-def blog_post_loop(
-    batch_x: torch.Tensor, batch_y: torch.Tensor, temp: float
-) -> torch.Tensor:
-    """The loop of the "Implementing Loss Functions" post, its two slips mended."""
-    n = batch_x.shape[0]
-    idx = torch.arange(n)
-    loss = 0.0
-    for i in range(n):
-        label = batch_y[i]
-        batch_same = batch_x[(batch_y == label) & (idx != i)]
-        batch_rest = batch_x[idx != i]
-        dists_1 = ((batch_x[i] - batch_same) ** 2).sum(dim=1)
-        dists_2 = ((batch_x[i] - batch_rest) ** 2).sum(dim=1)
-        prob = torch.exp(-dists_1 / temp).sum() / torch.exp(-dists_2 / temp).sum()
-        loss = loss - torch.log(prob)
-    return loss / n
 
 
 def plain_vectorised(x: torch.Tensor, y: torch.Tensor, temp: float) -> torch.Tensor:
@@ -91,7 +76,7 @@ def check(n: int, x: torch.Tensor, y: torch.Tensor) -> None:
     rows = []
     for dtype in (torch.float64, torch.float32):
         xd = x.to(dtype).requires_grad_()
-        ref = blog_post_loop(xd, y, TEMPERATURE)
+        ref = post_snnl_loop(xd, y, TEMPERATURE)
         (ref_g,) = torch.autograd.grad(ref, xd)
         got = soft_nearest_neighbor_loss(xd, y, TEMPERATURE)
         (got_g,) = torch.autograd.grad(got, xd)
@@ -118,7 +103,7 @@ def bench(n: int, reps: int, scale_iters: float, seed: int) -> dict:
     blocks = {
         base: _harness.timed(fwd_bwd(floor, x), fast_iters),
         loop: _harness.timed(
-            fwd_bwd(lambda x: blog_post_loop(x, y, TEMPERATURE), x), 1
+            fwd_bwd(lambda x: post_snnl_loop(x, y, TEMPERATURE), x), 1
         ),
         "plain vectorised (no clamp)": _harness.timed(
             fwd_bwd(lambda x: plain_vectorised(x, y, TEMPERATURE), x),
@@ -153,21 +138,10 @@ def bench(n: int, reps: int, scale_iters: float, seed: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run")
-    parser.add_argument("--reps", type=int, default=None, help="reps (default 7)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0, help="shuffle seed")
-    args = parser.parse_args()
-    reps = args.reps or (2 if args.quick else 7)
+    parser = _harness.arguments(__doc__, reps=7)
+    args = _harness.parse(parser)
+    reps = args.reps
     scale_iters = 0.2 if args.quick else 1.0
-
-    torch.set_num_threads(args.threads)
-    print(
-        f"python {platform.python_version()}, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}, {platform.machine()}"
-        + (" [--quick: smoke run, figures not meaningful]" if args.quick else "")
-    )
     print()
     results = [bench(n, reps, scale_iters, args.seed + i) for i, n in enumerate(SIZES)]
     print("Summary (forward + backward, ratios of medians):")

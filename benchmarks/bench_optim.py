@@ -30,11 +30,9 @@ a smoke run on smaller tensors, ``--no-fused`` to skip the compiled variant).
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import math
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -197,27 +195,15 @@ def versus(results: _harness.Results, name: str, ref: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser = _harness.arguments(__doc__, reps=7)
     parser.add_argument("--no-fused", action="store_true", help="skip fused=True")
-    parser.add_argument("--reps", type=int, default=None, help="reps (default 7)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0, help="shuffle seed")
-    args = parser.parse_args()
-    reps = args.reps or (2 if args.quick else 7)
-    block_s = 0.0 if args.quick else 0.25
-    names = [n for n in VARIANTS if not (args.no_fused and n == OURS_FUSED)]
-
-    torch.set_num_threads(args.threads)
     # Adam's first step imports torch._dynamo (seconds): keep that out of the
     # "first step" column.
     importlib.import_module("torch._dynamo")
-
-    print(
-        f"python {platform.python_version()}, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}, {platform.machine()}"
-        + (" [--quick: smoke run, figures not meaningful]" if args.quick else "")
-    )
+    args = _harness.parse(parser)
+    reps = args.reps
+    block_s = 0.0 if args.quick else 0.25
+    names = [n for n in VARIANTS if not (args.no_fused and n == OURS_FUSED)]
     print()
     if args.quick:
         sets = [("(a)", [(128, 128)] * 20, 2), ("(b)", [(1024, 1024)], 2)]

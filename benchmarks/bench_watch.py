@@ -17,7 +17,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import statistics
 import tempfile
@@ -294,16 +293,12 @@ def bench(case: str, reps: int, quick: bool) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--reps", type=int, default=9)
+    parser = _harness.arguments(__doc__, reps=9)
     parser.add_argument("--case", choices=["mlp", "lstm", "both"], default="both")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    args = _harness.parse(parser)
     cases = ["mlp", "lstm"] if args.case == "both" else [args.case]
     for case in cases:
-        bench(case, 2 if args.quick else args.reps, args.quick)
+        bench(case, args.reps, args.quick)
 
 
 if __name__ == "__main__":
