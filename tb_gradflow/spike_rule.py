@@ -155,7 +155,7 @@ def _block_spikes(
     # (window + blocks x _STEP_BLOCK, C): steps -window .. , NaN outside the run
     padded = np.full((window + blocks * _STEP_BLOCK, n_cols), np.nan)
     padded[window : window + n_steps] = z
-    seen = np.zeros((len(padded) + 1, n_cols), dtype=np.int64)
+    seen = np.zeros((len(padded) + 1, n_cols), dtype=np.int32)
     np.cumsum(~np.isnan(padded), axis=0, out=seen[1:])
     count = seen[window : window + n_steps] - seen[:n_steps]  # (T, C) per window
     judged = (count >= spike_min_values(th)) & ~np.isnan(z)
@@ -183,8 +183,8 @@ def _pruning_bounds(padded: np.ndarray, count: np.ndarray, th: Thresholds):
     median is at least the union's ``(n - 1) // 2``-th smallest value, and its
     MAD at least half the narrowest span of ``(n + 1) // 2`` of the union's
     values (at least half of a window's values lie within a MAD of its median).
-    The union is sorted in float32 (half the work); the bound gives up
-    ``2**-20`` of the largest value for that rounding.
+    The union is sorted in float32 (half the work); for that rounding the bound
+    gives up ``2**-20 x (1 + the largest |value|) x (1 + spike_k x 1.4826)``.
 
     Shape:
         - padded: ``(W + B x _STEP_BLOCK, C)`` (:func:`_block_spikes`)
@@ -206,7 +206,7 @@ def _pruning_bounds(padded: np.ndarray, count: np.ndarray, th: Thresholds):
     low_median = srt[rows, np.maximum(fewest - 1, 0) // 2].astype(np.float64)
     low_mad = np.full(len(srt), np.inf)
     half = (fewest + 1) // 2  # (R,)
-    for h in np.unique(half[judged]).tolist():
+    for h in np.flatnonzero(np.bincount(half[judged])).tolist():  # few values
         pick = np.flatnonzero(judged & (half == h))
         part = srt if len(pick) == len(srt) else srt[pick]  # (P, U)
         spans = part[:, h - 1 :] - part[:, : span - h + 1]  # NaN past the values
