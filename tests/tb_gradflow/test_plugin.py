@@ -853,7 +853,10 @@ def test_named_watchers_need_a_tag(client):
 def test_bad_requests_answer_400_or_404_in_plain_text(
     client, route, params, code, message
 ):
-    response = get(client, route, **params)
+    assert_plain_text_error(get(client, route, **params), code, message)
+
+
+def assert_plain_text_error(response, code, message):
     assert response.status_code == code
     assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
     assert message in response.get_data(as_text=True)
@@ -892,9 +895,7 @@ def test_bad_requests_answer_400_or_404_in_plain_text(
 def test_heatmap_and_lines_answer_bad_binning_requests_in_plain_text(
     client, route, params, code, message
 ):
-    test_bad_requests_answer_400_or_404_in_plain_text(
-        client, route, params, code, message
-    )
+    assert_plain_text_error(get(client, route, **params), code, message)
 
 
 @pytest.mark.parametrize(
