@@ -448,6 +448,32 @@ def create_events_metadata(name: str | None) -> summary_pb2.SummaryMetadata:
     )
 
 
+def parse_events_metadata(content: bytes) -> str | None:
+    """The watcher name in the metadata of a non-finite origins tag (written by
+    :func:`create_events_metadata`).
+
+    Raises:
+        FormatError: naming what is wrong, or for a newer version.
+    """
+    try:
+        raw = json.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _invalid_event(f"metadata is not UTF-8 JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise _invalid_event(f"metadata is not a JSON object: {reprlib.repr(raw)}")
+    version = _value(raw, "version", int, invalid=_invalid_event)
+    if version > EVENTS_VERSION:
+        raise _invalid_event(
+            f"written with version {version}, newer than this tb-gradflow "
+            f"understands ({EVENTS_VERSION}): upgrade tb-gradflow"
+        )
+    name = _value(raw, "name", str, None, nullable=True, invalid=_invalid_event)
+    problem = name_problem(name)
+    if problem is not None:
+        raise _invalid_event(problem)
+    return name
+
+
 def _invalid_event(problem: str) -> FormatError:
     return FormatError(f"Invalid gradflow non-finite origin: {problem}")
 

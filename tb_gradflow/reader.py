@@ -73,8 +73,11 @@ class GradFlowRun:
         not_logged: registered statistics the file lacks (written by a version
             without them): NaN at every step.
         left_out: the records left out, with why: damaged ones (their
-            checksum fails; reading goes on after them) and ones whose values
-            no statistic can have (see :mod:`tb_gradflow.validity`).
+            checksum fails; reading goes on after them), ones whose values
+            no statistic can have (see :mod:`tb_gradflow.validity`), and
+            non-finite origins that cannot be read.
+        origins: where NaN/Inf first appeared, as ``watch(...,
+            trace_nonfinite=True)`` traced it, by step.
     """
 
     path: str
@@ -91,6 +94,7 @@ class GradFlowRun:
     not_logged: list[str] = dataclasses.field(default_factory=list)
     absent: np.ndarray | None = dataclasses.field(default=None, repr=False)
     left_out: list[LeftOut] = dataclasses.field(default_factory=list)
+    origins: list[metadata.NonfiniteOrigin] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.absent is None:
@@ -171,6 +175,7 @@ class _Series:
     rows: list[np.ndarray] = dataclasses.field(default_factory=list)
     part: list[int] = dataclasses.field(default_factory=list)
     damaged: list[LeftOut] = dataclasses.field(default_factory=list)
+    origins: list[metadata.NonfiniteOrigin] = dataclasses.field(default_factory=list)
 
     def add(self, layout: metadata.Layout, step: int, row: np.ndarray) -> None:
         known = [_columns(lo) for lo in self.layouts]
@@ -274,6 +279,8 @@ def _read_run_dir(
     # first record only, so records in a later file (the writer was closed and
     # reopened) follow the layout of an earlier one, as in TensorBoard.
     layouts: dict[str, metadata.Layout | None] = {}
+    origin_tags: dict[str, str | None] = {}  # non-finite origins: tag -> watcher
+    bad_origins: list[tuple[str | None, LeftOut]] = []
     damaged: list[tuple[str, Damage, int | None, set]] = []
     for path in _event_files(run_dir):
         damage: list[Damage] = []
@@ -281,7 +288,11 @@ def _read_run_dir(
             if not event.HasField("summary"):
                 continue
             for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name == metadata.PLUGIN_NAME:
+                plugin = value.metadata.plugin_data.plugin_name
+                if plugin == metadata.EVENTS_PLUGIN_NAME or value.tag in origin_tags:
+                    _read_origin(path, event, value, origin_tags, series, bad_origins)
+                    continue
+                if plugin == metadata.PLUGIN_NAME:
                     try:
                         layout = metadata.parse_plugin_metadata(
                             value.metadata.plugin_data.content
@@ -327,7 +338,46 @@ def _read_run_dir(
         )
         for name in names or series:
             series[name].damaged.append(LeftOut(step, f"{d.reason} ({where})"))
-    return series
+    for name, left_out in bad_origins:
+        if name in series:
+            series[name].damaged.append(left_out)
+    # a watcher shown as a run has statistics; origins alone make none
+    return {name: s for name, s in series.items() if s.layouts}
+
+
+def _read_origin(
+    path: str,
+    event: event_pb2.Event,
+    value,
+    origin_tags: dict[str, str | None],
+    series: dict[str | None, _Series],
+    bad: list[tuple[str | None, LeftOut]],
+) -> None:
+    """Reads one record of a non-finite origins tag into its watcher's series;
+    one that cannot be read is warned of and left out (``bad``)."""
+    if value.metadata.plugin_data.plugin_name == metadata.EVENTS_PLUGIN_NAME:
+        try:
+            origin_tags[value.tag] = metadata.parse_events_metadata(
+                value.metadata.plugin_data.content
+            )
+        except metadata.FormatError as e:
+            warnings.warn(f"{path}: tag {value.tag!r}: {e}", stacklevel=4)
+            origin_tags.pop(value.tag, None)
+            return
+    if value.tag not in origin_tags:
+        return
+    name = origin_tags[value.tag]
+    try:
+        if len(value.tensor.string_val) != 1:
+            raise metadata.FormatError(
+                f"{len(value.tensor.string_val)} strings in a record, not 1"
+            )
+        origin = metadata.NonfiniteOrigin.from_json(value.tensor.string_val[0])
+    except metadata.FormatError as e:
+        warnings.warn(f"{path}: step {event.step}: {e}; left out", stacklevel=4)
+        bad.append((name, LeftOut(int(event.step), str(e))))
+        return
+    series.setdefault(name, _Series()).origins.append(origin)
 
 
 def _columns(layout: metadata.Layout) -> tuple:
@@ -429,6 +479,7 @@ def merge_records(
 def _finish(path: str, s: _Series) -> GradFlowRun:
     run = merge_records(path, s.layouts, s.steps, s.rows, s.part)
     run.left_out[:0] = s.damaged
+    run.origins = sorted(dict.fromkeys(s.origins), key=lambda o: o.step)
     return run
 
 

@@ -19,12 +19,12 @@ from broken_modules import DivideBy, SkipNonfiniteSGD
 from tensorboard.backend.event_processing.event_file_loader import (
     RawEventFileLoader,
 )
-from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2, types_pb2
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
-from tb_gradflow import metadata
+from tb_gradflow import metadata, summary
 from tb_gradflow.metadata import FormatError, NonfiniteOrigin
 from tb_gradflow.module_tracer import TraceEvent
 from tb_gradflow.nonfinite_trace import first_origin
@@ -456,3 +456,39 @@ def test_first_origin_picks_the_module_that_made_the_values():
         event(1, "backward", "pad", "gradient of the input", 2, 1),
     ]
     assert first_origin(events) is None
+
+
+def test_load_run_reads_the_origins_and_leaves_out_unreadable_ones(tmp_path: Path):
+    writer = SummaryWriter(str(tmp_path))
+    flow, _, _ = train(forward_division_model(), 5, breaks=break_forward, writer=writer)
+    # a record a newer or broken writer made: left out, named, the rest kept
+    broken = summary_pb2.Summary()
+    value = broken.value.add(tag=metadata.events_tag(None))
+    value.tensor.dtype = types_pb2.DT_STRING
+    value.tensor.string_val.append(b'{"version": 1, "step": "seven"}')
+    writer._get_file_writer().add_summary(broken, global_step=7)
+    writer.close()
+    with pytest.warns(UserWarning, match="'step' is 'seven', not an integer"):
+        run = tb_gradflow.load_run(tmp_path)
+    assert run.origins == flow.nonfinite_origins
+    assert [(lo.step, "non-finite origin" in lo.reason) for lo in run.left_out] == [
+        (7, True)
+    ]
+    with pytest.warns(UserWarning, match="'step' is 'seven'"):
+        assert tb_gradflow.load(tmp_path)["."].origins == flow.nonfinite_origins
+
+
+def test_origins_of_a_named_watcher_and_a_newer_format(tmp_path: Path):
+    origin = NonfiniteOrigin(step=4, since_step=3, phase="backward", module="fc")
+    with SummaryWriter(str(tmp_path)) as writer:
+        flow = tb_gradflow.watch(nn.Linear(2, 2), writer, name="gen")
+        flow.log(0)
+        file_writer = writer._get_file_writer()
+        file_writer.add_summary(summary.origin_pb(origin, "gen", with_metadata=True), 4)
+        newer = summary.origin_pb(origin, "other", with_metadata=True)
+        newer.value[0].metadata.plugin_data.content = b'{"version": 9, "name": null}'
+        file_writer.add_summary(newer, 5)
+    with pytest.warns(UserWarning, match="newer than this tb-gradflow"):
+        run = tb_gradflow.load_run(tmp_path, name="gen")
+    assert run.origins == [origin]
+    assert run.left_out == []
