@@ -131,8 +131,8 @@ class Thresholds:
             raise ValueError(f"Invalid explode_ratio: {self.explode_ratio} (> 1)")
         if self.explode_window < 3:
             raise ValueError(f"Invalid explode_window: {self.explode_window} (>= 3)")
-        if not self.spike_k > 0.0:
-            raise ValueError(f"Invalid spike_k: {self.spike_k} (> 0)")
+        if not 0.0 < self.spike_k < float("inf"):
+            raise ValueError(f"Invalid spike_k: {self.spike_k} (> 0, finite)")
         if self.spike_window < 6:
             raise ValueError(f"Invalid spike_window: {self.spike_window} (>= 6)")
         if not 1.0 <= self.spike_min_ratio < float("inf"):

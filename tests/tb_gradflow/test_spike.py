@@ -309,6 +309,7 @@ def test_online_spikes_of_one_step_come_furthest_above_first():
     [
         ({"spike_k": 0.0}, "Invalid spike_k: 0.0"),
         ({"spike_k": float("nan")}, "Invalid spike_k"),
+        ({"spike_k": float("inf")}, "Invalid spike_k"),
         ({"spike_window": 5}, "Invalid spike_window: 5"),
         ({"spike_min_ratio": 0.5}, "Invalid spike_min_ratio: 0.5"),
         ({"spike_min_ratio": float("inf")}, "Invalid spike_min_ratio"),
