@@ -17,14 +17,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from tb_gradflow.diagnosis import Finding, OnlineDiagnosis, Thresholds
-from tb_gradflow.metadata import NonfiniteOrigin
 
 __all__ = [
     "ALERT_MODES",
     "GradFlowAlert",
     "GradFlowError",
     "OnlineAlerts",
-    "origin_finding",
 ]
 
 ALERT_MODES = (None, "warn", "raise")
@@ -51,20 +49,6 @@ def alert_text(f: Finding) -> str:
     began at ``first_step``)."""
     where = "the model" if f.layer is None else f"layer {f.layer!r}"
     return f"gradflow: {where} at step {f.last_step}: {f.kind}: {f.message}"
-
-
-def origin_finding(origin: NonfiniteOrigin) -> Finding:
-    """The ``nonfinite_origin`` finding of a traced origin: at its step, for
-    the first watched layer of its module (None: the module has no watched
-    layer; for a ``"weights"`` origin, the first parameter holding NaN/Inf)."""
-    return Finding(
-        kind="nonfinite_origin",
-        layer=origin.layers[0] if origin.layers else None,
-        first_step=origin.step,
-        last_step=origin.step,
-        steps=1,
-        message=origin.message,
-    )
 
 
 class OnlineAlerts:

@@ -23,9 +23,8 @@ from tb_gradflow.alerts import (
     GradFlowAlert,
     GradFlowError,
     OnlineAlerts,
-    origin_finding,
 )
-from tb_gradflow.diagnosis import Thresholds
+from tb_gradflow.diagnosis import Thresholds, origin_finding
 from tb_gradflow.gradient_stats import layer_stats
 from tb_gradflow.layers import module_types, select_layers, unwrap_model
 from tb_gradflow.metadata import NonfiniteOrigin
@@ -620,7 +619,7 @@ class GradFlow:
             self.writer._get_file_writer().add_summary(proto, global_step=origin.step)
             self._wrote_events_metadata = True
         if self._alerts is not None:
-            self._alerts.fire(origin_finding(origin))
+            self._alerts.fire(origin_finding(origin, self.layers))
 
     def _emit(
         self,

@@ -19,6 +19,10 @@ model) and a streak of logged steps ``first_step..last_step``:
   the parameters. Reported once for the model, instead of a ``blocked``
   finding per layer at those steps.
 * ``nonfinite``: NaN/Inf elements, on steps that were not skipped.
+* ``nonfinite_origin`` (runs watched with ``trace_nonfinite=True``): where the
+  NaN/Inf first appeared, one finding per traced origin (the run's
+  ``origins``), for the first watched layer of the module that made it (the
+  model when it has none).
 * ``exploding``: the L2 norm is more than ``explode_ratio`` x the median of the
   layer's previous ``explode_window`` finite norms (needs 3 earlier values). A
   window longer than the run takes all earlier steps.
@@ -75,17 +79,26 @@ from tb_gradflow.blocked_rule import (
     median_of_others,
 )
 from tb_gradflow.exploding_rule import exploding_mask
+from tb_gradflow.metadata import NonfiniteOrigin
 from tb_gradflow.spike_rule import SpikeWindow, spike_findings, spike_message
 from tb_gradflow.streaks import Finding, find_streaks
 from tb_gradflow.update_rule import update_findings
 
-__all__ = ["KINDS", "Finding", "OnlineDiagnosis", "Thresholds", "diagnose"]
+__all__ = [
+    "KINDS",
+    "Finding",
+    "OnlineDiagnosis",
+    "Thresholds",
+    "diagnose",
+    "origin_finding",
+]
 
 KINDS = (
     "no_gradient",
     "blocked",
     "all_zero",
     "nonfinite",
+    "nonfinite_origin",
     "exploding",
     "spike",
     "skipped",
@@ -254,6 +267,7 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
         findings += update_findings(
             run, valid & ~explained, live, steps, layers, patience, th
         )
+    findings += [origin_finding(o, layers) for o in getattr(run, "origins", ())]
     findings += find_streaks(
         "skipped",
         skipped[:, None],
@@ -268,6 +282,22 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
         key=lambda f: (f.first_step, -1 if f.layer is None else order[f.layer])
     )
     return findings
+
+
+def origin_finding(origin: NonfiniteOrigin, layers: Sequence[str]) -> Finding:
+    """The ``nonfinite_origin`` finding of a traced origin, at its step, for
+    the first of its layers that is one of ``layers`` (the watched ones;
+    None, the model, when none is: a module without parameters, or a
+    ``"weights"`` origin naming parameters that are not watched)."""
+    watched = set(layers)
+    return Finding(
+        kind="nonfinite_origin",
+        layer=next((n for n in origin.layers if n in watched), None),
+        first_step=origin.step,
+        last_step=origin.step,
+        steps=1,
+        message=origin.message,
+    )
 
 
 def _say_exactly_zero(

@@ -17,6 +17,7 @@ import os
 import threading
 import time
 
+import numpy as np
 from tensorboard import errors
 from tensorboard.data import provider
 
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 READ_BYTES = 192 * 2**20  # one read_tensors reply, below gRPC's 256 MiB limit
 _CACHE_BYTES = 1 << 30  # decoded float32 statistics kept, all runs together
+_MAX_ORIGINS = 1000  # non-finite origins read per watcher (a few per run)
 
 
 def problem_warning(run: str, tag: str, problem: str) -> str:
@@ -69,6 +71,8 @@ class RunLoader:
         self._downsample = downsample
         self._problems = problems
         self._listings: dict[tuple[str, str], tuple[float, dict]] = {}
+        # the non-finite origins' tags (metadata.EVENTS_PLUGIN_NAME), per run
+        self._event_listings: dict[tuple[str, str], tuple[float, dict]] = {}
         self._lock = threading.Lock()
 
     def list_all(
@@ -115,10 +119,11 @@ class RunLoader:
             layout = watchers.layout_of(tags[tag].plugin_content, run, tag)
             tag = metadata.tag_for(layout.name)
         layouts = grouped[tag]
+        events = self._events_of(ctx, experiment, run, next(iter(layouts.values())))
         entry = self.cache.get(
             (experiment, run, tag),
-            watchers.version(tags, layouts),
-            lambda: self._read(ctx, experiment, run, tag, layouts),
+            watchers.version(tags, layouts) + watchers.version(events, events),
+            lambda: self._read(ctx, experiment, run, tag, layouts, events),
         )
         if entry.problem is not None:
             self._problems.once(
@@ -151,6 +156,29 @@ class RunLoader:
         self._remember(experiment, {run: tags}, now)
         return tags
 
+    def _events_of(
+        self, ctx, experiment: str, run: str, layout: metadata.Layout
+    ) -> dict[str, provider.TensorTimeSeries]:
+        """The listing of the non-finite origins' tag of ``layout``'s watcher
+        in ``run`` (empty when it has none), trusted for ``listing_ttl``
+        seconds."""
+        key = (experiment, run)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._event_listings.get(key)
+        if cached is None or now - cached[0] >= self.listing_ttl:
+            tags = self.data_provider.list_tensors(
+                ctx,
+                experiment_id=experiment,
+                plugin_name=metadata.EVENTS_PLUGIN_NAME,
+                run_tag_filter=provider.RunTagFilter(runs=[run]),
+            ).get(run, {})
+            cached = (now, tags)
+            with self._lock:
+                self._event_listings[key] = cached
+        tag = metadata.events_tag(layout.name)
+        return {tag: cached[1][tag]} if tag in cached[1] else {}
+
     def _remember(self, experiment: str, listing: dict, now: float) -> None:
         with self._lock:
             for run, tags in listing.items():
@@ -164,9 +192,11 @@ class RunLoader:
         run: str,
         tag: str,
         layouts: dict[str, metadata.Layout],
+        events: dict[str, provider.TensorTimeSeries],
     ) -> CachedRun:
         """Reads one watcher's layout tags and merges them by layer name
-        (``watchers.merge_series``).
+        (``watchers.merge_series``), with its non-finite origins (``events``:
+        their tag's listing, or empty).
 
         TensorBoard keeps only the first plugin metadata of a tag. Records of
         another size in a tag cannot be matched to layers: files written before
@@ -205,11 +235,44 @@ class RunLoader:
             return CachedRun(tag, empty, str(e))
         if merged is None:
             raise errors.NotFoundError(f"No gradflow data for run {run!r}, tag {tag!r}")
+        self._read_origins(ctx, experiment, run, events, merged)
         served = max((d.step for t in layouts for d in series.get(t, ())), default=-1)
         stop = self._stopped_early(run, set(layouts), served)
         if stop is not None:
             merged.left_out.append(stop)
         return CachedRun(tag, merged)
+
+    def _read_origins(
+        self,
+        ctx,
+        experiment: str,
+        run: str,
+        events: dict[str, provider.TensorTimeSeries],
+        merged: reader.GradFlowRun,
+    ) -> None:
+        """Sets ``merged.origins`` from the origins' tag (``events``); a record
+        that cannot be read is left out, with why."""
+        if not events:
+            return
+        data = self.data_provider.read_tensors(
+            ctx,
+            experiment_id=experiment,
+            plugin_name=metadata.EVENTS_PLUGIN_NAME,
+            run_tag_filter=provider.RunTagFilter(runs=[run], tags=list(events)),
+            downsample=_MAX_ORIGINS,
+        )
+        origins = []
+        for datum in data.get(run, {}).get(next(iter(events)), ()):
+            try:
+                text = np.asarray(datum.numpy).reshape(-1)
+                if text.size != 1 or not isinstance(text[0], bytes):
+                    raise metadata.FormatError(
+                        "Invalid gradflow non-finite origin: not one string"
+                    )
+                origins.append(metadata.NonfiniteOrigin.from_json(text[0]))
+            except metadata.FormatError as e:
+                merged.left_out.append(reader.LeftOut(int(datum.step), str(e)))
+        merged.origins = sorted(dict.fromkeys(origins), key=lambda o: o.step)
 
     def _stopped_early(
         self, run: str, tags: set[str], served: int

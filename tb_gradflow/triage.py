@@ -2,10 +2,11 @@
 finding, without reading every run in full.
 
 Order: the most severe kind of finding of the diagnosis rule (``SEVERITY``:
-``nonfinite`` > ``exploding`` > ``no_gradient`` > ``all_zero`` > ``blocked`` >
-``skipped``; a kind this list lacks comes after them, runs without findings
-last), then the most recently written (the newest ``max_wall_time`` of the
-watcher's tags), then run name and tag.
+``nonfinite_origin`` > ``nonfinite`` > ``exploding`` > ``spike`` >
+``no_gradient`` > ``all_zero`` > ``blocked`` > ``update_too_large`` >
+``not_updating`` > ``skipped``; a kind this list lacks comes after them, runs
+without findings last), then the most recently written (the newest
+``max_wall_time`` of the watcher's tags), then run name and tag.
 
 Each watcher is judged by one of:
 
@@ -38,7 +39,18 @@ from tb_gradflow.run_cache import CachedRun, RunCache
 
 __all__ = ["SAMPLE_STEPS", "SEVERITY", "RunTriage", "rank", "severity", "triage"]
 
-SEVERITY = ("nonfinite", "exploding", "no_gradient", "all_zero", "blocked", "skipped")
+SEVERITY = (
+    "nonfinite_origin",
+    "nonfinite",
+    "exploding",
+    "spike",
+    "no_gradient",
+    "all_zero",
+    "blocked",
+    "update_too_large",
+    "not_updating",
+    "skipped",
+)
 """Kinds of finding, most severe first."""
 SAMPLE_STEPS = 100  # kept steps judged per watcher not already diagnosed
 _BATCH_BYTES = 32 * 2**20  # one sampled read_tensors reply (gRPC allows 256 MiB)

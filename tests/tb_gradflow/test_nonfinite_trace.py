@@ -78,6 +78,14 @@ def break_forward(model: nn.Sequential) -> None:
     model[2].divisor.fill_(0.0)
 
 
+def break_amplifier(model: nn.Sequential) -> None:
+    """``2.linear`` overflows float32: finite weights of 3e38, inputs tanh(5)."""
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.fill_(5.0)
+        model[2].linear.weight.fill_(3e38)
+
+
 def break_backward(model: nn.Sequential) -> None:
     model[2].broken = True
 
@@ -492,3 +500,34 @@ def test_origins_of_a_named_watcher_and_a_newer_format(tmp_path: Path):
         run = tb_gradflow.load_run(tmp_path, name="gen")
     assert run.origins == [origin]
     assert run.left_out == []
+
+
+def test_report_and_alerts_route_name_the_origin(tmp_path: Path, plugin_client, capsys):
+    from tb_gradflow import cli
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), Amplifier(), nn.Linear(8, 2))
+    with SummaryWriter(str(tmp_path / "run")) as writer:
+        flow, _, _ = train(model, 6, breaks=break_amplifier, writer=writer)
+    [origin] = flow.nonfinite_origins
+    assert origin.module == "2.linear"
+    # the report: one finding for the watched layer of the module
+    assert cli.main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"nonfinite_origin 2.linear · Linear  steps {BROKEN_AT}-{BROKEN_AT}" in out
+    assert origin.message in out
+    # the tab's alerts route, through TensorBoard's data provider
+    client, _ = plugin_client(tmp_path)
+    answer = client.get("/data/plugin/gradflow/alerts?run=run").get_json()
+    found = [a for a in answer["alerts"] if a["kind"] == "nonfinite_origin"]
+    assert found == [
+        {
+            "kind": "nonfinite_origin",
+            "layer": "2.linear",
+            "first_step": BROKEN_AT,
+            "last_step": BROKEN_AT,
+            "steps": 1,
+            "message": origin.message,
+            "ongoing": False,
+        }
+    ]

@@ -16,6 +16,7 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from tb_gradflow import metadata, triage
 from tb_gradflow import stats as tb_stats
+from tb_gradflow.diagnosis import KINDS
 from tb_gradflow.summary import gradflow_pb
 
 LAYERS = ("a", "b", "c")
@@ -73,13 +74,18 @@ def test_severity_orders_the_kinds_and_puts_unknown_then_none_last():
     kinds = [*triage.SEVERITY, "some_new_kind", None]
     assert [triage.severity(k) for k in kinds] == list(range(len(kinds)))
     assert triage.SEVERITY == (
+        "nonfinite_origin",
         "nonfinite",
         "exploding",
+        "spike",
         "no_gradient",
         "all_zero",
         "blocked",
+        "update_too_large",
+        "not_updating",
         "skipped",
     )
+    assert set(triage.SEVERITY) == set(KINDS)  # every kind of the rule ranked
 
 
 def test_rank_is_severity_then_newest_then_name():
