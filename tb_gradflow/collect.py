@@ -368,7 +368,9 @@ class GradFlow:
                     optimizer.register_step_post_hook(self._after_optimizer_step)
                 )
             if scaler is not None:
-                self._handles.append(ScalerStepPatch(self, scaler))
+                self._handles.append(
+                    ScalerStepPatch(scaler, optimizer, self._on_scaler_step)
+                )
         except BaseException:  # no half-built watcher: undo what is registered
             self.remove()
             raise

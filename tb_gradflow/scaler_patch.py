@@ -63,8 +63,16 @@ class ScalerStepPatch:
     gets the step below every watcher's patch, bound to the copy.
     """
 
-    def __init__(self, flow: Any, scaler: Any) -> None:
-        self._flow: Any | None = flow  # None once removed
+    def __init__(
+        self,
+        scaler: Any,
+        optimizer: torch.optim.Optimizer,
+        on_step: Callable[..., Any],
+    ) -> None:
+        # on_step(inner_step, optimizer, args, kwargs) runs the scaler's step
+        # on the watched optimizer; None once removed
+        self._on_step: Callable[..., Any] | None = on_step
+        self._optimizer = optimizer
         self._scaler = scaler
         self._previous = vars(scaler).get("step", _MISSING)
         self._inner = scaler.step
@@ -73,10 +81,10 @@ class ScalerStepPatch:
     def __call__(
         self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any
     ) -> Any:
-        flow = self._flow
-        if flow is None or optimizer is not flow._optimizer:
+        on_step = self._on_step
+        if on_step is None or optimizer is not self._optimizer:
             return self._inner(optimizer, *args, **kwargs)
-        return flow._on_scaler_step(self._inner, optimizer, args, kwargs)
+        return on_step(self._inner, optimizer, args, kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Copying the watcher would copy its writer (not copyable) and leave the
@@ -91,14 +99,16 @@ class ScalerStepPatch:
     def _below(self) -> tuple[Any, Callable[..., Any]]:
         """``(previous, inner)`` of this patch, past patches already removed."""
         previous, inner = self._previous, self._inner
-        while isinstance(previous, ScalerStepPatch) and previous._flow is None:
+        while isinstance(previous, ScalerStepPatch) and previous._on_step is None:
             previous, inner = previous._previous, previous._inner
         return previous, inner
 
     def remove(self) -> None:
-        if self._flow is None:
+        if self._on_step is None:
             return
-        self._flow = None  # left in someone's chain, it must not keep the watcher
+        # left in someone's chain, it must keep neither the watcher nor its
+        # optimizer
+        self._on_step = self._optimizer = None
         scaler = self._scaler
         above = vars(scaler).get("step")
         while isinstance(above, ScalerStepPatch) and above is not self:
@@ -109,7 +119,7 @@ class ScalerStepPatch:
         # Pop removed patches that nothing covers: this one, or one uncovered
         # since by someone else undoing their patch.
         top = vars(scaler).get("step", _MISSING)
-        if isinstance(top, ScalerStepPatch) and top._flow is None:
+        if isinstance(top, ScalerStepPatch) and top._on_step is None:
             previous, _ = top._below()
             if previous is _MISSING:
                 del scaler.step
