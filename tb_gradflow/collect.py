@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tb_gradflow import _sharded, metadata, summary
+from tb_gradflow import _sharded, metadata
 from tb_gradflow import stats as stats_registry
 from tb_gradflow.alerts import (
-    ALERT_MODES,
     GradFlowAlert,
     GradFlowError,
     OnlineAlerts,
@@ -32,12 +31,13 @@ from tb_gradflow.nonfinite_trace import NonfiniteTrace
 from tb_gradflow.optimizer_hooks import (
     ClosureCall,
     closure_position,
-    hookable_optimizer,
     nested_step,
     with_closure,
 )
-from tb_gradflow.scaler_patch import ScalerStepPatch, check_scaler
+from tb_gradflow.record_writer import RecordWriter
+from tb_gradflow.scaler_patch import ScalerStepPatch
 from tb_gradflow.update_stats import UpdateMeter
+from tb_gradflow.watch_args import check_watch_args, optional_statistics
 from tb_gradflow.writers import check_writer, claim_writer, release_writer
 
 __all__ = ["GradFlow", "GradFlowAlert", "GradFlowError", "LoggedStep", "watch"]
@@ -233,60 +233,19 @@ class GradFlow:
         stats: Iterable[str] | None = None,
         trace_nonfinite: bool = False,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"model must be a torch.nn.Module, got {type(model).__name__}"
-            )
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"Invalid every: {every!r} (a positive int)")
-        if (
-            isinstance(start_step, bool)
-            or not isinstance(start_step, int)
-            or start_step < 0
-        ):
-            raise ValueError(f"Invalid start_step: {start_step!r} (an int >= 0)")
-        problem = metadata.name_problem(name)
-        if problem is not None:
-            raise ValueError(problem)
-        if optimizer is not None:
-            optimizer = hookable_optimizer(optimizer)
-        if step_fn is not None and not callable(step_fn):
-            raise TypeError(
-                f"step_fn must be callable or None, got {type(step_fn).__name__}"
-            )
-        if step_fn is not None and optimizer is None:
-            raise ValueError(
-                "step_fn numbers optimizer steps: pass optimizer= too (or call "
-                "GradFlow.log(step) yourself)"
-            )
-        if rank is not None and (
-            isinstance(rank, bool) or not isinstance(rank, int) or rank < 0
-        ):
-            raise ValueError(f"Invalid rank: {rank!r} (an int >= 0, or None)")
-        if on_alert not in ALERT_MODES:
-            raise ValueError(
-                f"Invalid on_alert: {on_alert!r} (None, 'warn' or 'raise')"
-            )
-        if not isinstance(trace_nonfinite, bool):
-            raise TypeError(
-                "trace_nonfinite must be True or False, got "
-                f"{type(trace_nonfinite).__name__}"
-            )
-        if scaler is not None and optimizer is None:
-            raise ValueError("scaler needs the optimizer it steps: pass optimizer= too")
-        if scaler is not None:
-            check_scaler(scaler)
-        if thresholds is not None and not isinstance(thresholds, Thresholds):
-            raise TypeError(
-                "thresholds must be a tb_gradflow.diagnosis.Thresholds or None, "
-                f"got {type(thresholds).__name__}"
-            )
-        if thresholds is not None and on_alert is None:
-            raise ValueError(
-                "thresholds apply only to alerts while training: pass "
-                "on_alert='warn' or 'raise' too (the tab and tb-gradflow report "
-                "take their thresholds as options)"
-            )
+        optimizer = check_watch_args(
+            model,
+            optimizer=optimizer,
+            every=every,
+            name=name,
+            start_step=start_step,
+            step_fn=step_fn,
+            rank=rank,
+            on_alert=on_alert,
+            thresholds=thresholds,
+            scaler=scaler,
+            trace_nonfinite=trace_nonfinite,
+        )
         library = None if writer is None else check_writer(writer)
         selected = select_layers(
             model,
@@ -300,7 +259,7 @@ class GradFlow:
         owners = module_types(model)
         # fixed for this watcher: the gradient's, then the chosen others
         self._statistics = stats_registry.statistics("gradient") + tuple(
-            _optional_statistics(stats, optimizer)
+            optional_statistics(stats, optimizer)
         )
         self._updates = (
             UpdateMeter([layer.param for layer in self._layers])
@@ -320,8 +279,10 @@ class GradFlow:
         )
         # In a process group, only `rank` writes (None: every rank does).
         self.writer = writer if rank is None or _process_rank() == rank else None
+        self._records = None
         if self.writer is not None:
             claim_writer(self.writer, name, self)
+            self._records = RecordWriter(self.writer, self.layout, library)
         self.every = every
         self.start_step = start_step
         self.last: LoggedStep | None = None
@@ -333,8 +294,6 @@ class GradFlow:
         # a parent's hooked step (see nested_step); stale after a step raised
         self._step_depth = 0
         self._steps_done = 0
-        self._wrote_metadata = False
-        self._tensorboardx = library == "tensorboardX"  # its own proto classes
         self._scratch: dict[torch.device, Tensor] = {}
         self._handles: list[Any] = []
         self._removed = False
@@ -352,7 +311,6 @@ class GradFlow:
             if trace_nonfinite
             else None
         )
-        self._wrote_events_metadata = False
         self._current_step = start_step  # of the step under way, logged or not
         # Statistics are computed only for someone: the writer or the alerts,
         # and on every rank when gradients are sharded (the reduction is a
@@ -610,16 +568,8 @@ class GradFlow:
     def _report_origin(self, origin: NonfiniteOrigin) -> None:
         """Keeps a traced origin, writes it, and alerts on it."""
         self.nonfinite_origins.append(origin)
-        if self.writer is not None:
-            proto = summary.origin_pb(
-                origin,
-                self.layout.name,
-                with_metadata=not self._wrote_events_metadata,
-            )
-            if self._tensorboardx:
-                proto = summary.as_tensorboardx(proto)
-            self.writer._get_file_writer().add_summary(proto, global_step=origin.step)
-            self._wrote_events_metadata = True
+        if self._records is not None:
+            self._records.write_origin(origin)
         if self._alerts is not None:
             self._alerts.fire(origin_finding(origin, self.layers))
 
@@ -650,8 +600,10 @@ class GradFlow:
             names=self.layout.stats,
         )
         self.last = logged
-        if self.writer is not None:
-            self._write(logged)
+        if self._records is not None:
+            self._records.write_step(
+                logged.step, logged.stats, logged.skipped, logged.loss_scale
+            )
         if self._alerts is not None:
             values = {name: logged.stats[k] for k, name in enumerate(logged.names)}
             self._alerts.update(logged.step, values, skipped=logged.skipped)
@@ -690,58 +642,6 @@ class GradFlow:
             (v.device for v, _ in values if isinstance(v, Tensor)), torch.device("cpu")
         )
         return torch.stack([_as_scalar(v, default, device) for v, default in values])
-
-    def _write(self, logged: LoggedStep) -> None:
-        proto = summary.gradflow_pb(
-            self.layout,
-            logged.stats,
-            np.array([float(logged.skipped), logged.loss_scale]),
-            with_metadata=not self._wrote_metadata,
-        )
-        if self._tensorboardx:
-            proto = summary.as_tensorboardx(proto)
-        # Neither SummaryWriter has a public way to add a raw Summary;
-        # _get_file_writer is what all of their add_* methods use.
-        self.writer._get_file_writer().add_summary(proto, global_step=logged.step)
-        self._wrote_metadata = True
-
-
-def _optional_statistics(
-    names: Iterable[str] | None, optimizer: torch.optim.Optimizer | None
-) -> list[stats_registry.Statistic]:
-    """The registered statistics among ``names`` that are not the gradient's
-    (those are always logged), in registry order.
-
-    Raises:
-        TypeError: if ``names`` is a str or holds a non-str.
-        ValueError: for a name the registry does not have, or a statistic of
-            the update or the parameters without an optimizer.
-    """
-    if names is None:
-        return []
-    if isinstance(names, str) or not isinstance(names, Iterable):
-        raise TypeError(
-            "stats must be an iterable of statistic names, e.g. "
-            f"stats=['update_ratio'], got {type(names).__name__}"
-        )
-    names = list(names)
-    known = stats_registry.names()
-    for name in names:
-        if not isinstance(name, str) or name not in known:
-            raise ValueError(
-                f"Unknown statistic {name!r}; registered: {', '.join(known)}"
-            )
-    chosen = [
-        s
-        for s in stats_registry.statistics()
-        if s.name in names and s.reads != "gradient"
-    ]
-    if chosen and optimizer is None:
-        raise ValueError(
-            f"{chosen[0].name} is measured around the optimizer step: pass "
-            "optimizer= too"
-        )
-    return chosen
 
 
 def _process_rank() -> int:

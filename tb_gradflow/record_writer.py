@@ -1,0 +1,60 @@
+"""Writes a watcher's records into its ``SummaryWriter``: the statistics of
+each logged step, and each non-finite origin (see :mod:`tb_gradflow.metadata`
+for the format). A tensorboardX writer gets the same records in its own proto
+classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tb_gradflow import metadata, summary
+
+__all__ = ["RecordWriter"]
+
+
+class RecordWriter:
+    """One watcher's records into ``writer``.
+
+    Args:
+        writer: a ``torch.utils.tensorboard.SummaryWriter`` or a
+            ``tensorboardX.SummaryWriter`` (``library``: which, as
+            :func:`tb_gradflow.writers.check_writer` tells).
+        layout: the watcher's layout, written with its first record.
+    """
+
+    def __init__(self, writer: Any, layout: metadata.Layout, library: str) -> None:
+        self.writer = writer
+        self._layout = layout
+        self._tensorboardx = library == "tensorboardX"  # its own proto classes
+        self._wrote_metadata = False
+        self._wrote_events_metadata = False
+
+    def write_step(
+        self, step: int, stats: np.ndarray, skipped: bool, loss_scale: float
+    ) -> None:
+        """One logged step: ``stats`` ``(K, L)`` in the layout's order."""
+        proto = summary.gradflow_pb(
+            self._layout,
+            stats,
+            np.array([float(skipped), loss_scale]),
+            with_metadata=not self._wrote_metadata,
+        )
+        self._add(proto, step)
+        self._wrote_metadata = True
+
+    def write_origin(self, origin: metadata.NonfiniteOrigin) -> None:
+        """One traced non-finite origin, at its step."""
+        proto = summary.origin_pb(
+            origin, self._layout.name, with_metadata=not self._wrote_events_metadata
+        )
+        self._add(proto, origin.step)
+        self._wrote_events_metadata = True
+
+    def _add(self, proto: Any, step: int) -> None:
+        if self._tensorboardx:
+            proto = summary.as_tensorboardx(proto)
+        # Neither SummaryWriter has a public way to add a raw Summary;
+        # _get_file_writer is what all of their add_* methods use.
+        self.writer._get_file_writer().add_summary(proto, global_step=step)
