@@ -120,6 +120,12 @@ class Layout:
     version: int = FORMAT_VERSION
 
     @property
+    def columns(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """Layers, statistics and step fields: layouts with equal columns hold
+        their records' values alike."""
+        return self.layers, self.stats, self.step_fields
+
+    @property
     def size(self) -> int:
         """Length of the flat float32 vector of one step."""
         return len(self.stats) * len(self.layers) + len(self.step_fields)

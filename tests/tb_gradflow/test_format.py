@@ -362,7 +362,7 @@ def test_stray_files_beside_the_event_files_are_left_alone(tmp_path, stray):
 
 
 def test_natural_key_orders_any_names_the_same_way_from_any_order():
-    from tb_gradflow.reader import _natural_key
+    from tb_gradflow.run_files import _natural_key
 
     names = [
         "x1\u0663",
