@@ -217,24 +217,45 @@ def merge_records(
     steps: Sequence[int],
     rows: Sequence[np.ndarray],
     part: Sequence[int],
+    walls: Sequence[float] | None = None,
 ) -> GradFlowRun:
-    """Builds one run from the records of several layer sets of one watcher.
+    """Builds one run from the records of several layer sets of one watcher,
+    by one rule that the tab (records as TensorBoard's data provider serves
+    them) and :func:`load_run` (records as the files hold them) share, and
+    that no clock can upset:
 
-    Layers are matched by name, in order of first appearance (``layouts`` in the
-    order they first appeared); at a step whose layout lacks a layer, the layer
-    is *absent* (:attr:`GradFlowRun.absent`; NaN values, not "no gradient").
-    Of a step logged more than once, the last record in ``rows`` is kept.
+    - layer sets in order of their first step, then of their first wall
+      time (when two start at the same step), then of their columns;
+    - of a step logged more than once, the record of the last layer set in
+      that order wins, and within one layer set the record written last;
+    - layers matched by name, in order of first appearance in that order; at
+      a step whose layout lacks a layer, the layer is *absent*
+      (:attr:`GradFlowRun.absent`; NaN values, not "no gradient").
+
+    A run resumed from a checkpoint starts its layer set at a later step than
+    the first session did, so its records win the steps it logged again, as
+    in the files' order, whatever the clocks of the two machines said.
 
     Args:
         path: where the records came from (a run directory or a run name).
-        layouts: the distinct layouts, none with the same columns as another.
-        steps, rows: each record's step and flat vector.
+        layouts: the layouts, each with the records of ``part``.
+        steps, rows: each record's step and flat vector, each layer set's in
+            the order written.
         part: each record's index into ``layouts``.
+        walls: each record's wall time (None: all equal).
     """
+    part = np.asarray(part, dtype=np.int64)
     if len(layouts) == 1:
         return from_records(path, layouts[0], steps, rows)
+    order = _layer_set_order(layouts, np.asarray(steps), part, walls)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    records = np.lexsort((np.arange(len(part)), rank[part]))  # stable by rank
+    layouts = [layouts[i] for i in order]
+    part = rank[part][records]
+    steps = np.asarray(steps)[records]
+    rows = [rows[j] for j in records.tolist()]
     merged = _union(layouts)
-    part = np.asarray(part, dtype=np.int64)
     flat = np.empty((len(rows), merged.size), dtype=np.float32)
     absent = np.empty((len(rows), len(merged.layers)), dtype=bool)
     for i, layout in enumerate(layouts):
@@ -246,8 +267,26 @@ def merge_records(
     return from_records(path, merged, steps, flat, absent=absent)
 
 
+def _layer_set_order(
+    layouts: Sequence[metadata.Layout],
+    steps: np.ndarray,
+    part: np.ndarray,
+    walls: Sequence[float] | None,
+) -> list[int]:
+    """Indices of ``layouts`` by (first step, first wall time, columns)."""
+    walls = np.zeros(len(part)) if walls is None else np.asarray(walls, float)
+    keys = []
+    for i in range(len(layouts)):
+        mine = part == i
+        if mine.any():
+            keys.append((int(steps[mine].min()), float(walls[mine].min())))
+        else:
+            keys.append((np.iinfo(np.int64).max, np.inf))
+    return sorted(range(len(layouts)), key=lambda i: (*keys[i], layouts[i].columns))
+
+
 def _finish(path: str, s: WatcherRecords) -> GradFlowRun:
-    run = merge_records(path, s.layouts, s.steps, s.rows, s.part)
+    run = merge_records(path, s.layouts, s.steps, s.rows, s.part, s.walls)
     run.left_out[:0] = s.damaged
     run.origins = sorted(dict.fromkeys(s.origins), key=lambda o: o.step)
     return run

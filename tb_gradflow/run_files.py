@@ -41,10 +41,13 @@ class WatcherRecords:
     steps: list[int] = dataclasses.field(default_factory=list)
     rows: list[np.ndarray] = dataclasses.field(default_factory=list)
     part: list[int] = dataclasses.field(default_factory=list)
+    walls: list[float] = dataclasses.field(default_factory=list)
     damaged: list[LeftOut] = dataclasses.field(default_factory=list)
     origins: list[metadata.NonfiniteOrigin] = dataclasses.field(default_factory=list)
 
-    def add(self, layout: metadata.Layout, step: int, row: np.ndarray) -> None:
+    def add(
+        self, layout: metadata.Layout, step: int, row: np.ndarray, wall: float
+    ) -> None:
         known = [lo.columns for lo in self.layouts]
         key = layout.columns
         if key not in known:
@@ -54,6 +57,7 @@ class WatcherRecords:
         self.steps.append(step)
         self.rows.append(row)
         self.part.append(i)
+        self.walls.append(wall)
 
 
 def _event_files(run_dir: str) -> list[str]:
@@ -186,7 +190,12 @@ def read_run_dir(
                 # Grouped by the watcher name of the layout: a watcher's
                 # layer sets have tags of their own (metadata.layout_tag).
                 s = series.setdefault(layout.name, WatcherRecords())
-                s.add(layout, int(event.step), flat.astype(np.float32, copy=False))
+                s.add(
+                    layout,
+                    int(event.step),
+                    flat.astype(np.float32, copy=False),
+                    event.wall_time,
+                )
         damaged += [(path, d, step, tags) for d, step, tags in _damaged_steps(damage)]
     for path, d, step, tags in damaged:
         where = f"{os.path.basename(path)} at byte {d.offset}"

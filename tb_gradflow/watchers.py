@@ -122,6 +122,14 @@ def version(tags: Mapping[str, provider.TensorTimeSeries], members) -> tuple:
     )
 
 
+_MISMATCH = (
+    "written before layer sets had tags of their own, under {0!r}, with "
+    "another layer set than the tag's first one, which is all TensorBoard "
+    "keeps of it: its values cannot be matched to layers here "
+    "(tb_gradflow.load_run() reads it)"
+)
+
+
 class LayoutMismatch(Exception):
     """Records of a tag that do not have the values of the tag's layout.
 
@@ -147,10 +155,14 @@ def merge_series(
     series: Mapping[str, Sequence[provider.TensorDatum]],
 ) -> reader.GradFlowRun | None:
     """One watcher's records, as the data provider served them, merged by layer
-    name (``reader.merge_records``): layer sets in order of their first
-    record's wall time (then first step, then tag), records in order of wall
-    time, a step logged twice keeping the later record, a layer absent from a
-    step's layer set ``absent`` there.
+    name by the rule of ``reader.merge_records`` (which :func:`load_run` uses
+    too): each tag's records in the order TensorBoard read them.
+
+    Records of the watcher's base tag written before layout tags, whose layer
+    set is not the tag's first layout (TensorBoard keeps only that one), cannot
+    be matched to layers: when the watcher has layout tags too, its other
+    records are shown and those are left out, named in ``left_out``; when it
+    has none, :class:`LayoutMismatch` says why nothing can be shown.
 
     Args:
         run: the run's name.
@@ -161,36 +173,39 @@ def merge_series(
         The run; None when no tag of ``layouts`` has data.
 
     Raises:
-        LayoutMismatch: when a record does not fit its tag's layout.
+        LayoutMismatch: when records do not fit their tag's layout and the
+            watcher has no layout tag with records that do.
     """
     found = {t: series[t] for t in layouts if series.get(t)}
     if not found:
         return None
-    order = sorted(
-        found,
-        key=lambda t: (
-            min(d.wall_time for d in found[t]),
-            min(d.step for d in found[t]),
-            t,
-        ),
-    )
-    records, mismatched, total = [], 0, 0
-    for p, t in enumerate(order):
+    tags = list(found)
+    steps, rows, part, walls, left_out, total = [], [], [], [], [], 0
+    for p, t in enumerate(tags):
         size = layouts[t].size
-        for k, datum in enumerate(found[t]):
+        for datum in found[t]:
             total += 1
             flat = datum.numpy.reshape(-1)
             if flat.size != size:
-                mismatched += 1
+                left_out.append(reader.LeftOut(int(datum.step), _MISMATCH.format(t)))
                 continue
-            records.append((datum.wall_time, p, k, datum.step, flat))
-    if mismatched:
-        raise LayoutMismatch(mismatched, total)
-    records.sort(key=lambda r: r[:3])  # wall time, layer set, order in tag
-    return reader.merge_records(
+            steps.append(datum.step)
+            rows.append(flat)
+            part.append(p)
+            walls.append(datum.wall_time)
+    if left_out and (
+        not steps or all(t == metadata.tag_for(layouts[t].name) for t in tags)
+    ):
+        raise LayoutMismatch(len(left_out), total)
+    used = sorted(set(part))
+    index = {p: i for i, p in enumerate(used)}
+    merged = reader.merge_records(
         run,
-        [layouts[t] for t in order],
-        [r[3] for r in records],
-        [r[4] for r in records],
-        [r[1] for r in records],
+        [layouts[tags[p]] for p in used],
+        steps,
+        rows,
+        [index[p] for p in part],
+        walls,
     )
+    merged.left_out += left_out
+    return merged
