@@ -160,9 +160,11 @@ class GradFlow:
             optimizer applies the step. Nothing runs while not armed. See
             ``docs/logging.md`` for the cost while armed.
         on_alert: ``"warn"`` emits a :class:`GradFlowAlert` warning the first time
-            a layer turns non-finite, loses its gradient or is blocked (the
-            rule of :mod:`tb_gradflow.diagnosis`, as in the tab); ``"raise"``
-            raises :class:`GradFlowError` instead; None (default) is silent.
+            a layer turns non-finite, loses its gradient, is blocked, spikes,
+            or (with ``update_ratio``) takes too large a step or stops moving,
+            and for each traced non-finite origin (the rule of
+            :mod:`tb_gradflow.diagnosis`, as in the tab); ``"raise"`` raises
+            :class:`GradFlowError` instead; None (default) is silent.
         thresholds: the diagnosis thresholds for ``on_alert`` (only with it).
         rank: in a ``torch.distributed`` process group, the rank that writes
             (default 0; None: every rank writes to its own writer). Other ranks

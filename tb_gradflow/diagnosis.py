@@ -82,7 +82,7 @@ from tb_gradflow.exploding_rule import exploding_mask
 from tb_gradflow.metadata import NonfiniteOrigin
 from tb_gradflow.spike_rule import SpikeWindow, spike_findings, spike_message
 from tb_gradflow.streaks import Finding, find_streaks
-from tb_gradflow.update_rule import update_findings
+from tb_gradflow.update_rule import update_findings, update_masks, update_messages
 
 __all__ = [
     "KINDS",
@@ -323,9 +323,11 @@ class OnlineDiagnosis:
     value hovering at a threshold does not flicker, and its last
     ``spike_window`` log10 norms (:class:`~tb_gradflow.spike_rule.SpikeWindow`).
     :meth:`update` returns the findings that become true at this step for the
-    first time for their layer (or, ``all_zero``, for the model): a
-    ``no_gradient``, ``blocked`` or ``all_zero`` streak that reaches
-    ``patience`` steps, or a ``nonfinite`` step; each is ongoing, from its
+    first time for their layer (or, ``all_zero`` and a model-wide
+    ``not_updating``, for the model): a ``no_gradient``, ``blocked``,
+    ``all_zero``, ``update_too_large`` or ``not_updating`` streak (the last two
+    when the steps hold ``update_ratio``) that reaches ``patience`` steps, or a
+    ``nonfinite`` step; each is ongoing, from its
     streak's first step. A ``spike`` is returned at the first step of each
     streak of spiking steps, the layers of one step by how far above their
     threshold they are; the model finding that ranks a spike event's layers
@@ -335,7 +337,24 @@ class OnlineDiagnosis:
     ``patience`` never alerts.
     """
 
-    ALERT_KINDS = ("no_gradient", "blocked", "all_zero", "nonfinite", "spike")
+    ALERT_KINDS = (
+        "no_gradient",
+        "blocked",
+        "all_zero",
+        "nonfinite",
+        "spike",
+        "update_too_large",
+        "not_updating",
+    )
+    # streak columns, in order: one per layer, or one for the model
+    _STREAKS = (
+        ("no_gradient", "layer"),
+        ("blocked", "layer"),
+        ("all_zero", "model"),
+        ("update_too_large", "layer"),
+        ("not_updating", "layer"),
+        ("not_updating", "model"),
+    )
 
     def __init__(
         self,
@@ -348,15 +367,20 @@ class OnlineDiagnosis:
         self.sparse = list(sparse)
         n = len(self.layers)
         self._peak = np.full(n, np.nan)
-        # One column per streak: no_gradient and blocked per layer, then
-        # all_zero for the model; per column the hits in its open streak (0:
-        # none), the healthy steps since its last hit, and its first step.
-        self._slices = {"no_gradient": slice(0, n), "blocked": slice(n, 2 * n)}
-        self._slices["all_zero"] = slice(2 * n, 2 * n + 1)
-        self._hits = np.zeros(2 * n + 1, dtype=np.int64)
-        self._healthy = np.zeros(2 * n + 1, dtype=np.int64)
-        self._first = np.zeros(2 * n + 1, dtype=np.int64)
-        self._alerted = np.zeros(2 * n + 1, dtype=bool)
+        # One column per streak of _STREAKS (a layer's, or the model's); per
+        # column the hits in its open streak (0: none), the healthy steps
+        # since its last hit, and its first step.
+        self._slices = []
+        start = 0
+        for kind, of in self._STREAKS:
+            width = n if of == "layer" else 1
+            self._slices.append((kind, of, slice(start, start + width)))
+            start += width
+        self._hits = np.zeros(start, dtype=np.int64)
+        self._healthy = np.zeros(start, dtype=np.int64)
+        self._first = np.zeros(start, dtype=np.int64)
+        self._alerted = np.zeros(start, dtype=bool)
+        self._messages = {**_MESSAGES, **update_messages(self.th)}
         self._alerted_nonfinite = np.zeros(n, dtype=bool)
         self._spikes = SpikeWindow(n, self.th)
         self._spiking = np.zeros(n, dtype=bool)  # at the last counted step
@@ -386,7 +410,27 @@ class OnlineDiagnosis:
         new_spikes = np.flatnonzero(spike & ~self._spiking)
         new_spikes = new_spikes[np.argsort(-excess[new_spikes], kind="stable")]
         self._spiking = spike
-        hit = np.concatenate([no_gradient[0], blocked[0], all_zero])  # (2L + 1,)
+        if "update_ratio" in stats:  # a layer that is blocked does not count
+            too_large, not_updating, model_low = update_masks(
+                np.asarray(stats["update_ratio"])[None],
+                np.asarray(stats["rows"])[None],
+                self.sparse,
+                valid & ~blocked & ~no_gradient,
+                self.th,
+            )
+        else:
+            too_large = not_updating = np.zeros_like(blocked)
+            model_low = np.zeros(1, dtype=bool)
+        hit = np.concatenate(
+            [
+                no_gradient[0],
+                blocked[0],
+                all_zero,
+                too_large[0],
+                not_updating[0],
+                model_low,
+            ]
+        )  # the columns of _STREAKS
         self._extend(hit, step)
         fire = (self._hits >= self.th.patience) & ~self._alerted
         self._alerted |= fire
@@ -394,38 +438,50 @@ class OnlineDiagnosis:
         self._alerted_nonfinite |= fire_nonfinite
         if not (fire.any() or fire_nonfinite.any() or len(new_spikes)):
             return []
-        new: list[Finding] = []
-        for kind in self.ALERT_KINDS:
-            if kind in ("nonfinite", "spike"):
-                columns = (
-                    new_spikes if kind == "spike" else np.flatnonzero(fire_nonfinite)
-                )
-                length, first = np.ones(len(columns), int), [step] * len(columns)
-            else:
-                at = self._slices[kind]
-                columns = np.flatnonzero(fire[at])
-                length = self._hits[at][columns]
-                first = self._first[at][columns]
-            names = [None] if kind == "all_zero" else self.layers
-            new += [
-                Finding(
-                    kind=kind,
-                    layer=names[j],
-                    first_step=int(f),
-                    last_step=step,
-                    steps=int(k),
-                    message=(
-                        _all_zero_message(int(f))
-                        if kind == "all_zero"
-                        else spike_message(self.th)
-                        if kind == "spike"
-                        else _MESSAGES[kind]
-                    ),
-                    ongoing=True,
-                )
-                for j, k, f in zip(columns.tolist(), length, first)
-            ]
+        new = [
+            self._finding(kind, self.layers[j], step, 1, step)
+            for kind, columns in (
+                ("nonfinite", np.flatnonzero(fire_nonfinite)),
+                ("spike", new_spikes),
+            )
+            for j in columns.tolist()
+        ]
+        for kind, of, at in self._slices:
+            for j in np.flatnonzero(fire[at]).tolist():
+                layer = self.layers[j] if of == "layer" else None
+                first = int(self._first[at][j])
+                hits = int(self._hits[at][j])
+                new.append(self._finding(kind, layer, first, hits, step, of))
+        order = {kind: i for i, kind in enumerate(self.ALERT_KINDS)}
+        new.sort(key=lambda f: order[f.kind])  # stable: spikes by excess
         return new
+
+    def _finding(
+        self,
+        kind: str,
+        layer: str | None,
+        first: int,
+        steps: int,
+        step: int,
+        of: str = "layer",
+    ) -> Finding:
+        if kind == "all_zero":
+            message = _all_zero_message(first)
+        elif kind == "spike":
+            message = spike_message(self.th)
+        elif kind == "not_updating" and of == "model":
+            message = self._messages["not_updating_model"]
+        else:
+            message = self._messages[kind]
+        return Finding(
+            kind=kind,
+            layer=layer,
+            first_step=first,
+            last_step=step,
+            steps=steps,
+            message=message,
+            ongoing=True,
+        )
 
     def _extend(self, hit: np.ndarray, step: int) -> None:
         """Advances every streak column by one counted step."""

@@ -14,7 +14,66 @@ from tb_gradflow.streaks import Finding, find_streaks
 if TYPE_CHECKING:
     from tb_gradflow.diagnosis import RunLike, Thresholds
 
-__all__ = ["update_findings"]
+__all__ = ["update_findings", "update_masks", "update_messages"]
+
+
+def update_masks(
+    ratio: np.ndarray,
+    rows: np.ndarray,
+    sparse: np.ndarray,
+    valid: np.ndarray,
+    th: Thresholds,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each rule holds, step by step: ``update_too_large`` and
+    ``not_updating`` per layer, ``(T, L)`` each, and ``not_updating`` of the
+    model (most layers below ``min_update_ratio`` at once), ``(T,)``.
+
+    A sparse layer is judged by the rows that got a gradient
+    (``update_ratio / sqrt(rows)``); a ratio of ``inf`` (weights that were 0)
+    does not count.
+
+    Shape:
+        - ratio, rows, valid: ``(T, L)`` (``valid``: layers with a usable,
+          flowing gradient); sparse: ``(L,)``.
+    """
+    ratio = np.array(ratio, dtype=np.float64)  # a copy
+    sparse = np.asarray(sparse, dtype=bool)
+    if sparse.any():  # judged by the rows that got a gradient
+        r = np.asarray(rows, dtype=np.float64)[:, sparse]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio[:, sparse] = np.where(r > 0, ratio[:, sparse] / np.sqrt(r), 0)
+    usable = valid & np.isfinite(ratio)  # inf: the weights were zero
+    moving = np.where(usable, ratio, np.nan)
+    with np.errstate(invalid="ignore"):
+        too_large = usable & (ratio > th.max_update_ratio)
+        low = usable & (ratio < th.min_update_ratio)
+        others = median_of_others(moving)  # (T, L)
+        model_low = usable.any(axis=1) & (
+            np.nanmedian(np.where(usable.any(axis=1)[:, None], moving, 0), axis=1)
+            < th.min_update_ratio
+        )  # (T,)
+        not_updating = low & ~model_low[:, None] & (others >= th.min_update_ratio)
+    return too_large, not_updating, model_low
+
+
+def update_messages(th: Thresholds) -> dict[str, str]:
+    """The messages of the update findings: ``update_too_large``,
+    ``not_updating`` (a layer) and ``not_updating_model``."""
+    return {
+        "update_too_large": (
+            f"update_ratio above {th.max_update_ratio:g}: the step is too large "
+            "for these weights (the learning rate is too high for this layer)"
+        ),
+        "not_updating": (
+            f"update_ratio below {th.min_update_ratio:g} while the other layers "
+            "update: its learning rate is zero or tiny (a frozen group, weight "
+            "decay cancelling the step)"
+        ),
+        "not_updating_model": (
+            f"most layers' update_ratio is below {th.min_update_ratio:g}: the "
+            "weights do not move (a learning rate of 0: warm-up, a scheduler at 0)"
+        ),
+    }
 
 
 def update_findings(
@@ -35,28 +94,10 @@ def update_findings(
     Shape:
         - valid: ``(T, L)``, layers with a usable, flowing gradient; live: ``(T,)``.
     """
-    ratio = np.array(run.values("update_ratio"), dtype=np.float64)  # (T, L)
-    sparse = np.asarray(run.sparse, dtype=bool)
-    if sparse.any():  # judged by the rows that got a gradient
-        rows = np.asarray(run.values("rows"), dtype=np.float64)[:, sparse]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio[:, sparse] = np.where(rows > 0, ratio[:, sparse] / np.sqrt(rows), 0)
-    usable = valid & np.isfinite(ratio)  # inf: the weights were zero
-    moving = np.where(usable, ratio, np.nan)
-    with np.errstate(invalid="ignore"):
-        too_large = usable & (ratio > th.max_update_ratio)
-        low = usable & (ratio < th.min_update_ratio)
-        others = median_of_others(moving)  # (T, L)
-        model_low = usable.any(axis=1) & (
-            np.nanmedian(np.where(usable.any(axis=1)[:, None], moving, 0), axis=1)
-            < th.min_update_ratio
-        )  # (T,)
-        not_updating = low & ~model_low[:, None] & (others >= th.min_update_ratio)
-    low_message = (
-        f"update_ratio below {th.min_update_ratio:g} while the other layers "
-        "update: its learning rate is zero or tiny (a frozen group, weight decay "
-        "cancelling the step)"
+    too_large, not_updating, model_low = update_masks(
+        run.values("update_ratio"), run.values("rows"), run.sparse, valid, th
     )
+    messages = update_messages(th)
     found = find_streaks(
         "update_too_large",
         too_large & live[:, None],
@@ -64,8 +105,7 @@ def update_findings(
         steps,
         layers,
         patience,
-        f"update_ratio above {th.max_update_ratio:g}: the step is too large for "
-        "these weights (the learning rate is too high for this layer)",
+        messages["update_too_large"],
     )
     found += find_streaks(
         "not_updating",
@@ -74,7 +114,7 @@ def update_findings(
         steps,
         layers,
         patience,
-        low_message,
+        messages["not_updating"],
     )
     found += find_streaks(
         "not_updating",
@@ -83,7 +123,6 @@ def update_findings(
         steps,
         [None],
         patience,
-        f"most layers' update_ratio is below {th.min_update_ratio:g}: the weights "
-        "do not move (a learning rate of 0: warm-up, a scheduler at 0)",
+        messages["not_updating_model"],
     )
     return found

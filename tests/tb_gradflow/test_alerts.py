@@ -143,3 +143,29 @@ def test_an_alert_under_a_compiled_step_points_at_the_users_line():
     torch._dynamo.reset()
     (alert,) = [w for w in caught if issubclass(w.category, tb_gradflow.GradFlowAlert)]
     assert alert.filename == __file__
+
+
+def test_on_alert_warns_of_a_layer_whose_learning_rate_is_too_high():
+    """stats=["update_ratio"] makes the update findings alerts too: the
+    upper layer's parameter group has a learning rate 1000x the others'."""
+    torch.manual_seed(0)
+    model = Net()
+    upper = list(model.upper.parameters())
+    rest = [p for p in model.parameters() if all(p is not q for q in upper)]
+    opt = torch.optim.SGD([{"params": rest}, {"params": upper, "lr": 10.0}], lr=0.01)
+    flow = tb_gradflow.watch(
+        model, None, optimizer=opt, stats=["update_ratio"], on_alert="warn"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            step(model, opt)
+    texts = [str(w.message) for w in caught if "update_too_large" in str(w.message)]
+    # the first, once its streak reaches patience (3 logged steps); the other
+    # layers follow once the run diverges
+    assert texts[0] == (
+        "gradflow: layer 'upper' at step 2: update_too_large: "
+        "update_ratio above 0.1: the step is too large for these weights "
+        "(the learning rate is too high for this layer)"
+    )
+    assert flow.last.stat("update_ratio")[2] > 0.1

@@ -611,6 +611,36 @@ def test_no_false_alarm_from_zero_weights_sparse_rows_skips_or_no_gradient():
     assert update_findings(dense) == [("not_updating", "l1", 0, 70, 8)]
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_online_update_alerts_fire_where_the_batch_streaks_reach_patience(seed):
+    """Too-large steps, a frozen layer and a model-wide warm-up, at random
+    places with skipped steps: each online alert is the batch rule's streak,
+    fired at the streak's patience-th counted step."""
+    rng = np.random.default_rng(seed)
+    t, n = 40, 6
+    ratio = 10 ** rng.uniform(-3.5, -2.5, (t, n))
+    ratio[rng.integers(0, 30) :, rng.integers(n)] = 0.5  # lr too high
+    ratio[:, rng.integers(n)] *= 1e-6  # frozen: below 1e-7
+    start = rng.integers(0, 30)
+    ratio[start : start + 6] = 0.0  # lr 0 for every layer at once
+    skipped = rng.random(t) < 0.1
+    run = UpdateRun(ratio, skipped=skipped)
+    kinds = ("update_too_large", "not_updating")
+    batch = [f for f in diagnose(run) if f.kind in kinds]
+    online = [f for f in feed_online(run) if f.kind in kinds]
+    assert online  # the purpose-built run fires
+    first = {}
+    for f in batch:
+        first.setdefault((f.kind, f.layer), f)
+    assert {(f.kind, f.layer) for f in online} == set(first)
+    live = run.steps[~run.skipped]
+    for f in online:
+        streak = first[(f.kind, f.layer)]
+        mine = live[(live >= streak.first_step) & (live <= streak.last_step)]
+        assert f.last_step == mine[2] and f.first_step == streak.first_step
+        assert f.message == streak.message and f.ongoing
+
+
 def test_update_thresholds_are_checked():
     with pytest.raises(ValueError, match="0 < min_update_ratio < max_update_ratio"):
         Thresholds(min_update_ratio=0.5, max_update_ratio=0.1)
