@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tb_gradflow import metadata, stats
+from tb_gradflow.layer_groups import combine, group_layers
 from tb_gradflow.run_files import (
     LeftOut,
     WatcherRecords,
@@ -67,6 +68,8 @@ class GradFlowRun:
             non-finite origins that cannot be read.
         origins: where NaN/Inf first appeared, as ``watch(...,
             trace_nonfinite=True)`` traced it, by step.
+        numel: each layer's number of elements (empty where the files do
+            not say).
     """
 
     path: str
@@ -84,6 +87,7 @@ class GradFlowRun:
     absent: np.ndarray | None = dataclasses.field(default=None, repr=False)
     left_out: list[LeftOut] = dataclasses.field(default_factory=list)
     origins: list[metadata.NonfiniteOrigin] = dataclasses.field(default_factory=list)
+    numel: list[int] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.absent is None:
@@ -118,6 +122,42 @@ class GradFlowRun:
         """``(T, L)`` bool: the layer's ``.grad`` was None at that step (not
         where it was :attr:`absent`)."""
         return np.isnan(self.values("nonfinite")) & ~self.absent
+
+    def grouped(self, by: str, patterns: Sequence[str] = ()) -> GradFlowRun:
+        """This run with its layers in groups (:mod:`tb_gradflow.layer_groups`):
+        ``by="block"`` (``model.layers.17``) or ``"role"`` (every block's
+        ``self_attn.q_proj``); a layer in no block stays alone. Each group's
+        statistics combine its layers' exactly (norm: root of the sum of
+        squares; abs_mean: weighted by elements; abs_max: max; nonfinite:
+        sum). A group is absent where all its layers are, sparse where any
+        is; ``patterns`` (regular expressions with a ``block`` group) for
+        names the automatic rule does not see.
+
+        Raises:
+            ValueError: for another ``by``, or a bad pattern.
+        """
+        groups = group_layers(self.layers, by, patterns)
+        values = {s: self.values(s) for s in self.stats}
+        combined = combine(values, self.numel, groups)
+        members = [list(m) for m in groups.members]
+        stacked = np.stack([combined[s] for s in self.stats], axis=1)  # (T, K, G)
+        types = [
+            self.types[m[0]]
+            if self.types and len({self.types[j] for j in m}) == 1
+            else ""
+            for m in members
+        ]
+        return dataclasses.replace(
+            self,
+            layers=list(groups.names),
+            sparse=[any(self.sparse[j] for j in m) for m in members],
+            _values=stacked,
+            types=types,
+            absent=np.stack([self.absent[:, m].all(axis=1) for m in members], 1),
+            numel=(
+                [sum(self.numel[j] for j in m) for m in members] if self.numel else []
+            ),
+        )
 
     def index_of(self, step: int | None) -> int:
         """Index of ``step`` in :attr:`steps` (the nearest logged step; None: last)."""
@@ -363,6 +403,7 @@ def from_records(
         not_logged=not_logged,
         absent=absent,
         left_out=left_out,
+        numel=list(layout.numel),
     )
 
 

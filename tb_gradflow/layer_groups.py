@@ -1,0 +1,209 @@
+"""Layers in groups: by block (``model.layers.17``) or by role (every block's
+``self_attn.q_proj``), so that a model of hundreds of layers reads as its
+blocks or its roles; a group's statistics combine its layers' exactly.
+
+A *block* is a numbered child of a container that holds several numbered
+children (``model.layers.17.self_attn.q_proj``: container ``model.layers``,
+block ``model.layers.17``, role ``self_attn.q_proj``; ``transformer.h.3.mlp.c_fc``,
+``blocks.11.attn.qkv``, ``encoder.layer.5.output.dense``, ``layer1.0.conv1``).
+The outermost such number makes the block. A layer with no such number, or with
+nothing after it (``features.3``, ``lstm.weight_ih_l0``, ``lm_head``), is in no
+block: it is a group of its own either way. Unusual names take patterns:
+regular expressions with a named group ``block`` (and optionally ``role``;
+default: what follows the block), tried first, in order.
+
+How a group's value is made from its layers' (the registry's
+``Statistic.group``, :mod:`tb_gradflow.stats`): ``norm`` the root of the sum of
+squares; ``mean`` weighted by each layer's number of elements (so
+``abs_mean`` is the mean of ``|g|`` over the group's elements, as if it were
+one tensor); ``max`` the largest; ``sum`` the sum; ``partials`` from the
+layers' partial sums (``update_ratio``: ``sqrt(sum (r w)^2) / sqrt(sum w^2)``
+with ``w`` the logged ``weight_norm``, NaN when it was not logged). Layers
+without a value at a step (no gradient, absent) are left out of their group
+there; a group none of whose layers has one is NaN. A statistic the registry
+does not know is NaN for groups of several layers.
+
+Pure numpy and the standard library: the plugin uses it too.
+
+Shape letters: ``T`` steps, ``L`` layers, ``G`` groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from tb_gradflow import stats as stats_registry
+
+__all__ = ["BY", "LayerGroups", "combine", "group_layers", "split_name"]
+
+BY = ("layer", "block", "role")
+_NUMBER = re.compile(r"^[0-9]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerGroups:
+    """Groups of a run's layers.
+
+    Attributes:
+        by: ``"layer"``, ``"block"`` or ``"role"``.
+        names: each group's name (a block, a role, or a layer in no block),
+            in order of its first layer.
+        members: each group's layer indices, ascending.
+    """
+
+    by: str
+    names: tuple[str, ...]
+    members: tuple[tuple[int, ...], ...]
+
+    def of_layer(self, count: int) -> np.ndarray:
+        """``(L,)`` int: each of ``count`` layers' group index."""
+        out = np.empty(count, dtype=np.int64)
+        for g, members in enumerate(self.members):
+            out[list(members)] = g
+        return out
+
+
+def split_name(
+    name: str,
+    containers: frozenset[str],
+    patterns: Sequence[re.Pattern[str]] = (),
+) -> tuple[str, str] | None:
+    """``(block, role)`` of a layer name, or None when it is in no block.
+
+    Args:
+        name: a layer name.
+        containers: the prefixes that hold several numbered children (see
+            :func:`group_layers`).
+        patterns: compiled patterns with a ``block`` group, tried first.
+    """
+    for pattern in patterns:
+        match = pattern.fullmatch(name) or pattern.match(name)
+        if match is not None and match.groupdict().get("block"):
+            block = match["block"]
+            role = match.groupdict().get("role") or name[match.end("block") :]
+            return block, role.lstrip(".") or block
+    parts = name.split(".")
+    for i in range(1, len(parts) - 1):  # a role must follow the number
+        if _NUMBER.match(parts[i]) and ".".join(parts[:i]) in containers:
+            return ".".join(parts[: i + 1]), ".".join(parts[i + 1 :])
+    return None
+
+
+def _containers(layers: Sequence[str]) -> frozenset[str]:
+    """Prefixes followed by two or more different numbers among ``layers``."""
+    numbers: dict[str, set[str]] = {}
+    for name in layers:
+        parts = name.split(".")
+        for i in range(1, len(parts) - 1):
+            if _NUMBER.match(parts[i]):
+                numbers.setdefault(".".join(parts[:i]), set()).add(parts[i])
+    return frozenset(c for c, seen in numbers.items() if len(seen) > 1)
+
+
+def group_layers(
+    layers: Sequence[str], by: str, patterns: Sequence[str] = ()
+) -> LayerGroups:
+    """Groups ``layers`` by ``by``: ``"layer"`` (each alone), ``"block"`` or
+    ``"role"``.
+
+    Raises:
+        ValueError: for another ``by``, or a pattern that is not a regular
+            expression with a ``block`` group.
+    """
+    if by not in BY:
+        raise ValueError(f"Invalid by: {by!r} (one of {', '.join(BY)})")
+    compiled = []
+    for p in patterns:
+        try:
+            pattern = re.compile(p)
+        except (re.error, TypeError) as e:
+            raise ValueError(f"Invalid pattern: {p!r} ({e})") from e
+        if "block" not in pattern.groupindex:
+            raise ValueError(
+                f"Invalid pattern: {p!r} (it needs a named group: (?P<block>...))"
+            )
+        compiled.append(pattern)
+    containers = _containers(layers)
+    names = set(layers)
+    index: dict[str, list[int]] = {}
+    for j, name in enumerate(layers):
+        split = None if by == "layer" else split_name(name, containers, compiled)
+        key = name if split is None else split[0 if by == "block" else 1]
+        if split is not None and key in names:
+            key = f"{key} (group)"  # not to be taken for the layer of that name
+        index.setdefault(key, []).append(j)
+    return LayerGroups(
+        by=by,
+        names=tuple(index),
+        members=tuple(tuple(m) for m in index.values()),
+    )
+
+
+def combine(
+    values: Mapping[str, np.ndarray],
+    numel: Sequence[int] | None,
+    groups: LayerGroups,
+) -> dict[str, np.ndarray]:
+    """Each statistic of ``values`` (``(T, L)``) for each group: ``(T, G)``
+    float32, by the rule of its registry entry (see the module docstring).
+
+    ``numel``: each layer's number of elements (None or empty: equal weights
+    for ``mean``, which is then a plain mean of the layers' values).
+    """
+    n_layers = sum(len(m) for m in groups.members)
+    weights = (
+        np.asarray(numel, dtype=np.float64)
+        if numel is not None and len(numel) == n_layers
+        else np.ones(n_layers)
+    )
+    out = {}
+    for name in values:
+        statistic = stats_registry.get(name)
+        rule = statistic.group if statistic is not None else None
+        out[name] = np.stack(
+            [
+                _combine_one(name, rule, values, list(m), weights)
+                for m in groups.members
+            ],
+            axis=1,
+        ).astype(np.float32)  # (T, G)
+    return out
+
+
+def _combine_one(
+    name: str,
+    rule: str | None,
+    values: Mapping[str, np.ndarray],
+    members: list[int],
+    weights: np.ndarray,
+) -> np.ndarray:
+    """One group's ``(T,)`` values of statistic ``name``."""
+    v = np.asarray(values[name], dtype=np.float64)[:, members]  # (T, M)
+    if len(members) == 1:
+        return v[:, 0]
+    has = ~np.isnan(v)
+    any_value = has.any(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if rule == "mean":
+            w = np.where(has, weights[members], 0.0)
+            total = np.where(has, v * w, 0.0).sum(axis=1)
+            out = total / w.sum(axis=1)
+        elif rule == "max":
+            out = np.where(has, v, -np.inf).max(axis=1)
+        elif rule == "norm":
+            out = np.sqrt(np.where(has, v * v, 0.0).sum(axis=1))
+        elif rule == "sum":
+            out = np.where(has, v, 0.0).sum(axis=1)
+        elif rule == "partials" and name == "update_ratio" and "weight_norm" in values:
+            w = np.asarray(values["weight_norm"], dtype=np.float64)[:, members]
+            both = has & ~np.isnan(w)
+            step = np.where(both, (v * w) ** 2, 0.0).sum(axis=1)
+            out = np.sqrt(step) / np.sqrt(np.where(both, w * w, 0.0).sum(axis=1))
+            any_value = both.any(axis=1)
+        else:  # a ratio without its parts, or a statistic this version lacks
+            return np.full(len(v), np.nan)
+    return np.where(any_value, out, np.nan)
