@@ -1,11 +1,14 @@
 // The layers-by-steps heatmap: one row per layer, one column per kept step or bin
 // of steps, a log colour scale with colours of their own for no gradient,
-// non-finite values, no such layer and zero. The layout, the pixels and the
-// tooltips are pure (`node --test` checks them); `drawHeatmap` only paints.
+// non-finite values, no such layer and zero, and room above it for the
+// total-norm strip (strip.js). The layout, the pixels and the tooltips are
+// pure (`node --test` checks them); `drawHeatmap` only paints.
 
 import { ABSENT_TEXT, FONT, FONT_BOLD, LINE, STATUS_TEXT, drawMessage, drawTitled, ellipsize } from "./canvas.js";
+import { spikePath } from "./marks.js";
 import { layerLabel } from "./model.js";
 import { formatValue, logUnit, positiveExtent, ramp, ticks } from "./scale.js";
+import { STRIP_HEIGHT, stripLabelWidth, stripRect } from "./strip.js";
 
 /** @typedef {import("./palette.js").Palette} Palette */
 
@@ -41,11 +44,15 @@ export function heatTooltip(heat, cell) {
  * Row names (`labels`: names with module types; default `layers`) longer than
  * a third of the width are ellipsized (the bar plot and the tooltip show them
  * whole); the colour legend moves under the title when both do not fit on one
- * line.
+ * line. With `strip` (the total-norm strip's axis, {@link stripAxis}), the
+ * strip sits between the legend and the matrix, over the same columns
+ * (`layout.strip`, else null); `spikes`: the legend names the spike mark.
  * @param {{layers: string[], labels?: string[], steps: number[], title?: string,
- *   domain?: ([number, number]|null)}} data
+ *   domain?: ([number, number]|null), strip?: (import("./strip.js").StripAxis|null),
+ *   spikes?: boolean}} data
  * @param {{width: number, measure: (text: string, bold?: boolean) => number}} opts
- * @returns {object} the layout: plot rect, cell size, row labels, column ticks, legend
+ * @returns {object} the layout: plot rect, cell size, row labels, column ticks,
+ *   legend, strip
  */
 export function heatmapLayout(data, opts) {
   const width = Math.max(160, opts.width);
@@ -55,16 +62,19 @@ export function heatmapLayout(data, opts) {
   const maxLabelW = Math.max(40, Math.floor(width * 0.35));
   // measured bold: blocked layers' names are drawn bold
   const texts = (data.labels || data.layers).map((name) => ellipsize(name, maxLabelW, (t) => measure(t, true)));
-  const labelW = Math.ceil(Math.max(0, ...texts.map((t) => measure(t, true))));
+  const stripW = data.strip ? stripLabelWidth(data.strip, measure) : 0;
+  const labelW = Math.ceil(Math.max(stripW, ...texts.map((t) => measure(t, true))));
   const right = 14;
   const x = labelW + 10;
   const title = data.title || "";
-  const legend = legendItems(data.domain || null);
+  const legend = legendItems(data.domain || null, Boolean(data.spikes));
   const legendW = legend.reduce((w, it) => w + (it.kind === "ramp" ? 96 + 12 : 28) + measure(it.text), 0);
   const oneLine = x + measure(title) + 24 + legendW <= width - right;
   const titleY = LINE / 2 + 2;
   const legendY = oneLine ? titleY : titleY + LINE + 2;
   const plot = { x, y: legendY + LINE / 2 + 12, w: Math.max(10, width - x - right), h: 0 };
+  const strip = data.strip ? stripRect(data.strip, plot, plot.y) : null;
+  if (strip) plot.y += STRIP_HEIGHT + 8;
   const total = Math.min(480, Math.max(48, rows * 18));
   const cellH = rows ? total / rows : 0;
   plot.h = rows ? rows * cellH : total; // no rows (a statistic not logged): room for the message
@@ -81,17 +91,19 @@ export function heatmapLayout(data, opts) {
     }
   }
   const height = Math.ceil(plot.y + plot.h + LINE + 12);
-  return { width, height, plot, rows, cols, cellW, cellH, rowLabels, every, xTicks, title, titleY, legendY, legend };
+  return { width, height, plot, rows, cols, cellW, cellH, rowLabels, every, xTicks, title, titleY, legendY, legend, strip };
 }
 
 /**
- * The heatmap legend's entries, right to left: the special colours, then the
- * ramp with its end values.
+ * The heatmap legend's entries, right to left: the spike mark (with
+ * `spikes`), the special colours, then the ramp with its end values.
  * @param {[number, number] | null} domain
+ * @param {boolean} spikes
  * @returns {{kind: string, text: string}[]}
  */
-function legendItems(domain) {
+function legendItems(domain, spikes) {
   const items = [
+    ...(spikes ? [{ kind: "spike", text: "spike" }] : []),
     { kind: "heatInf", text: STATUS_TEXT.nonfinite },
     { kind: "heatAbsent", text: STATUS_TEXT.missing },
     { kind: "heatNaN", text: STATUS_TEXT.no_grad },
@@ -216,7 +228,7 @@ export function drawHeatmap(ctx, layout, data, palette) {
   if (data.selectedCol >= 0) {
     const x = plot.x + (data.selectedCol + 0.5) * layout.cellW;
     ctx.beginPath();
-    ctx.moveTo(x, plot.y - 4);
+    ctx.moveTo(x, layout.strip ? layout.strip.y : plot.y - 4);
     ctx.lineTo(x, plot.y + plot.h + 2);
     ctx.stroke();
   }
@@ -237,6 +249,16 @@ function drawLegend(ctx, layout, domain, palette) {
     ctx.fillStyle = palette.muted;
     ctx.fillText(it.text, x, y);
     x -= 14;
+    if (it.kind === "spike") {
+      ctx.beginPath();
+      spikePath(ctx, x + 5, y + 4);
+      ctx.fillStyle = palette.spikeFill;
+      ctx.fill();
+      ctx.strokeStyle = palette.spikeStroke;
+      ctx.stroke();
+      x -= 14;
+      continue;
+    }
     if (it.kind === "heatAbsent") hatch(ctx, x, y - 5, 10, 10, palette);
     else {
       ctx.fillStyle = `rgb(${rgb.join(",")})`;

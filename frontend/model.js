@@ -58,11 +58,15 @@
  * The layers-by-steps matrix of one statistic (`heatmap` route, binary form).
  * @typedef {{run: string, tag: string, stat: string, layers: string[],
  *   types: string[], steps: number[], first_steps: number[], last_steps: number[],
- *   downsampled: boolean, logged: boolean, values: Float32Array}} Heatmap
+ *   downsampled: boolean, logged: boolean, total_norm: (number[]|null),
+ *   values: Float32Array}} Heatmap
  * `values[row * steps.length + col]` is layer `row` in column `col`: NaN
  * where it had no gradient, +Infinity where a value was non-finite, -Infinity
  * where the layer was in none of the column's layer sets. `logged` false: the
- * run's files lack the statistic (every value NaN).
+ * run's files lack the statistic (every value NaN). `total_norm`: the model's
+ * total gradient norm per column (the largest of the column's steps; Infinity
+ * where a norm was non-finite), null from a server without it or a run
+ * without `norm`.
  */
 
 /**
@@ -72,7 +76,8 @@
  * it has none).
  * @typedef {{run: string, tag: string, stat: string, layers: string[],
  *   types: string[], steps: number[], first_steps: number[], last_steps: number[],
- *   downsampled: boolean, logged: boolean, max: Float32Array, min: Float32Array}} Lines
+ *   downsampled: boolean, logged: boolean, total_norm: (number[]|null),
+ *   max: Float32Array, min: Float32Array}} Lines
  */
 
 /**
@@ -282,6 +287,7 @@ function decodeBinned(buffer, names) {
     last_steps: head.last_steps ? toNumbers(head.last_steps) : steps.slice(),
     downsampled: Boolean(head.downsampled),
     logged: head.logged !== false,
+    total_norm: Array.isArray(head.total_norm) && head.total_norm.length === steps.length ? toNumbers(head.total_norm) : null,
   };
   names.forEach((name, k) => {
     const values = new Float32Array(count);
@@ -323,7 +329,7 @@ export function decodeLines(buffer) {
 function notLoggedHead(r, stat) {
   return {
     run: r.run, tag: r.tag, stat, layers: [], types: [], steps: [], first_steps: [], last_steps: [],
-    downsampled: false, logged: false,
+    downsampled: false, logged: false, total_norm: null,
   };
 }
 

@@ -9,9 +9,11 @@ import { drawExport, exportLayout } from "./export.js";
 import { FONT, FONT_BOLD, referenceOf, sizeCanvas } from "./canvas.js";
 import * as heatChart from "./heatmap.js";
 import * as linesChart from "./lines.js";
-import { layerLabel } from "./model.js";
+import { drawSpikeMarks, heatMarkPoints, lineMarkPoints, spikeCells } from "./marks.js";
+import { layerLabel, runKey } from "./model.js";
 import * as present from "./present.js";
-import { currentStep, statUnit } from "./state.js";
+import { currentStep, shownRuns, statUnit } from "./state.js";
+import { drawStrip, stripAxis, stripBars, stripColumnAt, stripTooltip } from "./strip.js";
 import * as views from "./views.js";
 
 /**
@@ -169,16 +171,21 @@ export function createPainter(win, shell, getState, dispatch) {
     canvas.setAttribute("role", "img");
     const view = { canvas, layout: null, heat: null };
     const cellAt = (ev) => (view.layout ? heatChart.heatmapCellAt(view.layout, ev.offsetX, ev.offsetY) : null);
+    const stripAt = (ev) => (view.layout ? stripColumnAt(view.layout.strip, view.layout.cols, ev.offsetX, ev.offsetY) : -1);
     canvas.addEventListener("mousemove", (ev) => {
       if (!view.layout) return;
       const cell = cellAt(ev);
-      if (!cell) hideTooltip();
-      else views.showTooltip(shell.tooltip, heatChart.heatTooltip(view.heat, cell), ev.pageX, ev.pageY);
+      const col = stripAt(ev);
+      if (cell) views.showTooltip(shell.tooltip, heatChart.heatTooltip(view.heat, cell), ev.pageX, ev.pageY);
+      else if (col >= 0) views.showTooltip(shell.tooltip, stripTooltip(view.heat, col), ev.pageX, ev.pageY);
+      else hideTooltip();
     });
     canvas.addEventListener("mouseleave", hideTooltip);
     canvas.addEventListener("click", (ev) => {
       const cell = cellAt(ev);
+      const col = stripAt(ev);
       if (cell) dispatch({ type: "focus", layer: view.heat.layers[cell.row], step: view.heat.steps[cell.col] });
+      else if (col >= 0) dispatch({ type: "focus", layer: getState().layer, step: view.heat.steps[col] });
     });
     shell.heatWrap.appendChild(canvas);
     return view;
@@ -193,13 +200,17 @@ export function createPainter(win, shell, getState, dispatch) {
     const width = Math.floor(shell.heatWrap.clientWidth);
     if (width <= 0) return;
     const domain = heatChart.heatDomain(heats);
+    const strip = stripAxis(heats.map((h) => h.total_norm));
     const step = currentStep(state);
+    const palette = present.palette(state);
     heats.forEach((heat, i) => {
       const view = heatViews[i];
       const { canvas } = view;
       const { title, message } = present.heatText(heat);
       const labels = heat.layers.map((name, j) => layerLabel(name, heat.types ? heat.types[j] : ""));
-      view.layout = heatChart.heatmapLayout({ layers: heat.layers, labels, steps: heat.steps, title, domain }, { width, measure });
+      const spikes = message ? [] : spikeCells(heat, shownAlerts(state, heat, i));
+      const data = { layers: heat.layers, labels, steps: heat.steps, title, domain, spikes: spikes.length > 0 };
+      view.layout = heatChart.heatmapLayout({ ...data, strip: heat.total_norm ? strip : null }, { width, measure });
       view.heat = heat;
       const flow = state.flows[i];
       const blocked = new Set();
@@ -214,8 +225,13 @@ export function createPainter(win, shell, getState, dispatch) {
         selectedCol: step === undefined ? -1 : heatChart.columnOfStep(heat, flow ? flow.step : step),
         selectedRow: state.layer === null ? -1 : heat.layers.indexOf(state.layer),
         blockedRows: blocked,
-      }, present.palette(state));
+      }, palette);
       const { plot } = view.layout;
+      const stripRect = view.layout.strip;
+      if (stripRect) drawStrip(ctx, stripRect, stripBars(stripRect, heat.total_norm), palette);
+      drawSpikeMarks(ctx, heatMarkPoints(view.layout, spikes), palette);
+      canvas.dataset.spikes = spikes.map((c) => `${c.row}:${c.col}`).join(" ");
+      canvas.dataset.strip = stripRect ? [stripRect.x, stripRect.y, stripRect.w, stripRect.h].map((v) => v.toFixed(1)).join(",") : "";
       canvas.dataset.run = heat.run;
       canvas.dataset.rows = String(view.layout.rows);
       canvas.dataset.cols = String(view.layout.cols);
@@ -306,6 +322,9 @@ export function createPainter(win, shell, getState, dispatch) {
       linesChart.drawLines(ctx, layout, lines, palette, {
         base, row, measure, selectedStep: flow ? flow.step : step ?? null,
       });
+      const spikes = message ? [] : spikeCells(lines, shownAlerts(state, lines, i));
+      drawSpikeMarks(ctx, lineMarkPoints(layout, lines, spikes), palette);
+      canvas.dataset.spikes = spikes.map((c) => `${c.row}:${c.col}`).join(" ");
       const { plot } = layout;
       canvas.dataset.run = lines.run;
       canvas.dataset.stat = lines.stat;
@@ -337,6 +356,19 @@ export function createPainter(win, shell, getState, dispatch) {
     const ctx = sizeCanvas(canvas, layout.width, layout.height, dpr());
     drawExport(ctx, layout, bars, present.palette(state));
     return canvas;
+  }
+
+  /**
+   * The alerts of the shown run `i` when `binned` (a heatmap or lines answer)
+   * is that run's; none while another run's answer is still on screen.
+   * @param {State} state
+   * @param {{run: string, tag: string}} binned
+   * @param {number} i
+   * @returns {import("./model.js").Alert[]}
+   */
+  function shownAlerts(state, binned, i) {
+    const r = shownRuns(state)[i];
+    return r && runKey(r) === runKey(binned) ? state.alerts[i] || [] : [];
   }
 
   return {

@@ -8,10 +8,13 @@
  *   noGrad: string, nonfinite: string, zero: string, selected: string,
  *   heatNaN: [number, number, number], heatInf: [number, number, number],
  *   heatZero: [number, number, number], heatAbsent: [number, number, number],
- *   reference: string, referenceBand: string, depth: [number, number, number][]}} Palette
+ *   reference: string, referenceBand: string, depth: [number, number, number][],
+ *   spikeFill: string, spikeStroke: string}} Palette
  * `heatAbsent`: the hatching of heatmap cells of a layer not in the step's
  * layer set (drawn over the background: nothing was logged there).
  * `reference`, `referenceBand`: a statistic's rule of thumb, its line and band.
+ * `spikeFill`, `spikeStroke`: the spike mark, light inside a dark outline so
+ * that it shows on every colour of the heatmap's ramp.
  * `depth`: the stops of the lines view's colours, first layer to last (plasma,
  * cut where it would fade into the background).
  */
@@ -26,6 +29,7 @@ export const PALETTES = {
     heatNaN: [218, 220, 224], heatInf: [255, 0, 160], heatZero: [0, 0, 0], heatAbsent: [154, 160, 166],
     reference: "#1e8e3e", referenceBand: "rgba(30,142,62,0.13)",
     depth: [[13, 8, 135], [126, 3, 168], [204, 71, 120], [237, 121, 83], [230, 150, 20]],
+    spikeFill: "#ffffff", spikeStroke: "#202124",
   },
   dark: {
     bg: "#1f1f1f", fg: "#e8eaed", muted: "#9aa0a6", grid: "#3c4043", axis: "#bdc1c6",
@@ -35,6 +39,7 @@ export const PALETTES = {
     heatNaN: [72, 74, 78], heatInf: [255, 64, 190], heatZero: [0, 0, 0], heatAbsent: [128, 134, 139],
     reference: "#81c995", referenceBand: "rgba(129,201,149,0.16)",
     depth: [[106, 0, 168], [177, 42, 144], [225, 100, 98], [252, 166, 54], [240, 249, 33]],
+    spikeFill: "#ffffff", spikeStroke: "#000000",
   },
 };
 

@@ -1,7 +1,8 @@
 """The ``heatmap`` and ``lines`` answers: a layers-by-steps matrix of one
 statistic binned to at most N step columns (the heatmap: each bin's largest
-value; the lines: its largest and smallest), and their JSON and binary
-encodings (the rules and the formats: ``http_api.md``).
+value; the lines: its largest and smallest), the model's total gradient norm
+binned the same way (the tab's strip above the heatmap), and their JSON and
+binary encodings (the rules and the formats: ``http_api.md``).
 
 Pure numpy and the standard library (plus TensorBoard's JSON cleaning): no
 request, no cache, no data provider, so it is tested on its own.
@@ -30,6 +31,7 @@ __all__ = [
     "check_format",
     "encode",
     "matrices",
+    "total_norms",
 ]
 
 DEFAULT_COLUMNS = 1000  # step columns
@@ -66,6 +68,10 @@ def bin_extremes(
     its steps where it was in the layer set, -inf when it was in none.
     ``smallest``: the smallest finite value in the bin where the layer had a
     gradient; NaN where there is none.
+
+    The header's ``total_norm``: per column, the largest of the bin's
+    :func:`total_norms` (+inf when any was non-finite), whatever ``stat`` is;
+    None for a run whose files lack ``norm``.
 
     Returns:
         ``(header, largest, smallest)``: the JSON answer without its matrices
@@ -115,8 +121,42 @@ def bin_extremes(
         "last_steps": steps[ends].tolist(),
         "downsampled": bool(n < n_steps),
         "logged": stat not in run.not_logged,
+        "total_norm": _bin_total_norm(run, starts),
     }
     return header, np.ascontiguousarray(largest.T), np.ascontiguousarray(smallest.T)
+
+
+def total_norms(run: GradFlowRun) -> np.ndarray | None:
+    """The model's total gradient norm at each kept step: the square root of
+    the sum over layers of ``norm`` squared, in float64. A layer without a
+    gradient or absent from the step's layer set adds 0; a step where a layer
+    with a gradient has a non-finite ``norm`` is +inf.
+
+    Returns:
+        the totals, None when the run's files lack ``norm``.
+
+    Shape:
+        - output: ``(S,)`` float64
+    """
+    if "norm" not in run.stats or "norm" in run.not_logged:
+        return None
+    norm = run.values("norm")  # (S, L)
+    has_grad = ~(run.no_grad | run.absent)  # (S, L)
+    finite = np.isfinite(norm)
+    usable = np.where(has_grad & finite, norm, norm.dtype.type(0))
+    # float64 accumulation, chunk by chunk: no float64 copy of the matrix
+    squares = np.einsum("ij,ij->i", usable, usable, dtype=np.float64)  # (S,)
+    bad = (has_grad & ~finite).any(axis=1)
+    return np.where(bad, np.inf, np.sqrt(squares))
+
+
+def _bin_total_norm(run: GradFlowRun, starts: np.ndarray) -> list[float] | None:
+    """The largest :func:`total_norms` of each bin starting at ``starts``
+    (one kept step's spike survives); None without ``norm``."""
+    totals = total_norms(run)
+    if totals is None or not len(starts):
+        return None if totals is None else []
+    return np.maximum.reduceat(totals, starts).tolist()
 
 
 def matrices(
@@ -148,12 +188,14 @@ def encode(
 
     ``"json"``: ``{**header, **matrices}`` with NaN and infinities as strings
     (as ``http_util.Respond`` cleans them), gzipped; ``"binary"``: a
-    little-endian ``uint32`` length, the UTF-8 JSON header, zero bytes up to a
-    multiple of 4, then each matrix in the order of ``matrices`` as
-    little-endian float32, row-major (``fmt`` as :func:`check_format` allows).
+    little-endian ``uint32`` length, the UTF-8 JSON header (NaN and
+    infinities as strings, as in ``"json"``), zero bytes up to a multiple of
+    4, then each matrix in the order of ``matrices`` as little-endian
+    float32, row-major (``fmt`` as :func:`check_format` allows).
     """
     if fmt == "binary":
-        head = json.dumps(header, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        cleansed = json_util.Cleanse(header)
+        head = json.dumps(cleansed, ensure_ascii=False, allow_nan=False).encode("utf-8")
         pad = b"\0" * (-(4 + len(head)) % 4)  # float32 values start 4-byte aligned
         parts = [struct.pack("<I", len(head)), head, pad]
         parts += [m.astype("<f4").tobytes() for m in matrices.values()]

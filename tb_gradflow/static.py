@@ -39,6 +39,8 @@ STATIC_FILES = (
     "export.js",
     "heatmap.js",
     "lines.js",
+    "marks.js",
+    "strip.js",
     "views.js",
     "style.css",
 )

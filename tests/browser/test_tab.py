@@ -14,7 +14,11 @@ watched while a test-only statistic was registered in this process (the
 tab's TensorBoard does not know it: it reads it from the files by name), and
 ``lacking_rows``, written without the ``rows`` statistic, and ``lines_50`` and
 ``lines_500``, healthy runs of 50 and 500 layers with ``update_ratio`` (the
-lines view). Screenshots go to ``test-output/browser/``.
+lines view). A logdir of its own, served by a second ``tensorboard``, holds
+``spikes_50`` and ``spikes_500``: 50 and 500 layers, one of which spikes 10x
+at one step, with a traced non-finite origin (the most severe finding: in
+the first logdir it would change the run the tab opens on). Screenshots go
+to ``test-output/browser/``.
 
 Needs Debian's ``chromium`` and ``pip install playwright`` (never
 ``playwright install``); without them these tests fail and say so.
@@ -43,7 +47,8 @@ import tb_gradflow
 from tb_gradflow import metadata
 from tb_gradflow import stats as tb_stats
 from tb_gradflow.demo import DemoConfig, run_demo
-from tb_gradflow.summary import gradflow_pb
+from tb_gradflow.metadata import NonfiniteOrigin
+from tb_gradflow.summary import gradflow_pb, origin_pb
 
 pytestmark = pytest.mark.browser
 
@@ -87,6 +92,10 @@ LINES_RUN = "lines_50"  # 50 layers, update_ratio
 LINES_STEPS = 200
 WIDE_RUN = "lines_500"  # 500 layers, update_ratio
 WIDE_STEPS = 60
+SPIKE_RUNS = {"spikes_50": 50, "spikes_500": 500}  # run: layers
+SPIKE_STEPS = 120
+SPIKE = (20, 80)  # (layer, step): 10x its gradient
+ORIGIN = (33, 100)  # (layer, step): where the traced NaN/Inf began
 _LOAD_TIMEOUT = 60.0  # s until every run is listed
 _UI_TIMEOUT = 20_000  # ms for one UI expectation
 _REFRESH_TIMEOUT = 25_000  # ms: reload interval 1 s + the tab's 5 s poll
@@ -316,6 +325,55 @@ def _write_lines_run(logdir: Path, run: str, n_layers: int, steps: int) -> None:
         return tb_stats.record(values, n_layers, order=order)
 
     _write_layout_run(logdir, run, layout, range(steps), stats_at)
+
+
+def _write_spike_run(logdir: Path, run: str, n_layers: int) -> None:
+    """Healthy layers (abs_mean about 1e-3, 5% noise), layer ``SPIKE[0]``'s
+    gradient 10x at step ``SPIKE[1]``, and a traced non-finite origin in the
+    module of layer ``ORIGIN[0]`` at step ``ORIGIN[1]``, written beside the
+    statistics as ``watch(..., trace_nonfinite=True)`` writes it."""
+    names = tuple(f"blocks.{i}.weight" for i in range(n_layers))
+    layout = metadata.Layout(layers=names, types=("Linear",) * n_layers)
+    rng = np.random.default_rng(n_layers)
+    base = 1e-3 * (1 + np.arange(n_layers) / n_layers)  # (L,)
+
+    def stats_at(i: int) -> np.ndarray:
+        mean = base * np.exp(0.05 * rng.standard_normal(n_layers))
+        if i == SPIKE[1]:
+            mean[SPIKE[0]] *= 10
+        return _stats(mean)
+
+    _write_layout_run(logdir, run, layout, range(SPIKE_STEPS), stats_at)
+    layer, step = ORIGIN
+    origin = NonfiniteOrigin(
+        step=step,
+        since_step=step,
+        phase="forward",
+        module=f"blocks.{layer}",
+        module_type="Linear",
+        where="output",
+        posinf=3,
+        largest_input=3.1e38,
+        dtype="float32",
+        layers=(names[layer],),
+    )
+    with SummaryWriter(str(logdir / run)) as writer:
+        summary = origin_pb(origin, None, with_metadata=True)
+        writer._get_file_writer().add_summary(summary, step)
+
+
+@pytest.fixture(scope="module")
+def spike_tensorboard(tmp_path_factory, tensorboard_process):
+    _require_browser()
+    d = tmp_path_factory.mktemp("spikes")
+    for run, layers in SPIKE_RUNS.items():
+        _write_spike_run(d, run, layers)
+    tb = tensorboard_process(d, "--reload_interval=1")
+    try:
+        wait_for_runs(tb, {run: SPIKE_STEPS - 1 for run in SPIKE_RUNS})
+        yield tb
+    finally:
+        tb.close()
 
 
 @pytest.fixture(scope="module")
@@ -1228,3 +1286,96 @@ def test_the_lines_view_names_the_hovered_layer_and_a_click_selects_its_step(
     next_frame(frame)
     assert wide.get_attribute("data-highlight") == f"blocks.{named}.weight"
     wide.screenshot(path=str(OUT / "light_lines_500_layers.png"))
+
+
+_PIXEL = """(canvas, [x, y]) => {
+  const r = devicePixelRatio;
+  const ctx = canvas.getContext("2d");
+  const d = ctx.getImageData(Math.round(x * r), Math.round(y * r), 1, 1).data;
+  return [d[0], d[1], d[2]];
+}"""
+
+
+def is_spike_fill(colour) -> bool:
+    """Whether a pixel is the spike mark's fill (antialiased: near white)."""
+    return min(colour) >= 225
+
+
+STRIP_BAR = (95, 99, 104)  # the light palette's muted grey
+
+
+def pixel(canvas, x: float, y: float) -> tuple[int, ...]:
+    """The colour of a canvas at CSS px ``(x, y)``."""
+    return tuple(canvas.evaluate(_PIXEL, [x, y]))
+
+
+def heat_cell_centre(heat, row: int, col: int) -> tuple[float, float]:
+    x, y, w, h = (float(v) for v in heat.get_attribute("data-plot").split(","))
+    rows, cols = (
+        int(heat.get_attribute("data-rows")),
+        int(heat.get_attribute("data-cols")),
+    )
+    return x + (col + 0.5) * w / cols, y + (row + 0.5) * h / rows
+
+
+def test_spikes_are_marked_the_strip_shows_them_and_the_nan_origin_is_listed(
+    page, spike_tensorboard
+):
+    layer, step = SPIKE
+    name = f"blocks.{layer}.weight"
+    frame = open_tab(page, spike_tensorboard)
+    select_run(frame, "spikes_50")
+    # the spike is found, listed and marked at its cell of the heatmap
+    alert = frame.locator(
+        f'[data-testid=alerts] button[data-kind=spike][data-layer="{name}"]'
+    )
+    assert alert.get_attribute("data-first-step") == str(step)
+    heat = frame.locator('[data-testid=heatmap][data-run="spikes_50"]')
+    heat.wait_for(state="attached")
+    assert heat.get_attribute("data-cols") == str(SPIKE_STEPS)
+    assert f"{layer}:{step}" in heat.get_attribute("data-spikes").split()
+    x, y = heat_cell_centre(heat, layer, step)
+    assert is_spike_fill(pixel(heat, x, y - 6))  # inside the triangle over the cell
+    assert not is_spike_fill(pixel(heat, x, y + 6))  # the cell below: not covered
+    # the lines view marks it too
+    lines = frame.locator('[data-testid=lines][data-run="spikes_50"]')
+    assert f"{layer}:{step}" in lines.get_attribute("data-spikes").split()
+
+    # the total-norm strip: its tallest bar is at the spike's column
+    sx, sy, sw, sh = (float(v) for v in heat.get_attribute("data-strip").split(","))
+    col_x = lambda c: sx + (c + 0.5) * sw / SPIKE_STEPS  # noqa: E731
+    assert pixel(heat, col_x(step), sy + 2) == STRIP_BAR
+    assert pixel(heat, col_x(step - 10), sy + 2) != STRIP_BAR
+    heat.hover(position={"x": col_x(step), "y": sy + sh / 2})
+    tip = frame.locator(".gf-tooltip").text_content()
+    assert "total norm" in tip and f"step {step}" in tip, tip
+    heat.screenshot(path=str(OUT / "light_spikes_50_layers.png"))
+    # clicking the strip selects that column's step
+    heat.click(position={"x": col_x(60), "y": sy + sh - 2})
+    expect_step(frame, 60)
+
+    # where NaN/Inf began: listed with the module's message; a click focuses
+    # its layer and step
+    origin_layer, origin_step = ORIGIN
+    origin = frame.locator("[data-testid=alerts] button[data-kind=nonfinite_origin]")
+    text = origin.text_content()
+    assert "where NaN/Inf began" in text
+    assert f"output of 'blocks.{origin_layer}' (Linear)" in text, text
+    origin.click()
+    expect_step(frame, origin_step)
+    page.mouse.move(0, 0)
+    next_frame(frame)
+    assert lines.get_attribute("data-highlight") == f"blocks.{origin_layer}.weight"
+    assert "gf-active" in origin.get_attribute("class")
+    page.screenshot(path=str(OUT / "light_spikes_50_tab.png"), full_page=True)
+
+    # 500 layers: the mark is still drawn at its cell
+    select_run(frame, "spikes_500")
+    wide = frame.locator(
+        '[data-testid=heatmap][data-run="spikes_500"][data-rows="500"]'
+    )
+    wide.wait_for(state="attached")
+    assert f"{layer}:{step}" in wide.get_attribute("data-spikes").split()
+    x, y = heat_cell_centre(wide, layer, step)
+    assert is_spike_fill(pixel(wide, x, y - 6))
+    wide.screenshot(path=str(OUT / "light_spikes_500_layers.png"))

@@ -8,7 +8,7 @@ const FILES = readdirSync(url("")).filter((f) => f.endsWith(".js")).sort();
 const PURE = ["api.js", "loader.js", "model.js", "palette.js", "present.js", "scale.js", "state.js"];
 
 test("the frontend is the expected set of modules", () => {
-  assert.deepEqual(FILES, ["api.js", "bars.js", "canvas.js", "export.js", "heatmap.js", "index.js", "lines.js", "loader.js", "model.js", "paint.js", "palette.js", "present.js", "scale.js", "state.js", "views.js"]);
+  assert.deepEqual(FILES, ["api.js", "bars.js", "canvas.js", "export.js", "heatmap.js", "index.js", "lines.js", "loader.js", "marks.js", "model.js", "paint.js", "palette.js", "present.js", "scale.js", "state.js", "strip.js", "views.js"]);
 });
 
 test("every frontend module imports without a DOM (no top-level document use)", async () => {

@@ -53,6 +53,8 @@ def test_bins_keep_the_largest_finite_value_and_mark_nonfinite_and_no_gradient()
         "last_steps": [10, 40],
         "downsampled": True,
         "logged": True,
+        # norm 2 x abs_mean; no gradient adds 0; a non-finite norm: +inf
+        "total_norm": [2 * math.hypot(1.0, 3.0), INF],
     }
     assert values.dtype == np.float32 and values.shape == (2, 2)  # (L, N)
     np.testing.assert_array_equal(values, [[2.0, INF], [3.0, 4.0]])
@@ -68,6 +70,60 @@ def test_a_bin_where_the_layer_was_in_no_layer_set_is_minus_infinity():
     np.testing.assert_array_equal(values[1], [2.0, -INF, -INF])
     _, pooled = heatmap.bin_steps(run, "gradflow", "abs_mean", 1)
     assert pooled[1, 0] == 2.0
+
+
+def test_total_norms_match_a_plain_float64_loop_over_every_step():
+    rng = np.random.default_rng(0)
+    means = rng.lognormal(np.log(1e-3), 2.0, size=(40, 3))
+    means[5, 1] = NAN  # no gradient
+    means[9, 2] = INF  # non-finite
+    absent = np.zeros((40, 3), dtype=bool)
+    absent[20:, 0] = True
+    means[20:, 0] = NAN
+    run = make_run(means, absent=absent, layers=("a", "b", "c"))
+    expected = []
+    for t in range(40):
+        squares, bad = 0.0, False
+        for j in range(3):
+            norm = float(np.float32(2 * means[t, j]))  # as stored
+            if math.isnan(norm):
+                continue
+            if math.isinf(norm):
+                bad = True
+            else:
+                squares += norm * norm
+        expected.append(INF if bad else math.sqrt(squares))
+    totals = heatmap.total_norms(run)
+    assert totals.dtype == np.float64 and totals.shape == (40,)
+    np.testing.assert_allclose(totals, expected, rtol=1e-13)
+    header, _ = heatmap.bin_steps(run, "gradflow", "abs_mean", 3)
+    starts = [0, 13, 26]  # 40 steps in 3 bins
+    bins = [max(expected[a:z]) for a, z in zip(starts, [*starts[1:], 40])]
+    np.testing.assert_allclose(header["total_norm"], bins, rtol=1e-13)
+
+
+def test_a_one_step_spike_of_the_total_norm_survives_binning_into_one_column():
+    means = np.full((1000, 2), 1e-3)
+    means[617, 1] = 1e-2  # 10x, one step
+    run = make_run(means)
+    header, _ = heatmap.bin_steps(run, "gradflow", "abs_mean", 1)
+    spike = math.hypot(2 * np.float32(1e-3), 2 * np.float32(1e-2))
+    assert header["total_norm"] == [pytest.approx(spike, rel=1e-6)]
+
+
+def test_total_norm_is_none_for_a_run_without_norm_and_binary_says_infinity():
+    order = ("abs_mean", "nonfinite")
+    layout = metadata.Layout(layers=("a",), stats=order)
+    rows = [np.array([1.0, 0.0, 0.0, NAN])]
+    run = reader.from_records("run", layout, [0], rows)
+    if "norm" in run.stats:  # the reader adds every registered statistic, as NaN
+        assert "norm" in run.not_logged
+    assert heatmap.total_norms(run) is None
+    assert heatmap.bin_steps(run, "gradflow", "abs_mean", 5)[0]["total_norm"] is None
+    header = {"total_norm": [1.5, INF]}
+    body, _, _ = heatmap.encode(header, {}, "binary")
+    (n,) = struct.unpack("<I", body[:4])
+    assert json.loads(body[4 : 4 + n]) == {"total_norm": [1.5, "Infinity"]}
 
 
 def test_without_downsampling_every_step_is_a_column():

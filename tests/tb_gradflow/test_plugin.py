@@ -473,6 +473,8 @@ def test_heatmap_downsamples_with_the_max_and_marks_nonfinite(client):
         "last_steps": [20, 50],
         "downsampled": True,
         "logged": True,
+        # norm 4 x abs_mean; the largest total of steps 0-20 is step 0's
+        "total_norm": [math.sqrt(2.0**2 + 1.0**2 + 0.5**2), "Infinity"],
         "values": [[0.5, "Infinity"], [0.25, 0.0], [0.125, 0.125]],
     }
 
@@ -641,6 +643,70 @@ def _column_of(answer, step):
         if a <= step <= z
     ]
     return column
+
+
+def reference_total_norm(columns):
+    """The model's total gradient norm per bin, in plain float64 loops over
+    every kept step: sqrt of the sum of the layers' squared norms (a layer
+    without gradient adds nothing), the largest per bin, "Infinity" for a bin
+    with a non-finite norm."""
+    norm = tb_stats.names().index("norm")
+    totals = []
+    for i in range(LINE_STEPS):
+        squares, bad = 0.0, False
+        for value in line_stats(i)[norm]:
+            value = float(np.float32(value))  # as stored
+            if math.isnan(value) and i in NO_GRAD[1]:
+                continue
+            if not math.isfinite(value):
+                bad = True
+                continue
+            squares += value * value
+        totals.append(math.inf if bad else math.sqrt(squares))
+    n = min(columns, LINE_STEPS)
+    out = []
+    for c in range(n):
+        top = max(totals[c * LINE_STEPS // n : (c + 1) * LINE_STEPS // n])
+        out.append("Infinity" if top == math.inf else top)
+    return out
+
+
+@pytest.mark.parametrize("columns", [1, 7, 50, 1000])
+def test_total_norm_is_the_largest_total_of_every_kept_step_per_column(
+    lines_client, columns
+):
+    expected = reference_total_norm(columns)
+    for route in ("heatmap", "lines"):
+        # whatever the statistic: the total is of the layers' norms
+        answer = get_json(
+            lines_client, route, run="run", stat="abs_max", max_steps=str(columns)
+        )
+        got = answer["total_norm"]
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert g == e if isinstance(e, str) else g == pytest.approx(e, rel=1e-12)
+    binary = get(
+        lines_client,
+        "heatmap",
+        run="run",
+        stat="abs_max",
+        max_steps=str(columns),
+        format="binary",
+    ).get_data()
+    (n,) = struct.unpack("<I", binary[:4])
+    assert json.loads(binary[4 : 4 + n])["total_norm"] == answer["total_norm"]
+
+
+def test_a_one_step_spike_of_the_total_norm_survives_in_its_column(lines_client):
+    spike_at, layer, spike = SPIKE  # norm 4 x abs_mean
+    for columns in ("7", "50"):
+        answer = get_json(
+            lines_client, "heatmap", run="run", stat="abs_mean", max_steps=columns
+        )
+        total = answer["total_norm"][_column_of(answer, 2 * spike_at)]
+        assert total >= 4 * float(np.float32(spike))
+        others = [t for t in answer["total_norm"] if t != "Infinity"]
+        assert max(others) == total
 
 
 def test_lines_binary_is_the_header_then_max_then_min(lines_client):
