@@ -9,7 +9,9 @@ import { Client, errorText } from "./api.js";
 import { createLoader } from "./loader.js";
 import { createPainter } from "./paint.js";
 import { pngName } from "./present.js";
-import { effects, hashWithView, initialState, playTiming, reduce, viewFromHash, viewOf } from "./state.js";
+import { effects, initialState, playTiming, reduce } from "./state.js";
+import { hashWithView, viewFromHash, viewOf } from "./url.js";
+import { downloadCanvas, loadStylesheet, watchColorScheme } from "./page.js";
 import * as views from "./views.js";
 
 const POLL_MS = 5000; // the iframe gets no reload calls, so it polls `runs`
@@ -20,7 +22,7 @@ const URL_WRITE_MS = 300; // the URL follows the view this long after it settles
  * @returns {Promise<void>}
  */
 export async function render() {
-  views.loadStylesheet(document, "./style.css");
+  loadStylesheet(document, "./style.css");
   const shell = views.buildShell(document, document.body);
   await start(window, shell, new Client());
 }
@@ -106,9 +108,9 @@ async function start(win, shell, client) {
   shell.png.addEventListener("click", () => {
     const canvas = painter.exportCanvas(state);
     if (!canvas) return;
-    views.downloadCanvas(canvas, pngName(state)).catch((err) => dispatch({ type: "failed", message: errorText(err) }));
+    downloadCanvas(canvas, pngName(state)).catch((err) => dispatch({ type: "failed", message: errorText(err) }));
   });
-  views.watchColorScheme(win, (dark) => dispatch({ type: "setDark", dark }));
+  watchColorScheme(win, (dark) => dispatch({ type: "setDark", dark }));
   let lastWidth = 0;
   new win.ResizeObserver(() => {
     const w = shell.barWrap.clientWidth;

@@ -64,9 +64,7 @@
  * where it had no gradient, +Infinity where a value was non-finite, -Infinity
  * where the layer was in none of the column's layer sets. `logged` false: the
  * run's files lack the statistic (every value NaN). `total_norm`: the model's
- * total gradient norm per column (the largest of the column's steps; Infinity
- * where a norm was non-finite), null from a server without it or a run
- * without `norm`.
+ * total gradient norm per column (null: an older server, or no `norm`).
  */
 
 /**

@@ -7,7 +7,7 @@ import { referenceOf } from "./canvas.js";
 import { keptStepsText, keptStepsWarn, leftOutText, runKey } from "./model.js";
 import { PALETTES } from "./palette.js";
 import { PLAY_SPEEDS, currentStep, shownRuns, statList, statUnit } from "./state.js";
-import { safeFileName } from "./views.js";
+import { safeFileName } from "./page.js";
 
 /** The empty view's title, shown once the logdir is read and holds no run. */
 export const EMPTY_MESSAGE = "No gradient-flow data found in this logdir yet.";

@@ -1,9 +1,9 @@
 // The Gradient Flow tab's state and its transitions. Pure: `reduce` takes a state
 // and an action and returns the next state, `effects` says what that transition
 // asks for (parts to redraw, requests to make, cache entries to drop), and the
-// helpers below say which runs and steps a state shows and how a view is written
-// in TensorBoard's URL hash. Nothing here fetches, keeps a timer or touches the
-// DOM, so `node --test` covers all of it.
+// helpers below say which runs and steps a state shows (how a view is written in
+// TensorBoard's URL hash: url.js). Nothing here fetches, keeps a timer or
+// touches the DOM, so `node --test` covers all of it.
 
 import { changedRuns, runKey, runSignatures } from "./model.js";
 import { nearestIndex } from "./scale.js";
@@ -15,21 +15,13 @@ export const DEFAULT_SPEED = 4;
 /** The shortest time between two play ticks (ms); faster speeds skip steps. */
 export const MIN_TICK_MS = 50;
 /**
- * The prefix of the tab's keys in TensorBoard's URL hash: TensorBoard keeps
- * every `key=value` of its hash when it switches tabs or reloads, and hands the
- * `p.<plugin>.` ones to a plugin that asks (`experimental.GetURLPluginData`).
- */
-export const URL_PREFIX = "p.gradflow.";
-/** TensorBoard's name for the hash part without `=` (the active tab). */
-const TAB_KEY = "__tab__";
-
-/**
  * @typedef {import("./model.js").RunInfo} RunInfo
  * @typedef {import("./model.js").StepsInfo} StepsInfo
  * @typedef {import("./model.js").Flow} Flow
  * @typedef {import("./model.js").Heatmap} Heatmap
  * @typedef {import("./model.js").Lines} Lines
  * @typedef {import("./model.js").Alert} Alert
+ * @typedef {import("./url.js").View} View
  */
 
 /**
@@ -68,15 +60,6 @@ const TAB_KEY = "__tab__";
  * runs not listed yet, and the step to show once the asked run's steps load;
  * null where nothing is pending.
  * @typedef {{a: (string|null), b: (string|null), step: (number|null)}} Want
- */
-
-/**
- * A view as the URL holds it: the selected and compared runs (run and tag), the
- * statistic, the scale (`log`) and the step (null: the newest, followed as
- * training writes more). null parts take the tab's defaults.
- * @typedef {{run: (string|null), tag: (string|null), compare: (string|null),
- *   compareTag: (string|null), stat: (string|null), log: (boolean|null),
- *   step: (number|null)}} View
  */
 
 /**
@@ -393,91 +376,6 @@ export function statUnit(state) {
 }
 
 /**
- * The view to keep in the URL: what is shown, or what the URL asked for and is
- * not shown yet (a run TensorBoard has not listed yet keeps its place). The
- * step is left out while the tab follows the newest step.
- * @param {State} state
- * @returns {View}
- */
-export function viewOf(state) {
-  const [run, tag] = splitKey(state.want.a ?? keyOf(state.a));
-  const [compare, compareTag] = splitKey(state.want.b ?? keyOf(state.b));
-  const shown = state.follow || state.index < 0 ? null : currentStep(state) ?? null;
-  return { run, tag, compare, compareTag, stat: state.stat, log: state.log, step: state.want.step ?? shown };
-}
-
-/**
- * The view held in a URL hash (`#gradflow&p.gradflow.run=...`; see
- * {@link hashWithView}). Unknown or malformed values are null.
- * @param {string} hash `location.hash`, with or without the `#`
- * @returns {View}
- */
-export function viewFromHash(hash) {
-  const params = new Map(parseHash(hash).filter(([k]) => k.startsWith(URL_PREFIX)).map(([k, v]) => [k.slice(URL_PREFIX.length), v]));
-  const text = (k) => (params.get(k) ? params.get(k) : null);
-  const step = text("step");
-  const scale = text("scale");
-  return {
-    run: text("run"),
-    tag: text("tag"),
-    compare: text("compare"),
-    compareTag: text("compare_tag"),
-    stat: text("stat"),
-    log: scale === "linear" ? false : scale === "log" ? true : null,
-    step: step !== null && /^-?\d{1,16}$/.test(step) ? Number(step) : null,
-  };
-}
-
-/**
- * `hash` with the tab's keys replaced by `view`, every other key (TensorBoard's
- * active tab, other plugins' keys) kept in place, in TensorBoard's own format:
- * the tab first, then `key=value` pairs, URI-encoded, joined by `&`. Defaults
- * are left out: the tag `gradflow`, the statistic `abs_mean`, the log scale, and
- * the step when following the newest.
- * @param {string} hash `location.hash`, with or without the `#`
- * @param {View} view
- * @returns {string} the new hash, with its `#` (just `#` when empty)
- */
-export function hashWithView(hash, view) {
-  const kept = parseHash(hash).filter(([k]) => !k.startsWith(URL_PREFIX));
-  const ours = [
-    ["run", view.run],
-    ["tag", view.run && view.tag !== "gradflow" ? view.tag : null],
-    ["compare", view.compare],
-    ["compare_tag", view.compare && view.compareTag !== "gradflow" ? view.compareTag : null],
-    ["stat", view.stat === "abs_mean" ? null : view.stat],
-    ["scale", view.log === false ? "linear" : null],
-    ["step", view.step === null || view.step === undefined ? null : String(view.step)],
-  ];
-  for (const [k, v] of ours) if (v !== null && v !== undefined && v !== "") kept.push([URL_PREFIX + k, String(v)]);
-  const tab = kept.find(([k]) => k === TAB_KEY);
-  const pairs = kept.filter(([k]) => k !== TAB_KEY).map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`);
-  return "#" + [...(tab ? [tab[1]] : []), ...pairs].join("&");
-}
-
-/**
- * The `[key, value]` pairs of a hash as TensorBoard reads it
- * (`tf_storage.getUrlHashDict`): split at `&`, a part without `=` is the active
- * tab (`__tab__`), a part with one `=` a URI-encoded pair; others are dropped.
- * @param {string} hash
- * @returns {[string, string][]}
- */
-export function parseHash(hash) {
-  const out = [];
-  for (const part of hash.replace(/^#/, "").split("&")) {
-    if (part === "") continue;
-    const kv = part.split("=");
-    try {
-      if (kv.length === 1) out.push([TAB_KEY, kv[0]]);
-      else if (kv.length === 2) out.push([decodeURIComponent(kv[0]), decodeURIComponent(kv[1])]);
-    } catch {
-      // a malformed %-escape: TensorBoard would throw; the tab skips the part
-    }
-  }
-  return out;
-}
-
-/**
  * @param {State} state
  * @param {RunInfo[]} runs a new `runs` answer
  * @param {{run: string, tag: string}[]|null|undefined} ranking the `triage`
@@ -529,16 +427,6 @@ function findRun(runs, key) {
  */
 function keyOf(r) {
   return r ? runKey(r) : null;
-}
-
-/**
- * @param {string|null} key
- * @returns {[string|null, string|null]} run and tag
- */
-function splitKey(key) {
-  if (key === null) return [null, null];
-  const [run, tag] = key.split("\u0000");
-  return [run, tag];
 }
 
 /**

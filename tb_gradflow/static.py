@@ -27,6 +27,7 @@ __all__ = [
 STATIC_FILES = (
     "index.js",
     "state.js",
+    "url.js",
     "present.js",
     "api.js",
     "loader.js",
@@ -42,6 +43,7 @@ STATIC_FILES = (
     "marks.js",
     "strip.js",
     "views.js",
+    "page.js",
     "style.css",
 )
 """Frontend files always routed (404 while missing); other ``frontend/`` files

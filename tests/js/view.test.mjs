@@ -1,15 +1,16 @@
 // The tab's first view and its URL: which run it opens on (the `triage`
 // ranking, the URL's choice, the user's choice), how a view is written in
-// TensorBoard's URL hash and read back, and the play speed (state.js).
+// TensorBoard's URL hash and read back (url.js), and the play speed (state.js).
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { runKey } from "../../frontend/model.js";
 import {
-  DEFAULT_SPEED, MIN_TICK_MS, PLAY_SPEEDS, URL_PREFIX, currentStep, effects, hashWithView, initialState,
-  needsRanking, nextStep, parseHash, playTiming, reduce, viewFromHash, viewOf,
+  DEFAULT_SPEED, MIN_TICK_MS, PLAY_SPEEDS, currentStep, effects, initialState, needsRanking, nextStep, playTiming,
+  reduce,
 } from "../../frontend/state.js";
+import { URL_PREFIX, hashWithView, parseHash, viewFromHash, viewOf } from "../../frontend/url.js";
 import { runInfo } from "./fixtures.mjs";
 
 /** Applies actions in turn; returns the last state and the last transition's effects. */
