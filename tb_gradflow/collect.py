@@ -478,7 +478,8 @@ class GradFlow:
         return self._collect(int(step))
 
     def remove(self) -> None:
-        """Detaches every hook; the watcher writes nothing more.
+        """Detaches every hook; the watcher writes the overview record of its
+        last logged steps (:mod:`tb_gradflow.overview`), then nothing more.
 
         As with a torch hook's handle, optimizer and scaler steps no longer
         reach the watcher, and removing twice does nothing. :meth:`log` raises
@@ -492,6 +493,8 @@ class GradFlow:
             self._updates.release()
         if self._trace is not None:
             self._trace.close()
+        if self._records is not None:
+            self._records.close()
         if self.writer is not None:
             release_writer(self.writer, self.layout.name, self)
 

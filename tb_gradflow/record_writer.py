@@ -1,7 +1,8 @@
 """Writes a watcher's records into its ``SummaryWriter``: the statistics of
-each logged step, and each non-finite origin (see :mod:`tb_gradflow.metadata`
-for the format). A tensorboardX writer gets the same records in its own proto
-classes."""
+each logged step, an overview record per block of logged steps
+(:mod:`tb_gradflow.overview`), and each non-finite origin (see
+:mod:`tb_gradflow.metadata` for the format). A tensorboardX writer gets the
+same records in its own proto classes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tb_gradflow import metadata, summary
+from tb_gradflow import metadata, overview, summary
 
 __all__ = ["RecordWriter"]
 
@@ -30,6 +31,8 @@ class RecordWriter:
         self._tensorboardx = library == "tensorboardX"  # its own proto classes
         self._wrote_metadata = False
         self._wrote_events_metadata = False
+        self._wrote_overview_metadata = False
+        self._block = overview.BlockAccumulator((len(layout.stats), len(layout.layers)))
 
     def write_step(
         self, step: int, stats: np.ndarray, skipped: bool, loss_scale: float
@@ -43,6 +46,28 @@ class RecordWriter:
         )
         self._add(proto, step)
         self._wrote_metadata = True
+        self._block.add(step, stats, skipped)
+        if self._block.steps >= overview.BLOCK:
+            self._write_block()
+
+    def close(self) -> None:
+        """Writes the overview record of the steps since the last one (the
+        last block of a session may be shorter), unless the writer was closed
+        already: writing would open a new event file (both SummaryWriters
+        drop their file writer on ``close()`` and make a new one on the next
+        write). The plugin shows those steps from the per-step records."""
+        if self._block.steps and getattr(self.writer, "file_writer", None):
+            self._write_block()
+
+    def _write_block(self) -> None:
+        step = self._block.last_step
+        proto = summary.overview_pb(
+            self._layout,
+            self._block.take(),
+            with_metadata=not self._wrote_overview_metadata,
+        )
+        self._add(proto, step)
+        self._wrote_overview_metadata = True
 
     def write_origin(self, origin: metadata.NonfiniteOrigin) -> None:
         """One traced non-finite origin, at its step."""

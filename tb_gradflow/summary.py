@@ -17,7 +17,7 @@ from tensorboard.compat.proto import (
     types_pb2,
 )
 
-from tb_gradflow import metadata
+from tb_gradflow import metadata, overview
 
 
 def gradflow_pb(
@@ -66,6 +66,25 @@ def gradflow_pb(
     value = summary_pb2.Summary.Value(tag=metadata.layout_tag(layout), tensor=tensor)
     if with_metadata:
         value.metadata.CopyFrom(metadata.create_summary_metadata(layout))
+    return summary_pb2.Summary(value=[value])
+
+
+def overview_pb(
+    layout: metadata.Layout, values: np.ndarray, *, with_metadata: bool
+) -> summary_pb2.Summary:
+    """Builds the summary of one overview record of ``layout``'s watcher
+    (``values``: :meth:`tb_gradflow.overview.BlockAccumulator.take`'s)."""
+    flat = np.asarray(values, dtype="<f4").reshape(-1)
+    tensor = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=flat.size)]
+        ),
+        tensor_content=flat.tobytes(),
+    )
+    value = summary_pb2.Summary.Value(tag=overview.overview_tag(layout), tensor=tensor)
+    if with_metadata:
+        value.metadata.CopyFrom(overview.overview_metadata(layout))
     return summary_pb2.Summary(value=[value])
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
-from tb_gradflow import metadata, summary
+from tb_gradflow import metadata, overview, summary
 
 LAYOUT = metadata.Layout(
     layers=("a", "b", "c"), every=2, name="gen", sparse=(False, True, False)
@@ -154,8 +154,7 @@ def test_tensorboard_event_accumulator_reads_watch_output(tmp_path):
         str(tmp_path), size_guidance={event_accumulator.TENSORS: 0}
     )
     acc.Reload()
-    (tag,) = acc.Tags()["tensors"]
-    assert list(acc.PluginTagToContent("gradflow")) == [tag]
+    (tag,) = acc.PluginTagToContent("gradflow")
     layout = metadata.parse_plugin_metadata(acc.PluginTagToContent("gradflow")[tag])
     assert layout.layers == ("0", "2")
     assert tag == f"gradflow@{metadata.layout_id(layout)}"
@@ -165,6 +164,19 @@ def test_tensorboard_event_accumulator_reads_watch_output(tmp_path):
     last = tensor_util.make_ndarray(events[-1].tensor_proto)
     values, _ = metadata.split_values(last, layout)
     np.testing.assert_array_equal(values[0], run.values("abs_mean")[-1])
+    # beside them, one overview record of the 30 steps (written on remove)
+    (block_tag,) = acc.PluginTagToContent(overview.OVERVIEW_PLUGIN_NAME)
+    assert sorted(acc.Tags()["tensors"]) == sorted([tag, block_tag])
+    assert block_tag == overview.overview_tag(layout)
+    (record,) = acc.Tensors(block_tag)
+    assert record.step == 29
+    blocks = overview.decode(
+        layout, [record.step], [tensor_util.make_ndarray(record.tensor_proto)]
+    )
+    assert (blocks.first_steps.tolist(), blocks.steps.tolist()) == ([0], [30])
+    for k, stat in enumerate(layout.stats):
+        np.testing.assert_array_equal(blocks.maxima[0, k], run.values(stat).max(0))
+        np.testing.assert_array_equal(blocks.minima[0, k], run.values(stat).min(0))
 
 
 def test_load_reads_every_step_of_every_run(tmp_path):

@@ -103,7 +103,8 @@ def test_a_tensorboardx_writer_writes_the_bytes_a_torch_writer_writes(tmp_path):
     flows = write_both(tmp_path, 5, every=2, name="net", include_bias=True)
     want = summaries(tmp_path / "torch")
     got = summaries(tmp_path / "tensorboardX")
-    assert [step for step, _ in want] == [0, 2, 4]
+    # the three logged steps, then the overview record of them (on remove)
+    assert [step for step, _ in want] == [0, 2, 4, 4]
     assert got == want  # metadata with the first record, then the same tensors
 
     ref = tb_gradflow.load_run(tmp_path / "torch", "net")
