@@ -177,12 +177,7 @@ def parse_plugin_metadata(content: bytes) -> Layout:
         FormatError: if ``content`` is not a gradflow layout; the message says
             which field is wrong and how.
     """
-    try:
-        raw = json.loads(content.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _invalid(f"not UTF-8 JSON ({e})") from e
-    if not isinstance(raw, dict):
-        raise _invalid(f"not a JSON object: {reprlib.repr(raw)}")
+    raw = json_object(content, _invalid)
     layers = _list(raw, "layers", str, required=True)
     if not layers:
         raise _invalid("'layers' is empty")
@@ -409,19 +404,9 @@ class NonfiniteOrigin:
         Raises:
             FormatError: naming the field that is wrong.
         """
-        try:
-            raw = json.loads(content.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise _invalid_event(f"not UTF-8 JSON ({e})") from e
-        if not isinstance(raw, dict):
-            raise _invalid_event(f"not a JSON object: {reprlib.repr(raw)}")
+        raw = json_object(content, _invalid_event)
         field = functools.partial(_value, raw, invalid=_invalid_event)
-        version = field("version", int)
-        if version > EVENTS_VERSION:
-            raise _invalid_event(
-                f"written with version {version}, newer than this tb-gradflow "
-                f"understands ({EVENTS_VERSION}): upgrade tb-gradflow"
-            )
+        _check_version(field("version", int), EVENTS_VERSION, _invalid_event)
         largest = field("largest_input", float, None, nullable=True)
         origin = cls(
             step=field("step", int),
@@ -461,23 +446,51 @@ def parse_events_metadata(content: bytes) -> str | None:
     Raises:
         FormatError: naming what is wrong, or for a newer version.
     """
+    return versioned_name(content, EVENTS_VERSION, _invalid_event)
+
+
+def json_object(content: bytes, invalid: Callable[[str], FormatError]) -> dict:
+    """``content`` read as a UTF-8 JSON object.
+
+    Raises:
+        FormatError: made by ``invalid`` from what is wrong.
+    """
     try:
         raw = json.loads(content.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _invalid_event(f"metadata is not UTF-8 JSON ({e})") from e
+        raise invalid(f"not UTF-8 JSON ({e})") from e
     if not isinstance(raw, dict):
-        raise _invalid_event(f"metadata is not a JSON object: {reprlib.repr(raw)}")
-    version = _value(raw, "version", int, invalid=_invalid_event)
-    if version > EVENTS_VERSION:
-        raise _invalid_event(
-            f"written with version {version}, newer than this tb-gradflow "
-            f"understands ({EVENTS_VERSION}): upgrade tb-gradflow"
-        )
-    name = _value(raw, "name", str, None, nullable=True, invalid=_invalid_event)
+        raise invalid(f"not a JSON object: {reprlib.repr(raw)}")
+    return raw
+
+
+def versioned_name(
+    content: bytes, newest: int, invalid: Callable[[str], FormatError]
+) -> str | None:
+    """The watcher name of a metadata content ``{"version": v, "name": n}``
+    (a watcher's non-finite origins, its overview records), whose ``v`` this
+    version reads up to ``newest``.
+
+    Raises:
+        FormatError: made by ``invalid``, naming what is wrong.
+    """
+    raw = json_object(content, invalid)
+    _check_version(_value(raw, "version", int, invalid=invalid), newest, invalid)
+    name = _value(raw, "name", str, None, nullable=True, invalid=invalid)
     problem = name_problem(name)
     if problem is not None:
-        raise _invalid_event(problem)
+        raise invalid(problem)
     return name
+
+
+def _check_version(
+    version: int, newest: int, invalid: Callable[[str], FormatError]
+) -> None:
+    if version > newest:
+        raise invalid(
+            f"written with version {version}, newer than this tb-gradflow "
+            f"understands ({newest}): upgrade tb-gradflow"
+        )
 
 
 def _invalid_event(problem: str) -> FormatError:

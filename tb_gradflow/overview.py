@@ -33,7 +33,6 @@ Shape letters: ``K`` statistics, ``L`` layers, ``B`` blocks.
 from __future__ import annotations
 
 import json
-import reprlib
 
 import numpy as np
 from tensorboard.compat.proto import summary_pb2
@@ -85,25 +84,7 @@ def parse_overview_metadata(content: bytes) -> str | None:
     Raises:
         FormatError: naming what is wrong, or for a newer version.
     """
-    try:
-        raw = json.loads(content.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _invalid(f"metadata is not UTF-8 JSON ({e})") from e
-    if not isinstance(raw, dict):
-        raise _invalid(f"metadata is not a JSON object: {reprlib.repr(raw)}")
-    version = raw.get("version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise _invalid(f"'version' is {reprlib.repr(version)}, not an integer")
-    if version > OVERVIEW_VERSION:
-        raise _invalid(
-            f"written with version {version}, newer than this tb-gradflow "
-            f"understands ({OVERVIEW_VERSION}): upgrade tb-gradflow"
-        )
-    name = raw.get("name")
-    problem = metadata.name_problem(name)
-    if problem is not None:
-        raise _invalid(problem)
-    return name
+    return metadata.versioned_name(content, OVERVIEW_VERSION, _invalid)
 
 
 def _invalid(problem: str) -> metadata.FormatError:

@@ -56,17 +56,11 @@ def gradflow_pb(
             f"{(len(layout.step_fields),)}"
         )
     flat = np.concatenate([stats.reshape(-1), step_fields])  # (K * L + F,)
-    tensor = tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_FLOAT,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=flat.size)]
-        ),
-        tensor_content=flat.tobytes(),
+    return _summary(
+        metadata.layout_tag(layout),
+        _float_tensor(flat),
+        metadata.create_summary_metadata(layout) if with_metadata else None,
     )
-    value = summary_pb2.Summary.Value(tag=metadata.layout_tag(layout), tensor=tensor)
-    if with_metadata:
-        value.metadata.CopyFrom(metadata.create_summary_metadata(layout))
-    return summary_pb2.Summary(value=[value])
 
 
 def overview_pb(
@@ -74,18 +68,11 @@ def overview_pb(
 ) -> summary_pb2.Summary:
     """Builds the summary of one overview record of ``layout``'s watcher
     (``values``: :meth:`tb_gradflow.overview.BlockAccumulator.take`'s)."""
-    flat = np.asarray(values, dtype="<f4").reshape(-1)
-    tensor = tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_FLOAT,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=flat.size)]
-        ),
-        tensor_content=flat.tobytes(),
+    return _summary(
+        overview.overview_tag(layout),
+        _float_tensor(np.asarray(values, dtype="<f4").reshape(-1)),
+        overview.overview_metadata(layout) if with_metadata else None,
     )
-    value = summary_pb2.Summary.Value(tag=overview.overview_tag(layout), tensor=tensor)
-    if with_metadata:
-        value.metadata.CopyFrom(overview.overview_metadata(layout))
-    return summary_pb2.Summary(value=[value])
 
 
 def origin_pb(
@@ -98,9 +85,35 @@ def origin_pb(
         tensor_shape=tensor_shape_pb2.TensorShapeProto(),
         string_val=[origin.to_json()],
     )
-    value = summary_pb2.Summary.Value(tag=metadata.events_tag(name), tensor=tensor)
-    if with_metadata:
-        value.metadata.CopyFrom(metadata.create_events_metadata(name))
+    return _summary(
+        metadata.events_tag(name),
+        tensor,
+        metadata.create_events_metadata(name) if with_metadata else None,
+    )
+
+
+def _float_tensor(flat: np.ndarray) -> tensor_pb2.TensorProto:
+    """A 1-D float32 tensor proto of ``flat``."""
+    flat = np.asarray(flat, dtype="<f4")
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=flat.size)]
+        ),
+        tensor_content=flat.tobytes(),
+    )
+
+
+def _summary(
+    tag: str,
+    tensor: tensor_pb2.TensorProto,
+    with_metadata: summary_pb2.SummaryMetadata | None,
+) -> summary_pb2.Summary:
+    """A summary of one value: ``tensor`` under ``tag``, with the metadata
+    if given (TensorBoard keeps only a tag's first)."""
+    value = summary_pb2.Summary.Value(tag=tag, tensor=tensor)
+    if with_metadata is not None:
+        value.metadata.CopyFrom(with_metadata)
     return summary_pb2.Summary(value=[value])
 
 
