@@ -7,6 +7,9 @@ TensorBoard runs after parsing the command line and before it starts ingesting
 data, therefore adds ``gradflow=DEFAULT_SAMPLES_PER_RUN`` to
 ``--samples_per_plugin`` unless the user gave a ``gradflow`` entry: a plain
 ``tensorboard --logdir runs`` shows every logged step of runs up to that length.
+It does the same for the watchers' overview records (``gradflow_overview``:
+one per 100 logged steps, so every one of a 10-million-step run) and
+non-finite origins (``gradflow_events``).
 
 Kept import-light (no torch, no numpy): TensorBoard imports entry points outside
 any ``try``, so an import error here would stop ``tensorboard`` itself.
@@ -18,7 +21,12 @@ from tensorboard.plugins import base_plugin
 
 __all__ = ["DEFAULT_SAMPLES_PER_RUN", "GradFlowLoader"]
 
-_PLUGIN_NAME = "gradflow"  # == metadata.PLUGIN_NAME, without importing numpy here
+# == metadata.PLUGIN_NAME, overview.OVERVIEW_PLUGIN_NAME and
+# metadata.EVENTS_PLUGIN_NAME, without importing numpy here
+_PLUGIN_NAME = "gradflow"
+_OVERVIEW_PLUGIN_NAME = "gradflow_overview"
+_EVENTS_PLUGIN_NAME = "gradflow_events"
+_EVENTS_KEPT = 1000  # non-finite origins kept per run and watcher
 
 DEFAULT_SAMPLES_PER_RUN = 100_000  # logged steps kept per run and watcher
 """TensorBoard's sampling limit for gradflow data when the user sets none.
@@ -37,11 +45,13 @@ class GradFlowLoader(base_plugin.TBLoader):
     def fix_flags(self, flags) -> None:
         samples = getattr(flags, "samples_per_plugin", None)
         # Core's parser turns the flag into a dict; leave anything else alone.
-        if isinstance(samples, dict) and _PLUGIN_NAME not in samples:
-            flags.samples_per_plugin = {
-                **samples,
+        if isinstance(samples, dict):
+            defaults = {
                 _PLUGIN_NAME: DEFAULT_SAMPLES_PER_RUN,
+                _OVERVIEW_PLUGIN_NAME: DEFAULT_SAMPLES_PER_RUN,
+                _EVENTS_PLUGIN_NAME: _EVENTS_KEPT,
             }
+            flags.samples_per_plugin = {**defaults, **samples}
 
     def load(self, context: base_plugin.TBContext) -> base_plugin.TBPlugin:
         from tb_gradflow.plugin import GradFlowPlugin

@@ -1226,13 +1226,20 @@ def test_loader_sets_the_sampling_limit_unless_the_user_did(tmp_path):
         tb.configure(argv=["tensorboard", f"--logdir={tmp_path}", *argv])
         return tb.flags.samples_per_plugin
 
-    assert flags() == {"gradflow": DEFAULT_SAMPLES_PER_RUN}
-    assert flags("--samples_per_plugin=images=3") == {
-        "images": 3,
+    ours = {  # per-step records, overview records, non-finite origins
         "gradflow": DEFAULT_SAMPLES_PER_RUN,
+        "gradflow_overview": DEFAULT_SAMPLES_PER_RUN,
+        "gradflow_events": 1000,
     }
-    assert flags("--samples_per_plugin=gradflow=7") == {"gradflow": 7}
-    assert flags("--samples_per_plugin=gradflow=0") == {"gradflow": 0}
+    assert flags() == ours
+    assert flags("--samples_per_plugin=images=3") == {**ours, "images": 3}
+    assert flags("--samples_per_plugin=gradflow=7") == {**ours, "gradflow": 7}
+    assert flags("--samples_per_plugin=gradflow=0") == {**ours, "gradflow": 0}
+    assert flags("--samples_per_plugin=gradflow_overview=5")["gradflow_overview"] == 5
+    from tb_gradflow import loader, metadata, overview
+
+    assert loader._OVERVIEW_PLUGIN_NAME == overview.OVERVIEW_PLUGIN_NAME
+    assert loader._EVENTS_PLUGIN_NAME == metadata.EVENTS_PLUGIN_NAME
 
 
 def test_entry_point_is_the_loader():
