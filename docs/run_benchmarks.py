@@ -119,7 +119,9 @@ WATCH = {
     "post": "blog post loop: float(g.abs().mean()) per layer",
     "l2": "per-parameter L2 norm loop, 1 copy",
     "hist": "add_histogram per parameter",
+    "trace": "watch(every=1, trace_nonfinite=True), not armed",
 }
+TRACE_ARMED = "non-finite trace armed (hooks on every module)"
 
 
 def parse_watch(text: str) -> list[Row]:
@@ -135,7 +137,8 @@ def parse_watch(text: str) -> list[Row]:
                 median["baseline (nothing)"],
                 ratio["baseline again (A/A noise)"],
                 ratio[WATCH["every1"]],
-                *(own_ms[WATCH[k]] for k in WATCH),
+                *(own_ms.get(WATCH[k], NOT_RECORDED) for k in WATCH),
+                ratio.get(TRACE_ARMED, NOT_RECORDED),
             ]
         )
     return rows
@@ -304,6 +307,8 @@ BENCHMARKS = [
             "the post's loop",
             "L2-norm loop",
             "add_histogram",
+            "trace_nonfinite, not armed",
+            "armed trace: step ratio",
         ],
         parse_watch,
     ),
