@@ -419,14 +419,15 @@ def test_plot_draws_the_bar_plot(tmp_path):
     assert "step 3" in ax.get_title()
     ax.figure.savefig(tmp_path / "flow.png")
     assert (tmp_path / "flow.png").stat().st_size > 1000
-    # a layer set without "b" later on: b is marked absent there, not "no gradient"
+    # a layer set without "b" later on: b is marked absent there, not "no
+    # gradient", in the words of the tab's legend
     later = dataclasses.replace(LAYOUT, layers=("a", "c"), sparse=(False, False))
     write_steps(tmp_path, [5], layout=later)
     run = tb_gradflow.load_run(tmp_path, name="gen")
     lines = run.plot().lines  # the marks, and the axis line (label "_child...")
     marks = {ln.get_label(): list(ln.get_xdata()) for ln in lines}
     assert {k: v for k, v in marks.items() if not k.startswith("_")} == {
-        "not in this step's layer set": [1]
+        "no such layer": [1]
     }
 
 
