@@ -48,45 +48,16 @@ class Damage(NamedTuple):
 def read_records(path: str | os.PathLike, damage: list[Damage]) -> Iterator[bytes]:
     """The data of every sound record of the file at ``path``, in order;
     damaged stretches are appended to ``damage`` as they are passed."""
-    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        offset = 0
-        while offset + _HEADER <= size:
-            f.seek(offset)
-            header = f.read(_HEADER)
-            length, crc = struct.unpack("<QI", header)
-            if masked_crc32c(header[:8]) != crc:
-                found = _next_sound_record(f, offset + 1, size)
-                end = size if found is None else found
-                damage.append(
-                    Damage(
-                        offset,
-                        end - offset,
-                        None,
-                        "corrupt record length (its checksum does not match)",
-                    )
-                )
-                if found is None:
-                    return
-                offset = found
-                continue
-            end = offset + _HEADER + length + _FOOTER
-            if end > size:
-                return  # an incomplete last record: a writer still writing
+        for offset, length, end in _sound_lengths(f, os.path.getsize(path), damage):
+            f.seek(offset + _HEADER)
             data = f.read(length)
             (data_crc,) = struct.unpack("<I", f.read(_FOOTER))
             if masked_crc32c(data) != data_crc:
-                damage.append(
-                    Damage(
-                        offset,
-                        end - offset,
-                        data,
-                        "record checksum does not match its data",
-                    )
-                )
+                reason = "record checksum does not match its data"
+                damage.append(Damage(offset, end - offset, data, reason))
             else:
                 yield data
-            offset = end
 
 
 def record_spans(path: str | os.PathLike) -> list[tuple[int, int]]:
@@ -94,26 +65,39 @@ def record_spans(path: str | os.PathLike) -> list[tuple[int, int]]:
     without reading or checking the data (~12 bytes read per record): where a
     file's records are, quickly. A damaged length is passed over to the next
     sound record, as :func:`read_records` does."""
-    size = os.path.getsize(path)
-    spans = []
     with open(path, "rb") as f:
-        offset = 0
-        while offset + _HEADER <= size:
-            f.seek(offset)
-            header = f.read(_HEADER)
-            length, crc = struct.unpack("<QI", header)
-            if masked_crc32c(header[:8]) != crc:
-                found = _next_sound_record(f, offset + 1, size)
-                if found is None:
-                    break
-                offset = found
-                continue
-            end = offset + _HEADER + length + _FOOTER
-            if end > size:
-                break
-            spans.append((offset + _HEADER, length))
-            offset = end
-    return spans
+        return [
+            (offset + _HEADER, length)
+            for offset, length, _ in _sound_lengths(f, os.path.getsize(path), [])
+        ]
+
+
+def _sound_lengths(
+    f: BinaryIO, size: int, damage: list[Damage]
+) -> Iterator[tuple[int, int, int]]:
+    """``(offset, data length, end)`` of every record of ``f`` whose length
+    checksum holds, in order, up to a last record cut off by a writer still
+    writing; a damaged length is appended to ``damage`` and passed over to the
+    next offset where a record with sound checksums starts."""
+    offset = 0
+    while offset + _HEADER <= size:
+        f.seek(offset)
+        header = f.read(_HEADER)
+        length, crc = struct.unpack("<QI", header)
+        if masked_crc32c(header[:8]) != crc:
+            found = _next_sound_record(f, offset + 1, size)
+            end = size if found is None else found
+            reason = "corrupt record length (its checksum does not match)"
+            damage.append(Damage(offset, end - offset, None, reason))
+            if found is None:
+                return
+            offset = found
+            continue
+        end = offset + _HEADER + length + _FOOTER
+        if end > size:
+            return  # an incomplete last record: a writer still writing
+        yield offset, length, end
+        offset = end
 
 
 def _next_sound_record(f: BinaryIO, start: int, size: int) -> int | None:
