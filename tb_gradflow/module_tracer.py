@@ -151,6 +151,11 @@ class ModuleTracer:
         self._weights_checked = False
         self._eager: Any = None  # the compiler's stance while armed
         self._keys = 0
+        # per tensor of this step (by key and version: an in-place operation
+        # changes what it holds): its counts and largest finite magnitude,
+        # computed once however many hooks see it
+        self._counted: dict[tuple[int, int], Tensor] = {}
+        self._largest: dict[tuple[int, int], Tensor] = {}
         self.armed = False
 
     def arm(self) -> None:
@@ -191,6 +196,8 @@ class ModuleTracer:
         self._events.clear()
         self._stack.clear()
         self._last_call.clear()
+        self._counted.clear()
+        self._largest.clear()
 
     def take(self) -> list[TraceEvent]:
         """The events queued since the last call, in execution order, their
@@ -199,6 +206,8 @@ class ModuleTracer:
         events, self._events = self._events, []
         self._stack.clear()
         self._last_call.clear()
+        self._counted.clear()
+        self._largest.clear()
         self._weights_checked = False
         if not events:
             return []
@@ -227,6 +236,7 @@ class ModuleTracer:
         largest: Tensor | None = None,
     ) -> None:
         """Queues what a hook of ``owner``'s saw in ``t``."""
+        key = self._key(t)
         self._events.append(
             TraceEvent(
                 seq=len(self._events),
@@ -234,10 +244,10 @@ class ModuleTracer:
                 module=owner.name,
                 module_type=owner.kind,
                 where=where,
-                key=self._key(t),
+                key=key,
                 depth=owner.depth,
                 dtype=_dtype(t),
-                counts=_counts(t),
+                counts=self._counts_of(key, t),
                 largest_seen=largest,
             )
         )
@@ -253,6 +263,24 @@ class ModuleTracer:
             key = self._keys
             setattr(t, _KEY_ATTRIBUTE, key)
         return key
+
+    def _counts_of(self, key: int, t: Tensor) -> Tensor:
+        """:func:`_counts` of ``t``, once per tensor, version and step (an
+        output is the next module's input; an output's gradient the next
+        module's input's)."""
+        version = (key, t._version)  # bumped by every in-place operation
+        counts = self._counted.get(version)
+        if counts is None:
+            counts = self._counted[version] = _counts(t)
+        return counts
+
+    def _largest_of(self, t: Tensor) -> Tensor:
+        """:func:`_largest_finite` of ``t``, once per tensor, version and step."""
+        version = (self._key(t), t._version)
+        largest = self._largest.get(version)
+        if largest is None:
+            largest = self._largest[version] = _largest_finite(t)
+        return largest
 
     def _pre_hook(self, owner: _Owner, module: nn.Module) -> Callable:
         @torch.compiler.disable
@@ -271,7 +299,7 @@ class ModuleTracer:
             call = _Call()
             self._last_call[id(module)] = call
             for t in _floating((args, kwargs)):
-                call.largest_in.append(_largest_finite(t))
+                call.largest_in.append(self._largest_of(t))
                 self._see("forward", where, maker, t)
                 if t.requires_grad:
                     t.register_hook(self._grad_hook(owner, "the input", call))
@@ -312,7 +340,7 @@ class ModuleTracer:
             received = None if current is None else current.largest_grad_out
             if of == "the output":
                 if received is not None:
-                    received.append(_largest_finite(grad))
+                    received.append(self._largest_of(grad))
                 self._see("backward", f"gradient of {of}", owner, grad)
             else:
                 largest = _largest_of(received) if received is not None else None

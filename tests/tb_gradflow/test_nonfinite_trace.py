@@ -531,3 +531,33 @@ def test_report_and_alerts_route_name_the_origin(tmp_path: Path, plugin_client, 
             "ongoing": False,
         }
     ]
+
+
+class DivideInPlace(nn.Module):
+    """Divides its input in place (returns the same tensor object)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.divisor = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.div_(self.divisor)
+
+
+def test_an_in_place_division_is_blamed_on_its_module_not_the_next():
+    """The module's output is its input tensor, changed in place: what the
+    hooks saw of it before the change must not stand for it after."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), DivideInPlace(), nn.Tanh(), nn.Linear(8, 2))
+
+    def breaks(m):
+        m[1].divisor = 0.0
+
+    flow, _, _ = train(model, 5, breaks=breaks)
+    [origin] = flow.nonfinite_origins
+    assert (origin.step, origin.phase, origin.module, origin.where) == (
+        BROKEN_AT,
+        "forward",
+        "1",
+        "output",
+    )
