@@ -155,10 +155,11 @@ class GradFlow:
             skips calibrate the scale). Without a scaler the non-finite step
             was applied: the next step reports which parameters hold NaN/Inf
             instead, unless the step took a closure, which is then run a
-            second time with the hooks armed, on the same batch and random
-            state (its gradients and the model's buffers put back), before the
-            optimizer applies the step. Nothing runs while not armed. See
-            ``docs/logging.md`` for the cost while armed.
+            second time with the hooks armed, from the same random state (the
+            optimizer's gradients and the model's buffers put back; it must
+            be able to run twice), before the optimizer applies the step.
+            Nothing runs while not armed. See ``docs/logging.md`` for the
+            cost while armed.
         on_alert: ``"warn"`` emits a :class:`GradFlowAlert` warning the first time
             a layer turns non-finite, loses its gradient, is blocked, spikes,
             or (with ``update_ratio``) takes too large a step or stops moving,
@@ -318,7 +319,14 @@ class GradFlow:
         # and on every rank when gradients are sharded (the reduction is a
         # collective that all ranks must join).
         sharded = any(_sharded.is_dtensor(layer.param) for layer in self._layers)
-        self._active = self.writer is not None or on_alert is not None or sharded
+        # ... and for the non-finite trace, on the rank that logs
+        logs = rank is None or _process_rank() == rank
+        self._active = (
+            self.writer is not None
+            or on_alert is not None
+            or sharded
+            or (trace_nonfinite and logs)
+        )
         try:
             if optimizer is not None:
                 self._handles.append(
@@ -539,6 +547,11 @@ class GradFlow:
                 skipped=bool(skipped or fields[0]),
                 loss_scale=fields[1],
                 replay=replay,
+                replay_params=[
+                    p for group in self._optimizer.param_groups for p in group["params"]
+                ]
+                if replay is not None
+                else (),
             )
             if origin is not None:
                 self._report_origin(origin)

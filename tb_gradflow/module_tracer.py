@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -99,20 +100,23 @@ def _counts(t: Tensor) -> Tensor:
 
 @torch.no_grad()
 def _largest_finite(t: Tensor) -> Tensor:
-    """``()`` float32: the largest finite magnitude in ``t`` (0 if none)."""
+    """``()``: the largest finite magnitude in ``t`` (0 if none), float64 for
+    a float64 ``t`` (its values can pass float32's range), else float32."""
     if t.is_complex():
         t = torch.view_as_real(t)
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
     if t.numel() == 0:
-        return torch.zeros((), dtype=torch.float32, device=t.device)
+        return torch.zeros((), dtype=dtype, device=t.device)
     magnitude = t.detach().abs()
-    return magnitude.where(magnitude.isfinite(), 0).amax().float()
+    return magnitude.where(magnitude.isfinite(), 0).amax().to(dtype)
 
 
 def _largest_of(values: list[Tensor]) -> Tensor | None:
     if not values:
         return None
     device = values[0].device
-    return torch.stack([v.to(device) for v in values]).amax()
+    dtype = torch.promote_types(values[0].dtype, values[-1].dtype)
+    return torch.stack([v.to(device, dtype) for v in values]).amax()
 
 
 class _Owner(NamedTuple):
@@ -149,8 +153,8 @@ class ModuleTracer:
         self._stack: list[_Owner] = []  # the modules whose forward is under way
         self._last_call: dict[int, _Call] = {}
         self._weights_checked = False
-        self._eager: Any = None  # the compiler's stance while armed
         self._keys = 0
+        self._leaf_handles: list[Any] = []  # tensor hooks on leaves, this step
         # per tensor of this step (by key and version: an in-place operation
         # changes what it holds): its counts and largest finite magnitude,
         # computed once however many hooks see it
@@ -164,7 +168,7 @@ class ModuleTracer:
             return
         self.armed = True
         self._weights_checked = False
-        self._eager = _force_eager()
+        _EAGER.enter()
         for name, module in self._model.named_modules():
             depth = 0 if not name else name.count(".") + 1
             owner = _Owner(name, type(module).__name__, depth)
@@ -186,13 +190,13 @@ class ModuleTracer:
 
     def disarm(self) -> None:
         """Removes every hook and forgets the queued events."""
+        if self.armed:
+            _EAGER.leave()
         self.armed = False
-        if self._eager is not None:
-            self._eager.__exit__(None, None, None)  # the stance from before
-            self._eager = None
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._drop_leaf_hooks()
         self._events.clear()
         self._stack.clear()
         self._last_call.clear()
@@ -204,6 +208,7 @@ class ModuleTracer:
         counts brought to the host (one copy per device and kind); the next
         step checks the weights again."""
         events, self._events = self._events, []
+        self._drop_leaf_hooks()
         self._stack.clear()
         self._last_call.clear()
         self._counted.clear()
@@ -213,7 +218,7 @@ class ModuleTracer:
             return []
         counts = _to_host([_or_empty(e.counts, torch.int64) for e in events])
         largest = _to_host(
-            [_or_empty(e.largest_seen, torch.float32).reshape(-1) for e in events]
+            [_or_empty(e.largest_seen, None).reshape(-1) for e in events]
         )
         for e, c, m in zip(events, counts, largest):
             if e.phase == "weights":
@@ -264,6 +269,20 @@ class ModuleTracer:
             setattr(t, _KEY_ATTRIBUTE, key)
         return key
 
+    def _hook_tensor(self, t: Tensor, hook: Callable) -> None:
+        """Registers ``hook`` on ``t``'s gradient. A hook on an intermediate
+        tensor goes with its graph; one on a leaf (a parameter passed to a
+        submodule as an input, an input that requires grad) would stay, so
+        its handle is kept and removed when the step's events are taken."""
+        handle = t.register_hook(hook)
+        if t.is_leaf:
+            self._leaf_handles.append(handle)
+
+    def _drop_leaf_hooks(self) -> None:
+        for handle in self._leaf_handles:
+            handle.remove()
+        self._leaf_handles.clear()
+
     def _counts_of(self, key: int, t: Tensor) -> Tensor:
         """:func:`_counts` of ``t``, once per tensor, version and step (an
         output is the next module's input; an output's gradient the next
@@ -302,7 +321,7 @@ class ModuleTracer:
                 call.largest_in.append(self._largest_of(t))
                 self._see("forward", where, maker, t)
                 if t.requires_grad:
-                    t.register_hook(self._grad_hook(owner, "the input", call))
+                    self._hook_tensor(t, self._grad_hook(owner, "the input", call))
             self._stack.append(owner)
 
         return pre
@@ -319,7 +338,7 @@ class ModuleTracer:
             for t in _floating(output):
                 self._see("forward", "output", owner, t, largest)
                 if t.requires_grad:
-                    t.register_hook(self._grad_hook(owner, "the output", call))
+                    self._hook_tensor(t, self._grad_hook(owner, "the output", call))
 
         return post
 
@@ -379,19 +398,43 @@ class ModuleTracer:
         )
 
 
-def _force_eager() -> Any:
-    """Makes ``torch.compile``'d code run eagerly until the returned stance
-    is exited, so that a compiled model runs every module's hooks (compiled
-    graphs skip hooks registered after compilation); None where the stance
-    cannot be changed (inside a compiled region)."""
-    try:
-        return torch.compiler.set_stance("force_eager")
-    except RuntimeError:
-        return None
+class _EagerWhileArmed:
+    """Makes ``torch.compile``'d code run eagerly while any tracer of the
+    process is armed, so that a compiled model runs every module's hooks
+    (compiled graphs skip hooks registered after compilation): the stance is
+    set when the first tracer arms and put back when the last disarms,
+    whatever their order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed = 0
+        self._stance: Any = None
+
+    def enter(self) -> None:
+        with self._lock:
+            self._armed += 1
+            if self._armed == 1:
+                try:
+                    self._stance = torch.compiler.set_stance("force_eager")
+                except RuntimeError:  # inside a compiled region: left as is
+                    self._stance = None
+
+    def leave(self) -> None:
+        with self._lock:
+            self._armed -= 1
+            if self._armed == 0 and self._stance is not None:
+                self._stance.__exit__(None, None, None)  # the stance from before
+                self._stance = None
 
 
-def _or_empty(t: Tensor | None, dtype: torch.dtype) -> Tensor:
-    return torch.zeros(0, dtype=dtype) if t is None else t.to(dtype)
+_EAGER = _EagerWhileArmed()
+
+
+def _or_empty(t: Tensor | None, dtype: torch.dtype | None) -> Tensor:
+    """``t`` as ``dtype`` (None: its own), or an empty float32 tensor."""
+    if t is None:
+        return torch.zeros(0, dtype=dtype or torch.float32)
+    return t if dtype is None else t.to(dtype)
 
 
 def _real(t: Tensor) -> Tensor:
@@ -403,11 +446,11 @@ def _dtype(t: Tensor) -> str:
 
 
 def _to_host(tensors: list[Tensor]) -> list[np.ndarray]:
-    """Each of ``tensors`` (1-D, one dtype) as numpy, one copy per device."""
+    """Each of ``tensors`` (1-D) as numpy, one copy per device and dtype."""
     out: list[np.ndarray] = [np.zeros(0)] * len(tensors)
-    by_device: dict[torch.device, list[int]] = {}
+    by_device: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, t in enumerate(tensors):
-        by_device.setdefault(t.device, []).append(i)
+        by_device.setdefault((t.device, t.dtype), []).append(i)
     for indices in by_device.values():
         parts = [tensors[i] for i in indices]
         flat = torch.cat(parts).cpu().numpy()

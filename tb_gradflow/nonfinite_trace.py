@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -42,7 +43,10 @@ def first_origin(events: list[TraceEvent]) -> TraceEvent | None:
     enclosing module (its code made it before calling in); for a forward
     output, the innermost module (it fired first); for a gradient, the module
     whose backward computed it, that is a gradient with respect to an input
-    (innermost first) before a gradient with respect to an output.
+    before a gradient with respect to an output: of the innermost module,
+    and of the modules at one depth, the last to take the tensor in the
+    forward pass (a module that passes its input on unchanged did not make
+    its gradient; the next one did).
     """
     if not any(e.phase == "backward" and e.nonfinite for e in events):
         return None
@@ -58,7 +62,7 @@ def first_origin(events: list[TraceEvent]) -> TraceEvent | None:
         if event.phase == "backward":
             inputs = [e for e in same if e.where == "gradient of the input"]
             if inputs:
-                return max(inputs, key=lambda e: (e.depth, -e.seq))
+                return max(inputs, key=lambda e: (e.depth, e.seq))
         return event
     return None
 
@@ -118,12 +122,15 @@ class NonfiniteTrace:
         skipped: bool,
         loss_scale: float,
         replay: Callable[[], Any] | None = None,
+        replay_params: Sequence[Tensor] = (),
     ) -> NonfiniteOrigin | None:
         """Called with each logged step's gradient statistics; arms the tracer
         when they call for it. With ``replay`` (the closure of a step, called
         before the optimizer applies it), traces at once by running it again
         from the random state of :meth:`remember_random_state`, and returns
-        what that found."""
+        what that found; the gradients of ``replay_params`` (the optimizer's
+        parameters) and of the model are put back afterwards. A replay that
+        raises is warned of, and the next steps are traced instead."""
         self._skips = self._skips + 1 if skipped else 0
         if not (skipped or nonfinite):
             self._wait_for_healthy = False
@@ -143,11 +150,20 @@ class NonfiniteTrace:
             return None
         self.tracer.arm()
         try:
-            with _replaying(self._model, self._rng):
+            with _replaying(self._model, self._rng, replay_params):
                 replay()
-        finally:
-            events = self.tracer.take()
-            self.tracer.disarm()
+        except Exception as e:  # the closure cannot run twice: trace later
+            self.tracer.take()
+            warnings.warn(
+                f"gradflow: the step's closure raised when run again to trace "
+                f"the non-finite gradient of step {step} ({type(e).__name__}: "
+                f"{e}); the next steps are traced instead",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
+        events = self.tracer.take()
+        self.tracer.disarm()
         origin = self._found(step, events)
         if origin is None and not self._wait_for_healthy:
             self.tracer.arm()  # the replay stayed finite: trace the next steps
@@ -236,15 +252,23 @@ def _cuda_devices(model: nn.Module) -> list[int]:
 
 @contextlib.contextmanager
 def _replaying(
-    model: nn.Module, rng: tuple[Tensor, list[tuple[int, Tensor]]] | None
+    model: nn.Module,
+    rng: tuple[Tensor, list[tuple[int, Tensor]]] | None,
+    more_params: Sequence[Tensor] = (),
 ) -> Iterator[None]:
     """Runs a closure a second time without changing the step: from the random
     state ``rng`` the step started from (forked: the training's own state goes
-    on as if the replay never ran), with the parameters' gradients and the
-    model's buffers (BatchNorm's running statistics) put back afterwards."""
-    params = list(model.parameters())
+    on as if the replay never ran), with the gradients of the model's
+    parameters and of ``more_params`` and the model's buffers (BatchNorm's
+    running statistics, also one that ``forward`` assigns anew) put back
+    afterwards."""
+    params = list({id(p): p for p in [*model.parameters(), *more_params]}.values())
     grads = [p.grad for p in params]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    buffers = [
+        (module, name, b, b.detach().clone())
+        for module in model.modules()
+        for name, b in module.named_buffers(recurse=False)
+    ]
     with torch.random.fork_rng(devices=_cuda_devices(model)):
         if rng is not None:
             torch.set_rng_state(rng[0])
@@ -258,5 +282,7 @@ def _replaying(
             for p, g in zip(params, grads):
                 p.grad = g
             with torch.no_grad():
-                for b, saved in buffers:
+                for module, name, b, saved in buffers:
+                    if getattr(module, name, None) is not b:
+                        setattr(module, name, b)  # assigned anew by forward
                     b.copy_(saved)

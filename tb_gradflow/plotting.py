@@ -60,8 +60,9 @@ def plot_flow(
     As in the Gradient Flow tab, an exactly-zero gradient is a hollow stub at the
     floor (visible on a log axis too), a layer whose ``.grad`` was None an ``x``,
     a layer absent from the step's layer set a grey ``x`` ("no such layer", as
-    the tab says), a layer with NaN/Inf elements a hatched full-height column. Layers that :func:`diagnose` finds
-    *blocked* at this step get a light red column and a red name, those without
+    the tab says), a layer with NaN/Inf elements a hatched full-height column.
+    Layers that :func:`diagnose` finds *blocked* at this step get a light red
+    column and a red name, those without
     a gradient for ``patience`` steps a grey column and a red name; an
     ``all_zero`` finding and a step the AMP grad scaler skipped are noted under
     the title. The y range holds every bar with headroom, and the legend sits

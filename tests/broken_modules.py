@@ -22,7 +22,11 @@ class SkipNonfiniteSGD(torch.optim.SGD):
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         grads = [p.grad for g in self.param_groups for p in g["params"]]
         if all(torch.isfinite(g).all() for g in grads if g is not None):
-            return super().step(closure)
-        return None
+            super().step()
+        return loss

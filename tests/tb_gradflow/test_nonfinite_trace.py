@@ -561,3 +561,149 @@ def test_an_in_place_division_is_blamed_on_its_module_not_the_next():
         "1",
         "output",
     )
+
+
+def test_compiled_code_runs_eagerly_while_any_tracer_is_armed_whatever_the_order():
+    from tb_gradflow.module_tracer import ModuleTracer
+
+    compiled = []
+
+    def backend(gm, inputs):
+        compiled.append(1)
+        return gm.forward
+
+    torch._dynamo.reset()
+    add_one = torch.compile(lambda x: x + 1, backend=backend)
+    a, b = ModuleTracer(nn.Linear(2, 2), {}), ModuleTracer(nn.Linear(2, 2), {})
+    a.arm()
+    b.arm()
+    a.disarm()  # the first armed goes first: b is still armed
+    add_one(torch.ones(2))
+    assert compiled == []
+    b.disarm()
+    add_one(torch.ones(2))
+    assert compiled == [1]  # the stance from before: compiled again
+    torch._dynamo.reset()
+
+
+class Prompted(nn.Module):
+    """A learned prompt passed to a submodule as its input: a leaf tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompt = nn.Parameter(torch.randn(3, 4))
+        self.inner = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.inner(self.prompt).sum() + x.sum()
+
+
+def test_hooks_on_leaf_tensors_go_when_the_step_is_taken():
+    from tb_gradflow.module_tracer import ModuleTracer
+
+    model = Prompted()
+    tracer = ModuleTracer(model, {})
+    tracer.arm()
+    armed = len(model.prompt._backward_hooks or {})  # its own parameter hook
+    for _ in range(3):
+        model(torch.randn(2, 4)).backward()
+        assert tracer.take()  # events of the step
+        assert len(model.prompt._backward_hooks or {}) == armed
+    tracer.disarm()
+    assert len(model.prompt._backward_hooks or {}) == 0
+
+
+class Square(nn.Module):
+    def forward(self, x):
+        return x * x
+
+
+def test_a_float64_overflow_keeps_its_largest_input():
+    model = nn.Sequential(nn.Linear(2, 2).double(), Square(), nn.Linear(2, 1).double())
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    flow = tb_gradflow.watch(
+        model, None, optimizer=opt, trace_nonfinite=True, on_alert="warn"
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = model(torch.full((3, 2), 1e200, dtype=torch.float64)).sum()
+        loss.backward()
+        return loss
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt.step(closure)
+    [origin] = flow.nonfinite_origins
+    assert (origin.module, origin.dtype) == ("1", "float64")
+    assert origin.largest_input > 1e150  # past float32's range, kept
+    assert "beyond 1.798e+308" in origin.message
+
+
+class EMA(nn.Module):
+    """Keeps a running average in a buffer that forward assigns anew."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("avg", torch.zeros(8))
+
+    def forward(self, x):
+        self.avg = 0.5 * self.avg + 0.5 * x.detach().mean(0)
+        return x
+
+
+def replayed_step(trace: bool):
+    """One closure step with a backward NaN in the watched body, a head the
+    optimizer steps but the watcher does not watch, and a closure that leaves
+    zeroing the gradients to its caller; returns the head's gradient and the
+    EMA buffer after the step."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(4, 8), EMA(), BackwardDivision())
+    head = nn.Linear(8, 1)
+    break_backward(body)
+    opt = torch.optim.SGD([*body.parameters(), *head.parameters()], lr=0.0)
+    flow = tb_gradflow.watch(body, None, optimizer=opt, trace_nonfinite=trace)
+    x = torch.randn(6, 4)
+
+    def closure():
+        loss = head(body(x)).sum()
+        loss.backward()
+        return loss
+
+    opt.zero_grad()
+    opt.step(closure)
+    return head.weight.grad.clone(), body[1].avg.clone(), flow
+
+
+def test_the_replay_puts_back_every_optimized_gradient_and_reassigned_buffers():
+    """Also: with no writer and no on_alert, trace_nonfinite still traces."""
+    grad, avg, flow = replayed_step(trace=True)
+    want_grad, want_avg, _ = replayed_step(trace=False)
+    torch.testing.assert_close(grad, want_grad, rtol=0, atol=0)
+    torch.testing.assert_close(avg, want_avg, rtol=0, atol=0)
+    [origin] = flow.nonfinite_origins
+    assert (origin.module, origin.where) == ("2", "gradient of the input")
+
+
+def test_a_closure_that_cannot_run_twice_is_traced_on_the_next_steps():
+    model = backward_division_model()
+    break_backward(model)
+    opt = SkipNonfiniteSGD(model.parameters(), lr=0.1)
+    flow = tb_gradflow.watch(model, None, optimizer=opt, trace_nonfinite=True)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("this closure runs once per step")
+        opt.zero_grad()
+        loss = model(torch.randn(6, 4)).sum()
+        loss.backward()
+        return loss
+
+    with pytest.warns(RuntimeWarning, match="the next steps are traced instead"):
+        opt.step(closure)
+    assert flow.nonfinite_origins == []
+    opt.step(closure)  # traced as it runs
+    [origin] = flow.nonfinite_origins
+    assert (origin.step, origin.module) == (1, "2")
