@@ -3,14 +3,18 @@
 blocks or its roles; a group's statistics combine its layers' exactly.
 
 A *block* is a numbered child of a container that holds several numbered
-children (``model.layers.17.self_attn.q_proj``: container ``model.layers``,
-block ``model.layers.17``, role ``self_attn.q_proj``; ``transformer.h.3.mlp.c_fc``,
-``blocks.11.attn.qkv``, ``encoder.layer.5.output.dense``, ``layer1.0.conv1``).
-The outermost such number makes the block. A layer with no such number, or with
-nothing after it (``features.3``, ``lstm.weight_ih_l0``, ``lm_head``), is in no
-block: it is a group of its own either way. Unusual names take patterns:
-regular expressions with a named group ``block`` (and optionally ``role``;
-default: what follows the block), tried first, in order.
+children with names below them (``model.layers.17.self_attn.q_proj``:
+container ``model.layers``, block ``model.layers.17``;
+``transformer.h.3.mlp.c_fc``, ``blocks.11.attn.qkv``,
+``encoder.layer.5.output.dense``, ``layer1.0.conv1``). The outermost such
+number makes the block; a parameter of the block itself (a layer named
+``blocks.3``) is in it too. A *role* is the container, ``*`` and what follows
+the block (``model.layers.*.self_attn.q_proj``), so an encoder's and a
+decoder's blocks are different roles. A layer with no such number, or only
+an index after it (``features.0.0``, ``lstm.weight_ih_l0``, ``lm_head``), is
+in no block: it is a group of its own either way. Unusual names take
+patterns: regular expressions with a named group ``block`` (and optionally
+``role``; default: what follows the block), tried first, in order.
 
 How a group's value is made from its layers' (the registry's
 ``Statistic.group``, :mod:`tb_gradflow.stats`): ``norm`` the root of the sum of
@@ -18,9 +22,12 @@ squares; ``mean`` weighted by each layer's number of elements (so
 ``abs_mean`` is the mean of ``|g|`` over the group's elements, as if it were
 one tensor); ``max`` the largest; ``sum`` the sum; ``partials`` from the
 layers' partial sums (``update_ratio``: ``sqrt(sum (r w)^2) / sqrt(sum w^2)``
-with ``w`` the logged ``weight_norm``, NaN when it was not logged). Layers
-without a value at a step (no gradient, absent) are left out of their group
-there; a group none of whose layers has one is NaN. A statistic the registry
+with ``w`` the logged ``weight_norm``, NaN when it was not logged; a member
+whose weights were 0, ratio ``inf``, is left out: its step cannot be recovered
+from the logged values). Layers without a value at a step (no gradient,
+absent: a NaN ``nonfinite`` count) are left out of their group there; a group
+none of whose layers has one is NaN; a member whose value is NaN/Inf while it
+had a gradient makes its group's value NaN/Inf. A statistic the registry
 does not know is NaN for groups of several layers.
 
 Pure numpy and the standard library: the plugin uses it too.
@@ -72,7 +79,10 @@ def split_name(
     containers: frozenset[str],
     patterns: Sequence[re.Pattern[str]] = (),
 ) -> tuple[str, str] | None:
-    """``(block, role)`` of a layer name, or None when it is in no block.
+    """``(block, role)`` of a layer name, or None when it is in no block: the
+    outermost number of a container (:func:`group_layers`) followed by a
+    name, or by nothing (the block's own parameter); the role is the
+    container, ``*`` and what follows (``model.layers.*.self_attn.q_proj``).
 
     Args:
         name: a layer name.
@@ -87,9 +97,17 @@ def split_name(
             role = match.groupdict().get("role") or name[match.end("block") :]
             return block, role.lstrip(".") or block
     parts = name.split(".")
-    for i in range(1, len(parts) - 1):  # a role must follow the number
-        if _NUMBER.match(parts[i]) and ".".join(parts[:i]) in containers:
-            return ".".join(parts[: i + 1]), ".".join(parts[i + 1 :])
+    for i in range(1, len(parts)):
+        container = ".".join(parts[:i])
+        if not (_NUMBER.match(parts[i]) and container in containers):
+            continue
+        rest = parts[i + 1 :]
+        if rest and all(_NUMBER.match(p) for p in rest):
+            continue  # "features.0.0": no role, only an index
+        block = ".".join(parts[: i + 1])
+        # a role names the container too (an encoder's and a decoder's blocks
+        # are different roles); the block's own parameters are "<container>.*"
+        return block, ".".join([container, "*", *rest])
     return None
 
 
@@ -128,13 +146,17 @@ def group_layers(
             )
         compiled.append(pattern)
     containers = _containers(layers)
-    names = set(layers)
-    index: dict[str, list[int]] = {}
-    for j, name in enumerate(layers):
+    keys = []
+    for name in layers:
         split = None if by == "layer" else split_name(name, containers, compiled)
-        key = name if split is None else split[0 if by == "block" else 1]
-        if split is not None and key in names:
-            key = f"{key} (group)"  # not to be taken for the layer of that name
+        keys.append(name if split is None else split[0 if by == "block" else 1])
+    # a group named as a layer that is not in it is renamed, not to be taken
+    # for that layer
+    own = dict(zip(layers, keys))
+    index: dict[str, list[int]] = {}
+    for j, key in enumerate(keys):
+        if key in own and own[key] != key:
+            key = f"{key} (group)"
         index.setdefault(key, []).append(j)
     return LayerGroups(
         by=by,
@@ -185,7 +207,12 @@ def _combine_one(
     v = np.asarray(values[name], dtype=np.float64)[:, members]  # (T, M)
     if len(members) == 1:
         return v[:, 0]
-    has = ~np.isnan(v)
+    # A member without a value (no gradient, absent) has a NaN nonfinite
+    # count; one with a gradient whose value is NaN/Inf passes it on.
+    counts = values.get("nonfinite")
+    has = ~np.isnan(
+        np.asarray(counts, dtype=np.float64)[:, members] if counts is not None else v
+    )
     any_value = has.any(axis=1)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if rule == "mean":
@@ -200,7 +227,9 @@ def _combine_one(
             out = np.where(has, v, 0.0).sum(axis=1)
         elif rule == "partials" and name == "update_ratio" and "weight_norm" in values:
             w = np.asarray(values["weight_norm"], dtype=np.float64)[:, members]
-            both = has & ~np.isnan(w)
+            # a member whose weights were 0 (ratio inf) took a step that
+            # the logged values cannot give back: left out
+            both = has & np.isfinite(v) & np.isfinite(w)
             step = np.where(both, (v * w) ** 2, 0.0).sum(axis=1)
             out = np.sqrt(step) / np.sqrt(np.where(both, w * w, 0.0).sum(axis=1))
             any_value = both.any(axis=1)

@@ -125,8 +125,9 @@ class GradFlowRun:
 
     def grouped(self, by: str, patterns: Sequence[str] = ()) -> GradFlowRun:
         """This run with its layers in groups (:mod:`tb_gradflow.layer_groups`):
-        ``by="block"`` (``model.layers.17``) or ``"role"`` (every block's
-        ``self_attn.q_proj``); a layer in no block stays alone. Each group's
+        ``by="block"`` (``model.layers.17``) or ``"role"``
+        (``model.layers.*.self_attn.q_proj``: every block's); a layer in no
+        block stays alone. Each group's
         statistics combine its layers' exactly (norm: root of the sum of
         squares; abs_mean: weighted by elements; abs_max: max; nonfinite:
         sum). A group is absent where all its layers are, sparse where any

@@ -43,7 +43,12 @@ def test_a_llama_70b_shape_groups_into_80_blocks_or_9_roles_and_3_loners():
     )
     assert blocks.members[5] == tuple(range(1 + 4 * 9, 1 + 5 * 9))
     roles = group_layers(layers, "role")
-    assert roles.names == ("model.embed_tokens", *LLAMA_ROLES, "model.norm", "lm_head")
+    assert roles.names == (
+        "model.embed_tokens",
+        *(f"model.layers.*.{role}" for role in LLAMA_ROLES),
+        "model.norm",
+        "lm_head",
+    )
     assert all(len(m) == 80 for m in roles.members[1:10])
     assert roles.members[1][:2] == (1, 10)  # q_proj of blocks 0 and 1
     layer = group_layers(layers, "layer")
@@ -67,7 +72,8 @@ def test_blocks_and_roles_of_common_models(name, block, role):
         block,
         other.rsplit(".", len(role.split(".")))[0],
     )
-    assert group_layers(layers, "role").names == (role,)
+    container = block.rsplit(".", 1)[0]
+    assert group_layers(layers, "role").names == (f"{container}.*.{role}",)
 
 
 def test_names_without_repeated_numbered_blocks_stay_alone():
@@ -220,5 +226,54 @@ def test_a_watched_run_grouped_by_block_equals_its_gradients_by_block(tmp_path):
             for s in ("abs_mean", "abs_max", "norm"):
                 np.testing.assert_allclose(blocks.values(s)[t, g], want[s], rtol=1e-5)
     roles = run.grouped("role")
-    assert roles.layers == ["attn", "mlp", "head"]
+    assert roles.layers == ["layers.*.attn", "layers.*.mlp", "head"]
     assert tb_gradflow.diagnose(blocks) == []  # the rule reads a grouped run
+
+
+def test_encoder_and_decoder_blocks_are_different_roles_and_indices_are_no_roles():
+    t5 = [
+        f"{side}.block.{i}.layer.0.SelfAttention.q"
+        for side in ("encoder", "decoder")
+        for i in range(2)
+    ]
+    assert group_layers(t5, "role").names == (
+        "encoder.block.*.layer.0.SelfAttention.q",
+        "decoder.block.*.layer.0.SelfAttention.q",
+    )
+    # torchvision EfficientNet: the stem and the head are numbered, not roles
+    effnet = ["features.0.0", "features.1.0.block.0.0", "features.2.0.block.0.0"]
+    effnet += ["features.8.0"]
+    assert group_layers(effnet, "block").names == (
+        "features.0.0",
+        "features.1",
+        "features.2",
+        "features.8.0",
+    )
+    # a parameter of the block itself joins its block
+    own = ["blocks.0", "blocks.0.attn.qkv", "blocks.1", "blocks.1.attn.qkv"]
+    blocks = group_layers(own, "block")
+    assert blocks.names == ("blocks.0", "blocks.1")
+    assert blocks.members == ((0, 1), (2, 3))
+    assert group_layers(own, "role").names == ("blocks.*", "blocks.*.attn.qkv")
+
+
+def test_a_member_with_nan_makes_its_group_nan_and_zero_weights_are_left_out():
+    layers = ["b.0.x", "b.1.x"]
+    groups = group_layers(layers, "role")
+    nan = np.nan
+    values = {  # step 0: b.0.x had a gradient holding NaN; step 1: no gradient
+        "norm": np.array([[nan, 2.0], [nan, 2.0]]),
+        "abs_max": np.array([[nan, 1.0], [nan, 1.0]]),
+        "nonfinite": np.array([[3.0, 0.0], [nan, 0.0]]),
+    }
+    got = combine(values, [10, 10], groups)
+    assert np.isnan(got["norm"][0, 0]) and np.isnan(got["abs_max"][0, 0])
+    assert got["nonfinite"][0, 0] == 3.0
+    assert got["norm"][1, 0] == 2.0 and got["nonfinite"][1, 0] == 0.0
+    # LoRA's B starts at zero: ratio inf, weight norm 0
+    ratio = {
+        "update_ratio": np.array([[np.inf, 1e-3]]),
+        "weight_norm": np.array([[0.0, 4.0]]),
+    }
+    got = combine(ratio, [10, 10], groups)
+    np.testing.assert_allclose(got["update_ratio"][0, 0], 1e-3, rtol=1e-6)
