@@ -17,17 +17,26 @@ from tb_gradflow.reader import GradFlowRun, clash_message, load_all
 
 
 def format_report(
-    name: str, run: GradFlowRun, thresholds: Thresholds, findings=None
+    name: str,
+    run: GradFlowRun,
+    thresholds: Thresholds,
+    findings=None,
+    group: str = "layer",
 ) -> str:
     """The `` ++ name=value`` view of a run's last step (as the classic
     gradient-flow printout has it), the statistics its files lack (``--
     not logged``) and those this version does not know, then its findings
-    (``diagnose(run, thresholds)`` unless given)."""
+    (``diagnose(run, thresholds)`` unless given). ``group``: ``"block"`` or
+    ``"role"`` lists the run's groups of layers (:meth:`GradFlowRun.grouped`)
+    instead of its layers; the findings still name layers."""
+    if findings is None:
+        findings = diagnose(run, thresholds)
+    layers = run
+    if group != "layer":
+        run = run.grouped(group)
     i = len(run.steps) - 1
     mean = run.values("abs_mean")[i]
     nonfinite = run.values("nonfinite")[i]
-    if findings is None:
-        findings = diagnose(run, thresholds)
     blocked_now = {
         f.layer: f.first_step
         for f in findings
@@ -39,9 +48,10 @@ def format_report(
         if "update_ratio" in run.stats and "update_ratio" not in run.not_logged
         else None
     )
+    what = "layers" if group == "layer" else f"{group}s"
     lines = [
         f"== {name}  (step {run.steps[i]}, {len(run.steps)} logged steps, "
-        f"{int((~absent).sum())} layers)"
+        f"{int((~absent).sum())} {what})"
     ]
     for j, layer in enumerate(run.layers):
         if absent[j]:
@@ -89,7 +99,7 @@ def format_report(
     if findings:
         lines.append(" findings:")
         for f in findings:
-            where = "(model)" if f.layer is None else run.label(f.layer)
+            where = "(model)" if f.layer is None else layers.label(f.layer)
             now = ", ongoing" if f.ongoing else ""
             lines.append(
                 f"   {f.kind:<12} {where}  steps {f.first_step}-{f.last_step} "
@@ -127,7 +137,9 @@ def _report(args: argparse.Namespace) -> int:
         if len(runs) == 1:
             findings = diagnose(runs[0], thresholds)
             name = _shown_name(args.logdir, key)
-            reports.append(format_report(name, runs[0], thresholds, findings))
+            reports.append(
+                format_report(name, runs[0], thresholds, findings, args.group)
+            )
             failing += [f"{name}: {f.kind}" for f in findings if f.kind in args.fail_on]
     if reports:
         print("\n\n".join(reports))
@@ -219,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"(comma-separated: {', '.join(KINDS)}; or all), e.g. for a CI job",
     )
     report.add_argument(
+        "--group",
+        choices=("layer", "block", "role"),
+        default="layer",
+        help="list groups of layers instead of layers: blocks "
+        "(model.layers.17) or roles (model.layers.*.self_attn.q_proj); the "
+        "findings still name layers",
+    )
+    report.add_argument(
         "--run",
         help="only this run: its directory relative to logdir ('.' for logdir "
         "itself), plus '/NAME' for a watcher named NAME, as tb_gradflow.load keys it",
@@ -233,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"diagnosis threshold (default: {default:g})",
         )
     report.set_defaults(func=_report)
-    demo = sub.add_parser("demo", help="train the two demo models and log them")
+    demo = sub.add_parser("demo", help="train the demo models and log them")
     demo.add_argument("--logdir", default="runs", help="where to write (default: runs)")
     demo.add_argument(
         "--steps", type=int, default=300, help="optimizer steps per model"

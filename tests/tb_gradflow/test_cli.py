@@ -319,3 +319,21 @@ def test_console_script_help(argv):
         [sys.executable, "-m", "tb_gradflow.cli", *argv], capture_output=True, text=True
     )
     assert done.returncode == 0 and "usage: tb-gradflow" in done.stdout
+
+
+def test_report_by_block_lists_blocks_and_names_layers_in_findings(tmp_path, capsys):
+    layers = ("h.0.attn", "h.0.mlp", "h.1.attn", "h.1.mlp", "head")
+    steps = [stats([1e-3, 3e-3, 1e-3, 3e-3, 5e-3], nonfinite=[0] * 5)] * 3
+    steps += [stats([1e-3, 3e-3, 1e-3, 3e-3, 5e-3], nonfinite=[0, 0, 0, 4, 0])]
+    write_run(tmp_path / "gpt", steps, layers=layers)
+    assert cli.main(["report", str(tmp_path), "--group", "block"]) == 0
+    out = capsys.readouterr().out
+    assert "== gpt  (step 3, 4 logged steps, 3 blocks)" in out
+    # abs_mean of a block: weighted by elements (no numel here: equal weights)
+    assert " ++ h.0=0.002" in out
+    assert " !! h.1=0.002  4 non-finite" in out
+    assert " ++ head=0.005" in out
+    assert "nonfinite    h.1.mlp  steps 3-3" in out  # the layer, not the block
+    assert cli.main(["report", str(tmp_path), "--group", "role"]) == 0
+    out = capsys.readouterr().out
+    assert "3 roles)" in out and " !! h.*.mlp=0.003  4 non-finite" in out
