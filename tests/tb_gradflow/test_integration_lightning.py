@@ -10,6 +10,7 @@ import lightning.pytorch as L
 import pytest
 import pytorch_lightning
 import torch
+from broken_modules import DivideBy
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -238,3 +239,39 @@ def test_options_the_callback_sets_or_watch_lacks_are_refused():
         GradFlowCallback(optimizer=None)
     with pytest.raises(TypeError, match="unknown option 'evry'.*every"):
         GradFlowCallback(evry=2)
+
+
+class BreaksAtStep(L.LightningModule):
+    """A regression whose middle module divides by zero from global step 3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 16), DivideBy(), nn.Linear(16, 1))
+
+    def training_step(self, batch, index):
+        if self.global_step == 3:
+            self.net[1].divisor.fill_(0.0)
+        x, y = batch
+        loss = ((self.net(x) - y) ** 2).mean()
+        self.log("loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.slow
+def test_trace_nonfinite_names_the_module_through_lightnings_closure(tmp_path):
+    callback = GradFlowCallback(trace_nonfinite=True)
+    fit = trainer(tmp_path, max_epochs=1, log_every_n_steps=1, callbacks=[callback])
+    fit.fit(BreaksAtStep(), loader(6))
+    run = tb_gradflow.load_run(fit.logger.log_dir)
+    [origin] = run.origins
+    assert (origin.step, origin.since_step) == (3, 3)  # replayed on its batch
+    assert (origin.phase, origin.module, origin.module_type) == (
+        "forward",
+        "net.1",
+        "DivideBy",
+    )
+    assert [f.kind for f in tb_gradflow.diagnose(run)].count("nonfinite_origin") == 1
