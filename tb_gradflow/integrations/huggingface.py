@@ -58,8 +58,9 @@ class GradFlowCallback(TrainerCallback):
 
     Args:
         **watch_options: options of :func:`tb_gradflow.watch` (``every``,
-            ``name``, ``include_bias``, ``include``, ``exclude``, ``on_alert``,
-            ``thresholds``, ``parameters``); the callback sets the others.
+            ``name``, ``include_bias``, ``include``, ``exclude``, ``stats``,
+            ``trace_nonfinite``, ``on_alert``, ``thresholds``, ``parameters``);
+            the callback sets the others.
 
     Attributes:
         watcher: the watcher of the current training, or None.

@@ -74,8 +74,9 @@ class GradFlowCallback(*_CALLBACKS):
 
     Args:
         **watch_options: options of :func:`tb_gradflow.watch` (``every``,
-            ``name``, ``include_bias``, ``include``, ``exclude``, ``on_alert``,
-            ``thresholds``); the callback sets the others.
+            ``name``, ``include_bias``, ``include``, ``exclude``, ``stats``,
+            ``trace_nonfinite``, ``on_alert``, ``thresholds``); the callback
+            sets the others.
 
     Attributes:
         watchers: the watchers of the current fit, one per optimizer.
