@@ -24,18 +24,34 @@ it read every run in full), ``triage`` on a fresh plugin (sampled reads),
 been read (``steps`` of each), ``runs`` and ``triage`` again (from the plugin's
 cache).
 
+With ``--case overview``, instead: one run of 20 layers x 300,000 logged
+steps (``--layers``, ``--steps``) written by the watcher's own record writer
+(per-step records and an overview record per 100 logged steps), with a 10x
+spike of one layer's abs_mean at one random step, served with TensorBoard's
+default limits (100,000 of its steps kept): ``heatmap`` and ``lines`` (binary)
+on a fresh plugin (cold: the run read, the overview binned) and again (warm),
+each answer checked for the spike in its column; and the resident memory of
+the data provider (the Rust data server's process, or this process for the
+Python multiplexer) and of this process before and after the run is loaded
+and read.
+
 Usage:
     python benchmarks/bench_plugin.py                 # both providers (~2-4 min)
     python benchmarks/bench_plugin.py --provider rust --steps 2000   # quicker
     python benchmarks/bench_plugin.py --triage-runs 20 --steps 2000  # triage
+    python benchmarks/bench_plugin.py --case overview --provider rust  # ~2 min
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
+import json
+import math
 import os
 import statistics
+import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -53,8 +69,9 @@ from tensorboard.util import grpc_util
 from werkzeug import test as werkzeug_test
 from werkzeug import wrappers
 
-from tb_gradflow import metadata, stats
+from tb_gradflow import metadata, overview, stats
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN, GradFlowLoader
+from tb_gradflow.record_writer import RecordWriter
 from tb_gradflow.summary import gradflow_pb
 
 RUN = "big"
@@ -93,6 +110,191 @@ class Run:
         self.writer.flush()
 
 
+class _FileWriter:
+    """What ``RecordWriter`` needs of a ``SummaryWriter``: a file writer that
+    adds each summary at its step."""
+
+    def __init__(self, path: str) -> None:
+        self.file_writer = EventFileWriter(path, max_queue_size=100)
+
+    def _get_file_writer(self):
+        return self
+
+    def add_summary(self, summary, global_step: int) -> None:
+        event = event_pb2.Event(
+            step=global_step, wall_time=time.time(), summary=summary
+        )
+        self.file_writer.add_event(event)
+
+
+def write_overview_run(logdir: str, layers: int, steps: int) -> tuple[int, int, float]:
+    """One watcher's run as ``watch`` writes it (per-step and overview
+    records, the last partial block on close): lognormal abs_mean around
+    each layer's median, with a 10x spike of one layer at one random step.
+
+    Returns:
+        ``(spike step, spike layer, spike value as float32)``.
+    """
+    rng = np.random.default_rng(22)
+    layout = metadata.Layout(
+        layers=tuple(f"block{i}.weight" for i in range(layers)),
+        sparse=(False,) * layers,
+    )
+    writer = _FileWriter(os.path.join(logdir, RUN))
+    records = RecordWriter(writer, layout, "torch")
+    medians = np.exp(rng.normal(np.log(1e-3), 1.0, layers))  # (L,)
+    at, layer = int(rng.integers(steps)), int(rng.integers(layers))
+    order = layout.stats
+    chunk = 10_000  # steps drawn at once
+    for start in range(0, steps, chunk):
+        n = min(chunk, steps - start)
+        mean = medians * np.exp(rng.normal(0.0, 0.3, (n, layers)))  # (n, L)
+        if start <= at < start + n:
+            mean[at - start, layer] = 10 * medians[layer]
+        values = {"abs_mean": mean, "abs_max": 5 * mean, "norm": 30 * mean}
+        values |= {"nonfinite": np.zeros_like(mean), "rows": np.ones_like(mean)}
+        block = np.stack([values[name] for name in order], axis=1)  # (n, K, L)
+        for i in range(n):
+            records.write_step(start + i, block[i], False, math.nan)
+    records.close()
+    writer.file_writer.close()
+    return at, layer, float(np.float32(10 * medians[layer]))
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid``, MB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def _server_pid() -> int | None:
+    """The Rust data server this process started (its child), if any."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:  # the parent pid
+            return int(entry)
+    return None
+
+
+def _binary_answer(response: wrappers.Response) -> tuple[dict, np.ndarray]:
+    """The JSON header and the float32 values of a binary answer."""
+    body = response.get_data()
+    (n,) = struct.unpack("<I", body[:4])
+    header = json.loads(body[4 : 4 + n])
+    return header, np.frombuffer(body[4 + n + (-(4 + n) % 4) :], dtype="<f4")
+
+
+def bench_overview(kinds, layers: int, steps: int, repeats: int, cold: int) -> None:
+    with tempfile.TemporaryDirectory() as logdir:
+        start = time.perf_counter()
+        at, layer, spike = write_overview_run(logdir, layers, steps)
+        size = sum(
+            os.path.getsize(os.path.join(logdir, RUN, f))
+            for f in os.listdir(os.path.join(logdir, RUN))
+        )
+        print(
+            f"{layers} layers x {steps} logged steps: wrote {size / 1e6:.1f} MB in "
+            f"{time.perf_counter() - start:.1f} s; spike at step {at}, layer {layer}"
+        )
+        for kind in kinds:
+            own_before = _rss_mb(os.getpid())
+            backend = kind(logdir)
+            print(f"\n{backend.name}:")
+            try:
+                _bench_overview(backend, steps, (at, layer, spike), repeats, cold)
+                server = _server_pid()
+                own = _rss_mb(os.getpid())
+                print(
+                    f"  RSS: this process {own_before:.0f} MB before loading, "
+                    f"{own:.0f} MB after the answers"
+                    + (f"; data server {_rss_mb(server):.0f} MB" if server else "")
+                )
+            finally:
+                backend.close()
+
+
+def _bench_overview(backend, steps: int, spike, repeats: int, cold: int) -> None:
+    at, layer, value = spike
+    if isinstance(backend, Python):
+        start = time.perf_counter()
+        backend.reload()
+        print(f"  ingestion (Reload): {time.perf_counter() - start:.1f} s")
+    else:
+        server = _server_pid()
+        before = _rss_mb(server) if server else math.nan
+        waited = _wait_for_overview(backend.provider, steps - 1)
+        print(
+            f"  ingestion: {waited:.1f} s; data server RSS {before:.0f} MB as it "
+            f"started, {_rss_mb(server):.0f} MB once it had loaded the run"
+        )
+    base = "/data/plugin/gradflow/"
+    routes = {
+        name: {"run": RUN, "stat": "abs_mean", "format": "binary"}
+        for name in ("heatmap", "lines")
+    }
+    print(
+        f"  | route | cold s, fresh plugin (median of {cold}) [min, max] "
+        f"| warm ms (median of {repeats}) | columns | from | spike found |"
+    )
+    print("  |---|---:|---:|---:|---|---|")
+    for name, params in routes.items():
+        colds, client, response = [], None, None
+        for _ in range(cold):
+            client = make_client(backend.provider)
+            request = functools.partial(client.get, base + name, query_string=params)
+            elapsed, response = timed(request)
+            colds.append(elapsed)
+        warms = [timed(request)[0] for _ in range(repeats)]
+        header, values = _binary_answer(response)
+        columns = len(header["steps"])
+        top = values.reshape(-1, len(header["layers"]), columns)[0]  # max
+        (column,) = [
+            c
+            for c, (a, z) in enumerate(zip(header["first_steps"], header["last_steps"]))
+            if a <= at <= z
+        ]
+        found = top[layer, column] == value and int(np.argmax(top[layer])) == column
+        print(
+            f"  | {name} binary | {statistics.median(colds):.2f} "
+            f"[{min(colds):.2f}, {max(colds):.2f}] | "
+            f"{1e3 * statistics.median(warms):.1f} | {columns} | "
+            f"{header.get('from', 'steps')} | {found} |"
+        )
+    steps_answer = client.get(base + "steps", query_string={"run": RUN}).json
+    print(
+        f"  steps kept: {len(steps_answer['steps'])} of "
+        f"{steps_answer['expected_steps']} logged"
+    )
+
+
+def _wait_for_overview(provider, step: int, timeout: float = 900.0) -> float:
+    """Seconds until the provider lists ``step`` as the last step of both
+    the run's per-step and overview tags."""
+    start = time.perf_counter()
+    while True:
+        last = []
+        for plugin_name in (metadata.PLUGIN_NAME, overview.OVERVIEW_PLUGIN_NAME):
+            listing = provider.list_tensors(
+                context.RequestContext(), experiment_id="", plugin_name=plugin_name
+            ).get(RUN, {})
+            last.append(max((s.max_step for s in listing.values()), default=-1))
+        if min(last) >= step:
+            return time.perf_counter() - start
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError(f"step {step} not ingested after {timeout} s")
+        time.sleep(0.2)
+
+
 class Rust:
     """TensorBoard's Rust data server (``--load_fast=true``)."""
 
@@ -125,8 +327,10 @@ class Python:
     name = "python multiplexer"
 
     def __init__(self, logdir: str) -> None:
+        flags = argparse.Namespace(samples_per_plugin={})
+        GradFlowLoader().fix_flags(flags)  # what `tensorboard --logdir` does
         self.mux = plugin_event_multiplexer.EventMultiplexer(
-            tensor_size_guidance={metadata.PLUGIN_NAME: DEFAULT_SAMPLES_PER_RUN}
+            tensor_size_guidance=flags.samples_per_plugin
         )
         self.mux.AddRunsFromDirectory(logdir)
         self.provider = tb_data_provider.MultiplexerDataProvider(self.mux, logdir)
@@ -332,8 +536,15 @@ def write_triage_runs(logdir: str, n: int, layers: int, steps: int) -> list[Run]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layers", type=int, default=500)
-    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument(
+        "--case",
+        choices=("routes", "overview"),
+        default="routes",
+        help="routes: one run's routes (or the triage, with --triage-runs); "
+        "overview: a run far past TensorBoard's limit, drawn from every step",
+    )
+    parser.add_argument("--layers", type=int, help="500 (overview: 20)")
+    parser.add_argument("--steps", type=int, help="10,000 (overview: 300,000)")
     parser.add_argument("--repeats", type=int, default=20, help="warm requests")
     parser.add_argument("--cold-repeats", type=int, default=3, help="cold requests")
     parser.add_argument(
@@ -347,6 +558,17 @@ def main() -> None:
     )
     args = parser.parse_args()
     kinds = {"rust": [Rust], "python": [Python], "both": [Rust, Python]}
+    if args.case == "overview":
+        bench_overview(
+            kinds[args.provider],
+            args.layers or 20,
+            args.steps or 300_000,
+            args.repeats,
+            args.cold_repeats,
+        )
+        return
+    args.layers = args.layers or 500
+    args.steps = args.steps or 10_000
     if args.triage_runs:
         with tempfile.TemporaryDirectory() as logdir:
             start = time.perf_counter()

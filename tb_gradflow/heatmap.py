@@ -2,12 +2,15 @@
 statistic binned to at most N step columns (the heatmap: each bin's largest
 value; the lines: its largest and smallest), the model's total gradient norm
 binned the same way (the tab's strip above the heatmap), and their JSON and
-binary encodings (the rules and the formats: ``http_api.md``).
+binary encodings (the rules and the formats: ``http_api.md``). Where
+TensorBoard did not keep every logged step, the watcher's overview blocks
+(:mod:`tb_gradflow.overview_merge`) stand for the steps of their ranges.
 
 Pure numpy and the standard library (plus TensorBoard's JSON cleaning): no
 request, no cache, no data provider, so it is tested on its own.
 
-Shape letters: ``L`` layers, ``S`` kept steps, ``N`` step columns.
+Shape letters: ``L`` layers, ``S`` kept steps, ``U`` units binned (kept
+steps and overview blocks), ``N`` step columns.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from __future__ import annotations
 import gzip
 import json
 import struct
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tensorboard import errors
 from tensorboard.backend import json_util
 
+from tb_gradflow.overview_merge import Overview
 from tb_gradflow.reader import GradFlowRun
 
 __all__ = [
@@ -41,7 +45,11 @@ _MATRICES = {"heatmap": ("values",), "lines": ("max", "min")}  # by answer
 
 
 def bin_steps(
-    run: GradFlowRun, tag: str, stat: str, columns: int
+    run: GradFlowRun,
+    tag: str,
+    stat: str,
+    columns: int,
+    overview: Overview | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """The ``heatmap`` matrix: :func:`bin_extremes` without the smallest values.
 
@@ -50,18 +58,33 @@ def bin_steps(
         only), and ``values``, the bins' largest values.
 
     Shape:
-        - values: ``(L, N)`` float32, ``N = min(columns, S)``
+        - values: ``(L, N)`` float32, ``N <= columns``
     """
-    header, largest, _ = bin_extremes(run, tag, stat, columns)
+    header, largest, _ = bin_extremes(run, tag, stat, columns, overview)
     return header, largest
 
 
 def bin_extremes(
-    run: GradFlowRun, tag: str, stat: str, columns: int
+    run: GradFlowRun,
+    tag: str,
+    stat: str,
+    columns: int,
+    overview: Overview | None = None,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Bins the kept steps of ``stat`` into at most ``columns`` columns of
+    """Bins the logged steps of ``stat`` into at most ``columns`` columns of
     (nearly) equal count, and gives each layer's largest and smallest value per
-    bin, in one pass over the steps.
+    bin, in one pass.
+
+    What is binned: each kept step, one by one; with ``overview`` (the
+    watcher's overview blocks), each block that holds logged steps TensorBoard
+    did not keep takes the place of the kept steps in its range
+    (:meth:`Overview.in_use`), so a bin's extremes are those of every logged
+    step. Bins hold (nearly) equal counts of logged steps (a block counts its
+    logged steps) and never split a block. Without such a block (every
+    logged step kept, or no overview records) the columns are the kept
+    steps' alone, and the header says nothing more; with one, it adds
+    ``"from": "overview"`` and ``logged_steps``, the logged steps the columns
+    hold.
 
     ``largest`` (the heatmap's values): the largest finite value in the bin,
     +inf when any was non-finite, NaN when the layer had no gradient at any of
@@ -70,15 +93,16 @@ def bin_extremes(
     gradient; NaN where there is none.
 
     The header's ``total_norm``: per column, the largest of the bin's
-    :func:`total_norms` (+inf when any was non-finite), whatever ``stat`` is;
-    None for a run whose files lack ``norm``.
+    :func:`total_norms` and of its blocks' largest totals (+inf when any was
+    non-finite), whatever ``stat`` is; None for a run whose files lack
+    ``norm``.
 
     Returns:
         ``(header, largest, smallest)``: the JSON answer without its matrices
         (builtins only), and the two matrices.
 
     Shape:
-        - largest, smallest: ``(L, N)`` float32, ``N = min(columns, S)``
+        - largest, smallest: ``(L, N)`` float32, ``N <= columns``
 
     Raises:
         InvalidArgumentError: for a statistic the run lacks, or ``columns``
@@ -92,38 +116,135 @@ def bin_extremes(
         raise errors.InvalidArgumentError(
             f"Invalid max_steps: {columns!r} (from 1 to {MAX_COLUMNS})"
         )
-    steps = run.steps
-    n_steps = len(steps)
-    n = min(columns, n_steps)
-    starts = (np.arange(n, dtype=np.int64) * n_steps) // n  # first index of each bin
-    ends = np.append(starts[1:], n_steps) - 1  # last index of each bin
-    values = run.values(stat)  # (S, L)
-    has_grad = ~(run.no_grad | run.absent)  # (S, L)
-    usable = has_grad & np.isfinite(values)  # (S, L)
-    best = np.maximum.reduceat(np.where(usable, values, -np.inf), starts, axis=0)
-    least = np.minimum.reduceat(np.where(usable, values, np.inf), starts, axis=0)
-    bad = np.logical_or.reduceat(has_grad & ~usable, starts, axis=0)  # (N, L)
-    seen = np.logical_or.reduceat(has_grad, starts, axis=0)
-    present = np.logical_or.reduceat(~run.absent, starts, axis=0)
-    # NaN: no gradient in the bin; -inf: the layer is in none of its steps'
-    # layer sets (no statistic is negative, so -inf is never a value)
-    empty = np.where(present, np.nan, -np.inf)
-    largest = np.where(bad, np.inf, np.where(seen, best, empty)).astype(np.float32)
-    smallest = np.where(np.isfinite(least), least, np.nan).astype(np.float32)
+    units = _units(run, stat, overview)
+    count = len(units.first)
+    starts = _starts(units.weights, min(columns, count))  # first unit of each bin
+    ends = np.append(starts[1:], count) - 1  # last unit of each bin
+    largest, smallest = _extremes(units, starts)
+    logged = int(units.weights.sum())
     header = {
         "run": run.path,
         "tag": tag,
         "stat": stat,
         "layers": list(run.layers),
         "types": list(run.types),
-        "steps": steps[starts].tolist(),
-        "first_steps": steps[starts].tolist(),
-        "last_steps": steps[ends].tolist(),
-        "downsampled": bool(n < n_steps),
+        "steps": units.first[starts].tolist(),
+        "first_steps": units.first[starts].tolist(),
+        "last_steps": units.last[ends].tolist(),
+        "downsampled": bool(len(starts) < logged),
         "logged": stat not in run.not_logged,
-        "total_norm": _bin_total_norm(run, starts),
+        "total_norm": _bin_totals(units.totals, starts),
     }
+    if units.blocks:
+        header |= {"from": "overview", "logged_steps": logged}
     return header, np.ascontiguousarray(largest.T), np.ascontiguousarray(smallest.T)
+
+
+class _Units(NamedTuple):
+    """What a binning takes, one row per unit: a kept step, or an overview
+    block standing for the logged steps of its range, by first step.
+
+    Shape:
+        - first, last, weights (logged steps), totals: ``(U,)``
+        - high, low, has_grad, present: ``(U, L)``
+    """
+
+    first: np.ndarray
+    last: np.ndarray
+    weights: np.ndarray
+    high: np.ndarray  # the largest value (a kept step's own value)
+    low: np.ndarray  # the smallest value
+    has_grad: np.ndarray  # a gradient at some step of the unit
+    present: np.ndarray  # in the layer set at some step of the unit
+    totals: np.ndarray | None
+    blocks: int  # how many units are overview blocks
+
+
+def _units(run: GradFlowRun, stat: str, overview: Overview | None) -> _Units:
+    """The kept steps of ``run``, with the blocks of ``overview`` that hold
+    steps TensorBoard did not keep in place of the kept steps of their ranges."""
+    steps = run.steps
+    totals = total_norms(run)
+    use, covered = (
+        (None, None) if overview is None else overview.in_use(np.asarray(steps))
+    )
+    if use is None or not use.any():
+        values = run.values(stat)  # (S, L)
+        return _Units(
+            first=steps,
+            last=steps,
+            weights=np.ones(len(steps), dtype=np.int64),
+            high=values,
+            low=values,
+            has_grad=~(run.no_grad | run.absent),
+            present=~run.absent,
+            totals=totals,
+            blocks=0,
+        )
+    kept = np.flatnonzero(~covered)  # kept steps no block in use stands for
+    largest, smallest, grad = overview.extremes(stat)  # (B, L) each
+    values = run.values(stat)[kept]  # (S', L)
+    absent = run.absent[kept]
+    first = np.concatenate([steps[kept], overview.first_steps[use]])
+    order = np.argsort(first, kind="stable")
+
+    def units(per_step: np.ndarray, per_block: np.ndarray) -> np.ndarray:
+        return np.concatenate([per_step, per_block[use]])[order]
+
+    no_grad = np.isnan(run.values("nonfinite")[kept]) & ~absent
+    return _Units(
+        first=first[order],
+        last=units(steps[kept], overview.last_steps),
+        weights=units(np.ones(len(kept), dtype=np.int64), overview.steps),
+        high=units(values, largest),
+        low=units(values, smallest),
+        has_grad=units(~(no_grad | absent), grad),
+        present=units(~absent, ~overview.absent),
+        totals=None if totals is None else units(totals[kept], overview.totals),
+        blocks=int(use.sum()),
+    )
+
+
+def _starts(weights: np.ndarray, n: int) -> np.ndarray:
+    """The first unit of each of at most ``n`` bins of (nearly) equal total
+    weight, never splitting a unit: bin ``c`` starts at the unit holding
+    logged step ``c * T // n`` of ``T`` (with unit weights, unit ``c * U //
+    n``), and bins that would start at the same unit are one; each unit a
+    bin of its own when ``n`` is their count.
+
+    Shape:
+        - weights: ``(U,)`` int64, each unit's logged steps
+        - returns: ``(N,)`` int64, ``N <= n``
+    """
+    if n == len(weights):
+        return np.arange(n, dtype=np.int64)
+    ends = np.cumsum(weights)  # logged steps up to and including each unit
+    targets = (np.arange(n, dtype=np.int64) * int(ends[-1])) // n
+    return np.unique(np.searchsorted(ends, targets, side="right"))
+
+
+def _extremes(units: _Units, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each bin's largest and smallest values (see :func:`bin_extremes`).
+
+    Shape:
+        - returns: two ``(N, L)`` float32
+    """
+    has_grad = units.has_grad
+    usable = has_grad & np.isfinite(units.high)  # (U, L)
+    low_usable = (
+        usable if units.low is units.high else has_grad & np.isfinite(units.low)
+    )
+    best = np.maximum.reduceat(np.where(usable, units.high, -np.inf), starts, axis=0)
+    least = np.minimum.reduceat(np.where(low_usable, units.low, np.inf), starts, axis=0)
+    bad = np.logical_or.reduceat(has_grad & ~usable, starts, axis=0)  # (N, L)
+    seen = np.logical_or.reduceat(has_grad, starts, axis=0)
+    present = np.logical_or.reduceat(units.present, starts, axis=0)
+    # NaN: no gradient in the bin; -inf: the layer is in none of its steps'
+    # layer sets (no statistic is negative, so -inf is never a value)
+    empty = np.where(present, np.nan, -np.inf)
+    largest = np.where(bad, np.inf, np.where(seen, best, empty)).astype(np.float32)
+    smallest = np.where(np.isfinite(least), least, np.nan).astype(np.float32)
+    return largest, smallest
 
 
 def total_norms(run: GradFlowRun) -> np.ndarray | None:
@@ -150,13 +271,13 @@ def total_norms(run: GradFlowRun) -> np.ndarray | None:
     return np.where(bad, np.inf, np.sqrt(squares))
 
 
-def _bin_total_norm(run: GradFlowRun, starts: np.ndarray) -> list[float] | None:
-    """The largest :func:`total_norms` of each bin starting at ``starts``
-    (one kept step's spike survives); None without ``norm``."""
-    totals = total_norms(run)
+def _bin_totals(totals: np.ndarray | None, starts: np.ndarray) -> list[float] | None:
+    """The largest total norm of each bin starting at ``starts`` (one kept
+    step's spike survives; a block's NaN, a layer set without ``norm``, does
+    not hide the others'); None without ``norm``."""
     if totals is None or not len(starts):
         return None if totals is None else []
-    return np.maximum.reduceat(totals, starts).tolist()
+    return np.fmax.reduceat(totals, starts).tolist()
 
 
 def matrices(

@@ -12,6 +12,9 @@ with ``--load_fast=false``.
 A decoded run is cached per (experiment, run, tag) and read again only when
 ``list_tensors`` shows new data (checked at most once a second per run); its
 diagnosis, binned matrices and encoded answers are cached with it (``run_cache.py``).
+Where TensorBoard did not keep every logged step, ``heatmap`` and ``lines``
+draw from the watcher's overview records too (``overview_merge.py``), so
+their columns hold every logged step's extremes.
 
 Import-light: numpy, werkzeug and TensorBoard only, never torch.
 """
@@ -32,6 +35,7 @@ from werkzeug import wrappers
 from tb_gradflow import (
     heatmap,
     metadata,
+    overview,
     query,
     reader,
     static,
@@ -61,14 +65,14 @@ class GradFlowPlugin(base_plugin.TBPlugin):
     plugin_name = PLUGIN_NAME
 
     def __init__(self, context: base_plugin.TBContext) -> None:
-        hint = (context.sampling_hints or {}).get(PLUGIN_NAME)
-        # TensorBoard already dropped what its own limit did not keep; read the rest.
-        downsample = (
-            DEFAULT_SAMPLES_PER_RUN if hint is None else (int(hint) or _KEEP_ALL)
-        )
+        hints = context.sampling_hints or {}
         self._problems = ProblemLog(logger)
         self._runs = RunLoader(
-            context.data_provider, context.logdir, downsample, self._problems
+            context.data_provider,
+            context.logdir,
+            _downsample(hints.get(PLUGIN_NAME)),
+            self._problems,
+            overview_downsample=_downsample(hints.get(overview.OVERVIEW_PLUGIN_NAME)),
         )
 
     @property
@@ -324,6 +328,12 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         return {"runs": [t.to_dict() for t in ranked]}
 
 
+def _downsample(hint) -> int:
+    """How many records per tag to read, from a ``samples_per_plugin`` hint:
+    TensorBoard already dropped what its own limit did not keep; read the rest."""
+    return DEFAULT_SAMPLES_PER_RUN if hint is None else (int(hint) or _KEEP_ALL)
+
+
 def _listed(
     run: str,
     tag: str,
@@ -334,8 +344,9 @@ def _listed(
 ) -> dict[str, Any]:
     """One watcher's ``runs`` entry: layouts, last step and wall time from
     the listing; the kept steps from ``found`` (the cached ``(version,
-    entry)``) when it is this version and readable; its statistics from
-    its layouts and ``always`` (see :func:`_listed_stats`)."""
+    entry)``) when its per-step records are this version and it is
+    readable; its statistics from its layouts and ``always`` (see
+    :func:`_listed_stats`)."""
     parts = list(layouts.values())
     layers = dict.fromkeys(n for lo in parts for n in lo.layers)
     entry = {
@@ -354,7 +365,7 @@ def _listed(
     }
     if (
         found is not None
-        and found[0] == watchers.version(tags, layouts)
+        and found[0][0] == watchers.version(tags, layouts)
         and found[1].problem is None
         and len(found[1].run.steps)
     ):

@@ -32,7 +32,7 @@ class RecordWriter:
         self._wrote_metadata = False
         self._wrote_events_metadata = False
         self._wrote_overview_metadata = False
-        self._block = overview.BlockAccumulator((len(layout.stats), len(layout.layers)))
+        self._block = overview.BlockAccumulator(layout)
 
     def write_step(
         self, step: int, stats: np.ndarray, skipped: bool, loss_scale: float

@@ -2,10 +2,12 @@
 derived from each version of a run: its diagnoses, its binned matrices and
 their encoded answers.
 
-A cached run is used only while the data provider's ``(max_step,
-max_wall_time, plugin_content)`` of its layout tags is unchanged (its
-*version*); the least recently used runs go first when the decoded
-statistics of all runs together exceed a byte budget.
+A cached run is used only while its *version* is unchanged: a pair, the data
+provider's ``(max_step, max_wall_time, plugin_content)`` of its layout tags
+(the version of its per-step records, which the triage and the ``runs``
+answer check), and the same of the tags read with them (its non-finite
+origins and overview records). The least recently used runs go first when
+the decoded data of all runs together exceed a byte budget.
 
 Import-light: numpy and the standard library, never torch.
 """
@@ -21,6 +23,7 @@ import numpy as np
 
 from tb_gradflow import heatmap
 from tb_gradflow.diagnosis import Finding, Thresholds, diagnose
+from tb_gradflow.overview_merge import Overview
 from tb_gradflow.reader import GradFlowRun
 
 __all__ = ["CachedRun", "RunCache"]
@@ -37,14 +40,22 @@ class CachedRun:
         tag: the watcher's base tag.
         run: the decoded run.
         problem: why the run cannot be shown; None: it can.
-        nbytes: what it costs in memory (its decoded statistics).
+        overview: the watcher's overview blocks in use (None: it has none).
+        nbytes: what it costs in memory (its decoded statistics and blocks).
     """
 
-    def __init__(self, tag: str, run: GradFlowRun, problem: str | None = None) -> None:
+    def __init__(
+        self,
+        tag: str,
+        run: GradFlowRun,
+        problem: str | None = None,
+        overview: Overview | None = None,
+    ) -> None:
         self.tag = tag
         self.run = run
         self.problem = problem
-        self.nbytes = run.nbytes
+        self.overview = overview
+        self.nbytes = run.nbytes + (0 if overview is None else overview.nbytes)
         self._lock = threading.RLock()  # one diagnosis or binning at a time
         self._findings: collections.OrderedDict = collections.OrderedDict()
         self._bodies: collections.OrderedDict = collections.OrderedDict()
@@ -68,12 +79,15 @@ class CachedRun:
     def binned(
         self, stat: str, columns: int
     ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-        """:func:`tb_gradflow.heatmap.bin_extremes` of this run: ``(header,
-        largest, smallest)``, shared by the ``heatmap`` and ``lines`` answers
-        (the latest one asked for is kept: the encoded bodies are reused)."""
+        """:func:`tb_gradflow.heatmap.bin_extremes` of this run and its
+        overview: ``(header, largest, smallest)``, shared by the ``heatmap``
+        and ``lines`` answers (the latest one asked for is kept: the encoded
+        bodies are reused)."""
         with self._lock:
             if self._binned is None or self._binned[0] != (stat, columns):
-                binned = heatmap.bin_extremes(self.run, self.tag, stat, columns)
+                binned = heatmap.bin_extremes(
+                    self.run, self.tag, stat, columns, self.overview
+                )
                 self._binned = ((stat, columns), binned)
             return self._binned[1]
 
@@ -97,8 +111,10 @@ def _memo(cache: collections.OrderedDict, key, make: Callable[[], Any], size: in
 class RunCache:
     """Decoded runs by key, least recently used out first.
 
-    An entry is replaced when its version changes. Concurrent requests for the
-    same stale key wait for one read instead of reading in parallel.
+    An entry is replaced when its version changes (a pair: the version of its
+    per-step records, and that of what is read with them). Concurrent
+    requests for the same stale key wait for one read instead of reading in
+    parallel.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -110,10 +126,11 @@ class RunCache:
         self._reading: dict[tuple, threading.Lock] = {}
 
     def get(
-        self, key: tuple, version: tuple, read: Callable[[], CachedRun]
+        self, key: tuple, version: tuple[tuple, tuple], read: Callable[[], CachedRun]
     ) -> CachedRun:
-        """The entry of ``key`` at ``version``, from ``read()`` when the cache
-        has another version or none."""
+        """The entry of ``key`` at ``version`` (``(per-step records, what is
+        read with them)``), from ``read()`` when the cache has another version
+        or none."""
         with self._lock:
             hit = self._lookup(key, version)
             if hit is not None:
@@ -131,11 +148,15 @@ class RunCache:
                 self._evict()
             return entry
 
-    def current(self, key: tuple, version: tuple) -> CachedRun | None:
-        """The entry of ``key`` if it is at ``version`` (a use), else None;
-        never reads."""
+    def current(self, key: tuple, steps_version: tuple) -> CachedRun | None:
+        """The entry of ``key`` if its per-step records are at
+        ``steps_version`` (a use), else None; never reads."""
         with self._lock:
-            return self._lookup(key, version)
+            cached = self._entries.get(key)
+            if cached is None or cached[0][0] != steps_version:
+                return None
+            self._entries.move_to_end(key)
+            return cached[1]
 
     def peek(self, key: tuple) -> tuple[tuple, CachedRun] | None:
         """The cached ``(version, entry)`` of ``key``, whatever its version,

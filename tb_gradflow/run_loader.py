@@ -1,6 +1,7 @@
 """The plugin's data access: TensorBoard's listing of gradflow tags, and one
-watcher of one run read through the data provider, merged by layer name and
-kept in a :class:`~tb_gradflow.run_cache.RunCache` until new data arrives.
+watcher of one run read through the data provider (its per-step records, its
+non-finite origins and its overview records), merged by layer name and kept
+in a :class:`~tb_gradflow.run_cache.RunCache` until new data arrives.
 
 Reads only through ``context.data_provider`` (the Rust data server or the
 Python multiplexer), plus, for a local log directory, the event files' last
@@ -21,7 +22,8 @@ import numpy as np
 from tensorboard import errors
 from tensorboard.data import provider
 
-from tb_gradflow import metadata, reader, watchers
+from tb_gradflow import metadata, overview, overview_merge, reader, watchers
+from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN
 from tb_gradflow.problem_log import ProblemLog
 from tb_gradflow.run_cache import CachedRun, RunCache
 
@@ -48,6 +50,7 @@ class RunLoader:
         downsample: how many steps per tag to read (TensorBoard's own sampling
             limit for gradflow has already dropped the rest).
         problems: where a run that cannot be shown is warned about, once.
+        overview_downsample: how many overview records per tag to read.
 
     Attributes:
         cache: the decoded runs (the triage judges cached runs from it).
@@ -60,6 +63,8 @@ class RunLoader:
         logdir: str | None,
         downsample: int,
         problems: ProblemLog,
+        *,
+        overview_downsample: int = DEFAULT_SAMPLES_PER_RUN,
     ) -> None:
         self.data_provider = data_provider
         self.cache = RunCache(_CACHE_BYTES)
@@ -69,10 +74,12 @@ class RunLoader:
         self.listing_ttl = 1.0
         self._logdir = logdir  # to check what was read against the files
         self._downsample = downsample
+        self._overview_downsample = overview_downsample
         self._problems = problems
         self._listings: dict[tuple[str, str], tuple[float, dict]] = {}
-        # the non-finite origins' tags (metadata.EVENTS_PLUGIN_NAME), per run
-        self._event_listings: dict[tuple[str, str], tuple[float, dict]] = {}
+        # the tags of the non-finite origins (metadata.EVENTS_PLUGIN_NAME) and
+        # of the overview records, by (plugin name, experiment, run)
+        self._other_listings: dict[tuple[str, str, str], tuple[float, dict]] = {}
         self._lock = threading.Lock()
 
     def list_all(
@@ -119,11 +126,27 @@ class RunLoader:
             layout = watchers.layout_of(tags[tag].plugin_content, run, tag)
             tag = metadata.tag_for(layout.name)
         layouts = grouped[tag]
-        events = self._events_of(ctx, experiment, run, next(iter(layouts.values())))
+        events = self._other_listing(
+            ctx,
+            experiment,
+            run,
+            metadata.EVENTS_PLUGIN_NAME,
+            [metadata.events_tag(next(iter(layouts.values())).name)],
+        )
+        blocks = self._other_listing(
+            ctx,
+            experiment,
+            run,
+            overview.OVERVIEW_PLUGIN_NAME,
+            sorted({overview.overview_tag(lo) for lo in layouts.values()}),
+        )
         entry = self.cache.get(
             (experiment, run, tag),
-            watchers.version(tags, layouts) + watchers.version(events, events),
-            lambda: self._read(ctx, experiment, run, tag, layouts, events),
+            (
+                watchers.version(tags, layouts),
+                watchers.version(events, events) + watchers.version(blocks, blocks),
+            ),
+            lambda: self._read(ctx, experiment, run, tag, layouts, events, blocks),
         )
         if entry.problem is not None:
             self._problems.once(
@@ -156,28 +179,27 @@ class RunLoader:
         self._remember(experiment, {run: tags}, now)
         return tags
 
-    def _events_of(
-        self, ctx, experiment: str, run: str, layout: metadata.Layout
+    def _other_listing(
+        self, ctx, experiment: str, run: str, plugin_name: str, wanted: list[str]
     ) -> dict[str, provider.TensorTimeSeries]:
-        """The listing of the non-finite origins' tag of ``layout``'s watcher
-        in ``run`` (empty when it has none), trusted for ``listing_ttl``
-        seconds."""
-        key = (experiment, run)
+        """The listing of ``plugin_name``'s tags in ``run`` among ``wanted``
+        (a watcher's non-finite origins' tag, its overview tags), in that
+        order; trusted for ``listing_ttl`` seconds."""
+        key = (plugin_name, experiment, run)
         now = time.monotonic()
         with self._lock:
-            cached = self._event_listings.get(key)
+            cached = self._other_listings.get(key)
         if cached is None or now - cached[0] >= self.listing_ttl:
             tags = self.data_provider.list_tensors(
                 ctx,
                 experiment_id=experiment,
-                plugin_name=metadata.EVENTS_PLUGIN_NAME,
+                plugin_name=plugin_name,
                 run_tag_filter=provider.RunTagFilter(runs=[run]),
             ).get(run, {})
             cached = (now, tags)
             with self._lock:
-                self._event_listings[key] = cached
-        tag = metadata.events_tag(layout.name)
-        return {tag: cached[1][tag]} if tag in cached[1] else {}
+                self._other_listings[key] = cached
+        return {tag: cached[1][tag] for tag in wanted if tag in cached[1]}
 
     def _remember(self, experiment: str, listing: dict, now: float) -> None:
         with self._lock:
@@ -193,10 +215,12 @@ class RunLoader:
         tag: str,
         layouts: dict[str, metadata.Layout],
         events: dict[str, provider.TensorTimeSeries],
+        blocks: dict[str, provider.TensorTimeSeries],
     ) -> CachedRun:
         """Reads one watcher's layout tags and merges them by layer name
         (``watchers.merge_series``), with its non-finite origins (``events``:
-        their tag's listing, or empty).
+        their tag's listing, or empty) and its overview records (``blocks``:
+        their tags' listing, or empty).
 
         TensorBoard keeps only the first plugin metadata of a tag. Records of
         another size in a tag cannot be matched to layers: files written before
@@ -240,7 +264,55 @@ class RunLoader:
         stop = self._stopped_early(run, set(layouts), served)
         if stop is not None:
             merged.left_out.append(stop)
-        return CachedRun(tag, merged)
+        found = self._read_overview(ctx, experiment, run, layouts, blocks, merged)
+        return CachedRun(tag, merged, overview=found)
+
+    def _read_overview(
+        self,
+        ctx,
+        experiment: str,
+        run: str,
+        layouts: dict[str, metadata.Layout],
+        blocks: dict[str, provider.TensorTimeSeries],
+        merged: reader.GradFlowRun,
+    ) -> overview_merge.Overview | None:
+        """The watcher's overview records (``blocks``: their tags' listing),
+        merged by layer name (``overview_merge``); a tag or record that cannot
+        be read is left out of ``merged``, with why. At most what fits one
+        data-server reply is read: records TensorBoard did not serve leave
+        their steps to the kept per-step records."""
+        by_tag = {overview.overview_tag(lo): lo for lo in layouts.values()}
+        usable = []
+        for tag in blocks:
+            try:
+                overview.parse_overview_metadata(blocks[tag].plugin_content)
+            except metadata.FormatError as e:
+                merged.left_out.append(reader.LeftOut(None, f"{tag}: {e}"))
+            else:
+                usable.append(tag)
+        if not usable:
+            return None
+        size = sum(4 * overview.record_size(by_tag[t]) + 64 for t in usable)
+        data = self.data_provider.read_tensors(
+            ctx,
+            experiment_id=experiment,
+            plugin_name=overview.OVERVIEW_PLUGIN_NAME,
+            run_tag_filter=provider.RunTagFilter(runs=[run], tags=usable),
+            downsample=max(min(self._overview_downsample, READ_BYTES // size), 1),
+        ).get(run, {})
+        parts = [
+            overview_merge.OverviewPart(
+                layout=by_tag[t],
+                last_steps=[d.step for d in data[t]],
+                walls=[d.wall_time for d in data[t]],
+                rows=[np.asarray(d.numpy) for d in data[t]],
+            )
+            for t in usable
+            if data.get(t)
+        ]
+        found, left_out = overview_merge.merge_overview(merged.layers, parts)
+        merged.left_out += left_out
+        return found
 
     def _read_origins(
         self,

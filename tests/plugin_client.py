@@ -7,7 +7,9 @@ from __future__ import annotations
 
 def make_plugin_client(logdir, sampling_hints=None, listing_ttl=0.0):
     """A werkzeug client of TensorBoard's WSGI app with the gradflow plugin over
-    ``logdir`` (the Python loader, loaded once), and its multiplexer."""
+    ``logdir`` (the Python loader, loaded once, keeping every per-step and
+    overview record: ``sampling_hints`` limit what the plugin reads), and its
+    multiplexer."""
     from tensorboard.backend import application
     from tensorboard.backend.event_processing import (
         data_provider,
@@ -16,10 +18,10 @@ def make_plugin_client(logdir, sampling_hints=None, listing_ttl=0.0):
     from tensorboard.plugins import base_plugin
     from werkzeug import test, wrappers
 
-    from tb_gradflow import metadata, plugin
+    from tb_gradflow import metadata, overview, plugin
 
     mux = plugin_event_multiplexer.EventMultiplexer(
-        tensor_size_guidance={metadata.PLUGIN_NAME: 0}
+        tensor_size_guidance={metadata.PLUGIN_NAME: 0, overview.OVERVIEW_PLUGIN_NAME: 0}
     )
     mux.AddRunsFromDirectory(str(logdir))
     mux.Reload()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tensorboard import errors
 
-from tb_gradflow import heatmap, metadata, reader
+from tb_gradflow import heatmap, metadata, overview, overview_merge, reader
 from tb_gradflow import stats as tb_stats
 
 INF = math.inf
@@ -230,3 +230,152 @@ def test_each_answer_names_its_matrices_in_the_order_of_its_body():
     assert lines["max"] is largest and lines["min"] is smallest
     with pytest.raises(ValueError, match="Invalid answer: 'pie'"):
         heatmap.matrices("pie", largest, smallest)
+
+
+def blocks_of(run, size, layout=None):
+    """The overview records of ``run``'s steps in blocks of ``size`` steps,
+    as a watcher writes them, merged (``overview_merge.merge_overview``)."""
+    layout = layout or metadata.Layout(layers=tuple(run.layers), types=tuple(run.types))
+    acc = overview.BlockAccumulator(layout)
+    steps, rows = [], []
+    stats = np.stack([run.values(s) for s in layout.stats], axis=1)  # (T, K, L)
+    for i, step in enumerate(run.steps.tolist()):
+        acc.add(step, stats[i], skipped=False)
+        if acc.steps == size or i == len(run.steps) - 1:
+            steps.append(acc.last_step)
+            rows.append(acc.take())
+    part = overview_merge.OverviewPart(layout, steps, [0.0] * len(steps), rows)
+    found, left_out = overview_merge.merge_overview(run.layers, [part])
+    assert left_out == []
+    return found
+
+
+def kept(run, indices):
+    """``run`` with only the steps at ``indices``, as TensorBoard's sample."""
+    layout = metadata.Layout(layers=tuple(run.layers), types=tuple(run.types))
+    stats = np.stack([run.values(s) for s in layout.stats], axis=1)  # (T, K, L)
+    rows = [np.concatenate([stats[i].reshape(-1), [0.0, NAN]]) for i in indices]
+    return reader.from_records("run", layout, run.steps[indices], rows)
+
+
+def test_overview_blocks_stand_for_the_logged_steps_that_were_not_kept():
+    rng = np.random.default_rng(1)
+    means = rng.lognormal(np.log(1e-3), 0.3, size=(95, 2))
+    means[41, 1] = 0.5  # a spike at a step not kept
+    means[77, 0] = 1e-9  # a dip at a step not kept
+    full = make_run(means)
+    sample = kept(full, [i for i in range(95) if i % 7 == 3] + [94])
+    header, largest, smallest = heatmap.bin_extremes(
+        sample, "gradflow", "abs_mean", 1000, blocks_of(full, 10)
+    )
+    # ten blocks of 10 steps each (the last of 5), each a column
+    assert header["first_steps"] == list(range(0, 950, 100))
+    assert header["last_steps"] == [*range(90, 900, 100), 940]
+    assert (header["from"], header["logged_steps"]) == ("overview", 95)
+    assert header["downsampled"] is True
+    values = full.values("abs_mean")
+    for c in range(10):
+        np.testing.assert_array_equal(
+            largest[:, c], values[10 * c : 10 * c + 10].max(0)
+        )
+        np.testing.assert_array_equal(
+            smallest[:, c], values[10 * c : 10 * c + 10].min(0)
+        )
+    assert largest[1, 4] == np.float32(0.5) and smallest[0, 7] == np.float32(1e-9)
+    totals = heatmap.total_norms(full)
+    np.testing.assert_allclose(
+        header["total_norm"],
+        [totals[10 * c : 10 * c + 10].max() for c in range(10)],
+        rtol=1e-6,
+    )
+    # three columns of ~32 logged steps, never splitting a block
+    header, largest, _ = heatmap.bin_extremes(
+        sample, "gradflow", "abs_mean", 3, blocks_of(full, 10)
+    )
+    assert header["first_steps"] == [0, 300, 600]
+    assert header["last_steps"] == [290, 590, 940]
+    assert largest[1, 1] == np.float32(0.5)
+
+
+def test_a_block_whose_every_step_was_kept_is_binned_step_by_step():
+    means = np.full((40, 2), 1e-3)
+    full = make_run(means)
+    sample = kept(full, [*range(0, 20), 25, 39])  # blocks 0 and 1 kept in full
+    header, _, _ = heatmap.bin_extremes(
+        sample, "gradflow", "abs_mean", 1000, blocks_of(full, 10)
+    )
+    assert header["first_steps"] == [*range(0, 200, 10), 200, 300]
+    assert header["last_steps"] == [*range(0, 200, 10), 290, 390]
+    assert header["logged_steps"] == 40
+    every = kept(full, list(range(40)))  # nothing missing: no block used
+    with_blocks = heatmap.bin_extremes(
+        every, "gradflow", "abs_mean", 7, blocks_of(full, 10)
+    )
+    without = heatmap.bin_extremes(every, "gradflow", "abs_mean", 7)
+    assert with_blocks[0] == without[0] and "from" not in without[0]
+    np.testing.assert_array_equal(with_blocks[1], without[1])
+
+
+def test_blocks_keep_the_marks_of_nonfinite_no_gradient_and_absent_layers():
+    means = np.full((30, 3), 1e-3)
+    means[:10, 1] = NAN  # b: no gradient in block 0
+    means[15, 2] = INF  # c: non-finite in block 1
+    full = make_run(means, layers=("a", "b", "c"))
+    one = metadata.Layout(layers=("a", "b", "c"), types=("Linear",) * 3)
+    found = blocks_of(full, 10, one)
+    sample = kept(full, [29])
+    _, largest, smallest = heatmap.bin_extremes(
+        sample, "gradflow", "abs_mean", 1000, found
+    )
+    assert np.isnan(largest[1, 0]) and np.isnan(smallest[1, 0])
+    assert largest[2, 1] == INF and smallest[2, 1] == np.float32(1e-3)
+    # a layer set without b: b is absent from its blocks
+    other = metadata.Layout(layers=("a", "c"))
+    acc = overview.BlockAccumulator(other)
+    for step in range(300, 310):
+        acc.add(step, np.stack([[1e-3, 1e-3]] * 5) * [[1], [1], [1], [0], [1]], False)
+    part = overview_merge.OverviewPart(other, [309], [1.0], [acc.take()])
+    merged, _ = overview_merge.merge_overview(["a", "b", "c"], [part])
+    assert merged.absent.tolist() == [[False, True, False]]
+    largest, _, grad = merged.extremes("abs_mean")
+    assert np.isnan(largest[0, 1]) and grad.tolist() == [[True, False, True]]
+
+
+def test_a_block_overlapped_by_a_later_one_is_not_used():
+    layout = metadata.Layout(layers=("a",))
+
+    def record(first, last, value):
+        acc = overview.BlockAccumulator(layout)
+        for step in range(first, last + 1):
+            stats = tb_stats.record(
+                {
+                    "abs_mean": value,
+                    "abs_max": value,
+                    "norm": value,
+                    "nonfinite": 0.0,
+                    "rows": 1.0,
+                },
+                1,
+            )
+            acc.add(step, stats, False)
+        return acc.take()
+
+    # one layer set, served in the order written: 0-9, 10-19, then resumed
+    # at 15: 15-24, 25-34
+    spans = [(0, 9, 1.0), (10, 19, 2.0), (15, 24, 3.0), (25, 34, 4.0)]
+    part = overview_merge.OverviewPart(
+        layout,
+        [z for _, z, _ in spans],
+        [float(i) for i in range(4)],
+        [record(*s) for s in spans],
+    )
+    found, _ = overview_merge.merge_overview(["a"], [part])
+    assert found.first_steps.tolist() == [0, 15, 25]
+    assert found.extremes("abs_mean")[0][:, 0].tolist() == [1.0, 3.0, 4.0]
+    # two layer sets: the one that starts later wins, whatever the order served
+    later = overview_merge.OverviewPart(layout, [14], [0.0], [record(5, 14, 9.0)])
+    first = overview_merge.OverviewPart(
+        layout, [9, 19], [5.0, 6.0], [record(0, 9, 1.0), record(10, 19, 2.0)]
+    )
+    found, _ = overview_merge.merge_overview(["a"], [later, first])
+    assert found.first_steps.tolist() == [5]

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
-from tb_gradflow import metadata, overview
+from tb_gradflow import heatmap, metadata, overview
 from tb_gradflow.metadata import FormatError
 
 
@@ -65,12 +65,19 @@ def test_blocks_of_a_watched_run_hold_the_extremes_of_their_steps(tmp_path):
             values = run.values(stat)[mine]  # (steps, L)
             np.testing.assert_array_equal(blocks.maxima[b, k], values.max(axis=0))
             np.testing.assert_array_equal(blocks.minima[b, k], values.min(axis=0))
+        # the largest total norm, as the plugin computes it at each kept step
+        total = heatmap.total_norms(run)[mine].max()
+        assert blocks.totals[b] == pytest.approx(total, rel=1e-6)
+    assert overview.record_problems(layout, [np.zeros(3)]) == [
+        "Invalid gradflow overview record: has 3 values, not 24"  # 2 x 5 x 2 + 4
+    ]
 
 
 def test_a_block_marks_nonfinite_values_and_ignores_steps_without_gradient():
     """Statistics ``(K=2, L=3)``: layer 0 healthy, layer 1 without a gradient
     at every step, layer 2 without one at some and NaN/Inf at one."""
-    acc = overview.BlockAccumulator((2, 3))
+    layout = metadata.Layout(layers=("a", "b", "c"), stats=("norm", "nonfinite"))
+    acc = overview.BlockAccumulator(layout)
     nan = np.nan
     rows = [
         [[1.0, nan, nan], [0.0, nan, nan]],
@@ -82,15 +89,64 @@ def test_a_block_marks_nonfinite_values_and_ignores_steps_without_gradient():
         acc.add(step, np.array(stats), skipped=step == 12)
     assert (acc.steps, acc.last_step) == (4, 13)
     record = acc.take()
-    layout = metadata.Layout(layers=("a", "b", "c"), stats=("norm", "nonfinite"))
     blocks = overview.decode(layout, [13], [record])
     np.testing.assert_array_equal(
         blocks.maxima[0], [[3.0, nan, np.inf], [0.0, nan, 4.0]]
     )
     np.testing.assert_array_equal(blocks.minima[0], [[0.5, nan, 5.0], [0.0, nan, 0.0]])
     assert (blocks.first_steps[0], blocks.steps[0]) == (10, 4)
-    assert record[-1] == 1  # one skipped step
+    assert record[-2] == 1  # one skipped step
+    assert blocks.totals[0] == np.inf  # the step where layer 2's norm was Inf
     assert acc.steps == 0  # a new block begins
+    for step, stats in zip(range(20, 22), [rows[0], rows[1]]):
+        acc.add(step, np.array(stats), skipped=False)
+    # the larger of sqrt(1) and sqrt(3² + 5²); a layer without gradient adds 0
+    assert overview.decode(layout, [21], [acc.take()]).totals[0] == np.float32(
+        np.hypot(3.0, 5.0)
+    )
+    assert overview.record_problems(layout, [record]) == [None]
+
+
+def test_a_layout_without_norm_has_no_total():
+    layout = metadata.Layout(layers=("a",), stats=("abs_mean", "nonfinite"))
+    acc = overview.BlockAccumulator(layout)
+    acc.add(0, np.array([[1.0], [0.0]]), skipped=False)
+    assert np.isnan(overview.decode(layout, [0], [acc.take()]).totals[0])
+
+
+def _record(layout, stats_at, steps):
+    acc = overview.BlockAccumulator(layout)
+    for step in steps:
+        acc.add(step, np.asarray(stats_at(step), dtype=float), skipped=False)
+    return acc.take()
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "reason"),
+    [
+        (-4, -1.0, "its step range, steps or skipped steps are impossible"),
+        (-4, 2.5, "its step range, steps or skipped steps are impossible"),
+        (-3, 0.0, "its step range, steps or skipped steps are impossible"),
+        (-3, 50.0, "its step range, steps or skipped steps are impossible"),
+        (-2, 11.0, "its step range, steps or skipped steps are impossible"),
+        (-1, -2.0, "its total norm is negative"),
+        (0, -1.0, "abs_mean is negative (layer 'a')"),  # largest abs_mean
+        (0, 0.9, "abs_mean is above abs_max (layer 'a')"),
+        (4, 0.7, "a smallest value is above the largest"),  # smallest abs_max
+    ],
+)
+def test_an_overview_record_that_cannot_be_real_says_why(where, value, reason):
+    layout = metadata.Layout(layers=("a",), stats=("abs_mean", "abs_max", "nonfinite"))
+    record = _record(layout, lambda s: [[0.1 * (s % 3 + 1)], [0.5], [0.0]], range(10))
+    assert overview.record_problems(layout, [record]) == [None]
+    record[where] = value
+    assert overview.record_problems(layout, [record, record[:-1]]) == [
+        f"Invalid gradflow overview record: {reason}",
+        f"Invalid gradflow overview record: has {record.size - 1} values, "
+        f"not {record.size}",
+    ]
+    bad = np.array([b"x"] * record.size, dtype=object)
+    assert "not numbers" in overview.record_problems(layout, [bad])[0]
 
 
 def test_overview_metadata_is_versioned_and_checked():
