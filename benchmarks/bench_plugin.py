@@ -207,28 +207,25 @@ def bench_overview(kinds, layers: int, steps: int, repeats: int, cold: int) -> N
             f"{time.perf_counter() - start:.1f} s; spike at step {at}, layer {layer}"
         )
         for kind in kinds:
-            own_before = _rss_mb(os.getpid())
             backend = kind(logdir)
             print(f"\n{backend.name}:")
             try:
                 _bench_overview(backend, steps, (at, layer, spike), repeats, cold)
-                server = _server_pid()
-                own = _rss_mb(os.getpid())
-                print(
-                    f"  RSS: this process {own_before:.0f} MB before loading, "
-                    f"{own:.0f} MB after the answers"
-                    + (f"; data server {_rss_mb(server):.0f} MB" if server else "")
-                )
             finally:
                 backend.close()
 
 
 def _bench_overview(backend, steps: int, spike, repeats: int, cold: int) -> None:
     at, layer, value = spike
+    own = os.getpid()
     if isinstance(backend, Python):
         start = time.perf_counter()
+        before = _rss_mb(own)
         backend.reload()
-        print(f"  ingestion (Reload): {time.perf_counter() - start:.1f} s")
+        print(
+            f"  ingestion (Reload): {time.perf_counter() - start:.1f} s; this "
+            f"process's RSS {before:.0f} MB before, {_rss_mb(own):.0f} MB after"
+        )
     else:
         server = _server_pid()
         before = _rss_mb(server) if server else math.nan
@@ -247,6 +244,7 @@ def _bench_overview(backend, steps: int, spike, repeats: int, cold: int) -> None
         f"| warm ms (median of {repeats}) | columns | from | spike found |"
     )
     print("  |---|---:|---:|---:|---|---|")
+    before = _rss_mb(own)
     for name, params in routes.items():
         colds, client, response = [], None, None
         for _ in range(cold):
@@ -273,7 +271,12 @@ def _bench_overview(backend, steps: int, spike, repeats: int, cold: int) -> None
     steps_answer = client.get(base + "steps", query_string={"run": RUN}).json
     print(
         f"  steps kept: {len(steps_answer['steps'])} of "
-        f"{steps_answer['expected_steps']} logged"
+        f"{steps_answer['expected_steps']} logged (estimated from the kept ones)"
+    )
+    print(
+        f"  this process's RSS: {before:.0f} MB before the first answer, "
+        f"{_rss_mb(own):.0f} MB after them ({2 * cold} fresh plugins, each "
+        "holding the run it read until the next)"
     )
 
 
