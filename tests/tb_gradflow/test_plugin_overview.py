@@ -334,9 +334,12 @@ def test_steps_not_in_any_overview_record_yet_are_binned_from_kept_steps(tmp_pat
     assert after["last_steps"][-1] == 3_049 and after["logged_steps"] == 3_050
     spike = float(values[spike_at, ABS_MEAN, 2])
     assert after["max"][2][column_of(after, spike_at)] == spike
-    # the runs answer still knows the run it read (its per-step records' version)
+    # runs and triage still know the run read (its per-step records' version)
     (listed,) = get_json(client, "runs")["runs"]
     assert listed["steps"] == len(kept)
+    get_json(client, "alerts", run="live")
+    (judged,) = get_json(client, "triage")["runs"]
+    assert (judged["basis"], judged["steps"]) == ("all", len(kept))
 
 
 def test_a_run_resumed_with_another_layer_set_merges_its_blocks_by_layer_name(
