@@ -9,7 +9,9 @@ then their first wall time, then their columns; within one layer set, records
 in the order TensorBoard read them. A block that overlaps a block later in
 that order is not used: its steps were logged again (a session resumed from
 a checkpoint), and the later record wins, as a step logged twice keeps its
-later record. Layers are the merged run's; a layer not in a block's layer set
+later record; nor is a block that ends after the last step of its layer
+set's per-step records as TensorBoard served them (:class:`OverviewPart`'s
+``until``). Layers are the merged run's; a layer not in a block's layer set
 is absent from that block. A record that cannot be real is left out, with
 why (:func:`tb_gradflow.overview.record_problems`).
 
@@ -42,12 +44,20 @@ class OverviewPart:
         last_steps: each record's step (its block's last step).
         walls: each record's wall time.
         rows: each record's values, ``(2 K L + 4,)``.
+        until: the last step of the layer set's per-step records as
+            TensorBoard served them (None: not known). A block that ends
+            after it is not used: a watcher writes a block's record after
+            the per-step record of its last step, so its steps are gone
+            (TensorBoard's Rust data server drops a tag's records from the
+            step where a resumed session logs again, and the blocks of the
+            abandoned steps until the resumed session's first block).
     """
 
     layout: metadata.Layout
     last_steps: list[int]
     walls: list[float]
     rows: list[np.ndarray]
+    until: int | None = None
 
 
 class Overview:
@@ -159,7 +169,11 @@ def merge_overview(
         for step, reason in zip(part.last_steps, reasons):
             if reason is not None:
                 left_out.append(LeftOut(int(step), reason))
-        good = [i for i, r in enumerate(reasons) if r is None]
+        good = [
+            i
+            for i, r in enumerate(reasons)
+            if r is None and (part.until is None or part.last_steps[i] <= part.until)
+        ]
         if good:
             sound.append((dataclasses.replace(part, rows=rows), good))
     if not sound:

@@ -264,7 +264,14 @@ class RunLoader:
         stop = self._stopped_early(run, set(layouts), served)
         if stop is not None:
             merged.left_out.append(stop)
-        found = self._read_overview(ctx, experiment, run, layouts, blocks, merged)
+        until = {  # the last step served of each layer set's per-step records
+            overview.overview_tag(lo): max(d.step for d in series[t])
+            for t, lo in layouts.items()
+            if series.get(t)
+        }
+        found = self._read_overview(
+            ctx, experiment, run, layouts, blocks, until, merged
+        )
         return CachedRun(tag, merged, overview=found)
 
     def _read_overview(
@@ -274,13 +281,15 @@ class RunLoader:
         run: str,
         layouts: dict[str, metadata.Layout],
         blocks: dict[str, provider.TensorTimeSeries],
+        until: dict[str, int],
         merged: reader.GradFlowRun,
     ) -> overview_merge.Overview | None:
         """The watcher's overview records (``blocks``: their tags' listing),
-        merged by layer name (``overview_merge``); a tag or record that cannot
-        be read is left out of ``merged``, with why. At most what fits one
-        data-server reply is read: records TensorBoard did not serve leave
-        their steps to the kept per-step records."""
+        merged by layer name (``overview_merge``), each layer set's up to the
+        last step of its per-step records (``until``, by overview tag); a tag
+        or record that cannot be read is left out of ``merged``, with why. At
+        most what fits one data-server reply is read: records TensorBoard did
+        not serve leave their steps to the kept per-step records."""
         by_tag = {overview.overview_tag(lo): lo for lo in layouts.values()}
         usable = []
         for tag in blocks:
@@ -306,6 +315,7 @@ class RunLoader:
                 last_steps=[d.step for d in data[t]],
                 walls=[d.wall_time for d in data[t]],
                 rows=[np.asarray(d.numpy) for d in data[t]],
+                until=until.get(t, -1),
             )
             for t in usable
             if data.get(t)

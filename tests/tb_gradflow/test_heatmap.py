@@ -379,3 +379,18 @@ def test_a_block_overlapped_by_a_later_one_is_not_used():
     )
     found, _ = overview_merge.merge_overview(["a"], [later, first])
     assert found.first_steps.tolist() == [5]
+
+
+def test_a_block_ending_after_its_layer_sets_last_served_step_is_not_used():
+    layout = metadata.Layout(layers=("a",))
+    acc = overview.BlockAccumulator(layout)
+    rows = []
+    for first in (0, 10):
+        for step in range(first, first + 10):
+            acc.add(step, np.array([[1.0], [1.0], [1.0], [0.0], [1.0]]), False)
+        rows.append(acc.take())
+    part = overview_merge.OverviewPart(layout, [9, 19], [0.0, 1.0], rows, until=15)
+    found, left_out = overview_merge.merge_overview(["a"], [part])
+    assert found.first_steps.tolist() == [0] and left_out == []
+    part.until = 8
+    assert overview_merge.merge_overview(["a"], [part]) == (None, [])

@@ -510,3 +510,47 @@ def test_a_real_tensorboard_serves_the_overview_of_a_sampled_run(
         assert int(np.argmax(matrix[layer])) == column
     finally:
         tb.close()
+
+
+@pytest.mark.parametrize("load_fast", ["true", "false"])
+def test_a_session_resumed_before_its_first_block_ends_the_overview_where_its_steps_do(
+    tmp_path, tensorboard_process, load_fast
+):
+    """Session 1 logs steps 0-3999; session 2, the same layer set, resumes at
+    3000 and has logged 3000-3050, no block yet. The Rust data server drops
+    session 1's per-step records from 3000 on (a tag's records from the step
+    logged again), so the overview ends at 3050 too, without session 1's
+    blocks of the steps dropped; the Python loader keeps them all, and the
+    overview ends at the last kept step, as the steps do."""
+    rng = np.random.default_rng(12)
+    layout = layout_of(3)
+    one, _ = gradients(rng, 4_000, layers=3)
+    two, _ = gradients(rng, 51, layers=3)
+    write_watched(tmp_path / "logs", "resumed", layout, one, wall=1e9)
+    write_watched(
+        tmp_path / "logs", "resumed", layout, two, start=3_000, finish=False, wall=2e9
+    )
+    tb = tensorboard_process(
+        tmp_path / "logs",
+        f"--load_fast={load_fast}",
+        "--samples_per_plugin=gradflow=300",
+    )
+    try:
+        deadline = time.monotonic() + _LOAD_TIMEOUT
+        while True:  # until session 2's records are in
+            steps = tb.get("/data/plugin/gradflow/steps?run=resumed")
+            if steps[0] == 200 and 3_050 in json.loads(steps[2])["steps"]:
+                break
+            assert time.monotonic() < deadline, steps
+            time.sleep(0.5)
+        last = json.loads(steps[2])["last_step"]
+        if load_fast == "true":
+            assert last == 3_050
+        else:  # session 1's records past 3050 are there, a sample of them kept
+            assert last > 3_050
+        lines = tb.get_json(
+            "/data/plugin/gradflow/lines?run=resumed&stat=abs_mean&max_steps=100"
+        )
+        assert lines["from"] == "overview" and lines["last_steps"][-1] == last
+    finally:
+        tb.close()
