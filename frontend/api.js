@@ -1,4 +1,4 @@
-// The plugin's HTTP routes (tb_gradflow/http_api.md) as seen from the tab:
+// The plugin's HTTP routes (docs/format.md, HTTP API) as seen from the tab:
 // relative URLs built with URLSearchParams (so `--path_prefix` and
 // `/experiment/<id>/` keep working), JSON and binary answers, a per-URL cache,
 // and errors as one line of text for the tab's status line. No DOM here.

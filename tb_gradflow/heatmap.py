@@ -2,7 +2,7 @@
 statistic binned to at most N step columns (the heatmap: each bin's largest
 value; the lines: its largest and smallest), the model's total gradient norm
 binned the same way (the tab's strip above the heatmap), and their JSON and
-binary encodings (the rules and the formats: ``http_api.md``). Where
+binary encodings (the rules and the formats: ``docs/format.md``, HTTP API). Where
 TensorBoard did not keep every logged step, the watcher's overview blocks
 (:mod:`tb_gradflow.overview_merge`) stand for the steps of their ranges.
 

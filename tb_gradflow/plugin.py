@@ -1,6 +1,6 @@
 """The Gradient Flow tab: TensorBoard plugin backend.
 
-Routes (``/data/plugin/gradflow/...``, documented in ``http_api.md``): ``runs``,
+Routes (``/data/plugin/gradflow/...``, documented in ``docs/format.md``): ``runs``,
 ``flow``, ``steps``, ``heatmap`` and ``lines`` (JSON or float32 binary),
 ``alerts``, ``triage``
 (``triage.py``) and the tab's static files (``static.py``). Each ``*_route``

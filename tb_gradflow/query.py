@@ -3,7 +3,7 @@
 Every function takes a request's ``args`` (a mapping of str to str) and raises
 ``tensorboard.errors.InvalidArgumentError`` (answered ``400`` with the message)
 for a missing or malformed parameter, naming it. An empty value (``tag=``)
-counts as absent. Rules and bounds: ``http_api.md``.
+counts as absent. Rules and bounds: ``docs/format.md`` (HTTP API).
 """
 
 from __future__ import annotations

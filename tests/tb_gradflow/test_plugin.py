@@ -2,7 +2,7 @@
 
 Event files are written with tb_gradflow.summary, loaded through TensorBoard's
 multiplexer data provider, and served by ``TensorBoardWSGI``; the tests assert
-status, Content-Type and the exact JSON of http_api.md.
+status, Content-Type and the exact JSON of docs/format.md's HTTP API.
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def test_runs_lists_readable_runs_and_watchers_without_reading_them(
 
 
 BUILT_IN = ["abs_mean", "abs_max", "norm", "nonfinite", "rows"]
-UNITS_AND_BAD = {  # as http_api.md gives them
+UNITS_AND_BAD = {  # as docs/format.md gives them
     "abs_mean": ("value", "low"),
     "abs_max": ("value", "high"),
     "norm": ("value", "high"),
