@@ -59,6 +59,7 @@
  * @typedef {{run: string, tag: string, stat: string, layers: string[],
  *   types: string[], steps: number[], first_steps: number[], last_steps: number[],
  *   downsampled: boolean, logged: boolean, total_norm: (number[]|null),
+ *   overview?: boolean, logged_steps?: (number|null),
  *   values: Float32Array}} Heatmap
  * `values[row * steps.length + col]` is layer `row` in column `col`: NaN
  * where it had no gradient, +Infinity where a value was non-finite, -Infinity
@@ -75,6 +76,7 @@
  * @typedef {{run: string, tag: string, stat: string, layers: string[],
  *   types: string[], steps: number[], first_steps: number[], last_steps: number[],
  *   downsampled: boolean, logged: boolean, total_norm: (number[]|null),
+ *   overview?: boolean, logged_steps?: (number|null),
  *   max: Float32Array, min: Float32Array}} Lines
  */
 
@@ -286,6 +288,9 @@ function decodeBinned(buffer, names) {
     downsampled: Boolean(head.downsampled),
     logged: head.logged !== false,
     total_norm: Array.isArray(head.total_norm) && head.total_norm.length === steps.length ? toNumbers(head.total_norm) : null,
+    // drawn from the watcher's overview records: every logged step, not the kept ones
+    overview: head.from === "overview",
+    logged_steps: Number.isFinite(head.logged_steps) ? head.logged_steps : null,
   };
   names.forEach((name, k) => {
     const values = new Float32Array(count);

@@ -107,15 +107,22 @@ function shownKept(state) {
 
 /**
  * The line saying how many logged steps TensorBoard kept of each shown run
- * (from its `steps` answer); `warn` when it kept fewer than were logged or
- * records were left out.
+ * (from its `steps` answer), and that its heatmap and lines cover every
+ * logged step when they were drawn from the watcher's overview records;
+ * `warn` when it kept fewer than were logged or records were left out.
  * @param {State} state
  * @returns {{text: string, warn: boolean}}
  */
 export function keptLine(state) {
   const kept = shownKept(state);
+  const text = ({ run, info, series }) => {
+    const heat = state.heats[series];
+    const all = heat && runKey(heat) === runKey(run) && heat.overview && heat.logged_steps;
+    const every = all ? ` (the heatmap and lines: every one of the ${heat.logged_steps.toLocaleString("en-US")})` : "";
+    return `${run.run}: ${keptStepsText(info)}${every}`;
+  };
   return {
-    text: kept.map(({ run, info }) => `${run.run}: ${keptStepsText(info)}`).join(" \u00b7 "),
+    text: kept.map(text).join(" \u00b7 "),
     warn: kept.some(({ info }) => keptStepsWarn(info)),
   };
 }

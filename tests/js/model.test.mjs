@@ -47,6 +47,15 @@ test("reviveFlow fills missing no_grad and sparse lists with false", () => {
   assert.deepEqual(f.sparse, [false, false, false]);
 });
 
+test("a heatmap or lines answer drawn from the overview records says so, with the logged steps", () => {
+  const plain = decodeHeatmap(encodeHeatmap(HEAD, [1, 2, 3, 4, 5, 6]));
+  assert.equal(plain.overview, false);
+  assert.equal(plain.logged_steps, null);
+  const every = decodeLines(encodeHeatmap({ ...HEAD, from: "overview", logged_steps: 300000 }, [1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5]));
+  assert.equal(every.overview, true);
+  assert.equal(every.logged_steps, 300000);
+});
+
 test("decodeHeatmap reads the header, skips the padding and reads float32 LE values", () => {
   for (const extra of ["", "x", "xy", "xyz"]) { // every padding length
     const head = { ...HEAD, run: "healthy" + extra };

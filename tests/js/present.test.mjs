@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { reviveFlow, runKey } from "../../frontend/model.js";
+import { notLoggedHeatmap, reviveFlow, runKey } from "../../frontend/model.js";
 import { PALETTES } from "../../frontend/palette.js";
 import {
   EMPTY_HINT, EMPTY_MESSAGE, PNG_HEADING, alertGroups, barLabel, emptyMessage, keptLine, leftOutGroups, legendItems,
@@ -51,6 +51,15 @@ test("the kept-steps line comes from the shown runs' steps answers and warns whe
   assert.deepEqual(keptLine(state(listed)), { text: "", warn: false });
   const other = state(listed, loaded([KEPT.big, null]));
   assert.deepEqual(keptLine(other), { text: "", warn: false });
+});
+
+test("the kept-steps line says when the heatmap and lines cover every logged step", () => {
+  const big = state(listed, { type: "selectRun", key: runKey(RUNS[1]) }, { ...steps(3), kept: [KEPT.big, null] });
+  const heat = { ...notLoggedHeatmap(RUNS[1], "abs_mean"), logged: true, overview: true, logged_steps: 10000 };
+  const line = keptLine({ ...big, heats: [heat] });
+  assert.match(line.text, /^big: TensorBoard kept 100 of 10,000 .*\(the heatmap and lines: every one of the 10,000\)$/);
+  assert.equal(line.warn, true); // the bar plot and the slider still show the kept steps
+  assert.doesNotMatch(keptLine({ ...big, heats: [{ ...heat, overview: false }] }).text, /every one/);
 });
 
 test("records left out are summed up per shown run, with their reasons and the loader's note as it is", () => {
