@@ -22,6 +22,7 @@ Import-light: numpy, werkzeug and TensorBoard only, never torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +45,7 @@ from tb_gradflow import (
     watchers,
 )
 from tb_gradflow.diagnosis import Thresholds
+from tb_gradflow.layer_groups import group_layers
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN
 from tb_gradflow.problem_log import ProblemLog
 from tb_gradflow.run_cache import CachedRun
@@ -118,7 +120,8 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         ctx, experiment = query.context(request)
         run, tag = query.run_tag(request.args)
         step = query.int_arg(request.args, "step")
-        return _json(request, self.flow_impl(ctx, experiment, run, tag, step))
+        group = query.group(request.args)
+        return _json(request, self.flow_impl(ctx, experiment, run, tag, step, group))
 
     @wrappers.Request.application
     def _steps_route(self, request: wrappers.Request) -> wrappers.Response:
@@ -210,14 +213,24 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         return {"runs": out, "stats": {n: _described(known.get(n)) for n in named}}
 
     def flow_impl(
-        self, ctx, experiment: str, run: str, tag: str | None, step: int | None
+        self,
+        ctx,
+        experiment: str,
+        run: str,
+        tag: str | None,
+        step: int | None,
+        group: str = "layer",
     ) -> dict[str, Any]:
-        """The ``flow`` answer: one logged step (nearest to ``step``; None: last)."""
+        """The ``flow`` answer: one logged step (nearest to ``step``; None:
+        last), per layer or, with ``group`` ``"block"`` or ``"role"``, per
+        group of layers (``members``: each group's layers; the alerts still
+        name layers)."""
         entry = self._runs.load(ctx, experiment, run, tag)
-        data = entry.run
+        data, members = (entry.run, None) if group == "layer" else entry.grouped(group)
         i = data.index_of(step)
         at = int(data.steps[i])
         findings = entry.findings(Thresholds())
+        grouping = {} if members is None else {"group": group, "members": members}
         return {
             "run": run,
             "tag": entry.tag,
@@ -236,6 +249,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "alerts": [f.to_dict() for f in findings if f.holds_at(at)],
             "left_out": _left_out(data),
             "not_logged": list(data.not_logged),
+            **grouping,
         }
 
     def steps_impl(
@@ -361,6 +375,7 @@ def _listed(
         "steps": None,
         "first_step": None,
         "expected_steps": None,
+        "groups": _group_counts(tuple(layers)),
         **_listed_stats(parts, always),
     }
     if (
@@ -371,6 +386,13 @@ def _listed(
     ):
         entry.update(steps=len(found[1].run.steps), **_kept(found[1].run))
     return entry
+
+
+@functools.lru_cache(maxsize=256)
+def _group_counts(layers: tuple[str, ...]) -> dict[str, int]:
+    """How many groups a watcher's layers make per block and per role (the
+    ``runs`` answer's ``groups``; computed once per layer set)."""
+    return {by: len(group_layers(layers, by).names) for by in ("block", "role")}
 
 
 def _listed_stats(

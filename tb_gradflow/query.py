@@ -17,11 +17,13 @@ from werkzeug import wrappers
 
 from tb_gradflow import heatmap
 from tb_gradflow.diagnosis import Thresholds
+from tb_gradflow.layer_groups import BY
 
 __all__ = [
     "arg",
     "binned",
     "context",
+    "group",
     "int_arg",
     "run_tag",
     "thresholds",
@@ -87,6 +89,16 @@ def _bounds(lo: int | None, hi: int | None) -> str:
     if hi is not None:
         return f" <= {hi}"
     return ""
+
+
+def group(args) -> str:
+    """``group``: ``layer`` (the default), ``block`` or ``role``."""
+    value = arg(args, "group") or "layer"
+    if value not in BY:
+        raise errors.InvalidArgumentError(
+            f"Invalid group: {value!r} (one of {', '.join(BY)})"
+        )
+    return value
 
 
 def binned(args) -> tuple[str, int, str]:

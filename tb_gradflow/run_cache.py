@@ -23,6 +23,7 @@ import numpy as np
 
 from tb_gradflow import heatmap
 from tb_gradflow.diagnosis import Finding, Thresholds, diagnose
+from tb_gradflow.layer_groups import group_layers
 from tb_gradflow.overview_merge import Overview
 from tb_gradflow.reader import GradFlowRun
 
@@ -60,6 +61,7 @@ class CachedRun:
         self._findings: collections.OrderedDict = collections.OrderedDict()
         self._bodies: collections.OrderedDict = collections.OrderedDict()
         self._binned: tuple[tuple, tuple[dict, np.ndarray, np.ndarray]] | None = None
+        self._grouped: dict[str, tuple[GradFlowRun, list[list[str]]]] = {}
 
     def findings(self, thresholds: Thresholds) -> list[Finding]:
         """The diagnosis of every kept step with ``thresholds``."""
@@ -90,6 +92,16 @@ class CachedRun:
                 )
                 self._binned = ((stat, columns), binned)
             return self._binned[1]
+
+    def grouped(self, by: str) -> tuple[GradFlowRun, list[list[str]]]:
+        """The run with its layers grouped ``by`` block or role
+        (:meth:`GradFlowRun.grouped`), and each group's layer names."""
+        with self._lock:
+            if by not in self._grouped:
+                groups = group_layers(self.run.layers, by)
+                members = [[self.run.layers[j] for j in m] for m in groups.members]
+                self._grouped[by] = (self.run.grouped(by), members)
+            return self._grouped[by]
 
     def body(self, key: tuple, make: Callable[[], Any]) -> Any:
         """``make()``, computed once per ``key`` (the last ``_CACHED_BODIES``

@@ -232,6 +232,7 @@ def test_runs_lists_readable_runs_and_watchers_without_reading_them(
                 "last_step": 50,
                 "every": 10,
                 "last_wall_time": 1005.0,  # write_run: 1000 + the record's index
+                "groups": {"block": 3, "role": 3},  # no numbered blocks
                 **not_read,
             },
             *(
@@ -243,6 +244,7 @@ def test_runs_lists_readable_runs_and_watchers_without_reading_them(
                     "last_step": 1,
                     "every": 1,
                     "last_wall_time": 1001.0,
+                    "groups": {"block": 1, "role": 1},
                     **not_read,
                 }
                 for name in ("dec", "enc")

@@ -86,6 +86,7 @@ def test_every_logged_step_is_served_without_flags(start, load_fast):
             "steps": None,  # not read yet: runs answers from TensorBoard's listing
             "first_step": None,
             "expected_steps": None,
+            "groups": {"block": len(LAYERS), "role": len(LAYERS)},  # no blocks
             # the statistics of the gradient every watcher logs, by name
             "stats": ["abs_mean", "abs_max", "norm", "nonfinite", "rows"],
             "not_logged": [],
