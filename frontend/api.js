@@ -3,7 +3,7 @@
 // `/experiment/<id>/` keep working), JSON and binary answers, a per-URL cache,
 // and errors as one line of text for the tab's status line. No DOM here.
 
-import { decodeHeatmap, decodeLines, reviveAlert, reviveFlow, reviveStats, reviveSteps, runKey, toNumber } from "./model.js";
+import { decodeHeatmap, decodeLines, reviveAlert, reviveFlow, reviveGroups, reviveStats, reviveSteps, runKey, toNumber } from "./model.js";
 
 /** An HTTP error with the server's one-line message. */
 export class HttpError extends Error {
@@ -121,6 +121,7 @@ export class Client {
       every: toNumber(r.every),
       last_wall_time: toNumber(r.last_wall_time),
       stats: reviveStats(r.stats, r.not_logged, json.stats),
+      groups: reviveGroups(r.groups),
     }));
   }
 
@@ -150,13 +151,15 @@ export class Client {
   }
 
   /**
-   * One step of a run (the nearest logged step to `step`; the latest if null).
+   * One step of a run (the nearest logged step to `step`; the latest if null),
+   * per layer, or per block or role (`group`; "layer" is left out of the URL).
    * @param {{run: string, tag: string}} r
    * @param {number|null} step
+   * @param {"layer"|"block"|"role"} [group]
    * @returns {Promise<Flow>}
    */
-  flow(r, step) {
-    const url = Client.url("flow", { run: r.run, tag: r.tag, step });
+  flow(r, step, group = "layer") {
+    const url = Client.url("flow", { run: r.run, tag: r.tag, step, group: group === "layer" ? null : group });
     return this._cached(url, runKey(r), async () => reviveFlow(await this._get(url, "json")));
   }
 

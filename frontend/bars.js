@@ -7,7 +7,7 @@
 import {
   ABSENT_TEXT, FONT, FONT_BOLD, LINE, STATUS_TEXT, drawMessage, drawReference, drawYGrid, referenceOf,
 } from "./canvas.js";
-import { layerLabel, matchLayers } from "./model.js";
+import { groupOfLayer, layerLabel, matchLayers } from "./model.js";
 import { formatValue, valueAxis } from "./scale.js";
 
 /** @typedef {import("./palette.js").Palette} Palette */
@@ -82,7 +82,8 @@ export function barData(flows, stat, opts) {
     const values = notLogged ? [] : flow.stats[stat];
     const back = stat === "abs_mean" && flow.stats.abs_max && !notLogged ? flow.stats.abs_max : null;
     const nonfinite = flow.stats.nonfinite || [];
-    const blocked = new Set(flow.alerts.filter((a) => a.kind === "blocked").map((a) => a.layer));
+    // alerts name layers: a grouped answer's bar is the group holding the layer
+    const blocked = new Set(flow.alerts.filter((a) => a.kind === "blocked").map((a) => groupOfLayer(flow, a.layer)));
     return {
       label: flow.run,
       values: idx.map((j) => (j < 0 ? NaN : values[j] ?? NaN)),
@@ -93,6 +94,7 @@ export function barData(flows, stat, opts) {
       })),
       blocked: idx.map((j) => j >= 0 && blocked.has(flow.layers[j])),
       absent: idx.map((j) => j >= 0 && flow.absent[j]),
+      sizes: flow.members ? idx.map((j) => (j >= 0 && flow.members[j] ? flow.members[j].length : 0)) : null,
       notLogged,
     };
   });
@@ -111,7 +113,8 @@ export function barData(flows, stat, opts) {
   const none = unlogged.length === flows.length;
   const note = none ? "" : { log: " (log scale)", linear: "", count: " (count)", fraction: " (fraction)" }[axis];
   const where = unlogged.length && flows.length > 1 && !none ? ` in ${unlogged.join(", ")}` : "";
-  title.push({ text: `  \u00b7  ${stat}${note}${unlogged.length ? ` (not logged${where})` : ""}`, series: -1 });
+  const per = first.group === "block" || first.group === "role" ? `  \u00b7  per ${first.group}` : "";
+  title.push({ text: `  \u00b7  ${stat}${note}${unlogged.length ? ` (not logged${where})` : ""}${per}`, series: -1 });
   const message = none ? `${stat} is not logged in ${unlogged.join(" or ")}` : "";
   const selected = opts.selectedLayer == null ? -1 : match.names.indexOf(opts.selectedLayer);
   const reference = axis === "log" || axis === "linear" ? referenceOf(stat) : null;
@@ -143,10 +146,11 @@ export function rotatedTextBox(w, h, angle) {
 /**
  * One series of bars: a run's statistic for every (matched) layer. `absent`:
  * the run has the layer, but not in the layer set of this step. `notLogged`:
- * the run's files lack the statistic.
+ * the run's files lack the statistic. `sizes`: in a grouped answer (per block
+ * or role), how many layers each bar's group holds in that run (0: none).
  * @typedef {{label: string, values: number[], back: (number[]|null),
  *   status: string[], blocked: boolean[], absent?: boolean[],
- *   notLogged?: boolean}} BarSeries
+ *   sizes?: (number[]|null), notLogged?: boolean}} BarSeries
  */
 
 /**
@@ -312,8 +316,25 @@ export function barIndexAt(layout, x, y) {
 }
 
 /**
- * The tooltip lines of one layer of the bar plot: its name and module type (as
- * drawn under the axis), then each run's value (or what is special about it).
+ * How many layers bar `i` of a grouped bar plot holds: "12 layers" (one
+ * run, or runs that agree), else each run's count; "" per layer.
+ * @param {BarSeries[]} series
+ * @param {number} i
+ * @returns {string}
+ */
+export function groupSizeText(series, i) {
+  const grouped = series.filter((s) => s.sizes);
+  if (!grouped.length) return "";
+  const plural = (n) => `${n} layer${n === 1 ? "" : "s"}`;
+  const counts = grouped.map((s) => s.sizes[i]);
+  if (counts.every((n) => n === counts[0])) return `group of ${plural(counts[0])}`;
+  return `group of ${grouped.map((s, k) => `${plural(counts[k])} in ${s.label}`).join(", ")}`;
+}
+
+/**
+ * The tooltip lines of one layer (or group) of the bar plot: its name and
+ * module type (as drawn under the axis), how many layers a group holds, then
+ * each run's value (or what is special about it).
  * @param {{layers: string[], labels: {text: string}[], series: BarSeries[]}} layout
  * @param {number} i layer index
  * @param {string} stat
@@ -321,6 +342,8 @@ export function barIndexAt(layout, x, y) {
  */
 export function barTooltip(layout, i, stat) {
   const lines = [layout.labels[i].text];
+  const held = groupSizeText(layout.series, i);
+  if (held) lines.push(held);
   for (const s of layout.series) {
     const status = s.status[i];
     let what = status === "ok" || status === "zero" ? formatValue(s.values[i]) : STATUS_TEXT[status];

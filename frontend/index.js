@@ -101,6 +101,7 @@ async function start(win, shell, client) {
   shell.run.addEventListener("change", () => dispatch({ type: "selectRun", key: shell.run.value }));
   shell.compare.addEventListener("change", () => dispatch({ type: "compareRun", key: shell.compare.value }));
   shell.stat.addEventListener("change", () => dispatch({ type: "setStat", stat: shell.stat.value }));
+  shell.group.addEventListener("change", () => dispatch({ type: "setGroup", group: /** @type {any} */ (shell.group.value) }));
   shell.log.addEventListener("change", () => dispatch({ type: "setLog", log: shell.log.checked }));
   shell.slider.addEventListener("input", () => dispatch({ type: "slide", index: Number(shell.slider.value) }));
   shell.play.addEventListener("click", () => dispatch({ type: "togglePlay" }));

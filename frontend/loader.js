@@ -8,7 +8,7 @@
 
 import { HttpError, errorText, reasonText } from "./api.js";
 import { notLoggedHeatmap, notLoggedLines, runKey } from "./model.js";
-import { currentStep, needsRanking, nextStep, shownRuns } from "./state.js";
+import { currentStep, flowGroup, needsRanking, nextStep, shownRuns } from "./state.js";
 
 /**
  * Whether a failed request says the run cannot be shown (404: unknown, or
@@ -143,7 +143,7 @@ export function createLoader(client, getState, dispatch) {
       }));
     },
 
-    /** The selected step of the shown runs. */
+    /** The selected step of the shown runs, per layer or grouped ({@link flowGroup}). */
     async flows() {
       const state = getState();
       const step = currentStep(state);
@@ -151,7 +151,7 @@ export function createLoader(client, getState, dispatch) {
       const t = guard.next("flow");
       dispatch({ type: "flowRequested" });
       try {
-        const flows = await Promise.all(shownRuns(state).map((r) => client.flow(r, step)));
+        const flows = await Promise.all(shownRuns(state).map((r) => client.flow(r, step, flowGroup(state))));
         if (guard.isCurrent("flow", t)) dispatch({ type: "flowsLoaded", flows });
       } catch (err) {
         if (guard.isCurrent("flow", t)) dispatch({ type: "flowFailed", message: errorText(err) });
@@ -162,7 +162,7 @@ export function createLoader(client, getState, dispatch) {
     async next() {
       const state = getState();
       const step = nextStep(state);
-      if (step !== undefined) client.flow(state.a, step).catch(() => {});
+      if (step !== undefined) client.flow(state.a, step, flowGroup(state)).catch(() => {});
     },
   };
 

@@ -7,9 +7,12 @@
  * One watcher of one run, as listed by the `runs` route (from TensorBoard's
  * listing alone: how many steps were kept is in {@link StepsInfo}). `stats`:
  * the statistics its files hold, then the ones the server knows that they lack.
+ * `groups`: how many groups the `flow` route's `group=block` and `group=role`
+ * give (the layer count where a mode groups nothing); null where the server
+ * does not say.
  * @typedef {{run: string, tag: string, name: (string|null), layers: number,
  *   last_step: number, every: number, last_wall_time: number,
- *   stats: StatInfo[]}} RunInfo
+ *   stats: StatInfo[], groups?: ({block: number, role: number}|null)}} RunInfo
  */
 
 /**
@@ -50,8 +53,12 @@
  * @typedef {{run: string, tag: string, step: number, layers: string[],
  *   types: string[], sparse: boolean[], stats: Object<string, number[]>,
  *   no_grad: boolean[], absent: boolean[], skipped: boolean, loss_scale: number,
- *   alerts: Alert[], left_out: LeftOut[], not_logged: string[]}} Flow
- *   (`absent`: the layer is not in the layer set of that step's session)
+ *   alerts: Alert[], left_out: LeftOut[], not_logged: string[],
+ *   group: ("layer"|"block"|"role"), members: (string[][]|null)}} Flow
+ *   (`absent`: the layer is not in the layer set of that step's session;
+ *   with `group` "block" or "role", `layers` are group names, the per-layer
+ *   lists are per group, `members[i]` the layer names of group `i`, and
+ *   `alerts` stay per layer: {@link groupOfLayer})
  */
 
 /**
@@ -155,7 +162,37 @@ export function reviveFlow(json) {
     alerts: (json.alerts || []).map(reviveAlert),
     left_out: reviveLeftOut(json.left_out),
     not_logged: Array.isArray(json.not_logged) ? json.not_logged.map(String) : [],
+    group: json.group === "block" || json.group === "role" ? json.group : "layer",
+    members: Array.isArray(json.members) ? json.members.map((m) => (Array.isArray(m) ? m.map(String) : [])) : null,
   };
+}
+
+/**
+ * The groups of a `runs` entry (`groups`: how many blocks and roles); null
+ * where it has none or they are malformed.
+ * @param {any} g
+ * @returns {{block: number, role: number}|null}
+ */
+export function reviveGroups(g) {
+  if (!g || typeof g !== "object") return null;
+  const block = Number(g.block);
+  const role = Number(g.role);
+  return Number.isInteger(block) && Number.isInteger(role) ? { block, role } : null;
+}
+
+/**
+ * The name of the bar a layer is drawn in: the group of a grouped `flow`
+ * answer whose `members` hold `layer`, the layer itself in an ungrouped one;
+ * null for null (a whole-model finding) or a layer no group holds.
+ * @param {Flow|null|undefined} flow
+ * @param {string|null} layer
+ * @returns {string|null}
+ */
+export function groupOfLayer(flow, layer) {
+  if (layer === null) return null;
+  if (!flow || !flow.members) return layer;
+  const i = flow.members.findIndex((m) => m.includes(layer));
+  return i < 0 ? null : flow.layers[i] ?? null;
 }
 
 /**

@@ -85,6 +85,9 @@ export function createPainter(win, shell, getState, dispatch) {
     views.setOptions(shell.compare, menus.compare, menus.compareValue);
     views.setOptions(shell.stat, present.statOptions(state), state.stat);
     shell.stat.title = present.statTitle(state);
+    const groups = present.groupMenu(state);
+    views.setOptions(shell.group, groups.options, groups.value);
+    shell.group.parentElement.hidden = groups.hidden;
     const log = present.logControl(state);
     shell.log.checked = log.checked;
     shell.log.disabled = log.disabled;
@@ -111,8 +114,9 @@ export function createPainter(win, shell, getState, dispatch) {
     views.renderAlerts(
       shell.alerts,
       present.alertGroups(state),
-      (alert) => dispatch({ type: "focus", layer: alert.layer, step: alert.first_step }),
-      { layer: state.layer, step: step ?? -1 },
+      // per block or role, an alert selects the group holding its layer
+      (alert) => dispatch({ type: "focus", layer: present.barOfLayer(getState(), alert.layer), step: alert.first_step }),
+      { layer: state.layer, step: step ?? -1, barOf: (layer) => present.barOfLayer(state, layer) },
     );
   }
 

@@ -4,9 +4,9 @@
 
 import { axisKind, barData } from "./bars.js";
 import { referenceOf } from "./canvas.js";
-import { keptStepsText, keptStepsWarn, leftOutText, runKey } from "./model.js";
+import { groupOfLayer, keptStepsText, keptStepsWarn, leftOutText, runKey } from "./model.js";
 import { PALETTES } from "./palette.js";
-import { PLAY_SPEEDS, currentStep, shownRuns, statList, statUnit } from "./state.js";
+import { PLAY_SPEEDS, currentStep, flowGroup, shownRuns, statList, statUnit } from "./state.js";
 import { safeFileName } from "./page.js";
 
 /** The empty view's title, shown once the logdir is read and holds no run. */
@@ -77,6 +77,41 @@ export function statOptions(state) {
     if (missing.length) title += `\nNot logged${where}: its files were written without it.`;
     return { value: s.name, label, title, disabled: none };
   });
+}
+
+/**
+ * The Layers menu: bars per layer, per block or per role, each grouping mode
+ * with how many bars it gives for the selected run; `hidden` where no mode
+ * groups anything (both counts equal the layer count, or the server lists no
+ * groups). `value`: what the bar plot shows ({@link flowGroup}).
+ * @param {State} state
+ * @returns {{options: Option[], value: string, hidden: boolean}}
+ */
+export function groupMenu(state) {
+  const r = state.a;
+  const g = r && r.groups;
+  const options = [{ value: "layer", label: r ? `per layer (${r.layers})` : "per layer" }];
+  if (!g || (g.block >= r.layers && g.role >= r.layers)) return { options, value: "layer", hidden: true };
+  for (const mode of /** @type {("block"|"role")[]} */ (["block", "role"])) {
+    const groups = mode === "block" ? "blocks" : "roles";
+    const title = mode === "block"
+      ? "One bar per block of layers (model.layers.17); a layer in no block keeps its own bar"
+      : "One bar per role: the same layer in every block (model.layers.*.self_attn.q_proj)";
+    options.push({ value: mode, label: `per ${mode} (${g[mode]})`, title: `${title}; ${g[mode]} ${groups}`, disabled: g[mode] >= r.layers });
+  }
+  return { options, value: flowGroup(state), hidden: false };
+}
+
+/**
+ * The bar a layer is drawn in on the bar plot now: its group in the shown
+ * grouped step (the selected run's), the layer itself per layer; null for a
+ * whole-model finding.
+ * @param {State} state
+ * @param {string|null} layer
+ * @returns {string|null}
+ */
+export function barOfLayer(state, layer) {
+  return groupOfLayer(state.flows[0], layer);
 }
 
 /**
@@ -329,7 +364,8 @@ export function emptyMessage(state) {
  */
 export function barLabel(state) {
   const shown = state.flows.map((f) => `${f.run} at step ${f.step}`).join(" and ");
-  return `Bar plot of ${state.stat} per layer for ${shown}`;
+  const per = state.flows[0] && state.flows[0].members ? state.flows[0].group : "layer";
+  return `Bar plot of ${state.stat} per ${per} for ${shown}`;
 }
 
 /**

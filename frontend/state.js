@@ -45,6 +45,8 @@ export const MIN_TICK_MS = 50;
  * selected run cannot be shown (its routes answered 404), null otherwise.
  * `lines`: the lines view's data of the shown runs; `hover`: the layer the
  * pointer is on in the lines view (highlighted there), null elsewhere.
+ * `group`: what a bar of the bar plot is, a layer or a block or role of
+ * layers (the Layers menu; {@link flowGroup} says which the runs can give).
  * @typedef {{runs: RunInfo[], sigs: Map<string, string>, loaded: boolean,
  *   a: (RunInfo|null), b: (RunInfo|null), stat: string, log: boolean,
  *   steps: number[], index: number, follow: boolean, playing: boolean,
@@ -52,8 +54,15 @@ export const MIN_TICK_MS = 50;
  *   hover: (string|null), alerts: Alert[][],
  *   kept: (StepsInfo|null)[], problem: ({key: string, message: string}|null),
  *   layer: (string|null), dark: boolean, error: string, ranking: string[],
- *   want: Want, speed: number}} State
+ *   want: Want, speed: number, group: Group}} State
  */
+
+/** What a bar of the bar plot is: a layer, a block of layers or a role.
+ * @typedef {"layer"|"block"|"role"} Group
+ */
+
+/** The values of the Layers menu, in its order. */
+export const GROUPS = ["layer", "block", "role"];
 
 /**
  * What a URL asked for that the tab does not show yet: run keys (`runKey`) of
@@ -68,7 +77,7 @@ export const MIN_TICK_MS = 50;
  * answers of the shown runs in `kept`; `heatsLoaded`, `linesLoaded`, `flowRequested`,
  * `flowsLoaded`, `flowFailed`, `failed`; `runFailed` and `compareFailed`: the
  * selected or compared run cannot be shown, and why), the user
- * (`selectRun`, `compareRun`, `setStat`, `setLog`, `toggleLayer`, `focus`,
+ * (`selectRun`, `compareRun`, `setStat`, `setGroup`, `setLog`, `toggleLayer`, `focus`,
  * `hoverLayer`, `slide`, `togglePlay`, `setSpeed`), the play timer (`tick`) and the page
  * (`setDark`).
  * @typedef {{type: "listed", runs: RunInfo[], ranking?: ({run: string, tag: string}[]|null)}
@@ -84,6 +93,7 @@ export const MIN_TICK_MS = 50;
  *   | {type: "selectRun", key: string}
  *   | {type: "compareRun", key: string}
  *   | {type: "setStat", stat: string}
+ *   | {type: "setGroup", group: Group}
  *   | {type: "setLog", log: boolean}
  *   | {type: "setDark", dark: boolean}
  *   | {type: "toggleLayer", layer: (string|null)}
@@ -118,7 +128,7 @@ export function initialState(view = {}) {
     flowPending: false, heats: [], lines: [], hover: null, alerts: [[], []], kept: [null, null], problem: null,
     layer: null, dark: false, error: "", ranking: [],
     want: { a: key(view.run, view.tag), b: key(view.compare, view.compareTag), step: view.step ?? null },
-    speed: DEFAULT_SPEED,
+    speed: DEFAULT_SPEED, group: GROUPS.includes(view.group) ? view.group : "layer",
   };
 }
 
@@ -183,6 +193,10 @@ export function reduce(state, action) {
       return { ...state, b: findRun(state.runs, action.key), want: { ...state.want, b: null } };
     case "setStat":
       return { ...state, stat: action.stat };
+    case "setGroup":
+      // the selected bar names a layer or a group of the mode left
+      if (!GROUPS.includes(action.group) || action.group === state.group) return state;
+      return { ...state, group: action.group, layer: null };
     case "setLog":
       return { ...state, log: action.log };
     case "setDark":
@@ -257,6 +271,8 @@ export function effects(before, action, after) {
       return fx(["dom"], ["runs"]);
     case "setStat":
       return fx(["bars", "dom"], ["heat", "lines"]);
+    case "setGroup":
+      return after === before ? fx([]) : fx(["bars", "heat", "lines", "dom"], ["flows"]);
     case "setLog":
       return fx(["bars", "lines"]);
     case "setDark":
@@ -290,6 +306,19 @@ export function effects(before, action, after) {
  */
 export function shownRuns(state) {
   return /** @type {RunInfo[]} */ ([state.a, state.b].filter(Boolean));
+}
+
+/**
+ * What the `flow` requests ask for: the Layers menu's choice while the
+ * selected run lists its groups and that mode groups some of its layers,
+ * else "layer". The compared run is asked in the same mode.
+ * @param {State} state
+ * @returns {Group}
+ */
+export function flowGroup(state) {
+  const g = state.a && state.a.groups;
+  if (state.group === "layer" || !g) return "layer";
+  return g[state.group] < state.a.layers ? state.group : "layer";
 }
 
 /**

@@ -18,11 +18,12 @@ const TAB_KEY = "__tab__";
 
 /**
  * A view as the URL holds it: the selected and compared runs (run and tag), the
- * statistic, the scale (`log`) and the step (null: the newest, followed as
- * training writes more). null parts take the tab's defaults.
+ * statistic, the scale (`log`), the step (null: the newest, followed as
+ * training writes more) and what a bar is (`group`: "layer", "block" or
+ * "role"). null parts take the tab's defaults.
  * @typedef {{run: (string|null), tag: (string|null), compare: (string|null),
  *   compareTag: (string|null), stat: (string|null), log: (boolean|null),
- *   step: (number|null)}} View
+ *   step: (number|null), group?: (string|null)}} View
  */
 
 /**
@@ -36,7 +37,7 @@ export function viewOf(state) {
   const [run, tag] = runAndTag(state.want.a, state.a);
   const [compare, compareTag] = runAndTag(state.want.b, state.b);
   const shown = state.follow || state.index < 0 ? null : currentStep(state) ?? null;
-  return { run, tag, compare, compareTag, stat: state.stat, log: state.log, step: state.want.step ?? shown };
+  return { run, tag, compare, compareTag, stat: state.stat, log: state.log, step: state.want.step ?? shown, group: state.group };
 }
 
 /**
@@ -50,6 +51,7 @@ export function viewFromHash(hash) {
   const text = (k) => (params.get(k) ? params.get(k) : null);
   const step = text("step");
   const scale = text("scale");
+  const group = text("layers");
   return {
     run: text("run"),
     tag: text("tag"),
@@ -58,6 +60,7 @@ export function viewFromHash(hash) {
     stat: text("stat"),
     log: scale === "linear" ? false : scale === "log" ? true : null,
     step: step !== null && /^-?\d{1,16}$/.test(step) ? Number(step) : null,
+    group: group === "layer" || group === "block" || group === "role" ? group : null,
   };
 }
 
@@ -65,8 +68,9 @@ export function viewFromHash(hash) {
  * `hash` with the tab's keys replaced by `view`, every other key (TensorBoard's
  * active tab, other plugins' keys) kept in place, in TensorBoard's own format:
  * the tab first, then `key=value` pairs, URI-encoded, joined by `&`. Defaults
- * are left out: the tag `gradflow`, the statistic `abs_mean`, the log scale, and
- * the step when following the newest.
+ * are left out: the tag `gradflow`, the statistic `abs_mean`, the log scale, the
+ * step when following the newest, and bars per layer (`layers=block` or
+ * `layers=role` otherwise).
  * @param {string} hash `location.hash`, with or without the `#`
  * @param {View} view
  * @returns {string} the new hash, with its `#` (just `#` when empty)
@@ -81,6 +85,7 @@ export function hashWithView(hash, view) {
     ["stat", view.stat === "abs_mean" ? null : view.stat],
     ["scale", view.log === false ? "linear" : null],
     ["step", view.step === null || view.step === undefined ? null : String(view.step)],
+    ["layers", view.group === "block" || view.group === "role" ? view.group : null],
   ];
   for (const [k, v] of ours) if (v !== null && v !== undefined && v !== "") kept.push([URL_PREFIX + k, String(v)]);
   const tab = kept.find(([k]) => k === TAB_KEY);

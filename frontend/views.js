@@ -23,7 +23,7 @@ export function el(doc, tag, className, text) {
 /**
  * The elements the tab updates, as built by {@link buildShell}.
  * @typedef {{root: HTMLElement, run: HTMLSelectElement, compare: HTMLSelectElement,
- *   stat: HTMLSelectElement, log: HTMLInputElement, png: HTMLButtonElement,
+ *   stat: HTMLSelectElement, group: HTMLSelectElement, log: HTMLInputElement, png: HTMLButtonElement,
  *   status: HTMLElement, kept: HTMLElement, leftOut: HTMLElement, play: HTMLButtonElement,
  *   speed: HTMLSelectElement, slider: HTMLInputElement, stepLabel: HTMLOutputElement, legend: HTMLElement,
  *   barWrap: HTMLElement, bars: HTMLCanvasElement, barTable: HTMLTableElement,
@@ -53,6 +53,10 @@ export function buildShell(doc, parent) {
   compare.dataset.testid = "compare";
   const stat = field("Statistic", /** @type {HTMLSelectElement} */ (el(doc, "select")));
   stat.dataset.testid = "stat";
+  const group = field("Layers", /** @type {HTMLSelectElement} */ (el(doc, "select")));
+  group.dataset.testid = "group";
+  group.title = "What a bar of the bar plot is: a layer, or a block or role of layers";
+  group.parentElement.hidden = true;
   const logLabel = el(doc, "label", "gf-check");
   const log = /** @type {HTMLInputElement} */ (el(doc, "input"));
   log.type = "checkbox";
@@ -160,7 +164,7 @@ export function buildShell(doc, parent) {
   root.appendChild(tooltip);
   parent.appendChild(root);
   return {
-    root, run, compare, stat, log, png, status, kept, leftOut, play, speed, slider, stepLabel, legend,
+    root, run, compare, stat, group, log, png, status, kept, leftOut, play, speed, slider, stepLabel, legend,
     barWrap, bars, barTable, linesWrap, heatWrap, alerts, empty, main, tooltip,
   };
 }
@@ -352,8 +356,10 @@ export const KIND_LABELS = {
  * @param {HTMLElement} node
  * @param {AlertGroup[]} groups
  * @param {(alert: import("./model.js").Alert, group: AlertGroup) => void} onSelect
- * @param {{layer: (string|null), step: number}} current to mark the active
- *   alert: its layer's, holding at the step (an ongoing one at every later step)
+ * @param {{layer: (string|null), step: number, barOf?: (layer: (string|null)) => (string|null)}} current
+ *   to mark the active alert: its layer's, holding at the step (an ongoing one
+ *   at every later step); `barOf`: the bar (group) a layer is drawn in, when
+ *   the bar plot groups layers
  */
 export function renderAlerts(node, groups, onSelect, current) {
   const doc = node.ownerDocument;
@@ -373,7 +379,8 @@ export function renderAlerts(node, groups, onSelect, current) {
       btn.dataset.layer = a.layer === null ? "" : a.layer;
       btn.dataset.firstStep = String(a.first_step);
       btn.dataset.ongoing = String(a.ongoing);
-      const active = current.layer === a.layer && alertHolds(a, current.step);
+      const bar = current.barOf ? current.barOf(a.layer) : a.layer;
+      const active = current.layer === bar && alertHolds(a, current.step);
       btn.classList.toggle("gf-active", active);
       btn.append(el(doc, "span", "gf-kind", KIND_LABELS[a.kind] || a.kind));
       const layer = a.layer === null ? "(whole model)" : layerLabel(a.layer, g.types && g.types.get(a.layer));

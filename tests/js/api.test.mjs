@@ -129,7 +129,7 @@ test("Client.runs converts the listing and is never cached", async () => {
   const fetch = fakeFetch({ runs: { runs: [entry] } });
   const c = new Client({ fetch });
   const runs = await c.runs();
-  assert.deepEqual(runs, [{ run: "a", tag: "gradflow", name: null, layers: 5, last_step: 9999, every: 1, last_wall_time: 1796527594.35, stats: [] }]);
+  assert.deepEqual(runs, [{ run: "a", tag: "gradflow", name: null, layers: 5, last_step: 9999, every: 1, last_wall_time: 1796527594.35, stats: [], groups: null }]);
   assert.equal(runKey(runs[0]), "a\u0000gradflow");
   await c.runs();
   assert.deepEqual(fetch.calls, ["./runs", "./runs"]);

@@ -29,7 +29,7 @@ const range = (n, from = 0) => Array.from({ length: n }, (_, i) => from + i);
 // by name: a_skipped first; by finding: edge (non-finite), then unnormalised (blocked)
 const RUNS = [runInfo("a_skipped", 10), runInfo("edge_<b>cases", 10), runInfo("healthy"), runInfo("unnormalised_inputs")];
 const RANKING = ["edge_<b>cases", "unnormalised_inputs", "a_skipped", "healthy"].map((run) => ({ run, tag: "gradflow" }));
-const VIEW = { run: null, tag: null, compare: null, compareTag: null, stat: null, log: null, step: null };
+const VIEW = { run: null, tag: null, compare: null, compareTag: null, stat: null, log: null, step: null, group: null };
 
 test("the first listing opens on the run ranked first, not the first by name", () => {
   const { state, fx } = apply(initialState(), { type: "listed", runs: RUNS, ranking: RANKING });
@@ -124,7 +124,7 @@ test("hashWithView writes the view after TensorBoard's keys, leaving defaults ou
 
 test("viewFromHash reads back what hashWithView wrote, for any run name", () => {
   for (const run of ["healthy", "exp/run=1 & lr=1e-3", "déjà #1 %", "<img src=x onerror=alert(1)>"]) {
-    const view = { run, tag: "gradflow/enc", compare: "b&c", compareTag: "gradflow", stat: "abs_max", log: false, step: 0 };
+    const view = { run, tag: "gradflow/enc", compare: "b&c", compareTag: "gradflow", stat: "abs_max", log: false, step: 0, group: "block" };
     const back = viewFromHash(hashWithView("#gradflow", view));
     assert.deepEqual(back, { ...view, compareTag: null }); // the default tag is left out
   }
@@ -135,12 +135,12 @@ test("viewFromHash reads back what hashWithView wrote, for any run name", () => 
 
 test("viewOf leaves the step out while following the newest one", () => {
   let { state } = apply(initialState(), { type: "listed", runs: RUNS, ranking: RANKING }, { type: "stepsLoaded", steps: range(10), alerts: [[], []] });
-  assert.deepEqual(viewOf(state), { ...VIEW, run: "edge_<b>cases", tag: "gradflow", stat: "abs_mean", log: true });
+  assert.deepEqual(viewOf(state), { ...VIEW, run: "edge_<b>cases", tag: "gradflow", stat: "abs_mean", log: true, group: "layer" });
   ({ state } = apply(state, { type: "slide", index: 3 }, { type: "compareRun", key: key("healthy") }));
   assert.deepEqual(viewOf(state), {
-    ...VIEW, run: "edge_<b>cases", tag: "gradflow", compare: "healthy", compareTag: "gradflow", stat: "abs_mean", log: true, step: 3,
+    ...VIEW, run: "edge_<b>cases", tag: "gradflow", compare: "healthy", compareTag: "gradflow", stat: "abs_mean", log: true, step: 3, group: "layer",
   });
-  assert.deepEqual(viewOf(initialState()), { ...VIEW, stat: "abs_mean", log: true });
+  assert.deepEqual(viewOf(initialState()), { ...VIEW, stat: "abs_mean", log: true, group: "layer" });
 });
 
 test("playTiming keeps the chosen speed, skipping steps above 1000 / MIN_TICK_MS a second", () => {
@@ -171,4 +171,21 @@ test("at a fast speed each tick moves several steps, warms the one after, and st
   const same = apply(state, { type: "setSpeed", speed: 3 });
   assert.equal(same.state, state);
   assert.deepEqual(same.fx.redraw, []);
+});
+
+test("the Layers choice goes in the hash as layers=block or layers=role, per layer left out, and survives a reload", () => {
+  const view = { ...VIEW, run: "llama", tag: "gradflow", stat: "abs_mean", log: true };
+  assert.equal(hashWithView("#gradflow", { ...view, group: "block" }), "#gradflow&p.gradflow.run=llama&p.gradflow.layers=block");
+  assert.equal(hashWithView("#gradflow", { ...view, group: "role" }), "#gradflow&p.gradflow.run=llama&p.gradflow.layers=role");
+  assert.equal(hashWithView("#gradflow", { ...view, group: "layer" }), "#gradflow&p.gradflow.run=llama");
+  assert.equal(viewFromHash("#gradflow&p.gradflow.layers=role").group, "role");
+  assert.equal(viewFromHash("#gradflow&p.gradflow.layers=heads").group, null); // unknown: the default
+  // a reload: the state the hash starts keeps the choice, and writes it back
+  const runs = [runInfo("llama", 10, { layers: 723, groups: { block: 83, role: 12 } })];
+  const reloaded = initialState(viewFromHash("#gradflow&p.gradflow.run=llama&p.gradflow.layers=block"));
+  assert.equal(reloaded.group, "block");
+  const { state } = apply(reloaded, { type: "listed", runs }, { type: "stepsLoaded", steps: range(10), alerts: [[], []] });
+  assert.equal(viewOf(state).group, "block");
+  assert.equal(hashWithView("#gradflow", viewOf(state)), "#gradflow&p.gradflow.run=llama&p.gradflow.layers=block");
+  assert.equal(initialState(viewFromHash("#gradflow&p.gradflow.layers=x")).group, "layer");
 });
