@@ -140,6 +140,11 @@ export function createPainter(win, shell, getState, dispatch) {
     shell.barTable.dataset.ticks = barLayout.yTicks.map((t) => t.text).join(" ");
     shell.barTable.dataset.reference = data.reference ? String(data.reference.value) : "";
     shell.bars.setAttribute("aria-label", present.barLabel(state));
+    shell.barHeading.textContent = present.barHeading(state);
+    const { plot } = barLayout;
+    shell.bars.dataset.plot = [plot.x, plot.y, plot.w, plot.h].map((v) => v.toFixed(1)).join(",");
+    shell.bars.dataset.band = barLayout.band.toFixed(3);
+    shell.bars.dataset.group = state.flows[0].group || "layer";
   }
 
   /**

@@ -358,6 +358,16 @@ export function emptyMessage(state) {
 }
 
 /**
+ * The bar plot's heading: what a bar is in the shown step.
+ * @param {State} state
+ * @returns {string}
+ */
+export function barHeading(state) {
+  const flow = state.flows[0];
+  return `Gradient per ${flow && flow.members ? flow.group : "layer"}`;
+}
+
+/**
  * The bar plot's accessible name.
  * @param {State} state
  * @returns {string}

@@ -26,7 +26,7 @@ export function el(doc, tag, className, text) {
  *   stat: HTMLSelectElement, group: HTMLSelectElement, log: HTMLInputElement, png: HTMLButtonElement,
  *   status: HTMLElement, kept: HTMLElement, leftOut: HTMLElement, play: HTMLButtonElement,
  *   speed: HTMLSelectElement, slider: HTMLInputElement, stepLabel: HTMLOutputElement, legend: HTMLElement,
- *   barWrap: HTMLElement, bars: HTMLCanvasElement, barTable: HTMLTableElement,
+ *   barHeading: HTMLElement, barWrap: HTMLElement, bars: HTMLCanvasElement, barTable: HTMLTableElement,
  *   linesWrap: HTMLElement, heatWrap: HTMLElement, alerts: HTMLElement, empty: HTMLElement,
  *   main: HTMLElement, tooltip: HTMLElement}} Shell
  */
@@ -112,7 +112,9 @@ export function buildShell(doc, parent) {
   main.appendChild(stepRow);
 
   const barSection = el(doc, "section", "gf-card gf-bars");
-  barSection.appendChild(el(doc, "h2", "", "Gradient per layer"));
+  const barHeading = el(doc, "h2", "", "Gradient per layer");
+  barHeading.dataset.testid = "bar-heading";
+  barSection.appendChild(barHeading);
   const legend = el(doc, "div", "gf-legend");
   barSection.appendChild(legend);
   const barWrap = el(doc, "div", "gf-canvas-wrap");
@@ -165,7 +167,7 @@ export function buildShell(doc, parent) {
   parent.appendChild(root);
   return {
     root, run, compare, stat, group, log, png, status, kept, leftOut, play, speed, slider, stepLabel, legend,
-    barWrap, bars, barTable, linesWrap, heatWrap, alerts, empty, main, tooltip,
+    barHeading, barWrap, bars, barTable, linesWrap, heatWrap, alerts, empty, main, tooltip,
   };
 }
 

@@ -17,8 +17,10 @@ tab's TensorBoard does not know it: it reads it from the files by name), and
 lines view). A logdir of its own, served by a second ``tensorboard``, holds
 ``spikes_50`` and ``spikes_500``: 50 and 500 layers, one of which spikes 10x
 at one step, with a traced non-finite origin (the most severe finding: in
-the first logdir it would change the run the tab opens on). Screenshots go
-to ``test-output/browser/``.
+the first logdir it would change the run the tab opens on). A third logdir
+holds ``llama_70b``: the 723 layers of Hugging Face's LlamaForCausalLM (80
+blocks), for the bar plot per block and per role. Screenshots go to
+``test-output/browser/``.
 
 Needs Debian's ``chromium`` and ``pip install playwright`` (never
 ``playwright install``); without them these tests fail and say so.
@@ -96,6 +98,20 @@ SPIKE_RUNS = {"spikes_50": 50, "spikes_500": 500}  # run: layers
 SPIKE_STEPS = 120
 SPIKE = (20, 80)  # (layer, step): 10x its gradient
 ORIGIN = (33, 100)  # (layer, step): where the traced NaN/Inf began
+LLAMA_RUN = "llama_70b"
+LLAMA_BLOCKS = 80
+LLAMA_ROLES = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+    "input_layernorm",
+    "post_attention_layernorm",
+)
+LLAMA_STEPS = 4
 _LOAD_TIMEOUT = 60.0  # s until every run is listed
 _UI_TIMEOUT = 20_000  # ms for one UI expectation
 _REFRESH_TIMEOUT = 25_000  # ms: reload interval 1 s + the tab's 5 s poll
@@ -1382,3 +1398,101 @@ def test_spikes_are_marked_the_strip_shows_them_and_the_nan_origin_is_listed(
     x, y = heat_cell_centre(wide, layer, step)
     assert is_spike_fill(pixel(wide, x, y - 6))
     wide.screenshot(path=str(OUT / "light_spikes_500_layers.png"))
+
+
+def _llama_layers() -> tuple[str, ...]:
+    """The 723 parameter-owning modules of LlamaForCausalLM (LLaMA-70B), in
+    model order, as Hugging Face names them."""
+    blocks = [
+        f"model.layers.{b}.{role}" for b in range(LLAMA_BLOCKS) for role in LLAMA_ROLES
+    ]
+    return ("model.embed_tokens", *blocks, "model.norm", "lm_head")
+
+
+@pytest.fixture(scope="module")
+def llama_tensorboard(tmp_path_factory, tensorboard_process):
+    _require_browser()
+    d = tmp_path_factory.mktemp("llama")
+    names = _llama_layers()
+    assert len(names) == 723
+    types = tuple(
+        "Embedding"
+        if n.endswith("embed_tokens")
+        else "LlamaRMSNorm"
+        if "norm" in n
+        else "Linear"
+        for n in names
+    )
+    layout = metadata.Layout(layers=names, types=types)
+    base = 1e-3 * (1 + np.arange(len(names)) / len(names))  # (L,)
+    _write_layout_run(
+        d, LLAMA_RUN, layout, range(LLAMA_STEPS), lambda i: _stats(base * (1 + i))
+    )
+    tb = tensorboard_process(d, "--reload_interval=1")
+    try:
+        wait_for_runs(tb, {LLAMA_RUN: LLAMA_STEPS - 1})
+        yield tb
+    finally:
+        tb.close()
+
+
+def bar_centre(frame, i: int) -> dict[str, float]:
+    """The middle of bar ``i`` of the bar plot, in the canvas's CSS px."""
+    bars = frame.locator("[data-testid=bars]")
+    x, y, _, h = (float(v) for v in bars.get_attribute("data-plot").split(","))
+    band = float(bars.get_attribute("data-band"))
+    return {"x": x + (i + 0.5) * band, "y": y + h / 2}
+
+
+def test_a_llama_sized_model_is_drawn_per_block_and_per_role(page, llama_tensorboard):
+    served = served_runs(llama_tensorboard)[LLAMA_RUN]
+    assert served["layers"] == 723
+    assert served["groups"] == {"block": LLAMA_BLOCKS + 3, "role": 12}
+    frame = open_tab(page, llama_tensorboard)
+    rows = frame.locator("[data-testid=bar-table] tr[data-layer-index]")
+    assert rows.count() == 723  # per layer by default
+    menu = frame.locator("[data-testid=group]")
+    assert menu.is_visible()
+    labels = [o.text_content() for o in menu.locator("option").all()]
+    assert labels == ["per layer (723)", "per block (83)", "per role (12)"]
+
+    # per block: the 80 blocks between the 3 layers in no block
+    menu.select_option("block")
+    frame.locator("[data-testid=bars][data-group=block]").wait_for(state="attached")
+    blocks = [f"model.layers.{b}" for b in range(LLAMA_BLOCKS)]
+    expected = ["model.embed_tokens", *blocks, "model.norm", "lm_head"]
+    assert [r["name"] for r in layer_rows(frame)] == expected
+    assert all(r["status"] == "ok" for r in layer_rows(frame))
+    heading = frame.locator("[data-testid=bar-heading]")
+    assert heading.text_content() == "Gradient per block"
+    # a bar's tooltip names its block and how many layers it holds
+    bars = frame.locator("[data-testid=bars]")
+    bars.hover(position=bar_centre(frame, 18))
+    tip = frame.locator(".gf-tooltip")
+    assert tip.locator(".gf-tip-title").text_content().startswith("model.layers.17")
+    assert "group of 9 layers" in tip.text_content()
+    # a click selects the block
+    bars.click(position=bar_centre(frame, 18))
+    page.mouse.move(0, 0)
+    next_frame(frame)
+    frame.locator("[data-testid=bar-table]").scroll_into_view_if_needed()
+    frame.locator(".gf-bars").screenshot(path=str(OUT / "light_llama_per_block.png"))
+    # kept in the URL: a reload shows the blocks again
+    wait_until(lambda: ("p.gradflow.layers", "block") in hash_view(page))
+    assert ("p.gradflow.layers", "block") in hash_view(page)
+    page.reload()
+    frame = click_tab(page)
+    frame.locator("[data-testid=bars][data-group=block]").wait_for(state="attached")
+    assert frame.locator("[data-testid=group]").input_value() == "block"
+    assert frame.locator("[data-testid=bar-table] tr[data-layer-index]").count() == 83
+
+    # per role: the 9 roles of a block, each holding 80 layers
+    frame.locator("[data-testid=group]").select_option("role")
+    frame.locator("[data-testid=bars][data-group=role]").wait_for(state="attached")
+    names = [r["name"] for r in layer_rows(frame)]
+    assert len(names) == 12
+    assert "model.layers.*.self_attn.q_proj" in names
+    i = names.index("model.layers.*.mlp.down_proj")
+    frame.locator("[data-testid=bars]").hover(position=bar_centre(frame, i))
+    assert "group of 80 layers" in frame.locator(".gf-tooltip").text_content()
+    frame.locator(".gf-bars").screenshot(path=str(OUT / "light_llama_per_role.png"))

@@ -9,7 +9,7 @@ import { Client } from "../../frontend/api.js";
 import { barData, barLayout, barTooltip, groupSizeText } from "../../frontend/bars.js";
 import { createLoader } from "../../frontend/loader.js";
 import { groupOfLayer, reviveFlow, reviveGroups } from "../../frontend/model.js";
-import { barLabel, barOfLayer, groupMenu } from "../../frontend/present.js";
+import { barHeading, barLabel, barOfLayer, groupMenu } from "../../frontend/present.js";
 import { effects, flowGroup, initialState, reduce } from "../../frontend/state.js";
 import { fakeFetch, runInfo, runsAnswer, stepsInfo } from "./fixtures.mjs";
 
@@ -135,6 +135,8 @@ test("the bar an alert goes to, and the bar plot's name, follow the shown step's
   state = reduce(state, { type: "flowsLoaded", flows: [reviveFlow(blockAnswer())] });
   assert.equal(barOfLayer(state, BLOCKED.layer), "model.layers.1");
   assert.match(barLabel(state), /^Bar plot of abs_mean per block for llama/);
+  assert.equal(barHeading(state), "Gradient per block");
+  assert.equal(barHeading(initialState()), "Gradient per layer");
   // an alert click in grouped mode selects its group and step
   const focused = reduce(reduce(state, { type: "stepsLoaded", steps: [0, 3, 7], alerts: [[BLOCKED], []] }), {
     type: "focus", layer: barOfLayer(state, BLOCKED.layer), step: BLOCKED.first_step,
