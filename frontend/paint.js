@@ -132,7 +132,12 @@ export function createPainter(win, shell, getState, dispatch) {
     barLayout = barChart.barLayout(data, { width, measure });
     const ctx = sizeCanvas(shell.bars, barLayout.width, barLayout.height, dpr());
     barChart.drawBars(ctx, barLayout, present.palette(state));
-    views.renderBarTable(shell.barTable, data, { step: state.flows[0].step, run: state.flows[0].run });
+    views.renderBarTable(shell.barTable, data, {
+      step: state.flows[0].step,
+      run: state.flows[0].run,
+      heading: present.barHeading(state),
+      unit: state.flows[0].members ? state.flows[0].group : "layer",
+    });
     // what was drawn: the axis and its tick labels
     shell.barTable.dataset.stat = state.stat;
     shell.barTable.dataset.message = barLayout.message;
@@ -360,7 +365,7 @@ export function createPainter(win, shell, getState, dispatch) {
     if (!state.flows.length) return null;
     const data = barChart.barData(state.flows, state.stat, present.barOptions(state));
     const bars = barChart.barLayout(data, { width: Math.max(320, Math.floor(shell.barWrap.clientWidth)), measure });
-    const layout = exportLayout(bars, present.legendItems(state), { heading: present.PNG_HEADING, measure });
+    const layout = exportLayout(bars, present.legendItems(state), { heading: present.barHeading(state), measure });
     const canvas = doc.createElement("canvas");
     const ctx = sizeCanvas(canvas, layout.width, layout.height, dpr());
     drawExport(ctx, layout, bars, present.palette(state));

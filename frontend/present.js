@@ -23,7 +23,6 @@ export const EMPTY_HINT = [
 ];
 
 /** The heading of the bar plot's PNG (the tab's own heading of the plot). */
-export const PNG_HEADING = "Gradient per layer";
 
 /** What the Statistic menu says of a statistic the server does not know. */
 export const UNKNOWN_MEANING =

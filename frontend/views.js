@@ -301,15 +301,17 @@ export function renderLegend(node, items) {
  * @param {HTMLTableElement} table
  * @param {{layers: string[], labels?: string[], series: {label: string, values: number[],
  *   status: string[], blocked: boolean[]}[]}} data
- * @param {{step: number, run: string}} info
+ * @param {{step: number, run: string, heading?: string, unit?: string}} info
+ *   `heading`: what the bars are ("Gradient per block"), `unit`: what a row is
  */
 export function renderBarTable(table, data, info) {
   const doc = table.ownerDocument;
   table.dataset.step = String(info.step);
   table.dataset.run = info.run;
-  const caption = el(doc, "caption", "", `Gradient per layer, ${info.run}, step ${info.step}`);
+  const heading = info.heading || "Gradient per layer";
+  const caption = el(doc, "caption", "", `${heading}, ${info.run}, step ${info.step}`);
   const head = el(doc, "tr");
-  head.appendChild(el(doc, "th", "", "layer"));
+  head.appendChild(el(doc, "th", "", info.unit || "layer"));
   for (const s of data.series) head.appendChild(el(doc, "th", "", s.label));
   head.appendChild(el(doc, "th", "", "status"));
   const rows = data.layers.map((name, i) => {

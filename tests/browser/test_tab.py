@@ -1465,6 +1465,10 @@ def test_a_llama_sized_model_is_drawn_per_block_and_per_role(page, llama_tensorb
     assert all(r["status"] == "ok" for r in layer_rows(frame))
     heading = frame.locator("[data-testid=bar-heading]")
     assert heading.text_content() == "Gradient per block"
+    # the table screen readers read says so too
+    table = frame.locator("[data-testid=bar-table]")
+    assert table.locator("caption").text_content().startswith("Gradient per block, ")
+    assert table.locator("th").first.text_content() == "block"
     # a bar's tooltip names its block and how many layers it holds
     bars = frame.locator("[data-testid=bars]")
     bars.hover(position=bar_centre(frame, 18))

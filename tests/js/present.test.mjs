@@ -4,7 +4,7 @@ import { test } from "node:test";
 import { notLoggedHeatmap, reviveFlow, runKey } from "../../frontend/model.js";
 import { PALETTES } from "../../frontend/palette.js";
 import {
-  EMPTY_HINT, EMPTY_MESSAGE, PNG_HEADING, alertGroups, barLabel, emptyMessage, keptLine, leftOutGroups, legendItems,
+  EMPTY_HINT, EMPTY_MESSAGE, alertGroups, barLabel, emptyMessage, keptLine, leftOutGroups, legendItems,
   UNKNOWN_MEANING, barOptions, heatText, linesText, logControl, palette, pngName, runLabel, runMenus, runProblem, speedMenu,
   statOptions, statTitle, stepControls,
 } from "../../frontend/present.js";
@@ -211,7 +211,6 @@ test("the Speed menu offers the play speeds in steps per second", () => {
   assert.deepEqual(m.options.map((o) => o.label), ["1 steps/s", "4 steps/s", "10 steps/s", "25 steps/s", "100 steps/s", "500 steps/s"]);
   assert.equal(m.value, "4");
   assert.equal(speedMenu(state(listed, { type: "setSpeed", speed: 100 })).value, "100");
-  assert.equal(PNG_HEADING, "Gradient per layer");
 });
 
 test("linesText names the run, the statistic and the scale, says when bins are drawn, and says not logged", () => {
