@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_names import llama_layers
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from torch.utils.tensorboard import SummaryWriter
@@ -100,17 +101,6 @@ SPIKE = (20, 80)  # (layer, step): 10x its gradient
 ORIGIN = (33, 100)  # (layer, step): where the traced NaN/Inf began
 LLAMA_RUN = "llama_70b"
 LLAMA_BLOCKS = 80
-LLAMA_ROLES = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-    "input_layernorm",
-    "post_attention_layernorm",
-)
 LLAMA_STEPS = 4
 _LOAD_TIMEOUT = 60.0  # s until every run is listed
 _UI_TIMEOUT = 20_000  # ms for one UI expectation
@@ -1400,20 +1390,11 @@ def test_spikes_are_marked_the_strip_shows_them_and_the_nan_origin_is_listed(
     wide.screenshot(path=str(OUT / "light_spikes_500_layers.png"))
 
 
-def _llama_layers() -> tuple[str, ...]:
-    """The 723 parameter-owning modules of LlamaForCausalLM (LLaMA-70B), in
-    model order, as Hugging Face names them."""
-    blocks = [
-        f"model.layers.{b}.{role}" for b in range(LLAMA_BLOCKS) for role in LLAMA_ROLES
-    ]
-    return ("model.embed_tokens", *blocks, "model.norm", "lm_head")
-
-
 @pytest.fixture(scope="module")
 def llama_tensorboard(tmp_path_factory, tensorboard_process):
     _require_browser()
     d = tmp_path_factory.mktemp("llama")
-    names = _llama_layers()
+    names = tuple(llama_layers(LLAMA_BLOCKS))
     assert len(names) == 723
     types = tuple(
         "Embedding"

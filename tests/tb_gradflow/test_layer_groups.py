@@ -6,29 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from model_names import LLAMA_ROLES, llama_layers
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
 from tb_gradflow.layer_groups import combine, group_layers
-
-LLAMA_ROLES = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-    "input_layernorm",
-    "post_attention_layernorm",
-)
-
-
-def llama_layers(blocks: int) -> list[str]:
-    """The layer names of Hugging Face's LlamaForCausalLM (weights only)."""
-    inner = [f"model.layers.{i}.{role}" for i in range(blocks) for role in LLAMA_ROLES]
-    return ["model.embed_tokens", *inner, "model.norm", "lm_head"]
 
 
 def test_a_llama_70b_shape_groups_into_80_blocks_or_9_roles_and_3_loners():

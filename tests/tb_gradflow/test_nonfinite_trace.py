@@ -220,14 +220,18 @@ def test_a_division_in_the_backward_only_is_traced_where_detect_anomaly_names_a_
     assert origin.largest_input is not None  # the gradient it received
     assert "invalid operation" in origin.message
     # detect_anomaly stops at the node, not the module
-    broken = backward_division_model()
-    break_backward(broken)
+    assert_anomaly_names(
+        backward_division_model(), break_backward, "_DivideGradByZeroBackward"
+    )
+
+
+def assert_anomaly_names(broken, breaks, node):
+    """``torch.autograd.detect_anomaly`` on one broken step of ``broken``
+    raises, naming the autograd ``node``."""
+    breaks(broken)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # detect_anomaly warns of its cost
-        with (
-            torch.autograd.detect_anomaly(),
-            pytest.raises(RuntimeError, match="_DivideGradByZeroBackward"),
-        ):
+        with torch.autograd.detect_anomaly(), pytest.raises(RuntimeError, match=node):
             broken(torch.randn(6, 4)).pow(2).mean().backward()
 
 
@@ -235,15 +239,9 @@ def test_detect_anomaly_blames_the_loss_for_the_forward_division():
     """For a NaN made in the forward pass, detect_anomaly stops at the first
     backward node that returns NaN: the loss's square, far from the division
     the trace names."""
-    broken = forward_division_model()
-    break_forward(broken)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # detect_anomaly warns of its cost
-        with (
-            torch.autograd.detect_anomaly(),
-            pytest.raises(RuntimeError, match="'PowBackward0' returned nan"),
-        ):
-            broken(torch.randn(6, 4)).pow(2).mean().backward()
+    assert_anomaly_names(
+        forward_division_model(), break_forward, "'PowBackward0' returned nan"
+    )
 
 
 class Amplifier(nn.Module):
