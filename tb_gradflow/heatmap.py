@@ -5,12 +5,14 @@ binned the same way (the tab's strip above the heatmap), and their JSON and
 binary encodings (the rules and the formats: ``docs/format.md``, HTTP API). Where
 TensorBoard did not keep every logged step, the watcher's overview blocks
 (:mod:`tb_gradflow.overview_merge`) stand for the steps of their ranges.
+Binned per group of layers (per block, per role: :mod:`tb_gradflow.layer_groups`),
+a block's values for a group of several layers are bounds.
 
 Pure numpy and the standard library (plus TensorBoard's JSON cleaning): no
 request, no cache, no data provider, so it is tested on its own.
 
-Shape letters: ``L`` layers, ``S`` kept steps, ``U`` units binned (kept
-steps and overview blocks), ``N`` step columns.
+Shape letters: ``L`` layers (or groups of layers), ``S`` kept steps, ``U``
+units binned (kept steps and overview blocks), ``N`` step columns.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import numpy as np
 from tensorboard import errors
 from tensorboard.backend import json_util
 
+from tb_gradflow.layer_groups import LayerGroups, bound_extremes
 from tb_gradflow.overview_merge import Overview
 from tb_gradflow.reader import GradFlowRun
 
 __all__ = [
     "DEFAULT_COLUMNS",
     "MAX_COLUMNS",
+    "Grouping",
     "bin_extremes",
     "bin_steps",
     "check_format",
@@ -64,12 +68,25 @@ def bin_steps(
     return header, largest
 
 
+class Grouping(NamedTuple):
+    """A run's layers in groups, to bin per group.
+
+    Attributes:
+        run: the run of groups (:meth:`GradFlowRun.grouped`).
+        groups: which of the run's layers each group holds.
+    """
+
+    run: GradFlowRun
+    groups: LayerGroups
+
+
 def bin_extremes(
     run: GradFlowRun,
     tag: str,
     stat: str,
     columns: int,
     overview: Overview | None = None,
+    grouping: Grouping | None = None,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Bins the logged steps of ``stat`` into at most ``columns`` columns of
     (nearly) equal count, and gives each layer's largest and smallest value per
@@ -97,6 +114,15 @@ def bin_extremes(
     non-finite), whatever ``stat`` is; None for a run whose files lack
     ``norm``.
 
+    With ``grouping``, the rows are its groups: their values at the kept
+    steps are those of its run of groups (exact), the header adds ``group``
+    and ``members`` (each group's layer names). An overview block's values
+    for a group are :func:`tb_gradflow.layer_groups.bound_extremes`' bounds:
+    where a column holds a block and a group has several layers, the header
+    adds ``bounds``: ``{"columns": [...], "max": "upper" | "exact", "min":
+    "lower"}``, those columns and what ``largest`` and ``smallest`` are
+    there.
+
     Returns:
         ``(header, largest, smallest)``: the JSON answer without its matrices
         (builtins only), and the two matrices.
@@ -116,18 +142,19 @@ def bin_extremes(
         raise errors.InvalidArgumentError(
             f"Invalid max_steps: {columns!r} (from 1 to {MAX_COLUMNS})"
         )
-    units = _units(run, stat, overview)
+    units = _units(run, stat, overview, grouping)
     count = len(units.first)
     starts = _starts(units.weights, min(columns, count))  # first unit of each bin
     ends = np.append(starts[1:], count) - 1  # last unit of each bin
     largest, smallest = _extremes(units, starts)
     logged = int(units.weights.sum())
+    rows = run if grouping is None else grouping.run
     header = {
         "run": run.path,
         "tag": tag,
         "stat": stat,
-        "layers": list(run.layers),
-        "types": list(run.types),
+        "layers": list(rows.layers),
+        "types": list(rows.types),
         "steps": units.first[starts].tolist(),
         "first_steps": units.first[starts].tolist(),
         "last_steps": units.last[ends].tolist(),
@@ -137,7 +164,29 @@ def bin_extremes(
     }
     if units.blocks:
         header |= {"from": "overview", "logged_steps": logged}
+    if grouping is not None:
+        header |= _grouped_header(run, grouping.groups, units, starts)
     return header, np.ascontiguousarray(largest.T), np.ascontiguousarray(smallest.T)
+
+
+def _grouped_header(
+    run: GradFlowRun, groups: LayerGroups, units: _Units, starts: np.ndarray
+) -> dict[str, Any]:
+    """What a grouped answer's header adds: ``group``, ``members`` (layer
+    names), and ``bounds`` where a column holds an overview block and a group
+    has several layers (see :func:`bin_extremes`)."""
+    out: dict[str, Any] = {
+        "group": groups.by,
+        "members": [[run.layers[j] for j in m] for m in groups.members],
+    }
+    if units.blocks and any(len(m) > 1 for m in groups.members):
+        held = np.logical_or.reduceat(units.is_block, starts)  # (N,)
+        out["bounds"] = {
+            "columns": np.flatnonzero(held).tolist(),
+            "max": "exact" if units.exact_max else "upper",
+            "min": "lower",
+        }
+    return out
 
 
 class _Units(NamedTuple):
@@ -158,40 +207,57 @@ class _Units(NamedTuple):
     present: np.ndarray  # in the layer set at some step of the unit
     totals: np.ndarray | None
     blocks: int  # how many units are overview blocks
+    is_block: np.ndarray | None = None  # (U,) bool; None: no unit is
+    exact_max: bool = True  # blocks' high values exact (not group bounds)
 
 
-def _units(run: GradFlowRun, stat: str, overview: Overview | None) -> _Units:
-    """The kept steps of ``run``, with the blocks of ``overview`` that hold
-    steps TensorBoard did not keep in place of the kept steps of their ranges."""
+def _units(
+    run: GradFlowRun,
+    stat: str,
+    overview: Overview | None,
+    grouping: Grouping | None = None,
+) -> _Units:
+    """The kept steps of ``run`` (of ``grouping``'s run of groups, with it),
+    with the blocks of ``overview`` that hold steps TensorBoard did not keep
+    in place of the kept steps of their ranges (per group: bounds)."""
     steps = run.steps
-    totals = total_norms(run)
+    totals = total_norms(run)  # the model's, per layer, grouped or not
+    rows = run if grouping is None else grouping.run
     use, covered = (
         (None, None) if overview is None else overview.in_use(np.asarray(steps))
     )
     if use is None or not use.any():
-        values = run.values(stat)  # (S, L)
+        values = rows.values(stat)  # (S, L)
         return _Units(
             first=steps,
             last=steps,
             weights=np.ones(len(steps), dtype=np.int64),
             high=values,
             low=values,
-            has_grad=~(run.no_grad | run.absent),
-            present=~run.absent,
+            has_grad=~(rows.no_grad | rows.absent),
+            present=~rows.absent,
             totals=totals,
             blocks=0,
         )
     kept = np.flatnonzero(~covered)  # kept steps no block in use stands for
     largest, smallest, grad = overview.extremes(stat)  # (B, L) each
-    values = run.values(stat)[kept]  # (S', L)
-    absent = run.absent[kept]
+    present = ~overview.absent  # (B, L)
+    exact = True
+    if grouping is not None:
+        groups = grouping.groups
+        largest, smallest, grad, exact = bound_extremes(
+            stat, largest, smallest, grad, groups
+        )
+        present = np.stack([present[:, list(m)].any(axis=1) for m in groups.members], 1)
+    values = rows.values(stat)[kept]  # (S', L)
+    absent = rows.absent[kept]
     first = np.concatenate([steps[kept], overview.first_steps[use]])
     order = np.argsort(first, kind="stable")
 
     def units(per_step: np.ndarray, per_block: np.ndarray) -> np.ndarray:
         return np.concatenate([per_step, per_block[use]])[order]
 
-    no_grad = np.isnan(run.values("nonfinite")[kept]) & ~absent
+    no_grad = np.isnan(rows.values("nonfinite")[kept]) & ~absent
     return _Units(
         first=first[order],
         last=units(steps[kept], overview.last_steps),
@@ -199,9 +265,11 @@ def _units(run: GradFlowRun, stat: str, overview: Overview | None) -> _Units:
         high=units(values, largest),
         low=units(values, smallest),
         has_grad=units(~(no_grad | absent), grad),
-        present=units(~absent, ~overview.absent),
+        present=units(~absent, present),
         totals=None if totals is None else units(totals[kept], overview.totals),
         blocks=int(use.sum()),
+        is_block=units(np.zeros(len(kept), bool), np.ones(len(use), bool)),
+        exact_max=exact,
     )
 
 

@@ -30,9 +30,13 @@ none of whose layers has one is NaN; a member whose value is NaN/Inf while it
 had a gradient makes its group's value NaN/Inf. A statistic the registry
 does not know is NaN for groups of several layers.
 
+Over a span of steps of which only each layer's largest and smallest values
+are known (the watcher's overview records), a group's extremes are not known
+exactly: :func:`bound_extremes` bounds them.
+
 Pure numpy and the standard library: the plugin uses it too.
 
-Shape letters: ``T`` steps, ``L`` layers, ``G`` groups.
+Shape letters: ``T`` steps, ``L`` layers, ``G`` groups, ``B`` spans of steps.
 """
 
 from __future__ import annotations
@@ -45,7 +49,14 @@ import numpy as np
 
 from tb_gradflow import stats as stats_registry
 
-__all__ = ["BY", "LayerGroups", "combine", "group_layers", "split_name"]
+__all__ = [
+    "BY",
+    "LayerGroups",
+    "bound_extremes",
+    "combine",
+    "group_layers",
+    "split_name",
+]
 
 BY = ("layer", "block", "role")
 _NUMBER = re.compile(r"^[0-9]+$")
@@ -236,3 +247,78 @@ def _combine_one(
         else:  # a ratio without its parts, or a statistic this version lacks
             return np.full(len(v), np.nan)
     return np.where(any_value, out, np.nan)
+
+
+def bound_extremes(
+    name: str,
+    largest: np.ndarray,
+    smallest: np.ndarray,
+    has_grad: np.ndarray,
+    groups: LayerGroups,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Bounds of each group's largest and smallest value of statistic
+    ``name`` over spans of steps, from its layers' largest and smallest values
+    over each span (as the overview records hold them: largest ``+inf``
+    where a value was NaN/Inf, smallest the smallest finite value).
+
+    Which layers had a value at which step of a span is not known, nor at
+    which step each layer's extremes were, so a group's value (see
+    :func:`combine`) is only bounded: ``high`` is at least its largest value
+    over the span, by its rule: ``max``: the largest of its layers' largest
+    (exact), ``sum``: their sum, ``norm``: the root of the sum of their
+    squares, ``mean`` and ``partials``: the largest of them (a weighted mean
+    or ratio of norms never exceeds its largest part); ``low`` is at most its
+    smallest finite value: the smallest of its layers' smallest (a group's
+    value is at least one of its layers' values, none negative). Layers
+    without a gradient in the span are left out; a group of one layer is its
+    layer, exactly. A statistic the registry does not know is NaN for groups
+    of several layers, as in :func:`combine`.
+
+    Args:
+        name: the statistic.
+        largest, smallest: each layer's largest and smallest value per span.
+        has_grad: where a layer had a gradient at some step of the span.
+        groups: the groups of the layers.
+
+    Returns:
+        ``(high, low, has_grad, exact)``: ``high`` (+inf where a layer with a
+        gradient had a non-finite value; NaN without a gradient), ``low`` (NaN
+        where no layer has a finite smallest value), where any layer of the
+        group had a gradient, and whether ``high`` is exact for every group
+        (the ``max`` rule, or groups of one layer).
+
+    Shape:
+        - largest, smallest, has_grad: ``(B, L)``
+        - high, low: ``(B, G)`` float32; has_grad: ``(B, G)`` bool
+    """
+    statistic = stats_registry.get(name)
+    rule = statistic.group if statistic is not None else None
+    shape = (len(largest), len(groups.members))
+    high = np.full(shape, np.nan, dtype=np.float64)
+    low = np.full(shape, np.nan, dtype=np.float64)
+    grad = np.zeros(shape, dtype=bool)
+    for g, members in enumerate(groups.members):
+        m = list(members)
+        has = np.asarray(has_grad[:, m], dtype=bool)  # (B, M)
+        hi = np.asarray(largest[:, m], dtype=np.float64)
+        lo = np.asarray(smallest[:, m], dtype=np.float64)
+        grad[:, g] = has.any(axis=1)
+        finite_lo = has & np.isfinite(lo)
+        least = np.where(finite_lo, lo, np.inf).min(axis=1)
+        low[:, g] = np.where(finite_lo.any(axis=1), least, np.nan)
+        if len(m) == 1:
+            high[:, g] = hi[:, 0]
+            continue
+        with np.errstate(invalid="ignore", over="ignore"):
+            if rule == "sum":
+                bound = np.where(has, hi, 0.0).sum(axis=1)
+            elif rule == "norm":
+                bound = np.sqrt(np.where(has, hi * hi, 0.0).sum(axis=1))
+            elif rule in ("max", "mean", "partials"):
+                bound = np.where(has, hi, -np.inf).max(axis=1)
+            else:  # a statistic this version does not know: as combine()
+                bound = np.full(len(hi), np.nan)
+                low[:, g] = np.nan
+        high[:, g] = np.where(grad[:, g], bound, np.nan)
+    exact = rule == "max" or all(len(m) == 1 for m in groups.members)
+    return high.astype(np.float32), low.astype(np.float32), grad, exact

@@ -14,7 +14,9 @@ A decoded run is cached per (experiment, run, tag) and read again only when
 diagnosis, binned matrices and encoded answers are cached with it (``run_cache.py``).
 Where TensorBoard did not keep every logged step, ``heatmap`` and ``lines``
 draw from the watcher's overview records too (``overview_merge.py``), so
-their columns hold every logged step's extremes.
+their columns hold every logged step's extremes. ``flow``, ``heatmap`` and
+``lines`` answer per layer or, with ``group=block|role``, per group of layers
+(``layer_groups.py``; an overview block gives a group's bounds).
 
 Import-light: numpy, werkzeug and TensorBoard only, never torch.
 """
@@ -45,7 +47,7 @@ from tb_gradflow import (
     watchers,
 )
 from tb_gradflow.diagnosis import Thresholds
-from tb_gradflow.layer_groups import group_layers
+from tb_gradflow.layer_groups import LayerGroups, group_layers
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN
 from tb_gradflow.problem_log import ProblemLog
 from tb_gradflow.run_cache import CachedRun
@@ -149,9 +151,10 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             ctx, experiment = query.context(request)
             run, tag = query.run_tag(request.args)
             stat, columns, fmt = query.binned(request.args)
+            group = query.group(request.args)
             args = (ctx, experiment, run, tag, stat, columns)
             body, content_type, encoding = self.binned_body_impl(
-                *args, answer=answer, fmt=fmt
+                *args, answer=answer, fmt=fmt, group=group
             )
             return http_util.Respond(
                 request, body, content_type, content_encoding=encoding
@@ -226,11 +229,13 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         group of layers (``members``: each group's layers; the alerts still
         name layers)."""
         entry = self._runs.load(ctx, experiment, run, tag)
-        data, members = (entry.run, None) if group == "layer" else entry.grouped(group)
+        data, grouping = entry.run, {}
+        if group != "layer":
+            data, groups = entry.grouped(group)
+            grouping = {"group": group, "members": _members(entry.run, groups)}
         i = data.index_of(step)
         at = int(data.steps[i])
         findings = entry.findings(Thresholds())
-        grouping = {} if members is None else {"group": group, "members": members}
         return {
             "run": run,
             "tag": entry.tag,
@@ -279,12 +284,14 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         max_steps: int = heatmap.DEFAULT_COLUMNS,
         *,
         answer: str = "heatmap",
+        group: str = "layer",
     ) -> dict[str, Any]:
         """The ``heatmap`` or ``lines`` JSON answer (``answer``): the binned
         header with the heatmap's ``values``, or the lines' ``max`` and ``min``
-        (each ``[layer][column]``)."""
+        (each ``[row][column]``), a row per layer or, with ``group``
+        ``"block"`` or ``"role"``, per group of layers."""
         entry = self._runs.load(ctx, experiment, run, tag)
-        header, *matrices = entry.binned(stat, max_steps)
+        header, *matrices = entry.binned(stat, max_steps, group)
         named = heatmap.matrices(answer, *matrices)
         return {**header, **{name: m.tolist() for name, m in named.items()}}
 
@@ -299,9 +306,10 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         *,
         answer: str,
         fmt: str,
+        group: str = "layer",
     ) -> tuple[bytes, str, str | None]:
-        """The encoded ``heatmap`` or ``lines`` answer (``answer``): ``(body,
-        content type, encoding)``.
+        """The encoded ``heatmap`` or ``lines`` answer (``answer``), per layer
+        or per ``group``: ``(body, content type, encoding)``.
 
         Cached per run version, so a repeated request costs no JSON cleaning,
         ``json.dumps`` or gzip.
@@ -310,10 +318,10 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         entry = self._runs.load(ctx, experiment, run, tag)
 
         def encode() -> tuple[bytes, str, str | None]:
-            header, *matrices = entry.binned(stat, max_steps)
+            header, *matrices = entry.binned(stat, max_steps, group)
             return heatmap.encode(header, heatmap.matrices(answer, *matrices), fmt)
 
-        return entry.body((answer, stat, max_steps, fmt), encode)
+        return entry.body((answer, stat, max_steps, fmt, group), encode)
 
     def alerts_impl(
         self,
@@ -420,6 +428,11 @@ def _described(statistic: stats.Statistic | None) -> dict[str, str] | None:
         "unit": statistic.unit,
         "bad": statistic.bad,
     }
+
+
+def _members(run: reader.GradFlowRun, groups: LayerGroups) -> list[list[str]]:
+    """Each group's layer names, for an answer."""
+    return [[run.layers[j] for j in m] for m in groups.members]
 
 
 def _kept(run: reader.GradFlowRun) -> dict[str, int]:

@@ -61,7 +61,7 @@ class CachedRun:
         self._findings: collections.OrderedDict = collections.OrderedDict()
         self._bodies: collections.OrderedDict = collections.OrderedDict()
         self._binned: tuple[tuple, tuple[dict, np.ndarray, np.ndarray]] | None = None
-        self._grouped: dict[str, tuple[GradFlowRun, list[list[str]]]] = {}
+        self._grouped: dict[str, heatmap.Grouping] = {}
 
     def findings(self, thresholds: Thresholds) -> list[Finding]:
         """The diagnosis of every kept step with ``thresholds``."""
@@ -79,28 +79,30 @@ class CachedRun:
             return thresholds in self._findings
 
     def binned(
-        self, stat: str, columns: int
+        self, stat: str, columns: int, group: str = "layer"
     ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
         """:func:`tb_gradflow.heatmap.bin_extremes` of this run and its
-        overview: ``(header, largest, smallest)``, shared by the ``heatmap``
-        and ``lines`` answers (the latest one asked for is kept: the encoded
-        bodies are reused)."""
+        overview, per layer or, with ``group`` ``"block"`` or ``"role"``, per
+        group of layers (:meth:`grouped`): ``(header, largest, smallest)``,
+        shared by the ``heatmap`` and ``lines`` answers (the latest one asked
+        for is kept: the encoded bodies are reused)."""
         with self._lock:
-            if self._binned is None or self._binned[0] != (stat, columns):
+            key = (stat, columns, group)
+            if self._binned is None or self._binned[0] != key:
+                grouping = None if group == "layer" else self.grouped(group)
                 binned = heatmap.bin_extremes(
-                    self.run, self.tag, stat, columns, self.overview
+                    self.run, self.tag, stat, columns, self.overview, grouping
                 )
-                self._binned = ((stat, columns), binned)
+                self._binned = (key, binned)
             return self._binned[1]
 
-    def grouped(self, by: str) -> tuple[GradFlowRun, list[list[str]]]:
+    def grouped(self, by: str) -> heatmap.Grouping:
         """The run with its layers grouped ``by`` block or role
-        (:meth:`GradFlowRun.grouped`), and each group's layer names."""
+        (:meth:`GradFlowRun.grouped`), with its groups."""
         with self._lock:
             if by not in self._grouped:
                 groups = group_layers(self.run.layers, by)
-                members = [[self.run.layers[j] for j in m] for m in groups.members]
-                self._grouped[by] = (self.run.grouped(by), members)
+                self._grouped[by] = heatmap.Grouping(self.run.grouped(by), groups)
             return self._grouped[by]
 
     def body(self, key: tuple, make: Callable[[], Any]) -> Any:
