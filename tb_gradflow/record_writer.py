@@ -1,8 +1,9 @@
 """Writes a watcher's records into its ``SummaryWriter``: the statistics of
 each logged step, an overview record per block of logged steps
 (:mod:`tb_gradflow.overview`), and each non-finite origin (see
-:mod:`tb_gradflow.metadata` for the format). A tensorboardX writer gets the
-same records in its own proto classes."""
+:mod:`tb_gradflow.metadata` for the format), the per-step records in one tag
+per segment (:mod:`tb_gradflow.segments`). A tensorboardX writer gets the same
+records in its own proto classes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tb_gradflow import metadata, overview, summary
+from tb_gradflow import metadata, overview, segments, summary
 
 __all__ = ["RecordWriter"]
 
@@ -29,7 +30,9 @@ class RecordWriter:
         self.writer = writer
         self._layout = layout
         self._tensorboardx = library == "tensorboardX"  # its own proto classes
-        self._wrote_metadata = False
+        self._segment: segments.Segment | None = None  # None: no step written
+        self._segment_steps = segments.segment_steps(layout)
+        self._in_segment = 0  # records written into the current segment
         self._wrote_events_metadata = False
         self._wrote_overview_metadata = False
         self._block = overview.BlockAccumulator(layout)
@@ -38,17 +41,33 @@ class RecordWriter:
         self, step: int, stats: np.ndarray, skipped: bool, loss_scale: float
     ) -> None:
         """One logged step: ``stats`` ``(K, L)`` in the layout's order."""
+        first = self._next_segment(step)
         proto = summary.gradflow_pb(
             self._layout,
             stats,
             np.array([float(skipped), loss_scale]),
-            with_metadata=not self._wrote_metadata,
+            with_metadata=first,
+            segment=self._segment,
         )
         self._add(proto, step)
-        self._wrote_metadata = True
+        self._in_segment += 1
         self._block.add(step, stats, skipped)
         if self._block.steps >= overview.BLOCK:
             self._write_block()
+
+    def _next_segment(self, step: int) -> bool:
+        """Moves to a new segment when the current one is full (or none was
+        begun: the session's first, at ``step``); whether it did."""
+        if self._segment is None:
+            self._segment = segments.Segment(step, 0)
+        elif self._in_segment >= self._segment_steps:
+            self._segment = segments.Segment(
+                self._segment.session, self._segment.index + 1
+            )
+        else:
+            return False
+        self._in_segment = 0
+        return True
 
     def close(self) -> None:
         """Writes the overview record of the steps since the last one (the

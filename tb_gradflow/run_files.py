@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing import io_wrapper
 from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 
-from tb_gradflow import metadata
+from tb_gradflow import metadata, segments
 from tb_gradflow.records import Damage, read_records, record_spans
 
 __all__ = ["LeftOut", "WatcherRecords", "last_written_step", "read_run_dir"]
@@ -42,12 +42,20 @@ class WatcherRecords:
     rows: list[np.ndarray] = dataclasses.field(default_factory=list)
     part: list[int] = dataclasses.field(default_factory=list)
     walls: list[float] = dataclasses.field(default_factory=list)
+    sessions: list[int] = dataclasses.field(default_factory=list)
     damaged: list[LeftOut] = dataclasses.field(default_factory=list)
     origins: list[metadata.NonfiniteOrigin] = dataclasses.field(default_factory=list)
 
     def add(
-        self, layout: metadata.Layout, step: int, row: np.ndarray, wall: float
+        self,
+        layout: metadata.Layout,
+        step: int,
+        row: np.ndarray,
+        wall: float,
+        session: int = 0,
     ) -> None:
+        """One record; ``session``: the first step of its writer session
+        (:class:`tb_gradflow.segments.Segment`)."""
         known = [lo.columns for lo in self.layouts]
         key = layout.columns
         if key not in known:
@@ -58,6 +66,22 @@ class WatcherRecords:
         self.rows.append(row)
         self.part.append(i)
         self.walls.append(wall)
+        self.sessions.append(session)
+
+    def drop_abandoned(self) -> None:
+        """Leaves out the records of abandoned timelines
+        (``segments.abandoned``), layer set by layer set."""
+        part = np.asarray(self.part)
+        drop = np.zeros(len(part), dtype=bool)
+        for p in range(len(self.layouts)):
+            mine = np.flatnonzero(part == p)
+            sessions = np.asarray(self.sessions)[mine]
+            drop[mine] = segments.abandoned(sessions, np.asarray(self.steps)[mine])
+        if drop.any():
+            keep = np.flatnonzero(~drop).tolist()
+            for field in ("steps", "rows", "part", "walls", "sessions"):
+                values = getattr(self, field)
+                setattr(self, field, [values[i] for i in keep])
 
 
 def _event_files(run_dir: str) -> list[str]:
@@ -150,6 +174,7 @@ def read_run_dir(
     # first record only, so records in a later file (the writer was closed and
     # reopened) follow the layout of an earlier one, as in TensorBoard.
     layouts: dict[str, metadata.Layout | None] = {}
+    sessions: dict[str, int] = {}  # tag -> its segment's session
     origin_tags: dict[str, str | None] = {}  # non-finite origins: tag -> watcher
     bad_origins: list[tuple[str | None, LeftOut]] = []
     damaged: list[tuple[str, Damage, int | None, set]] = []
@@ -174,6 +199,16 @@ def read_run_dir(
                     layouts[value.tag] = (
                         layout if layout and checker.ok(layout) else None
                     )
+                    try:
+                        sessions[value.tag] = segments.parse_segment(
+                            value.metadata.plugin_data.content
+                        ).session
+                    except metadata.FormatError as e:
+                        if layouts[value.tag] is not None:
+                            warnings.warn(
+                                f"{path}: tag {value.tag!r}: {e}", stacklevel=3
+                            )
+                        layouts[value.tag] = None
                 if value.tag not in layouts:
                     continue
                 layout = layouts[value.tag]
@@ -195,6 +230,7 @@ def read_run_dir(
                     int(event.step),
                     flat.astype(np.float32, copy=False),
                     event.wall_time,
+                    sessions.get(value.tag, 0),
                 )
         damaged += [(path, d, step, tags) for d, step, tags in _damaged_steps(damage)]
     for path, d, step, tags in damaged:
@@ -218,6 +254,8 @@ def read_run_dir(
         if name in series:
             series[name].damaged.append(left_out)
     # a watcher shown as a run has statistics; origins alone make none
+    for s in series.values():
+        s.drop_abandoned()
     return {name: s for name, s in series.items() if s.layouts}
 
 

@@ -12,7 +12,6 @@ Import-light: numpy and TensorBoard only, never torch.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -22,7 +21,14 @@ import numpy as np
 from tensorboard import errors
 from tensorboard.data import provider
 
-from tb_gradflow import metadata, overview, overview_merge, reader, watchers
+from tb_gradflow import (
+    metadata,
+    overview,
+    overview_merge,
+    reader,
+    segments,
+    watchers,
+)
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN
 from tb_gradflow.problem_log import ProblemLog
 from tb_gradflow.run_cache import CachedRun, RunCache
@@ -33,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 READ_BYTES = 192 * 2**20  # one read_tensors reply, below gRPC's 256 MiB limit
 _CACHE_BYTES = 1 << 30  # decoded float32 statistics kept, all runs together
+_RUN_BYTES = 512 * 2**20  # a watcher's per-step records read at most, about
 _MAX_ORIGINS = 1000  # non-finite origins read per watcher (a few per run)
 
 
@@ -146,7 +153,9 @@ class RunLoader:
                 watchers.version(tags, layouts),
                 watchers.version(events, events) + watchers.version(blocks, blocks),
             ),
-            lambda: self._read(ctx, experiment, run, tag, layouts, events, blocks),
+            lambda: self._read(
+                ctx, experiment, run, tag, {t: tags[t] for t in layouts}, events, blocks
+            ),
         )
         if entry.problem is not None:
             self._problems.once(
@@ -213,47 +222,29 @@ class RunLoader:
         experiment: str,
         run: str,
         tag: str,
-        layouts: dict[str, metadata.Layout],
+        listing: dict[str, provider.TensorTimeSeries],
         events: dict[str, provider.TensorTimeSeries],
         blocks: dict[str, provider.TensorTimeSeries],
     ) -> CachedRun:
-        """Reads one watcher's layout tags and merges them by layer name
-        (``watchers.merge_series``), with its non-finite origins (``events``:
-        their tag's listing, or empty) and its overview records (``blocks``:
-        their tags' listing, or empty).
+        """Reads one watcher's layout tags (``listing``: theirs) and merges
+        them by layer name (``watchers.merge_series``), with its non-finite
+        origins (``events``: their tag's listing, or empty) and its overview
+        records (``blocks``: their tags' listing, or empty).
 
         TensorBoard keeps only the first plugin metadata of a tag. Records of
         another size in a tag cannot be matched to layers: files written before
         layout tags put every layer set of a watcher under its base tag. Such a
         watcher is refused (``problem``) rather than shown without them.
         """
-        read = functools.partial(
-            self.data_provider.read_tensors,
-            ctx,
-            experiment_id=experiment,
-            plugin_name=metadata.PLUGIN_NAME,
-            run_tag_filter=provider.RunTagFilter(runs=[run], tags=sorted(layouts)),
+        layouts = watchers.group(listing)[0][tag]
+        order = watchers.tag_segments(listing, layouts)
+        series = watchers.drop_abandoned(
+            layouts,
+            self._read_steps(ctx, experiment, run, layouts, listing, order),
+            order,
         )
         try:
-            data = read(downsample=self._downsample)
-        except Exception as e:
-            if _grpc_status(e) != "RESOURCE_EXHAUSTED":
-                raise
-            # TensorBoard's gRPC client takes replies up to 256 MiB: 500 layers
-            # x 5 statistics is 10 kB a step, so ~25,000 steps at once.
-            size = sum(lo.size for lo in layouts.values())
-            points = max(READ_BYTES // (4 * size + 64 * len(layouts)), 1)
-            logger.warning(
-                "gradflow: run %r tag %r does not fit in one data-server reply; "
-                "showing %d of its steps",
-                run,
-                tag,
-                points,
-            )
-            data = read(downsample=min(self._downsample, points))
-        series = data.get(run, {})
-        try:
-            merged = watchers.merge_series(run, layouts, series)
+            merged = watchers.merge_series(run, layouts, series, order)
         except watchers.LayoutMismatch as e:
             empty = reader.merge_records(run, list(layouts.values()), [], [], [])
             return CachedRun(tag, empty, str(e))
@@ -264,15 +255,110 @@ class RunLoader:
         stop = self._stopped_early(run, set(layouts), served)
         if stop is not None:
             merged.left_out.append(stop)
-        until = {  # the last step served of each layer set's per-step records
-            overview.overview_tag(lo): max(d.step for d in series[t])
-            for t, lo in layouts.items()
-            if series.get(t)
-        }
+        until: dict[str, int] = {}  # the last step served of each layer set
+        for t, lo in layouts.items():
+            if series.get(t):
+                key = overview.overview_tag(lo)
+                until[key] = max(until.get(key, -1), max(d.step for d in series[t]))
         found = self._read_overview(
             ctx, experiment, run, layouts, blocks, until, merged
         )
         return CachedRun(tag, merged, overview=found)
+
+    def _read_steps(
+        self,
+        ctx,
+        experiment: str,
+        run: str,
+        layouts: dict[str, metadata.Layout],
+        listing: dict[str, provider.TensorTimeSeries],
+        order: dict[str, segments.Segment],
+    ) -> dict[str, list[provider.TensorDatum]]:
+        """The per-step records of a watcher's layout tags, tag -> data.
+
+        A tag holds at most ``downsample`` records (TensorBoard's sampling);
+        a segment (:mod:`tb_gradflow.segments`) holds at most its segment's
+        steps, and the plain tag no more than its last step allows. When all
+        of them together would pass ``downsample`` records or ``_RUN_BYTES``,
+        every tag is read with one smaller ``downsample`` (the same cap for
+        each, so the steps kept are spread over the run as TensorBoard
+        spreads them in one tag). Tags are read together while their replies
+        fit ``READ_BYTES``; a reply over gRPC's limit all the same (files
+        written before segments: one tag of a large layer set) is read again
+        tag by tag, and a tag too large alone is read with fewer steps.
+        """
+        bound = {
+            t: self._records_bound(lo, listing[t], order[t])
+            for t, lo in layouts.items()
+        }
+        sizes = {t: 4 * lo.size for t, lo in layouts.items()}
+        cap = _cap(bound, self._downsample, sizes, _RUN_BYTES)
+        batches: list[list[str]] = []
+        size = READ_BYTES
+        for t in sorted(layouts):
+            need = min(bound[t], cap) * (4 * layouts[t].size + 64)
+            if size + need > READ_BYTES:
+                batches.append([])
+                size = 0
+            batches[-1].append(t)
+            size += need
+        series: dict[str, list[provider.TensorDatum]] = {}
+        for batch in batches:
+            series |= self._read_batch(ctx, experiment, run, layouts, batch, cap)
+        return series
+
+    def _records_bound(
+        self,
+        layout: metadata.Layout,
+        listed: provider.TensorTimeSeries,
+        segment: segments.Segment,
+    ) -> int:
+        """At most how many records TensorBoard serves of one layout tag."""
+        if segment.plain:  # steps 0, every, 2 * every, ... (or fewer)
+            bound = listed.max_step // layout.every + 1
+        else:
+            bound = segments.segment_steps(layout)
+        return max(1, min(bound, self._downsample))
+
+    def _read_batch(
+        self,
+        ctx,
+        experiment: str,
+        run: str,
+        layouts: dict[str, metadata.Layout],
+        batch: list[str],
+        cap: int,
+    ) -> dict[str, list[provider.TensorDatum]]:
+        """One ``read_tensors`` of the tags ``batch``, each with at most
+        ``cap`` records; see :meth:`_read_steps` for a reply over the limit."""
+        try:
+            return self.data_provider.read_tensors(
+                ctx,
+                experiment_id=experiment,
+                plugin_name=metadata.PLUGIN_NAME,
+                run_tag_filter=provider.RunTagFilter(runs=[run], tags=batch),
+                downsample=cap,
+            ).get(run, {})
+        except Exception as e:
+            if _grpc_status(e) != "RESOURCE_EXHAUSTED":
+                raise
+        if len(batch) > 1:
+            out: dict[str, list[provider.TensorDatum]] = {}
+            for t in batch:
+                out |= self._read_batch(ctx, experiment, run, layouts, [t], cap)
+            return out
+        # TensorBoard's gRPC client takes replies up to 256 MiB: 500 layers
+        # x 5 statistics is 10 kB a step, so ~25,000 steps at once.
+        (t,) = batch
+        points = max(READ_BYTES // (4 * layouts[t].size + 64), 1)
+        logger.warning(
+            "gradflow: run %r tag %r does not fit in one data-server reply; "
+            "showing %d of its steps",
+            run,
+            t,
+            points,
+        )
+        return self._read_batch(ctx, experiment, run, layouts, batch, min(cap, points))
 
     def _read_overview(
         self,
@@ -379,6 +465,31 @@ class RunLoader:
             f"(at a damaged record): steps after {served} up to {step} are in the "
             "file but not shown; tb-gradflow report reads past damaged records",
         )
+
+
+def _cap(bound: dict[str, int], points: int, sizes: dict[str, int], nbytes: int) -> int:
+    """``points`` when the tags, tag ``t`` holding at most ``bound[t]``
+    records of ``sizes[t]`` bytes, together hold at most ``points`` records
+    and ``nbytes`` bytes; else the largest ``downsample`` ``c`` (at least 1)
+    with which they would, tag ``t`` then holding ``min(bound[t], c)``."""
+
+    def over(c: int) -> bool:
+        kept = {t: min(b, c) for t, b in bound.items()}
+        return (
+            sum(kept.values()) > points
+            or sum(kept[t] * sizes[t] for t in kept) > nbytes
+        )
+
+    low, high = 1, max(bound.values())
+    if not over(high):
+        return points  # all: the bounds only estimate what a tag holds
+    while low < high:  # the largest c that is not over
+        mid = (low + high + 1) // 2
+        if over(mid):
+            high = mid - 1
+        else:
+            low = mid
+    return low
 
 
 def _grpc_status(error: Exception) -> str | None:

@@ -17,7 +17,7 @@ from tensorboard.compat.proto import (
     types_pb2,
 )
 
-from tb_gradflow import metadata, overview
+from tb_gradflow import metadata, overview, segments
 
 
 def gradflow_pb(
@@ -26,6 +26,7 @@ def gradflow_pb(
     step_fields: np.ndarray,
     *,
     with_metadata: bool,
+    segment: segments.Segment | None = None,
 ) -> summary_pb2.Summary:
     """Builds the summary of one logged step.
 
@@ -35,6 +36,8 @@ def gradflow_pb(
         step_fields: values of ``layout.step_fields``.
         with_metadata: attach the plugin metadata. TensorBoard keeps only the
             first metadata of a tag, so writers attach it to their first record.
+        segment: which of the layer set's tags holds the step
+            (:mod:`tb_gradflow.segments`; None: the layout tag).
 
     Shape:
         - stats: ``(K, L)``, ``K = len(layout.stats)``, ``L = len(layout.layers)``
@@ -56,10 +59,11 @@ def gradflow_pb(
             f"{(len(layout.step_fields),)}"
         )
     flat = np.concatenate([stats.reshape(-1), step_fields])  # (K * L + F,)
+    segment = segment or segments.Segment()
     return _summary(
-        metadata.layout_tag(layout),
+        segments.segment_tag(layout, segment),
         _float_tensor(flat),
-        metadata.create_summary_metadata(layout) if with_metadata else None,
+        segments.create_segment_metadata(layout, segment) if with_metadata else None,
     )
 
 

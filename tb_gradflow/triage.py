@@ -119,6 +119,7 @@ def triage(
     )
     out: list[RunTriage] = []
     to_read: list[tuple[str, str, dict[str, metadata.Layout], float]] = []
+    orders = {}  # (run, base tag) -> its layout tags' segments
     for run in sorted(listing):
         tags = listing[run]
         for tag, layouts in watchers.group(tags)[0].items():
@@ -129,6 +130,7 @@ def triage(
             judged = None if entry is None else _from_cache(entry, sample_steps)
             if judged is None:
                 to_read.append((run, tag, layouts, wall))
+                orders[(run, tag)] = watchers.tag_segments(tags, layouts)
                 continue
             findings, steps, basis = judged
             out.append(_triage(run, tag, findings, wall, steps, basis))
@@ -145,7 +147,9 @@ def triage(
         )
         for run, tag, layouts, wall in batch:
             try:
-                sample = watchers.merge_series(run, layouts, data.get(run, {}))
+                order = orders[(run, tag)]
+                series = watchers.drop_abandoned(layouts, data.get(run, {}), order)
+                sample = watchers.merge_series(run, layouts, series, order)
             except watchers.LayoutMismatch:
                 continue  # the plugin refuses such a run (files before layout tags)
             if sample is None or not len(sample.steps):

@@ -17,17 +17,20 @@ import collections
 import threading
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 from tensorboard import errors
 from tensorboard.data import provider
 
-from tb_gradflow import metadata, reader
+from tb_gradflow import metadata, reader, segments
 
 __all__ = [
     "LayoutCache",
     "LayoutMismatch",
     "group",
     "layout_of",
+    "drop_abandoned",
     "merge_series",
+    "tag_segments",
     "version",
 ]
 
@@ -69,6 +72,7 @@ def _parse(content: bytes) -> metadata.Layout | str:
     newer format version)."""
     try:
         layout = metadata.parse_plugin_metadata(content)
+        segments.parse_segment(content)  # checked here, read by tag_segments
     except metadata.FormatError as e:
         return str(e)
     if layout.version > metadata.FORMAT_VERSION:
@@ -113,6 +117,43 @@ def layout_of(content: bytes, run: str, tag: str) -> metadata.Layout:
     return layout
 
 
+def tag_segments(
+    tags: Mapping[str, provider.TensorTimeSeries], members
+) -> dict[str, segments.Segment]:
+    """The segment (:mod:`tb_gradflow.segments`) of each of a watcher's layout
+    tags ``members``, all of them readable (``group`` checked them)."""
+    return {t: segments.parse_segment(tags[t].plugin_content) for t in members}
+
+
+def drop_abandoned(
+    layouts: Mapping[str, metadata.Layout],
+    series: Mapping[str, Sequence[provider.TensorDatum]],
+    order: Mapping[str, segments.Segment],
+) -> dict[str, Sequence[provider.TensorDatum]]:
+    """``series`` without the records of an abandoned timeline
+    (``segments.abandoned``): a session resumed from a checkpoint has
+    segments of its own, where TensorBoard cannot drop what it logs again."""
+    sets: dict[tuple, list[str]] = {}  # a layer set's columns -> its tags
+    for t in series:
+        if t in layouts:
+            sets.setdefault(layouts[t].columns, []).append(t)
+    out = dict(series)
+    for tags in sets.values():
+        sessions = [order.get(t, segments.Segment()).session for t in tags]
+        if len(set(sessions)) < 2:
+            continue
+        for t, session in zip(tags, sessions):
+            steps = np.fromiter((d.step for d in series[t]), np.int64)  # (N,)
+            # judged with every session's start: one step-less record each
+            drop = segments.abandoned(
+                np.concatenate([np.full(len(steps), session), sessions]),
+                np.concatenate([steps, np.full(len(sessions), np.iinfo(np.int64).min)]),
+            )[: len(steps)]
+            if drop.any():
+                out[t] = [d for d, gone in zip(series[t], drop) if not gone]
+    return out
+
+
 def version(tags: Mapping[str, provider.TensorTimeSeries], members) -> tuple:
     """What identifies the data of a watcher's layout tags ``members``: a
     cached decoded copy is used only while this is unchanged."""
@@ -153,10 +194,12 @@ def merge_series(
     run: str,
     layouts: Mapping[str, metadata.Layout],
     series: Mapping[str, Sequence[provider.TensorDatum]],
+    order: Mapping[str, segments.Segment] | None = None,
 ) -> reader.GradFlowRun | None:
     """One watcher's records, as the data provider served them, merged by layer
     name by the rule of ``reader.merge_records`` (which :func:`load_run` uses
-    too): each tag's records in the order TensorBoard read them.
+    too): the tags of one layer set (its segments) read as one, in segment
+    order, each tag's records in the order TensorBoard read them.
 
     Records of the watcher's base tag written before layout tags, whose layer
     set is not the tag's first layout (TensorBoard keeps only that one), cannot
@@ -168,6 +211,7 @@ def merge_series(
         run: the run's name.
         layouts: the watcher's layout tags and their layouts.
         series: ``read_tensors``' answer for the run: tag -> data.
+        order: each tag's segment (``tag_segments``; None: all plain).
 
     Returns:
         The run; None when no tag of ``layouts`` has data.
@@ -179,10 +223,13 @@ def merge_series(
     found = {t: series[t] for t in layouts if series.get(t)}
     if not found:
         return None
-    tags = list(found)
+    order = order or {}
+    tags = sorted(found, key=lambda t: (order.get(t, segments.Segment()), t))
+    sets: dict[tuple, int] = {}  # a layer set's columns -> its first tag's index
     steps, rows, part, walls, left_out, total = [], [], [], [], [], 0
-    for p, t in enumerate(tags):
+    for i, t in enumerate(tags):
         size = layouts[t].size
+        p = sets.setdefault(layouts[t].columns, i)
         for datum in found[t]:
             total += 1
             flat = datum.numpy.reshape(-1)

@@ -22,85 +22,23 @@ import urllib.parse
 import numpy as np
 import pytest
 from plugin_client import make_plugin_client
-from tensorboard.compat.proto import event_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from watched_runs import ORDER, FileWriter, gradients, layout_of, write_watched
 
 from tb_gradflow import heatmap, metadata, overview, reader
-from tb_gradflow import stats as tb_stats
-from tb_gradflow.record_writer import RecordWriter
 from tb_gradflow.summary import gradflow_pb, overview_pb
 
 LAYERS = 20
 SAMPLED = {"gradflow": 500}  # steps kept per tag, far below the runs' lengths
 SEEDS = range(6)
 STEPS = 6_050  # logged steps of each seeded run: 60 blocks and a partial one
-ORDER = tb_stats.names("gradient")  # the statistics a layout holds by default
 ABS_MEAN = ORDER.index("abs_mean")
 SIZES = [ORDER.index(n) for n in ("abs_mean", "abs_max", "norm")]
-
-
-class _FileWriter:
-    """What ``RecordWriter`` needs of a ``SummaryWriter``: its file writer,
-    adding each summary at its step (``wall``: the event's wall time)."""
-
-    def __init__(self, path, wall: float) -> None:
-        self.events = EventFileWriter(str(path))
-        self.file_writer = self.events
-        self.wall = wall
-
-    def _get_file_writer(self):
-        return self
-
-    def add_summary(self, summary, global_step: int) -> None:
-        self.wall += 1.0
-        event = event_pb2.Event(step=global_step, wall_time=self.wall, summary=summary)
-        self.events.add_event(event)
-
-
-def write_watched(logdir, run, layout, values, *, start=0, finish=True, wall=1e9):
-    """Writes ``values`` (``(T, K, L)``, in ``layout``'s order) as a watcher
-    does, at steps ``start, start + 1, ...``: per-step records and overview
-    records; ``finish``: the last partial block too (``flow.remove()``).
-    Each call writes one event file whose name sorts after the run's
-    earlier ones."""
-    run_dir = logdir / run
-    run_dir.mkdir(parents=True, exist_ok=True)
-    earlier = set(run_dir.glob("*tfevents*"))
-    writer = _FileWriter(run_dir, wall)
-    records = RecordWriter(writer, layout, "torch")
-    for i, stats in enumerate(values):
-        records.write_step(start + i, stats, False, math.nan)
-    if finish:
-        records.close()
-    writer.events.close()
-    (new_file,) = set(run_dir.glob("*tfevents*")) - earlier
-    new_file.rename(run_dir / f"events.out.tfevents.{len(earlier):010d}.test")
-
-
-def gradients(rng, steps, layers=LAYERS):
-    """Healthy statistics, ``(steps, K, layers)`` float32 in ``ORDER``: each
-    layer's abs_mean lognormal around its own median (within ~4x of it at
-    every step), abs_max 5x and norm 30x it; its medians, ``(layers,)``."""
-    medians = np.exp(rng.normal(np.log(1e-3), 1.0, layers))  # (L,)
-    mean = medians * np.exp(rng.normal(0.0, 0.3, (steps, layers)))  # (T, L)
-    values = {"abs_mean": mean, "abs_max": 5 * mean, "norm": 30 * mean}
-    values |= {"nonfinite": 0.0, "rows": 1.0}
-    out = np.empty((steps, len(ORDER), layers), dtype=np.float32)
-    for k, name in enumerate(ORDER):
-        out[:, k] = values[name]
-    return out, medians
 
 
 def scale(values, step, layer, to):
     """Sets abs_mean at ``step`` in ``layer`` to ``to``, abs_max and norm
     with it."""
     values[step, SIZES, layer] *= to / values[step, ABS_MEAN, layer]
-
-
-def layout_of(layers=LAYERS, prefix="layer", name=None):
-    return metadata.Layout(
-        layers=tuple(f"{prefix}{i}.weight" for i in range(layers)), name=name
-    )
 
 
 def seeded_run(seed):
@@ -271,7 +209,7 @@ def write_bare(logdir, run, layout, values):
     records wrote them."""
     run_dir = logdir / run
     run_dir.mkdir(parents=True)
-    writer = _FileWriter(run_dir, 1e9)
+    writer = FileWriter(run_dir, 1e9)
     for i, stats in enumerate(values):
         proto = gradflow_pb(layout, stats, [0.0, math.nan], with_metadata=i == 0)
         writer.add_summary(proto, i)
@@ -326,7 +264,7 @@ def test_steps_not_in_any_overview_record_yet_are_binned_from_kept_steps(tmp_pat
     acc = overview.BlockAccumulator(layout)
     for step in range(3_000, 3_050):
         acc.add(step, values[step], False)
-    writer = _FileWriter(run_dir, 2e9)
+    writer = FileWriter(run_dir, 2e9)
     writer.add_summary(overview_pb(layout, acc.take(), with_metadata=True), 3_049)
     writer.events.close()
     mux.Reload()
@@ -409,7 +347,7 @@ def test_a_malformed_overview_record_is_left_out_with_why(tmp_path):
         acc.add(step, values[step - 1_000], False)
     negative = acc.take()
     negative[ABS_MEAN * 4] = -3.0  # abs_mean's largest value, layer 0
-    writer = _FileWriter(tmp_path / "damaged", 2e9)
+    writer = FileWriter(tmp_path / "damaged", 2e9)
     writer.add_summary(overview_pb(layout, negative, with_metadata=False), 1_099)
     short = overview_pb(layout, np.zeros(5, np.float32), with_metadata=False)
     writer.add_summary(short, 1_199)
@@ -442,7 +380,7 @@ def test_an_overview_tag_of_a_newer_version_is_left_out_with_why(tmp_path):
     proto = overview_pb(layout, acc.take(), with_metadata=True)
     content = json.dumps({"version": overview.OVERVIEW_VERSION + 1, "name": None})
     proto.value[0].metadata.plugin_data.content = content.encode()
-    writer = _FileWriter(tmp_path / "future", 2e9)
+    writer = FileWriter(tmp_path / "future", 2e9)
     writer.add_summary(proto, 299)
     writer.events.close()
     client, _ = make_plugin_client(tmp_path, sampling_hints={"gradflow": 50})
@@ -517,11 +455,12 @@ def test_a_session_resumed_before_its_first_block_ends_the_overview_where_its_st
     tmp_path, tensorboard_process, load_fast
 ):
     """Session 1 logs steps 0-3999; session 2, the same layer set, resumes at
-    3000 and has logged 3000-3050, no block yet. The Rust data server drops
-    session 1's per-step records from 3000 on (a tag's records from the step
-    logged again), so the overview ends at 3050 too, without session 1's
-    blocks of the steps dropped; the Python loader keeps them all, and the
-    overview ends at the last kept step, as the steps do."""
+    3000 and has logged 3000-3050, no block yet. Session 2's records are a
+    segment of their own (tb_gradflow.segments); the plugin drops session 1's
+    per-step records from 3000 on (an abandoned timeline, as the Rust data
+    server drops a tag's records from a step logged again), with either
+    loader, so the overview ends at 3050 too, without session 1's blocks of
+    the steps dropped."""
     rng = np.random.default_rng(12)
     layout = layout_of(3)
     one, _ = gradients(rng, 4_000, layers=3)
@@ -544,10 +483,7 @@ def test_a_session_resumed_before_its_first_block_ends_the_overview_where_its_st
             assert time.monotonic() < deadline, steps
             time.sleep(0.5)
         last = json.loads(steps[2])["last_step"]
-        if load_fast == "true":
-            assert last == 3_050
-        else:  # session 1's records past 3050 are there, a sample of them kept
-            assert last > 3_050
+        assert last == 3_050
         lines = tb.get_json(
             "/data/plugin/gradflow/lines?run=resumed&stat=abs_mean&max_steps=100"
         )
