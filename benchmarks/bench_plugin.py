@@ -47,25 +47,30 @@ from __future__ import annotations
 import argparse
 import functools
 import gzip
-import json
 import math
 import os
 import statistics
-import struct
 import tempfile
 import time
-from collections.abc import Callable
 
 import numpy as np
+from _scale_case import bench_llama
+from _tb_backends import (
+    RUN,
+    Python,
+    Rust,
+    binary_answer,
+    make_client,
+    rss_mb,
+    server_pid,
+    timed,
+    wait_for_step,
+)
 from tensorboard import context
 from tensorboard.backend import application
-from tensorboard.backend.event_processing import data_provider as tb_data_provider
-from tensorboard.backend.event_processing import plugin_event_multiplexer
 from tensorboard.compat.proto import event_pb2
-from tensorboard.data import server_ingester
 from tensorboard.plugins import base_plugin
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
-from tensorboard.util import grpc_util
 from werkzeug import test as werkzeug_test
 from werkzeug import wrappers
 
@@ -73,8 +78,6 @@ from tb_gradflow import metadata, overview, stats
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN, GradFlowLoader
 from tb_gradflow.record_writer import RecordWriter
 from tb_gradflow.summary import gradflow_pb
-
-RUN = "big"
 
 
 class Run:
@@ -161,39 +164,6 @@ def write_overview_run(logdir: str, layers: int, steps: int) -> tuple[int, int, 
     return at, layer, float(np.float32(10 * medians[layer]))
 
 
-def _rss_mb(pid: int) -> float:
-    """Resident memory of process ``pid``, MB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return math.nan
-
-
-def _server_pid() -> int | None:
-    """The Rust data server this process started (its child), if any."""
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == me:  # the parent pid
-            return int(entry)
-    return None
-
-
-def _binary_answer(response: wrappers.Response) -> tuple[dict, np.ndarray]:
-    """The JSON header and the float32 values of a binary answer."""
-    body = response.get_data()
-    (n,) = struct.unpack("<I", body[:4])
-    header = json.loads(body[4 : 4 + n])
-    return header, np.frombuffer(body[4 + n + (-(4 + n) % 4) :], dtype="<f4")
-
-
 def bench_overview(kinds, layers: int, steps: int, repeats: int, cold: int) -> None:
     with tempfile.TemporaryDirectory() as logdir:
         start = time.perf_counter()
@@ -220,19 +190,19 @@ def _bench_overview(backend, steps: int, spike, repeats: int, cold: int) -> None
     own = os.getpid()
     if isinstance(backend, Python):
         start = time.perf_counter()
-        before = _rss_mb(own)
+        before = rss_mb(own)
         backend.reload()
         print(
             f"  ingestion (Reload): {time.perf_counter() - start:.1f} s; this "
-            f"process's RSS {before:.0f} MB before, {_rss_mb(own):.0f} MB after"
+            f"process's RSS {before:.0f} MB before, {rss_mb(own):.0f} MB after"
         )
     else:
-        server = _server_pid()
-        before = _rss_mb(server) if server else math.nan
+        server = server_pid()
+        before = rss_mb(server) if server else math.nan
         waited = _wait_for_overview(backend.provider, steps - 1)
         print(
             f"  ingestion: {waited:.1f} s; data server RSS {before:.0f} MB as it "
-            f"started, {_rss_mb(server):.0f} MB once it had loaded the run"
+            f"started, {rss_mb(server):.0f} MB once it had loaded the run"
         )
     base = "/data/plugin/gradflow/"
     routes = {
@@ -244,7 +214,7 @@ def _bench_overview(backend, steps: int, spike, repeats: int, cold: int) -> None
         f"| warm ms (median of {repeats}) | columns | from | spike found |"
     )
     print("  |---|---:|---:|---:|---|---|")
-    before = _rss_mb(own)
+    before = rss_mb(own)
     for name, params in routes.items():
         colds, client, response = [], None, None
         for _ in range(cold):
@@ -253,7 +223,7 @@ def _bench_overview(backend, steps: int, spike, repeats: int, cold: int) -> None
             elapsed, response = timed(request)
             colds.append(elapsed)
         warms = [timed(request)[0] for _ in range(repeats)]
-        header, values = _binary_answer(response)
+        header, values = binary_answer(response)
         columns = len(header["steps"])
         top = values.reshape(-1, len(header["layers"]), columns)[0]  # max
         (column,) = [
@@ -275,7 +245,7 @@ def _bench_overview(backend, steps: int, spike, repeats: int, cold: int) -> None
     )
     print(
         f"  this process's RSS: {before:.0f} MB before the first answer, "
-        f"{_rss_mb(own):.0f} MB after them ({2 * cold} fresh plugins, each "
+        f"{rss_mb(own):.0f} MB after them ({2 * cold} fresh plugins, each "
         "holding the run it read until the next)"
     )
 
@@ -296,79 +266,6 @@ def _wait_for_overview(provider, step: int, timeout: float = 900.0) -> float:
         if time.perf_counter() - start > timeout:
             raise TimeoutError(f"step {step} not ingested after {timeout} s")
         time.sleep(0.2)
-
-
-class Rust:
-    """TensorBoard's Rust data server (``--load_fast=true``)."""
-
-    name = "rust data server"
-
-    def __init__(self, logdir: str) -> None:
-        flags = argparse.Namespace(samples_per_plugin={})
-        GradFlowLoader().fix_flags(flags)  # what `tensorboard --logdir` does
-        self.ingester = server_ingester.SubprocessServerDataIngester(
-            server_binary=server_ingester.get_server_binary(),
-            logdir=logdir,
-            reload_interval=1,
-            channel_creds_type=grpc_util.ChannelCredsType.LOCAL,
-            samples_per_plugin=flags.samples_per_plugin,
-        )
-        self.ingester.start()
-        self.provider = self.ingester.data_provider
-
-    def reload(self) -> None:
-        pass  # reloads by itself every second
-
-    def close(self) -> None:
-        # The server runs with --die-after-stdin; TensorBoard has no stop method.
-        self.ingester._stdin_handle.close()
-
-
-class Python:
-    """TensorBoard's Python multiplexer (``--load_fast=false``)."""
-
-    name = "python multiplexer"
-
-    def __init__(self, logdir: str) -> None:
-        flags = argparse.Namespace(samples_per_plugin={})
-        GradFlowLoader().fix_flags(flags)  # what `tensorboard --logdir` does
-        self.mux = plugin_event_multiplexer.EventMultiplexer(
-            tensor_size_guidance=flags.samples_per_plugin
-        )
-        self.mux.AddRunsFromDirectory(logdir)
-        self.provider = tb_data_provider.MultiplexerDataProvider(self.mux, logdir)
-
-    def reload(self) -> None:
-        self.mux.Reload()
-
-    def close(self) -> None:
-        pass
-
-
-def wait_for_step(
-    provider, tag: str, step: int, timeout: float = 600.0, runs: tuple = (RUN,)
-) -> float:
-    """Seconds until the provider lists ``step`` as the last step of ``tag``
-    in each of ``runs``."""
-    start = time.perf_counter()
-    while True:
-        listing = provider.list_tensors(
-            context.RequestContext(), experiment_id="", plugin_name=metadata.PLUGIN_NAME
-        )
-        series = [listing.get(run, {}).get(tag) for run in runs]
-        if all(s is not None and s.max_step >= step for s in series):
-            return time.perf_counter() - start
-        if time.perf_counter() - start > timeout:
-            raise TimeoutError(f"step {step} not ingested after {timeout} s")
-        time.sleep(0.05)
-
-
-def timed(fn: Callable[[], wrappers.Response]) -> tuple[float, wrappers.Response]:
-    start = time.perf_counter()
-    response = fn()
-    elapsed = time.perf_counter() - start
-    assert response.status_code == 200, response.get_data(as_text=True)[:500]
-    return elapsed, response
 
 
 def bench(backend, run: Run, repeats: int, cold_repeats: int) -> None:
@@ -439,18 +336,6 @@ def bench(backend, run: Run, repeats: int, cold_repeats: int) -> None:
         f"({len(zipped) / 1e6:.2f} MB gzipped); lines binary "
         f"{len(routes['lines binary']().get_data()) / 1e6:.2f} MB"
     )
-
-
-def make_client(provider):
-    """A fresh plugin (empty cache) behind TensorBoard's WSGI app."""
-    plugin = GradFlowLoader().load(
-        base_plugin.TBContext(
-            data_provider=provider,
-            sampling_hints={metadata.PLUGIN_NAME: DEFAULT_SAMPLES_PER_RUN},
-        )
-    )
-    app = application.TensorBoardWSGI([plugin], data_provider=provider)
-    return werkzeug_test.Client(app, wrappers.Response)
 
 
 def bench_triage(backend, runs: list[Run], repeats: int) -> None:
@@ -541,13 +426,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--case",
-        choices=("routes", "overview"),
+        choices=("routes", "overview", "llama"),
         default="routes",
         help="routes: one run's routes (or the triage, with --triage-runs); "
-        "overview: a run far past TensorBoard's limit, drawn from every step",
+        "overview: a run far past TensorBoard's limit, drawn from every step; "
+        "llama: a LLaMA-70B-shaped run (723 layers) of 20,000 steps",
     )
-    parser.add_argument("--layers", type=int, help="500 (overview: 20)")
-    parser.add_argument("--steps", type=int, help="10,000 (overview: 300,000)")
+    parser.add_argument(
+        "--layers", type=int, help="500 (overview: 20; llama: 80 decoder blocks)"
+    )
+    parser.add_argument(
+        "--steps", type=int, help="10,000 (overview: 300,000; llama: 20,000)"
+    )
     parser.add_argument("--repeats", type=int, default=20, help="warm requests")
     parser.add_argument("--cold-repeats", type=int, default=3, help="cold requests")
     parser.add_argument(
@@ -566,6 +456,15 @@ def main() -> None:
             kinds[args.provider],
             args.layers or 20,
             args.steps or 300_000,
+            args.repeats,
+            args.cold_repeats,
+        )
+        return
+    if args.case == "llama":
+        bench_llama(
+            kinds[args.provider],
+            args.layers or 80,
+            args.steps or 20_000,
             args.repeats,
             args.cold_repeats,
         )

@@ -28,14 +28,18 @@ _OVERVIEW_PLUGIN_NAME = "gradflow_overview"
 _EVENTS_PLUGIN_NAME = "gradflow_events"
 _EVENTS_KEPT = 1000  # non-finite origins kept per run and watcher
 
-DEFAULT_SAMPLES_PER_RUN = 100_000  # logged steps kept per run and watcher
-"""TensorBoard's sampling limit for gradflow data when the user sets none.
+DEFAULT_SAMPLES_PER_RUN = 100_000  # logged steps kept per tag
+"""TensorBoard's sampling limit for gradflow data when the user sets none, per
+tag, and the most per-step records the plugin reads of one watcher.
 
-Finite on purpose: ``gradflow=0`` ("keep all") lets a million-step run take
-unbounded memory (500 layers x 5 statistics x 4 bytes = 10 kB per step). Beyond
-the limit TensorBoard keeps a random subset (always the latest step); the tab
-shows how many of the logged steps were kept. Change it with
-``tensorboard --samples_per_plugin=gradflow=N`` (``N=0``: keep all).
+A watcher writes its per-step records in segments (:mod:`tb_gradflow.segments`:
+a tag per ~32 MiB of values, e.g. 2,300 steps of 723 layers), each below this
+limit, so TensorBoard keeps every logged step and its memory grows with the
+run, about as its event files do; of a run longer than the limit the plugin
+reads a spread sample (its overview records cover every step). Runs written
+before segments keep a random subset of their one tag (always the latest
+step). To bound TensorBoard's memory, ``tensorboard
+--samples_per_plugin=gradflow=N`` keeps N steps of each tag (``N=0``: all).
 """
 
 

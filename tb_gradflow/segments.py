@@ -3,11 +3,11 @@
 One read from TensorBoard's Rust data server is one gRPC reply of at most
 256 MiB, and every read of a tag returns all of the tag's kept records. A
 LLaMA-70B-shaped watcher (723 layers x 5 statistics) writes 14.5 kB per
-logged step, so 20,000 steps in one tag (289 MB) cannot be read at once, and
-every new step would mean reading all of them again. So a writer session
-starts a new tag every :func:`segment_steps` records (about
-:data:`SEGMENT_BYTES` of values): each tag can be read in one reply, and the
-plugin reads again only the tags that changed.
+logged step, so 20,000 steps in one tag (289 MB) cannot be read at once: a
+reader would get a sample. So a writer session starts a new tag every
+:func:`segment_steps` records (about :data:`SEGMENT_BYTES` of values): each
+tag can be read in one reply, and the plugin reads a watcher's tags in
+batches that each fit one.
 
 The tag of a segment (:func:`segment_tag`) is the layout tag
 (``metadata.layout_tag``) for the first segment of a session that began at
@@ -56,10 +56,9 @@ __all__ = [
 ]
 
 SEGMENT_BYTES = 32 * 2**20
-"""Values of one segment's records, about: small enough that a read of one
-tag stays far below the data server's 256 MiB replies and that reading again
-the tag a live run writes to costs ~0.1 s; large enough that a run of a
-million steps has a few hundred tags (723 layers) or a few dozen (20)."""
+"""Values of one segment's records, about: small enough that several tags fit
+one of the data server's 256 MiB replies, large enough that a run of a
+million steps has a few hundred tags (723 layers) or a dozen (20)."""
 
 _SEGMENT_ALIGN = 100  # segments hold whole overview blocks (overview.BLOCK)
 
