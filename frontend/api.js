@@ -164,27 +164,30 @@ export class Client {
   }
 
   /**
-   * The layers-by-steps matrix of one statistic (binary body).
+   * The layers-by-steps matrix of one statistic (binary body), a row per
+   * layer, or per block or role (`group`; "layer" is left out of the URL).
    * @param {{run: string, tag: string}} r
    * @param {string} stat
    * @param {number} maxSteps
+   * @param {"layer"|"block"|"role"} [group]
    * @returns {Promise<Heatmap>}
    */
-  heatmap(r, stat, maxSteps) {
-    const url = Client.url("heatmap", { run: r.run, tag: r.tag, stat, max_steps: maxSteps, format: "binary" });
+  heatmap(r, stat, maxSteps, group = "layer") {
+    const url = Client.url("heatmap", binnedParams(r, stat, maxSteps, group));
     return this._cached(url, runKey(r), async () => decodeHeatmap(await this._get(url, "arrayBuffer")));
   }
 
   /**
-   * Each layer's smallest and largest value of one statistic per bin of steps
-   * (binary body), for the lines view.
+   * Each layer's (or group's, as {@link Client#heatmap}) smallest and largest
+   * value of one statistic per bin of steps (binary body), for the lines view.
    * @param {{run: string, tag: string}} r
    * @param {string} stat
    * @param {number} maxSteps
+   * @param {"layer"|"block"|"role"} [group]
    * @returns {Promise<import("./model.js").Lines>}
    */
-  lines(r, stat, maxSteps) {
-    const url = Client.url("lines", { run: r.run, tag: r.tag, stat, max_steps: maxSteps, format: "binary" });
+  lines(r, stat, maxSteps, group = "layer") {
+    const url = Client.url("lines", binnedParams(r, stat, maxSteps, group));
     return this._cached(url, runKey(r), async () => decodeLines(await this._get(url, "arrayBuffer")));
   }
 
@@ -197,6 +200,19 @@ export class Client {
     const url = Client.url("alerts", { run: r.run, tag: r.tag });
     return this._cached(url, runKey(r), async () => ((await this._get(url, "json")).alerts || []).map(reviveAlert));
   }
+}
+
+/**
+ * The query of a binned route (`heatmap`, `lines`), binary; `group` only
+ * when it groups layers.
+ * @param {{run: string, tag: string}} r
+ * @param {string} stat
+ * @param {number} maxSteps
+ * @param {"layer"|"block"|"role"} group
+ * @returns {Object<string, string|number|null>}
+ */
+function binnedParams(r, stat, maxSteps, group) {
+  return { run: r.run, tag: r.tag, stat, max_steps: maxSteps, format: "binary", group: group === "layer" ? null : group };
 }
 
 /**

@@ -7,7 +7,7 @@
 import {
   ABSENT_TEXT, FONT, FONT_BOLD, LINE, STATUS_TEXT, drawMessage, drawReference, drawYGrid, referenceOf,
 } from "./canvas.js";
-import { groupOfLayer, layerLabel, matchLayers } from "./model.js";
+import { groupOfLayer, layerCount, layerLabel, matchLayers } from "./model.js";
 import { formatValue, valueAxis } from "./scale.js";
 
 /** @typedef {import("./palette.js").Palette} Palette */
@@ -325,10 +325,9 @@ export function barIndexAt(layout, x, y) {
 export function groupSizeText(series, i) {
   const grouped = series.filter((s) => s.sizes);
   if (!grouped.length) return "";
-  const plural = (n) => `${n} layer${n === 1 ? "" : "s"}`;
   const counts = grouped.map((s) => s.sizes[i]);
-  if (counts.every((n) => n === counts[0])) return `group of ${plural(counts[0])}`;
-  return `group of ${grouped.map((s, k) => `${plural(counts[k])} in ${s.label}`).join(", ")}`;
+  if (counts.every((n) => n === counts[0])) return `group of ${layerCount(counts[0])}`;
+  return `group of ${grouped.map((s, k) => `${layerCount(counts[k])} in ${s.label}`).join(", ")}`;
 }
 
 /**

@@ -16,6 +16,8 @@ export const STATUS_TEXT = {
 };
 /** Why a layer the run has is missing at a step. */
 export const ABSENT_TEXT = "not in this step's layer set";
+/** What a bound of a group's value is (a grouped column drawn from overview records). */
+export const BOUND_TEXT = "bounds: the overview records hold each layer's extremes, not the group's";
 
 /**
  * A statistic's rule of thumb, drawn as a line at `value` in a band: for

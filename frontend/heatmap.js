@@ -4,23 +4,24 @@
 // total-norm strip (strip.js). The layout, the pixels and the tooltips are
 // pure (`node --test` checks them); `drawHeatmap` only paints.
 
-import { ABSENT_TEXT, FONT, FONT_BOLD, LINE, STATUS_TEXT, drawMessage, drawTitled, ellipsize } from "./canvas.js";
+import { ABSENT_TEXT, BOUND_TEXT, FONT, FONT_BOLD, LINE, STATUS_TEXT, drawMessage, drawTitled, ellipsize } from "./canvas.js";
 import { spikePath } from "./marks.js";
-import { layerLabel } from "./model.js";
+import { boundAt, layerCount, layerLabel } from "./model.js";
 import { formatValue, logUnit, positiveExtent, ramp, ticks } from "./scale.js";
 import { STRIP_HEIGHT, stripLabelWidth, stripRect } from "./strip.js";
 
 /** @typedef {import("./palette.js").Palette} Palette */
 
 /**
- * The tooltip lines of one heatmap cell: layer (with its module type), run and
- * step (or the bin's step range), value, said as the bar plot says it: "no
- * gradient" (NaN), "non-finite" (+Infinity), "no such layer" (-Infinity: not
- * in the step's layer set); "not logged" for every cell of a statistic the
- * run's files lack.
+ * The tooltip lines of one heatmap cell: layer (with its module type; a
+ * group: how many layers it holds), run and step (or the bin's step range),
+ * value, said as the bar plot says it: "no gradient" (NaN), "non-finite"
+ * (+Infinity), "no such layer" (-Infinity: not in the step's layer set);
+ * "not logged" for every cell of a statistic the run's files lack; "at most"
+ * and why where a group's value is an upper bound ({@link boundAt}).
  * @param {{run: string, stat: string, layers: string[], types?: string[], steps: number[],
  *   first_steps: number[], last_steps: number[], values: Float32Array,
- *   logged?: boolean}} heat
+ *   logged?: boolean, members?: (string[][]|null), bounds?: (import("./model.js").Bounds|null)}} heat
  * @param {{row: number, col: number}} cell
  * @returns {string[]}
  */
@@ -35,8 +36,16 @@ export function heatTooltip(heat, cell) {
   else if (v === Infinity) valueText = STATUS_TEXT.nonfinite;
   else if (v === -Infinity) valueText = `${STATUS_TEXT.missing} (${a === z ? ABSENT_TEXT : "not in these steps' layer sets"})`;
   else valueText = formatValue(v);
+  const bound = Number.isFinite(v) && heat.logged !== false && boundAt(heat, cell.row, cell.col).max;
   const name = heat.layers[cell.row];
-  return [layerLabel(name, heat.types ? heat.types[cell.row] : ""), `${heat.run}, ${stepText}`, `${heat.stat} ${valueText}`];
+  const members = heat.members && heat.members[cell.row];
+  return [
+    layerLabel(name, heat.types ? heat.types[cell.row] : ""),
+    ...(members ? [`group of ${layerCount(members.length)}`] : []),
+    `${heat.run}, ${stepText}`,
+    `${heat.stat} ${bound ? `at most ${valueText}` : valueText}`,
+    ...(bound ? [BOUND_TEXT] : []),
+  ];
 }
 
 /**
@@ -47,9 +56,12 @@ export function heatTooltip(heat, cell) {
  * line. With `strip` (the total-norm strip's axis, {@link stripAxis}), the
  * strip sits between the legend and the matrix, over the same columns
  * (`layout.strip`, else null); `spikes`: the legend names the spike mark.
+ * Where rows are too thin for every name, every few rows are named, and the
+ * `selected` row (-1: none) is named in place of the names it would overlap
+ * (its label has `selected: true`).
  * @param {{layers: string[], labels?: string[], steps: number[], title?: string,
  *   domain?: ([number, number]|null), strip?: (import("./strip.js").StripAxis|null),
- *   spikes?: boolean}} data
+ *   spikes?: boolean, selected?: number}} data
  * @param {{width: number, measure: (text: string, bold?: boolean) => number}} opts
  * @returns {object} the layout: plot rect, cell size, row labels, column ticks,
  *   legend, strip
@@ -80,8 +92,15 @@ export function heatmapLayout(data, opts) {
   plot.h = rows ? rows * cellH : total; // no rows (a statistic not logged): room for the message
   const cellW = cols ? plot.w / cols : 0;
   const every = cellH >= LINE - 2 ? 1 : Math.ceil((LINE - 2) / Math.max(cellH, 1e-9));
-  const rowLabels = [];
-  for (let i = 0; i < rows; i += every) rowLabels.push({ index: i, text: texts[i], y: plot.y + (i + 0.5) * cellH });
+  let rowLabels = [];
+  for (let i = 0; i < rows; i += every) rowLabels.push({ index: i, text: texts[i], y: plot.y + (i + 0.5) * cellH, selected: false });
+  const sel = data.selected ?? -1;
+  if (sel >= 0 && sel < rows && every > 1) {
+    const y = plot.y + (sel + 0.5) * cellH;
+    rowLabels = rowLabels.filter((lab) => Math.abs(lab.y - y) >= LINE - 2);
+    rowLabels.push({ index: sel, text: texts[sel], y, selected: true });
+    rowLabels.sort((p, q) => p.index - q.index);
+  } else if (sel >= 0 && sel < rows) rowLabels[sel].selected = true;
   const xTicks = [];
   if (cols > 0) {
     const count = Math.max(2, Math.floor(plot.w / 90));
@@ -214,7 +233,7 @@ export function drawHeatmap(ctx, layout, data, palette) {
   ctx.textAlign = "right";
   for (const lab of layout.rowLabels) {
     const blocked = data.blockedRows && data.blockedRows.has(lab.index);
-    ctx.font = blocked ? FONT_BOLD : FONT;
+    ctx.font = blocked || lab.selected ? FONT_BOLD : FONT;
     ctx.fillStyle = blocked ? palette.blocked : palette.fg;
     ctx.fillText(lab.text, plot.x - 6, lab.y);
   }

@@ -7,9 +7,9 @@
 // checks them); the draw functions only paint.
 
 import {
-  ABSENT_TEXT, FONT_BOLD, LINE, STATUS_TEXT, drawMessage, drawReference, drawTitled, drawYGrid, ellipsize,
+  ABSENT_TEXT, BOUND_TEXT, FONT_BOLD, LINE, STATUS_TEXT, drawMessage, drawReference, drawTitled, drawYGrid, ellipsize,
 } from "./canvas.js";
-import { layerLabel } from "./model.js";
+import { boundAt, layerCount, layerLabel } from "./model.js";
 import { depthColor } from "./palette.js";
 import { formatValue, nearestIndex, scaleLinear, ticks, valueAxis } from "./scale.js";
 
@@ -164,9 +164,11 @@ export function stepAt(layout, lines, x) {
 }
 
 /**
- * The tooltip lines of one layer in one column: its name with its module type,
- * the run and the step (or the bin's steps), and the value (the bin's smallest
- * and largest), said as the heatmap says what is not a value.
+ * The tooltip lines of one layer in one column: its name with its module type
+ * (a group: how many layers it holds), the run and the step (or the bin's
+ * steps), and the value (the bin's smallest and largest), said as the heatmap
+ * says what is not a value; "at least", "at most" and why where a group's
+ * values are bounds ({@link boundAt}).
  * @param {Lines} lines
  * @param {{row: number, col: number}} cell
  * @returns {string[]}
@@ -179,15 +181,25 @@ export function linesTooltip(lines, cell) {
   const a = lines.first_steps[cell.col];
   const z = lines.last_steps[cell.col];
   const stepText = a === z ? `step ${a}` : `steps ${a}\u2013${z}`;
+  const value = lines.logged !== false && Number.isFinite(hi);
+  const bound = value ? boundAt(lines, cell.row, cell.col) : { max: false, min: false };
+  const high = `${bound.max ? "at most " : ""}${formatValue(hi)}`;
   let valueText;
   if (lines.logged === false) valueText = STATUS_TEXT.not_logged;
   else if (hi === Infinity) valueText = STATUS_TEXT.nonfinite;
   else if (hi === -Infinity) valueText = `${STATUS_TEXT.missing} (${a === z ? ABSENT_TEXT : "not in these steps' layer sets"})`;
   else if (Number.isNaN(hi)) valueText = STATUS_TEXT.no_grad;
-  else if (lo === hi || !Number.isFinite(lo)) valueText = formatValue(hi);
-  else valueText = `${formatValue(lo)} to ${formatValue(hi)} (smallest to largest in the bin)`;
+  else if ((lo === hi && !bound.min) || !Number.isFinite(lo)) valueText = high;
+  else valueText = `${bound.min ? "at least " : ""}${formatValue(lo)} to ${high} (smallest to largest in the bin)`;
   const name = lines.layers[cell.row];
-  return [layerLabel(name, lines.types[cell.row]), `${lines.run}, ${stepText}`, `${lines.stat} ${valueText}`];
+  const members = lines.members && lines.members[cell.row];
+  return [
+    layerLabel(name, lines.types[cell.row]),
+    ...(members ? [`group of ${layerCount(members.length)}`] : []),
+    `${lines.run}, ${stepText}`,
+    `${lines.stat} ${valueText}`,
+    ...(bound.max || bound.min ? [BOUND_TEXT] : []),
+  ];
 }
 
 /**

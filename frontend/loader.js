@@ -126,19 +126,22 @@ export function createLoader(client, getState, dispatch) {
     },
 
     /**
-     * The heatmaps of the shown runs for the chosen statistic; a run the
+     * The heatmaps of the shown runs for the chosen statistic, per layer or
+     * grouped as the bar plot ({@link flowGroup}); a run the
      * `runs` answer does not list it for gets one that says "not logged"
      * without a request (the route would refuse a name the run lacks).
      */
     async heat() {
-      await binned("heat", (r, stat) => client.heatmap(r, stat, HEAT_COLUMNS), notLoggedHeatmap, (heats) => ({
+      const group = flowGroup(getState());
+      await binned("heat", (r, stat) => client.heatmap(r, stat, HEAT_COLUMNS, group), notLoggedHeatmap, (heats) => ({
         type: "heatsLoaded", heats,
       }));
     },
 
-    /** The lines of the shown runs for the chosen statistic, as {@link heat}. */
+    /** The lines of the shown runs for the chosen statistic and grouping, as {@link heat}. */
     async lines() {
-      await binned("lines", (r, stat) => client.lines(r, stat, HEAT_COLUMNS), notLoggedLines, (lines) => ({
+      const group = flowGroup(getState());
+      await binned("lines", (r, stat) => client.lines(r, stat, HEAT_COLUMNS, group), notLoggedLines, (lines) => ({
         type: "linesLoaded", lines,
       }));
     },

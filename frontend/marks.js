@@ -4,6 +4,8 @@
 // step range, so a finding marks every column its steps fall in. Placement is
 // pure (`node --test` checks it); `drawSpikeMarks` only paints.
 
+import { rowOfLayer } from "./model.js";
+
 /** @typedef {import("./model.js").Alert} Alert */
 /** @typedef {import("./palette.js").Palette} Palette */
 
@@ -13,17 +15,18 @@ const MARK_H = 9;
 
 /**
  * The (layer, column) cells the per-layer `spike` findings of `alerts` fall in:
- * layer `row` of `binned.layers`, and each column whose step range
+ * layer `row` of `binned.layers` (in a grouped answer, the row of the group
+ * whose `members` hold the layer), and each column whose step range
  * (`first_steps[c]..last_steps[c]`) meets the finding's `first_step..last_step`.
  * Findings of the whole model (layer null), of other kinds and of layers the
  * answer does not have are left out; each cell comes once, by row then column.
- * @param {{layers: string[], first_steps: number[], last_steps: number[]}} binned
- *   a heatmap or lines answer
+ * @param {{layers: string[], members?: (string[][]|null), first_steps: number[],
+ *   last_steps: number[]}} binned a heatmap or lines answer
  * @param {Alert[]} alerts
  * @returns {{row: number, col: number}[]}
  */
 export function spikeCells(binned, alerts) {
-  const rows = new Map(binned.layers.map((name, i) => [name, i]));
+  const rows = rowOfLayer(binned);
   const n = binned.first_steps.length;
   const seen = new Set();
   const out = [];

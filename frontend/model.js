@@ -67,12 +67,29 @@
  *   types: string[], steps: number[], first_steps: number[], last_steps: number[],
  *   downsampled: boolean, logged: boolean, total_norm: (number[]|null),
  *   overview?: boolean, logged_steps?: (number|null),
+ *   group?: Group, members?: (string[][]|null), bounds?: (Bounds|null),
  *   values: Float32Array}} Heatmap
  * `values[row * steps.length + col]` is layer `row` in column `col`: NaN
  * where it had no gradient, +Infinity where a value was non-finite, -Infinity
  * where the layer was in none of the column's layer sets. `logged` false: the
  * run's files lack the statistic (every value NaN). `total_norm`: the model's
  * total gradient norm per column (null: an older server, or no `norm`).
+ * With `group` "block" or "role" a row is a group of layers, `layers` their
+ * names and `members[row]` the layer names of each ({@link groupOfLayer}).
+ */
+
+/** What a row of the bar plot, the heatmap and the lines view is: a layer, a
+ * block of layers or a role.
+ * @typedef {"layer"|"block"|"role"} Group
+ */
+
+/**
+ * Where the values of a grouped heatmap or lines answer are bounds rather
+ * than values: in `columns` (drawn from the watcher's overview records,
+ * which hold each layer's extremes, not when they were), a group of several
+ * layers has at most its `max` ("upper": an upper bound; "exact" for
+ * abs_max) and at least its `min` ("lower").
+ * @typedef {{columns: Set<number>, max: ("upper"|"exact"), min: "lower"}} Bounds
  */
 
 /**
@@ -84,7 +101,9 @@
  *   types: string[], steps: number[], first_steps: number[], last_steps: number[],
  *   downsampled: boolean, logged: boolean, total_norm: (number[]|null),
  *   overview?: boolean, logged_steps?: (number|null),
+ *   group?: Group, members?: (string[][]|null), bounds?: (Bounds|null),
  *   max: Float32Array, min: Float32Array}} Lines
+ * (per group as {@link Heatmap})
  */
 
 /**
@@ -162,9 +181,48 @@ export function reviveFlow(json) {
     alerts: (json.alerts || []).map(reviveAlert),
     left_out: reviveLeftOut(json.left_out),
     not_logged: Array.isArray(json.not_logged) ? json.not_logged.map(String) : [],
-    group: json.group === "block" || json.group === "role" ? json.group : "layer",
-    members: Array.isArray(json.members) ? json.members.map((m) => (Array.isArray(m) ? m.map(String) : [])) : null,
+    ...grouping(json),
   };
+}
+
+/**
+ * The mode and groups of a `flow`, `heatmap` or `lines` answer: "layer" and
+ * no members where it has none (or an unknown mode).
+ * @param {any} json
+ * @returns {{group: Group, members: (string[][]|null)}}
+ */
+function grouping(json) {
+  if (json.group !== "block" && json.group !== "role") return { group: "layer", members: null };
+  const members = Array.isArray(json.members) ? json.members.map((m) => (Array.isArray(m) ? m.map(String) : [])) : null;
+  return { group: json.group, members };
+}
+
+/**
+ * A grouped binned answer's `bounds` (see {@link Bounds}); null where it has
+ * none or they are malformed.
+ * @param {any} b
+ * @returns {Bounds|null}
+ */
+export function reviveBounds(b) {
+  if (!b || typeof b !== "object" || !Array.isArray(b.columns)) return null;
+  return { columns: new Set(b.columns.map(Number)), max: b.max === "exact" ? "exact" : "upper", min: "lower" };
+}
+
+/**
+ * Whether the value of row `row` in column `col` of a heatmap or lines answer
+ * is a bound (see {@link Bounds}): a group of several layers in a column
+ * drawn from overview records. Its `max` bound is exact for abs_max: then
+ * only `min` is a bound.
+ * @param {{members?: (string[][]|null), bounds?: (Bounds|null)}} binned
+ * @param {number} row
+ * @param {number} col
+ * @returns {{max: boolean, min: boolean}}
+ */
+export function boundAt(binned, row, col) {
+  const b = binned.bounds;
+  const several = Boolean(binned.members && binned.members[row] && binned.members[row].length > 1);
+  if (!b || !several || !b.columns.has(col)) return { max: false, min: false };
+  return { max: b.max === "upper", min: true };
 }
 
 /**
@@ -181,10 +239,11 @@ export function reviveGroups(g) {
 }
 
 /**
- * The name of the bar a layer is drawn in: the group of a grouped `flow`
- * answer whose `members` hold `layer`, the layer itself in an ungrouped one;
- * null for null (a whole-model finding) or a layer no group holds.
- * @param {Flow|null|undefined} flow
+ * The name of the bar (heatmap row, line) a layer is drawn in: the group of a
+ * grouped `flow`, `heatmap` or `lines` answer whose `members` hold `layer`,
+ * the layer itself in an ungrouped one; null for null (a whole-model finding)
+ * or a layer no group holds.
+ * @param {{layers: string[], members?: (string[][]|null)}|null|undefined} flow
  * @param {string|null} layer
  * @returns {string|null}
  */
@@ -193,6 +252,26 @@ export function groupOfLayer(flow, layer) {
   if (!flow || !flow.members) return layer;
   const i = flow.members.findIndex((m) => m.includes(layer));
   return i < 0 ? null : flow.layers[i] ?? null;
+}
+
+/**
+ * How many layers: "1 layer", "9 layers".
+ * @param {number} n
+ * @returns {string}
+ */
+export function layerCount(n) {
+  return `${n} layer${n === 1 ? "" : "s"}`;
+}
+
+/**
+ * The row (bar) of each layer name in an answer (`flow`, `heatmap`, `lines`):
+ * its own, or in a grouped answer its group's.
+ * @param {{layers: string[], members?: (string[][]|null)}} answer
+ * @returns {Map<string, number>}
+ */
+export function rowOfLayer(answer) {
+  if (!answer.members) return new Map(answer.layers.map((name, i) => [name, i]));
+  return new Map(answer.members.flatMap((names, i) => names.map((name) => [name, i])));
 }
 
 /**
@@ -328,6 +407,8 @@ function decodeBinned(buffer, names) {
     // drawn from the watcher's overview records: every logged step, not the kept ones
     overview: head.from === "overview",
     logged_steps: Number.isFinite(head.logged_steps) ? head.logged_steps : null,
+    ...grouping(head),
+    bounds: reviveBounds(head.bounds),
   };
   names.forEach((name, k) => {
     const values = new Float32Array(count);
@@ -369,7 +450,7 @@ export function decodeLines(buffer) {
 function notLoggedHead(r, stat) {
   return {
     run: r.run, tag: r.tag, stat, layers: [], types: [], steps: [], first_steps: [], last_steps: [],
-    downsampled: false, logged: false, total_norm: null,
+    downsampled: false, logged: false, total_norm: null, group: "layer", members: null, bounds: null,
   };
 }
 

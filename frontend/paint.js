@@ -10,7 +10,7 @@ import { FONT, FONT_BOLD, referenceOf, sizeCanvas } from "./canvas.js";
 import * as heatChart from "./heatmap.js";
 import * as linesChart from "./lines.js";
 import { drawSpikeMarks, heatMarkPoints, lineMarkPoints, spikeCells } from "./marks.js";
-import { layerLabel, runKey } from "./model.js";
+import { layerLabel, rowOfLayer, runKey } from "./model.js";
 import * as present from "./present.js";
 import { currentStep, shownRuns, statUnit } from "./state.js";
 import { drawStrip, stripAxis, stripBars, stripColumnAt, stripTooltip } from "./strip.js";
@@ -136,7 +136,7 @@ export function createPainter(win, shell, getState, dispatch) {
       step: state.flows[0].step,
       run: state.flows[0].run,
       heading: present.barHeading(state),
-      unit: state.flows[0].members ? state.flows[0].group : "layer",
+      unit: present.rowUnit(state.flows[0]),
     });
     // what was drawn: the axis and its tick labels
     shell.barTable.dataset.stat = state.stat;
@@ -223,13 +223,16 @@ export function createPainter(win, shell, getState, dispatch) {
       const { title, message } = present.heatText(heat);
       const labels = heat.layers.map((name, j) => layerLabel(name, heat.types ? heat.types[j] : ""));
       const spikes = message ? [] : spikeCells(heat, shownAlerts(state, heat, i));
-      const data = { layers: heat.layers, labels, steps: heat.steps, title, domain, spikes: spikes.length > 0 };
+      const selectedRow = state.layer === null ? -1 : heat.layers.indexOf(state.layer);
+      const data = { layers: heat.layers, labels, steps: heat.steps, title, domain, spikes: spikes.length > 0, selected: selectedRow };
       view.layout = heatChart.heatmapLayout({ ...data, strip: heat.total_norm ? strip : null }, { width, measure });
       view.heat = heat;
       const flow = state.flows[i];
+      // alerts name layers: a grouped heatmap marks the row of the group holding one
+      const rowOf = rowOfLayer(heat);
       const blocked = new Set();
       if (flow) {
-        for (const al of flow.alerts) if (al.kind === "blocked") blocked.add(heat.layers.indexOf(al.layer));
+        for (const al of flow.alerts) if (al.kind === "blocked" && rowOf.has(al.layer)) blocked.add(rowOf.get(al.layer));
       }
       const ctx = sizeCanvas(canvas, view.layout.width, view.layout.height, dpr());
       heatChart.drawHeatmap(ctx, view.layout, {
@@ -237,7 +240,7 @@ export function createPainter(win, shell, getState, dispatch) {
         message,
         image: message ? null : heatImage(state, heat, domain, Math.round(view.layout.plot.w * dpr())),
         selectedCol: step === undefined ? -1 : heatChart.columnOfStep(heat, flow ? flow.step : step),
-        selectedRow: state.layer === null ? -1 : heat.layers.indexOf(state.layer),
+        selectedRow,
         blockedRows: blocked,
       }, palette);
       const { plot } = view.layout;
@@ -247,12 +250,16 @@ export function createPainter(win, shell, getState, dispatch) {
       canvas.dataset.spikes = spikes.map((c) => `${c.row}:${c.col}`).join(" ");
       canvas.dataset.strip = stripRect ? [stripRect.x, stripRect.y, stripRect.w, stripRect.h].map((v) => v.toFixed(1)).join(",") : "";
       canvas.dataset.run = heat.run;
+      const unit = present.rowUnit(heat);
+      canvas.dataset.group = unit;
+      canvas.dataset.blocked = [...blocked].sort((p, q) => p - q).join(" ");
+      canvas.dataset.selected = selectedRow >= 0 ? heat.layers[selectedRow] : "";
       canvas.dataset.rows = String(view.layout.rows);
       canvas.dataset.cols = String(view.layout.cols);
       canvas.dataset.plot = [plot.x, plot.y, plot.w, plot.h].map((v) => v.toFixed(1)).join(",");
       canvas.dataset.logged = String(heat.logged !== false);
-      const size = message ? ` (${message})` : `: ${view.layout.rows} layers by ${view.layout.cols} steps`;
-      canvas.setAttribute("aria-label", `Heatmap of ${heat.stat} for ${heat.run}${size}`);
+      const size = message ? ` (${message})` : `: ${view.layout.rows} ${unit}s by ${view.layout.cols} steps`;
+      canvas.setAttribute("aria-label", `Heatmap of ${heat.stat} per ${unit} for ${heat.run}${size}`);
     });
   }
 
@@ -350,8 +357,10 @@ export function createPainter(win, shell, getState, dispatch) {
       canvas.dataset.reference = layout.reference ? layout.reference.y.toFixed(1) : "";
       canvas.dataset.highlight = row >= 0 ? lines.layers[row] : "";
       canvas.dataset.logged = String(lines.logged !== false);
-      const size = message ? ` (${message})` : `: ${layout.rows} layers over ${layout.cols} step columns`;
-      canvas.setAttribute("aria-label", `Lines of ${lines.stat} per layer for ${lines.run}${size}`);
+      const unit = present.rowUnit(lines);
+      canvas.dataset.group = unit;
+      const size = message ? ` (${message})` : `: ${layout.rows} ${unit}s over ${layout.cols} step columns`;
+      canvas.setAttribute("aria-label", `Lines of ${lines.stat} per ${unit} for ${lines.run}${size}`);
     });
   }
 

@@ -287,8 +287,9 @@ export function barOptions(state) {
 }
 
 /**
- * A heatmap's title, and the message drawn in place of its cells for a
- * statistic the run's files lack ("" otherwise).
+ * A heatmap's title (with what a row is when it is a group: "per block"),
+ * and the message drawn in place of its cells for a statistic the run's files
+ * lack ("" otherwise).
  * @param {import("./model.js").Heatmap} heat
  * @returns {{title: string, message: string}}
  */
@@ -296,11 +297,30 @@ export function heatText(heat) {
   if (heat.logged === false) {
     return { title: `${heat.run} \u00b7 ${heat.stat} (not logged)`, message: `${heat.stat} is not logged in ${heat.run}` };
   }
-  return { title: `${heat.run} \u00b7 ${heat.stat}${heat.downsampled ? " (max per bin)" : ""}`, message: "" };
+  return { title: `${heat.run} \u00b7 ${heat.stat}${perGroup(heat)}${heat.downsampled ? " (max per bin)" : ""}`, message: "" };
 }
 
 /**
- * A lines view's title, and the message drawn in place of its lines for a
+ * " per block" or " per role" for a grouped answer, "" per layer.
+ * @param {{group?: string, members?: (string[][]|null)}} answer
+ * @returns {string}
+ */
+function perGroup(answer) {
+  return answer.members ? ` per ${answer.group}` : "";
+}
+
+/**
+ * What a bar, a row of a heatmap or a line of the lines view is, for titles
+ * and accessible names: "layer", "block" or "role".
+ * @param {{group?: string, members?: (string[][]|null)}} answer
+ * @returns {string}
+ */
+export function rowUnit(answer) {
+  return answer.members ? String(answer.group) : "layer";
+}
+
+/**
+ * A lines view's title (with what a line is when it is a group), and the message drawn in place of its lines for a
  * statistic the run's files lack ("" otherwise).
  * @param {import("./model.js").Lines} lines
  * @param {"log"|"linear"|"count"|"fraction"} axis
@@ -312,7 +332,7 @@ export function linesText(lines, axis) {
   }
   const scale = { log: " (log scale)", linear: "", count: " (count)", fraction: " (fraction)" }[axis];
   const binned = lines.downsampled ? ", smallest to largest per bin" : "";
-  return { title: `${lines.run} · ${lines.stat}${scale}${binned}`, message: "" };
+  return { title: `${lines.run} · ${lines.stat}${perGroup(lines)}${scale}${binned}`, message: "" };
 }
 
 /**
@@ -363,7 +383,7 @@ export function emptyMessage(state) {
  */
 export function barHeading(state) {
   const flow = state.flows[0];
-  return `Gradient per ${flow && flow.members ? flow.group : "layer"}`;
+  return `Gradient per ${flow ? rowUnit(flow) : "layer"}`;
 }
 
 /**
@@ -373,7 +393,7 @@ export function barHeading(state) {
  */
 export function barLabel(state) {
   const shown = state.flows.map((f) => `${f.run} at step ${f.step}`).join(" and ");
-  const per = state.flows[0] && state.flows[0].members ? state.flows[0].group : "layer";
+  const per = state.flows[0] ? rowUnit(state.flows[0]) : "layer";
   return `Bar plot of ${state.stat} per ${per} for ${shown}`;
 }
 

@@ -45,8 +45,9 @@ export const MIN_TICK_MS = 50;
  * selected run cannot be shown (its routes answered 404), null otherwise.
  * `lines`: the lines view's data of the shown runs; `hover`: the layer the
  * pointer is on in the lines view (highlighted there), null elsewhere.
- * `group`: what a bar of the bar plot is, a layer or a block or role of
- * layers (the Layers menu; {@link flowGroup} says which the runs can give).
+ * `group`: what a bar of the bar plot, a row of the heatmap and a line of
+ * the lines view are, a layer or a block or role of layers (the Layers menu;
+ * {@link flowGroup} says which the runs can give).
  * @typedef {{runs: RunInfo[], sigs: Map<string, string>, loaded: boolean,
  *   a: (RunInfo|null), b: (RunInfo|null), stat: string, log: boolean,
  *   steps: number[], index: number, follow: boolean, playing: boolean,
@@ -57,9 +58,7 @@ export const MIN_TICK_MS = 50;
  *   want: Want, speed: number, group: Group}} State
  */
 
-/** What a bar of the bar plot is: a layer, a block of layers or a role.
- * @typedef {"layer"|"block"|"role"} Group
- */
+/** @typedef {import("./model.js").Group} Group */
 
 /** The values of the Layers menu, in its order. */
 export const GROUPS = ["layer", "block", "role"];
@@ -272,7 +271,7 @@ export function effects(before, action, after) {
     case "setStat":
       return fx(["bars", "dom"], ["heat", "lines"]);
     case "setGroup":
-      return after === before ? fx([]) : fx(["bars", "heat", "lines", "dom"], ["flows"]);
+      return after === before ? fx([]) : fx(["bars", "heat", "lines", "dom"], ["flows", "heat", "lines"]);
     case "setLog":
       return fx(["bars", "lines"]);
     case "setDark":
@@ -309,9 +308,9 @@ export function shownRuns(state) {
 }
 
 /**
- * What the `flow` requests ask for: the Layers menu's choice while the
- * selected run lists its groups and that mode groups some of its layers,
- * else "layer". The compared run is asked in the same mode.
+ * What the `flow`, `heatmap` and `lines` requests ask for: the Layers menu's
+ * choice while the selected run lists its groups and that mode groups some
+ * of its layers, else "layer". The compared run is asked in the same mode.
  * @param {State} state
  * @returns {Group}
  */

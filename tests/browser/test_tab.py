@@ -19,8 +19,8 @@ lines view). A logdir of its own, served by a second ``tensorboard``, holds
 at one step, with a traced non-finite origin (the most severe finding: in
 the first logdir it would change the run the tab opens on). A third logdir
 holds ``llama_70b``: the 723 layers of Hugging Face's LlamaForCausalLM (80
-blocks), for the bar plot per block and per role. Screenshots go to
-``test-output/browser/``.
+blocks), for the bar plot, the heatmap and the lines per block and per role.
+Screenshots go to ``test-output/browser/``.
 
 Needs Debian's ``chromium`` and ``pip install playwright`` (never
 ``playwright install``); without them these tests fail and say so.
@@ -1456,12 +1456,33 @@ def test_a_llama_sized_model_is_drawn_per_block_and_per_role(page, llama_tensorb
     tip = frame.locator(".gf-tooltip")
     assert tip.locator(".gf-tip-title").text_content().startswith("model.layers.17")
     assert "group of 9 layers" in tip.text_content()
-    # a click selects the block
+    # the heatmap's rows and the lines are the blocks too
+    heat = frame.locator('[data-testid=heatmap][data-group=block][data-rows="83"]')
+    heat.wait_for(state="attached")
+    lines = frame.locator('[data-testid=lines][data-group=block][data-rows="83"]')
+    lines.wait_for(state="attached")
+    assert "per block" in heat.get_attribute("aria-label")
+    # a click selects the block: its bar, its heatmap row and its line
     bars.click(position=bar_centre(frame, 18))
     page.mouse.move(0, 0)
     next_frame(frame)
+    assert heat.get_attribute("data-selected") == "model.layers.17"
+    assert lines.get_attribute("data-highlight") == "model.layers.17"
     frame.locator("[data-testid=bar-table]").scroll_into_view_if_needed()
     frame.locator(".gf-bars").screenshot(path=str(OUT / "light_llama_per_block.png"))
+    # a heatmap row is its block: the tooltip says so; a click selects it
+    heat.scroll_into_view_if_needed()
+    x, y = heat_cell_centre(heat, 41, 1)
+    heat.hover(position={"x": x, "y": y})
+    tip = frame.locator(".gf-tooltip").text_content()
+    assert "model.layers.40" in tip and "group of 9 layers" in tip, tip
+    heat.click(position={"x": x, "y": y})
+    page.mouse.move(0, 0)
+    next_frame(frame)
+    assert heat.get_attribute("data-selected") == "model.layers.40"
+    assert lines.get_attribute("data-highlight") == "model.layers.40"
+    heat.screenshot(path=str(OUT / "light_llama_heatmap_per_block.png"))
+    lines.screenshot(path=str(OUT / "light_llama_lines_per_block.png"))
     # kept in the URL: a reload shows the blocks again
     wait_until(lambda: ("p.gradflow.layers", "block") in hash_view(page))
     assert ("p.gradflow.layers", "block") in hash_view(page)
@@ -1481,3 +1502,9 @@ def test_a_llama_sized_model_is_drawn_per_block_and_per_role(page, llama_tensorb
     frame.locator("[data-testid=bars]").hover(position=bar_centre(frame, i))
     assert "group of 80 layers" in frame.locator(".gf-tooltip").text_content()
     frame.locator(".gf-bars").screenshot(path=str(OUT / "light_llama_per_role.png"))
+    heat = frame.locator('[data-testid=heatmap][data-group=role][data-rows="12"]')
+    heat.wait_for(state="attached")
+    frame.locator('[data-testid=lines][data-group=role][data-rows="12"]').wait_for(
+        state="attached"
+    )
+    heat.screenshot(path=str(OUT / "light_llama_heatmap_per_role.png"))

@@ -20,8 +20,9 @@ export const HEAD = {
 };
 
 /**
- * A fetch that answers `./ROUTE?...` with `routes[ROUTE]` (a function of the URL
- * for JSON, or a body) and 404 for other routes; `fetch.calls` lists the URLs.
+ * A fetch that answers `./ROUTE?...` with `routes[ROUTE]` (a function of the URL,
+ * or a body: JSON or an ArrayBuffer) and 404 for other routes; `fetch.calls`
+ * lists the URLs.
  * @param {Object<string, any>} routes
  */
 export function fakeFetch(routes) {
@@ -34,7 +35,7 @@ export function fakeFetch(routes) {
     return {
       ok: true, status: 200,
       json: async () => (typeof body === "function" ? body(url) : body),
-      arrayBuffer: async () => body,
+      arrayBuffer: async () => (typeof body === "function" ? body(url) : body),
     };
   };
   fn.calls = calls;

@@ -115,7 +115,7 @@ test("the Layers menu offers each mode with its bar count, hidden where no mode 
   assert.deepEqual(groupMenu(half).options.map((o) => Boolean(o.disabled)), [false, false, true]);
 });
 
-test("choosing a mode drops the selected bar, redraws and asks for the step again; the same mode changes nothing", () => {
+test("choosing a mode drops the selected bar, redraws and asks for the step, heatmaps and lines again; the same mode changes nothing", () => {
   let state = reduce(initialState(), { type: "listed", runs: [llama()] });
   state = reduce(state, { type: "stepsLoaded", steps: [0, 1], alerts: [[], []] });
   state = reduce(state, { type: "toggleLayer", layer: "lm_head" });
@@ -123,7 +123,7 @@ test("choosing a mode drops the selected bar, redraws and asks for the step agai
   const after = reduce(state, action);
   assert.equal(after.group, "role");
   assert.equal(after.layer, null);
-  assert.deepEqual(effects(state, action, after).load, ["flows"]);
+  assert.deepEqual(effects(state, action, after).load, ["flows", "heat", "lines"]);
   assert.ok(effects(state, action, after).redraw.includes("bars"));
   assert.equal(reduce(after, action), after);
   assert.equal(reduce(after, { type: "setGroup", group: "heads" }), after);

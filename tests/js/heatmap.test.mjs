@@ -124,3 +124,20 @@ test("heatmapLayout draws the row labels it is given, sized for them", () => {
   assert.deepEqual(layout.rowLabels.map((l) => l.text), labels);
   assert.ok(layout.plot.x >= measure(labels[1], true));
 });
+
+test("heatmapLayout names the selected row where rows are too thin for every name, in place of the names it would overlap", () => {
+  const layers = Array.from({ length: 83 }, (_, i) => `model.layers.${i}`);
+  const plain = heatmapLayout({ layers, steps: [0, 1] }, { width: 800, measure });
+  assert.ok(plain.every > 1);
+  assert.ok(!plain.rowLabels.some((lab) => lab.index === 41)); // not a named row
+  const layout = heatmapLayout({ layers, steps: [0, 1], selected: 41 }, { width: 800, measure });
+  const named = layout.rowLabels.find((lab) => lab.index === 41);
+  assert.equal(named.text, "model.layers.41");
+  assert.equal(named.selected, true);
+  const ys = layout.rowLabels.map((lab) => lab.y);
+  assert.ok(ys.every((y, k) => k === 0 || y - ys[k - 1] >= 12)); // no two names overlap
+  assert.deepEqual(layout.rowLabels.map((lab) => lab.index), [...layout.rowLabels.map((lab) => lab.index)].sort((p, q) => p - q));
+  // every row named: the selected one is marked
+  const few = heatmapLayout({ layers: LSTM, steps: [0], selected: 2 }, { width: 800, measure });
+  assert.deepEqual(few.rowLabels.filter((lab) => lab.selected).map((lab) => lab.index), [2]);
+});

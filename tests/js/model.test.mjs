@@ -37,7 +37,7 @@ test("reviveFlow and decodeHeatmap keep which statistics the run's files lack", 
   const stub = notLoggedHeatmap({ run: "plain", tag: "gradflow" }, "mean_square");
   assert.deepEqual({ ...stub, values: [...stub.values] }, {
     run: "plain", tag: "gradflow", stat: "mean_square", layers: [], types: [], steps: [], first_steps: [], last_steps: [],
-    downsampled: false, logged: false, total_norm: null, values: [],
+    downsampled: false, logged: false, total_norm: null, group: "layer", members: null, bounds: null, values: [],
   });
 });
 
