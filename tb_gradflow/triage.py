@@ -12,10 +12,12 @@ Each watcher is judged by one of:
 
 * the plugin's cached diagnosis of all its kept steps, when the plugin already
   read and diagnosed this version of it (``basis: "all"``);
-* else a sample of at most ``SAMPLE_STEPS`` of its kept steps: evenly spaced
-  rows of the cached decoded run, or TensorBoard's own random sample
-  (``read_tensors(downsample=SAMPLE_STEPS)``, which always keeps the newest
-  step), read for many runs per data-provider call (``basis: "sample"``).
+* else a sample of its kept steps: ``SAMPLE_STEPS`` evenly spaced rows of
+  the cached decoded run, or TensorBoard's own random sample of at most
+  ``SAMPLE_STEPS`` of each of its tags (``read_tensors(downsample=
+  SAMPLE_STEPS)``, which always keeps the newest step; a long run has a tag
+  per segment, :mod:`tb_gradflow.segments`), read for many runs per
+  data-provider call (``basis: "sample"``).
 
 A sample finds what lasts (a blocked layer, a layer without gradient, a run
 that went non-finite and stayed so) but can miss a single bad step among
