@@ -57,11 +57,12 @@ export function heatTooltip(heat, cell) {
  * strip sits between the legend and the matrix, over the same columns
  * (`layout.strip`, else null); `spikes`: the legend names the spike mark.
  * Where rows are too thin for every name, every few rows are named, and the
- * `selected` row (-1: none) is named in place of the names it would overlap
- * (its label has `selected: true`).
+ * rows of `named` (a group whose layers are shown under it), then the
+ * `selected` row (-1: none), are named in place of the names they would
+ * overlap (the selected row's label has `selected: true`).
  * @param {{layers: string[], labels?: string[], steps: number[], title?: string,
  *   domain?: ([number, number]|null), strip?: (import("./strip.js").StripAxis|null),
- *   spikes?: boolean, selected?: number}} data
+ *   spikes?: boolean, selected?: number, named?: number[]}} data
  * @param {{width: number, measure: (text: string, bold?: boolean) => number}} opts
  * @returns {object} the layout: plot rect, cell size, row labels, column ticks,
  *   legend, strip
@@ -93,14 +94,15 @@ export function heatmapLayout(data, opts) {
   const cellW = cols ? plot.w / cols : 0;
   const every = cellH >= LINE - 2 ? 1 : Math.ceil((LINE - 2) / Math.max(cellH, 1e-9));
   let rowLabels = [];
-  for (let i = 0; i < rows; i += every) rowLabels.push({ index: i, text: texts[i], y: plot.y + (i + 0.5) * cellH, selected: false });
-  const sel = data.selected ?? -1;
-  if (sel >= 0 && sel < rows && every > 1) {
-    const y = plot.y + (sel + 0.5) * cellH;
+  const label = (i) => ({ index: i, text: texts[i], y: plot.y + (i + 0.5) * cellH, selected: i === data.selected });
+  for (let i = 0; i < rows; i += every) rowLabels.push(label(i));
+  for (const i of [...(data.named || []), data.selected ?? -1]) {
+    if (i < 0 || i >= rows || rowLabels.some((lab) => lab.index === i)) continue;
+    const y = plot.y + (i + 0.5) * cellH;
     rowLabels = rowLabels.filter((lab) => Math.abs(lab.y - y) >= LINE - 2);
-    rowLabels.push({ index: sel, text: texts[sel], y, selected: true });
+    rowLabels.push(label(i));
     rowLabels.sort((p, q) => p.index - q.index);
-  } else if (sel >= 0 && sel < rows) rowLabels[sel].selected = true;
+  }
   const xTicks = [];
   if (cols > 0) {
     const count = Math.max(2, Math.floor(plot.w / 90));
@@ -147,6 +149,21 @@ export function heatmapCellAt(layout, x, y) {
   const col = Math.min(cols - 1, Math.floor((x - plot.x) / layout.cellW));
   const row = Math.min(rows - 1, Math.floor((y - plot.y) / layout.cellH));
   return { row, col };
+}
+
+/**
+ * The row at a point of the names' column, left of the matrix (where rows
+ * are too thin for every name, also a row whose name is not drawn); -1
+ * elsewhere.
+ * @param {{plot: {x: number, y: number, h: number}, rows: number, cellH: number}} layout
+ * @param {number} x
+ * @param {number} y
+ * @returns {number}
+ */
+export function heatmapRowLabelAt(layout, x, y) {
+  const { plot } = layout;
+  if (!layout.rows || x < 0 || x >= plot.x || y < plot.y || y >= plot.y + plot.h) return -1;
+  return Math.min(layout.rows - 1, Math.floor((y - plot.y) / layout.cellH));
 }
 
 /**
@@ -208,9 +225,11 @@ export function heatDomain(heats) {
  * @param {CanvasRenderingContext2D} ctx scaled to CSS px
  * @param {ReturnType<typeof heatmapLayout>} layout
  * @param {{domain: ([number, number]|null), selectedCol: number, selectedRow: number,
- *   blockedRows: Set<number>, image: (CanvasImageSource|null), message?: string}} data
+ *   blockedRows: Set<number>, memberRows?: Set<number>, image: (CanvasImageSource|null),
+ *   message?: string}} data
  *   `image`: the `cols x rows` pixels of {@link heatPixels} on a canvas;
- *   `message`: written over the plot instead (a statistic not logged).
+ *   `message`: written over the plot instead (a statistic not logged);
+ *   `memberRows`: layers shown under their group, named in a muted colour.
  * @param {Palette} palette
  */
 export function drawHeatmap(ctx, layout, data, palette) {
@@ -234,7 +253,8 @@ export function drawHeatmap(ctx, layout, data, palette) {
   for (const lab of layout.rowLabels) {
     const blocked = data.blockedRows && data.blockedRows.has(lab.index);
     ctx.font = blocked || lab.selected ? FONT_BOLD : FONT;
-    ctx.fillStyle = blocked ? palette.blocked : palette.fg;
+    const member = data.memberRows && data.memberRows.has(lab.index);
+    ctx.fillStyle = blocked ? palette.blocked : member ? palette.muted : palette.fg;
     ctx.fillText(lab.text, plot.x - 6, lab.y);
   }
   ctx.font = FONT;

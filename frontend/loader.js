@@ -7,7 +7,7 @@
 // needs is decided in state.js; no DOM here.
 
 import { HttpError, errorText, reasonText } from "./api.js";
-import { notLoggedHeatmap, notLoggedLines, runKey } from "./model.js";
+import { expandRows, notLoggedHeatmap, notLoggedLines, runKey } from "./model.js";
 import { currentStep, flowGroup, needsRanking, nextStep, shownRuns } from "./state.js";
 
 /**
@@ -127,15 +127,20 @@ export function createLoader(client, getState, dispatch) {
 
     /**
      * The heatmaps of the shown runs for the chosen statistic, per layer or
-     * grouped as the bar plot ({@link flowGroup}); a run the
+     * grouped as the bar plot ({@link flowGroup}; the expanded groups' member
+     * layers under their rows, from the per-layer heatmap); a run the
      * `runs` answer does not list it for gets one that says "not logged"
      * without a request (the route would refuse a name the run lacks).
      */
     async heat() {
+      const { expanded } = getState();
       const group = flowGroup(getState());
-      await binned("heat", (r, stat) => client.heatmap(r, stat, HEAT_COLUMNS, group), notLoggedHeatmap, (heats) => ({
-        type: "heatsLoaded", heats,
-      }));
+      const fetchOne = async (r, stat) => {
+        const heat = await client.heatmap(r, stat, HEAT_COLUMNS, group);
+        if (group === "layer" || !expanded.length) return heat;
+        return expandRows(heat, await client.heatmap(r, stat, HEAT_COLUMNS), expanded);
+      };
+      await binned("heat", fetchOne, notLoggedHeatmap, (heats) => ({ type: "heatsLoaded", heats }));
     },
 
     /** The lines of the shown runs for the chosen statistic and grouping, as {@link heat}. */

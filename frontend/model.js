@@ -67,15 +67,17 @@
  *   types: string[], steps: number[], first_steps: number[], last_steps: number[],
  *   downsampled: boolean, logged: boolean, total_norm: (number[]|null),
  *   overview?: boolean, logged_steps?: (number|null),
- *   group?: Group, members?: (string[][]|null), bounds?: (Bounds|null),
- *   values: Float32Array}} Heatmap
+ *   group?: Group, members?: ((string[]|null)[]|null), bounds?: (Bounds|null),
+ *   depth?: number[], values: Float32Array}} Heatmap
  * `values[row * steps.length + col]` is layer `row` in column `col`: NaN
  * where it had no gradient, +Infinity where a value was non-finite, -Infinity
  * where the layer was in none of the column's layer sets. `logged` false: the
  * run's files lack the statistic (every value NaN). `total_norm`: the model's
  * total gradient norm per column (null: an older server, or no `norm`).
  * With `group` "block" or "role" a row is a group of layers, `layers` their
- * names and `members[row]` the layer names of each ({@link groupOfLayer}).
+ * names and `members[row]` the layer names of each ({@link groupOfLayer});
+ * `depth` (with member rows under their group: {@link expandRows}): 0 for a
+ * group's row, 1 for a member layer's.
  */
 
 /** What a row of the bar plot, the heatmap and the lines view is: a layer, a
@@ -265,13 +267,59 @@ export function layerCount(n) {
 
 /**
  * The row (bar) of each layer name in an answer (`flow`, `heatmap`, `lines`):
- * its own, or in a grouped answer its group's.
- * @param {{layers: string[], members?: (string[][]|null)}} answer
+ * its own, or in a grouped answer its group's (its own where a heatmap shows
+ * the layer under its group: {@link expandRows}).
+ * @param {{layers: string[], members?: ((string[]|null)[]|null)}} answer
  * @returns {Map<string, number>}
  */
 export function rowOfLayer(answer) {
   if (!answer.members) return new Map(answer.layers.map((name, i) => [name, i]));
-  return new Map(answer.members.flatMap((names, i) => names.map((name) => [name, i])));
+  return new Map(answer.members.flatMap((names, i) => (names ?? [answer.layers[i]]).map((name) => [name, i])));
+}
+
+/**
+ * A grouped heatmap with the rows of the member layers of the `expanded`
+ * groups (from `perLayer`, the same run's heatmap per layer over the same
+ * columns) under their group's row. A member row's `members` entry is null
+ * (a layer, not a group) and its `depth` 1; a group's 0. `grouped` itself
+ * when nothing is expanded, it is not grouped, or the columns differ (an
+ * answer of another version of the run).
+ * @param {Heatmap} grouped
+ * @param {Heatmap} perLayer
+ * @param {string[]} expanded group names
+ * @returns {Heatmap}
+ */
+export function expandRows(grouped, perLayer, expanded) {
+  const cols = grouped.steps.length;
+  const same = perLayer.first_steps.length === cols && perLayer.first_steps.every((a, c) => a === grouped.first_steps[c]);
+  if (!grouped.members || !expanded.length || !same) return grouped;
+  const open = new Set(expanded);
+  const rowOf = new Map(perLayer.layers.map((name, j) => [name, j]));
+  const layers = [];
+  const types = [];
+  const members = [];
+  const depth = [];
+  const rows = []; // [source matrix, row]
+  grouped.layers.forEach((name, g) => {
+    layers.push(name);
+    types.push(grouped.types[g]);
+    members.push(grouped.members[g]);
+    depth.push(0);
+    rows.push([grouped.values, g]);
+    if (!open.has(name) || grouped.members[g].length < 2) return;
+    for (const layer of grouped.members[g]) {
+      const j = rowOf.get(layer);
+      if (j === undefined) continue;
+      layers.push(layer);
+      types.push(perLayer.types[j]);
+      members.push(null);
+      depth.push(1);
+      rows.push([perLayer.values, j]);
+    }
+  });
+  const values = new Float32Array(layers.length * cols);
+  rows.forEach(([m, r], i) => values.set(m.subarray(r * cols, (r + 1) * cols), i * cols));
+  return { ...grouped, layers, types, members, depth, values };
 }
 
 /**

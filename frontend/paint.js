@@ -10,7 +10,7 @@ import { FONT, FONT_BOLD, referenceOf, sizeCanvas } from "./canvas.js";
 import * as heatChart from "./heatmap.js";
 import * as linesChart from "./lines.js";
 import { drawSpikeMarks, heatMarkPoints, lineMarkPoints, spikeCells } from "./marks.js";
-import { layerLabel, rowOfLayer, runKey } from "./model.js";
+import { rowOfLayer, runKey } from "./model.js";
 import * as present from "./present.js";
 import { currentStep, shownRuns, statUnit } from "./state.js";
 import { drawStrip, stripAxis, stripBars, stripColumnAt, stripTooltip } from "./strip.js";
@@ -186,20 +186,33 @@ export function createPainter(win, shell, getState, dispatch) {
     const view = { canvas, layout: null, heat: null };
     const cellAt = (ev) => (view.layout ? heatChart.heatmapCellAt(view.layout, ev.offsetX, ev.offsetY) : null);
     const stripAt = (ev) => (view.layout ? stripColumnAt(view.layout.strip, view.layout.cols, ev.offsetX, ev.offsetY) : -1);
+    // the name of a group of several layers: a click shows (hides) its layers
+    const nameAt = (ev) => (view.layout ? heatChart.heatmapRowLabelAt(view.layout, ev.offsetX, ev.offsetY) : -1);
+    const groupAt = (ev) => {
+      const row = nameAt(ev);
+      const members = row >= 0 && view.heat.members ? view.heat.members[row] : null;
+      return members && members.length > 1 ? view.heat.layers[row] : null;
+    };
     canvas.addEventListener("mousemove", (ev) => {
       if (!view.layout) return;
+      const group = groupAt(ev);
+      canvas.style.cursor = group === null ? "" : "pointer";
       const cell = cellAt(ev);
       const col = stripAt(ev);
+      const expanded = getState().expanded;
       if (cell) views.showTooltip(shell.tooltip, heatChart.heatTooltip(view.heat, cell), ev.pageX, ev.pageY);
       else if (col >= 0) views.showTooltip(shell.tooltip, stripTooltip(view.heat, col), ev.pageX, ev.pageY);
+      else if (group !== null) views.showTooltip(shell.tooltip, present.groupRowTooltip(view.heat, nameAt(ev), expanded), ev.pageX, ev.pageY);
       else hideTooltip();
     });
     canvas.addEventListener("mouseleave", hideTooltip);
     canvas.addEventListener("click", (ev) => {
       const cell = cellAt(ev);
       const col = stripAt(ev);
+      const group = groupAt(ev);
       if (cell) dispatch({ type: "focus", layer: view.heat.layers[cell.row], step: view.heat.steps[cell.col] });
       else if (col >= 0) dispatch({ type: "focus", layer: getState().layer, step: view.heat.steps[col] });
+      else if (group !== null) dispatch({ type: "toggleExpand", group });
     });
     shell.heatWrap.appendChild(canvas);
     return view;
@@ -221,10 +234,11 @@ export function createPainter(win, shell, getState, dispatch) {
       const view = heatViews[i];
       const { canvas } = view;
       const { title, message } = present.heatText(heat);
-      const labels = heat.layers.map((name, j) => layerLabel(name, heat.types ? heat.types[j] : ""));
+      const labels = present.heatRowLabels(heat, state.expanded);
       const spikes = message ? [] : spikeCells(heat, shownAlerts(state, heat, i));
       const selectedRow = state.layer === null ? -1 : heat.layers.indexOf(state.layer);
-      const data = { layers: heat.layers, labels, steps: heat.steps, title, domain, spikes: spikes.length > 0, selected: selectedRow };
+      const named = heat.layers.flatMap((name, j) => (state.expanded.includes(name) ? [j] : []));
+      const data = { layers: heat.layers, labels, steps: heat.steps, title, domain, spikes: spikes.length > 0, selected: selectedRow, named };
       view.layout = heatChart.heatmapLayout({ ...data, strip: heat.total_norm ? strip : null }, { width, measure });
       view.heat = heat;
       const flow = state.flows[i];
@@ -242,6 +256,7 @@ export function createPainter(win, shell, getState, dispatch) {
         selectedCol: step === undefined ? -1 : heatChart.columnOfStep(heat, flow ? flow.step : step),
         selectedRow,
         blockedRows: blocked,
+        memberRows: new Set((heat.depth || []).flatMap((d, j) => (d > 0 ? [j] : []))),
       }, palette);
       const { plot } = view.layout;
       const stripRect = view.layout.strip;
@@ -254,6 +269,7 @@ export function createPainter(win, shell, getState, dispatch) {
       canvas.dataset.group = unit;
       canvas.dataset.blocked = [...blocked].sort((p, q) => p - q).join(" ");
       canvas.dataset.selected = selectedRow >= 0 ? heat.layers[selectedRow] : "";
+      canvas.dataset.expanded = (heat.depth || []).some((d) => d > 0) ? state.expanded.join(" ") : "";
       canvas.dataset.rows = String(view.layout.rows);
       canvas.dataset.cols = String(view.layout.cols);
       canvas.dataset.plot = [plot.x, plot.y, plot.w, plot.h].map((v) => v.toFixed(1)).join(",");

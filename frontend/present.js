@@ -4,7 +4,7 @@
 
 import { axisKind, barData } from "./bars.js";
 import { referenceOf } from "./canvas.js";
-import { groupOfLayer, keptStepsText, keptStepsWarn, leftOutText, runKey } from "./model.js";
+import { groupOfLayer, keptStepsText, keptStepsWarn, layerCount, layerLabel, leftOutText, runKey } from "./model.js";
 import { PALETTES } from "./palette.js";
 import { PLAY_SPEEDS, currentStep, flowGroup, shownRuns, statList, statUnit } from "./state.js";
 import { safeFileName } from "./page.js";
@@ -307,6 +307,37 @@ export function heatText(heat) {
  */
 function perGroup(answer) {
   return answer.members ? ` per ${answer.group}` : "";
+}
+
+/**
+ * The names of a heatmap's rows: each layer or group with its module type; a
+ * group of several layers marked ▸ (click to show its layers) or, `expanded`,
+ * ▾; a layer shown under its group as itself.
+ * @param {import("./model.js").Heatmap} heat
+ * @param {string[]} expanded
+ * @returns {string[]}
+ */
+export function heatRowLabels(heat, expanded) {
+  return heat.layers.map((name, j) => {
+    const label = layerLabel(name, heat.types ? heat.types[j] : "");
+    const members = heat.members && heat.members[j];
+    if (!members || members.length < 2) return label;
+    return `${expanded.includes(name) ? "\u25be" : "\u25b8"} ${label}`;
+  });
+}
+
+/**
+ * The tooltip of a group's name in the heatmap: the name, how many layers it
+ * holds, and what a click does.
+ * @param {import("./model.js").Heatmap} heat
+ * @param {number} row a group's row
+ * @param {string[]} expanded
+ * @returns {string[]}
+ */
+export function groupRowTooltip(heat, row, expanded) {
+  const members = (heat.members && heat.members[row]) || [];
+  const open = expanded.includes(heat.layers[row]);
+  return [heat.layers[row], `group of ${layerCount(members.length)}`, `click: ${open ? "hide" : "show"} its layers`];
 }
 
 /**

@@ -47,7 +47,8 @@ export const MIN_TICK_MS = 50;
  * pointer is on in the lines view (highlighted there), null elsewhere.
  * `group`: what a bar of the bar plot, a row of the heatmap and a line of
  * the lines view are, a layer or a block or role of layers (the Layers menu;
- * {@link flowGroup} says which the runs can give).
+ * {@link flowGroup} says which the runs can give); `expanded`: the groups
+ * whose member layers the heatmap shows under their row.
  * @typedef {{runs: RunInfo[], sigs: Map<string, string>, loaded: boolean,
  *   a: (RunInfo|null), b: (RunInfo|null), stat: string, log: boolean,
  *   steps: number[], index: number, follow: boolean, playing: boolean,
@@ -55,7 +56,7 @@ export const MIN_TICK_MS = 50;
  *   hover: (string|null), alerts: Alert[][],
  *   kept: (StepsInfo|null)[], problem: ({key: string, message: string}|null),
  *   layer: (string|null), dark: boolean, error: string, ranking: string[],
- *   want: Want, speed: number, group: Group}} State
+ *   want: Want, speed: number, group: Group, expanded: string[]}} State
  */
 
 /** @typedef {import("./model.js").Group} Group */
@@ -76,7 +77,7 @@ export const GROUPS = ["layer", "block", "role"];
  * answers of the shown runs in `kept`; `heatsLoaded`, `linesLoaded`, `flowRequested`,
  * `flowsLoaded`, `flowFailed`, `failed`; `runFailed` and `compareFailed`: the
  * selected or compared run cannot be shown, and why), the user
- * (`selectRun`, `compareRun`, `setStat`, `setGroup`, `setLog`, `toggleLayer`, `focus`,
+ * (`selectRun`, `compareRun`, `setStat`, `setGroup`, `toggleExpand`, `setLog`, `toggleLayer`, `focus`,
  * `hoverLayer`, `slide`, `togglePlay`, `setSpeed`), the play timer (`tick`) and the page
  * (`setDark`).
  * @typedef {{type: "listed", runs: RunInfo[], ranking?: ({run: string, tag: string}[]|null)}
@@ -93,6 +94,7 @@ export const GROUPS = ["layer", "block", "role"];
  *   | {type: "compareRun", key: string}
  *   | {type: "setStat", stat: string}
  *   | {type: "setGroup", group: Group}
+ *   | {type: "toggleExpand", group: string}
  *   | {type: "setLog", log: boolean}
  *   | {type: "setDark", dark: boolean}
  *   | {type: "toggleLayer", layer: (string|null)}
@@ -127,7 +129,7 @@ export function initialState(view = {}) {
     flowPending: false, heats: [], lines: [], hover: null, alerts: [[], []], kept: [null, null], problem: null,
     layer: null, dark: false, error: "", ranking: [],
     want: { a: key(view.run, view.tag), b: key(view.compare, view.compareTag), step: view.step ?? null },
-    speed: DEFAULT_SPEED, group: GROUPS.includes(view.group) ? view.group : "layer",
+    speed: DEFAULT_SPEED, group: GROUPS.includes(view.group) ? view.group : "layer", expanded: [],
   };
 }
 
@@ -195,7 +197,11 @@ export function reduce(state, action) {
     case "setGroup":
       // the selected bar names a layer or a group of the mode left
       if (!GROUPS.includes(action.group) || action.group === state.group) return state;
-      return { ...state, group: action.group, layer: null };
+      return { ...state, group: action.group, layer: null, expanded: [] };
+    case "toggleExpand": {
+      const open = state.expanded.includes(action.group);
+      return { ...state, expanded: open ? state.expanded.filter((g) => g !== action.group) : [...state.expanded, action.group] };
+    }
     case "setLog":
       return { ...state, log: action.log };
     case "setDark":
@@ -272,6 +278,8 @@ export function effects(before, action, after) {
       return fx(["bars", "dom"], ["heat", "lines"]);
     case "setGroup":
       return after === before ? fx([]) : fx(["bars", "heat", "lines", "dom"], ["flows", "heat", "lines"]);
+    case "toggleExpand":
+      return fx([], ["heat"]);
     case "setLog":
       return fx(["bars", "lines"]);
     case "setDark":

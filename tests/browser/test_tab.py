@@ -1483,6 +1483,22 @@ def test_a_llama_sized_model_is_drawn_per_block_and_per_role(page, llama_tensorb
     assert lines.get_attribute("data-highlight") == "model.layers.40"
     heat.screenshot(path=str(OUT / "light_llama_heatmap_per_block.png"))
     lines.screenshot(path=str(OUT / "light_llama_lines_per_block.png"))
+    # a click on a block's name shows its 9 layers under it; another hides them
+    px, py, _, _ = (float(v) for v in heat.get_attribute("data-plot").split(","))
+    _, row_y = heat_cell_centre(heat, 18, 0)  # model.layers.17's row is named
+    heat.click(position={"x": px - 20, "y": row_y})
+    opened = frame.locator('[data-testid=heatmap][data-group=block][data-rows="92"]')
+    opened.wait_for(state="attached")
+    assert opened.get_attribute("data-expanded") == "model.layers.17"
+    x, y = heat_cell_centre(opened, 19, 1)  # the block's first layer
+    opened.hover(position={"x": x, "y": y})
+    tip = frame.locator(".gf-tooltip").text_content()
+    assert "model.layers.17.self_attn.q_proj" in tip and "group of" not in tip, tip
+    page.mouse.move(0, 0)
+    opened.screenshot(path=str(OUT / "light_llama_heatmap_block_expanded.png"))
+    _, row_y = heat_cell_centre(opened, 18, 0)
+    opened.click(position={"x": px - 20, "y": row_y})
+    heat.wait_for(state="attached")
     # kept in the URL: a reload shows the blocks again
     wait_until(lambda: ("p.gradflow.layers", "block") in hash_view(page))
     assert ("p.gradflow.layers", "block") in hash_view(page)

@@ -8,12 +8,14 @@ import { test } from "node:test";
 
 import { Client } from "../../frontend/api.js";
 import { BOUND_TEXT } from "../../frontend/canvas.js";
-import { heatTooltip } from "../../frontend/heatmap.js";
+import { heatTooltip, heatmapLayout, heatmapRowLabelAt } from "../../frontend/heatmap.js";
 import { linesTooltip } from "../../frontend/lines.js";
 import { createLoader } from "../../frontend/loader.js";
 import { spikeCells } from "../../frontend/marks.js";
-import { boundAt, decodeHeatmap, decodeLines, encodeHeatmap, reviveBounds, rowOfLayer } from "../../frontend/model.js";
-import { heatText, linesText, rowUnit } from "../../frontend/present.js";
+import {
+  boundAt, decodeHeatmap, decodeLines, encodeHeatmap, expandRows, reviveBounds, rowOfLayer,
+} from "../../frontend/model.js";
+import { groupRowTooltip, heatRowLabels, heatText, linesText, rowUnit } from "../../frontend/present.js";
 import { effects, initialState, reduce } from "../../frontend/state.js";
 import { fakeFetch, runInfo, runsAnswer, stepsInfo } from "./fixtures.mjs";
 
@@ -139,4 +141,98 @@ test("the heatmap and lines requests of both shown runs carry the Layers choice;
   assert.deepEqual(state.lines.map((l) => l.group), ["role", "role"]);
   // per layer, the URL leaves the group out
   assert.equal(Client.url("heatmap", { run: "r", group: null }), "./heatmap?run=r");
+});
+
+/** The same run's heatmap per layer over the same columns: layer j's value 10 j + column. */
+function perLayerHead() {
+  const layers = MEMBERS.flat();
+  const head = { ...groupedHead(), layers, types: layers.map(() => "Linear"), group: undefined, members: undefined, bounds: undefined };
+  return decodeHeatmap(encodeHeatmap(head, layers.flatMap((_, j) => [10 * j, 10 * j + 1])));
+}
+
+test("expandRows puts an expanded group's layers, from the per-layer heatmap, under its row", () => {
+  const grouped = decodeHeatmap(encodeHeatmap(groupedHead(), [1, 2, 3, 4, 5, 6]));
+  const heat = expandRows(grouped, perLayerHead(), ["model.layers.1", "model.embed_tokens"]);
+  assert.deepEqual(heat.layers, [...GROUPS, "model.layers.1.q", "model.layers.1.o", "model.layers.1.norm"]);
+  assert.deepEqual(heat.depth, [0, 0, 0, 1, 1, 1]); // a group of one layer has no rows under it
+  assert.deepEqual([...heat.values], [1, 2, 3, 4, 5, 6, 30, 31, 40, 41, 50, 51]);
+  assert.deepEqual(heat.members.slice(3), [null, null, null]);
+  assert.equal(heat.types[3], "Linear");
+  // a member row is a layer: its own row for the alerts, its own values (exact), no group line
+  assert.equal(rowOfLayer(heat).get("model.layers.1.o"), 4);
+  assert.equal(rowOfLayer(heat).get("model.layers.0.o"), 1);
+  assert.deepEqual(boundAt(heat, 4, 1), { max: false, min: false });
+  assert.deepEqual(heatTooltip(heat, { row: 4, col: 1 }).slice(0, 2), ["model.layers.1.o \u00b7 Linear", "long, steps 100\u2013199 (largest in the bin)"]);
+  // nothing expanded, or the per-layer answer of another version (other columns): as it was
+  assert.equal(expandRows(grouped, perLayerHead(), []), grouped);
+  assert.equal(expandRows(grouped, { ...perLayerHead(), first_steps: [0, 50] }, ["model.layers.1"]), grouped);
+});
+
+test("a group's row name says whether its layers are shown, and a click on it is found", () => {
+  const grouped = decodeHeatmap(encodeHeatmap(groupedHead(), [1, 2, 3, 4, 5, 6]));
+  const heat = expandRows(grouped, perLayerHead(), ["model.layers.1"]);
+  const labels = heatRowLabels(heat, ["model.layers.1"]);
+  assert.deepEqual(labels.slice(0, 4), ["model.embed_tokens \u00b7 Embedding", "\u25b8 model.layers.0", "\u25be model.layers.1", "model.layers.1.q \u00b7 Linear"]);
+  const measure = (t) => t.length * 7;
+  const layout = heatmapLayout({ layers: heat.layers, labels, steps: heat.steps }, { width: 800, measure });
+  const lab = layout.rowLabels[2];
+  assert.equal(heatmapRowLabelAt(layout, layout.plot.x - 20, lab.y + 3), 2);
+  assert.equal(heatmapRowLabelAt(layout, layout.plot.x + 5, lab.y), -1); // the matrix: a cell
+  assert.equal(heatmapRowLabelAt(layout, 10, layout.plot.y - 40), -1);
+});
+
+test("clicking a group's name shows its layers under it in the heatmap, a second click hides them; a new mode closes them", async () => {
+  const runs = [runInfo("llama", 10, { layers: 6, groups: { block: 3, role: 4 } })];
+  const fetch = fakeFetch({
+    runs: runsAnswer(runs),
+    steps: (url) => stepsInfo(query(url).run, 10),
+    alerts: { alerts: [] },
+    flow: (url) => ({ run: query(url).run, tag: "gradflow", step: 9, layers: [], stats: {} }),
+    heatmap: (url) => (query(url).group ? encodeHeatmap(groupedHead({ run: "llama" }), [1, 2, 3, 4, 5, 6]) : encodeHeatmap({
+      ...groupedHead({ run: "llama" }), layers: MEMBERS.flat(), group: undefined, members: undefined, bounds: undefined,
+    }, MEMBERS.flat().flatMap((_, j) => [10 * j, 10 * j + 1]))),
+    lines: encodeHeatmap(groupedHead({ run: "llama" }), [1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]),
+  });
+  let state = initialState({ run: "llama", group: "block" });
+  const loader = createLoader(new Client({ fetch }), () => state, (action) => {
+    const before = state;
+    state = reduce(before, action);
+    return loader.perform(effects(before, action, state));
+  });
+  const act = async (action) => {
+    const before = state;
+    state = reduce(before, action);
+    await loader.perform(effects(before, action, state));
+  };
+  await loader.poll();
+  for (let i = 0; i < 5; i++) await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.equal(state.heats[0].layers.length, 3);
+  await act({ type: "toggleExpand", group: "model.layers.0" });
+  assert.deepEqual(state.expanded, ["model.layers.0"]);
+  assert.deepEqual(state.heats[0].layers, [GROUPS[0], GROUPS[1], "model.layers.0.q", "model.layers.0.o", GROUPS[2]]);
+  assert.ok(fetch.calls.some((u) => u.startsWith("./heatmap?") && !query(u).group)); // the per-layer answer
+  await act({ type: "toggleExpand", group: "model.layers.0" });
+  assert.deepEqual(state.expanded, []);
+  assert.equal(state.heats[0].layers.length, 3);
+  await act({ type: "toggleExpand", group: "model.layers.1" });
+  const before = state;
+  state = reduce(before, { type: "setGroup", group: "role" });
+  assert.deepEqual(state.expanded, []);
+});
+
+test("where rows are too thin for every name, an expanded group's row is named, and any row's name can be clicked", () => {
+  const layers = Array.from({ length: 92 }, (_, i) => `row${i}`);
+  const measure = (t) => t.length * 7;
+  const layout = heatmapLayout({ layers, steps: [0, 1], named: [17], selected: 40 }, { width: 800, measure });
+  assert.ok(layout.every > 1);
+  const named = layout.rowLabels.map((lab) => lab.index);
+  assert.ok(named.includes(17) && named.includes(40));
+  assert.deepEqual(layout.rowLabels.filter((lab) => lab.selected).map((lab) => lab.index), [40]);
+  // a row whose name is not drawn is still found under the pointer
+  const y = layout.plot.y + (16 + 0.5) * layout.cellH;
+  assert.ok(!named.includes(16));
+  assert.equal(heatmapRowLabelAt(layout, 5, y), 16);
+  const grouped = decodeHeatmap(encodeHeatmap(groupedHead(), [1, 2, 3, 4, 5, 6]));
+  assert.deepEqual(groupRowTooltip(grouped, 2, []), ["model.layers.1", "group of 3 layers", "click: show its layers"]);
+  assert.equal(groupRowTooltip(grouped, 2, ["model.layers.1"])[2], "click: hide its layers");
 });
