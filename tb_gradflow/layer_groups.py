@@ -187,65 +187,79 @@ def combine(
     ``numel``: each layer's number of elements (None or empty: equal weights
     for ``mean``, which is then a plain mean of the layers' values).
     """
-    n_layers = sum(len(m) for m in groups.members)
+    order = np.concatenate([np.asarray(m, dtype=np.intp) for m in groups.members])
+    sizes = np.array([len(m) for m in groups.members])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # (G,) into ``order``
     weights = (
         np.asarray(numel, dtype=np.float64)
-        if numel is not None and len(numel) == n_layers
-        else np.ones(n_layers)
-    )
+        if numel is not None and len(numel) == len(order)
+        else np.ones(len(order))
+    )[order]  # (L,) in group order
+    # A member without a value (no gradient, absent) has a NaN nonfinite
+    # count; one with a gradient whose value is NaN/Inf passes it on.
+    counts = values.get("nonfinite")
+    has = None if counts is None else ~np.isnan(np.asarray(counts)[:, order])
+    alone = sizes == 1
     out = {}
     for name in values:
         statistic = stats_registry.get(name)
         rule = statistic.group if statistic is not None else None
-        out[name] = np.stack(
-            [
-                _combine_one(name, rule, values, list(m), weights)
-                for m in groups.members
-            ],
-            axis=1,
-        ).astype(np.float32)  # (T, G)
+        v = np.asarray(values[name])[:, order]  # (T, L), layers in group order
+        if rule != "max":  # sums in float64
+            v = v.astype(np.float64)
+        combined = _combine_all(
+            name,
+            rule,
+            v,
+            ~np.isnan(v) if has is None else has,
+            values,
+            order,
+            starts,
+            weights,
+        )  # (T, G)
+        combined[:, alone] = v[:, starts[alone]]  # a group of one is its layer
+        out[name] = combined.astype(np.float32)
     return out
 
 
-def _combine_one(
+def _combine_all(
     name: str,
     rule: str | None,
+    v: np.ndarray,
+    has: np.ndarray,
     values: Mapping[str, np.ndarray],
-    members: list[int],
+    order: np.ndarray,
+    starts: np.ndarray,
     weights: np.ndarray,
 ) -> np.ndarray:
-    """One group's ``(T,)`` values of statistic ``name``."""
-    v = np.asarray(values[name], dtype=np.float64)[:, members]  # (T, M)
-    if len(members) == 1:
-        return v[:, 0]
-    # A member without a value (no gradient, absent) has a NaN nonfinite
-    # count; one with a gradient whose value is NaN/Inf passes it on.
-    counts = values.get("nonfinite")
-    has = ~np.isnan(
-        np.asarray(counts, dtype=np.float64)[:, members] if counts is not None else v
-    )
-    any_value = has.any(axis=1)
+    """Every group's values of statistic ``name``: ``v`` and ``has``
+    ``(T, L)`` with the layers in group order, groups starting at ``starts``
+    ``(G,)``; returns ``(T, G)``."""
+
+    def per_group(x: np.ndarray, ufunc=np.add) -> np.ndarray:
+        return ufunc.reduceat(x, starts, axis=1)  # (T, G)
+
+    any_value = per_group(has, np.logical_or)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if rule == "mean":
-            w = np.where(has, weights[members], 0.0)
-            total = np.where(has, v * w, 0.0).sum(axis=1)
-            out = total / w.sum(axis=1)
+            w = np.where(has, weights, 0.0)  # (T, L)
+            out = per_group(np.where(has, v * w, 0.0)) / per_group(w)
         elif rule == "max":
-            out = np.where(has, v, -np.inf).max(axis=1)
+            out = per_group(np.where(has, v, -np.inf), np.maximum)
         elif rule == "norm":
-            out = np.sqrt(np.where(has, v * v, 0.0).sum(axis=1))
+            out = np.sqrt(per_group(np.where(has, v * v, 0.0)))
         elif rule == "sum":
-            out = np.where(has, v, 0.0).sum(axis=1)
+            out = per_group(np.where(has, v, 0.0))
         elif rule == "partials" and name == "update_ratio" and "weight_norm" in values:
-            w = np.asarray(values["weight_norm"], dtype=np.float64)[:, members]
+            w = np.asarray(values["weight_norm"])[:, order].astype(np.float64)
             # a member whose weights were 0 (ratio inf) took a step that
             # the logged values cannot give back: left out
             both = has & np.isfinite(v) & np.isfinite(w)
-            step = np.where(both, (v * w) ** 2, 0.0).sum(axis=1)
-            out = np.sqrt(step) / np.sqrt(np.where(both, w * w, 0.0).sum(axis=1))
-            any_value = both.any(axis=1)
+            step = per_group(np.where(both, (v * w) ** 2, 0.0))
+            out = np.sqrt(step) / np.sqrt(per_group(np.where(both, w * w, 0.0)))
+            any_value = per_group(both, np.logical_or)
         else:  # a ratio without its parts, or a statistic this version lacks
-            return np.full(len(v), np.nan)
+            return np.full((len(v), len(starts)), np.nan)
     return np.where(any_value, out, np.nan)
 
 
