@@ -50,6 +50,8 @@ class GradFlowRun:
         stats: statistic names: those the file holds, then the registered ones
             it lacks (:mod:`tb_gradflow.stats`; NaN, listed in ``not_logged``).
             A statistic this version does not know is carried through by name.
+            Only the first ones are held in memory (as many as the file
+            holds); :meth:`values` of the others is NaN, and costs nothing.
         every: the logging interval the watcher was created with.
         skipped: ``(T,)`` bool, steps the AMP grad scaler skipped.
         loss_scale: ``(T,)`` float, the scaler's scale (NaN without a scaler).
@@ -81,7 +83,8 @@ class GradFlowRun:
     skipped: np.ndarray
     loss_scale: np.ndarray
     sparse: list[bool]
-    _values: np.ndarray = dataclasses.field(repr=False)  # (T, K, L) float32
+    # (T, K, L) float32: the first K of ``stats``, those the file holds
+    _values: np.ndarray = dataclasses.field(repr=False)
     types: list[str] = dataclasses.field(default_factory=list)
     not_logged: list[str] = dataclasses.field(default_factory=list)
     absent: np.ndarray | None = dataclasses.field(default=None, repr=False)
@@ -91,7 +94,7 @@ class GradFlowRun:
 
     def __post_init__(self) -> None:
         if self.absent is None:
-            self.absent = np.zeros(self._values[:, 0, :].shape, dtype=bool)
+            self.absent = np.zeros((len(self.steps), len(self.layers)), dtype=bool)
 
     def label(self, layer: str) -> str:
         """A layer's name with its module type, as the tab and the report show
@@ -102,19 +105,25 @@ class GradFlowRun:
 
     def values(self, stat: str) -> np.ndarray:
         """One statistic over all steps: ``(T, L)`` float, NaN where a layer had no
-        gradient or was absent (:attr:`absent`).
+        gradient or was absent (:attr:`absent`); a view, not a copy. A statistic
+        the files lack (:attr:`not_logged`) is NaN everywhere: a read-only
+        view of one NaN.
 
         Raises:
             KeyError: for an unknown statistic; the message lists the known ones.
         """
         if stat not in self.stats:
             raise KeyError(f"Unknown statistic {stat!r}; this run has {self.stats}")
-        return self._values[:, self.stats.index(stat), :]
+        k = self.stats.index(stat)
+        if k < self._values.shape[1]:
+            return self._values[:, k, :]
+        shape = (len(self.steps), len(self.layers))
+        return np.broadcast_to(np.float32(np.nan), shape)  # (T, L), strides 0
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the decoded statistics, ``(T, K, L)`` float32: what holding
-        this run in memory costs, mostly."""
+        """Bytes of the decoded statistics the files hold, ``(T, K, L)``
+        float32: what holding this run in memory costs, mostly."""
         return self._values.nbytes
 
     @property
@@ -141,7 +150,8 @@ class GradFlowRun:
         values = {s: self.values(s) for s in self.stats}
         combined = combine(values, self.numel, groups)
         members = [list(m) for m in groups.members]
-        stacked = np.stack([combined[s] for s in self.stats], axis=1)  # (T, K, G)
+        held = self.stats[: self._values.shape[1]]  # the rest are NaN
+        stacked = np.stack([combined[s] for s in held], axis=1)  # (T, K, G)
         types = [
             self.types[m[0]]
             if self.types and len({self.types[j] for j in m}) == 1
@@ -341,7 +351,8 @@ def from_records(
     absent: np.ndarray | None = None,
 ) -> GradFlowRun:
     """Builds a run from decoded records (any order; a repeated step keeps its
-    later record).
+    later record). Records in order, each kept, are not copied once stacked:
+    the run's statistics are views of them.
 
     Args:
         path: where the records came from (a run directory or a run name).
@@ -359,12 +370,8 @@ def from_records(
         block = np.stack(rows, dtype=np.float32)  # (N, K * L + F), one copy
     else:
         block = np.zeros((0, layout.size), dtype=np.float32)
-    reasons = invalid_records(
-        metadata.split_values(block, layout)[0],  # (N, K, L)
-        layout.stats,
-        layout.layers,
-        layout.numel,
-    )
+    values, fields = metadata.split_values(block, layout)  # (N, K, L), (N, F)
+    reasons = invalid_records(values, layout.stats, layout.layers, layout.numel)
     left_out = [LeftOut(int(steps[i]), r) for i, r in enumerate(reasons) if r]
     sound = np.array([r is None for r in reasons], dtype=bool)  # (N,)
     # A resumed run may repeat steps: keep the last sound record of each step.
@@ -374,14 +381,10 @@ def from_records(
     last[:-1] = steps[order][1:] != steps[order][:-1]
     keep = order[last]
     in_order = len(keep) == len(block) and bool((np.diff(keep) > 0).all())
-    flat = block if in_order else block[keep]  # (T, K * L + F)
-    values, fields = metadata.split_values(flat, layout)  # (T, K, L), (T, F)
-    names = list(layout.stats)
-    not_logged = [n for n in stats.names() if n not in names]
-    if not_logged:  # read by name: a statistic the file lacks is NaN
-        filler = np.full((len(values), len(not_logged), values.shape[2]), np.nan)
-        values = np.concatenate([values, filler.astype(np.float32)], axis=1)
-        names += not_logged
+    if not in_order:  # else the block's views as they are: no copy
+        values, fields = values[keep], fields[keep]  # (T, K, L), (T, F)
+    # read by name: a statistic the file lacks is NaN (GradFlowRun.values)
+    not_logged = [n for n in stats.names() if n not in layout.stats]
     field = {f: fields[:, i] for i, f in enumerate(layout.step_fields)}
     n_steps = len(keep)
     absent = (
@@ -394,7 +397,7 @@ def from_records(
         name=layout.name,
         steps=steps[keep],
         layers=list(layout.layers),
-        stats=names,
+        stats=[*layout.stats, *not_logged],
         every=layout.every,
         skipped=field.get("skipped", np.zeros(n_steps)) > 0,
         loss_scale=field.get("loss_scale", np.full(n_steps, np.nan)).astype(np.float64),

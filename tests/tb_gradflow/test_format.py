@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import tb_gradflow
-from tb_gradflow import metadata, overview, summary
+from tb_gradflow import metadata, overview, reader, stats, summary
 
 LAYOUT = metadata.Layout(
     layers=("a", "b", "c"), every=2, name="gen", sparse=(False, True, False)
@@ -491,3 +491,50 @@ def test_metadata_with_a_name_watch_refuses_is_refused_alike(name):
         metadata.parse_plugin_metadata(content)
     with pytest.raises(ValueError, match=re.escape(message)):
         tb_gradflow.watch(nn.Linear(2, 2), None, name=name)
+
+
+def records(layout, steps):
+    """Sound flat records, ``(N, layout.size)`` float32: step s's abs_mean of
+    layer l is s + 1 + l / 10 (abs_max and norm 2x and 3x that)."""
+    n = len(layout.layers)
+    flat = np.zeros((len(steps), layout.size), dtype=np.float32)
+    for i, step in enumerate(steps):
+        mean = step + 1 + np.arange(n) / 10
+        values = {"abs_mean": mean, "abs_max": 2 * mean, "norm": 3 * mean}
+        values |= {"nonfinite": 0.0, "rows": 1.0}
+        flat[i, : len(layout.stats) * n] = stats.record(
+            values, n, order=layout.stats
+        ).ravel()
+    return flat
+
+
+def test_a_statistic_the_files_lack_is_nan_and_takes_no_memory():
+    layout = metadata.Layout(layers=("a", "b"), sparse=(False, False))
+    run = reader.from_records("r", layout, range(4), list(records(layout, range(4))))
+    lacking = [s for s in stats.names() if s not in layout.stats]
+    assert lacking and run.not_logged == lacking
+    assert run.stats == [*layout.stats, *lacking]
+    assert run.nbytes == 4 * len(layout.stats) * 2 * 4  # (T, K, L) float32
+    for stat in lacking:
+        for nan in (run.values(stat), run.grouped("role").values(stat)):
+            assert nan.shape == (4, 2) and nan.dtype == np.float32
+            assert np.isnan(nan).all() and not nan.flags.writeable
+    np.testing.assert_allclose(run.values("norm")[2], [9.0, 9.3], rtol=1e-6)
+
+
+def test_records_in_order_are_views_and_out_of_order_ones_are_sorted():
+    layout = metadata.Layout(layers=("a", "b", "c"), sparse=(False,) * 3)
+    flat = records(layout, range(6))
+    run = reader.from_records("r", layout, range(6), list(flat))
+    # one stacked block of the records, each statistic a view of it
+    assert run.values("abs_mean").base is run.values("rows").base is not None
+    order = [3, 0, 5, 1, 4, 2, 3]  # step 3 twice: the later record wins
+    again = flat[order]
+    again[-1, :3] = [4.5, 4.6, 4.7]  # abs_mean of the last record of step 3
+    shuffled = reader.from_records("r", layout, order, list(again))
+    assert shuffled.steps.tolist() == list(range(6))
+    for stat in layout.stats:
+        want = run.values(stat).copy()
+        if stat == "abs_mean":
+            want[3] = [4.5, 4.6, 4.7]
+        np.testing.assert_array_equal(shuffled.values(stat), want)

@@ -3,6 +3,7 @@ statistics of real gradients (dense, sparse, non-finite, missing) pass."""
 
 from __future__ import annotations
 
+import importlib
 import re
 
 import numpy as np
@@ -96,3 +97,18 @@ def test_float32_rounding_is_allowed():
     x = np.float32(0.1)
     record = one(abs_mean=x * np.float32(1 + 2e-6), abs_max=x, norm=x)
     assert invalid_records(record, STATS, LAYERS, (16, 1)) == [None]
+
+
+def test_records_checked_a_few_at_a_time_get_each_record_s_own_reason(monkeypatch):
+    validity = importlib.import_module("tb_gradflow.validity")
+    rng = np.random.default_rng(0)
+    faults = [{"abs_mean": -1.0}, {"rows": 1.5}, {"nonfinite": 0.5}, {"norm": 0.9}]
+    faults += [{}] * 4
+    records = np.concatenate(
+        [one(**faults[i]) for i in rng.integers(len(faults), size=50)]
+    )  # (50, K, L)
+    alone = [invalid_records(r[None], STATS, LAYERS, (16, 16))[0] for r in records]
+    assert 0 < sum(reason is None for reason in alone) < len(alone)
+    for rows in (1, 3, 7, 256):
+        monkeypatch.setattr(validity, "_ROWS", rows)
+        assert invalid_records(records, STATS, LAYERS, (16, 16)) == alone
