@@ -181,6 +181,7 @@ _MESSAGES = {
     "skipped": "optimizer step skipped by the AMP grad scaler (inf/NaN in it)",
 }
 _EXACTLY_ZERO = "gradient exactly zero: it does not flow into this layer"
+_ROWS = 256  # steps at a time for the per-cell masks (_cell_masks)
 # kinds that need `patience` steps in a row
 _PATIENT = ("no_gradient", "blocked", "all_zero", "update_too_large", "not_updating")
 
@@ -215,16 +216,16 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
     if len(steps) == 0:
         return []
     skipped = np.asarray(run.skipped, dtype=bool)  # (T,)
+    live = ~skipped
     nonfinite = run.values("nonfinite")  # (T, L); NaN: no gradient
-    judged, valid = _judged_mean(
-        run.values("abs_mean"), run.values("rows"), run.sparse, nonfinite
-    )
-    no_gradient, bad = _event_masks(nonfinite)
+    judged = _judged_mean(run.values("abs_mean"), run.values("rows"), run.sparse)
     absent = getattr(run, "absent", None)  # (T, L) bool, optional
-    present = True if absent is None else ~np.asarray(absent, dtype=bool)
-    no_gradient &= present
-    valid &= present
-    all_zero = _all_zero_steps(judged, valid)  # (T,)
+    present = None  # every layer at every step, or (T, L) bool
+    if absent is not None and np.any(absent):
+        present = ~np.asarray(absent, dtype=bool)
+    valid, no_gradient, bad, counts, all_zero = _cell_masks(judged, nonfinite, present)
+    if not live.all():
+        counts &= live[:, None]
     blocked = blocked_mask(judged, valid, th)
     blocked[all_zero] = False  # one finding for the model instead
     masks = {  # in this order for findings of the same step and layer
@@ -233,19 +234,16 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
         "nonfinite": bad,
         "exploding": exploding_mask(run.values("norm"), th),
     }
-    live = ~skipped
     patience = min(th.patience, max(int(live.sum()), 1))
     findings: list[Finding] = []
     for kind, mask in masks.items():
         message = _exploding_message(th) if kind == "exploding" else _MESSAGES[kind]
         min_length = patience if kind in _PATIENT else 1
-        found = find_streaks(
-            kind, mask & live[:, None], live, steps, layers, min_length, message
-        )
+        # (find_streaks reads only the live steps)
+        found = find_streaks(kind, mask, live, steps, layers, min_length, message)
         if kind == "blocked":
             found = [_say_exactly_zero(f, judged, steps, layers) for f in found]
         findings += found
-    counts = live[:, None] & present & (nonfinite == 0)  # a norm that counts
     findings += spike_findings(
         run.values("norm"),
         counts,
@@ -390,14 +388,14 @@ class OnlineDiagnosis:
     ) -> list[Finding]:
         """Feeds one logged step; ``stats`` maps statistic names to ``(L,)`` arrays."""
         nonfinite = np.asarray(stats["nonfinite"], dtype=np.float64)[None]  # (1, L)
-        judged, valid = _judged_mean(
-            np.asarray(stats["abs_mean"])[None],
+        judged = _judged_mean(
+            np.asarray(stats["abs_mean"], dtype=np.float64)[None],
             np.asarray(stats["rows"])[None],
             self.sparse,
-            nonfinite,
         )
-        others = median_of_others(np.where(valid, judged, np.nan))  # (1, L)
         no_gradient, bad = _event_masks(nonfinite)
+        valid = _usable(judged, no_gradient)
+        others = median_of_others(np.where(valid, judged, np.nan))  # (1, L)
         all_zero = _all_zero_steps(judged, valid)  # (1,)
         blocked = valid & is_blocked(judged, others, self._peak[None], self.th)
         blocked[all_zero] = False  # one finding for the model instead
@@ -496,24 +494,56 @@ class OnlineDiagnosis:
 
 
 def _judged_mean(
-    abs_mean: np.ndarray,
-    rows: np.ndarray,
-    sparse: Sequence[bool],
-    nonfinite: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The value a layer is judged by, and where it is usable.
+    abs_mean: np.ndarray, rows: np.ndarray, sparse: Sequence[bool]
+) -> np.ndarray:
+    """The value a layer is judged by.
 
     A sparse layer is judged by the rows that received a gradient
-    (``abs_mean / rows``). Shapes: all ``(T, L)`` (``sparse``: ``(L,)``).
+    (``abs_mean / rows``, in float64). Without one, ``abs_mean`` as it is (no
+    copy) when it is float32 or float64. Shapes: all ``(T, L)`` (``sparse``:
+    ``(L,)``).
     """
-    mean = np.array(abs_mean, dtype=np.float64)  # a copy
+    mean = np.asarray(abs_mean)
     sparse = np.asarray(sparse, dtype=bool)
+    if sparse.any() or mean.dtype not in (np.float32, np.float64):
+        mean = mean.astype(np.float64)  # a copy
     if sparse.any():
         r = np.asarray(rows, dtype=np.float64)[:, sparse]
         with np.errstate(invalid="ignore", divide="ignore"):
             mean[:, sparse] = np.where(r > 0, mean[:, sparse] / r, 0.0)
-    valid = np.isfinite(mean) & ~np.isnan(nonfinite)
-    return mean, valid
+    return mean
+
+
+def _usable(judged: np.ndarray, no_gradient: np.ndarray) -> np.ndarray:
+    """Where a layer's judged value is usable: finite, with a gradient.
+    Shapes: ``(T, L)``."""
+    return np.isfinite(judged) & ~no_gradient
+
+
+def _cell_masks(
+    judged: np.ndarray, nonfinite: np.ndarray, present: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where a layer present at a step (``present``; None: every one) has a
+    usable value (:func:`_usable`), has no gradient, has NaN/Inf elements
+    (present or not), and a finite gradient (its norm counts), ``(T, L)`` bool
+    each, and the ``all_zero`` steps, ``(T,)``: ``_ROWS`` steps at a time, so
+    that each statistic is read from memory once.
+    """
+    valid, no_gradient, bad, finite = (np.empty(judged.shape, bool) for _ in range(4))
+    all_zero = np.empty(len(judged), dtype=bool)
+    for r0 in range(0, len(judged), _ROWS):
+        at = slice(r0, r0 + _ROWS)
+        nf = nonfinite[at]
+        np.greater(nf, 0, out=bad[at])
+        np.equal(nf, 0, out=finite[at])
+        np.isnan(nf, out=no_gradient[at])
+        np.isfinite(judged[at], out=valid[at])
+        valid[at] &= ~no_gradient[at]  # as _usable
+        if present is not None:
+            for mask in (valid, no_gradient, finite):
+                mask[at] &= present[at]
+        all_zero[at] = _all_zero_steps(judged[at], valid[at])
+    return valid, no_gradient, bad, finite, all_zero
 
 
 def _event_masks(nonfinite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -28,8 +28,10 @@ def exploding_mask(norm: np.ndarray, th: Thresholds) -> np.ndarray:
     and each costs O(log(steps)) whatever the window (:func:`_too_big_at`), so
     that a window as long as the run costs no more time than a short one. A
     window longer than the run is the whole run (no step has more earlier
-    norms). Works through blocks of layers, whose temporaries take a few tens
-    of bytes per cell of the block for short windows; a long window's lookup
+    norms). Works through chunks of about ``_BLOCK_CELLS`` cells, whose
+    temporaries take a few tens of bytes per cell: for short windows chunks of
+    steps (all layers, with the steps before them that their windows reach),
+    for long ones blocks of layers (all steps); a long window's lookup
     structure takes ~4 log2(rows) bytes per row of its ``window + steps``.
 
     Shape:
@@ -38,21 +40,46 @@ def exploding_mask(norm: np.ndarray, th: Thresholds) -> np.ndarray:
     """
     n_steps, n_layers = norm.shape
     window = min(th.explode_window, max(n_steps, 3))
-    cols = max(1, _BLOCK_CELLS // max(n_steps, 1))  # layers per block
     mask = np.zeros(norm.shape, dtype=bool)
-    for j0 in range(0, n_layers, cols):
-        block = norm[:, j0 : j0 + cols]  # (T, C)
-        # (window + T, C): steps -window .. T - 1, NaN before step 0
-        recent = _padded_finite(block, window)
-        low = _rolling_fmin(recent[:-1], window)  # (T, C)
-        above = block > np.multiply(low, th.explode_ratio, dtype=np.float64)
-        t, j = np.nonzero(above)  # (N,) each
-        # sorted windows: _SORT_WINDOW x as many floats as cells, so in chunks
-        chunk = _BLOCK_CELLS if window <= _SORT_WINDOW else max(len(t), 1)
-        for c in range(0, len(t), chunk):
-            tc, jc = t[c : c + chunk], j[c : c + chunk]
-            mask[tc, j0 + jc] = _too_big_at(block, recent, tc, jc, window, th)
+    if window <= _SORT_WINDOW:  # chunks of steps
+        steps = max(window, _BLOCK_CELLS // max(n_layers, 1))
+        for t0 in range(0, n_steps, steps):
+            lo = max(t0 - window, 0)
+            t, j = _exploding_cells(norm[lo : t0 + steps], t0 - lo, window, th)
+            mask[t0 + t, j] = True
+    else:  # blocks of layers
+        cols = max(1, _BLOCK_CELLS // max(n_steps, 1))
+        for j0 in range(0, n_layers, cols):
+            t, j = _exploding_cells(norm[:, j0 : j0 + cols], 0, window, th)
+            mask[t, j0 + j] = True
     return mask
+
+
+def _exploding_cells(
+    norm: np.ndarray, before: int, window: int, th: Thresholds
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``exploding`` cells among the rows of ``norm`` after its first
+    ``before`` (the steps before them that their windows reach; fewer than
+    ``window`` only at the start of the run).
+
+    Shape:
+        - norm: ``(before + N, C)``
+        - returns: row (counted after ``before``) and column indices, ``(E,)``
+    """
+    # (window + N, C): steps -window .. N - 1, NaN before the run
+    recent = _padded_finite(norm, window - before)
+    low = _rolling_fmin(recent[:-1], window)  # (N, C)
+    block = norm[before:]  # (N, C)
+    above = block > np.multiply(low, th.explode_ratio, dtype=np.float64)
+    # (M,) each; np.nonzero of a 2-D array is several times slower
+    t, j = np.divmod(np.flatnonzero(above), above.shape[1])
+    # sorted windows: _SORT_WINDOW x as many floats as cells, so in chunks
+    chunk = _BLOCK_CELLS if window <= _SORT_WINDOW else max(len(t), 1)
+    big = np.zeros(len(t), dtype=bool)
+    for c in range(0, len(t), chunk):
+        tc, jc = t[c : c + chunk], j[c : c + chunk]
+        big[c : c + chunk] = _too_big_at(block, recent, tc, jc, window, th)
+    return t[big], j[big]
 
 
 def _too_big_at(

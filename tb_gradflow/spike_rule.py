@@ -19,6 +19,7 @@ Shapes: ``T`` logged steps, ``L`` layers, ``W`` the window (``spike_window``).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,7 +46,7 @@ MAD_TO_SD = 1.4826  # 1 / the normal's 3rd quartile: MAD x this = SD for normal 
 EVENT_GAP = 3  # logged steps: spikes this close to the previous one are one event
 _NAMED = 10  # layers named in a spike event's message, in order
 _STEP_BLOCK = 32  # logged steps that share one pruning bound in spike_cells
-_BLOCK_CELLS = 500_000  # steps x layers per block of spike_cells' work
+_BLOCK_CELLS = 500_000  # steps x layers per chunk of spike_cells' work
 
 
 def spike_min_values(th: Thresholds) -> int:
@@ -70,13 +71,25 @@ def log_norms(norm: np.ndarray, usable: np.ndarray | None = None) -> np.ndarray:
         - norm, usable: ``(T, L)``
         - returns: ``(T, L)`` float64
     """
-    norm = np.asarray(norm, dtype=np.float64)
+    norm = np.asarray(norm)
     ok = np.isfinite(norm) & (norm > 0)
     if usable is not None:
         ok &= np.asarray(usable, dtype=bool)
     z = np.full(norm.shape, np.nan)
-    np.log10(norm, out=z, where=ok)
+    np.log10(norm, out=z, where=ok, dtype=np.float64)  # of the float64 value
     return z
+
+
+def _log_norms_of(
+    norm: np.ndarray, usable: np.ndarray | None
+) -> Callable[[int, int], np.ndarray]:
+    """``z_of(a, b)``: :func:`log_norms` of steps ``a .. b - 1`` (``(T, L)``
+    each; ``usable`` None: every finite positive norm counts)."""
+    norm = np.asarray(norm)
+    if usable is None:
+        return lambda a, b: log_norms(norm[a:b])
+    usable = np.asarray(usable, dtype=bool)
+    return lambda a, b: log_norms(norm[a:b], usable[a:b])
 
 
 def window_thresholds(windows: np.ndarray, th: Thresholds) -> np.ndarray:
@@ -89,6 +102,7 @@ def window_thresholds(windows: np.ndarray, th: Thresholds) -> np.ndarray:
 
     Shape:
         - windows: ``(N, W)`` float64 log10 norms, NaN where there is none
+          (float32 ones: the same, to within :func:`_rounding_slack`)
         - returns: ``(N,)``
     """
     n = np.count_nonzero(~np.isnan(windows), axis=1)  # (N,)
@@ -132,91 +146,196 @@ def spike_cells(
         - returns: step and layer indices ``(N,)``, in step order then layer
           order, and ``log10(norm / threshold)`` at each, ``(N,)``
     """
-    n_steps, n_layers = z.shape
-    window = min(th.spike_window, max(n_steps, 1))  # longer: the same windows
-    # layers per block: the sorted unions take 1 + window / _STEP_BLOCK values
-    # a cell
-    cols = max(1, _BLOCK_CELLS // max(n_steps * (1 + window // _STEP_BLOCK), 1))
-    parts = [(np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0))]
-    for j0 in range(0, n_layers, cols):
-        t, j, excess = _block_spikes(z[:, j0 : j0 + cols], window, th)
-        parts.append((t, j + j0, excess))
-    t, j, excess = (np.concatenate(p) for p in zip(*parts))
-    order = np.lexsort((j, t))
-    return t[order], j[order], excess[order]
+    return _spike_cells(lambda a, b: z[a:b], *np.shape(z), th)
 
 
-def _block_spikes(
-    z: np.ndarray, window: int, th: Thresholds
+def _spike_cells(
+    z_of: Callable[[int, int], np.ndarray], n_steps: int, n_layers: int, th: Thresholds
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`spike_cells` for a block of layers (``z``: ``(T, C)``)."""
-    n_steps, n_cols = z.shape
-    blocks = -(-n_steps // _STEP_BLOCK)
-    # (window + blocks x _STEP_BLOCK, C): steps -window .. , NaN outside the run
-    padded = np.full((window + blocks * _STEP_BLOCK, n_cols), np.nan)
-    padded[window : window + n_steps] = z
-    seen = np.zeros((len(padded) + 1, n_cols), dtype=np.int32)
-    np.cumsum(~np.isnan(padded), axis=0, out=seen[1:])
-    count = seen[window : window + n_steps] - seen[:n_steps]  # (T, C) per window
-    judged = (count >= spike_min_values(th)) & ~np.isnan(z)
-    bound = _pruning_bounds(padded, np.where(judged, count, window + 1), th)
+    """:func:`spike_cells` of the log10 norms that ``z_of(a, b)`` gives for
+    steps ``a .. b - 1`` (``(b - a, L)`` float64), a chunk of steps at a time:
+    each chunk's log norms, with those of the steps before it that its windows
+    reach, are made when it is judged."""
+    window = min(th.spike_window, max(n_steps, 1))  # longer: the same windows
+    steps = _STEP_BLOCK * max(1, _BLOCK_CELLS // max(n_layers * _STEP_BLOCK, 1))
+    parts = [(np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0))]
+    for t0 in range(0, n_steps, steps):
+        t1 = min(t0 + steps, n_steps)
+        t, j, excess = _chunk_spikes(z_of(max(t0 - window, 0), t1), t1 - t0, window, th)
+        parts.append((t + t0, j, excess))
+    t, j, excess = (np.concatenate(p) for p in zip(*parts))
+    return t, j, excess
+
+
+def _chunk_spikes(
+    z: np.ndarray, n: int, window: int, th: Thresholds
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`spike_cells` for the last ``n`` rows of ``z``; the rows before
+    them are the earlier steps their windows reach (fewer than ``window`` only
+    at the start of the run).
+
+    Prunes on the chunk's log norms transposed and in float32 (each layer's
+    steps in a row: a block's windows are a run of memory); the thresholds
+    left to compute are exact, in float64.
+
+    Shape:
+        - z: ``(before + n, L)`` float64, ``before <= window``
+        - returns: as :func:`spike_cells`, steps counted from the chunk's first
+    """
+    before, n_layers = len(z) - n, z.shape[1]
+    blocks = -(-n // _STEP_BLOCK)
+    # (L, tiles x _STEP_BLOCK): steps -window .. of the chunk, NaN where there
+    # is none (before the run, after the chunk), in whole tiles of steps
+    tiles = blocks + (window + _STEP_BLOCK - 1) // _STEP_BLOCK + 1
+    zt = np.full((n_layers, tiles * _STEP_BLOCK), np.nan, dtype=np.float32)
+    zt[:, window - before : window + n] = z.T
+    m = _union_counts(zt, window - before, n, window)  # (L, B)
+    slack = _rounding_slack(zt, th)
+    bound = _pruning_bounds(zt, m, window, th) - slack  # (L, B)
+    # the blocks whose largest value is above their bound, then their steps
+    # that are: (M,) and (N,) each
     with np.errstate(invalid="ignore"):
-        maybe = judged & (z > np.repeat(bound, _STEP_BLOCK, axis=0)[:n_steps])
-    t, j = np.nonzero(maybe)  # (N,) each
-    threshold = np.empty(len(t))
+        # (np.nonzero of a 2-D array is several times slower)
+        b, j = np.divmod(np.flatnonzero(_block_tops(z[before:]) > bound.T), n_layers)
+        own = zt[:, window : window + blocks * _STEP_BLOCK]
+        own = own.reshape(n_layers, blocks, _STEP_BLOCK)[j, b]  # (M, _STEP_BLOCK)
+        i, s = np.divmod(np.flatnonzero(own > bound[j, b, None]), _STEP_BLOCK)
+    j, t = j[i], b[i] * _STEP_BLOCK + s
+    # their thresholds from the float32 values (each window a run of zt's
+    # memory), then exactly where those do not settle it
+    windows = np.lib.stride_tricks.sliding_window_view(zt, window, axis=1)
+    at = z[before + t, j]  # (N,)
+    near = np.zeros(len(t), dtype=bool)
     chunk = max(1, _BLOCK_CELLS // window)  # windows at a time
     for c in range(0, len(t), chunk):
         tc, jc = t[c : c + chunk], j[c : c + chunk]
-        windows = padded[tc[:, None] + np.arange(window), jc[:, None]]  # (n, W)
-        threshold[c : c + chunk] = window_thresholds(windows, th)
-    at = z[t, j]
-    hit = at > threshold
+        with np.errstate(invalid="ignore"):
+            estimate = window_thresholds(windows[jc, tc], th)  # (n,)
+            near[c : c + chunk] = at[c : c + chunk] > estimate - slack
+    t, j, at = t[near], j[near], at[near]
+    rows = before + t[:, None] + np.arange(-window, 0)  # (N', W) rows of z
+    exact = np.where(rows >= 0, z[np.maximum(rows, 0), j[:, None]], np.nan)
+    threshold = window_thresholds(exact, th)
+    hit = np.flatnonzero(at > threshold)
+    hit = hit[np.lexsort((j[hit], t[hit]))]  # by step, then layer
     return t[hit], j[hit], (at - threshold)[hit]
 
 
-def _pruning_bounds(padded: np.ndarray, count: np.ndarray, th: Thresholds):
-    """Per block of ``_STEP_BLOCK`` steps and layer, a number no larger than the
-    threshold of any of the block's judged steps.
+def _rounding_slack(zt: np.ndarray, th: Thresholds) -> float:
+    """How far a threshold computed from the float32 values of ``zt``, or
+    bounded from them (:func:`_pruning_bounds`), may fall from the exact one,
+    and a log norm from its float32 value: ``2**-20 x (1 + the largest
+    |value|) x (1 + spike_k x 1.4826)`` (16 times the rounding's worst case).
+    """
+    largest = max(
+        float(np.fmax.reduce(zt, axis=None, initial=0.0)),
+        -float(np.fmin.reduce(zt, axis=None, initial=0.0)),
+    )
+    return 2.0**-20 * (1 + largest) * (1 + th.spike_k * MAD_TO_SD)
 
-    The block's windows all lie in one union of ``W + _STEP_BLOCK - 1`` rows.
-    With ``n`` the fewest values of a judged window in the block, each window's
-    median is at least the union's ``(n - 1) // 2``-th smallest value, and its
-    MAD at least half the narrowest span of ``(n + 1) // 2`` of the union's
-    values (at least half of a window's values lie within a MAD of its median).
-    The union is sorted in float32 (half the work); for that rounding the bound
-    gives up ``2**-20 x (1 + the largest |value|) x (1 + spike_k x 1.4826)``.
+
+def _block_tops(z: np.ndarray) -> np.ndarray:
+    """The largest value of each block of ``_STEP_BLOCK`` rows (NaN: none).
 
     Shape:
-        - padded: ``(W + B x _STEP_BLOCK, C)`` (:func:`_block_spikes`)
-        - count: ``(T, C)``, each judged step's count of values, else ``W + 1``
-        - returns: ``(B, C)``, inf where no step is judged
+        - z: ``(n, L)``; returns: ``(B, L)``, ``B = ceil(n / _STEP_BLOCK)``
     """
-    blocks = -(-len(count) // _STEP_BLOCK)
-    window = len(padded) - blocks * _STEP_BLOCK
+    whole = len(z) // _STEP_BLOCK
+    blocks = z[: whole * _STEP_BLOCK].reshape(whole, _STEP_BLOCK, z.shape[1])
+    tops = [np.fmax.reduce(blocks, axis=1)]
+    if whole * _STEP_BLOCK < len(z):
+        tops.append(np.fmax.reduce(z[whole * _STEP_BLOCK :], axis=0, keepdims=True))
+    return np.concatenate(tops)
+
+
+def _union_counts(zt: np.ndarray, first: int, n: int, window: int) -> np.ndarray:
+    """How many values each block's union of windows holds (see
+    :func:`_pruning_bounds`).
+
+    Shape:
+        - zt: ``(L, tiles x _STEP_BLOCK)`` float32 (:func:`_chunk_spikes`), the
+          chunk's steps and those before it in columns ``first .. window + n -
+          1``, NaN elsewhere
+        - returns: ``(L, B)`` int64
+    """
+    blocks = -(-n // _STEP_BLOCK)
     span = window + _STEP_BLOCK - 1
-    union = np.lib.stride_tricks.sliding_window_view(
-        padded.astype(np.float32), span, axis=0
-    )[: blocks * _STEP_BLOCK : _STEP_BLOCK]  # (B, C, U): a view
-    srt = np.sort(union, axis=-1).reshape(-1, span)  # (R, U), R = B x C; NaN last
-    fewest = np.full((blocks * _STEP_BLOCK, count.shape[1]), window + 1)
-    fewest[: len(count)] = count
-    fewest = fewest.reshape(blocks, _STEP_BLOCK, -1).min(axis=1).ravel()  # (R,)
-    judged = fewest <= window
+    start = _STEP_BLOCK * np.arange(blocks)  # (B,): each union's first column
+    # the union's columns that hold steps: its values, for a layer without gaps
+    inside = np.minimum(start + span, window + n) - np.maximum(start, first)
+    m = np.tile(np.maximum(inside, 0), (len(zt), 1))  # (L, B)
+    gaps = np.flatnonzero(np.isnan(zt[:, first : window + n]).any(axis=1))
+    if len(gaps):  # the others counted by tiles of steps: (G, tiles) each
+        nan = np.isnan(zt[gaps]).reshape(len(gaps), -1, _STEP_BLOCK)
+        ends = np.zeros((len(gaps), nan.shape[1] + 1), dtype=np.int64)
+        np.cumsum(_STEP_BLOCK - nan.sum(axis=2), axis=1, out=ends[:, 1:])
+        whole, part = divmod(span, _STEP_BLOCK)  # a union: whole tiles, and some
+        head = part - nan[:, :, :part].sum(axis=2)  # values in a tile's first part
+        m[gaps] = (
+            ends[:, whole : whole + blocks]
+            - ends[:, :blocks]
+            + head[:, whole : whole + blocks]
+        )
+    return m
+
+
+def _pruning_bounds(
+    zt: np.ndarray, m: np.ndarray, window: int, th: Thresholds
+) -> np.ndarray:
+    """Per layer and block of ``_STEP_BLOCK`` steps, a number no larger than the
+    threshold of any of the block's steps whose window is judged (has
+    :func:`spike_min_values` values).
+
+    The block's windows all lie in one union of ``U = W + _STEP_BLOCK - 1``
+    steps, ``m`` of them with a value; each window lacks ``_STEP_BLOCK - 1``
+    of them, so a judged one has ``n >= max(m - _STEP_BLOCK + 1,
+    spike_min_values)`` values. Its median is at least the union's
+    ``(n - 1) // 2``-th smallest value, and its MAD at least half the narrowest
+    span of ``(n + 1) // 2`` of the union's values (at least half of a
+    window's values lie within a MAD of its median). The union is sorted in
+    float32 (half the work): the bound is that of the float32 values, which
+    the caller lowers by :func:`_rounding_slack`.
+
+    Shape:
+        - zt: ``(L, tiles x _STEP_BLOCK)`` float32 (:func:`_chunk_spikes`): ``W``
+          steps, then the ``B`` blocks', then NaN
+        - m: ``(L, B)`` (:func:`_union_counts`)
+        - returns: ``(L, B)``, inf where no window can be judged
+    """
+    n_layers, blocks = m.shape
+    span = window + _STEP_BLOCK - 1
+    m = m.ravel()  # (R,), R = L x B
+    judged = m >= spike_min_values(th)
+    fewest = np.maximum(m - _STEP_BLOCK + 1, spike_min_values(th))  # (R,)
+    union = np.lib.stride_tricks.sliding_window_view(zt, span, axis=1)[
+        :, : blocks * _STEP_BLOCK : _STEP_BLOCK
+    ]  # (L, B, U): a view
+    srt = np.sort(union, axis=-1).reshape(n_layers * blocks, span)  # (R, U), NaN last
     rows = np.arange(len(srt))
-    low_median = srt[rows, np.maximum(fewest - 1, 0) // 2].astype(np.float64)
-    low_mad = np.full(len(srt), np.inf)
+    low_median = srt[rows, np.minimum(fewest - 1, span - 1) // 2].astype(np.float64)
     half = (fewest + 1) // 2  # (R,)
-    for h in np.flatnonzero(np.bincount(half[judged])).tolist():  # few values
-        pick = np.flatnonzero(judged & (half == h))
-        part = srt if len(pick) == len(srt) else srt[pick]  # (P, U)
-        spans = part[:, h - 1 :] - part[:, : span - h + 1]  # NaN past the values
-        low_mad[pick] = np.fmin.reduce(spans, axis=1) / 2
+    low_mad = np.full(len(srt), np.inf)
+    sizes, count = np.unique(half[judged], return_counts=True)  # few sizes
+    if len(sizes):  # the most common size for every row (no copy), then others
+        common = int(sizes[np.argmax(count)])
+        low_mad = _narrowest(srt, common).astype(np.float64) / 2
+        for h in sizes.tolist():
+            if h != common:
+                pick = np.flatnonzero(half == h)
+                low_mad[pick] = _narrowest(srt[pick], h) / 2
     k = th.spike_k * MAD_TO_SD
-    scale = np.maximum(k * low_mad, np.log10(th.spike_min_ratio))
-    largest = np.nanmax(np.abs(padded), initial=0.0)
     with np.errstate(invalid="ignore"):
-        bound = low_median + scale - 2.0**-20 * (1 + largest) * (1 + k)
-    return np.where(judged, bound, np.inf).reshape(blocks, -1)
+        bound = low_median + np.maximum(k * low_mad, np.log10(th.spike_min_ratio))
+    return np.where(judged, bound, np.inf).reshape(n_layers, blocks)
+
+
+def _narrowest(srt: np.ndarray, h: int) -> np.ndarray:
+    """Each row's narrowest span of ``h`` of its values (NaN: fewer).
+
+    Shape:
+        - srt: ``(R, U)`` sorted, NaN last; returns: ``(R,)``
+    """
+    return np.fmin.reduce(srt[:, h - 1 :] - srt[:, : srt.shape[1] - h + 1], axis=1)
 
 
 def spike_mask(
@@ -234,7 +353,7 @@ def spike_mask(
         - norm, usable: ``(T, L)``
         - returns: ``(T, L)`` bool
     """
-    t, j, _ = spike_cells(log_norms(norm, usable), th)
+    t, j, _ = _spike_cells(_log_norms_of(norm, usable), *np.shape(norm), th)
     mask = np.zeros(np.shape(norm), dtype=bool)
     mask[t, j] = True
     return mask
@@ -265,11 +384,10 @@ def spike_findings(
         - norm, usable, superseded: ``(T, L)``; ``usable`` only where ``counted``
         - counted, steps: ``(T,)``
     """
-    t, j, excess = spike_cells(log_norms(norm, usable), th)
+    t, j, excess = _spike_cells(_log_norms_of(norm, usable), *np.shape(norm), th)
     mask = np.zeros(np.shape(norm), dtype=bool)
-    mask[t, j] = True
-    if superseded is not None:
-        mask &= ~superseded
+    own = np.ones(len(t), dtype=bool) if superseded is None else ~superseded[t, j]
+    mask[t[own], j[own]] = True  # each a finding of its layer's
     found = find_streaks("spike", mask, counted, steps, layers, 1, spike_message(th))
     rank = np.cumsum(counted) - 1  # (T,): each step's index among counted steps
     at = rank[t]  # (N,), ascending

@@ -51,38 +51,45 @@ def find_streaks(
     (hysteresis: a blocked layer must look healthy for ``min_length`` steps in a
     row to end its streak), so a value hovering at a threshold gives one finding.
     A streak followed by fewer than ``min_length`` counted steps is ongoing.
+    Only the counted steps of ``mask`` are read.
 
     Shape:
         - mask: ``(T, C)`` bool, one column per entry of ``layers``
         - counted, steps: ``(T,)``
     """
     idx = np.flatnonzero(counted)
+    cols = np.flatnonzero(mask.any(axis=0))  # the columns with a hit
+    # (C, T' + 2): each column's counted steps, between two steps without
+    hits = np.zeros((len(cols), len(idx) + 2), dtype=np.int8)
+    hits[:, 1:-1] = np.take(mask, cols, axis=1)[idx].T
+    edges = np.diff(hits, axis=1)  # (C, T' + 1): 1 where a run starts, -1 after
+    # (np.nonzero of a 2-D array is several times slower)
+    c_run, starts = np.divmod(np.flatnonzero(edges == 1), edges.shape[1])
+    stops = np.flatnonzero(edges == -1) % edges.shape[1]  # in the same order
+    bounds = np.searchsorted(c_run, np.arange(len(cols) + 1))  # runs per column
     found = []
-    for j in np.flatnonzero(mask.any(axis=0)).tolist():  # the columns with a hit
-        column = mask[idx, j]
-        if not column.any():
-            continue
-        layer = layers[j]
-        edges = np.diff(np.concatenate([[0], column.astype(np.int8), [0]]))
-        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        runs: list[list[int]] = []
-        for start, stop in zip(starts.tolist(), stops.tolist()):
+    for c, j in enumerate(cols.tolist()):
+        runs: list[list[int]] = []  # [start, stop, hits]
+        for start, stop in zip(
+            starts[bounds[c] : bounds[c + 1]].tolist(),
+            stops[bounds[c] : bounds[c + 1]].tolist(),
+        ):
             if runs and min_length > 1 and start - runs[-1][1] < min_length:
                 runs[-1][1] = stop  # bridge a short healthy gap
+                runs[-1][2] += stop - start
             else:
-                runs.append([start, stop])
-        for start, stop in runs:
-            hits = int(column[start:stop].sum())
-            if hits >= min_length:
+                runs.append([start, stop, stop - start])
+        for start, stop, n_hits in runs:
+            if n_hits >= min_length:
                 found.append(
                     Finding(
                         kind=kind,
-                        layer=layer,
+                        layer=layers[j],
                         first_step=int(steps[idx[start]]),
                         last_step=int(steps[idx[stop - 1]]),
-                        steps=hits,
+                        steps=n_hits,
                         message=message,
-                        ongoing=len(column) - stop < min_length,
+                        ongoing=len(idx) - stop < min_length,
                     )
                 )
     return found

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tb_gradflow.blocked_rule import median_of_others
+from tb_gradflow.blocked_rule import median_of_others_at
 from tb_gradflow.streaks import Finding, find_streaks
 
 if TYPE_CHECKING:
@@ -36,24 +36,48 @@ def update_masks(
         - ratio, rows, valid: ``(T, L)`` (``valid``: layers with a usable,
           flowing gradient); sparse: ``(L,)``.
     """
-    ratio = np.array(ratio, dtype=np.float64)  # a copy
+    ratio = np.asarray(ratio)
     sparse = np.asarray(sparse, dtype=bool)
+    if sparse.any() or ratio.dtype not in (np.float32, np.float64):
+        ratio = ratio.astype(np.float64)  # a copy
     if sparse.any():  # judged by the rows that got a gradient
         r = np.asarray(rows, dtype=np.float64)[:, sparse]
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio[:, sparse] = np.where(r > 0, ratio[:, sparse] / np.sqrt(r), 0)
     usable = valid & np.isfinite(ratio)  # inf: the weights were zero
-    moving = np.where(usable, ratio, np.nan)
+    # compared in float64, whatever the ratio's precision
+    high, floor = np.float64(th.max_update_ratio), np.float64(th.min_update_ratio)
     with np.errstate(invalid="ignore"):
-        too_large = usable & (ratio > th.max_update_ratio)
-        low = usable & (ratio < th.min_update_ratio)
-        others = median_of_others(moving)  # (T, L)
-        model_low = usable.any(axis=1) & (
-            np.nanmedian(np.where(usable.any(axis=1)[:, None], moving, 0), axis=1)
-            < th.min_update_ratio
-        )  # (T,)
-        not_updating = low & ~model_low[:, None] & (others >= th.min_update_ratio)
+        too_large = usable & (ratio > high)
+        low = usable & (ratio < floor)
+    model_low = _model_low(ratio, usable, low, floor)  # (T,)
+    not_updating = low & ~model_low[:, None]
+    # where the other layers' median decides: few cells, their rows only
+    t, j = np.divmod(np.flatnonzero(not_updating), not_updating.shape[1])
+    with np.errstate(invalid="ignore"):
+        not_updating[t, j] = median_of_others_at(ratio, usable, t, j) >= floor
     return too_large, not_updating, model_low
+
+
+def _model_low(
+    ratio: np.ndarray, usable: np.ndarray, low: np.ndarray, floor: np.float64
+) -> np.ndarray:
+    """``(T,)``: steps where the median of the usable ratios (``np.nanmedian``)
+    is below ``floor``, from how many of them are (``low``): more than half,
+    yes; at most half less one, no; the median itself only where exactly half
+    are (its two middle values straddle ``floor``).
+
+    Shape:
+        - ratio, usable, low: ``(T, L)``
+    """
+    n = np.count_nonzero(usable, axis=1)  # (T,)
+    below = np.count_nonzero(low, axis=1)
+    model_low = (n > 0) & (below > n // 2)
+    tied = np.flatnonzero((n > 0) & (n % 2 == 0) & (below == n // 2))
+    if len(tied):
+        some = np.where(usable[tied], ratio[tied].astype(np.float64), np.nan)
+        model_low[tied] = np.nanmedian(some, axis=1) < floor
+    return model_low
 
 
 def update_messages(th: Thresholds) -> dict[str, str]:
@@ -98,9 +122,10 @@ def update_findings(
         run.values("update_ratio"), run.values("rows"), run.sparse, valid, th
     )
     messages = update_messages(th)
+    # (find_streaks reads only the live steps)
     found = find_streaks(
         "update_too_large",
-        too_large & live[:, None],
+        too_large,
         live,
         steps,
         layers,
@@ -109,7 +134,7 @@ def update_findings(
     )
     found += find_streaks(
         "not_updating",
-        not_updating & live[:, None],
+        not_updating,
         live,
         steps,
         layers,
@@ -118,7 +143,7 @@ def update_findings(
     )
     found += find_streaks(
         "not_updating",
-        (model_low & live)[:, None],
+        model_low[:, None],
         live,
         steps,
         [None],

@@ -297,7 +297,7 @@ def test_exploding_mask_equals_a_loop(seed, sort_window, monkeypatch):
     rng = np.random.default_rng(seed)
     module = importlib.import_module("tb_gradflow.exploding_rule")
     monkeypatch.setattr(module, "_SORT_WINDOW", sort_window)  # 2: no sorting
-    if seed % 4 == 0:  # one layer per block, and chunks of one cell
+    if seed % 4 == 0:  # chunks of the fewest steps (or one layer), and of one cell
         monkeypatch.setattr(module, "_BLOCK_CELLS", 1)
     t, n = rng.integers(1, 60), rng.integers(1, 6)
     dtype = np.float32 if seed % 2 else np.float64
@@ -644,3 +644,157 @@ def test_online_update_alerts_fire_where_the_batch_streaks_reach_patience(seed):
 def test_update_thresholds_are_checked():
     with pytest.raises(ValueError, match="0 < min_update_ratio < max_update_ratio"):
         Thresholds(min_update_ratio=0.5, max_update_ratio=0.1)
+
+
+# -- float32 runs, and the work done a part of the run at a time -----------------
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_blocked_mask_of_float32_values_equals_a_loop_in_float64(seed, monkeypatch):
+    from tb_gradflow.blocked_rule import blocked_mask
+
+    rng = np.random.default_rng(seed)
+    module = importlib.import_module("tb_gradflow.blocked_rule")
+    monkeypatch.setattr(module, "_ROWS", int(rng.choice([1, 3, 1024])))
+    t, n = rng.integers(1, 25), rng.integers(1, 12)
+    judged = random_cells(rng, t, n, np.float32)
+    th = Thresholds(
+        min_ratio_to_others=float(rng.choice([1e-2, 0.5])),
+        min_ratio_to_own_peak=float(rng.choice([1e-2, 0.5])),
+        floor_ratio_to_others=float(rng.choice([1e-6, 0.3])),
+    )
+    got = blocked_mask(judged, np.isfinite(judged), th)
+    np.testing.assert_array_equal(got, blocked_by_a_loop(judged.astype(float), th))
+
+
+def update_masks_by_a_loop(ratio, rows, sparse, valid, th):
+    """``update_masks`` cell by cell in float64, with np.median: the reference."""
+    r = np.array(ratio, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r[:, sparse] = np.where(
+            rows[:, sparse] > 0, r[:, sparse] / rows[:, sparse] ** 0.5, 0
+        )
+    usable = valid & np.isfinite(r)
+    too_large = usable & (r > th.max_update_ratio)
+    low = usable & (r < th.min_update_ratio)
+    t, n = r.shape
+    model_low = np.array(
+        [
+            usable[i].any() and np.median(r[i][usable[i]]) < th.min_update_ratio
+            for i in range(t)
+        ]
+    )
+    not_updating = np.zeros((t, n), dtype=bool)
+    for i in range(t):
+        for j in range(n):
+            rest = np.delete(r[i], j)[np.delete(usable[i], j)]
+            not_updating[i, j] = (
+                low[i, j]
+                and not model_low[i]
+                and rest.size > 0
+                and np.median(rest) >= th.min_update_ratio
+            )
+    return too_large, not_updating, model_low
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_update_masks_equal_a_loop(seed, monkeypatch):
+    from tb_gradflow.update_rule import update_masks
+
+    rng = np.random.default_rng(seed)
+    module = importlib.import_module("tb_gradflow.blocked_rule")
+    monkeypatch.setattr(module, "_ROWS", int(rng.choice([1, 2, 1024])))
+    t, n = rng.integers(1, 20), rng.integers(1, 9)
+    th = Thresholds()
+    # at, around and far from both bounds; ties; half the layers low at once
+    choices = [0.0, 1e-9, 1e-7, 2e-7, 1e-3, 0.1, 0.5, np.inf, np.nan]
+    ratio = rng.choice(choices, size=(t, n)).astype(rng.choice([np.float32, float]))
+    rows = rng.choice([0.0, 1e-6, 0.5, 1.0], size=(t, n))
+    sparse = rng.random(n) < 0.3
+    valid = rng.random((t, n)) < 0.8
+    got = update_masks(ratio, rows, sparse, valid, th)
+    want = update_masks_by_a_loop(ratio, rows, sparse, valid, th)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+class Float64Run:
+    """A run's statistics in float64: what diagnose() made of float32 ones
+    before it read them as they are."""
+
+    def __init__(self, run):
+        self.run = run
+        for name in ("steps", "layers", "sparse", "skipped", "absent", "stats"):
+            setattr(self, name, getattr(run, name))
+        self.not_logged = run.not_logged
+
+    def values(self, stat):
+        return self.run.values(stat).astype(np.float64)
+
+
+def float32_run(seed, t=300, n=9):
+    """A GradFlowRun (float32) with what every rule looks for: spikes, a
+    vanishing and a sparse layer, zeros, layers without gradient, NaN/Inf,
+    skipped steps, frozen layers and a model-wide low update_ratio, and a
+    second layer set that lacks a layer."""
+    from tb_gradflow import reader, stats
+
+    rng = np.random.default_rng(seed)
+    names = stats.names()
+    sparse = (False, False, *(bool(s) for s in rng.random(n - 2) < 0.3))
+    layout = metadata.Layout(
+        layers=tuple(f"l{j}" for j in range(n)), sparse=sparse, stats=names
+    )
+    mean = np.exp(rng.normal(np.log(1e-3), 2.0, n) + rng.normal(0, 0.5, (t, n)))
+    mean[rng.random((t, n)) < 0.01] *= 300
+    mean[t // 2 :, 0] *= 1e-4  # vanishing (dense: sparse ones are from 2 on)
+    mean[rng.random((t, n)) < 0.01] = 0.0
+    nonfinite = np.where(rng.random((t, n)) < 0.005, 2.0, 0.0)
+    nonfinite[rng.random((t, n)) < 0.02] = np.nan
+    nonfinite[:, n - 2] = np.nan  # never a gradient
+    ratio = np.exp(rng.normal(np.log(1e-3), 1.0, (t, n)))
+    ratio[:, 1] = 0.0  # frozen
+    ratio[t // 3 : t // 3 + 10] = 1e-9
+    values = {"abs_mean": mean, "abs_max": 5 * mean, "norm": 30 * mean}
+    values |= {"nonfinite": nonfinite, "rows": rng.uniform(0.1, 1, (t, n))}
+    values |= {"update_ratio": ratio, "weight_norm": np.ones((t, n))}
+    k = len(names)
+    flat = np.zeros((t, layout.size), dtype=np.float32)
+    cells = flat[:, : k * n].reshape(t, k, n)  # (T, K, L)
+    for i, name in enumerate(names):
+        cells[:, i] = np.where(
+            np.isnan(nonfinite) & (name != "nonfinite"), np.nan, values[name]
+        )
+    flat[:, k * n] = rng.random(t) < 0.03  # skipped
+    half = t // 2  # from here on, a layer set without the last layer
+    fewer = dataclasses.replace(layout, layers=layout.layers[:-1], sparse=sparse[:-1])
+    late = np.concatenate(
+        [cells[half:, :, :-1].reshape(t - half, -1), flat[half:, k * n :]], axis=1
+    )
+    return reader.merge_records(
+        "run",
+        [layout, fewer],
+        range(t),
+        [*flat[:half], *late],
+        [0] * half + [1] * (t - half),
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_float32_runs_are_diagnosed_as_in_float64_in_any_parts(seed, monkeypatch):
+    run = float32_run(seed)
+    th = Thresholds(spike_window=12, explode_window=int([5, 40][seed % 2]))
+    want = diagnose(Float64Run(run), th)
+    kinds = {f.kind for f in want}
+    assert {"spike", "blocked", "no_gradient", "nonfinite", "not_updating"} <= kinds
+    assert diagnose(run, th) == want
+    for name, attr, small in [
+        ("diagnosis", "_ROWS", 7),
+        ("blocked_rule", "_ROWS", 5),
+        ("spike_rule", "_BLOCK_CELLS", 1),
+        ("exploding_rule", "_BLOCK_CELLS", 1),
+        ("validity", "_ROWS", 3),
+    ]:
+        monkeypatch.setattr(importlib.import_module(f"tb_gradflow.{name}"), attr, small)
+    assert diagnose(run, th) == want
+    assert diagnose(float32_run(seed), th) == want

@@ -92,7 +92,7 @@ def random_log_norms(rng, t, n):
 def test_spike_cells_equal_a_loop(seed, monkeypatch):
     rng = np.random.default_rng(seed)
     monkeypatch.setattr(RULE, "_STEP_BLOCK", int(rng.choice([1, 2, 5, 32])))
-    if seed % 3 == 0:  # one layer per block
+    if seed % 3 == 0:  # one block of steps per chunk
         monkeypatch.setattr(RULE, "_BLOCK_CELLS", 1)
     t, n = int(rng.integers(1, 120)), int(rng.integers(1, 6))
     z = random_log_norms(rng, t, n)
@@ -108,6 +108,37 @@ def test_spike_cells_equal_a_loop(seed, monkeypatch):
     np.testing.assert_array_equal(t_hit, expected[0])
     np.testing.assert_array_equal(j_hit, expected[1])
     np.testing.assert_array_equal(excess, (z - want)[expected])
+
+
+@pytest.mark.parametrize("cells", [1, 100, 500, 10**6])
+def test_chunks_of_any_size_find_the_same_spikes(cells, monkeypatch):
+    rng = np.random.default_rng(7)
+    z = rng.normal(rng.uniform(-6, 2, 7), 0.1, (400, 7))  # (T, L) log10 norms
+    z[rng.random(z.shape) < 0.02] += 2  # 100x spikes
+    z[rng.random(z.shape) < 0.1] = np.nan  # gaps
+    z[:, 3] = np.nan  # a layer without any
+    th = Thresholds(spike_window=40)
+    want = spike_cells(z, th)
+    assert len(want[0]) > 10
+    monkeypatch.setattr(RULE, "_BLOCK_CELLS", cells)
+    for got, expected in zip(spike_cells(z, th), want):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("size", [0.0, 0.01, 0.3])  # the floor, or the MAD, decides
+def test_a_log_norm_a_float64_step_from_its_threshold_is_judged_exactly(size):
+    """The pruning and the first thresholds work on float32 log norms; near
+    30, their rounding is 1e-6, far more than the float64 steps around a
+    threshold that decide here (with equal values, the pruning bound is the
+    threshold itself, of the rounded values)."""
+    th = Thresholds()
+    w = th.spike_window
+    z = 30.1 + np.random.default_rng(3).normal(0, size, (w + 1, 4))
+    at = threshold_by_a_loop(z, th)[w]  # (4,) at step w
+    z[w] = [at[0], np.nextafter(at[1], np.inf), np.nextafter(at[2], 0), at[3] + 1e-9]
+    t, j, excess = spike_cells(z, th)
+    assert j[t == w].tolist() == [1, 3]
+    assert excess[t == w][0] == z[w, 1] - at[1] > 0
 
 
 def test_log_norms_leave_out_what_does_not_count():
