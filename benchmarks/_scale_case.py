@@ -95,7 +95,8 @@ class WatchedRun:
     @property
     def tag(self) -> str:
         """The tag of the segment holding the last step written."""
-        index = max(self.steps - 1, 0) // segments.segment_steps(self.layout)
+        per_segment = segments.segment_steps(self.layout)
+        index = 0 if per_segment is None else max(self.steps - 1, 0) // per_segment
         return segments.segment_tag(self.layout, segments.Segment(0, index))
 
     def write(self, n: int) -> None:

@@ -32,14 +32,15 @@ DEFAULT_SAMPLES_PER_RUN = 100_000  # logged steps kept per tag
 """TensorBoard's sampling limit for gradflow data when the user sets none, per
 tag, and the most per-step records the plugin reads of one watcher.
 
-A watcher writes its per-step records in segments (:mod:`tb_gradflow.segments`:
-a tag per ~32 MiB of values, e.g. 2,300 steps of 723 layers), each below this
-limit, so TensorBoard keeps every logged step and its memory grows with the
-run, about as its event files do; of a run longer than the limit the plugin
-reads a spread sample (its overview records cover every step). Runs written
-before segments keep a random subset of their one tag (always the latest
-step). To bound TensorBoard's memory, ``tensorboard
---samples_per_plugin=gradflow=N`` keeps N steps of each tag (``N=0``: all).
+A watcher of up to ~66 layers writes one tag per layer set: past the limit
+TensorBoard keeps a random subset (always the latest step), which bounds its
+memory, and the overview records cover every step. A larger one writes its
+per-step records in segments (:mod:`tb_gradflow.segments`: a tag per ~32 MiB
+of values, e.g. 2,300 steps of 723 layers), each below this limit, so
+TensorBoard keeps every logged step and its memory grows with the run, about
+as its event files do; the plugin reads a spread sample of a longer run. To
+bound TensorBoard's memory, ``tensorboard --samples_per_plugin=gradflow=N``
+keeps N steps of each tag (``N=0``: all).
 """
 
 

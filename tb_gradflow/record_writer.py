@@ -60,7 +60,7 @@ class RecordWriter:
         begun: the session's first, at ``step``); whether it did."""
         if self._segment is None:
             self._segment = segments.Segment(step, 0)
-        elif self._in_segment >= self._segment_steps:
+        elif self._segment_steps and self._in_segment >= self._segment_steps:
             self._segment = segments.Segment(
                 self._segment.session, self._segment.index + 1
             )

@@ -317,7 +317,7 @@ class RunLoader:
         if segment.plain:  # steps 0, every, 2 * every, ... (or fewer)
             bound = listed.max_step // layout.every + 1
         else:
-            bound = segments.segment_steps(layout)
+            bound = segments.segment_steps(layout) or self._downsample
         return max(1, min(bound, self._downsample))
 
     def _read_batch(

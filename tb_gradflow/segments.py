@@ -9,6 +9,13 @@ reader would get a sample. So a writer session starts a new tag every
 tag can be read in one reply, and the plugin reads a watcher's tags in
 batches that each fit one.
 
+A layer set small enough that the records TensorBoard keeps of one tag
+(``DEFAULT_SAMPLES_PER_RUN``, 100,000) fit :data:`ONE_TAG_BYTES` is not
+split (:func:`segment_steps` is None: up to ~66 layers): TensorBoard's
+sampling of its one tag bounds its memory, and the overview records cover the
+steps it drops. A larger one is split, and TensorBoard keeps every step of it
+(``--samples_per_plugin=gradflow=N`` keeps N of each segment).
+
 The tag of a segment (:func:`segment_tag`) is the layout tag
 (``metadata.layout_tag``) for the first segment of a session that began at
 step 0, so the records of a run that never fills one segment are written as
@@ -44,8 +51,10 @@ import numpy as np
 from tensorboard.compat.proto import summary_pb2
 
 from tb_gradflow import metadata
+from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN
 
 __all__ = [
+    "ONE_TAG_BYTES",
     "SEGMENT_BYTES",
     "Segment",
     "abandoned",
@@ -58,7 +67,11 @@ __all__ = [
 SEGMENT_BYTES = 32 * 2**20
 """Values of one segment's records, about: small enough that several tags fit
 one of the data server's 256 MiB replies, large enough that a run of a
-million steps has a few hundred tags (723 layers) or a dozen (20)."""
+million steps of 723 layers has ~430 tags."""
+
+ONE_TAG_BYTES = 128 * 2**20
+"""A layer set whose ``DEFAULT_SAMPLES_PER_RUN`` records take at most this
+keeps one tag: TensorBoard's sample of it fits one data-server reply."""
 
 _SEGMENT_ALIGN = 100  # segments hold whole overview blocks (overview.BLOCK)
 
@@ -81,10 +94,14 @@ class Segment:
         return self == Segment()
 
 
-def segment_steps(layout: metadata.Layout) -> int:
+def segment_steps(layout: metadata.Layout) -> int | None:
     """Logged steps per segment of ``layout``: about :data:`SEGMENT_BYTES` of
-    float32 values, in whole hundreds (723 layers: 2,300; 20 layers: 82,200)."""
-    steps = SEGMENT_BYTES // (4 * layout.size)
+    float32 values, in whole hundreds (723 layers: 2,300); None for a layer
+    set that keeps one tag (:data:`ONE_TAG_BYTES`; 20 layers)."""
+    record = 4 * layout.size
+    if DEFAULT_SAMPLES_PER_RUN * record <= ONE_TAG_BYTES:
+        return None
+    steps = SEGMENT_BYTES // record
     return max(_SEGMENT_ALIGN, steps // _SEGMENT_ALIGN * _SEGMENT_ALIGN)
 
 

@@ -23,9 +23,11 @@ ABS_MEAN = ORDER.index("abs_mean")
 
 @pytest.fixture
 def hundred_step_segments(monkeypatch):
-    """Segments of 100 logged steps for ``layout_of(LAYERS)``: the smallest
-    segment, so that short runs hold several."""
+    """Segments of 100 logged steps for ``layout_of(LAYERS)`` (a layer set
+    that small keeps one tag otherwise): the smallest segment, so that short
+    runs hold several."""
     size = layout_of(LAYERS).size
+    monkeypatch.setattr(segments, "ONE_TAG_BYTES", 0)
     monkeypatch.setattr(segments, "SEGMENT_BYTES", 4 * size * 100)
     assert segments.segment_steps(layout_of(LAYERS)) == 100
 
@@ -46,11 +48,12 @@ def tags_in(run_dir):
     return out
 
 
-def test_segment_steps_fill_about_segment_bytes_in_whole_hundreds():
+def test_segment_steps_fill_about_segment_bytes_in_whole_hundreds_past_one_tag():
     llama = metadata.Layout(layers=tuple(f"l{i}" for i in range(723)))
     assert segments.segment_steps(llama) == 2_300  # 32 MiB / (4 x 3,617)
     assert 4 * llama.size * 2_300 <= segments.SEGMENT_BYTES
-    assert segments.segment_steps(layout_of(20)) == 82_200
+    assert segments.segment_steps(layout_of(66)) is None  # one tag: 100,000 x 1.3 kB
+    assert segments.segment_steps(layout_of(67)) == 24_800
     huge = metadata.Layout(layers=tuple(f"l{i}" for i in range(10**6)))
     assert segments.segment_steps(huge) == 100  # never fewer than a block
 
@@ -243,3 +246,12 @@ def test_segments_order_by_session_then_index():
     assert sorted(
         [segments.Segment(150, 0), segments.Segment(0, 2), segments.Segment(0, 0)]
     ) == [segments.Segment(0, 0), segments.Segment(0, 2), segments.Segment(150, 0)]
+
+
+def test_a_small_layer_set_keeps_one_tag(tmp_path):
+    layout = layout_of(LAYERS)
+    values, _ = gradients(np.random.default_rng(7), 250, layers=LAYERS)
+    write_watched(tmp_path, "run", layout, values)
+    assert tags_in(tmp_path / "run") == {
+        metadata.layout_tag(layout): (list(range(250)), None)
+    }
