@@ -147,10 +147,12 @@ class GradFlowRun:
             ValueError: for another ``by``, or a bad pattern.
         """
         groups = group_layers(self.layers, by, patterns)
-        values = {s: self.values(s) for s in self.stats}
+        held = self.stats[: self._values.shape[1]]  # the rest are NaN
+        # nonfinite tells which members have a value (NaN: none, as files
+        # without it read)
+        values = {s: self.values(s) for s in (*held, "nonfinite")}
         combined = combine(values, self.numel, groups)
         members = [list(m) for m in groups.members]
-        held = self.stats[: self._values.shape[1]]  # the rest are NaN
         stacked = np.stack([combined[s] for s in held], axis=1)  # (T, K, G)
         types = [
             self.types[m[0]]
