@@ -176,6 +176,9 @@ def group_layers(
     )
 
 
+_ROWS = 256  # steps combined at once: the temporaries stay in cache
+
+
 def combine(
     values: Mapping[str, np.ndarray],
     numel: Sequence[int] | None,
@@ -195,30 +198,36 @@ def combine(
         if numel is not None and len(numel) == len(order)
         else np.ones(len(order))
     )[order]  # (L,) in group order
-    # A member without a value (no gradient, absent) has a NaN nonfinite
-    # count; one with a gradient whose value is NaN/Inf passes it on.
-    counts = values.get("nonfinite")
-    has = None if counts is None else ~np.isnan(np.asarray(counts)[:, order])
     alone = sizes == 1
-    out = {}
+    rules = {}
     for name in values:
         statistic = stats_registry.get(name)
-        rule = statistic.group if statistic is not None else None
-        v = np.asarray(values[name])[:, order]  # (T, L), layers in group order
-        if rule != "max":  # sums in float64
-            v = v.astype(np.float64)
-        combined = _combine_all(
-            name,
-            rule,
-            v,
-            ~np.isnan(v) if has is None else has,
-            values,
-            order,
-            starts,
-            weights,
-        )  # (T, G)
-        combined[:, alone] = v[:, starts[alone]]  # a group of one is its layer
-        out[name] = combined.astype(np.float32)
+        rules[name] = statistic.group if statistic is not None else None
+    n_steps = len(next(iter(values.values()), ()))
+    out = {name: np.empty((n_steps, len(sizes)), np.float32) for name in values}
+    for first in range(0, n_steps, _ROWS):
+        rows = slice(first, first + _ROWS)
+        chunk = {name: np.asarray(v)[rows][:, order] for name, v in values.items()}
+        # (R, L) each, layers in group order. A member without a value (no
+        # gradient, absent) has a NaN nonfinite count; one with a gradient
+        # whose value is NaN/Inf passes it on.
+        counts = chunk.get("nonfinite")
+        has = None if counts is None else ~np.isnan(counts)
+        for name, v in chunk.items():
+            rule = rules[name]
+            if rule != "max":  # sums in float64
+                v = v.astype(np.float64)
+            combined = _combine_all(
+                name,
+                rule,
+                v,
+                ~np.isnan(v) if has is None else has,
+                chunk,
+                starts,
+                weights,
+            )  # (R, G)
+            combined[:, alone] = v[:, starts[alone]]  # a group of one is its layer
+            out[name][rows] = combined
     return out
 
 
@@ -227,14 +236,13 @@ def _combine_all(
     rule: str | None,
     v: np.ndarray,
     has: np.ndarray,
-    values: Mapping[str, np.ndarray],
-    order: np.ndarray,
+    chunk: Mapping[str, np.ndarray],
     starts: np.ndarray,
     weights: np.ndarray,
 ) -> np.ndarray:
     """Every group's values of statistic ``name``: ``v`` and ``has``
-    ``(T, L)`` with the layers in group order, groups starting at ``starts``
-    ``(G,)``; returns ``(T, G)``."""
+    ``(R, L)`` with the layers in group order (``chunk``: every statistic's,
+    so), groups starting at ``starts`` ``(G,)``; returns ``(R, G)``."""
 
     def per_group(x: np.ndarray, ufunc=np.add) -> np.ndarray:
         return ufunc.reduceat(x, starts, axis=1)  # (T, G)
@@ -250,8 +258,8 @@ def _combine_all(
             out = np.sqrt(per_group(np.where(has, v * v, 0.0)))
         elif rule == "sum":
             out = per_group(np.where(has, v, 0.0))
-        elif rule == "partials" and name == "update_ratio" and "weight_norm" in values:
-            w = np.asarray(values["weight_norm"])[:, order].astype(np.float64)
+        elif rule == "partials" and name == "update_ratio" and "weight_norm" in chunk:
+            w = chunk["weight_norm"].astype(np.float64)
             # a member whose weights were 0 (ratio inf) took a step that
             # the logged values cannot give back: left out
             both = has & np.isfinite(v) & np.isfinite(w)
