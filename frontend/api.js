@@ -3,7 +3,9 @@
 // `/experiment/<id>/` keep working), JSON and binary answers, a per-URL cache,
 // and errors as one line of text for the tab's status line. No DOM here.
 
-import { decodeHeatmap, decodeLines, reviveAlert, reviveFlow, reviveGroups, reviveStats, reviveSteps, runKey, toNumber } from "./model.js";
+import { decodeHeatmap, decodeLines } from "./binary.js";
+import { reviveGroups } from "./grouping.js";
+import { reviveAlert, reviveFlow, reviveStats, reviveSteps, runKey, toNumber } from "./model.js";
 
 /** An HTTP error with the server's one-line message. */
 export class HttpError extends Error {
@@ -184,7 +186,7 @@ export class Client {
    * @param {string} stat
    * @param {number} maxSteps
    * @param {"layer"|"block"|"role"} [group]
-   * @returns {Promise<import("./model.js").Lines>}
+   * @returns {Promise<import("./binary.js").Lines>}
    */
   lines(r, stat, maxSteps, group = "layer") {
     const url = Client.url("lines", binnedParams(r, stat, maxSteps, group));

@@ -7,7 +7,8 @@
 import {
   ABSENT_TEXT, FONT, FONT_BOLD, LINE, STATUS_TEXT, drawMessage, drawReference, drawYGrid, referenceOf,
 } from "./canvas.js";
-import { groupOfLayer, layerCount, layerLabel, matchLayers } from "./model.js";
+import { groupOfLayer } from "./grouping.js";
+import { layerCount, layerLabel, matchLayers } from "./model.js";
 import { formatValue, valueAxis } from "./scale.js";
 
 /** @typedef {import("./palette.js").Palette} Palette */

@@ -5,8 +5,9 @@
 // pure (`node --test` checks them); `drawHeatmap` only paints.
 
 import { ABSENT_TEXT, BOUND_TEXT, FONT, FONT_BOLD, LINE, STATUS_TEXT, drawMessage, drawTitled, ellipsize } from "./canvas.js";
+import { boundAt } from "./grouping.js";
 import { spikePath } from "./marks.js";
-import { boundAt, layerCount, layerLabel } from "./model.js";
+import { layerCount, layerLabel } from "./model.js";
 import { formatValue, logUnit, positiveExtent, ramp, ticks } from "./scale.js";
 import { STRIP_HEIGHT, stripLabelWidth, stripRect } from "./strip.js";
 
@@ -21,7 +22,7 @@ import { STRIP_HEIGHT, stripLabelWidth, stripRect } from "./strip.js";
  * and why where a group's value is an upper bound ({@link boundAt}).
  * @param {{run: string, stat: string, layers: string[], types?: string[], steps: number[],
  *   first_steps: number[], last_steps: number[], values: Float32Array,
- *   logged?: boolean, members?: (string[][]|null), bounds?: (import("./model.js").Bounds|null)}} heat
+ *   logged?: boolean, members?: (string[][]|null), bounds?: (import("./grouping.js").Bounds|null)}} heat
  * @param {{row: number, col: number}} cell
  * @returns {string[]}
  */

@@ -9,12 +9,13 @@
 import {
   ABSENT_TEXT, BOUND_TEXT, FONT_BOLD, LINE, STATUS_TEXT, drawMessage, drawReference, drawTitled, drawYGrid, ellipsize,
 } from "./canvas.js";
-import { boundAt, layerCount, layerLabel } from "./model.js";
+import { boundAt } from "./grouping.js";
+import { layerCount, layerLabel } from "./model.js";
 import { depthColor } from "./palette.js";
 import { formatValue, nearestIndex, scaleLinear, ticks, valueAxis } from "./scale.js";
 
 /** @typedef {import("./palette.js").Palette} Palette */
-/** @typedef {import("./model.js").Lines} Lines */
+/** @typedef {import("./binary.js").Lines} Lines */
 /** @typedef {import("./canvas.js").Reference} Reference */
 
 /** Height of the plot area (CSS px). */

@@ -7,7 +7,9 @@
 // needs is decided in state.js; no DOM here.
 
 import { HttpError, errorText, reasonText } from "./api.js";
-import { expandRows, notLoggedHeatmap, notLoggedLines, runKey } from "./model.js";
+import { notLoggedHeatmap, notLoggedLines } from "./binary.js";
+import { expandRows } from "./grouping.js";
+import { runKey } from "./model.js";
 import { currentStep, flowGroup, needsRanking, nextStep, shownRuns } from "./state.js";
 
 /**

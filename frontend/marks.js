@@ -4,7 +4,7 @@
 // step range, so a finding marks every column its steps fall in. Placement is
 // pure (`node --test` checks it); `drawSpikeMarks` only paints.
 
-import { rowOfLayer } from "./model.js";
+import { rowOfLayer } from "./grouping.js";
 
 /** @typedef {import("./model.js").Alert} Alert */
 /** @typedef {import("./palette.js").Palette} Palette */

@@ -1,7 +1,11 @@
-// Data of the Gradient Flow tab: the shapes of the plugin's answers, turning
-// TensorBoard's "NaN"/"Infinity" strings back into numbers, the binary heatmap
-// format, run keys and what changed between two `runs` listings. No DOM and no
+// Data of the Gradient Flow tab: the shapes of the plugin's JSON answers,
+// turning TensorBoard's "NaN"/"Infinity" strings back into numbers, run keys,
+// what changed between two `runs` listings and the lines that tell of kept and
+// left-out steps. The binary heatmap and lines answers: binary.js; groups of
+// layers (block, role) and the rows they make: grouping.js. No DOM and no
 // fetching here (api.js fetches): `node --test` imports this module.
+
+import { reviveGrouping } from "./grouping.js";
 
 /**
  * One watcher of one run, as listed by the `runs` route (from TensorBoard's
@@ -58,54 +62,7 @@
  *   (`absent`: the layer is not in the layer set of that step's session;
  *   with `group` "block" or "role", `layers` are group names, the per-layer
  *   lists are per group, `members[i]` the layer names of group `i`, and
- *   `alerts` stay per layer: {@link groupOfLayer})
- */
-
-/**
- * The layers-by-steps matrix of one statistic (`heatmap` route, binary form).
- * @typedef {{run: string, tag: string, stat: string, layers: string[],
- *   types: string[], steps: number[], first_steps: number[], last_steps: number[],
- *   downsampled: boolean, logged: boolean, total_norm: (number[]|null),
- *   overview?: boolean, logged_steps?: (number|null),
- *   group?: Group, members?: ((string[]|null)[]|null), bounds?: (Bounds|null),
- *   depth?: number[], values: Float32Array}} Heatmap
- * `values[row * steps.length + col]` is layer `row` in column `col`: NaN
- * where it had no gradient, +Infinity where a value was non-finite, -Infinity
- * where the layer was in none of the column's layer sets. `logged` false: the
- * run's files lack the statistic (every value NaN). `total_norm`: the model's
- * total gradient norm per column (null: an older server, or no `norm`).
- * With `group` "block" or "role" a row is a group of layers, `layers` their
- * names and `members[row]` the layer names of each ({@link groupOfLayer});
- * `depth` (with member rows under their group: {@link expandRows}): 0 for a
- * group's row, 1 for a member layer's.
- */
-
-/** What a row of the bar plot, the heatmap and the lines view is: a layer, a
- * block of layers or a role.
- * @typedef {"layer"|"block"|"role"} Group
- */
-
-/**
- * Where the values of a grouped heatmap or lines answer are bounds rather
- * than values: in `columns` (drawn from the watcher's overview records,
- * which hold each layer's extremes, not when they were), a group of several
- * layers has at most its `max` ("upper": an upper bound; "exact" for
- * abs_max) and at least its `min` ("lower").
- * @typedef {{columns: Set<number>, max: ("upper"|"exact"), min: "lower"}} Bounds
- */
-
-/**
- * Each layer's smallest and largest value of one statistic per bin of steps
- * (`lines` route, binary form): the heatmap's columns, with `max` the
- * heatmap's values and `min` the smallest finite value of the bin (NaN where
- * it has none).
- * @typedef {{run: string, tag: string, stat: string, layers: string[],
- *   types: string[], steps: number[], first_steps: number[], last_steps: number[],
- *   downsampled: boolean, logged: boolean, total_norm: (number[]|null),
- *   overview?: boolean, logged_steps?: (number|null),
- *   group?: Group, members?: (string[][]|null), bounds?: (Bounds|null),
- *   max: Float32Array, min: Float32Array}} Lines
- * (per group as {@link Heatmap})
+ *   `alerts` stay per layer: `groupOfLayer` in grouping.js)
  */
 
 /**
@@ -183,77 +140,8 @@ export function reviveFlow(json) {
     alerts: (json.alerts || []).map(reviveAlert),
     left_out: reviveLeftOut(json.left_out),
     not_logged: Array.isArray(json.not_logged) ? json.not_logged.map(String) : [],
-    ...grouping(json),
+    ...reviveGrouping(json),
   };
-}
-
-/**
- * The mode and groups of a `flow`, `heatmap` or `lines` answer: "layer" and
- * no members where it has none (or an unknown mode).
- * @param {any} json
- * @returns {{group: Group, members: (string[][]|null)}}
- */
-function grouping(json) {
-  if (json.group !== "block" && json.group !== "role") return { group: "layer", members: null };
-  const members = Array.isArray(json.members) ? json.members.map((m) => (Array.isArray(m) ? m.map(String) : [])) : null;
-  return { group: json.group, members };
-}
-
-/**
- * A grouped binned answer's `bounds` (see {@link Bounds}); null where it has
- * none or they are malformed.
- * @param {any} b
- * @returns {Bounds|null}
- */
-export function reviveBounds(b) {
-  if (!b || typeof b !== "object" || !Array.isArray(b.columns)) return null;
-  return { columns: new Set(b.columns.map(Number)), max: b.max === "exact" ? "exact" : "upper", min: "lower" };
-}
-
-/**
- * Whether the value of row `row` in column `col` of a heatmap or lines answer
- * is a bound (see {@link Bounds}): a group of several layers in a column
- * drawn from overview records. Its `max` bound is exact for abs_max: then
- * only `min` is a bound.
- * @param {{members?: (string[][]|null), bounds?: (Bounds|null)}} binned
- * @param {number} row
- * @param {number} col
- * @returns {{max: boolean, min: boolean}}
- */
-export function boundAt(binned, row, col) {
-  const b = binned.bounds;
-  const several = Boolean(binned.members && binned.members[row] && binned.members[row].length > 1);
-  if (!b || !several || !b.columns.has(col)) return { max: false, min: false };
-  return { max: b.max === "upper", min: true };
-}
-
-/**
- * The groups of a `runs` entry (`groups`: how many blocks and roles); null
- * where it has none or they are malformed.
- * @param {any} g
- * @returns {{block: number, role: number}|null}
- */
-export function reviveGroups(g) {
-  if (!g || typeof g !== "object") return null;
-  const block = Number(g.block);
-  const role = Number(g.role);
-  return Number.isInteger(block) && Number.isInteger(role) ? { block, role } : null;
-}
-
-/**
- * The name of the bar (heatmap row, line) a layer is drawn in: the group of a
- * grouped `flow`, `heatmap` or `lines` answer whose `members` hold `layer`,
- * the layer itself in an ungrouped one; null for null (a whole-model finding)
- * or a layer no group holds.
- * @param {{layers: string[], members?: (string[][]|null)}|null|undefined} flow
- * @param {string|null} layer
- * @returns {string|null}
- */
-export function groupOfLayer(flow, layer) {
-  if (layer === null) return null;
-  if (!flow || !flow.members) return layer;
-  const i = flow.members.findIndex((m) => m.includes(layer));
-  return i < 0 ? null : flow.layers[i] ?? null;
 }
 
 /**
@@ -263,63 +151,6 @@ export function groupOfLayer(flow, layer) {
  */
 export function layerCount(n) {
   return `${n} layer${n === 1 ? "" : "s"}`;
-}
-
-/**
- * The row (bar) of each layer name in an answer (`flow`, `heatmap`, `lines`):
- * its own, or in a grouped answer its group's (its own where a heatmap shows
- * the layer under its group: {@link expandRows}).
- * @param {{layers: string[], members?: ((string[]|null)[]|null)}} answer
- * @returns {Map<string, number>}
- */
-export function rowOfLayer(answer) {
-  if (!answer.members) return new Map(answer.layers.map((name, i) => [name, i]));
-  return new Map(answer.members.flatMap((names, i) => (names ?? [answer.layers[i]]).map((name) => [name, i])));
-}
-
-/**
- * A grouped heatmap with the rows of the member layers of the `expanded`
- * groups (from `perLayer`, the same run's heatmap per layer over the same
- * columns) under their group's row. A member row's `members` entry is null
- * (a layer, not a group) and its `depth` 1; a group's 0. `grouped` itself
- * when nothing is expanded, it is not grouped, or the columns differ (an
- * answer of another version of the run).
- * @param {Heatmap} grouped
- * @param {Heatmap} perLayer
- * @param {string[]} expanded group names
- * @returns {Heatmap}
- */
-export function expandRows(grouped, perLayer, expanded) {
-  const cols = grouped.steps.length;
-  const same = perLayer.first_steps.length === cols && perLayer.first_steps.every((a, c) => a === grouped.first_steps[c]);
-  if (!grouped.members || !expanded.length || !same) return grouped;
-  const open = new Set(expanded);
-  const rowOf = new Map(perLayer.layers.map((name, j) => [name, j]));
-  const layers = [];
-  const types = [];
-  const members = [];
-  const depth = [];
-  const rows = []; // [source matrix, row]
-  grouped.layers.forEach((name, g) => {
-    layers.push(name);
-    types.push(grouped.types[g]);
-    members.push(grouped.members[g]);
-    depth.push(0);
-    rows.push([grouped.values, g]);
-    if (!open.has(name) || grouped.members[g].length < 2) return;
-    for (const layer of grouped.members[g]) {
-      const j = rowOf.get(layer);
-      if (j === undefined) continue;
-      layers.push(layer);
-      types.push(perLayer.types[j]);
-      members.push(null);
-      depth.push(1);
-      rows.push([perLayer.values, j]);
-    }
-  });
-  const values = new Float32Array(layers.length * cols);
-  rows.forEach(([m, r], i) => values.set(m.subarray(r * cols, (r + 1) * cols), i * cols));
-  return { ...grouped, layers, types, members, depth, values };
 }
 
 /**
@@ -359,7 +190,7 @@ export function reviveLeftOut(xs) {
  * @param {number} count
  * @returns {string[]}
  */
-function layerTypes(xs, count) {
+export function layerTypes(xs, count) {
   const types = Array.isArray(xs) ? xs : [];
   return Array.from({ length: count }, (_, i) => (typeof types[i] === "string" ? types[i] : ""));
 }
@@ -415,132 +246,6 @@ export function alertSpan(alert) {
   const span =
     alert.first_step === alert.last_step ? `step ${alert.first_step}` : `steps ${alert.first_step}\u2013${alert.last_step}`;
   return alert.ongoing ? `${span}, ongoing` : span;
-}
-
-/**
- * Decodes a binary body of the `heatmap` or `lines` route: uint32 LE header
- * length, the JSON header, zero padding to a multiple of 4, then one float32
- * LE `[layer][column]` matrix per name of `names`, in that order.
- * @param {ArrayBuffer} buffer
- * @param {string[]} names
- * @returns {Object<string, any>} the header's fields, and each matrix by name
- * @throws {Error} when the body is truncated or inconsistent.
- */
-function decodeBinned(buffer, names) {
-  if (buffer.byteLength < 4) throw new Error("heatmap body shorter than its header length");
-  const view = new DataView(buffer);
-  const n = view.getUint32(0, true);
-  if (4 + n > buffer.byteLength) throw new Error(`heatmap header of ${n} bytes is truncated`);
-  const head = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, n)));
-  const start = Math.ceil((4 + n) / 4) * 4;
-  const layers = (head.layers || []).map(String);
-  const steps = toNumbers(head.steps);
-  const count = layers.length * steps.length;
-  if (start + 4 * count * names.length > buffer.byteLength) {
-    const shape = [...(names.length > 1 ? [names.length] : []), layers.length, steps.length];
-    throw new Error(`heatmap body holds fewer than ${shape.join(" x ")} values`);
-  }
-  const out = {
-    run: String(head.run),
-    tag: String(head.tag),
-    stat: String(head.stat),
-    layers,
-    types: layerTypes(head.types, layers.length),
-    steps,
-    first_steps: head.first_steps ? toNumbers(head.first_steps) : steps.slice(),
-    last_steps: head.last_steps ? toNumbers(head.last_steps) : steps.slice(),
-    downsampled: Boolean(head.downsampled),
-    logged: head.logged !== false,
-    total_norm: Array.isArray(head.total_norm) && head.total_norm.length === steps.length ? toNumbers(head.total_norm) : null,
-    // drawn from the watcher's overview records: every logged step, not the kept ones
-    overview: head.from === "overview",
-    logged_steps: Number.isFinite(head.logged_steps) ? head.logged_steps : null,
-    ...grouping(head),
-    bounds: reviveBounds(head.bounds),
-  };
-  names.forEach((name, k) => {
-    const values = new Float32Array(count);
-    const at = start + 4 * count * k;
-    for (let i = 0; i < count; i++) values[i] = view.getFloat32(at + 4 * i, true);
-    out[name] = values;
-  });
-  return out;
-}
-
-/**
- * Decodes the binary heatmap body (see {@link decodeBinned}: one matrix).
- * @param {ArrayBuffer} buffer
- * @returns {Heatmap}
- * @throws {Error} when the body is truncated or inconsistent.
- */
-export function decodeHeatmap(buffer) {
-  return /** @type {Heatmap} */ (decodeBinned(buffer, ["values"]));
-}
-
-/**
- * Decodes the binary body of the `lines` route (see {@link decodeBinned}: the
- * `max` matrix, then the `min` one).
- * @param {ArrayBuffer} buffer
- * @returns {Lines}
- * @throws {Error} when the body is truncated or inconsistent.
- */
-export function decodeLines(buffer) {
-  return /** @type {Lines} */ (decodeBinned(buffer, ["max", "min"]));
-}
-
-/**
- * The header of a heatmap or lines answer for a statistic a run does not have
- * at all (the `runs` route does not list it for that run: the routes would
- * refuse the name): no layers, no steps, not logged.
- * @param {{run: string, tag: string}} r
- * @param {string} stat
- */
-function notLoggedHead(r, stat) {
-  return {
-    run: r.run, tag: r.tag, stat, layers: [], types: [], steps: [], first_steps: [], last_steps: [],
-    downsampled: false, logged: false, total_norm: null, group: "layer", members: null, bounds: null,
-  };
-}
-
-/**
- * What the tab shows in place of the heatmap of a statistic a run does not
- * have at all: no layers, no steps, not logged.
- * @param {{run: string, tag: string}} r
- * @param {string} stat
- * @returns {Heatmap}
- */
-export function notLoggedHeatmap(r, stat) {
-  return { ...notLoggedHead(r, stat), values: new Float32Array(0) };
-}
-
-/**
- * What the tab shows in place of the lines of a statistic a run does not have
- * at all: no layers, no steps, not logged.
- * @param {{run: string, tag: string}} r
- * @param {string} stat
- * @returns {Lines}
- */
-export function notLoggedLines(r, stat) {
-  return { ...notLoggedHead(r, stat), max: new Float32Array(0), min: new Float32Array(0) };
-}
-
-/**
- * Encodes a heatmap the way the server does (for tests and fixtures); lines
- * with their `max`, then their `min` matrix.
- * @param {Omit<Heatmap, "values">} head
- * @param {...ArrayLike<number>} matrices each `[layer][column]`
- * @returns {ArrayBuffer}
- */
-export function encodeHeatmap(head, ...matrices) {
-  const values = matrices.flatMap((m) => Array.from(m));
-  const json = new TextEncoder().encode(JSON.stringify(head));
-  const start = Math.ceil((4 + json.length) / 4) * 4;
-  const buffer = new ArrayBuffer(start + 4 * values.length);
-  const view = new DataView(buffer);
-  view.setUint32(0, json.length, true);
-  new Uint8Array(buffer, 4, json.length).set(json);
-  for (let i = 0; i < values.length; i++) view.setFloat32(start + 4 * i, values[i], true);
-  return buffer;
 }
 
 /**

@@ -7,10 +7,11 @@
 import * as barChart from "./bars.js";
 import { drawExport, exportLayout } from "./export.js";
 import { FONT, FONT_BOLD, referenceOf, sizeCanvas } from "./canvas.js";
+import { rowOfLayer } from "./grouping.js";
 import * as heatChart from "./heatmap.js";
 import * as linesChart from "./lines.js";
 import { drawSpikeMarks, heatMarkPoints, lineMarkPoints, spikeCells } from "./marks.js";
-import { rowOfLayer, runKey } from "./model.js";
+import { runKey } from "./model.js";
 import * as present from "./present.js";
 import { currentStep, shownRuns, statUnit } from "./state.js";
 import { drawStrip, stripAxis, stripBars, stripColumnAt, stripTooltip } from "./strip.js";
@@ -20,9 +21,9 @@ import * as views from "./views.js";
  * @typedef {import("./state.js").State} State
  * @typedef {(action: import("./state.js").Action) => unknown} Dispatch
  * @typedef {{canvas: HTMLCanvasElement, layout: (ReturnType<typeof heatChart.heatmapLayout>|null),
- *   heat: (import("./model.js").Heatmap|null)}} HeatView
+ *   heat: (import("./binary.js").Heatmap|null)}} HeatView
  * @typedef {{canvas: HTMLCanvasElement, layout: (ReturnType<typeof linesChart.linesLayout>|null),
- *   lines: (import("./model.js").Lines|null)}} LinesView
+ *   lines: (import("./binary.js").Lines|null)}} LinesView
  */
 
 /**
@@ -155,7 +156,7 @@ export function createPainter(win, shell, getState, dispatch) {
   /**
    * The heatmap's pixels, one per layer and pooled column (cached per heatmap).
    * @param {State} state
-   * @param {import("./model.js").Heatmap} heat
+   * @param {import("./binary.js").Heatmap} heat
    * @param {[number, number]} domain
    * @param {number} pixelCols
    * @returns {HTMLCanvasElement}

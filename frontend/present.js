@@ -4,7 +4,8 @@
 
 import { axisKind, barData } from "./bars.js";
 import { referenceOf } from "./canvas.js";
-import { groupOfLayer, keptStepsText, keptStepsWarn, layerCount, layerLabel, leftOutText, runKey } from "./model.js";
+import { groupOfLayer } from "./grouping.js";
+import { keptStepsText, keptStepsWarn, layerCount, layerLabel, leftOutText, runKey } from "./model.js";
 import { PALETTES } from "./palette.js";
 import { PLAY_SPEEDS, currentStep, flowGroup, shownRuns, statList, statUnit } from "./state.js";
 import { safeFileName } from "./page.js";
@@ -290,7 +291,7 @@ export function barOptions(state) {
  * A heatmap's title (with what a row is when it is a group: "per block"),
  * and the message drawn in place of its cells for a statistic the run's files
  * lack ("" otherwise).
- * @param {import("./model.js").Heatmap} heat
+ * @param {import("./binary.js").Heatmap} heat
  * @returns {{title: string, message: string}}
  */
 export function heatText(heat) {
@@ -313,7 +314,7 @@ function perGroup(answer) {
  * The names of a heatmap's rows: each layer or group with its module type; a
  * group of several layers marked ▸ (click to show its layers) or, `expanded`,
  * ▾; a layer shown under its group as itself.
- * @param {import("./model.js").Heatmap} heat
+ * @param {import("./binary.js").Heatmap} heat
  * @param {string[]} expanded
  * @returns {string[]}
  */
@@ -329,7 +330,7 @@ export function heatRowLabels(heat, expanded) {
 /**
  * The tooltip of a group's name in the heatmap: the name, how many layers it
  * holds, and what a click does.
- * @param {import("./model.js").Heatmap} heat
+ * @param {import("./binary.js").Heatmap} heat
  * @param {number} row a group's row
  * @param {string[]} expanded
  * @returns {string[]}
@@ -353,7 +354,7 @@ export function rowUnit(answer) {
 /**
  * A lines view's title (with what a line is when it is a group), and the message drawn in place of its lines for a
  * statistic the run's files lack ("" otherwise).
- * @param {import("./model.js").Lines} lines
+ * @param {import("./binary.js").Lines} lines
  * @param {"log"|"linear"|"count"|"fraction"} axis
  * @returns {{title: string, message: string}}
  */

@@ -18,8 +18,8 @@ export const MIN_TICK_MS = 50;
  * @typedef {import("./model.js").RunInfo} RunInfo
  * @typedef {import("./model.js").StepsInfo} StepsInfo
  * @typedef {import("./model.js").Flow} Flow
- * @typedef {import("./model.js").Heatmap} Heatmap
- * @typedef {import("./model.js").Lines} Lines
+ * @typedef {import("./binary.js").Heatmap} Heatmap
+ * @typedef {import("./binary.js").Lines} Lines
  * @typedef {import("./model.js").Alert} Alert
  * @typedef {import("./url.js").View} View
  */
@@ -59,7 +59,7 @@ export const MIN_TICK_MS = 50;
  *   want: Want, speed: number, group: Group, expanded: string[]}} State
  */
 
-/** @typedef {import("./model.js").Group} Group */
+/** @typedef {import("./grouping.js").Group} Group */
 
 /** The values of the Layers menu, in its order. */
 export const GROUPS = ["layer", "block", "role"];

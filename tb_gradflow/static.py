@@ -33,6 +33,8 @@ STATIC_FILES = (
     "loader.js",
     "paint.js",
     "model.js",
+    "binary.js",
+    "grouping.js",
     "scale.js",
     "canvas.js",
     "palette.js",

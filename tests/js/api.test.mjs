@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { Client, HttpError, errorText, reasonText } from "../../frontend/api.js";
-import { encodeHeatmap, runKey } from "../../frontend/model.js";
+import { encodeHeatmap } from "../../frontend/binary.js";
+import { runKey } from "../../frontend/model.js";
 import { FLOW, HEAD, fakeFetch } from "./fixtures.mjs";
 
 /** The query of a relative URL as a plain object (what the server reads). */

@@ -7,8 +7,9 @@ import { test } from "node:test";
 
 import { Client } from "../../frontend/api.js";
 import { barData, barLayout, barTooltip, groupSizeText } from "../../frontend/bars.js";
+import { groupOfLayer, reviveGroups } from "../../frontend/grouping.js";
 import { createLoader } from "../../frontend/loader.js";
-import { groupOfLayer, reviveFlow, reviveGroups } from "../../frontend/model.js";
+import { reviveFlow } from "../../frontend/model.js";
 import { barHeading, barLabel, barOfLayer, groupMenu } from "../../frontend/present.js";
 import { effects, flowGroup, initialState, reduce } from "../../frontend/state.js";
 import { fakeFetch, runInfo, runsAnswer, stepsInfo } from "./fixtures.mjs";

@@ -7,14 +7,13 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { Client } from "../../frontend/api.js";
+import { decodeHeatmap, decodeLines, encodeHeatmap } from "../../frontend/binary.js";
 import { BOUND_TEXT } from "../../frontend/canvas.js";
+import { boundAt, expandRows, reviveBounds, rowOfLayer } from "../../frontend/grouping.js";
 import { heatTooltip, heatmapLayout, heatmapRowLabelAt } from "../../frontend/heatmap.js";
 import { linesTooltip } from "../../frontend/lines.js";
 import { createLoader } from "../../frontend/loader.js";
 import { spikeCells } from "../../frontend/marks.js";
-import {
-  boundAt, decodeHeatmap, decodeLines, encodeHeatmap, expandRows, reviveBounds, rowOfLayer,
-} from "../../frontend/model.js";
 import { groupRowTooltip, heatRowLabels, heatText, linesText, rowUnit } from "../../frontend/present.js";
 import { effects, initialState, reduce } from "../../frontend/state.js";
 import { fakeFetch, runInfo, runsAnswer, stepsInfo } from "./fixtures.mjs";

@@ -2,8 +2,9 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { Client, HttpError } from "../../frontend/api.js";
+import { encodeHeatmap } from "../../frontend/binary.js";
 import { HEAT_COLUMNS, StaleGuard, createLoader } from "../../frontend/loader.js";
-import { encodeHeatmap, runKey } from "../../frontend/model.js";
+import { runKey } from "../../frontend/model.js";
 import { currentStep, effects, initialState, reduce } from "../../frontend/state.js";
 import { FLOW, HEAD, fakeFetch, runInfo, runsAnswer, stepsInfo } from "./fixtures.mjs";
 

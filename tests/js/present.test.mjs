@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { notLoggedHeatmap, reviveFlow, runKey } from "../../frontend/model.js";
+import { notLoggedHeatmap } from "../../frontend/binary.js";
+import { reviveFlow, runKey } from "../../frontend/model.js";
 import { PALETTES } from "../../frontend/palette.js";
 import {
   EMPTY_HINT, EMPTY_MESSAGE, alertGroups, barLabel, emptyMessage, keptLine, leftOutGroups, legendItems,
