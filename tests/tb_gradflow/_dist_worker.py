@@ -6,10 +6,14 @@ writes with tb_gradflow.watch, rank 1 is given a writer of its own and must not
 write gradflow data into it (watch's default rank=0). MODE "ddp-trace" divides
 by zero in the forward pass from step 1 on under DDP, with an optimizer that
 skips non-finite steps, and writes each rank's traced origins as JSON lines.
+A rank that got through all of it writes MODE-rankR.done and ends by os._exit(0)
+(see finish).
 """
 
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -76,9 +80,7 @@ def main(mode: str, rank: int, world: int, init_file: str, outdir: str) -> None:
     )
     if mode == "ddp-trace":
         trace(rank, world, outdir)
-        dist.barrier()
-        dist.destroy_process_group()
-        return
+        finish(mode, rank, outdir)
     model = make_model()
     if mode == "ddp":
         model = nn.parallel.DistributedDataParallel(model)
@@ -97,11 +99,31 @@ def main(mode: str, rank: int, world: int, init_file: str, outdir: str) -> None:
     with SummaryWriter(f"{outdir}/{mode}-rank{rank}") as writer:
         with tb_gradflow.watch(model, writer, optimizer=opt, stats=UPDATE):
             train(model, opt, x[half], y[half])
-    # both ranks done before the group goes: a rank tearing gloo down while the
-    # other still talks to it can abort ("terminate called without an active
-    # exception", seen once in CI)
+    finish(mode, rank, outdir)
+
+
+def finish(mode: str, rank: int, outdir: str) -> NoReturn:
+    """Meets the other rank, marks this one done and ends the process without
+    finalizing the interpreter.
+
+    A gloo worker thread frees a finished collective's tensors on its own time,
+    after the caller has moved on; a tensor Python made (tb_gradflow's
+    all-reduced statistics under FSDP) needs the GIL to go. When that thread
+    asks for the GIL just before the interpreter starts finalizing, CPython
+    (3.11) ends the thread with pthread_exit inside the C++ destructor:
+    "terminate called without an active exception", SIGABRT (-6), after all
+    the rank's work. Neither a barrier (it waits for the collectives, not for
+    their threads to drop them) nor destroy_process_group (the FSDP model and
+    its device mesh keep the group, and its threads, alive) prevents it. So
+    the rank ends by os._exit, after everything it writes is closed; the test
+    requires return code 0 and the .done file from both ranks."""
     dist.barrier()
     dist.destroy_process_group()
+    with open(f"{outdir}/{mode}-rank{rank}.done", "w") as f:
+        f.write("done\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ def single_process_reference(logdir):
 
 
 def run_two_ranks(mode, tmp_path):
+    """Runs both ranks of the worker; each must exit 0 having written its .done
+    file (the worker ends a rank by os._exit(0), see _dist_worker.finish)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
@@ -65,6 +67,8 @@ def run_two_ranks(mode, tmp_path):
             except subprocess.TimeoutExpired:
                 pytest.fail(f"{mode} ranks did not finish in 120 s")
             assert p.returncode == 0, out
+        for rank in range(2):  # it got through its work and the final barrier
+            assert (tmp_path / f"{mode}-rank{rank}.done").read_text() == "done\n"
     finally:  # a failed rank leaves no process running into the next test
         for p in procs:
             if p.poll() is None:
