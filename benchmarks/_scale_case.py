@@ -27,6 +27,7 @@ import time
 import numpy as np
 from _tb_backends import (
     RUN,
+    FileWriter,
     Python,
     binary_answer,
     make_client,
@@ -58,26 +59,6 @@ def llama_names(blocks: int) -> tuple[str, ...]:
     return ("model.embed_tokens", *inner, "model.norm", "lm_head")
 
 
-class _FileWriter:
-    """What ``RecordWriter`` needs of a ``SummaryWriter``."""
-
-    def __init__(self, path: str) -> None:
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-        self.file_writer = EventFileWriter(path, max_queue_size=100)
-
-    def _get_file_writer(self):
-        return self
-
-    def add_summary(self, summary, global_step: int) -> None:
-        from tensorboard.compat.proto import event_pb2
-
-        event = event_pb2.Event(
-            step=global_step, wall_time=time.time(), summary=summary
-        )
-        self.file_writer.add_event(event)
-
-
 class WatchedRun:
     """A LLaMA-shaped watcher's run: lognormal abs_mean around each layer's
     median (abs_max 5x, norm 30x), written through the watcher's own
@@ -86,7 +67,7 @@ class WatchedRun:
     def __init__(self, logdir: str, blocks: int) -> None:
         names = llama_names(blocks)
         self.layout = metadata.Layout(layers=names, sparse=(False,) * len(names))
-        self.writer = _FileWriter(os.path.join(logdir, RUN))
+        self.writer = FileWriter(os.path.join(logdir, RUN))
         self.records = RecordWriter(self.writer, self.layout, "torch")
         self.rng = np.random.default_rng(70)
         self.medians = np.exp(self.rng.normal(np.log(1e-3), 1.0, len(names)))

@@ -17,8 +17,10 @@ from tensorboard import context
 from tensorboard.backend import application
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
 from tensorboard.backend.event_processing import plugin_event_multiplexer
+from tensorboard.compat.proto import event_pb2
 from tensorboard.data import server_ingester
 from tensorboard.plugins import base_plugin
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import grpc_util
 from werkzeug import test as werkzeug_test
 from werkzeug import wrappers
@@ -27,6 +29,23 @@ from tb_gradflow import metadata
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN, GradFlowLoader
 
 RUN = "big"
+
+
+class FileWriter:
+    """What ``RecordWriter`` needs of a ``SummaryWriter``: a file writer that
+    adds each summary at its step."""
+
+    def __init__(self, path: str) -> None:
+        self.file_writer = EventFileWriter(path, max_queue_size=100)
+
+    def _get_file_writer(self):
+        return self
+
+    def add_summary(self, summary, global_step: int) -> None:
+        event = event_pb2.Event(
+            step=global_step, wall_time=time.time(), summary=summary
+        )
+        self.file_writer.add_event(event)
 
 
 def rss_mb(pid: int) -> float:

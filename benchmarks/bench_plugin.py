@@ -57,6 +57,7 @@ import numpy as np
 from _scale_case import bench_llama
 from _tb_backends import (
     RUN,
+    FileWriter,
     Python,
     Rust,
     binary_answer,
@@ -113,23 +114,6 @@ class Run:
         self.writer.flush()
 
 
-class _FileWriter:
-    """What ``RecordWriter`` needs of a ``SummaryWriter``: a file writer that
-    adds each summary at its step."""
-
-    def __init__(self, path: str) -> None:
-        self.file_writer = EventFileWriter(path, max_queue_size=100)
-
-    def _get_file_writer(self):
-        return self
-
-    def add_summary(self, summary, global_step: int) -> None:
-        event = event_pb2.Event(
-            step=global_step, wall_time=time.time(), summary=summary
-        )
-        self.file_writer.add_event(event)
-
-
 def write_overview_run(logdir: str, layers: int, steps: int) -> tuple[int, int, float]:
     """One watcher's run as ``watch`` writes it (per-step and overview
     records, the last partial block on close): lognormal abs_mean around
@@ -143,7 +127,7 @@ def write_overview_run(logdir: str, layers: int, steps: int) -> tuple[int, int, 
         layers=tuple(f"block{i}.weight" for i in range(layers)),
         sparse=(False,) * layers,
     )
-    writer = _FileWriter(os.path.join(logdir, RUN))
+    writer = FileWriter(os.path.join(logdir, RUN))
     records = RecordWriter(writer, layout, "torch")
     medians = np.exp(rng.normal(np.log(1e-3), 1.0, layers))  # (L,)
     at, layer = int(rng.integers(steps)), int(rng.integers(layers))
