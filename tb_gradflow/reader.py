@@ -83,7 +83,8 @@ class GradFlowRun:
     skipped: np.ndarray
     loss_scale: np.ndarray
     sparse: list[bool]
-    # (T, K, L) float32: the first K of ``stats``, those the file holds
+    # (T, K, L) float32: the first K of ``stats`` (those the file holds)
+    # that are not in ``_steady``, in ``stats`` order
     _values: np.ndarray = dataclasses.field(repr=False)
     types: list[str] = dataclasses.field(default_factory=list)
     not_logged: list[str] = dataclasses.field(default_factory=list)
@@ -91,6 +92,9 @@ class GradFlowRun:
     left_out: list[LeftOut] = dataclasses.field(default_factory=list)
     origins: list[metadata.NonfiniteOrigin] = dataclasses.field(default_factory=list)
     numel: list[int] = dataclasses.field(default_factory=list)
+    # statistics the file holds whose every layer has one value at every
+    # step (nonfinite 0, rows 1 in most runs): that ``(L,)`` row, kept once
+    _steady: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.absent is None:
@@ -106,25 +110,28 @@ class GradFlowRun:
     def values(self, stat: str) -> np.ndarray:
         """One statistic over all steps: ``(T, L)`` float, NaN where a layer had no
         gradient or was absent (:attr:`absent`); a view, not a copy. A statistic
-        the files lack (:attr:`not_logged`) is NaN everywhere: a read-only
-        view of one NaN.
+        the files lack (:attr:`not_logged`) is NaN everywhere, and one whose
+        layers each kept one value at every step is that row at every step:
+        read-only views of one value or one row.
 
         Raises:
             KeyError: for an unknown statistic; the message lists the known ones.
         """
         if stat not in self.stats:
             raise KeyError(f"Unknown statistic {stat!r}; this run has {self.stats}")
-        k = self.stats.index(stat)
-        if k < self._values.shape[1]:
-            return self._values[:, k, :]
         shape = (len(self.steps), len(self.layers))
-        return np.broadcast_to(np.float32(np.nan), shape)  # (T, L), strides 0
+        if stat in self._steady:
+            return np.broadcast_to(self._steady[stat], shape)  # (T, L), strides 0
+        if stat in self.not_logged:
+            return np.broadcast_to(np.float32(np.nan), shape)  # (T, L), strides 0
+        varying = [s for s in self.stats if s not in self._steady]
+        return self._values[:, varying.index(stat), :]
 
     @property
     def nbytes(self) -> int:
         """Bytes of the decoded statistics the files hold, ``(T, K, L)``
         float32: what holding this run in memory costs, mostly."""
-        return self._values.nbytes
+        return self._values.nbytes + sum(r.nbytes for r in self._steady.values())
 
     @property
     def no_grad(self) -> np.ndarray:
@@ -147,7 +154,7 @@ class GradFlowRun:
             ValueError: for another ``by``, or a bad pattern.
         """
         groups = group_layers(self.layers, by, patterns)
-        held = self.stats[: self._values.shape[1]]  # the rest are NaN
+        held = [s for s in self.stats if s not in self.not_logged]
         # nonfinite tells which members have a value (NaN: none, as files
         # without it read)
         values = {s: self.values(s) for s in (*held, "nonfinite")}
@@ -165,6 +172,7 @@ class GradFlowRun:
             layers=list(groups.names),
             sparse=[any(self.sparse[j] for j in m) for m in members],
             _values=stacked,
+            _steady={},
             types=types,
             absent=np.stack([self.absent[:, m].all(axis=1) for m in members], 1),
             numel=(
@@ -385,6 +393,10 @@ def from_records(
     in_order = len(keep) == len(block) and bool((np.diff(keep) > 0).all())
     if not in_order:  # else the block's views as they are: no copy
         values, fields = values[keep], fields[keep]  # (T, K, L), (T, F)
+    steady = _steady_rows(values, layout.stats)
+    if steady:  # the others copied out: the block is freed
+        varying = [k for k, name in enumerate(layout.stats) if name not in steady]
+        values = values[:, varying, :]  # (T, K', L)
     # read by name: a statistic the file lacks is NaN (GradFlowRun.values)
     not_logged = [n for n in stats.names() if n not in layout.stats]
     field = {f: fields[:, i] for i, f in enumerate(layout.step_fields)}
@@ -410,7 +422,31 @@ def from_records(
         absent=absent,
         left_out=left_out,
         numel=list(layout.numel),
+        _steady=steady,
     )
+
+
+def _steady_rows(values: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The statistics of ``values`` ``(T, K, L)`` whose every layer has one
+    value (or NaN) at every step: name -> that ``(L,)`` row."""
+    steady = {}
+    if len(values) < 2:
+        return steady
+    for k, name in enumerate(names):
+        row = values[0, k, :]  # (L,)
+        if not _same_as(values[-1, k, :], row):  # most statistics end here
+            continue
+        if all(
+            _same_as(values[a : a + 256, k, :], row) for a in range(0, len(values), 256)
+        ):
+            steady[name] = row.copy()
+    return steady
+
+
+def _same_as(values: np.ndarray, row: np.ndarray) -> bool:
+    """Whether ``values`` ``(..., L)`` equal ``row`` ``(L,)`` everywhere, NaN
+    matching NaN."""
+    return bool(((values == row) | (np.isnan(values) & np.isnan(row))).all())
 
 
 def load_run(path: str | os.PathLike, name: str | None = None) -> GradFlowRun:

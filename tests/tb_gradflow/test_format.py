@@ -514,7 +514,8 @@ def test_a_statistic_the_files_lack_is_nan_and_takes_no_memory():
     lacking = [s for s in stats.names() if s not in layout.stats]
     assert lacking and run.not_logged == lacking
     assert run.stats == [*layout.stats, *lacking]
-    assert run.nbytes == 4 * len(layout.stats) * 2 * 4  # (T, K, L) float32
+    # (T, K, L) float32 of the varying three, a row of the steady two
+    assert run.nbytes == 4 * 3 * 2 * 4 + 2 * 2 * 4
     for stat in lacking:
         for nan in (run.values(stat), run.grouped("role").values(stat)):
             assert nan.shape == (4, 2) and nan.dtype == np.float32
@@ -522,12 +523,37 @@ def test_a_statistic_the_files_lack_is_nan_and_takes_no_memory():
     np.testing.assert_allclose(run.values("norm")[2], [9.0, 9.3], rtol=1e-6)
 
 
+def test_a_statistic_steady_at_every_step_is_kept_once():
+    """nonfinite 0 and rows 1 at every step (most runs): one row each, read
+    back at every step; a layer without gradient (NaN) is steady too; a
+    statistic that changes at one step, first, middle or last, is not."""
+    layout = metadata.Layout(layers=("a", "b", "c"), sparse=(False,) * 3)
+    flat = records(layout, range(600))  # more than one 256-step chunk
+    nonfinite = list(layout.stats).index("nonfinite") * 3  # its first column
+    flat[:, 2 : 3 * len(layout.stats) : 3] = np.nan  # layer c: no gradient, ever
+    run = reader.from_records("r", layout, range(600), list(flat))
+    for k, stat in enumerate(layout.stats):
+        expected = flat[:, 3 * k : 3 * k + 3]  # (T, L)
+        np.testing.assert_array_equal(run.values(stat), expected)
+    assert not run.values("rows").flags.writeable
+    assert run.values("rows").strides[0] == 0  # one row, not a copy a step
+    assert run.nbytes == 600 * 3 * 3 * 4 + 2 * 3 * 4
+    for at in (0, 300, 599):
+        changed = flat.copy()
+        changed[at, nonfinite] = 1.0  # layer a: one non-finite value
+        again = reader.from_records("r", layout, range(600), list(changed))
+        np.testing.assert_array_equal(
+            again.values("nonfinite"), changed[:, nonfinite : nonfinite + 3]
+        )
+        assert again.values("nonfinite").strides[0] != 0
+
+
 def test_records_in_order_are_views_and_out_of_order_ones_are_sorted():
     layout = metadata.Layout(layers=("a", "b", "c"), sparse=(False,) * 3)
     flat = records(layout, range(6))
     run = reader.from_records("r", layout, range(6), list(flat))
     # one stacked block of the records, each statistic a view of it
-    assert run.values("abs_mean").base is run.values("rows").base is not None
+    assert run.values("abs_mean").base is run.values("norm").base is not None
     order = [3, 0, 5, 1, 4, 2, 3]  # step 3 twice: the later record wins
     again = flat[order]
     again[-1, :3] = [4.5, 4.6, 4.7]  # abs_mean of the last record of step 3
