@@ -153,7 +153,7 @@ def _bench(backend, run: WatchedRun, size: int, repeats: int, cold: int) -> None
         )
     else:
         pid = server_pid()
-        before = rss_mb(pid)
+        before = backend.started_rss
         waited = wait_for_step(backend.provider, run.tag, run.steps - 1)
         loaded = rss_mb(pid)
         print(

@@ -98,6 +98,9 @@ class Rust:
         )
         self.ingester.start()
         self.provider = self.ingester.data_provider
+        pid = server_pid()
+        # MB as it started, before it has read much of the logdir
+        self.started_rss = rss_mb(pid) if pid else math.nan
 
     def reload(self) -> None:
         pass  # reloads by itself every second
