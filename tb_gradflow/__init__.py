@@ -30,7 +30,7 @@ _LAZY = {
     "from_records": "tb_gradflow.reader",
     "Finding": "tb_gradflow.diagnosis",
     "NonfiniteOrigin": "tb_gradflow.metadata",
-    "Thresholds": "tb_gradflow.diagnosis",
+    "Thresholds": "tb_gradflow.rule_spec",
     "diagnose": "tb_gradflow.diagnosis",
     "load": "tb_gradflow.reader",
     "load_run": "tb_gradflow.reader",

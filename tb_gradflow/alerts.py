@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tb_gradflow.diagnosis import Finding, OnlineDiagnosis, Thresholds
+from tb_gradflow.diagnosis import Finding, OnlineDiagnosis
+from tb_gradflow.rule_spec import Thresholds
 
 __all__ = [
     "ALERT_MODES",

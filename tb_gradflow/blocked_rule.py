@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from tb_gradflow.diagnosis import Thresholds
+    from tb_gradflow.rule_spec import Thresholds
 
 __all__ = [
     "blocked_mask",

@@ -12,8 +12,9 @@ import warnings
 from collections.abc import Sequence
 
 from tb_gradflow import stats
-from tb_gradflow.diagnosis import KINDS, Thresholds, diagnose
+from tb_gradflow.diagnosis import diagnose
 from tb_gradflow.reader import GradFlowRun, clash_message, load_all
+from tb_gradflow.rule_spec import KINDS, Thresholds
 
 
 def format_report(

@@ -23,7 +23,7 @@ from tb_gradflow.alerts import (
     GradFlowError,
     OnlineAlerts,
 )
-from tb_gradflow.diagnosis import Thresholds, origin_finding
+from tb_gradflow.diagnosis import origin_finding
 from tb_gradflow.gradient_stats import layer_stats
 from tb_gradflow.layers import module_types, select_layers, unwrap_model
 from tb_gradflow.metadata import NonfiniteOrigin
@@ -35,6 +35,7 @@ from tb_gradflow.optimizer_hooks import (
     with_closure,
 )
 from tb_gradflow.record_writer import RecordWriter
+from tb_gradflow.rule_spec import Thresholds
 from tb_gradflow.scaler_patch import ScalerStepPatch
 from tb_gradflow.update_stats import UpdateMeter
 from tb_gradflow.watch_args import check_watch_args, optional_statistics

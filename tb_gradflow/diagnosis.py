@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 
@@ -80,10 +79,20 @@ from tb_gradflow.blocked_rule import (
 )
 from tb_gradflow.exploding_rule import exploding_mask
 from tb_gradflow.metadata import NonfiniteOrigin
+from tb_gradflow.rule_spec import (
+    EXACTLY_ZERO_MESSAGE,
+    KINDS,
+    MESSAGES,
+    RunLike,
+    Thresholds,
+    all_zero_message,
+    exploding_message,
+)
 from tb_gradflow.spike_rule import SpikeWindow, spike_findings, spike_message
 from tb_gradflow.streaks import Finding, find_streaks
 from tb_gradflow.update_rule import update_findings, update_masks, update_messages
 
+# re-exported: KINDS and Thresholds (tb_gradflow.rule_spec), Finding (streaks)
 __all__ = [
     "KINDS",
     "Finding",
@@ -93,108 +102,9 @@ __all__ = [
     "origin_finding",
 ]
 
-KINDS = (
-    "no_gradient",
-    "blocked",
-    "all_zero",
-    "nonfinite",
-    "nonfinite_origin",
-    "exploding",
-    "spike",
-    "skipped",
-    "update_too_large",
-    "not_updating",
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Thresholds:
-    """The documented defaults of the rule; every one is a query parameter of the
-    tab's ``alerts`` route and an option of ``tb-gradflow report``."""
-
-    patience: int = 3  # consecutive logged steps before blocked/no_gradient
-    min_ratio_to_others: float = 1e-2  # of the other layers' median abs_mean
-    min_ratio_to_own_peak: float = 1e-2  # of the layer's own earlier peak
-    floor_ratio_to_others: float = 1e-6  # this far below the others: blocked outright
-    explode_ratio: float = 100.0  # norm over the median of its recent norms
-    explode_window: int = 20  # earlier logged steps in that median
-    # spike: Hampel identifier on log10(norm); 7 SDs as OLMo 2's spike score
-    # (arXiv:2501.00656); the window and the floor: see docs/logging.md
-    spike_k: float = 7.0  # robust SDs (MAD x 1.4826) above the window's median
-    spike_window: int = 50  # earlier logged steps in the median and the MAD
-    spike_min_ratio: float = 2.0  # and at least this multiple of the median
-    # update_ratio: about 1e-3 is healthy (CS231n's rule of thumb; Karpathy's
-    # makemore plots of log10 update/data ratios around -3): 100x above it the
-    # step is too large; 1e4x below it the layer does not move
-    max_update_ratio: float = 1e-1
-    min_update_ratio: float = 1e-7
-
-    def __post_init__(self) -> None:
-        if self.patience < 1:
-            raise ValueError(f"Invalid patience: {self.patience} (an int >= 1)")
-        for field in (
-            "min_ratio_to_others",
-            "min_ratio_to_own_peak",
-            "floor_ratio_to_others",
-        ):
-            value = getattr(self, field)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"Invalid {field}: {value} (between 0 and 1)")
-        if not self.explode_ratio > 1.0:
-            raise ValueError(f"Invalid explode_ratio: {self.explode_ratio} (> 1)")
-        if self.explode_window < 3:
-            raise ValueError(f"Invalid explode_window: {self.explode_window} (>= 3)")
-        if not 0.0 < self.spike_k < float("inf"):
-            raise ValueError(f"Invalid spike_k: {self.spike_k} (> 0, finite)")
-        if self.spike_window < 6:
-            raise ValueError(f"Invalid spike_window: {self.spike_window} (>= 6)")
-        if not 1.0 <= self.spike_min_ratio < float("inf"):
-            raise ValueError(
-                f"Invalid spike_min_ratio: {self.spike_min_ratio} (>= 1, finite)"
-            )
-        if not 0.0 < self.min_update_ratio < self.max_update_ratio:
-            raise ValueError(
-                f"Invalid min_update_ratio and max_update_ratio: "
-                f"{self.min_update_ratio} and {self.max_update_ratio} "
-                "(0 < min_update_ratio < max_update_ratio)"
-            )
-
-
-class RunLike(Protocol):
-    """What :func:`diagnose` reads; :class:`tb_gradflow.GradFlowRun` is one. An
-    ``absent`` attribute, ``(T, L)`` bool, is read when there is one, and the
-    update findings need ``stats`` (and ``not_logged``) naming
-    ``update_ratio``."""
-
-    steps: np.ndarray
-    layers: list[str]
-    sparse: list[bool]
-    skipped: np.ndarray
-
-    def values(self, stat: str) -> np.ndarray: ...
-
-
-_MESSAGES = {
-    "no_gradient": "no gradient (.grad is None): detached or unused",
-    "blocked": "gradient near zero: it does not flow into this layer",
-    "nonfinite": "NaN/Inf in the gradient",
-    "skipped": "optimizer step skipped by the AMP grad scaler (inf/NaN in it)",
-}
-_EXACTLY_ZERO = "gradient exactly zero: it does not flow into this layer"
 _ROWS = 256  # steps at a time for the per-cell masks (_cell_masks)
 # kinds that need `patience` steps in a row
 _PATIENT = ("no_gradient", "blocked", "all_zero", "update_too_large", "not_updating")
-
-
-def _exploding_message(th: Thresholds) -> str:
-    return f"gradient norm above {th.explode_ratio:g}x its recent median"
-
-
-def _all_zero_message(first_step: int) -> str:
-    return (
-        f"every layer's gradient is exactly zero from step {first_step}: the loss "
-        "does not depend on the parameters (detached, constant, or every unit dead)"
-    )
 
 
 def _all_zero_steps(judged: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -237,7 +147,7 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
     patience = min(th.patience, max(int(live.sum()), 1))
     findings: list[Finding] = []
     for kind, mask in masks.items():
-        message = _exploding_message(th) if kind == "exploding" else _MESSAGES[kind]
+        message = exploding_message(th) if kind == "exploding" else MESSAGES[kind]
         min_length = patience if kind in _PATIENT else 1
         # (find_streaks reads only the live steps)
         found = find_streaks(kind, mask, live, steps, layers, min_length, message)
@@ -254,7 +164,7 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
         superseded=masks["exploding"],
     )
     findings += [
-        dataclasses.replace(f, message=_all_zero_message(f.first_step))
+        dataclasses.replace(f, message=all_zero_message(f.first_step))
         for f in find_streaks(
             "all_zero", (all_zero & live)[:, None], live, steps, [None], patience, ""
         )
@@ -273,7 +183,7 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
         steps,
         [None],
         1,
-        _MESSAGES["skipped"],
+        MESSAGES["skipped"],
     )
     order = {name: i for i, name in enumerate(layers)}
     findings.sort(
@@ -308,7 +218,7 @@ def _say_exactly_zero(
     values = judged[within, j]
     values = values[np.isfinite(values)]
     if values.size and not values.any():
-        return dataclasses.replace(finding, message=_EXACTLY_ZERO)
+        return dataclasses.replace(finding, message=EXACTLY_ZERO_MESSAGE)
     return finding
 
 
@@ -378,7 +288,7 @@ class OnlineDiagnosis:
         self._healthy = np.zeros(start, dtype=np.int64)
         self._first = np.zeros(start, dtype=np.int64)
         self._alerted = np.zeros(start, dtype=bool)
-        self._messages = {**_MESSAGES, **update_messages(self.th)}
+        self._messages = {**MESSAGES, **update_messages(self.th)}
         self._alerted_nonfinite = np.zeros(n, dtype=bool)
         self._spikes = SpikeWindow(n, self.th)
         self._spiking = np.zeros(n, dtype=bool)  # at the last counted step
@@ -464,7 +374,7 @@ class OnlineDiagnosis:
         of: str = "layer",
     ) -> Finding:
         if kind == "all_zero":
-            message = _all_zero_message(first)
+            message = all_zero_message(first)
         elif kind == "spike":
             message = spike_message(self.th)
         elif kind == "not_updating" and of == "model":

@@ -9,10 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from tb_gradflow import metadata
-from tb_gradflow.diagnosis import Finding, Thresholds, diagnose
+from tb_gradflow.diagnosis import Finding, diagnose
 from tb_gradflow.gradient_stats import layer_stats
 from tb_gradflow.layers import select_layers
 from tb_gradflow.reader import from_records
+from tb_gradflow.rule_spec import Thresholds
 
 __all__ = ["check_flow", "diagnose_stats"]
 

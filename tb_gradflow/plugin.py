@@ -46,10 +46,10 @@ from tb_gradflow import (
     triage,
     watchers,
 )
-from tb_gradflow.diagnosis import Thresholds
 from tb_gradflow.layer_groups import LayerGroups, group_layers
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN
 from tb_gradflow.problem_log import ProblemLog
+from tb_gradflow.rule_spec import Thresholds
 from tb_gradflow.run_cache import CachedRun
 from tb_gradflow.run_loader import RunLoader, problem_warning
 

@@ -16,8 +16,8 @@ from tensorboard import errors, plugin_util
 from werkzeug import wrappers
 
 from tb_gradflow import heatmap
-from tb_gradflow.diagnosis import Thresholds
 from tb_gradflow.layer_groups import BY
+from tb_gradflow.rule_spec import Thresholds
 
 __all__ = [
     "arg",

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from tb_gradflow import heatmap
-from tb_gradflow.diagnosis import Finding, Thresholds, diagnose
+from tb_gradflow.diagnosis import Finding, diagnose
 from tb_gradflow.layer_groups import group_layers
 from tb_gradflow.overview_merge import Overview
 from tb_gradflow.reader import GradFlowRun
+from tb_gradflow.rule_spec import Thresholds
 
 __all__ = ["CachedRun", "RunCache"]
 

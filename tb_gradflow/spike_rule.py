@@ -27,7 +27,7 @@ import numpy as np
 from tb_gradflow.streaks import Finding, find_streaks
 
 if TYPE_CHECKING:
-    from tb_gradflow.diagnosis import Thresholds
+    from tb_gradflow.rule_spec import Thresholds
 
 __all__ = [
     "EVENT_GAP",

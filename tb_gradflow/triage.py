@@ -36,7 +36,8 @@ import numpy as np
 from tensorboard.data import provider
 
 from tb_gradflow import metadata, reader, watchers
-from tb_gradflow.diagnosis import Finding, Thresholds, diagnose
+from tb_gradflow.diagnosis import Finding, diagnose
+from tb_gradflow.rule_spec import Thresholds
 from tb_gradflow.run_cache import CachedRun, RunCache
 
 __all__ = ["SAMPLE_STEPS", "SEVERITY", "RunTriage", "rank", "severity", "triage"]

@@ -12,7 +12,7 @@ from tb_gradflow.blocked_rule import median_of_others_at
 from tb_gradflow.streaks import Finding, find_streaks
 
 if TYPE_CHECKING:
-    from tb_gradflow.diagnosis import RunLike, Thresholds
+    from tb_gradflow.rule_spec import RunLike, Thresholds
 
 __all__ = ["update_findings", "update_masks", "update_messages"]
 

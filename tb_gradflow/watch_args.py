@@ -13,8 +13,8 @@ from torch import nn
 from tb_gradflow import metadata
 from tb_gradflow import stats as stats_registry
 from tb_gradflow.alerts import ALERT_MODES
-from tb_gradflow.diagnosis import Thresholds
 from tb_gradflow.optimizer_hooks import hookable_optimizer
+from tb_gradflow.rule_spec import Thresholds
 from tb_gradflow.scaler_patch import check_scaler
 
 __all__ = ["check_watch_args", "optional_statistics"]

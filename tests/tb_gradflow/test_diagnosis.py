@@ -10,7 +10,8 @@ from online_feed import feed_online
 
 from tb_gradflow import metadata
 from tb_gradflow.blocked_rule import median_of_others
-from tb_gradflow.diagnosis import Thresholds, diagnose
+from tb_gradflow.diagnosis import diagnose
+from tb_gradflow.rule_spec import Thresholds
 
 
 @dataclasses.dataclass

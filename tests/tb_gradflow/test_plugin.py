@@ -36,8 +36,9 @@ from tb_gradflow import (
     watchers,
 )
 from tb_gradflow import stats as tb_stats
-from tb_gradflow.diagnosis import Thresholds, diagnose
+from tb_gradflow.diagnosis import diagnose
 from tb_gradflow.loader import DEFAULT_SAMPLES_PER_RUN, GradFlowLoader
+from tb_gradflow.rule_spec import Thresholds
 from tb_gradflow.summary import gradflow_pb
 
 LAYERS = ("conv.weight", "conv.bias", "<img src=x onerror=alert(1)>")

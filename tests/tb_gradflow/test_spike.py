@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from online_feed import feed_online
 
-from tb_gradflow.diagnosis import Thresholds, diagnose
+from tb_gradflow.diagnosis import diagnose
+from tb_gradflow.rule_spec import Thresholds
 from tb_gradflow.spike_rule import log_norms, spike_cells, spike_mask
 
 RULE = importlib.import_module("tb_gradflow.spike_rule")

@@ -16,7 +16,7 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from tb_gradflow import metadata, triage
 from tb_gradflow import stats as tb_stats
-from tb_gradflow.diagnosis import KINDS
+from tb_gradflow.rule_spec import KINDS
 from tb_gradflow.summary import gradflow_pb
 
 LAYERS = ("a", "b", "c")
