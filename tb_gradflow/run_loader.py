@@ -22,6 +22,7 @@ from tensorboard import errors
 from tensorboard.data import provider
 
 from tb_gradflow import (
+    layer_sets,
     metadata,
     overview,
     overview_merge,
@@ -246,7 +247,7 @@ class RunLoader:
         try:
             merged = watchers.merge_series(run, layouts, series, order)
         except watchers.LayoutMismatch as e:
-            empty = reader.merge_records(run, list(layouts.values()), [], [], [])
+            empty = layer_sets.merge_records(run, list(layouts.values()), [], [], [])
             return CachedRun(tag, empty, str(e))
         if merged is None:
             raise errors.NotFoundError(f"No gradflow data for run {run!r}, tag {tag!r}")

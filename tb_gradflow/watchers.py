@@ -21,7 +21,7 @@ import numpy as np
 from tensorboard import errors
 from tensorboard.data import provider
 
-from tb_gradflow import metadata, reader, segments
+from tb_gradflow import layer_sets, metadata, reader, segments
 
 __all__ = [
     "LayoutCache",
@@ -246,7 +246,7 @@ def merge_series(
         raise LayoutMismatch(len(left_out), total)
     used = sorted(set(part))
     index = {p: i for i, p in enumerate(used)}
-    merged = reader.merge_records(
+    merged = layer_sets.merge_records(
         run,
         [layouts[tags[p]] for p in used],
         steps,
