@@ -738,7 +738,7 @@ def float32_run(seed, t=300, n=9):
     vanishing and a sparse layer, zeros, layers without gradient, NaN/Inf,
     skipped steps, frozen layers and a model-wide low update_ratio, and a
     second layer set that lacks a layer."""
-    from tb_gradflow import reader, stats
+    from tb_gradflow import layer_sets, stats
 
     rng = np.random.default_rng(seed)
     names = stats.names()
@@ -772,7 +772,7 @@ def float32_run(seed, t=300, n=9):
     late = np.concatenate(
         [cells[half:, :, :-1].reshape(t - half, -1), flat[half:, k * n :]], axis=1
     )
-    return reader.merge_records(
+    return layer_sets.merge_records(
         "run",
         [layout, fewer],
         range(t),
