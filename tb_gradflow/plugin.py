@@ -270,7 +270,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "first_step": int(entry.run.steps[0]),
             "last_step": int(entry.run.steps[-1]),
             "every": entry.run.every,
-            "expected_steps": _kept(entry.run)["expected_steps"],
+            "expected_steps": _kept(entry)["expected_steps"],
             "left_out": _left_out(entry.run),
         }
 
@@ -392,7 +392,7 @@ def _listed(
         and found[1].problem is None
         and len(found[1].run.steps)
     ):
-        entry.update(steps=len(found[1].run.steps), **_kept(found[1].run))
+        entry.update(steps=len(found[1].run.steps), **_kept(found[1]))
     return entry
 
 
@@ -435,10 +435,17 @@ def _members(run: reader.GradFlowRun, groups: LayerGroups) -> list[list[str]]:
     return [[run.layers[j] for j in m] for m in groups.members]
 
 
-def _kept(run: reader.GradFlowRun) -> dict[str, int]:
-    """The first kept step, and how many steps the watcher logged, estimated
-    from the first and last kept steps (TensorBoard always keeps the last)."""
+def _kept(entry: CachedRun) -> dict[str, int]:
+    """The first kept step, and how many steps the watcher logged: counted by
+    its overview blocks when they begin where its kept steps do (each block
+    says how many steps it holds), plus the kept steps after the last
+    block; else estimated from the first and last kept steps (TensorBoard
+    always keeps the last) and the logging interval."""
+    run, blocks = entry.run, entry.overview
     first, last = int(run.steps[0]), int(run.steps[-1])
+    if blocks is not None and len(blocks.steps) and blocks.first_steps[0] <= first:
+        after = int(np.count_nonzero(run.steps > blocks.last_steps[-1]))
+        return {"first_step": first, "expected_steps": int(blocks.steps.sum()) + after}
     return {"first_step": first, "expected_steps": (last - first) // run.every + 1}
 
 

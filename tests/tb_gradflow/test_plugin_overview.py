@@ -25,6 +25,7 @@ from plugin_client import make_plugin_client
 from watched_runs import ORDER, FileWriter, gradients, layout_of, write_watched
 
 from tb_gradflow import heatmap, metadata, overview, reader
+from tb_gradflow.record_writer import RecordWriter
 from tb_gradflow.summary import gradflow_pb, overview_pb
 
 LAYERS = 20
@@ -202,6 +203,28 @@ def test_a_run_whose_every_step_was_kept_answers_as_without_overview(tmp_path):
             want = get_json(client, route, run="without", **params)
             assert "from" not in got
             assert {**got, "run": "without"} == want
+
+
+def test_steps_counts_the_logged_steps_from_the_overview_records(tmp_path):
+    """Steps that are token counts (irregular gaps): of 1,234 logged steps
+    the plugin reads 50; the blocks count every one, where the first and last
+    kept steps and ``every`` would say ~6e5."""
+    layout = layout_of(4)
+    values, _ = gradients(np.random.default_rng(8), 1_234, layers=4)
+    at = np.cumsum(np.random.default_rng(9).integers(1, 1_000, 1_234))  # (T,)
+    (tmp_path / "tokens").mkdir()
+    writer = FileWriter(tmp_path / "tokens", 1e9)
+    records = RecordWriter(writer, layout, "torch")
+    for step, stats in zip(at.tolist(), values):
+        records.write_step(step, stats, False, math.nan)
+    records.close()
+    writer.events.close()
+    client, _ = make_plugin_client(tmp_path, sampling_hints={"gradflow": 50})
+    steps = get_json(client, "steps", run="tokens")
+    assert len(steps["steps"]) == 50 and steps["last_step"] == int(at[-1])
+    assert steps["expected_steps"] == 1_234
+    runs = get_json(client, "runs")["runs"]
+    assert [r["expected_steps"] for r in runs] == [1_234]
 
 
 def write_bare(logdir, run, layout, values):

@@ -120,4 +120,5 @@ def test_a_samples_per_plugin_flag_of_the_user_wins(start):
     wait_for_last_step(tensorboard)
     run = tensorboard.get_json("/data/plugin/gradflow/steps?run=mlp")
     assert len(run["steps"]) == 50
-    assert run["expected_steps"] == STEPS - run["first_step"]
+    # counted by the overview records, not estimated from the first kept step
+    assert run["first_step"] > 0 and run["expected_steps"] == STEPS
