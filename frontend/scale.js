@@ -34,7 +34,9 @@ export function scaleLinear(domain, range) {
 
 /**
  * Log10 scale `domain -> range`; both domain ends must be positive. Values <= 0
- * map to -Infinity (callers draw them at the floor with their own mark).
+ * map to an infinity beyond the low end of the range, `range[0]`'s side (+Infinity
+ * for a vertical axis drawn bottom-up), so clamping puts them on the floor
+ * (callers may draw them with their own mark).
  * @param {[number, number]} domain
  * @param {[number, number]} range
  * @returns {Scale}
@@ -44,11 +46,12 @@ export function scaleLog(domain, range) {
   if (!(d0 > 0 && d1 > 0)) throw new RangeError(`log domain must be positive: ${d0}, ${d1}`);
   const l0 = Math.log10(d0);
   const lin = scaleLinear([l0, Math.log10(d1)], range);
+  const below = range[0] > range[1] ? Infinity : -Infinity; // past range[0]
   return {
     kind: "log",
     domain: [d0, d1],
     range: [range[0], range[1]],
-    map: (v) => (v > 0 ? lin.map(Math.log10(v)) : -Infinity),
+    map: (v) => (v > 0 ? lin.map(Math.log10(v)) : below),
     invert: (p) => 10 ** lin.invert(p),
   };
 }

@@ -145,3 +145,11 @@ test("linesTooltip says what is not a value as the heatmap does", () => {
   const old = linesOf([[NaN]], [[NaN]], { logged: false });
   assert.match(linesTooltip(old, { row: 0, col: 0 })[2], /not logged/);
 });
+
+test("an exactly-zero layer's line lies on the floor of a log axis, not at its top", () => {
+  const lines = linesOf([[0, 0], [1e-3, 1e-2]], [[0, 0], [1e-3, 1e-2]]);
+  const layout = layoutOf(lines);
+  const floor = layout.plot.y + layout.plot.h;
+  assert.deepEqual(lineAt(layout, lines, layout.colX[0], floor), { row: 0, col: 0 });
+  assert.equal(lineAt(layout, lines, layout.colX[0], layout.plot.y), null);
+});

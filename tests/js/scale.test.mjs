@@ -43,11 +43,13 @@ test("scaleLinear maps and inverts; a zero-width domain maps to range[0]", () =>
   assert.equal(scaleLinear([3, 3], [0, 10]).map(3), 0);
 });
 
-test("scaleLog maps decades evenly and zero to -Infinity", () => {
-  const s = scaleLog([1e-6, 1], [60, 0]);
+test("scaleLog maps decades evenly and zero past the low end of its range", () => {
+  const s = scaleLog([1e-6, 1], [60, 0]); // a vertical axis: low values at the bottom
   assert.equal(s.map(1), 0);
   assert.ok(Math.abs(s.map(1e-3) - 30) < 1e-9);
-  assert.equal(s.map(0), -Infinity);
+  assert.equal(s.map(0), Infinity); // below the floor, not above the top
+  assert.equal(s.map(-1), Infinity);
+  assert.equal(scaleLog([1e-6, 1], [0, 60]).map(0), -Infinity); // left of a horizontal one
   assert.ok(Math.abs(s.invert(30) - 1e-3) < 1e-15);
   assert.throws(() => scaleLog([0, 1], [0, 1]), RangeError);
 });
