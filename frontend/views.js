@@ -371,7 +371,7 @@ export function renderAlerts(node, groups, onSelect, current) {
   for (const g of groups) {
     if (groups.length > 1) children.push(el(doc, "h3", `gf-alert-run gf-series-${g.series}`, g.run));
     if (!g.alerts.length) {
-      children.push(el(doc, "p", "gf-none", "No findings: the gradient reaches every layer."));
+      children.push(el(doc, "p", "gf-none", "No findings: the gradient reaches every watched layer."));
       continue;
     }
     const ul = el(doc, "ul");

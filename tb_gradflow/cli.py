@@ -128,11 +128,13 @@ def _report(args: argparse.Namespace) -> int:
     )
     found = load_all(args.logdir)
     if args.run:
-        if args.run not in found:
+        # as a shell completes a directory: "./runs/a/" is the run "runs/a"
+        run = args.run if args.run in found else os.path.normpath(args.run)
+        if run not in found:
             raise ValueError(
                 f"No run {args.run!r} in {args.logdir!r}; runs: {', '.join(found)}"
             )
-        found = {args.run: found[args.run]}
+        found = {run: found[run]}
     reports, failing = [], []
     for key, runs in found.items():
         if len(runs) == 1:

@@ -161,7 +161,7 @@ def _checks_markdown(checks: list[str], findings: list) -> str:
         f"- `{f.kind}` **{f.layer or '(model)'}**, steps {f.first_step}-"
         f"{f.last_step}{' (ongoing)' if f.ongoing else ''}: {f.message}"
         for f in findings
-    ] or ["- none: the gradient reaches every layer"]
+    ] or ["- none: the gradient reaches every watched layer"]
     return "\n".join(lines)
 
 

@@ -42,7 +42,8 @@ def check_flow(
         thresholds: the diagnosis thresholds (``patience`` is 1 here).
 
     Returns:
-        The findings, in layer order; empty when the gradient reaches every layer.
+        The findings, in layer order; empty when the gradient reaches every
+        watched layer.
 
     Raises:
         ValueError: if ``loss`` is not a scalar that requires grad.

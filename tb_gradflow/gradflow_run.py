@@ -180,7 +180,7 @@ class GradFlowRun:
         marking what the Gradient Flow tab marks: exactly-zero stubs, layers
         without a gradient, non-finite and absent ones, and the layers the
         diagnosis finds blocked (:func:`tb_gradflow.plotting.plot_flow`). Needs
-        matplotlib (the ``plot`` extra: ``pip install "./tb-gradflow[plot]"``).
+        matplotlib (the ``plot`` extra: ``pip install ".[plot]"`` in the clone).
 
         Args:
             step: the step to draw (the nearest logged one; None: the last).

@@ -40,7 +40,8 @@ def test_the_demo_puts_trainkit_s_checks_beside_the_findings(tmp_path, capsys):
     assert "**overfit one batch**" in checks  # on a copy at its start: it can
     for layer in ("lstm1.weight_ih_l0", "lstm1.weight_hh_l0"):
         assert f"`blocked` **{layer}**" in findings
-    assert "none: the gradient reaches every layer" in text(tmp_path / "healthy")
+    healthy = text(tmp_path / "healthy")
+    assert "none: the gradient reaches every watched layer" in healthy
     assert sorted(tb_gradflow.load(tmp_path)) == [
         "head_lr_too_high",
         "healthy",

@@ -211,9 +211,10 @@ def test_report_reports_around_a_key_two_watchers_share(tmp_path, capsys):
     with pytest.raises(ValueError, match="have the key 'a/b'.*load_run"):
         tb_gradflow.load(tmp_path)  # the Python API: no key left out silently
 
-    assert cli.main(["report", str(tmp_path), "--run", "other"]) == 0
-    out, err = capsys.readouterr()
-    assert out.startswith("== other  (step 0") and err == ""
+    for run in ("other", "other/", "./other"):  # as a shell completes it
+        assert cli.main(["report", str(tmp_path), "--run", run]) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith("== other  (step 0") and err == ""
 
     assert cli.main(["report", str(tmp_path)]) == 2
     out, err = capsys.readouterr()
@@ -261,7 +262,7 @@ def test_demo_writes_a_healthy_and_a_blocked_run(tmp_path):
     assert "Sanity checks" not in text  # tb_gradflow never imports trainkit
     for layer in blocked:
         assert f"`blocked` **{layer}**" in text
-    assert "none: the gradient reaches every layer" in read_text(
+    assert "none: the gradient reaches every watched layer" in read_text(
         tmp_path / "healthy", "gradflow/checks/text_summary"
     )
     # the update: the head's learning rate 100x too high is flagged, and the

@@ -151,13 +151,13 @@ def readme_install_command() -> list[str]:
 
 @pytest.mark.slow
 def test_the_readmes_install_command_works_in_a_fresh_venv(tmp_path):
-    """Runs the README's command as written, from a folder holding a copy of
-    the repository under the README's name, with the new venv's interpreter
+    """Runs the README's command as written, in a copy of the repository (as
+    the README says: from the clone's folder), with the new venv's interpreter
     (``python -m pip``). Dependencies, pip and the build backend come from the
     project venv through a .pth line (no download)."""
     command = readme_install_command()
     assert command[:2] == ["pip", "install"]
-    clone = tmp_path / "tb-gradflow"
+    clone = tmp_path / "checkout"  # any name
     clone.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, clone / name)
@@ -188,7 +188,7 @@ def test_the_readmes_install_command_works_in_a_fresh_venv(tmp_path):
         [python, "-m", *command, "-q"],
         check=True,
         timeout=300,
-        cwd=tmp_path,
+        cwd=clone,
         env=env,
     )
     code = (
