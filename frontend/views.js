@@ -129,13 +129,13 @@ export function buildShell(doc, parent) {
   main.appendChild(barSection);
 
   const linesSection = el(doc, "section", "gf-card gf-lines");
-  linesSection.appendChild(el(doc, "h2", "", "Each layer over the logged steps"));
+  linesSection.appendChild(el(doc, "h2", "", "Over the logged steps"));
   linesSection.appendChild(
     el(
       doc,
       "p",
       "gf-hint",
-      "One line per layer. Hover a line to highlight and name its layer; click to show that step above.",
+      "One line per layer, block or role, as the Layers menu says. Hover a line to highlight and name it; click to show that step above.",
     ),
   );
   const linesWrap = el(doc, "div", "gf-lines-wrap");
