@@ -11,10 +11,13 @@ batches that each fit one.
 
 A layer set small enough that the records TensorBoard keeps of one tag
 (``DEFAULT_SAMPLES_PER_RUN``, 100,000) fit :data:`ONE_TAG_BYTES` is not
-split (:func:`segment_steps` is None: up to ~66 layers): TensorBoard's
-sampling of its one tag bounds its memory, and the overview records cover the
-steps it drops. A larger one is split, and TensorBoard keeps every step of it
-(``--samples_per_plugin=gradflow=N`` keeps N of each segment).
+split by size (:func:`segment_steps` is None: up to ~66 layers): a session
+writes one tag, TensorBoard's sampling of it bounds its memory, and the
+overview records cover the steps it drops. A larger one is split, and
+TensorBoard keeps every step of it (``--samples_per_plugin=gradflow=N`` keeps
+N of each segment). Either way a session resumed at a later step starts a
+tag of its own (below), so that readers can tell its records from the
+abandoned timeline with either of TensorBoard's loaders.
 
 The tag of a segment (:func:`segment_tag`) is the layout tag
 (``metadata.layout_tag``) for the first segment of a session that began at

@@ -248,10 +248,15 @@ def test_segments_order_by_session_then_index():
     ) == [segments.Segment(0, 0), segments.Segment(0, 2), segments.Segment(150, 0)]
 
 
-def test_a_small_layer_set_keeps_one_tag(tmp_path):
+def test_a_small_layer_set_keeps_one_tag_per_session(tmp_path):
     layout = layout_of(LAYERS)
     values, _ = gradients(np.random.default_rng(7), 250, layers=LAYERS)
     write_watched(tmp_path, "run", layout, values)
+    plain = metadata.layout_tag(layout)
+    assert tags_in(tmp_path / "run") == {plain: (list(range(250)), None)}
+    write_watched(tmp_path, "run", layout, values[:20], start=150)  # resumed
     assert tags_in(tmp_path / "run") == {
-        metadata.layout_tag(layout): (list(range(250)), None)
+        plain: (list(range(250)), None),
+        f"{plain}#150.0": (list(range(150, 170)), [150, 0]),
     }
+    assert load_run(tmp_path / "run").steps.tolist() == list(range(170))
