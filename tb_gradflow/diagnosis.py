@@ -114,7 +114,8 @@ def _all_zero_steps(judged: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding]:
-    """All findings of a run, ordered by first step, then layer order.
+    """All findings of a run: where NaN/Inf began (``nonfinite_origin``)
+    first, then by first step, then layer order.
 
     Args:
         run: the logged statistics (``steps`` ``(T,)``, ``values(stat)`` ``(T, L)``).
@@ -186,8 +187,12 @@ def diagnose(run: RunLike, thresholds: Thresholds | None = None) -> list[Finding
         MESSAGES["skipped"],
     )
     order = {name: i for i, name in enumerate(layers)}
-    findings.sort(
-        key=lambda f: (f.first_step, -1 if f.layer is None else order[f.layer])
+    findings.sort(  # where NaN/Inf began first: what every other finding follows
+        key=lambda f: (
+            f.kind != "nonfinite_origin",
+            f.first_step,
+            -1 if f.layer is None else order[f.layer],
+        )
     )
     return findings
 

@@ -119,6 +119,23 @@ def test_nonfinite_and_skipped_steps():
     assert found == [("skipped", None, 30, 30, 1), ("nonfinite", "l2", 70, 70, 1)]
 
 
+def test_where_nan_inf_began_comes_first():
+    """A traced origin is listed before every other finding, though the
+    non-finite steps it explains may come first ("weights": traced at the
+    step after, when the optimizer had written NaN into the weights)."""
+    nonfinite = np.zeros((10, 4))
+    nonfinite[5:, :] = 3  # every layer non-finite from step 50 on
+    run = FakeRun(healthy(), nonfinite=nonfinite)
+    run.origins = [
+        metadata.NonfiniteOrigin(
+            step=60, since_step=60, phase="weights", layers=["l2", "l3"]
+        )
+    ]
+    found = summary(diagnose(run))
+    assert found[0] == ("nonfinite_origin", "l2", 60, 60, 1)
+    assert found[1:] == [("nonfinite", f"l{j}", 50, 90, 5) for j in range(4)]
+
+
 def test_skipped_steps_neither_break_nor_extend_a_streak():
     mean = healthy()
     mean[3:, 0] = 0.0
