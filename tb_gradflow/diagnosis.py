@@ -44,9 +44,10 @@ model) and a streak of logged steps ``first_step..last_step``:
   steps: the learning rate is too high for this layer.
 * ``not_updating`` (same): a layer with a gradient whose ``update_ratio`` stays
   below ``min_update_ratio`` for ``patience`` steps while the other layers
-  update (a frozen group, a learning rate of 0, weight decay cancelling the
-  step); when most layers are that low at once (warm-up from 0, a scheduler at
-  0), one finding for the model instead. A blocked layer does not count (its
+  update (a parameter the optimizer does not hold, a frozen group, a learning
+  rate of 0, weight decay cancelling the step); when most layers are that low
+  at once (warm-up from 0, a scheduler at 0), one finding for the model
+  instead. A blocked layer does not count (its
   weights stand still for want of a gradient). A layer whose weights were zero
   (ratio inf, e.g. LoRA's B at its start) does not count; a sparse layer is
   judged by the rows that got a gradient (``update_ratio / sqrt(rows)``).

@@ -90,8 +90,9 @@ def update_messages(th: Thresholds) -> dict[str, str]:
         ),
         "not_updating": (
             f"update_ratio below {th.min_update_ratio:g} while the other layers "
-            "update: its learning rate is zero or tiny (a frozen group, weight "
-            "decay cancelling the step)"
+            "update: the optimizer does not hold its parameter, or its learning "
+            "rate is zero or tiny (a frozen group, weight decay cancelling the "
+            "step)"
         ),
         "not_updating_model": (
             f"most layers' update_ratio is below {th.min_update_ratio:g}: the "
