@@ -294,6 +294,9 @@ class OnlineDiagnosis:
         self._healthy = np.zeros(start, dtype=np.int64)
         self._first = np.zeros(start, dtype=np.int64)
         self._alerted = np.zeros(start, dtype=bool)
+        # per layer: its open blocked streak was exactly zero wherever finite
+        self._blocked_at = next(at for kind, _, at in self._slices if kind == "blocked")
+        self._zero_streak = np.ones(n, dtype=bool)
         self._messages = {**MESSAGES, **update_messages(self.th)}
         self._alerted_nonfinite = np.zeros(n, dtype=bool)
         self._spikes = SpikeWindow(n, self.th)
@@ -346,6 +349,7 @@ class OnlineDiagnosis:
             ]
         )  # the columns of _STREAKS
         self._extend(hit, step)
+        self._track_zero(judged[0], step)
         fire = (self._hits >= self.th.patience) & ~self._alerted
         self._alerted |= fire
         fire_nonfinite = bad[0] & ~self._alerted_nonfinite
@@ -365,7 +369,10 @@ class OnlineDiagnosis:
                 layer = self.layers[j] if of == "layer" else None
                 first = int(self._first[at][j])
                 hits = int(self._hits[at][j])
-                new.append(self._finding(kind, layer, first, hits, step, of))
+                found = self._finding(kind, layer, first, hits, step, of)
+                if kind == "blocked" and self._zero_streak[j]:  # as diagnose says
+                    found = dataclasses.replace(found, message=EXACTLY_ZERO_MESSAGE)
+                new.append(found)
         order = {kind: i for i, kind in enumerate(self.ALERT_KINDS)}
         new.sort(key=lambda f: order[f.kind])  # stable: spikes by excess
         return new
@@ -396,6 +403,14 @@ class OnlineDiagnosis:
             message=message,
             ongoing=True,
         )
+
+    def _track_zero(self, judged: np.ndarray, step: int) -> None:
+        """Whether each layer's open blocked streak has been exactly zero at
+        every counted step where its value was finite (``judged``: ``(L,)``)."""
+        at = self._blocked_at
+        active = self._hits[at] > 0
+        self._zero_streak[active & (self._first[at] == step)] = True  # begun now
+        self._zero_streak[active] &= ~(np.isfinite(judged) & (judged != 0))[active]
 
     def _extend(self, hit: np.ndarray, step: int) -> None:
         """Advances every streak column by one counted step."""

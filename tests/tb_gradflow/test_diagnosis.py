@@ -119,6 +119,18 @@ def test_nonfinite_and_skipped_steps():
     assert found == [("skipped", None, 30, 30, 1), ("nonfinite", "l2", 70, 70, 1)]
 
 
+def test_online_alerts_say_exactly_zero_as_the_batch_rule_does():
+    mean = healthy(20, 4)
+    mean[4:, 1] = 0.0  # exactly zero from step 40 on
+    mean[6:, 2] *= 1e-7  # near zero from step 60 on
+    run = FakeRun(mean)
+    batch = {f.layer: f.message for f in diagnose(run) if f.kind == "blocked"}
+    online = {f.layer: f.message for f in feed_online(run) if f.kind == "blocked"}
+    assert online == batch
+    assert batch["l1"].startswith("gradient exactly zero")
+    assert batch["l2"].startswith("gradient near zero")
+
+
 def test_where_nan_inf_began_comes_first():
     """A traced origin is listed before every other finding, though the
     non-finite steps it explains may come first ("weights": traced at the
