@@ -155,7 +155,7 @@ class RunLoader:
                 watchers.version(events, events) + watchers.version(blocks, blocks),
             ),
             lambda: self._read(
-                ctx, experiment, run, tag, {t: tags[t] for t in layouts}, events, blocks
+                ctx, experiment, run, tag, layouts, tags, events, blocks
             ),
         )
         if entry.problem is not None:
@@ -223,21 +223,21 @@ class RunLoader:
         experiment: str,
         run: str,
         tag: str,
+        layouts: dict[str, metadata.Layout],
         listing: dict[str, provider.TensorTimeSeries],
         events: dict[str, provider.TensorTimeSeries],
         blocks: dict[str, provider.TensorTimeSeries],
     ) -> CachedRun:
-        """Reads one watcher's layout tags (``listing``: theirs) and merges
-        them by layer name (``watchers.merge_series``), with its non-finite
-        origins (``events``: their tag's listing, or empty) and its overview
-        records (``blocks``: their tags' listing, or empty).
+        """Reads one watcher's layout tags (``layouts``; ``listing``: the
+        run's) and merges them by layer name (``watchers.merge_series``), with
+        its non-finite origins (``events``: their tag's listing, or empty) and
+        its overview records (``blocks``: their tags' listing, or empty).
 
         TensorBoard keeps only the first plugin metadata of a tag. Records of
         another size in a tag cannot be matched to layers: files written before
         layout tags put every layer set of a watcher under its base tag. Such a
         watcher is refused (``problem``) rather than shown without them.
         """
-        layouts = watchers.group(listing)[0][tag]
         order = watchers.tag_segments(listing, layouts)
         series = watchers.drop_abandoned(
             layouts,

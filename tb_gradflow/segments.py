@@ -47,7 +47,6 @@ Import-light: the standard library, numpy and :mod:`tb_gradflow.metadata`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 
 import numpy as np
@@ -132,7 +131,6 @@ def create_segment_metadata(
     return proto
 
 
-@functools.lru_cache(maxsize=4096)
 def parse_segment(content: bytes) -> Segment:
     """The segment in a layout tag's plugin metadata ``content`` (one parsed
     with ``metadata.parse_plugin_metadata``); ``Segment()`` when it has none.
@@ -154,18 +152,22 @@ def parse_segment(content: bytes) -> Segment:
     return Segment(*value)
 
 
-def abandoned(sessions: np.ndarray, steps: np.ndarray) -> np.ndarray:
+def abandoned(
+    sessions: np.ndarray, steps: np.ndarray, starts: np.ndarray | None = None
+) -> np.ndarray:
     """Which records of one layer set belong to an abandoned timeline: their
     step is at or after the first step of a session later than theirs.
 
     Shape:
         - sessions, steps: ``(N,)``, each record's session (first step of its
           writer session) and step.
+        - starts: ``(S,)``, every session of the layer set (None: those of
+          ``sessions``).
         - returns: ``(N,)`` bool.
     """
     sessions = np.asarray(sessions, dtype=np.int64)
     steps = np.asarray(steps, dtype=np.int64)
-    starts = np.unique(sessions)  # sorted
+    starts = np.unique(sessions if starts is None else starts)  # sorted
     later = np.searchsorted(starts, sessions, side="right")  # (N,)
     has_later = later < len(starts)
     next_start = starts[np.minimum(later, len(starts) - 1)]  # (N,)

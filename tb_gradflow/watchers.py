@@ -55,6 +55,13 @@ class LayoutCache:
 
     def parse(self, content: bytes) -> metadata.Layout | str:
         """The layout in ``content``, or why it cannot be read."""
+        return self._entry(content)[0]
+
+    def segment(self, content: bytes) -> segments.Segment:
+        """The segment in a readable layout's ``content``."""
+        return self._entry(content)[1]
+
+    def _entry(self, content: bytes) -> tuple[metadata.Layout | str, segments.Segment]:
         with self._lock:
             if content in self._items:
                 self._items.move_to_end(content)
@@ -67,20 +74,20 @@ class LayoutCache:
         return parsed
 
 
-def _parse(content: bytes) -> metadata.Layout | str:
+def _parse(content: bytes) -> tuple[metadata.Layout | str, segments.Segment]:
     """The layout in ``content``, or why it cannot be read (malformed, or of a
-    newer format version)."""
+    newer format version), and its segment."""
     try:
         layout = metadata.parse_plugin_metadata(content)
-        segments.parse_segment(content)  # checked here, read by tag_segments
+        segment = segments.parse_segment(content)
     except metadata.FormatError as e:
-        return str(e)
+        return str(e), segments.Segment()
     if layout.version > metadata.FORMAT_VERSION:
         return (
             f"written with gradflow format version {layout.version}, newer than "
             f"this tb-gradflow understands ({metadata.FORMAT_VERSION}); upgrade it"
-        )
-    return layout
+        ), segment
+    return layout, segment
 
 
 _LAYOUTS = LayoutCache()
@@ -122,7 +129,7 @@ def tag_segments(
 ) -> dict[str, segments.Segment]:
     """The segment (:mod:`tb_gradflow.segments`) of each of a watcher's layout
     tags ``members``, all of them readable (``group`` checked them)."""
-    return {t: segments.parse_segment(tags[t].plugin_content) for t in members}
+    return {t: _LAYOUTS.segment(tags[t].plugin_content) for t in members}
 
 
 def drop_abandoned(
@@ -144,11 +151,7 @@ def drop_abandoned(
             continue
         for t, session in zip(tags, sessions):
             steps = np.fromiter((d.step for d in series[t]), np.int64)  # (N,)
-            # judged with every session's start: one step-less record each
-            drop = segments.abandoned(
-                np.concatenate([np.full(len(steps), session), sessions]),
-                np.concatenate([steps, np.full(len(sessions), np.iinfo(np.int64).min)]),
-            )[: len(steps)]
+            drop = segments.abandoned(np.full(len(steps), session), steps, sessions)
             if drop.any():
                 out[t] = [d for d, gone in zip(series[t], drop) if not gone]
     return out
